@@ -1,0 +1,523 @@
+//! The TOML configuration: what the operator writes, checked before anything
+//! listens.
+//!
+//! Every table rejects unknown keys (`deny_unknown_fields`), so a typo is an
+//! error at startup instead of a silently ignored setting. Durations are
+//! humantime strings (`"90s"`, `"15m"`, `"1h"`). Relative paths are taken
+//! relative to the config file's own directory, so a config and its certs can
+//! move together. `config/rolemint.example.toml` documents every key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// Longest duration any TTL may be configured to; a guard against typos such
+/// as `"3650d"` that would make a minted role effectively permanent.
+const MAX_CONFIGURABLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub backend: BackendConfig,
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub mint: MintConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Role templates by name: the `user` a client connects as.
+    pub roles: BTreeMap<String, RoleTemplate>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Address the PostgreSQL-protocol listener binds.
+    pub listen: SocketAddr,
+    /// PEM certificate chain and private key for client TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Accept clients without TLS. The token travels as a cleartext password
+    /// message, so this is for loopback development and benchmarks only.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// Sessions open at once; one more gets SQLSTATE 53300.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has from TCP connect to sending its token.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// On SIGTERM / Ctrl-C: how long running sessions may go on before they
+    /// are ended and their leases revoked.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Largest password message (the identity token) accepted, in bytes.
+    /// Tokens from identity providers carrying many groups can be large.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendTls {
+    /// Plain TCP to the backend.
+    #[default]
+    Disable,
+    /// TLS, without verifying the server certificate (like libpq's
+    /// `sslmode=require`).
+    Require,
+    /// TLS, certificate verified against `tls_ca_file` and `host`.
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Role rolemint mints and drops roles as: needs CREATEROLE and
+    /// membership in pg_signal_backend.
+    pub admin_user: String,
+    pub admin_password: Option<Secret>,
+    pub admin_password_file: Option<PathBuf>,
+    pub admin_password_env: Option<String>,
+    #[serde(default = "default_admin_database")]
+    pub admin_database: String,
+    /// Idle admin connections kept per database.
+    #[serde(default = "default_admin_pool_size")]
+    pub admin_pool_size: usize,
+    #[serde(default)]
+    pub tls: BackendTls,
+    pub tls_ca_file: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Allow a backend that asks a minted role for a cleartext or MD5
+    /// password, or that lets it in without asking. Off: only SCRAM-SHA-256
+    /// is accepted, so a misconfigured pg_hba.conf is noticed.
+    #[serde(default)]
+    pub allow_weak_auth: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Required `iss` claim, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    pub audience: Option<String>,
+    /// HS256 key of the local issuer (`rolemint token` signs with it).
+    pub hs256_secret: Option<Secret>,
+    pub hs256_secret_file: Option<PathBuf>,
+    /// Claim that names the identity (`sub` by default).
+    #[serde(default = "default_identity_claim")]
+    pub identity_claim: String,
+    /// Claim holding the identity's groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Clock skew tolerated on `exp` / `nbf`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintConfig {
+    /// Name of minted roles. Placeholders: `{{identity}}`, `{{template}}`,
+    /// `{{random}}` (required), `{{unix_time}}`.
+    #[serde(default = "default_name_template")]
+    pub name_template: String,
+    /// PBKDF2 iterations of the SCRAM verifier given to PostgreSQL. The
+    /// minted password is 256 random bits, which stretching cannot make any
+    /// harder to guess; every iteration is paid by PostgreSQL on CREATE ROLE
+    /// and by rolemint on every login.
+    #[serde(default = "default_scram_iterations")]
+    pub scram_iterations: u32,
+    /// This instance's name in lease comments (defaults to the host name).
+    pub instance: Option<String>,
+    /// Longest wait for a mint or revoke statement batch.
+    #[serde(default = "default_statement_timeout", with = "humantime_serde")]
+    pub statement_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleTemplate {
+    /// Databases a session of this template may connect to.
+    pub databases: Vec<String>,
+    /// Lease TTL of a session.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Longest a lease may be renewed to.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// SQL run as one transaction to create the role (Vault placeholders).
+    pub creation_statements: Vec<String>,
+    /// SQL run to drop the role; a safe default is used when absent.
+    pub revocation_statements: Option<Vec<String>>,
+}
+
+impl Default for MintConfig {
+    fn default() -> Self {
+        MintConfig {
+            name_template: default_name_template(),
+            scram_iterations: default_scram_iterations(),
+            instance: None,
+            statement_timeout: default_statement_timeout(),
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    1000
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_token_bytes() -> usize {
+    64 * 1024
+}
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_admin_database() -> String {
+    "postgres".into()
+}
+fn default_admin_pool_size() -> usize {
+    4
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_identity_claim() -> String {
+    "sub".into()
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+pub fn default_name_template() -> String {
+    "v-{{identity}}-{{template}}-{{random}}-{{unix_time}}".into()
+}
+fn default_scram_iterations() -> u32 {
+    16
+}
+fn default_statement_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Config {
+    /// Reads, parses, resolves secrets and relative paths, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve(base)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text without touching the file system.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })
+    }
+
+    /// Makes relative paths absolute against `base` and reads the secrets
+    /// that live in files or the environment.
+    pub fn resolve(&mut self, base: &Path) -> Result<(), ConfigError> {
+        let rebase = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        };
+        rebase(&mut self.proxy.tls_cert);
+        rebase(&mut self.proxy.tls_key);
+        rebase(&mut self.backend.tls_ca_file);
+        rebase(&mut self.backend.admin_password_file);
+        rebase(&mut self.auth.hs256_secret_file);
+
+        let b = &mut self.backend;
+        let sources = [
+            b.admin_password.is_some(),
+            b.admin_password_file.is_some(),
+            b.admin_password_env.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err(invalid(
+                "backend: set only one of admin_password, admin_password_file, admin_password_env",
+            ));
+        }
+        if let Some(file) = &b.admin_password_file {
+            b.admin_password = Some(read_secret_file(file)?);
+        }
+        if let Some(var) = &b.admin_password_env {
+            let value = std::env::var(var).map_err(|_| {
+                invalid(format!(
+                    "backend.admin_password_env: environment variable {var} is not set"
+                ))
+            })?;
+            b.admin_password = Some(Secret::new(value));
+        }
+
+        let a = &mut self.auth;
+        if a.hs256_secret.is_some() && a.hs256_secret_file.is_some() {
+            return Err(invalid(
+                "auth: set only one of hs256_secret, hs256_secret_file",
+            ));
+        }
+        if let Some(file) = &a.hs256_secret_file {
+            a.hs256_secret = Some(read_secret_file(file)?);
+        }
+        Ok(())
+    }
+
+    /// Checks what the types cannot: combinations, ranges, placeholders.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.proxy;
+        if p.tls_cert.is_some() != p.tls_key.is_some() {
+            return Err(invalid("proxy: tls_cert and tls_key go together"));
+        }
+        if p.tls_cert.is_none() && !p.allow_plaintext {
+            return Err(invalid(
+                "proxy: no tls_cert/tls_key and allow_plaintext = false: no client could connect",
+            ));
+        }
+        if p.max_connections == 0 {
+            return Err(invalid("proxy.max_connections must be at least 1"));
+        }
+        if !(1024..=1024 * 1024).contains(&p.max_token_bytes) {
+            return Err(invalid(
+                "proxy.max_token_bytes must be between 1024 and 1048576",
+            ));
+        }
+        let b = &self.backend;
+        if b.admin_password.as_ref().is_none_or(|s| s.is_empty()) {
+            return Err(invalid(
+                "backend: admin_password (or admin_password_file / admin_password_env) is required",
+            ));
+        }
+        if b.admin_pool_size == 0 || b.admin_pool_size > 64 {
+            return Err(invalid("backend.admin_pool_size must be between 1 and 64"));
+        }
+        if b.tls == BackendTls::VerifyFull && b.tls_ca_file.is_none() {
+            return Err(invalid("backend: tls = \"verify-full\" needs tls_ca_file"));
+        }
+        if self
+            .auth
+            .hs256_secret
+            .as_ref()
+            .is_none_or(|s| s.expose().len() < 32)
+        {
+            return Err(invalid(
+                "auth: hs256_secret (or hs256_secret_file) is required and must be at least 32 bytes",
+            ));
+        }
+        let m = &self.mint;
+        if !m.name_template.contains("{{random}}") {
+            return Err(invalid(
+                "mint.name_template must contain {{random}}: two sessions must never collide",
+            ));
+        }
+        check_placeholders(
+            "mint.name_template",
+            &m.name_template,
+            &["identity", "template", "random", "unix_time"],
+        )?;
+        if !(1..=100_000).contains(&m.scram_iterations) {
+            return Err(invalid(
+                "mint.scram_iterations must be between 1 and 100000",
+            ));
+        }
+        if self.roles.is_empty() {
+            return Err(invalid("no [roles.NAME] template is defined"));
+        }
+        for (name, t) in &self.roles {
+            let ctx = |msg: &str| invalid(format!("roles.{name}: {msg}"));
+            if name.is_empty()
+                || name.len() > 63
+                || !name
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+            {
+                return Err(ctx("template names use only [a-z0-9_-], at most 63 bytes"));
+            }
+            if t.databases.is_empty() {
+                return Err(ctx("databases is empty: no session could connect"));
+            }
+            if t.default_ttl.is_zero() || t.default_ttl > t.max_ttl {
+                return Err(ctx("default_ttl must be positive and at most max_ttl"));
+            }
+            if t.max_ttl > MAX_CONFIGURABLE_TTL {
+                return Err(ctx("max_ttl may be at most 7 days"));
+            }
+            if !t.creation_statements.iter().any(|s| s.contains("{{name}}")) {
+                return Err(ctx("creation_statements must create the role {{name}}"));
+            }
+            let placeholders = ["name", "password", "expiration"];
+            for s in &t.creation_statements {
+                check_placeholders(&format!("roles.{name}.creation_statements"), s, &placeholders)?;
+            }
+            for s in t.revocation_statements.iter().flatten() {
+                check_placeholders(&format!("roles.{name}.revocation_statements"), s, &["name"])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The template a client names as its `user`.
+    pub fn template(&self, name: &str) -> Option<&RoleTemplate> {
+        self.roles.get(name)
+    }
+}
+
+/// Rejects `{{x}}` placeholders other than the allowed ones.
+fn check_placeholders(what: &str, text: &str, allowed: &[&str]) -> Result<(), ConfigError> {
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return Err(invalid(format!("{what}: unclosed '{{{{'")));
+        };
+        let key = after[..end].trim();
+        if !allowed.contains(&key) {
+            return Err(invalid(format!(
+                "{what}: unknown placeholder {{{{{key}}}}} (known: {})",
+                allowed.join(", ")
+            )));
+        }
+        rest = &after[end + 2..];
+    }
+    Ok(())
+}
+
+fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Secret::new(text.trim_end_matches(['\n', '\r'])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = r#"
+[proxy]
+listen = "127.0.0.1:6432"
+allow_plaintext = true
+
+[backend]
+host = "127.0.0.1"
+admin_user = "rolemint_admin"
+admin_password = "pw"
+
+[auth]
+issuer = "rolemint-dev"
+hs256_secret = "0123456789abcdef0123456789abcdef"
+
+[roles.readonly]
+databases = ["appdb"]
+default_ttl = "1h"
+max_ttl = "24h"
+creation_statements = [
+  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+]
+"#;
+
+    #[test]
+    fn parses_and_validates_a_minimal_config() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.roles["readonly"].default_ttl, Duration::from_secs(3600));
+        assert_eq!(c.backend.port, 5432);
+        assert_eq!(c.mint.name_template, default_name_template());
+    }
+
+    #[test]
+    fn rejects_unknown_keys() {
+        let text = EXAMPLE.replace("allow_plaintext = true", "allow_plaintxt = true");
+        assert!(matches!(Config::parse(&text), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn rejects_unknown_placeholders_and_bad_ttls() {
+        let text = EXAMPLE.replace("{{expiration}}", "{{expires}}");
+        let err = Config::parse(&text).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("unknown placeholder {{expires}}"), "{err}");
+
+        let text = EXAMPLE.replace("default_ttl = \"1h\"", "default_ttl = \"48h\"");
+        assert!(Config::parse(&text).unwrap().validate().is_err());
+    }
+
+    #[test]
+    fn refuses_plaintext_without_tls_unless_allowed() {
+        let text = EXAMPLE.replace("allow_plaintext = true", "");
+        let err = Config::parse(&text).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("allow_plaintext"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("0123456789abcdef"), "{dbg}");
+    }
+}
