@@ -515,6 +515,14 @@ creation_statements = [
     }
 
     #[test]
+    fn the_example_config_uses_only_known_keys() {
+        let c = Config::parse(include_str!("../config/rolemint.example.toml")).unwrap();
+        assert_eq!(c.mint.scram_iterations, default_scram_iterations());
+        assert_eq!(c.mint.name_template, default_name_template());
+        assert!(c.roles.contains_key("readonly") && c.roles.contains_key("readwrite"));
+    }
+
+    #[test]
     fn debug_output_hides_secrets() {
         let c = Config::parse(EXAMPLE).unwrap();
         let dbg = format!("{c:?}");

@@ -43,6 +43,9 @@ pub enum ClientError {
     /// An operator revoked the lease.
     #[error("lease revoked by an operator; any open transaction was rolled back")]
     LeaseRevoked,
+    /// rolemint is shutting down and ended the session.
+    #[error("terminating connection: rolemint is shutting down")]
+    Terminated,
     /// The client broke the protocol (bad length, unexpected message).
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
@@ -69,7 +72,9 @@ impl ClientError {
             ClientError::MintFailed => "58000",
             ClientError::TooManyConnections => "53300",
             ClientError::ShuttingDown => "57P03",
-            ClientError::LeaseExpired | ClientError::LeaseRevoked => "57P01",
+            ClientError::LeaseExpired | ClientError::LeaseRevoked | ClientError::Terminated => {
+                "57P01"
+            }
             ClientError::Protocol(_) => "08P01",
             ClientError::UnsupportedProtocol(..) => "0A000",
             ClientError::NoUser => "28000",
@@ -91,6 +96,7 @@ impl ClientError {
             ClientError::ShuttingDown => "shutting_down",
             ClientError::LeaseExpired => "lease_expired",
             ClientError::LeaseRevoked => "lease_revoked",
+            ClientError::Terminated => "terminated",
             ClientError::Protocol(_) => "protocol",
             ClientError::UnsupportedProtocol(..) => "unsupported_protocol",
             ClientError::NoUser => "no_user",

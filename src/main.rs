@@ -1,1 +1,77 @@
-fn main() {}
+//! The `rolemint` binary: parse the command line, set up logging and the TLS
+//! provider, run the subcommand.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use rolemint::cli::{Cli, Command};
+use rolemint::config::{Config, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    // Before anything builds a rustls config.
+    rolemint::tls::install_crypto_provider();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rolemint: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rolemint: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            init_logging(config.log.format);
+            let server = rolemint::server::Server::bind(config).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            server.run(shutdown).await
+        }
+        Command::Dev { dir, port, sub } => {
+            init_logging(LogFormat::Text);
+            rolemint::dev::run(rolemint::dev::DevArgs { dir, port, subject: sub }).await
+        }
+        Command::Token { config, sub, groups, ttl } => {
+            let config = Config::load(&config)?;
+            let token = rolemint::identity::issue(&config.auth, &sub, &groups, ttl)
+                .context("signing the token")?;
+            println!("{}", token.expose());
+            Ok(())
+        }
+        Command::Check { config } => {
+            init_logging(LogFormat::Text);
+            let config = Config::load(&config)?;
+            println!("config: ok");
+            rolemint::check::run(&config).await
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+pub async fn stop_on_signal(shutdown: CancellationToken) {
+    rolemint::signal::terminated().await;
+    tracing::info!("signal received: shutting down");
+    shutdown.cancel();
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("ROLEMINT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,17 +1,243 @@
-//! TLS toward clients and toward the backend. (Stub: being written.)
+//! TLS toward clients and toward the backend, and the stream type that is
+//! either.
+//!
+//! Only the aws-lc-rs rustls provider is compiled in; `main` installs it as
+//! the process default before anything builds a config (with two providers
+//! enabled, `ClientConfig::builder()` panics at run time).
 
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use crate::config::BackendConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::config::{BackendConfig, BackendTls};
+
+/// ALPN protocol name PostgreSQL 17 requires for direct TLS connections.
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    #[error("cannot read {path}: {message}")]
+    Pem { path: String, message: String },
     #[error("{0}")]
     Config(String),
 }
 
+/// Installs aws-lc-rs as the process-wide rustls provider. Idempotent, so
+/// tests and `main` can both call it.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Server config for client connections: certificate chain and key from PEM
+/// files, ALPN `postgresql` offered (direct TLS needs it; SSLRequest clients
+/// may send none).
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    install_crypto_provider();
+    let pem_err = |path: &Path, e: &dyn std::fmt::Display| TlsError::Pem {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| pem_err(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(cert, &e))?;
+    if certs.is_empty() {
+        return Err(pem_err(cert, &"no certificate in file"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, &e))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| TlsError::Config(format!("certificate and key do not fit: {e}")))?;
+    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// rustls client config for connections to the backend (admin pool and
-/// minted-role sessions), per `[backend] tls` / `tls_ca_file`.
-pub fn backend_client_config(_backend: &BackendConfig) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    todo!()
+/// minted-role sessions), per `[backend] tls` / `tls_ca_file`. `None` when
+/// the backend is reached in plaintext.
+pub fn backend_client_config(
+    backend: &BackendConfig,
+) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
+    install_crypto_provider();
+    let config = match backend.tls {
+        BackendTls::Disable => return Ok(None),
+        BackendTls::Require => rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoCertificateVerification::new()))
+            .with_no_client_auth(),
+        BackendTls::VerifyFull => {
+            let Some(ca) = &backend.tls_ca_file else {
+                return Err(TlsError::Config(
+                    "backend tls = \"verify-full\" needs tls_ca_file".into(),
+                ));
+            };
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| TlsError::Pem {
+                path: ca.display().to_string(),
+                message: e.to_string(),
+            })? {
+                let cert = cert.map_err(|e| TlsError::Pem {
+                    path: ca.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsError::Config(format!("bad CA certificate: {e}")))?;
+            }
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+        }
+    };
+    Ok(Some(Arc::new(config)))
+}
+
+/// The server name to present to the backend.
+pub fn backend_server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(host.to_owned())
+        .map_err(|_| TlsError::Config(format!("backend host {host:?} is not a valid TLS name")))
+}
+
+/// `sslmode=require` semantics: encrypt, but accept any certificate. The
+/// handshake signature is still checked, so the session key is bound to the
+/// certificate the server presented.
+#[derive(Debug)]
+struct NoCertificateVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl NoCertificateVerification {
+    fn new() -> Self {
+        NoCertificateVerification(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    }
+}
+
+impl ServerCertVerifier for NoCertificateVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TCP stream, encrypted or not. `T` is a tokio-rustls client or server
+/// stream; boxed because TLS state is large and the plain case is common in
+/// benchmarks.
+pub enum MaybeTls<T> {
+    Plain(TcpStream),
+    Tls(Box<T>),
+}
+
+/// A client connection.
+pub type ClientStream = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
+/// A connection to the backend.
+pub type BackendStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl<T> MaybeTls<T> {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, MaybeTls::Tls(_))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTls::Plain(s) => s.is_write_vectored(),
+            MaybeTls::Tls(s) => s.is_write_vectored(),
+        }
+    }
 }

@@ -1,15 +1,221 @@
-//! Minting and revoking roles. (Stub: being written.)
+//! Minting and revoking roles: the part of a session that touches the
+//! backend as admin.
+//!
+//! [`Minter::mint`] turns an [`Identity`] and a [`RoleTemplate`] into a role
+//! that exists now, in one round trip and one commit:
+//! 1. a name (`names.rs`), a 256-bit random password and its SCRAM verifier
+//!    (`scram.rs`), an expiry of now + TTL;
+//! 2. the template's `creation_statements` rendered with those values, each
+//!    checked against a narrow alphabet first (`template.rs`);
+//! 3. `BEGIN; <creation statements>; GRANT rolemint_managed TO role;
+//!    COMMENT ON ROLE role IS '<lease json>'; COMMIT` as a single
+//!    simple-query string (`sql.rs`) on a pooled admin connection to the
+//!    target database (`pool.rs`, TLS via `pg_tls.rs`).
+//!
+//! The plaintext password stays in the returned [`MintedRole`]; PostgreSQL
+//! only ever sees the verifier. The marker membership and the comment make
+//! the database the durable record: the reaper finds every role rolemint
+//! minted, even one whose mint future was dropped half-way.
+//!
+//! [`Minter::revoke`] ends a role: NOLOGIN, terminate its backends, drop it
+//! (see [`sql::default_revoke`]), or the template's own
+//! `revocation_statements`. It is idempotent, because it is retried.
 
-use std::time::{Duration, SystemTime};
+use std::num::NonZeroU32;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::SystemRandom;
+use tokio_postgres::SimpleQueryMessage;
 
 use crate::config::{Config, RoleTemplate};
 use crate::identity::Identity;
 use crate::secret::Secret;
 
+mod names;
+mod pg_tls;
+mod pool;
+mod scram;
+mod sql;
+mod template;
+
+pub use names::{is_valid_role_name, sanitize as sanitize_name_part, MAX_NAME_BYTES};
+pub use sql::{LeaseComment, MARKER_ROLE};
+pub use template::TemplateError;
+
+/// Longest `pg_terminate_backend` wait per backend during a revoke.
+const MAX_TERMINATE_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a mint or a revoke failed. Carries what the log needs (database,
+/// SQLSTATE, server message); never a password or a token. None of this is
+/// for the client: the session maps it to `ClientError::MintFailed` /
+/// `BackendUnavailable`.
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
-    #[error("{0}")]
-    Other(String),
+    /// The config cannot work (checked in [`Minter::new`]).
+    #[error("mint configuration: {0}")]
+    Config(String),
+    /// The backend TLS client config could not be built.
+    #[error("backend TLS: {0}")]
+    Tls(String),
+    /// A value or placeholder was refused while rendering a template.
+    #[error("role template: {0}")]
+    Template(#[from] TemplateError),
+    /// `revoke` was given a name outside the role-name alphabet.
+    #[error("invalid role name {0:?}")]
+    InvalidRoleName(String),
+    /// The system CSPRNG failed.
+    #[error("system random number generator failed")]
+    Random,
+    /// Connecting or logging in as admin failed.
+    #[error("cannot connect to database \"{database}\" as admin: {message}")]
+    Connect {
+        database: String,
+        /// Set when the server refused us (bad admin password, no such
+        /// database, too many connections).
+        sqlstate: Option<String>,
+        message: String,
+    },
+    /// A bounded wait ran out.
+    #[error("timed out {what} in database \"{database}\" after {after:?}")]
+    Timeout {
+        what: &'static str,
+        database: String,
+        after: Duration,
+    },
+    /// The server rejected a statement.
+    #[error(
+        "SQL error {sqlstate} in database \"{database}\": {message}{}",
+        detail_suffix(detail)
+    )]
+    Sql {
+        database: String,
+        sqlstate: String,
+        message: String,
+        detail: Option<String>,
+    },
+    /// `DROP ROLE` failed with 2BP01: the role owns objects (or holds
+    /// privileges in another database). It was left NOLOGIN, its sessions
+    /// terminated; an operator decides what happens to the objects.
+    #[error("role \"{role}\" was left NOLOGIN: it owns objects or holds privileges ({database}): {detail}")]
+    OwnsObjects {
+        role: String,
+        database: String,
+        detail: String,
+    },
+    /// The role exists but is not a member of `rolemint_managed`: refused.
+    #[error("role \"{role}\" is not managed by rolemint; refusing to revoke it")]
+    NotManaged { role: String },
+    /// The admin connection failed other than with an SQL error.
+    #[error("admin connection to database \"{database}\": {message}")]
+    Backend { database: String, message: String },
+}
+
+fn detail_suffix(detail: &Option<String>) -> String {
+    detail
+        .as_deref()
+        .map(|d| format!(" ({})", d.replace('\n', "; ")))
+        .unwrap_or_default()
+}
+
+impl MintError {
+    /// Whether trying again later may succeed (network, timeouts, server
+    /// overload or restart, lock and serialization conflicts). Permission,
+    /// syntax and template errors are not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            MintError::Timeout { .. } | MintError::Backend { .. } => true,
+            MintError::Connect { sqlstate, .. } => {
+                sqlstate.as_deref().is_none_or(transient_sqlstate)
+            }
+            MintError::Sql {
+                sqlstate, message, ..
+            } => {
+                transient_sqlstate(sqlstate)
+                    // Two concurrent GRANTs on the same object (templates
+                    // that grant on tables directly) can collide on the
+                    // catalog row.
+                    || (sqlstate == "XX000" && message.contains("tuple concurrently updated"))
+            }
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE, when the server sent one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            MintError::Sql { sqlstate, .. } => Some(sqlstate),
+            MintError::Connect { sqlstate, .. } => sqlstate.as_deref(),
+            MintError::OwnsObjects { .. } => Some("2BP01"),
+            _ => None,
+        }
+    }
+
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MintError::Config(_) => "config",
+            MintError::Tls(_) => "tls",
+            MintError::Template(_) => "template",
+            MintError::InvalidRoleName(_) => "invalid_role_name",
+            MintError::Random => "random",
+            MintError::Connect { .. } => "connect",
+            MintError::Timeout { .. } => "timeout",
+            MintError::Sql { .. } => "sql",
+            MintError::OwnsObjects { .. } => "owns_objects",
+            MintError::NotManaged { .. } => "not_managed",
+            MintError::Backend { .. } => "backend",
+        }
+    }
+
+    fn connect(database: &str, e: &tokio_postgres::Error) -> MintError {
+        MintError::Connect {
+            database: database.to_owned(),
+            sqlstate: e.code().map(|c| c.code().to_owned()),
+            message: error_text(e),
+        }
+    }
+
+    fn query(database: &str, e: &tokio_postgres::Error) -> MintError {
+        match e.as_db_error() {
+            Some(db) => MintError::Sql {
+                database: database.to_owned(),
+                sqlstate: db.code().code().to_owned(),
+                message: db.message().to_owned(),
+                detail: db.detail().map(str::to_owned),
+            },
+            None => MintError::Backend {
+                database: database.to_owned(),
+                message: error_text(e),
+            },
+        }
+    }
+}
+
+/// tokio-postgres' error with its cause chain ("error connecting to server:
+/// Connection refused"). It never contains the connection's password.
+fn error_text(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// SQLSTATE classes worth a retry: 08 connection exception, 40 transaction
+/// rollback (serialization, deadlock), 53 insufficient resources, 57
+/// operator intervention (admin shutdown, cannot connect now, statement
+/// timeout), 58 system error; and 55P03 lock not available.
+fn transient_sqlstate(code: &str) -> bool {
+    ["08", "40", "53", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || code == "55P03"
 }
 
 /// What to mint.
@@ -31,24 +237,313 @@ pub struct MintedRole {
     pub expires_at: SystemTime,
 }
 
-pub struct Minter {}
+/// Creates and drops roles as the admin user.
+#[derive(Debug)]
+pub struct Minter {
+    /// Admin connections, per database.
+    pool: pool::AdminPool,
+    /// `mint.name_template`, parsed and checked once.
+    names: names::NameTemplate,
+    /// `mint.scram_iterations` (see `scram.rs` for why it is low).
+    scram_iterations: NonZeroU32,
+    /// This instance's name in lease comments.
+    instance: String,
+    /// `backend.admin_database`: where `prepare` runs.
+    admin_database: String,
+    /// Per-backend wait of `pg_terminate_backend` on revoke, in ms.
+    terminate_wait_ms: u64,
+    rng: SystemRandom,
+}
 
 impl Minter {
-    pub fn new(_config: &Config) -> Result<Minter, MintError> {
-        todo!()
+    /// Checks the mint settings and builds the admin pool. Connects to
+    /// nothing yet.
+    pub fn new(config: &Config) -> Result<Minter, MintError> {
+        let names =
+            names::NameTemplate::parse(&config.mint.name_template).map_err(MintError::Config)?;
+        let scram_iterations = NonZeroU32::new(config.mint.scram_iterations)
+            .ok_or_else(|| MintError::Config("mint.scram_iterations must be at least 1".into()))?;
+        // `None` when `backend.tls = "disable"`.
+        let tls = crate::tls::backend_client_config(&config.backend)
+            .map_err(|e| MintError::Tls(e.to_string()))?;
+        let statement_timeout = config.mint.statement_timeout;
+        if statement_timeout.is_zero() {
+            return Err(MintError::Config(
+                "mint.statement_timeout must be positive".into(),
+            ));
+        }
+        let pool = pool::AdminPool::new(&config.backend, tls, statement_timeout)?;
+        let terminate_wait = MAX_TERMINATE_WAIT.min(statement_timeout / 2);
+        Ok(Minter {
+            pool,
+            names,
+            scram_iterations,
+            instance: instance_name(config.mint.instance.as_deref()),
+            admin_database: config.backend.admin_database.clone(),
+            terminate_wait_ms: u64::try_from(terminate_wait.as_millis())
+                .unwrap_or(5000)
+                .max(1),
+            rng: SystemRandom::new(),
+        })
     }
+
+    /// Creates the `rolemint_managed` marker role if missing. Run at startup
+    /// (and by `rolemint check`); idempotent and safe to race.
     pub async fn prepare(&self) -> Result<(), MintError> {
-        todo!()
+        let mut conn = self.pool.get(&self.admin_database).await?;
+        conn.batch(&sql::prepare()).await?;
+        Ok(())
     }
-    pub async fn mint(&self, _req: &MintRequest<'_>) -> Result<MintedRole, MintError> {
-        todo!()
+
+    /// Creates the role for one session. See the module doc.
+    pub async fn mint(&self, req: &MintRequest<'_>) -> Result<MintedRole, MintError> {
+        if req.ttl.as_secs() == 0 {
+            return Err(MintError::Config(
+                "lease TTL must be at least one second".into(),
+            ));
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let name = self
+            .names
+            .render(&req.identity.subject, req.template_name, now, &self.rng)
+            .map_err(|_| MintError::Random)?;
+        let creds =
+            scram::generate(self.scram_iterations, &self.rng).map_err(|_| MintError::Random)?;
+        // Whole seconds, as VALID UNTIL gets them: the lease and the role
+        // expire at the same instant.
+        let expires_at = UNIX_EPOCH + Duration::from_secs(now.saturating_add(req.ttl.as_secs()));
+        let expiration = humantime::format_rfc3339_seconds(expires_at).to_string();
+
+        let statements = template::render(
+            &req.template.creation_statements,
+            &template::Values {
+                name: &name,
+                password: Some(&creds.verifier),
+                expiration: Some(&expiration),
+            },
+        )?;
+        let comment = LeaseComment {
+            lease_id: req.lease_id.to_owned(),
+            identity: req.identity.subject.clone(),
+            template: req.template_name.to_owned(),
+            database: req.database.to_owned(),
+            expires_at: expiration,
+            instance: self.instance.clone(),
+        };
+        let batch = sql::mint_batch(&statements, &name, &comment);
+
+        let mut conn = self.pool.get(req.database).await?;
+        conn.batch(&batch).await?;
+        tracing::debug!(role = %name, database = req.database, lease_id = req.lease_id, "role minted");
+        Ok(MintedRole {
+            name,
+            password: creds.password,
+            expires_at,
+        })
     }
+
+    /// Ends `role` in `database`: the template's `revocation_statements`, or
+    /// the default (NOLOGIN, terminate its backends, drop it). A role that
+    /// no longer exists is success. A role that owns objects is left NOLOGIN
+    /// and reported as [`MintError::OwnsObjects`]; objects are never dropped
+    /// here.
     pub async fn revoke(
         &self,
-        _role: &str,
-        _database: &str,
-        _template: &RoleTemplate,
+        role: &str,
+        database: &str,
+        template: &RoleTemplate,
     ) -> Result<(), MintError> {
-        todo!()
+        if !is_valid_role_name(role) {
+            return Err(MintError::InvalidRoleName(role.to_owned()));
+        }
+        let mut conn = self.pool.get(database).await?;
+        let result = match &template.revocation_statements {
+            None => conn
+                .batch(&sql::default_revoke(role, self.terminate_wait_ms))
+                .await
+                .map(drop),
+            Some(statements) => {
+                let rendered = template::render(
+                    statements,
+                    &template::Values {
+                        name: role,
+                        password: None,
+                        expiration: None,
+                    },
+                )?;
+                match conn.batch(&sql::custom_revoke(role, &rendered)).await {
+                    // The template's statements may not be idempotent
+                    // (`DROP ROLE` without `IF EXISTS`): a role that is gone
+                    // is revoked, whatever they said.
+                    Err(e @ MintError::Sql { .. })
+                        if !matches!(e.sqlstate(), Some("2BP01" | sql::NOT_MANAGED_SQLSTATE)) =>
+                    {
+                        match conn.batch(&sql::role_exists(role)).await {
+                            Ok(rows)
+                                if !rows
+                                    .iter()
+                                    .any(|m| matches!(m, SimpleQueryMessage::Row(_))) =>
+                            {
+                                Ok(())
+                            }
+                            _ => Err(e),
+                        }
+                    }
+                    other => other.map(drop),
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                tracing::debug!(role, database, "role revoked");
+                Ok(())
+            }
+            Err(MintError::Sql {
+                sqlstate,
+                message,
+                detail,
+                ..
+            }) if sqlstate == "2BP01" => Err(MintError::OwnsObjects {
+                role: role.to_owned(),
+                database: database.to_owned(),
+                detail: format!("{message}{}", detail_suffix(&detail)),
+            }),
+            Err(MintError::Sql { sqlstate, .. }) if sqlstate == sql::NOT_MANAGED_SQLSTATE => {
+                Err(MintError::NotManaged {
+                    role: role.to_owned(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// `mint.instance`, else the host name, else "rolemint".
+fn instance_name(configured: Option<&str>) -> String {
+    let clean = |s: String| {
+        let s = s.trim().to_owned();
+        (!s.is_empty() && s.len() <= 255).then_some(s)
+    };
+    configured
+        .map(str::to_owned)
+        .and_then(clean)
+        .or_else(|| std::env::var("HOSTNAME").ok().and_then(clean))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .and_then(clean)
+        })
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .and_then(clean)
+        })
+        .unwrap_or_else(|| "rolemint".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let text = r#"
+[proxy]
+listen = "127.0.0.1:6432"
+allow_plaintext = true
+
+[backend]
+host = "127.0.0.1"
+admin_user = "rolemint_admin"
+admin_password = "admin-pw"
+
+[auth]
+hs256_secret = "0123456789abcdef0123456789abcdef"
+
+[roles.readonly]
+databases = ["appdb"]
+default_ttl = "1h"
+max_ttl = "24h"
+creation_statements = [
+  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+]
+"#;
+        Config::parse(text).unwrap()
+    }
+
+    #[test]
+    fn new_checks_the_name_template() {
+        let mut c = config();
+        Minter::new(&c).unwrap();
+        c.mint.name_template = "v-{{identity}}".into();
+        assert_eq!(Minter::new(&c).unwrap_err().kind(), "config");
+        c.mint.name_template = "V-{{random}}".into();
+        assert_eq!(Minter::new(&c).unwrap_err().kind(), "config");
+    }
+
+    #[test]
+    fn debug_shows_no_admin_password() {
+        let m = Minter::new(&config()).unwrap();
+        let dbg = format!("{m:?}");
+        assert!(!dbg.contains("admin-pw"), "{dbg}");
+    }
+
+    #[test]
+    fn transient_errors_are_classified() {
+        let sql = |code: &str, message: &str| MintError::Sql {
+            database: "appdb".into(),
+            sqlstate: code.into(),
+            message: message.into(),
+            detail: None,
+        };
+        assert!(sql("40001", "could not serialize").is_transient());
+        assert!(sql("57P03", "the database system is starting up").is_transient());
+        assert!(sql("57014", "canceling statement due to statement timeout").is_transient());
+        assert!(sql("53300", "too many connections").is_transient());
+        assert!(sql("XX000", "tuple concurrently updated").is_transient());
+        assert!(!sql("XX000", "cache lookup failed").is_transient());
+        assert!(!sql("42501", "permission denied").is_transient());
+        assert!(!sql("42601", "syntax error").is_transient());
+        assert!(!sql("42704", "role \"app_read\" does not exist").is_transient());
+        let connect = |code: Option<&str>| MintError::Connect {
+            database: "appdb".into(),
+            sqlstate: code.map(Into::into),
+            message: "x".into(),
+        };
+        assert!(connect(None).is_transient());
+        assert!(!connect(Some("28P01")).is_transient());
+        assert!(!connect(Some("3D000")).is_transient());
+        assert!(MintError::Timeout {
+            what: "x",
+            database: "d".into(),
+            after: Duration::from_secs(1)
+        }
+        .is_transient());
+        assert!(!MintError::OwnsObjects {
+            role: "r".into(),
+            database: "d".into(),
+            detail: "owner of table t".into()
+        }
+        .is_transient());
+
+        let e = MintError::Sql {
+            database: "appdb".into(),
+            sqlstate: "2BP01".into(),
+            message: "role cannot be dropped".into(),
+            detail: Some("owner of table t\nprivileges for table u".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "SQL error 2BP01 in database \"appdb\": role cannot be dropped (owner of table t; privileges for table u)"
+        );
+    }
+
+    #[test]
+    fn instance_name_prefers_the_config() {
+        assert_eq!(instance_name(Some("node-a")), "node-a");
+        assert!(!instance_name(None).is_empty());
+        assert!(!instance_name(Some("  ")).is_empty());
     }
 }

@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+#
+# rolemint, built from this repository:
+#   docker build -t rolemint .
+#   docker run --rm -v $PWD/rolemint.toml:/etc/rolemint/rolemint.toml:ro -p 6432:6432 rolemint
+# docker-compose.yml runs it next to a demo PostgreSQL.
+#
+# A .dockerignore listing target/ and .git/ keeps the build context small.
+
+# --- build ------------------------------------------------------------------
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+# The caches keep downloaded crates and compiled dependencies between builds;
+# the binary is copied out because the target cache is not part of the image.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin rolemint \
+ && cp target/release/rolemint /usr/local/bin/rolemint
+
+# --- runtime ----------------------------------------------------------------
+FROM debian:bookworm-slim
+# ca-certificates: for a backend reached with tls = "verify-full" against a
+# public CA, and for JWKS over HTTPS.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+# An unprivileged user: the proxy needs no privileges (6432 is not a
+# privileged port) and holds the backend's admin password.
+RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin rolemint
+COPY --from=build /usr/local/bin/rolemint /usr/local/bin/rolemint
+USER rolemint:rolemint
+EXPOSE 6432
+ENTRYPOINT ["rolemint"]
+CMD ["serve", "--config", "/etc/rolemint/rolemint.toml"]

@@ -1,0 +1,7 @@
+//! `rolemint check`. (Being written.)
+
+use crate::config::Config;
+
+pub async fn run(_config: &Config) -> anyhow::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! Admin connections to the backend, pooled per database.
+//!
+//! Minting and revoking run as `backend.admin_user`. `CREATE ROLE` is
+//! cluster-wide, but `GRANT ... ON` objects, `DROP OWNED` and the template's
+//! statements act on the database the connection is in, so each target
+//! database has its own idle list. At most `backend.admin_pool_size` idle
+//! connections are kept per database; more are opened on demand and closed
+//! when returned to a full list. A connection that broke (`is_closed`), timed
+//! out, or was dropped in the middle of a statement is discarded, never
+//! reused.
+//!
+//! Every wait is bounded: connecting by `backend.connect_timeout`, every
+//! statement batch by `mint.statement_timeout` on our side *and* as the
+//! session's `statement_timeout` on the server's side, so a statement we
+//! gave up on does not run on forever.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use super::pg_tls::MakeRustlsConnect;
+use super::MintError;
+use crate::config::{BackendConfig, BackendTls};
+
+/// Idle admin connections, per database.
+pub struct AdminPool {
+    /// Host, port, user, password, TLS mode; the database is set per connect.
+    base: tokio_postgres::Config,
+    /// rustls config when `backend.tls` is not `disable`.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Idle connections by database name.
+    idle: Mutex<HashMap<String, Vec<Client>>>,
+    /// `backend.admin_pool_size`.
+    max_idle: usize,
+    connect_timeout: Duration,
+    statement_timeout: Duration,
+    /// Run once on every new connection.
+    session_setup: String,
+}
+
+impl std::fmt::Debug for AdminPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // tokio_postgres::Config redacts the password in its Debug output,
+        // but there is no need to rely on that.
+        f.debug_struct("AdminPool")
+            .field("tls", &self.tls.is_some())
+            .field("max_idle", &self.max_idle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminPool {
+    pub fn new(
+        backend: &BackendConfig,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        statement_timeout: Duration,
+    ) -> Result<AdminPool, MintError> {
+        let password = backend
+            .admin_password
+            .as_ref()
+            .ok_or_else(|| MintError::Config("backend.admin_password is not set".into()))?;
+        let mut base = tokio_postgres::Config::new();
+        base.host(&backend.host)
+            .port(backend.port)
+            .user(&backend.admin_user)
+            .password(password.expose())
+            .application_name("rolemint")
+            .connect_timeout(backend.connect_timeout)
+            .ssl_mode(match backend.tls {
+                BackendTls::Disable => SslMode::Disable,
+                BackendTls::Require | BackendTls::VerifyFull => SslMode::Require,
+            });
+        if backend.tls != BackendTls::Disable && tls.is_none() {
+            return Err(MintError::Config(
+                "backend.tls is enabled but no TLS client config was given".into(),
+            ));
+        }
+        let ms = statement_timeout.as_millis().max(1);
+        // synchronous_commit = off: a mint or revoke commit returns before
+        // its WAL reaches disk. Losing such a commit in a database crash is
+        // safe here: a lost CREATE ROLE means the backend login that follows
+        // fails and the client retries; a lost DROP ROLE leaves a marked role
+        // that the reaper finds and drops; and either way the role carries
+        // VALID UNTIL, so it can never be used past its lease. In exchange
+        // no mint waits for an fsync (DESIGN.md §3).
+        let session_setup = format!(
+            "SET synchronous_commit = off; SET application_name = 'rolemint'; SET statement_timeout = '{ms}ms'"
+        );
+        Ok(AdminPool {
+            base,
+            tls,
+            idle: Mutex::new(HashMap::new()),
+            max_idle: backend.admin_pool_size,
+            connect_timeout: backend.connect_timeout,
+            statement_timeout,
+            session_setup,
+        })
+    }
+
+    /// An admin connection to `database`: an idle one if any, else a new one.
+    pub async fn get(&self, database: &str) -> Result<PooledClient<'_>, MintError> {
+        loop {
+            let client = {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                idle.get_mut(database).and_then(Vec::pop)
+            };
+            match client {
+                Some(c) if !c.is_closed() => return Ok(self.wrap(database, c)),
+                Some(_) => continue, // broken while idle: drop it, try the next
+                None => break,
+            }
+        }
+        let client = self.connect(database).await?;
+        Ok(self.wrap(database, client))
+    }
+
+    fn wrap(&self, database: &str, client: Client) -> PooledClient<'_> {
+        PooledClient {
+            pool: self,
+            database: database.to_owned(),
+            client: Some(client),
+            busy: false,
+        }
+    }
+
+    async fn connect(&self, database: &str) -> Result<Client, MintError> {
+        let mut config = self.base.clone();
+        config.dbname(database);
+        let connecting = async {
+            match &self.tls {
+                None => spawn_connection(config.connect(NoTls).await?),
+                Some(tls) => {
+                    spawn_connection(config.connect(MakeRustlsConnect::new(tls.clone())).await?)
+                }
+            }
+        };
+        let client = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Err(_) => {
+                return Err(MintError::Timeout {
+                    what: "connecting as admin",
+                    database: database.to_owned(),
+                    after: self.connect_timeout,
+                })
+            }
+            Ok(Err(e)) => return Err(MintError::connect(database, &e)),
+            Ok(Ok(c)) => c,
+        };
+        match tokio::time::timeout(
+            self.statement_timeout,
+            client.simple_query(&self.session_setup),
+        )
+        .await
+        {
+            Err(_) => Err(MintError::Timeout {
+                what: "setting up the admin session",
+                database: database.to_owned(),
+                after: self.statement_timeout,
+            }),
+            Ok(Err(e)) => Err(MintError::query(database, &e)),
+            Ok(Ok(_)) => {
+                tracing::debug!(database, "admin connection opened");
+                Ok(client)
+            }
+        }
+    }
+
+    fn put_back(&self, database: &str, client: Client) {
+        if client.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(database.to_owned()).or_default();
+        if list.len() < self.max_idle {
+            list.push(client);
+        }
+        // else: dropped here, which closes the connection.
+    }
+}
+
+/// Drives the connection's socket on its own task; the `Client` talks to it
+/// through a channel and sees `is_closed()` once it ends.
+fn spawn_connection<S, T>(
+    (client, connection): (Client, tokio_postgres::Connection<S, T>),
+) -> Result<Client, tokio_postgres::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "admin connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// An admin connection on loan; goes back to the pool when dropped, unless
+/// it broke or a statement was left unfinished.
+pub struct PooledClient<'a> {
+    pool: &'a AdminPool,
+    database: String,
+    client: Option<Client>,
+    /// A batch was sent and its outcome not yet seen. If the future running
+    /// it is dropped (the caller gave up), the session's state is unknown —
+    /// possibly inside an aborted transaction — so it is not reused.
+    busy: bool,
+}
+
+impl PooledClient<'_> {
+    /// Runs `sql` (one or more statements) in one round trip, bounded by
+    /// `mint.statement_timeout`.
+    ///
+    /// After a database error the connection is rolled back: a batch that
+    /// fails inside its own `BEGIN` leaves the session in an aborted
+    /// transaction (the rest of a simple-query string is skipped, `COMMIT`
+    /// included; `sql.rs` builds every batch from such blocks). If that
+    /// `ROLLBACK` fails too, the connection is discarded.
+    pub async fn batch(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, MintError> {
+        let timeout = self.pool.statement_timeout;
+        let client = self.client.as_ref().ok_or_else(|| MintError::Backend {
+            database: self.database.clone(),
+            message: "admin connection already discarded".into(),
+        })?;
+        self.busy = true;
+        let result = tokio::time::timeout(timeout, client.simple_query(sql)).await;
+        match result {
+            Ok(Ok(rows)) => {
+                self.busy = false;
+                Ok(rows)
+            }
+            Ok(Err(e)) => {
+                let err = MintError::query(&self.database, &e);
+                let clean = e.as_db_error().is_some()
+                    && matches!(
+                        tokio::time::timeout(timeout, client.simple_query("ROLLBACK")).await,
+                        Ok(Ok(_))
+                    );
+                if clean {
+                    self.busy = false;
+                } else {
+                    self.discard();
+                }
+                Err(err)
+            }
+            Err(_) => {
+                // The server cancels the statement by its own
+                // statement_timeout; this connection is not reused.
+                self.discard();
+                Err(MintError::Timeout {
+                    what: "running admin statements",
+                    database: self.database.clone(),
+                    after: timeout,
+                })
+            }
+        }
+    }
+
+    /// Closes the connection instead of returning it.
+    pub fn discard(&mut self) {
+        self.client = None;
+    }
+}
+
+impl Drop for PooledClient<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            if !self.busy {
+                self.pool.put_back(&self.database, client);
+            }
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The few PostgreSQL messages rolemint speaks itself, sans IO.
+//!
+//! Everything after the handshake is spliced as bytes; before it, rolemint
+//! reads the client's startup packet and password message and writes
+//! authentication requests, errors and the swapped BackendKeyData. Decoders
+//! take a complete message body and never panic on what a peer sends;
+//! encoders append to a caller's buffer, in the style of `postgres-protocol`.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::error::ClientError;
+
+/// PostgreSQL's own cap on a startup packet (`MAX_STARTUP_PACKET_LENGTH`).
+pub const MAX_STARTUP_PACKET: usize = 10_000;
+/// Protocol 3.0.
+pub const PROTOCOL_3_0: u32 = 196_608;
+/// Request codes carried in the version field of a startup packet.
+pub const SSL_REQUEST_CODE: u32 = 80_877_103;
+pub const GSSENC_REQUEST_CODE: u32 = 80_877_104;
+pub const CANCEL_REQUEST_CODE: u32 = 80_877_102;
+/// Most startup parameters a client may send.
+const MAX_STARTUP_PARAMS: usize = 64;
+
+/// The first message of a connection (untyped, length-prefixed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupPacket {
+    SslRequest,
+    GssEncRequest,
+    Cancel { process_id: i32, secret_key: i32 },
+    Startup { params: Vec<(String, String)> },
+}
+
+/// Validates the length word of a startup packet: the whole packet,
+/// including the four length bytes.
+pub fn startup_packet_len(len_word: [u8; 4]) -> Result<usize, ClientError> {
+    let len = u32::from_be_bytes(len_word) as usize;
+    if !(8..=MAX_STARTUP_PACKET).contains(&len) {
+        return Err(ClientError::Protocol("invalid startup packet length"));
+    }
+    Ok(len)
+}
+
+/// Parses a startup packet body (everything after the length word).
+pub fn parse_startup_packet(body: &[u8]) -> Result<StartupPacket, ClientError> {
+    let Some((code, rest)) = body.split_first_chunk::<4>() else {
+        return Err(ClientError::Protocol("startup packet too short"));
+    };
+    match u32::from_be_bytes(*code) {
+        SSL_REQUEST_CODE if rest.is_empty() => Ok(StartupPacket::SslRequest),
+        GSSENC_REQUEST_CODE if rest.is_empty() => Ok(StartupPacket::GssEncRequest),
+        CANCEL_REQUEST_CODE => {
+            let (Some((pid, rest)), true) = (rest.split_first_chunk::<4>(), rest.len() == 8) else {
+                return Err(ClientError::Protocol("invalid cancel request"));
+            };
+            let secret: [u8; 4] = rest
+                .try_into()
+                .map_err(|_| ClientError::Protocol("invalid cancel request"))?;
+            Ok(StartupPacket::Cancel {
+                process_id: i32::from_be_bytes(*pid),
+                secret_key: i32::from_be_bytes(secret),
+            })
+        }
+        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => {
+            Err(ClientError::Protocol("invalid encryption request"))
+        }
+        PROTOCOL_3_0 => Ok(StartupPacket::Startup {
+            params: parse_params(rest)?,
+        }),
+        // 3.x minor versions newer than 0 are answered by PostgreSQL with a
+        // NegotiateProtocolVersion; rolemint is strict and refuses them.
+        v => Err(ClientError::UnsupportedProtocol(
+            (v >> 16) as u16,
+            (v & 0xffff) as u16,
+        )),
+    }
+}
+
+/// `name\0value\0 ... \0`
+fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, ClientError> {
+    let mut params = Vec::new();
+    loop {
+        let (name, after) = cstr(rest)?;
+        if name.is_empty() {
+            if !after.is_empty() {
+                return Err(ClientError::Protocol("trailing bytes after startup parameters"));
+            }
+            return Ok(params);
+        }
+        let (value, after) = cstr(after)?;
+        if params.len() == MAX_STARTUP_PARAMS {
+            return Err(ClientError::Protocol("too many startup parameters"));
+        }
+        params.push((name.to_owned(), value.to_owned()));
+        rest = after;
+    }
+}
+
+/// A NUL-terminated UTF-8 string and what follows it.
+fn cstr(buf: &[u8]) -> Result<(&str, &[u8]), ClientError> {
+    let end = buf
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or(ClientError::Protocol("unterminated string"))?;
+    let s = std::str::from_utf8(&buf[..end])
+        .map_err(|_| ClientError::Protocol("startup string is not UTF-8"))?;
+    Ok((s, &buf[end + 1..]))
+}
+
+/// Parses a PasswordMessage body: one NUL-terminated string (the token).
+pub fn parse_password(body: &[u8]) -> Result<&str, ClientError> {
+    match cstr(body) {
+        Ok((token, rest)) if rest.is_empty() => Ok(token),
+        _ => Err(ClientError::Protocol("malformed password message")),
+    }
+}
+
+fn message(tag: u8, buf: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
+    buf.put_u8(tag);
+    let len_at = buf.len();
+    buf.put_i32(0);
+    body(buf);
+    let len = (buf.len() - len_at) as i32;
+    buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// AuthenticationCleartextPassword (B): asks the client for its token.
+pub fn auth_cleartext_password(buf: &mut BytesMut) {
+    message(b'R', buf, |b| b.put_i32(3));
+}
+
+/// AuthenticationOk (B).
+pub fn auth_ok(buf: &mut BytesMut) {
+    message(b'R', buf, |b| b.put_i32(0));
+}
+
+/// BackendKeyData (B): the process id and secret the client will cancel with.
+pub fn backend_key_data(process_id: i32, secret_key: i32, buf: &mut BytesMut) {
+    message(b'K', buf, |b| {
+        b.put_i32(process_id);
+        b.put_i32(secret_key);
+    });
+}
+
+/// ErrorResponse (B) with severity FATAL: the session ends after it.
+pub fn fatal(err: &ClientError, buf: &mut BytesMut) {
+    error_response("FATAL", err.sqlstate(), &err.to_string(), buf);
+}
+
+/// ErrorResponse (B) with the given fields.
+pub fn error_response(severity: &str, code: &str, text: &str, buf: &mut BytesMut) {
+    message(b'E', buf, |b| {
+        for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', text)] {
+            b.put_u8(field);
+            // A NUL inside would end the field early; our texts never hold one
+            // but names echoed from a client might.
+            b.extend(value.bytes().filter(|c| *c != 0));
+            b.put_u8(0);
+        }
+        b.put_u8(0);
+    });
+}
+
+/// Tracks message boundaries in a stream of backend messages as bytes pass
+/// through, so that rolemint can inject a message (the lease-expired FATAL)
+/// without cutting one in half. It costs a few comparisons per message.
+#[derive(Debug, Default, Clone)]
+pub struct Framer {
+    header: [u8; 5],
+    header_len: usize,
+    /// Body bytes of the current message still to come.
+    remaining: usize,
+    /// A length word below 4: the stream cannot be followed any more.
+    lost: bool,
+}
+
+impl Framer {
+    /// Feeds bytes that were forwarded.
+    pub fn advance(&mut self, mut data: &[u8]) {
+        while !data.is_empty() && !self.lost {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len());
+                self.remaining -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.header_len).min(data.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&data[..n]);
+            self.header_len += n;
+            data = &data[n..];
+            if self.header_len == 5 {
+                let len = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]) as usize;
+                self.header_len = 0;
+                match len.checked_sub(4) {
+                    Some(body) => self.remaining = body,
+                    None => self.lost = true,
+                }
+            }
+        }
+    }
+
+    /// True between two messages.
+    pub fn at_boundary(&self) -> bool {
+        !self.lost && self.header_len == 0 && self.remaining == 0
+    }
+
+    /// How many of `data` can be forwarded without passing the end of the
+    /// current message; `None` when the stream cannot be followed.
+    pub fn until_boundary(&self, data: &[u8]) -> Option<usize> {
+        if self.lost {
+            return None;
+        }
+        if self.header_len == 0 {
+            return Some(self.remaining.min(data.len()));
+        }
+        // Inside a header: its length word decides where the message ends.
+        let need = 5 - self.header_len;
+        if data.len() < need {
+            return Some(data.len());
+        }
+        let mut probe = self.clone();
+        probe.advance(&data[..need]);
+        if probe.lost {
+            return None;
+        }
+        Some((need + probe.remaining).min(data.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup_body(params: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = PROTOCOL_3_0.to_be_bytes().to_vec();
+        for (k, v) in params {
+            b.extend_from_slice(k.as_bytes());
+            b.push(0);
+            b.extend_from_slice(v.as_bytes());
+            b.push(0);
+        }
+        b.push(0);
+        b
+    }
+
+    #[test]
+    fn parses_startup_parameters() {
+        let body = startup_body(&[("user", "readonly"), ("database", "appdb")]);
+        let StartupPacket::Startup { params } = parse_startup_packet(&body).unwrap() else {
+            panic!("not a startup")
+        };
+        assert_eq!(params[0], ("user".into(), "readonly".into()));
+        assert_eq!(params[1], ("database".into(), "appdb".into()));
+    }
+
+    #[test]
+    fn parses_requests() {
+        assert_eq!(
+            parse_startup_packet(&SSL_REQUEST_CODE.to_be_bytes()).unwrap(),
+            StartupPacket::SslRequest
+        );
+        let mut cancel = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
+        cancel.extend_from_slice(&7i32.to_be_bytes());
+        cancel.extend_from_slice(&(-9i32).to_be_bytes());
+        assert_eq!(
+            parse_startup_packet(&cancel).unwrap(),
+            StartupPacket::Cancel {
+                process_id: 7,
+                secret_key: -9
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_packets_without_panicking() {
+        let bad: &[&[u8]] = &[
+            b"",
+            b"\x00\x03",
+            &[0, 3, 0, 0, b'u', b's'],          // unterminated
+            &[0, 3, 0, 0, b'u', 0, b'x', 0, 1], // trailing
+            &[0, 3, 0, 0, 0xff, 0, b'x', 0, 0], // not UTF-8
+            &[4, 210, 22, 46, 0],               // cancel too short
+            &[4, 210, 22, 47, 1],               // SSLRequest with a body
+            &[0, 2, 0, 0, 0],                   // protocol 2
+        ];
+        for b in bad {
+            assert!(parse_startup_packet(b).is_err(), "{b:?}");
+        }
+        assert!(startup_packet_len(3u32.to_be_bytes()).is_err());
+        assert!(startup_packet_len(10_001u32.to_be_bytes()).is_err());
+        assert!(parse_password(b"tok").is_err());
+        assert!(parse_password(b"tok\0x").is_err());
+        assert_eq!(parse_password(b"tok\0").unwrap(), "tok");
+    }
+
+    #[test]
+    fn too_many_parameters_are_refused() {
+        let many: Vec<(String, String)> = (0..100).map(|i| (format!("k{i}"), "v".into())).collect();
+        let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert!(parse_startup_packet(&startup_body(&refs)).is_err());
+    }
+
+    #[test]
+    fn error_response_layout() {
+        let mut buf = BytesMut::new();
+        fatal(&ClientError::BadToken, &mut buf);
+        assert_eq!(buf[0], b'E');
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        assert_eq!(len + 1, buf.len());
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.contains("C28P01\0"));
+        assert!(text.contains("SFATAL\0"));
+    }
+
+    #[test]
+    fn framer_follows_boundaries_across_chunks() {
+        let mut stream = BytesMut::new();
+        auth_ok(&mut stream);
+        backend_key_data(1, 2, &mut stream);
+        error_response("ERROR", "XX000", "boom", &mut stream);
+        for split in 0..stream.len() {
+            let mut f = Framer::default();
+            f.advance(&stream[..split]);
+            f.advance(&stream[split..]);
+            assert!(f.at_boundary(), "split at {split}");
+        }
+        let mut f = Framer::default();
+        f.advance(&stream[..3]);
+        assert!(!f.at_boundary());
+        // 9 bytes of AuthenticationOk in all: 6 still to come.
+        assert_eq!(f.until_boundary(&stream[3..]), Some(6));
+        let mut g = Framer::default();
+        g.advance(&stream[..9]);
+        assert!(g.at_boundary());
+        assert_eq!(g.until_boundary(&stream[9..]), Some(0));
+    }
+
+    #[test]
+    fn framer_gives_up_on_an_impossible_length() {
+        let mut f = Framer::default();
+        f.advance(&[b'Z', 0, 0, 0, 1]);
+        assert!(!f.at_boundary());
+        assert_eq!(f.until_boundary(b"abc"), None);
+    }
+}

@@ -1,0 +1,303 @@
+//! The integration test harness: a real PostgreSQL (started here, scram
+//! auth, free port, `log_statement = 'all'`), the demo schema, and a
+//! rolemint server in-process on port 0.
+//!
+//! Each test gets its own cluster and proxy, so tests that count roles
+//! cannot see each other's. Everything stops on drop, also when a test
+//! fails.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Output;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rolemint::config::Config;
+use rolemint::pgcluster::{self, ClusterOptions, Demo, TempCluster};
+use rolemint::secret::Secret;
+use rolemint::server::{Server, Shared};
+use tokio_util::sync::CancellationToken;
+
+/// What a harness should look like.
+pub struct Options {
+    /// Plaintext clients allowed (tokio-postgres tests use NoTls).
+    pub allow_plaintext: bool,
+    /// Extra TOML appended to the config (more templates).
+    pub extra_toml: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            allow_plaintext: true,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+pub struct Harness {
+    pub cluster: TempCluster,
+    pub demo: Demo,
+    pub addr: SocketAddr,
+    pub config: Config,
+    pub shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The rolemint log lines of this test process, to check for secrets.
+pub fn captured_log() -> String {
+    let buf = log_buffer().lock().unwrap_or_else(|e| e.into_inner());
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn log_buffer() -> &'static Mutex<Vec<u8>> {
+    static BUF: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    BUF.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        log_buffer()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn init_logging() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("rolemint=debug")
+            .with_writer(|| LogWriter)
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::with(Options::default()).await
+    }
+
+    pub async fn with(options: Options) -> Harness {
+        rolemint::tls::install_crypto_provider();
+        init_logging();
+        let (cluster, demo) = tokio::task::spawn_blocking(|| {
+            let cluster = TempCluster::start(
+                ClusterOptions::default()
+                    .setting("log_statement", "all")
+                    .setting("log_connections", "on"),
+            )
+            .expect("start PostgreSQL");
+            let demo = pgcluster::provision_demo(&cluster).expect("provision the demo");
+            (cluster, demo)
+        })
+        .await
+        .expect("cluster task");
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_self_signed_cert(dir.path());
+        let text = format!(
+            r#"
+[proxy]
+listen = "127.0.0.1:0"
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+allow_plaintext = {plain}
+handshake_timeout = "5s"
+shutdown_grace = "2s"
+
+[backend]
+host = "127.0.0.1"
+port = {port}
+admin_user = "{admin}"
+admin_password = "{admin_pw}"
+admin_database = "postgres"
+
+[auth]
+issuer = "rolemint-test"
+audience = "rolemint"
+hs256_secret = "{secret}"
+
+{templates}
+
+{extra}
+"#,
+            plain = options.allow_plaintext,
+            port = cluster.port(),
+            admin = demo.admin_user,
+            admin_pw = demo.admin_password.expose(),
+            secret = HS256_SECRET,
+            templates = pgcluster::demo_templates_toml(),
+            extra = options.extra_toml,
+        );
+        let mut config = Config::parse(&text).expect("test config parses");
+        config.resolve(dir.path()).expect("resolve");
+        config.validate().expect("test config is valid");
+        let server = Server::bind(config.clone()).await.expect("bind rolemint");
+        let addr = server.local_addr();
+        let shared = server.shared();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        Harness {
+            cluster,
+            demo,
+            addr,
+            config,
+            shared,
+            shutdown,
+            server: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// A fresh token for `subject`.
+    pub fn token(&self, subject: &str) -> Secret {
+        rolemint::identity::issue(&self.config.auth, subject, &[], Duration::from_secs(600))
+            .expect("issue token")
+    }
+
+    /// A tokio-postgres connection string through the proxy (plaintext).
+    pub fn conn_string(&self, template: &str, database: &str, password: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={template} dbname={database} password={password} sslmode=disable connect_timeout=10",
+            self.addr.port()
+        )
+    }
+
+    /// Connects through the proxy with tokio-postgres, no TLS.
+    pub async fn connect(
+        &self,
+        template: &str,
+        database: &str,
+        password: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.conn_string(template, database, password), tokio_postgres::NoTls)
+                .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// A superuser connection straight to PostgreSQL, to look behind the proxy.
+    pub async fn superuser(&self) -> tokio_postgres::Client {
+        let (client, conn) =
+            tokio_postgres::connect(&self.cluster.superuser_conn_string("appdb"), tokio_postgres::NoTls)
+                .await
+                .expect("superuser connects");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    /// Names of the roles that are members of `rolemint_managed` now.
+    pub async fn managed_roles(&self) -> Vec<String> {
+        let su = self.superuser().await;
+        let rows = su
+            .query(
+                "SELECT r.rolname FROM pg_roles r JOIN pg_auth_members m ON m.member = r.oid \
+                 JOIN pg_roles g ON g.oid = m.roleid WHERE g.rolname = 'rolemint_managed' \
+                 AND r.rolname LIKE 'v-%' ORDER BY 1",
+                &[],
+            )
+            .await
+            .expect("list managed roles");
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
+    /// Waits until no minted role is left, up to `within`; returns what is left.
+    pub async fn wait_no_managed_roles(&self, within: Duration) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let left = self.managed_roles().await;
+            if left.is_empty() || start.elapsed() > within {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs a client binary (psql, pgbench) with the token in PGPASSWORD,
+    /// never on the command line.
+    pub async fn run_client(&self, program: &Path, args: &[&str], token: &Secret, sslmode: &str) -> Output {
+        tokio::process::Command::new(program)
+            .args(args)
+            .env("PGPASSWORD", token.expose())
+            .env("PGSSLMODE", sslmode)
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.addr.port().to_string())
+            .env("PGCONNECT_TIMEOUT", "10")
+            .env_remove("PGUSER")
+            .env_remove("PGDATABASE")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("client binary runs")
+    }
+
+    /// psql -XAt through the proxy.
+    pub async fn psql(&self, template: &str, database: &str, token: &Secret, sql: &str) -> Output {
+        let psql = self.cluster.psql().to_owned();
+        self.run_client(
+            &psql,
+            &["-X", "-At", "-v", "ON_ERROR_STOP=1", "-U", template, "-d", database, "-c", sql],
+            token,
+            "require",
+        )
+        .await
+    }
+
+    /// Stops the proxy, draining and revoking.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(90), task).await;
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.server.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The local issuer key of test configs (tests only).
+pub const HS256_SECRET: &str = "test-secret-0123456789abcdef0123456789";
+
+/// A self-signed certificate for localhost / 127.0.0.1 in `dir`.
+pub fn write_self_signed_cert(dir: &Path) {
+    rolemint::dev::write_self_signed_cert(dir).expect("write self-signed certificate");
+}
+
+/// The SQLSTATE of a tokio-postgres error, if it carries one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|db| db.code().code().to_owned())
+}
+
+/// stdout + stderr of a finished client, for assertion messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -1,0 +1,246 @@
+//! A session end to end: a token in, a minted role spliced to PostgreSQL,
+//! the role dropped at the end. Real PostgreSQL, real psql, tokio-postgres.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::{output_text, sqlstate, Harness, Options};
+
+/// A minted role's name: `v-<identity>-<template>-<random>-<unix time>`.
+fn assert_minted_name(name: &str, identity: &str, template: &str) {
+    let prefix = format!("v-{identity}-{template}-");
+    assert!(name.starts_with(&prefix), "{name}");
+    let rest: Vec<&str> = name[prefix.len()..].split('-').collect();
+    assert_eq!(rest.len(), 2, "{name}");
+    assert!(rest[0].len() >= 8 && rest[0].bytes().all(|c| c.is_ascii_alphanumeric()), "{name}");
+    let unix: u64 = rest[1].parse().expect("unix time suffix");
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    assert!(now.abs_diff(unix) < 600, "{name}");
+    assert!(name.len() <= 63);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_over_tls_gets_a_minted_role_that_is_dropped_after() {
+    let h = Harness::start().await;
+    let token = h.token("alice");
+    let sql = "SELECT current_user; \
+               SELECT pg_has_role(current_user, 'rolemint_managed', 'member'); \
+               SELECT extract(epoch from rolvaliduntil)::bigint FROM pg_roles WHERE rolname = current_user; \
+               SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid(); \
+               SELECT count(*) FROM accounts;";
+    let out = h.psql("readonly", "appdb", &token, sql).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    assert_minted_name(lines[0], "alice", "readonly");
+    assert_eq!(lines[1], "t", "the role is a member of rolemint_managed");
+    let valid_until: u64 = lines[2].parse().expect("VALID UNTIL is set");
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let ttl = h.config.roles["readonly"].default_ttl.as_secs();
+    assert!(valid_until.abs_diff(now + ttl) < 30, "VALID UNTIL {valid_until} is the lease expiry");
+    assert!(lines[4].parse::<u64>().unwrap() > 0);
+
+    let left = h.wait_no_managed_roles(Duration::from_secs(5)).await;
+    assert!(left.is_empty(), "roles left after psql disconnected: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_role_exists_during_the_session_and_is_gone_after() {
+    let h = Harness::start().await;
+    let token = h.token("bob@example.com");
+    let client = h.connect("readonly", "appdb", token.expose()).await.expect("connect");
+    let row = client.query_one("SELECT current_user::text", &[]).await.unwrap();
+    let role: String = row.get(0);
+    assert_minted_name(&role, "bob_example_com", "readonly");
+    assert_eq!(h.managed_roles().await, vec![role.clone()]);
+    // The lease comment names the identity and template.
+    let su = h.superuser().await;
+    let comment: Option<String> = su
+        .query_one(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let comment = comment.expect("lease comment on the role");
+    assert!(comment.contains("bob@example.com") && comment.contains("readonly"), "{comment}");
+
+    // The readonly template cannot write.
+    let err = client.execute("DELETE FROM accounts", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("42501"));
+
+    drop(client);
+    let left = h.wait_no_managed_roles(Duration::from_secs(5)).await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_get_distinct_roles() {
+    let h = Harness::start().await;
+    let token = h.token("alice");
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(h.connect("readwrite", "appdb", token.expose()).await.expect("connect"));
+    }
+    let mut names = Vec::new();
+    for c in &clients {
+        names.push(c.query_one("SELECT session_user::text", &[]).await.unwrap().get::<_, String>(0));
+        // readwrite sessions act as app_owner, so what they create is not theirs.
+        let current: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+        assert_eq!(current, "app_owner");
+    }
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 5);
+    assert_eq!(h.managed_roles().await.len(), 5);
+    drop(clients);
+    let left = h.wait_no_managed_roles(Duration::from_secs(5)).await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_past_its_ttl_is_ended_with_57p01_and_rolled_back() {
+    let h = Harness::with(Options {
+        extra_toml: r#"
+[roles.shortlived]
+databases = ["appdb"]
+default_ttl = "3s"
+max_ttl = "1h"
+creation_statements = [
+  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+  "GRANT app_owner TO \"{{name}}\"",
+  "ALTER ROLE \"{{name}}\" SET role = 'app_owner'",
+]
+"#
+        .into(),
+        ..Options::default()
+    })
+    .await;
+    let su = h.superuser().await;
+    su.batch_execute("CREATE TABLE ttl_probe (x int); ALTER TABLE ttl_probe OWNER TO app_owner;")
+        .await
+        .unwrap();
+
+    let token = h.token("carol");
+    let client = h.connect("shortlived", "appdb", token.expose()).await.expect("connect");
+    let role: String = client.query_one("SELECT session_user::text", &[]).await.unwrap().get(0);
+    client.batch_execute("BEGIN; INSERT INTO ttl_probe VALUES (1);").await.unwrap();
+    let started = std::time::Instant::now();
+    let err = client.batch_execute("SELECT pg_sleep(30)").await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(25), "ended by the TTL, not by the sleep");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57P01"), "{err:?}");
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.severity(), "FATAL");
+    assert!(db.message().contains("lease expired"), "{}", db.message());
+    assert!(client.is_closed() || client.simple_query("SELECT 1").await.is_err());
+
+    let left = h.wait_no_managed_roles(Duration::from_secs(5)).await;
+    assert!(left.is_empty(), "{left:?}");
+    let rows: i64 = su.query_one("SELECT count(*) FROM ttl_probe", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 0, "the open transaction was rolled back");
+    let backends: i64 = su
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&role])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(backends, 0, "the backend was terminated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_reaches_the_backend_and_the_session_stays_usable() {
+    let h = Harness::start().await;
+    let token = h.token("dave");
+    let client = h.connect("readonly", "appdb", token.expose()).await.expect("connect");
+    let cancel = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cancel.cancel_query(tokio_postgres::NoTls).await
+    });
+    let started = std::time::Instant::now();
+    let err = client.batch_execute("SELECT pg_sleep(30)").await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(25));
+    canceller.await.unwrap().expect("cancel request sent");
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_cancel_with_sigint_keeps_the_session() {
+    // psql's Ctrl-C: SIGINT makes libpq send a CancelRequest (over TLS here
+    // too, as PostgreSQL 17's libpq does, or plaintext before it).
+    let h = Harness::start().await;
+    let token = h.token("erin");
+    let psql = h.cluster.psql().to_owned();
+    let mut child = tokio::process::Command::new(psql)
+        .args(["-X", "-At", "-U", "readonly", "-d", "appdb", "-f", "-"])
+        .env("PGPASSWORD", token.expose())
+        .env("PGSSLMODE", "require")
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", h.addr.port().to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"SELECT pg_sleep(30);\n").await.unwrap();
+    stdin.flush().await.unwrap();
+    // Wait until the sleep runs in the backend, then "press Ctrl-C".
+    let su = h.superuser().await;
+    let started = std::time::Instant::now();
+    loop {
+        let n: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the query never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    // psql in -f mode stops the script on a cancel only with ON_ERROR_STOP;
+    // without it, it goes on with the next statement: the session survived.
+    stdin.write_all(b"SELECT 'still here';\n").await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("psql finished after the cancel")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("canceling statement due to user request"), "{stderr}");
+    assert!(stdout.contains("still here"), "{stdout}\n{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_never_reaches_postgres_or_our_logs() {
+    let h = Harness::start().await;
+    let token = h.token("frank");
+    for template in ["readonly", "readwrite"] {
+        let out = h.psql(template, "appdb", &token, "SELECT 1").await;
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    let log = h.cluster.read_log();
+    let creates: Vec<&str> = log.lines().filter(|l| l.contains("CREATE ROLE \"v-")).collect();
+    assert!(creates.len() >= 2, "log_statement = 'all' shows the mints:\n{log}");
+    for line in &creates {
+        assert!(line.contains("PASSWORD 'SCRAM-SHA-256$"), "not a verifier: {line}");
+    }
+    let ours = common::captured_log();
+    assert!(!ours.contains(token.expose()), "the token is in rolemint's log");
+    assert!(!ours.contains("SCRAM-SHA-256$"), "a verifier is in rolemint's log");
+    assert!(!log.contains(token.expose()), "the token is in the server log");
+}
