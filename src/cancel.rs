@@ -52,11 +52,11 @@ impl CancelMap {
             let mut bytes = [0u8; 8];
             // The system RNG failing is not something a proxy can recover
             // from; PostgreSQL itself refuses connections then.
-            rng.fill(&mut bytes).expect("system random number generator failed");
+            rng.fill(&mut bytes)
+                .expect("system random number generator failed");
             // Positive, like a real process id, and never 0.
-            let process_id = (i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
-                & i32::MAX)
-                .max(1);
+            let process_id =
+                (i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & i32::MAX).max(1);
             let secret_key = i32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
             if let Entry::Vacant(slot) = self.map.entry(process_id) {
                 slot.insert(Registered {
@@ -107,7 +107,10 @@ mod tests {
         };
         let key = map.register(backend);
         assert!(key.key.process_id > 0);
-        assert_eq!(map.lookup(key.key.process_id, key.key.secret_key), Some(backend));
+        assert_eq!(
+            map.lookup(key.key.process_id, key.key.secret_key),
+            Some(backend)
+        );
         assert_eq!(
             map.lookup(key.key.process_id, key.key.secret_key.wrapping_add(1)),
             None

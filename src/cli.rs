@@ -6,7 +6,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "rolemint", version, about = "A PostgreSQL proxy that mints a short-lived role for every session")]
+#[command(
+    name = "rolemint",
+    version,
+    about = "A PostgreSQL proxy that mints a short-lived role for every session"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -23,8 +27,9 @@ pub enum Command {
     /// Start a throwaway PostgreSQL and a proxy in front of it, and print
     /// ready-to-paste psql and pgbench command lines.
     Dev {
-        /// Keep the cluster data and config in this directory (default: a
-        /// temporary directory removed on exit).
+        /// Write the config, certificate and key here and keep them on exit
+        /// (default: a temporary directory, removed). The cluster's data is
+        /// deleted on exit either way.
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Port for the proxy; the next free one is taken if it is busy.

@@ -412,13 +412,23 @@ impl Config {
             }
             let placeholders = ["name", "password", "expiration"];
             for s in &t.creation_statements {
-                check_placeholders(&format!("roles.{name}.creation_statements"), s, &placeholders)?;
+                check_placeholders(
+                    &format!("roles.{name}.creation_statements"),
+                    s,
+                    &placeholders,
+                )?;
             }
             for s in t.revocation_statements.iter().flatten() {
                 check_placeholders(&format!("roles.{name}.revocation_statements"), s, &["name"])?;
             }
         }
         Ok(())
+    }
+
+    /// Longest a mint or revoke may take as a whole: a fresh admin
+    /// connection, then one statement batch.
+    pub fn admin_operation_timeout(&self) -> Duration {
+        self.backend.connect_timeout + self.mint.statement_timeout
     }
 
     /// The template a client names as its `user`.
@@ -494,14 +504,20 @@ creation_statements = [
     #[test]
     fn rejects_unknown_keys() {
         let text = EXAMPLE.replace("allow_plaintext = true", "allow_plaintxt = true");
-        assert!(matches!(Config::parse(&text), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            Config::parse(&text),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]
     fn rejects_unknown_placeholders_and_bad_ttls() {
         let text = EXAMPLE.replace("{{expiration}}", "{{expires}}");
         let err = Config::parse(&text).unwrap().validate().unwrap_err();
-        assert!(err.to_string().contains("unknown placeholder {{expires}}"), "{err}");
+        assert!(
+            err.to_string().contains("unknown placeholder {{expires}}"),
+            "{err}"
+        );
 
         let text = EXAMPLE.replace("default_ttl = \"1h\"", "default_ttl = \"48h\"");
         assert!(Config::parse(&text).unwrap().validate().is_err());

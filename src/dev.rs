@@ -208,11 +208,7 @@ fn write_dev_files(
     listen: SocketAddr,
     backend: &DevBackend<'_>,
 ) -> anyhow::Result<PathBuf> {
-    let tls =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .context("generating a self-signed certificate")?;
-    write_file(&dir.join(CERT_FILE), &tls.cert.pem(), 0o644)?;
-    write_file(&dir.join(KEY_FILE), &tls.signing_key.serialize_pem(), 0o600)?;
+    write_self_signed_cert(dir)?;
 
     let mut key = [0_u8; 48];
     aws_lc_rs::rand::fill(&mut key)
@@ -222,6 +218,18 @@ fn write_dev_files(
     let path = dir.join(CONFIG_FILE);
     write_file(&path, &render_config(listen, backend, &hs256_secret), 0o600)?;
     Ok(path)
+}
+
+/// Writes a self-signed certificate for `localhost` / `127.0.0.1` and its
+/// key into `dir` as `cert.pem` and `key.pem` (the tests use it too).
+pub fn write_self_signed_cert(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let tls =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .context("generating a self-signed certificate")?;
+    let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+    write_file(&cert, &tls.cert.pem(), 0o644)?;
+    write_file(&key, &tls.signing_key.serialize_pem(), 0o600)?;
+    Ok((cert, key))
 }
 
 /// Creates or replaces `path` with `mode` (also fixing the mode of an older

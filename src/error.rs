@@ -112,7 +112,10 @@ mod tests {
     #[test]
     fn sqlstates_follow_the_contract() {
         assert_eq!(ClientError::BadToken.sqlstate(), "28P01");
-        assert_eq!(ClientError::TemplateNotAllowed("x".into()).sqlstate(), "28000");
+        assert_eq!(
+            ClientError::TemplateNotAllowed("x".into()).sqlstate(),
+            "28000"
+        );
         let db = ClientError::DatabaseNotAllowed {
             database: "a".into(),
             template: "b".into(),

@@ -248,7 +248,7 @@ pub async fn revoke_until_done(
     loop {
         attempt = attempt.saturating_add(1);
         let outcome = tokio::time::timeout(
-            config.mint.statement_timeout,
+            config.admin_operation_timeout(),
             minter.revoke(&lease.role, &lease.database, template),
         )
         .await;
@@ -267,7 +267,9 @@ pub async fn revoke_until_done(
             Ok(Err(e)) => {
                 tracing::warn!(lease = %lease.id, role = %lease.role, attempt, "revoke failed: {e}")
             }
-            Err(_) => tracing::warn!(lease = %lease.id, role = %lease.role, attempt, "revoke timed out"),
+            Err(_) => {
+                tracing::warn!(lease = %lease.id, role = %lease.role, attempt, "revoke timed out")
+            }
         }
         if shutdown.is_cancelled() {
             attempts_in_shutdown += 1;

@@ -13,7 +13,10 @@ fn main() -> ExitCode {
     // Before anything builds a rustls config.
     rolemint::tls::install_crypto_provider();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rolemint: cannot start the runtime: {e}");
@@ -41,9 +44,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dev { dir, port, sub } => {
             init_logging(LogFormat::Text);
-            rolemint::dev::run(rolemint::dev::DevArgs { dir, port, subject: sub }).await
+            rolemint::dev::run(rolemint::dev::DevArgs {
+                dir,
+                port,
+                subject: sub,
+            })
+            .await
         }
-        Command::Token { config, sub, groups, ttl } => {
+        Command::Token {
+            config,
+            sub,
+            groups,
+            ttl,
+        } => {
             let config = Config::load(&config)?;
             let token = rolemint::identity::issue(&config.auth, &sub, &groups, ttl)
                 .context("signing the token")?;
@@ -69,7 +82,9 @@ pub async fn stop_on_signal(shutdown: CancellationToken) {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("ROLEMINT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

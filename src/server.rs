@@ -62,7 +62,9 @@ impl Server {
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         crate::tls::install_crypto_provider();
         let client_tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsAcceptor::from(crate::tls::server_config(cert, key)?)),
+            (Some(cert), Some(key)) => {
+                Some(TlsAcceptor::from(crate::tls::server_config(cert, key)?))
+            }
             _ => None,
         };
         let backend_tls = crate::tls::backend_client_config(&config.backend)?;
@@ -152,11 +154,20 @@ impl Server {
         sessions.close();
         shared.shutdown.cancel();
         let grace = shared.config.proxy.shutdown_grace;
-        tracing::info!(sessions = shared.leases.len(), "shutting down: draining sessions for up to {grace:?}");
+        tracing::info!(
+            sessions = shared.leases.len(),
+            "shutting down: draining sessions for up to {grace:?}"
+        );
         if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
-            tracing::info!(sessions = shared.leases.len(), "grace period over: ending sessions");
+            tracing::info!(
+                sessions = shared.leases.len(),
+                "grace period over: ending sessions"
+            );
             shared.leases.end_all(EndReason::Shutdown);
-            if tokio::time::timeout(REVOKE_AT_SHUTDOWN, sessions.wait()).await.is_err() {
+            if tokio::time::timeout(REVOKE_AT_SHUTDOWN, sessions.wait())
+                .await
+                .is_err()
+            {
                 tracing::error!(
                     leases = shared.leases.len(),
                     "revocations still running at exit; the reaper will drop what is left"

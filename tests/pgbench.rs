@@ -22,8 +22,14 @@ async fn pgbench(h: &Harness, template: &str, args: &[&str]) -> String {
         .lines()
         .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
         .unwrap_or_else(|| panic!("no transaction count in:\n{text}"));
-    assert!(!processed.starts_with("0/") && !processed.starts_with("0\n"), "{text}");
-    if let Some(failed) = text.lines().find_map(|l| l.strip_prefix("number of failed transactions: ")) {
+    assert!(
+        !processed.starts_with("0/") && !processed.starts_with("0\n"),
+        "{text}"
+    );
+    if let Some(failed) = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions: "))
+    {
         assert!(failed.starts_with("0 "), "failed transactions:\n{text}");
     }
     text
@@ -38,14 +44,29 @@ async fn pgbench_runs_every_mode_through_the_proxy_and_leaves_no_role() {
     // Initialisation through the proxy: the readwrite template acts as
     // app_owner, so the tables it recreates are not owned by the minted role.
     let out = h
-        .run_client(&bin, &["-U", "readwrite", "-i", "-s", "1", "-q", "appdb"], &token, "require")
+        .run_client(
+            &bin,
+            &["-U", "readwrite", "-i", "-s", "1", "-q", "appdb"],
+            &token,
+            "require",
+        )
         .await;
     assert!(out.status.success(), "pgbench -i:\n{}", output_text(&out));
 
     pgbench(&h, "readwrite", &["-c", "2", "-t", "50"]).await;
     pgbench(&h, "readonly", &["-S", "-c", "2", "-t", "200"]).await;
-    pgbench(&h, "readonly", &["-S", "-M", "extended", "-c", "2", "-t", "200"]).await;
-    pgbench(&h, "readonly", &["-S", "-M", "prepared", "-c", "2", "-t", "200"]).await;
+    pgbench(
+        &h,
+        "readonly",
+        &["-S", "-M", "extended", "-c", "2", "-t", "200"],
+    )
+    .await;
+    pgbench(
+        &h,
+        "readonly",
+        &["-S", "-M", "prepared", "-c", "2", "-t", "200"],
+    )
+    .await;
     pgbench(&h, "readwrite", &["-M", "prepared", "-c", "2", "-t", "50"]).await;
     // -C: a new connection, hence a newly minted and dropped role, per transaction.
     pgbench(&h, "readonly", &["-C", "-S", "-c", "2", "-t", "50"]).await;

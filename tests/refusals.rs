@@ -18,7 +18,12 @@ fn mints_in_server_log(h: &Harness) -> usize {
         .count()
 }
 
-async fn refused(h: &Harness, template: &str, database: &str, password: &str) -> tokio_postgres::Error {
+async fn refused(
+    h: &Harness,
+    template: &str,
+    database: &str,
+    password: &str,
+) -> tokio_postgres::Error {
     match h.connect(template, database, password).await {
         Ok(_) => panic!("{template}/{database} was let in"),
         Err(e) => e,
@@ -35,7 +40,9 @@ async fn bad_tokens_unknown_templates_and_databases_are_refused_before_minting()
 
     let foreign = rolemint::identity::issue(
         &rolemint::config::AuthConfig {
-            hs256_secret: Some(rolemint::secret::Secret::new("another-key-0123456789abcdef0123456789")),
+            hs256_secret: Some(rolemint::secret::Secret::new(
+                "another-key-0123456789abcdef0123456789",
+            )),
             ..h.config.auth.clone()
         },
         "mallory",
@@ -55,9 +62,16 @@ async fn bad_tokens_unknown_templates_and_databases_are_refused_before_minting()
     let e = refused(&h, "readonly", "postgres", token.expose()).await;
     assert_eq!(sqlstate(&e).as_deref(), Some("3D000"), "{e:?}");
     let message = e.as_db_error().unwrap().message().to_owned();
-    assert!(message.contains("postgres") && message.contains("readonly"), "{message}");
+    assert!(
+        message.contains("postgres") && message.contains("readonly"),
+        "{message}"
+    );
 
-    assert_eq!(mints_in_server_log(&h), 0, "a refused session minted a role");
+    assert_eq!(
+        mints_in_server_log(&h),
+        0,
+        "a refused session minted a role"
+    );
     assert!(h.managed_roles().await.is_empty());
     // The log says why, the client did not hear.
     let log = common::captured_log();
@@ -89,7 +103,11 @@ async fn expired_or_wrong_audience_tokens_are_refused() {
         "sub": "alice", "iss": "rolemint-test", "aud": "rolemint"
     }));
     // The hand-made token is accepted, so the refusals below are about the claims.
-    drop(h.connect("readonly", "appdb", &good).await.expect("a valid token connects"));
+    drop(
+        h.connect("readonly", "appdb", &good)
+            .await
+            .expect("a valid token connects"),
+    );
     for token in [expired, wrong_aud, no_exp] {
         let e = refused(&h, "readonly", "appdb", &token).await;
         assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{e:?}");
@@ -133,7 +151,10 @@ creation_statements = [
     let e = refused(&h, "broken", "appdb", token.expose()).await;
     assert_eq!(sqlstate(&e).as_deref(), Some("08006"), "{e:?}");
     let message = e.as_db_error().unwrap().message().to_owned();
-    assert!(!message.contains("not permitted to log in"), "backend detail leaked: {message}");
+    assert!(
+        !message.contains("not permitted to log in"),
+        "backend detail leaked: {message}"
+    );
     assert_eq!(mints_in_server_log(&h), 1);
     let left = h.wait_no_managed_roles(Duration::from_secs(5)).await;
     assert!(left.is_empty(), "{left:?}");
@@ -144,7 +165,11 @@ async fn an_unreachable_backend_is_08006() {
     let mut h = Harness::start().await;
     let token = h.token("alice");
     // Warm the admin pool, then take the database away.
-    drop(h.connect("readonly", "appdb", token.expose()).await.expect("first session"));
+    drop(
+        h.connect("readonly", "appdb", token.expose())
+            .await
+            .expect("first session"),
+    );
     tokio::task::block_in_place(|| h.cluster.stop()).expect("stop PostgreSQL");
     let e = refused(&h, "readonly", "appdb", token.expose()).await;
     assert_eq!(sqlstate(&e).as_deref(), Some("08006"), "{e:?}");
@@ -155,10 +180,10 @@ async fn garbage_from_a_peer_gets_an_error_or_a_close_and_the_proxy_lives_on() {
     let h = Harness::start().await;
     let cases: Vec<Vec<u8>> = vec![
         vec![],
-        vec![0, 0, 0, 1],                       // length below the minimum
-        vec![0xff, 0xff, 0xff, 0xff],           // huge length
-        vec![0, 0, 0, 8, 0, 2, 0, 0],           // protocol 2.0
-        vec![0, 0, 0, 9, 0, 3, 0, 0, b'u'],     // unterminated parameter
+        vec![0, 0, 0, 1],                              // length below the minimum
+        vec![0xff, 0xff, 0xff, 0xff],                  // huge length
+        vec![0, 0, 0, 8, 0, 2, 0, 0],                  // protocol 2.0
+        vec![0, 0, 0, 9, 0, 3, 0, 0, b'u'],            // unterminated parameter
         vec![0, 0, 0, 12, 4, 210, 22, 46, 0, 0, 0, 1], // cancel with an unknown key
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
         {
@@ -199,6 +224,16 @@ async fn garbage_from_a_peer_gets_an_error_or_a_close_and_the_proxy_lives_on() {
 
     // Still serving.
     let token = h.token("alice");
-    let client = h.connect("readonly", "appdb", token.expose()).await.expect("proxy still serves");
-    assert_eq!(client.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    let client = h
+        .connect("readonly", "appdb", token.expose())
+        .await
+        .expect("proxy still serves");
+    assert_eq!(
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
 }

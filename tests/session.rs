@@ -13,9 +13,15 @@ fn assert_minted_name(name: &str, identity: &str, template: &str) {
     assert!(name.starts_with(&prefix), "{name}");
     let rest: Vec<&str> = name[prefix.len()..].split('-').collect();
     assert_eq!(rest.len(), 2, "{name}");
-    assert!(rest[0].len() >= 8 && rest[0].bytes().all(|c| c.is_ascii_alphanumeric()), "{name}");
+    assert!(
+        rest[0].len() >= 8 && rest[0].bytes().all(|c| c.is_ascii_alphanumeric()),
+        "{name}"
+    );
     let unix: u64 = rest[1].parse().expect("unix time suffix");
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     assert!(now.abs_diff(unix) < 600, "{name}");
     assert!(name.len() <= 63);
 }
@@ -37,21 +43,36 @@ async fn psql_over_tls_gets_a_minted_role_that_is_dropped_after() {
     assert_minted_name(lines[0], "alice", "readonly");
     assert_eq!(lines[1], "t", "the role is a member of rolemint_managed");
     let valid_until: u64 = lines[2].parse().expect("VALID UNTIL is set");
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let ttl = h.config.roles["readonly"].default_ttl.as_secs();
-    assert!(valid_until.abs_diff(now + ttl) < 30, "VALID UNTIL {valid_until} is the lease expiry");
+    assert!(
+        valid_until.abs_diff(now + ttl) < 30,
+        "VALID UNTIL {valid_until} is the lease expiry"
+    );
     assert!(lines[4].parse::<u64>().unwrap() > 0);
 
     let left = h.wait_no_managed_roles(Duration::from_secs(5)).await;
-    assert!(left.is_empty(), "roles left after psql disconnected: {left:?}");
+    assert!(
+        left.is_empty(),
+        "roles left after psql disconnected: {left:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_role_exists_during_the_session_and_is_gone_after() {
     let h = Harness::start().await;
     let token = h.token("bob@example.com");
-    let client = h.connect("readonly", "appdb", token.expose()).await.expect("connect");
-    let row = client.query_one("SELECT current_user::text", &[]).await.unwrap();
+    let client = h
+        .connect("readonly", "appdb", token.expose())
+        .await
+        .expect("connect");
+    let row = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap();
     let role: String = row.get(0);
     assert_minted_name(&role, "bob_example_com", "readonly");
     assert_eq!(h.managed_roles().await, vec![role.clone()]);
@@ -66,10 +87,16 @@ async fn the_role_exists_during_the_session_and_is_gone_after() {
         .unwrap()
         .get(0);
     let comment = comment.expect("lease comment on the role");
-    assert!(comment.contains("bob@example.com") && comment.contains("readonly"), "{comment}");
+    assert!(
+        comment.contains("bob@example.com") && comment.contains("readonly"),
+        "{comment}"
+    );
 
     // The readonly template cannot write.
-    let err = client.execute("DELETE FROM accounts", &[]).await.unwrap_err();
+    let err = client
+        .execute("DELETE FROM accounts", &[])
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("42501"));
 
     drop(client);
@@ -83,13 +110,26 @@ async fn concurrent_sessions_get_distinct_roles() {
     let token = h.token("alice");
     let mut clients = Vec::new();
     for _ in 0..5 {
-        clients.push(h.connect("readwrite", "appdb", token.expose()).await.expect("connect"));
+        clients.push(
+            h.connect("readwrite", "appdb", token.expose())
+                .await
+                .expect("connect"),
+        );
     }
     let mut names = Vec::new();
     for c in &clients {
-        names.push(c.query_one("SELECT session_user::text", &[]).await.unwrap().get::<_, String>(0));
+        names.push(
+            c.query_one("SELECT session_user::text", &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0),
+        );
         // readwrite sessions act as app_owner, so what they create is not theirs.
-        let current: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+        let current: String = c
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(current, "app_owner");
     }
     names.sort();
@@ -125,12 +165,28 @@ creation_statements = [
         .unwrap();
 
     let token = h.token("carol");
-    let client = h.connect("shortlived", "appdb", token.expose()).await.expect("connect");
-    let role: String = client.query_one("SELECT session_user::text", &[]).await.unwrap().get(0);
-    client.batch_execute("BEGIN; INSERT INTO ttl_probe VALUES (1);").await.unwrap();
+    let client = h
+        .connect("shortlived", "appdb", token.expose())
+        .await
+        .expect("connect");
+    let role: String = client
+        .query_one("SELECT session_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute("BEGIN; INSERT INTO ttl_probe VALUES (1);")
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
-    let err = client.batch_execute("SELECT pg_sleep(30)").await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(25), "ended by the TTL, not by the sleep");
+    let err = client
+        .batch_execute("SELECT pg_sleep(30)")
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "ended by the TTL, not by the sleep"
+    );
     assert_eq!(sqlstate(&err).as_deref(), Some("57P01"), "{err:?}");
     let db = err.as_db_error().unwrap();
     assert_eq!(db.severity(), "FATAL");
@@ -139,10 +195,17 @@ creation_statements = [
 
     let left = h.wait_no_managed_roles(Duration::from_secs(5)).await;
     assert!(left.is_empty(), "{left:?}");
-    let rows: i64 = su.query_one("SELECT count(*) FROM ttl_probe", &[]).await.unwrap().get(0);
+    let rows: i64 = su
+        .query_one("SELECT count(*) FROM ttl_probe", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(rows, 0, "the open transaction was rolled back");
     let backends: i64 = su
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&role])
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+            &[&role],
+        )
         .await
         .unwrap()
         .get(0);
@@ -153,14 +216,20 @@ creation_statements = [
 async fn cancel_request_reaches_the_backend_and_the_session_stays_usable() {
     let h = Harness::start().await;
     let token = h.token("dave");
-    let client = h.connect("readonly", "appdb", token.expose()).await.expect("connect");
+    let client = h
+        .connect("readonly", "appdb", token.expose())
+        .await
+        .expect("connect");
     let cancel = client.cancel_token();
     let canceller = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
         cancel.cancel_query(tokio_postgres::NoTls).await
     });
     let started = std::time::Instant::now();
-    let err = client.batch_execute("SELECT pg_sleep(30)").await.unwrap_err();
+    let err = client
+        .batch_execute("SELECT pg_sleep(30)")
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(25));
     canceller.await.unwrap().expect("cancel request sent");
@@ -169,9 +238,10 @@ async fn cancel_request_reaches_the_backend_and_the_session_stays_usable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psql_cancel_with_sigint_keeps_the_session() {
-    // psql's Ctrl-C: SIGINT makes libpq send a CancelRequest (over TLS here
-    // too, as PostgreSQL 17's libpq does, or plaintext before it).
+async fn psql_ctrl_c_cancels_the_running_query() {
+    // psql's Ctrl-C: SIGINT makes libpq send a CancelRequest with the key
+    // rolemint gave it (in plaintext before PostgreSQL 17's libpq, over TLS
+    // since).
     let h = Harness::start().await;
     let token = h.token("erin");
     let psql = h.cluster.psql().to_owned();
@@ -206,23 +276,30 @@ async fn psql_cancel_with_sigint_keeps_the_session() {
         if n == 1 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "the query never started");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the query never started"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    // psql in -f mode stops the script on a cancel only with ON_ERROR_STOP;
-    // without it, it goes on with the next statement: the session survived.
-    stdin.write_all(b"SELECT 'still here';\n").await.unwrap();
+    // A script (unlike an interactive psql) stops after a cancel; that the
+    // session stays usable is shown with tokio-postgres above.
     drop(stdin);
     let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
         .await
         .expect("psql finished after the cancel")
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the sleep was cut short"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("canceling statement due to user request"), "{stderr}");
-    assert!(stdout.contains("still here"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,13 +311,31 @@ async fn the_password_never_reaches_postgres_or_our_logs() {
         assert!(out.status.success(), "{}", output_text(&out));
     }
     let log = h.cluster.read_log();
-    let creates: Vec<&str> = log.lines().filter(|l| l.contains("CREATE ROLE \"v-")).collect();
-    assert!(creates.len() >= 2, "log_statement = 'all' shows the mints:\n{log}");
+    let creates: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("CREATE ROLE \"v-"))
+        .collect();
+    assert!(
+        creates.len() >= 2,
+        "log_statement = 'all' shows the mints:\n{log}"
+    );
     for line in &creates {
-        assert!(line.contains("PASSWORD 'SCRAM-SHA-256$"), "not a verifier: {line}");
+        assert!(
+            line.contains("PASSWORD 'SCRAM-SHA-256$"),
+            "not a verifier: {line}"
+        );
     }
     let ours = common::captured_log();
-    assert!(!ours.contains(token.expose()), "the token is in rolemint's log");
-    assert!(!ours.contains("SCRAM-SHA-256$"), "a verifier is in rolemint's log");
-    assert!(!log.contains(token.expose()), "the token is in the server log");
+    assert!(
+        !ours.contains(token.expose()),
+        "the token is in rolemint's log"
+    );
+    assert!(
+        !ours.contains("SCRAM-SHA-256$"),
+        "a verifier is in rolemint's log"
+    );
+    assert!(
+        !log.contains(token.expose()),
+        "the token is in the server log"
+    );
 }

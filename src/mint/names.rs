@@ -142,14 +142,14 @@ impl NameTemplate {
         let avail = MAX_NAME_BYTES.saturating_sub(self.fixed_len(time.len()));
         if n_id * ident.len() + n_tmpl * tmpl.len() > avail {
             // Cut the identity first ...
-            if n_id > 0 {
-                let room = avail.saturating_sub(n_tmpl * tmpl.len()) / n_id;
+            if let Some(room) = avail.saturating_sub(n_tmpl * tmpl.len()).checked_div(n_id) {
                 ident.truncate(room.min(ident.len()));
             }
             // ... then the template, if cutting the identity was not enough.
-            if n_tmpl > 0 && n_id * ident.len() + n_tmpl * tmpl.len() > avail {
-                let room = avail.saturating_sub(n_id * ident.len()) / n_tmpl;
-                tmpl.truncate(room.min(tmpl.len()));
+            if n_id * ident.len() + n_tmpl * tmpl.len() > avail {
+                if let Some(room) = avail.saturating_sub(n_id * ident.len()).checked_div(n_tmpl) {
+                    tmpl.truncate(room.min(tmpl.len()));
+                }
             }
         }
 

@@ -71,8 +71,7 @@ pub async fn connect(
     tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
 ) -> Result<BackendStream, BackendError> {
     let addr = format!("{}:{}", config.host, config.port);
-    let tcp = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(&addr)).await
-    {
+    let tcp = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(&addr)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(source)) => return Err(BackendError::Connect { addr, source }),
         Err(_) => return Err(BackendError::ConnectTimeout(addr)),
@@ -144,7 +143,9 @@ pub async fn login(
             b'R' => {
                 let mut b = &body[..];
                 if b.len() < 4 {
-                    return Err(BackendError::Protocol("short authentication message".into()));
+                    return Err(BackendError::Protocol(
+                        "short authentication message".into(),
+                    ));
                 }
                 let code = b.get_i32();
                 out.clear();
@@ -201,7 +202,8 @@ pub async fn login(
                         let s = scram.as_mut().ok_or_else(|| {
                             BackendError::Protocol("SASLContinue without SASL".into())
                         })?;
-                        s.update(b).map_err(|e| BackendError::Scram(e.to_string()))?;
+                        s.update(b)
+                            .map_err(|e| BackendError::Scram(e.to_string()))?;
                         frontend::sasl_response(s.message(), &mut out)?;
                     }
                     12 => {
@@ -210,7 +212,8 @@ pub async fn login(
                         })?;
                         // Verifies the server signature: the backend knew
                         // the verifier we minted.
-                        s.finish(b).map_err(|e| BackendError::Scram(e.to_string()))?;
+                        s.finish(b)
+                            .map_err(|e| BackendError::Scram(e.to_string()))?;
                         authenticated_by_password = true;
                         continue;
                     }

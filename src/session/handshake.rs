@@ -101,7 +101,9 @@ impl Startup {
                 _ => forward.push((name, value)),
             }
         }
-        let template = template.filter(|t| !t.is_empty()).ok_or(ClientError::NoUser)?;
+        let template = template
+            .filter(|t| !t.is_empty())
+            .ok_or(ClientError::NoUser)?;
         let database = database
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| template.clone());
@@ -116,9 +118,7 @@ impl Startup {
 /// Negotiates encryption and reads the startup packet.
 pub async fn accept(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Hello, Refused> {
     let mut stream = match tls {
-        Some(acceptor) if starts_with_tls_record(&tcp).await => {
-            direct_tls(tcp, acceptor).await?
-        }
+        Some(acceptor) if starts_with_tls_record(&tcp).await => direct_tls(tcp, acceptor).await?,
         _ => MaybeTls::Plain(tcp),
     };
     let mut gss_answered = false;
@@ -265,7 +265,9 @@ mod tests {
     use super::*;
 
     fn params(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

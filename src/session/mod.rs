@@ -41,14 +41,17 @@ pub async fn run(
 ) {
     let _ = tcp.set_nodelay(true);
     let deadline = shared.config.proxy.handshake_timeout;
-    let hello = match tokio::time::timeout(deadline, handshake::accept(tcp, shared.client_tls.as_ref())).await {
-        Ok(Ok(hello)) => hello,
-        Ok(Err(refused)) => return refuse(refused, peer).await,
-        Err(_) => {
-            tracing::debug!(%peer, "handshake timed out");
-            return;
-        }
-    };
+    let hello =
+        match tokio::time::timeout(deadline, handshake::accept(tcp, shared.client_tls.as_ref()))
+            .await
+        {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(refused)) => return refuse(refused, peer).await,
+            Err(_) => {
+                tracing::debug!(%peer, "handshake timed out");
+                return;
+            }
+        };
     match hello {
         Hello::Cancel {
             process_id,
@@ -116,7 +119,8 @@ async fn session(
         ttl: grant.ttl,
         lease_id: &lease_id,
     };
-    let minted = match tokio::time::timeout(config.mint.statement_timeout, shared.minter.mint(&request)).await {
+    let mint = shared.minter.mint(&request);
+    let minted = match tokio::time::timeout(config.admin_operation_timeout(), mint).await {
         Ok(Ok(minted)) => minted,
         Ok(Err(e)) => {
             // Transient: the backend is down, restarting or overloaded.
@@ -125,7 +129,10 @@ async fn session(
             } else {
                 ClientError::MintFailed
             };
-            let detail = format!("lease={lease_id} identity={}: mint failed: {e}", identity.subject);
+            let detail = format!(
+                "lease={lease_id} identity={}: mint failed: {e}",
+                identity.subject
+            );
             return refuse_with(stream, error, peer, &detail).await;
         }
         Err(_) => {
@@ -151,7 +158,15 @@ async fn session(
         "lease minted"
     );
 
-    let end = connect_and_splice(&shared, stream, &startup, &minted.name, &minted.password, lease).await;
+    let end = connect_and_splice(
+        &shared,
+        stream,
+        &startup,
+        &minted.name,
+        &minted.password,
+        lease,
+    )
+    .await;
     drop(minted);
     let revoked = lease::revoke_until_done(&shared.minter, config, lease, &shared.shutdown).await;
     tracing::info!(

@@ -200,7 +200,11 @@ impl Pump {
     }
 
     /// Writes some of `buf[start..until]`, accounting for what was accepted.
-    async fn write_some<W: AsyncWrite + Unpin>(&mut self, tx: &mut W, until: usize) -> io::Result<()> {
+    async fn write_some<W: AsyncWrite + Unpin>(
+        &mut self,
+        tx: &mut W,
+        until: usize,
+    ) -> io::Result<()> {
         let n = tx.write(&self.buf[self.start..until]).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());

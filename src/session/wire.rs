@@ -82,7 +82,9 @@ fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, ClientError> {
         let (name, after) = cstr(rest)?;
         if name.is_empty() {
             if !after.is_empty() {
-                return Err(ClientError::Protocol("trailing bytes after startup parameters"));
+                return Err(ClientError::Protocol(
+                    "trailing bytes after startup parameters",
+                ));
             }
             return Ok(params);
         }
@@ -109,7 +111,7 @@ fn cstr(buf: &[u8]) -> Result<(&str, &[u8]), ClientError> {
 /// Parses a PasswordMessage body: one NUL-terminated string (the token).
 pub fn parse_password(body: &[u8]) -> Result<&str, ClientError> {
     match cstr(body) {
-        Ok((token, rest)) if rest.is_empty() => Ok(token),
+        Ok((token, [])) => Ok(token),
         _ => Err(ClientError::Protocol("malformed password message")),
     }
 }
@@ -149,7 +151,12 @@ pub fn fatal(err: &ClientError, buf: &mut BytesMut) {
 /// ErrorResponse (B) with the given fields.
 pub fn error_response(severity: &str, code: &str, text: &str, buf: &mut BytesMut) {
     message(b'E', buf, |b| {
-        for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', text)] {
+        for (field, value) in [
+            (b'S', severity),
+            (b'V', severity),
+            (b'C', code),
+            (b'M', text),
+        ] {
             b.put_u8(field);
             // A NUL inside would end the field early; our texts never hold one
             // but names echoed from a client might.

@@ -183,9 +183,11 @@ hs256_secret = "{secret}"
         database: &str,
         password: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) =
-            tokio_postgres::connect(&self.conn_string(template, database, password), tokio_postgres::NoTls)
-                .await?;
+        let (client, conn) = tokio_postgres::connect(
+            &self.conn_string(template, database, password),
+            tokio_postgres::NoTls,
+        )
+        .await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -194,10 +196,12 @@ hs256_secret = "{secret}"
 
     /// A superuser connection straight to PostgreSQL, to look behind the proxy.
     pub async fn superuser(&self) -> tokio_postgres::Client {
-        let (client, conn) =
-            tokio_postgres::connect(&self.cluster.superuser_conn_string("appdb"), tokio_postgres::NoTls)
-                .await
-                .expect("superuser connects");
+        let (client, conn) = tokio_postgres::connect(
+            &self.cluster.superuser_conn_string("appdb"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("superuser connects");
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -233,7 +237,13 @@ hs256_secret = "{secret}"
 
     /// Runs a client binary (psql, pgbench) with the token in PGPASSWORD,
     /// never on the command line.
-    pub async fn run_client(&self, program: &Path, args: &[&str], token: &Secret, sslmode: &str) -> Output {
+    pub async fn run_client(
+        &self,
+        program: &Path,
+        args: &[&str],
+        token: &Secret,
+        sslmode: &str,
+    ) -> Output {
         tokio::process::Command::new(program)
             .args(args)
             .env("PGPASSWORD", token.expose())
@@ -254,7 +264,18 @@ hs256_secret = "{secret}"
         let psql = self.cluster.psql().to_owned();
         self.run_client(
             &psql,
-            &["-X", "-At", "-v", "ON_ERROR_STOP=1", "-U", template, "-d", database, "-c", sql],
+            &[
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                template,
+                "-d",
+                database,
+                "-c",
+                sql,
+            ],
             token,
             "require",
         )
