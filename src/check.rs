@@ -1,7 +1,138 @@
-//! `rolemint check`. (Being written.)
+//! `rolemint check`: everything `serve` would need, verified up front, with
+//! the exact fix for what is missing.
+//!
+//! The config has been loaded and validated by the time this runs. Then:
+//! TLS files, the token key, the admin connection, the admin's privileges,
+//! the marker role (created if missing, as `serve` would), and for every
+//! template and database a dry-run mint: the template's statements, the
+//! marker grant and the lease comment run exactly as for a session, and are
+//! rolled back. A template that would fail for every client fails here.
+
+use std::time::SystemTime;
 
 use crate::config::Config;
+use crate::identity::{Identity, Verifier};
+use crate::mint::{MintRequest, Minter};
 
-pub async fn run(_config: &Config) -> anyhow::Result<()> {
-    Ok(())
+/// What went wrong, one line each.
+#[derive(Debug, Default)]
+struct Report {
+    failures: Vec<String>,
+}
+
+impl Report {
+    fn ok(&self, what: &str) {
+        println!("ok    {what}");
+    }
+    fn warn(&self, what: &str) {
+        println!("warn  {what}");
+    }
+    fn fail(&mut self, what: String) {
+        println!("FAIL  {what}");
+        self.failures.push(what);
+    }
+}
+
+/// Runs every check; an error when any failed.
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    let mut report = Report::default();
+    report.ok(&format!("config: {} role template(s)", config.roles.len()));
+
+    match (&config.proxy.tls_cert, &config.proxy.tls_key) {
+        (Some(cert), Some(key)) => match crate::tls::server_config(cert, key) {
+            Ok(_) => report.ok(&format!("client TLS: {}", cert.display())),
+            Err(e) => report.fail(format!("client TLS: {e}")),
+        },
+        _ => report.warn(
+            "client TLS: not configured; clients connect in plaintext (allow_plaintext = true)",
+        ),
+    }
+    if let Err(e) = crate::tls::backend_client_config(&config.backend) {
+        report.fail(format!("backend TLS: {e}"));
+    }
+    match Verifier::from_config(&config.auth) {
+        Ok(_) => report.ok("token verification key"),
+        Err(e) => report.fail(format!("token verification: {e}")),
+    }
+
+    let minter = match Minter::new(config) {
+        Ok(m) => m,
+        Err(e) => {
+            report.fail(format!("mint settings: {e}"));
+            return finish(report);
+        }
+    };
+    let b = &config.backend;
+    let facts = match minter.admin_facts().await {
+        Ok(facts) => facts,
+        Err(e) => {
+            report.fail(format!(
+                "backend: cannot connect to {}:{} database \"{}\" as \"{}\": {e}",
+                b.host, b.port, b.admin_database, b.admin_user
+            ));
+            return finish(report);
+        }
+    };
+    report.ok(&format!(
+        "backend: {}:{} PostgreSQL {} as \"{}\"",
+        b.host, b.port, facts.server_version, b.admin_user
+    ));
+    if facts.superuser {
+        report.warn("admin is a superuser: it works, but CREATEROLE plus pg_signal_backend is enough and safer");
+    } else if facts.create_role {
+        report.ok("admin has CREATEROLE");
+    } else {
+        report.fail(format!(
+            "admin lacks CREATEROLE: ALTER ROLE \"{}\" CREATEROLE;",
+            b.admin_user
+        ));
+    }
+    if facts.superuser || facts.signal_backend {
+        report.ok("admin may end sessions (pg_signal_backend)");
+    } else {
+        report.fail(format!(
+            "admin cannot end a lease's sessions: GRANT pg_signal_backend TO \"{}\";",
+            b.admin_user
+        ));
+    }
+    match minter.prepare().await {
+        Ok(()) if facts.marker_exists => report.ok("marker role rolemint_managed exists"),
+        Ok(()) => report.ok("marker role rolemint_managed created"),
+        Err(e) => report.fail(format!("marker role rolemint_managed: {e}")),
+    }
+
+    let identity = Identity {
+        subject: "rolemint-check".into(),
+        groups: Vec::new(),
+        expires_at: SystemTime::now(),
+    };
+    for (name, template) in &config.roles {
+        for database in &template.databases {
+            let request = MintRequest {
+                identity: &identity,
+                template_name: name,
+                template,
+                database,
+                ttl: template.default_ttl,
+                lease_id: "check",
+            };
+            match minter.dry_run(&request).await {
+                Ok(()) => report.ok(&format!(
+                    "template {name} in database {database}: dry-run mint"
+                )),
+                Err(e) => report.fail(format!("template {name} in database {database}: {e}")),
+            }
+        }
+    }
+    finish(report)
+}
+
+fn finish(report: Report) -> anyhow::Result<()> {
+    match report.failures.len() {
+        0 => {
+            println!("all checks passed");
+            Ok(())
+        }
+        n => anyhow::bail!("{n} check(s) failed"),
+    }
 }

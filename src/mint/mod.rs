@@ -237,6 +237,18 @@ pub struct MintedRole {
     pub expires_at: SystemTime,
 }
 
+/// The admin role's powers, for `rolemint check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminFacts {
+    pub server_version: String,
+    pub superuser: bool,
+    pub create_role: bool,
+    /// Member of pg_signal_backend: may end a lease's sessions.
+    pub signal_backend: bool,
+    /// `rolemint_managed` exists.
+    pub marker_exists: bool,
+}
+
 /// Creates and drops roles as the admin user.
 #[derive(Debug)]
 pub struct Minter {
@@ -297,6 +309,53 @@ impl Minter {
 
     /// Creates the role for one session. See the module doc.
     pub async fn mint(&self, req: &MintRequest<'_>) -> Result<MintedRole, MintError> {
+        let (minted, batch) = self.render(req, sql::Finish::Commit)?;
+        let mut conn = self.pool.get(req.database).await?;
+        conn.batch(&batch).await?;
+        tracing::debug!(role = %minted.name, database = req.database, lease_id = req.lease_id, "role minted");
+        Ok(minted)
+    }
+
+    /// Runs a mint exactly as a session would, then rolls it back: proves
+    /// the template's statements and grants work for the admin, and leaves
+    /// nothing behind (`rolemint check`).
+    pub async fn dry_run(&self, req: &MintRequest<'_>) -> Result<(), MintError> {
+        let (_, batch) = self.render(req, sql::Finish::Rollback)?;
+        let mut conn = self.pool.get(req.database).await?;
+        conn.batch(&batch).await?;
+        Ok(())
+    }
+
+    /// What the admin role may do, as `rolemint check` reports it.
+    pub async fn admin_facts(&self) -> Result<AdminFacts, MintError> {
+        let mut conn = self.pool.get(&self.admin_database).await?;
+        let rows = conn.batch(&sql::admin_facts()).await?;
+        let row = rows
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            })
+            .ok_or_else(|| MintError::Backend {
+                database: self.admin_database.clone(),
+                message: "the admin role is not in pg_roles".into(),
+            })?;
+        let flag = |i: usize| row.get(i) == Some("t");
+        Ok(AdminFacts {
+            server_version: row.get(0).unwrap_or("unknown").to_owned(),
+            superuser: flag(1),
+            create_role: flag(2),
+            signal_backend: flag(3),
+            marker_exists: flag(4),
+        })
+    }
+
+    /// Name, credentials, expiry and the statement batch of one mint.
+    fn render(
+        &self,
+        req: &MintRequest<'_>,
+        finish: sql::Finish,
+    ) -> Result<(MintedRole, String), MintError> {
         if req.ttl.as_secs() == 0 {
             return Err(MintError::Config(
                 "lease TTL must be at least one second".into(),
@@ -333,16 +392,13 @@ impl Minter {
             expires_at: expiration,
             instance: self.instance.clone(),
         };
-        let batch = sql::mint_batch(&statements, &name, &comment);
-
-        let mut conn = self.pool.get(req.database).await?;
-        conn.batch(&batch).await?;
-        tracing::debug!(role = %name, database = req.database, lease_id = req.lease_id, "role minted");
-        Ok(MintedRole {
+        let batch = sql::mint_batch(&statements, &name, &comment, finish);
+        let minted = MintedRole {
             name,
             password: creds.password,
             expires_at,
-        })
+        };
+        Ok((minted, batch))
     }
 
     /// Ends `role` in `database`: the template's `revocation_statements`, or

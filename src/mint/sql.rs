@@ -62,9 +62,22 @@ COMMIT"
     )
 }
 
+/// How a mint batch ends: `Commit` for a session, `Rollback` for the dry
+/// run of `rolemint check`, which runs every statement and keeps nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    Commit,
+    Rollback,
+}
+
 /// One simple-query string minting a role in one transaction: the template's
 /// statements, the marker membership, the lease comment.
-pub fn mint_batch(creation: &[String], role: &str, comment: &LeaseComment) -> String {
+pub fn mint_batch(
+    creation: &[String],
+    role: &str,
+    comment: &LeaseComment,
+    finish: Finish,
+) -> String {
     let ident = escape_identifier(role);
     let json = serde_json::to_string(comment).expect("a struct of strings serializes");
     let mut sql = String::from("BEGIN;\n");
@@ -78,9 +91,13 @@ pub fn mint_batch(creation: &[String], role: &str, comment: &LeaseComment) -> St
         }
     }
     sql.push_str(&format!(
-        "GRANT {} TO {ident};\nCOMMENT ON ROLE {ident} IS {};\nCOMMIT",
+        "GRANT {} TO {ident};\nCOMMENT ON ROLE {ident} IS {};\n{}",
         escape_identifier(MARKER_ROLE),
         escape_literal(&json),
+        match finish {
+            Finish::Commit => "COMMIT",
+            Finish::Rollback => "ROLLBACK",
+        }
     ));
     sql
 }
@@ -188,6 +205,18 @@ pub fn custom_revoke(role: &str, statements: &[String]) -> String {
     sql
 }
 
+/// One row about the admin role: server version, superuser, CREATEROLE,
+/// member of pg_signal_backend, marker role present (`t`/`f` each).
+pub fn admin_facts() -> String {
+    format!(
+        "SELECT pg_catalog.current_setting('server_version'), r.rolsuper, r.rolcreaterole,
+       pg_catalog.pg_has_role(r.oid, 'pg_signal_backend', 'MEMBER'),
+       EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {marker})
+  FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER",
+        marker = escape_literal(MARKER_ROLE),
+    )
+}
+
 /// One row (`1`) if the role exists.
 pub fn role_exists(role: &str) -> String {
     format!(
@@ -217,7 +246,7 @@ mod tests {
             "CREATE ROLE \"v-a\" LOGIN;  ".to_string(),
             "GRANT app_read TO \"v-a\" -- read only".to_string(),
         ];
-        let sql = mint_batch(&stmts, "v-a", &comment());
+        let sql = mint_batch(&stmts, "v-a", &comment(), Finish::Commit);
         assert!(
             sql.starts_with("BEGIN;\nCREATE ROLE \"v-a\" LOGIN\n;\n"),
             "{sql}"
@@ -231,6 +260,11 @@ mod tests {
             "{sql}"
         );
         assert!(sql.ends_with("COMMIT"), "{sql}");
+        let dry = mint_batch(&stmts, "v-a", &comment(), Finish::Rollback);
+        assert!(
+            dry.ends_with("ROLLBACK") && !dry.contains("COMMIT"),
+            "{dry}"
+        );
         // The identity is inside one escaped literal: quotes doubled, and
         // E'' syntax because of the backslash.
         let comment_line = sql

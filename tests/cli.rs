@@ -1,0 +1,278 @@
+//! The binary as a user runs it: `token`, `check`, `dev`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rolemint::pgcluster::{self, ClusterOptions, Demo, TempCluster};
+
+const ROLEMINT: &str = env!("CARGO_BIN_EXE_rolemint");
+
+/// A `serve` config for `cluster`, with `extra` appended, written to `dir`.
+fn write_config(dir: &Path, cluster: &TempCluster, demo: &Demo, extra: &str) -> std::path::PathBuf {
+    common::write_self_signed_cert(dir);
+    std::fs::write(
+        dir.join("admin-password"),
+        format!("{}\n", demo.admin_password.expose()),
+    )
+    .unwrap();
+    let text = format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+
+[backend]
+host = "127.0.0.1"
+port = {port}
+admin_user = "{admin}"
+admin_password_file = "admin-password"
+
+[auth]
+issuer = "rolemint-test"
+hs256_secret = "{secret}"
+
+{templates}
+{extra}
+"#,
+        port = cluster.port(),
+        admin = demo.admin_user,
+        secret = common::HS256_SECRET,
+        templates = pgcluster::demo_templates_toml(),
+    );
+    let path = dir.join("rolemint.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn cluster() -> (TempCluster, Demo) {
+    let cluster = TempCluster::start(ClusterOptions::default()).expect("start PostgreSQL");
+    let demo = pgcluster::provision_demo(&cluster).expect("demo");
+    (cluster, demo)
+}
+
+#[test]
+fn token_prints_a_verifiable_token_on_its_last_line() {
+    let (cluster, demo) = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &cluster, &demo, "");
+    let out = Command::new(ROLEMINT)
+        .args(["token", "--config"])
+        .arg(&config)
+        .args(["--sub", "alice", "--ttl", "5m", "--groups", "dev,ops"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let token = stdout.lines().last().expect("a line");
+    let config = rolemint::config::Config::load(&config).unwrap();
+    let verifier = rolemint::identity::Verifier::from_config(&config.auth).unwrap();
+    let identity = verifier.verify(token).expect("the printed token verifies");
+    assert_eq!(identity.subject, "alice");
+    assert_eq!(identity.groups, vec!["dev".to_string(), "ops".to_string()]);
+}
+
+#[test]
+fn check_passes_on_a_working_setup_and_names_what_is_wrong_otherwise() {
+    let (cluster, demo) = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(dir.path(), &cluster, &demo, "");
+    let out = Command::new(ROLEMINT)
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("template readonly in database appdb: dry-run mint"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+
+    // A template granting a role that does not exist fails here, not at
+    // every client's login; and the dry run left no role behind.
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad = write_config(
+        bad_dir.path(),
+        &cluster,
+        &demo,
+        r#"
+[roles.typo]
+databases = ["appdb"]
+default_ttl = "1h"
+max_ttl = "1h"
+creation_statements = [
+  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+  "GRANT app_reader TO \"{{name}}\"",
+]
+"#,
+    );
+    let out = Command::new(ROLEMINT)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  template typo in database appdb") && stdout.contains("app_reader"),
+        "{stdout}"
+    );
+    let roles = cluster
+        .psql_as_superuser(
+            "appdb",
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%'",
+        )
+        .unwrap();
+    assert_eq!(roles.trim(), "0", "the dry run left a role");
+
+    // A config error is reported before anything is contacted.
+    std::fs::write(dir.path().join("broken.toml"), "[proxy]\nlisten = 1\n").unwrap();
+    let out = Command::new(ROLEMINT)
+        .args(["check", "--config"])
+        .arg(dir.path().join("broken.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.toml"));
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+#[test]
+fn dev_prints_working_command_lines_and_cleans_up_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    // Below the temp dir so that the postgres user can reach it when root.
+    let dev_dir = dir.path().join("dev");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut child = Command::new(ROLEMINT)
+        .args(["dev", "--port", "0", "--sub", "dana", "--dir"])
+        .arg(&dev_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut psql_line = None;
+    let mut pgbench_line = None;
+    while psql_line.is_none() || pgbench_line.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("rolemint dev printed its command lines");
+        let line = line.trim().to_owned();
+        if line.starts_with("psql ") {
+            psql_line = Some(line);
+        } else if line.contains("pgbench ") {
+            pgbench_line = Some(line);
+        }
+    }
+    let psql_line = psql_line.unwrap();
+    let pgbench_line = pgbench_line.unwrap();
+
+    // The psql line works as pasted (through a shell, as a user would).
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{psql_line} -XAt -c 'SELECT current_user, count(*) FROM accounts GROUP BY 1'"
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("v-dana-readonly-"), "{text}");
+
+    // The pgbench line too, shortened.
+    let pgbench_line = pgbench_line.replace("-T 10", "-T 2");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&pgbench_line)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("tps = "), "{text}");
+
+    // Ctrl-C: everything it started stops.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "rolemint dev did not exit on Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let needle = dev_dir.to_string_lossy().into_owned();
+    let start = Instant::now();
+    loop {
+        let left = processes_mentioning(&needle);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "left running: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        dev_dir.join("rolemint.toml").exists(),
+        "--dir keeps the config"
+    );
+}
