@@ -237,3 +237,48 @@ async fn garbage_from_a_peer_gets_an_error_or_a_close_and_the_proxy_lives_on() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_session_over_the_limit_gets_53300() {
+    let h = Harness::with(Options {
+        max_connections: 1,
+        ..Options::default()
+    })
+    .await;
+    let token = h.token("alice");
+    let first = h
+        .connect("readonly", "appdb", token.expose())
+        .await
+        .expect("first session");
+    let e = refused(&h, "readonly", "appdb", token.expose()).await;
+    assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e:?}");
+    assert_eq!(
+        h.managed_roles().await.len(),
+        1,
+        "the refused session minted nothing"
+    );
+    assert_eq!(
+        first
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    drop(first);
+    // The slot frees when the first session has ended (and been revoked).
+    let start = std::time::Instant::now();
+    loop {
+        match h.connect("readonly", "appdb", token.expose()).await {
+            Ok(_) => break,
+            Err(e) if sqlstate(&e).as_deref() == Some("53300") => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "the slot never freed"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}

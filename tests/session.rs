@@ -344,20 +344,36 @@ async fn the_password_never_reaches_postgres_or_our_logs() {
 async fn shutdown_drains_then_ends_sessions_and_revokes_every_lease() {
     let mut h = Harness::start().await;
     let token = h.token("gina");
-    let idle = h.connect("readonly", "appdb", token.expose()).await.expect("connect");
-    let busy = h.connect("readonly", "appdb", token.expose()).await.expect("connect");
+    let idle = h
+        .connect("readonly", "appdb", token.expose())
+        .await
+        .expect("connect");
+    let busy = h
+        .connect("readonly", "appdb", token.expose())
+        .await
+        .expect("connect");
     let sleeper = tokio::spawn(async move { busy.batch_execute("SELECT pg_sleep(60)").await });
     assert_eq!(h.managed_roles().await.len(), 2);
 
     // The harness's shutdown_grace is 2s; stop() returns once the server has.
     let started = std::time::Instant::now();
     h.stop().await;
-    assert!(started.elapsed() < Duration::from_secs(50), "shutdown ended the sleeping session");
-    assert!(h.managed_roles().await.is_empty(), "every lease revoked before exit");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "shutdown ended the sleeping session"
+    );
+    assert!(
+        h.managed_roles().await.is_empty(),
+        "every lease revoked before exit"
+    );
 
     let err = sleeper.await.unwrap().unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("57P01"), "{err:?}");
-    assert!(err.as_db_error().unwrap().message().contains("shutting down"));
+    assert!(err
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("shutting down"));
     assert!(idle.simple_query("SELECT 1").await.is_err());
     assert!(
         tokio::net::TcpStream::connect(h.addr).await.is_err(),

@@ -26,6 +26,8 @@ pub struct Options {
     pub allow_plaintext: bool,
     /// Extra TOML appended to the config (more templates).
     pub extra_toml: String,
+    /// `proxy.max_connections`.
+    pub max_connections: usize,
 }
 
 impl Default for Options {
@@ -33,6 +35,7 @@ impl Default for Options {
         Options {
             allow_plaintext: true,
             extra_toml: String::new(),
+            max_connections: 100,
         }
     }
 }
@@ -115,6 +118,7 @@ listen = "127.0.0.1:0"
 tls_cert = "cert.pem"
 tls_key = "key.pem"
 allow_plaintext = {plain}
+max_connections = {max_connections}
 handshake_timeout = "5s"
 shutdown_grace = "2s"
 
@@ -135,6 +139,7 @@ hs256_secret = "{secret}"
 {extra}
 "#,
             plain = options.allow_plaintext,
+            max_connections = options.max_connections,
             port = cluster.port(),
             admin = demo.admin_user,
             admin_pw = demo.admin_password.expose(),
