@@ -303,7 +303,7 @@ async fn bench(cluster: &TempCluster, demo: &Demo, seconds: u64) -> anyhow::Resu
         run_pgbench(
             &pgbench,
             target,
-            Workload::SelectOnly.template(),
+            target.user(Workload::SelectOnly),
             secret,
             &["-S", "-c", "1"],
             1,

@@ -200,6 +200,24 @@ async fn garbage_from_a_peer_gets_an_error_or_a_close_and_the_proxy_lives_on() {
         let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
         assert!(read.is_ok(), "the proxy hung on {case:?}");
     }
+    // CVE-2021-23214: bytes pipelined after an SSLRequest are never read as
+    // plaintext. The client gets 'S', then its "ClientHello" (the pipelined
+    // startup) fails the TLS handshake: no authentication request follows.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let mut v = vec![0, 0, 0, 8, 4, 210, 22, 47];
+    v.extend_from_slice(b"\x00\x00\x00\x17\x00\x03\x00\x00user\x00readonly\x00\x00");
+    s.write_all(&v).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .expect("no hang");
+    assert_eq!(answer.first(), Some(&b'S'), "{answer:?}");
+    assert_ne!(
+        answer.get(1),
+        Some(&b'R'),
+        "pipelined plaintext was served: {answer:?}"
+    );
+
     // A password message far over the limit is refused, not buffered.
     let mut s = TcpStream::connect(h.addr).await.unwrap();
     let mut startup = vec![0, 3, 0, 0];

@@ -380,3 +380,87 @@ async fn shutdown_drains_then_ends_sessions_and_revokes_every_lease() {
         "no new connections after shutdown"
     );
 }
+
+/// A TLS client that trusts the harness's self-signed certificate.
+fn tls_connector(h: &Harness, alpn: Option<&[u8]>) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(h.cert_path()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if let Some(alpn) = alpn {
+        config.alpn_protocols = vec![alpn.to_vec()];
+    }
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_with_alpn_postgresql_gets_a_session() {
+    use bytes::BytesMut;
+    use postgres_protocol::message::{backend, frontend};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let h = Harness::start().await;
+    let token = h.token("hana");
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+
+    // PostgreSQL 17's sslnegotiation=direct: TLS first, ALPN "postgresql".
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let mut tls = tls_connector(&h, Some(b"postgresql"))
+        .connect(name.clone(), tcp)
+        .await
+        .expect("direct TLS handshake");
+    let mut out = BytesMut::new();
+    frontend::startup_message([("user", "readonly"), ("database", "appdb")], &mut out).unwrap();
+    tls.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let mut next = async |tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+                          buf: &mut BytesMut| loop {
+        if let Some(m) = backend::Message::parse(buf).unwrap() {
+            return m;
+        }
+        assert!(tls.read_buf(buf).await.unwrap() > 0, "closed early");
+    };
+    assert!(matches!(
+        next(&mut tls, &mut buf).await,
+        backend::Message::AuthenticationCleartextPassword
+    ));
+    out.clear();
+    frontend::password_message(token.expose().as_bytes(), &mut out).unwrap();
+    tls.write_all(&out).await.unwrap();
+    assert!(matches!(
+        next(&mut tls, &mut buf).await,
+        backend::Message::AuthenticationOk
+    ));
+    let mut saw_key = false;
+    loop {
+        match next(&mut tls, &mut buf).await {
+            backend::Message::BackendKeyData(_) => saw_key = true,
+            backend::Message::ReadyForQuery(_) => break,
+            backend::Message::ParameterStatus(_) => {}
+            _ => panic!("unexpected message during startup"),
+        }
+    }
+    assert!(saw_key);
+    assert_eq!(h.managed_roles().await.len(), 1);
+    drop(tls);
+    assert!(h
+        .wait_no_managed_roles(Duration::from_secs(5))
+        .await
+        .is_empty());
+
+    // Direct TLS without the ALPN is not PostgreSQL: closed, nothing minted.
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let refused = match tls_connector(&h, None).connect(name, tcp).await {
+        Err(_) => true,
+        Ok(mut tls) => {
+            let _ = tls.write_all(&out).await;
+            let mut rest = Vec::new();
+            matches!(tls.read_to_end(&mut rest).await, Err(_) | Ok(0))
+        }
+    };
+    assert!(refused, "direct TLS without ALPN was served");
+}

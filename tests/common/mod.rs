@@ -287,6 +287,11 @@ hs256_secret = "{secret}"
         .await
     }
 
+    /// The proxy's certificate (self-signed, for localhost / 127.0.0.1).
+    pub fn cert_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("cert.pem")
+    }
+
     /// Stops the proxy, draining and revoking.
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
