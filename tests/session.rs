@@ -397,6 +397,20 @@ fn tls_connector(h: &Harness, alpn: Option<&[u8]>) -> tokio_rustls::TlsConnector
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }
 
+/// The next backend message from `tls`, reading as needed.
+async fn next_message(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    buf: &mut bytes::BytesMut,
+) -> postgres_protocol::message::backend::Message {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(m) = postgres_protocol::message::backend::Message::parse(buf).unwrap() {
+            return m;
+        }
+        assert!(tls.read_buf(buf).await.unwrap() > 0, "closed early");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_tls_with_alpn_postgresql_gets_a_session() {
     use bytes::BytesMut;
@@ -417,27 +431,20 @@ async fn direct_tls_with_alpn_postgresql_gets_a_session() {
     frontend::startup_message([("user", "readonly"), ("database", "appdb")], &mut out).unwrap();
     tls.write_all(&out).await.unwrap();
     let mut buf = BytesMut::new();
-    let mut next = async |tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-                          buf: &mut BytesMut| loop {
-        if let Some(m) = backend::Message::parse(buf).unwrap() {
-            return m;
-        }
-        assert!(tls.read_buf(buf).await.unwrap() > 0, "closed early");
-    };
     assert!(matches!(
-        next(&mut tls, &mut buf).await,
+        next_message(&mut tls, &mut buf).await,
         backend::Message::AuthenticationCleartextPassword
     ));
     out.clear();
     frontend::password_message(token.expose().as_bytes(), &mut out).unwrap();
     tls.write_all(&out).await.unwrap();
     assert!(matches!(
-        next(&mut tls, &mut buf).await,
+        next_message(&mut tls, &mut buf).await,
         backend::Message::AuthenticationOk
     ));
     let mut saw_key = false;
     loop {
-        match next(&mut tls, &mut buf).await {
+        match next_message(&mut tls, &mut buf).await {
             backend::Message::BackendKeyData(_) => saw_key = true,
             backend::Message::ReadyForQuery(_) => break,
             backend::Message::ParameterStatus(_) => {}
