@@ -466,8 +466,13 @@ fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A minimal valid config, for the tests of every module.
+    pub(crate) fn example() -> Config {
+        Config::parse(EXAMPLE).expect("the test config parses")
+    }
 
     pub(crate) const EXAMPLE: &str = r#"
 [proxy]

@@ -50,23 +50,7 @@ mod tests {
     use super::*;
 
     fn config() -> Config {
-        let text = r#"
-[proxy]
-listen = "127.0.0.1:0"
-allow_plaintext = true
-[backend]
-host = "127.0.0.1"
-admin_user = "a"
-admin_password = "p"
-[auth]
-hs256_secret = "0123456789abcdef0123456789abcdef"
-[roles.readonly]
-databases = ["appdb"]
-default_ttl = "5m"
-max_ttl = "1h"
-creation_statements = ["CREATE ROLE \"{{name}}\""]
-"#;
-        Config::parse(text).unwrap()
+        crate::config::tests::example()
     }
 
     fn alice() -> Identity {
@@ -82,7 +66,7 @@ creation_statements = ["CREATE ROLE \"{{name}}\""]
         let c = config();
         let g = authorize(&c, &alice(), "readonly", "appdb").unwrap();
         assert_eq!(g.template_name, "readonly");
-        assert_eq!(g.ttl, Duration::from_secs(300));
+        assert_eq!(g.ttl, Duration::from_secs(3600));
     }
 
     #[test]

@@ -505,28 +505,7 @@ mod tests {
     use super::*;
 
     fn config() -> Config {
-        let text = r#"
-[proxy]
-listen = "127.0.0.1:6432"
-allow_plaintext = true
-
-[backend]
-host = "127.0.0.1"
-admin_user = "rolemint_admin"
-admin_password = "admin-pw"
-
-[auth]
-hs256_secret = "0123456789abcdef0123456789abcdef"
-
-[roles.readonly]
-databases = ["appdb"]
-default_ttl = "1h"
-max_ttl = "24h"
-creation_statements = [
-  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
-]
-"#;
-        Config::parse(text).unwrap()
+        crate::config::tests::example()
     }
 
     #[test]
@@ -541,9 +520,11 @@ creation_statements = [
 
     #[test]
     fn debug_shows_no_admin_password() {
-        let m = Minter::new(&config()).unwrap();
+        let mut c = config();
+        c.backend.admin_password = Some(Secret::new("s3cret-admin-password"));
+        let m = Minter::new(&c).unwrap();
         let dbg = format!("{m:?}");
-        assert!(!dbg.contains("admin-pw"), "{dbg}");
+        assert!(!dbg.contains("s3cret-admin-password"), "{dbg}");
     }
 
     #[test]
