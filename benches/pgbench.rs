@@ -54,6 +54,11 @@
 //! for the long-session rows. PgBouncer reuses server connections, so in the
 //! `connect` row it pays no PostgreSQL backend start-up per transaction,
 //! while direct and rolemint do (rolemint also mints and drops a role).
+//! Also in that row, every `direct` login makes libpq derive the SCRAM key
+//! over the role's 4096 iterations, whereas a rolemint client sends its
+//! token in a password message and rolemint logs in with
+//! `mint.scram_iterations` (16): `connect` can show rolemint above `1.00x`
+//! vs direct, which says more about SCRAM cost than about the proxy.
 //!
 //! All processes share one machine, so a loaded or small machine
 //! compresses the differences; compare ratios from the same run, and prefer
@@ -66,26 +71,25 @@
 //! and that no transaction failed; otherwise it prints why and exits
 //! non-zero. Everything it started (cluster, proxy, PgBouncer) is stopped.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use rolemint::config::Config;
-use rolemint::pgcluster::{self, ClusterOptions, Demo, TempCluster};
+use common::{Harness, Options};
+use rolemint::pgcluster::{self, ClusterOptions};
 use rolemint::secret::Secret;
-use rolemint::server::{Server, Shared};
-use tokio_util::sync::CancellationToken;
+
+// The integration tests' harness: cluster, demo schema, rolemint in-process.
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 const SECONDS_ENV: &str = "ROLEMINT_BENCH_SECONDS";
 const DEFAULT_SECONDS: u64 = 10;
 const DATABASE: &str = pgcluster::DEMO_DATABASE;
 /// The static role of the `direct` and `pgbouncer` targets.
 const BENCH_ROLE: &str = "bench_direct";
-/// The HS256 key of the bench's rolemint config.
-const HS256_SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 /// How long minted roles may take to be dropped after the last session.
 const ROLE_DROP_WAIT: Duration = Duration::from_secs(30);
 
@@ -189,31 +193,19 @@ async fn main() -> ExitCode {
 
 /// Runs everything; `Ok(false)` when a check failed (already printed).
 async fn run(seconds: u64) -> anyhow::Result<bool> {
-    let (cluster, demo) = tokio::task::spawn_blocking(|| {
-        let cluster = TempCluster::start(ClusterOptions {
+    // The integration tests' harness: one cluster (without statement
+    // logging, which would dominate the numbers) and rolemint in-process.
+    let mut h = Harness::with(Options {
+        cluster: ClusterOptions {
             max_connections: 300,
             ..ClusterOptions::default()
-        })?;
-        let demo = pgcluster::provision_demo(&cluster)?;
-        anyhow::Ok((cluster, demo))
+        },
+        capture_log: false,
+        max_connections: 1000,
+        ..Options::default()
     })
-    .await
-    .context("cluster task")?
-    .context("starting the throwaway PostgreSQL")?;
-
-    let result = bench(&cluster, &demo, seconds).await;
-
-    // The cluster stops last: the proxy and PgBouncer are gone by now.
-    let mut cluster = cluster;
-    tokio::task::spawn_blocking(move || cluster.stop())
-        .await
-        .context("cluster stop task")?
-        .context("stopping the cluster")?;
-    result
-}
-
-async fn bench(cluster: &TempCluster, demo: &Demo, seconds: u64) -> anyhow::Result<bool> {
-    let su = superuser(cluster).await?;
+    .await;
+    let su = h.superuser().await;
 
     // The static role of the baseline, its password only as a verifier.
     let password = Secret::new(random_hex(24)?);
@@ -226,14 +218,14 @@ async fn bench(cluster: &TempCluster, demo: &Demo, seconds: u64) -> anyhow::Resu
     .await
     .context("creating the bench role")?;
 
-    let proxy = Proxy::start(cluster, demo).await?;
     let token = rolemint::identity::issue(
-        &proxy.config.auth,
+        &h.config.auth,
         "bench",
         &[],
         Duration::from_secs(seconds * 10 + 3600),
     )
     .context("issuing a token")?;
+    let cluster = &h.cluster;
 
     let mut notes = Vec::new();
     let bouncer = match PgBouncer::find() {
@@ -272,13 +264,13 @@ async fn bench(cluster: &TempCluster, demo: &Demo, seconds: u64) -> anyhow::Resu
     targets.push(Target {
         name: "rolemint",
         kind: Kind::Rolemint,
-        port: proxy.addr.port(),
+        port: h.addr.port(),
         sslmode: "disable",
     });
     targets.push(Target {
         name: "rolemint+tls",
         kind: Kind::Rolemint,
-        port: proxy.addr.port(),
+        port: h.addr.port(),
         sslmode: "require",
     });
 
@@ -375,7 +367,7 @@ async fn bench(cluster: &TempCluster, demo: &Demo, seconds: u64) -> anyhow::Resu
             Ok(_) => {}
         }
     }
-    let left = wait_no_managed_roles(&su, ROLE_DROP_WAIT).await?;
+    let left = h.wait_no_managed_roles(ROLE_DROP_WAIT).await.len();
     if left > 0 {
         ok = false;
         println!(
@@ -383,13 +375,13 @@ async fn bench(cluster: &TempCluster, demo: &Demo, seconds: u64) -> anyhow::Resu
             ROLE_DROP_WAIT.as_secs()
         );
     }
-    let leases = proxy.shared.leases.len();
+    let leases = h.shared.leases.len();
     if leases > 0 {
         ok = false;
         println!("error: {leases} leases left in rolemint's registry");
     }
-    proxy.stop().await?;
-    let left = managed_roles(&su).await?;
+    h.stop().await?;
+    let left = h.managed_roles().await.len();
     if left > 0 {
         ok = false;
         println!("error: {left} roles are members of rolemint_managed after shutdown");
@@ -593,100 +585,6 @@ fn print_table(rows: &[Row]) {
 }
 
 // ---------------------------------------------------------------------------
-// rolemint in-process
-// ---------------------------------------------------------------------------
-
-struct Proxy {
-    addr: SocketAddr,
-    config: Config,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Proxy {
-    /// Configured like the integration tests: TLS and plaintext, the demo
-    /// templates, the demo admin role.
-    async fn start(cluster: &TempCluster, demo: &Demo) -> anyhow::Result<Proxy> {
-        let dir = tempfile::Builder::new()
-            .prefix("rolemint-bench-")
-            .tempdir()
-            .context("temp dir")?;
-        rolemint::dev::write_self_signed_cert(dir.path())?;
-        let text = format!(
-            r#"
-[proxy]
-listen = "127.0.0.1:0"
-tls_cert = "cert.pem"
-tls_key = "key.pem"
-allow_plaintext = true
-shutdown_grace = "2s"
-
-[backend]
-host = "127.0.0.1"
-port = {port}
-admin_user = "{admin}"
-admin_password = "{admin_pw}"
-admin_database = "postgres"
-
-[auth]
-issuer = "rolemint-bench"
-audience = "rolemint"
-hs256_secret = "{HS256_SECRET}"
-
-{templates}
-"#,
-            port = cluster.port(),
-            admin = demo.admin_user,
-            admin_pw = demo.admin_password.expose(),
-            templates = pgcluster::demo_templates_toml(),
-        );
-        let mut config = Config::parse(&text).context("bench config")?;
-        config.resolve(dir.path())?;
-        config.validate()?;
-        let server = Server::bind(config.clone())
-            .await
-            .context("binding rolemint")?;
-        let addr = server.local_addr();
-        let shared = server.shared();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server.run(shutdown.clone()));
-        Ok(Proxy {
-            addr,
-            config,
-            shared,
-            shutdown,
-            task: Some(task),
-            _dir: dir,
-        })
-    }
-
-    /// Graceful shutdown: drains and revokes.
-    async fn stop(mut self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        let Some(task) = self.task.take() else {
-            return Ok(());
-        };
-        match tokio::time::timeout(Duration::from_secs(90), task).await {
-            Ok(joined) => joined
-                .context("rolemint task")?
-                .context("rolemint shutdown"),
-            Err(_) => bail!("rolemint did not shut down within 90 s"),
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
 // PgBouncer
 // ---------------------------------------------------------------------------
 
@@ -806,50 +704,6 @@ impl PgBouncer {
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-async fn superuser(cluster: &TempCluster) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(
-        &cluster.superuser_conn_string(DATABASE),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .context("superuser connection")?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
-/// Roles that are members of `rolemint_managed` now, but for the admin
-/// role, which holds it WITH ADMIN OPTION to grant it on.
-async fn managed_roles(su: &tokio_postgres::Client) -> anyhow::Result<i64> {
-    let row = su
-        .query_one(
-            "SELECT count(*) FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid \
-             JOIN pg_roles r ON r.oid = m.member \
-             WHERE g.rolname = 'rolemint_managed' AND r.rolname <> $1",
-            &[&pgcluster::DEMO_ADMIN_USER],
-        )
-        .await
-        .context("counting managed roles")?;
-    Ok(row.get(0))
-}
-
-/// Waits up to `within` for the minted roles to be dropped; returns how
-/// many are left.
-async fn wait_no_managed_roles(
-    su: &tokio_postgres::Client,
-    within: Duration,
-) -> anyhow::Result<i64> {
-    let start = Instant::now();
-    loop {
-        let left = managed_roles(su).await?;
-        if left == 0 || start.elapsed() > within {
-            return Ok(left);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn random_hex(bytes: usize) -> anyhow::Result<String> {
     let mut buf = vec![0_u8; bytes];

@@ -357,7 +357,7 @@ async fn shutdown_drains_then_ends_sessions_and_revokes_every_lease() {
 
     // The harness's shutdown_grace is 2s; stop() returns once the server has.
     let started = std::time::Instant::now();
-    h.stop().await;
+    h.stop().await.expect("rolemint stops cleanly");
     assert!(
         started.elapsed() < Duration::from_secs(50),
         "shutdown ended the sleeping session"

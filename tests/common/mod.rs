@@ -28,6 +28,12 @@ pub struct Options {
     pub extra_toml: String,
     /// `proxy.max_connections`.
     pub max_connections: usize,
+    /// The PostgreSQL cluster; by default it logs every statement, so tests
+    /// can read what reached the server.
+    pub cluster: ClusterOptions,
+    /// Capture rolemint's log in memory (see [`captured_log`]); off for
+    /// benchmarks.
+    pub capture_log: bool,
 }
 
 impl Default for Options {
@@ -36,6 +42,10 @@ impl Default for Options {
             allow_plaintext: true,
             extra_toml: String::new(),
             max_connections: 100,
+            cluster: ClusterOptions::default()
+                .setting("log_statement", "all")
+                .setting("log_connections", "on"),
+            capture_log: true,
         }
     }
 }
@@ -95,14 +105,12 @@ impl Harness {
 
     pub async fn with(options: Options) -> Harness {
         rolemint::tls::install_crypto_provider();
-        init_logging();
-        let (cluster, demo) = tokio::task::spawn_blocking(|| {
-            let cluster = TempCluster::start(
-                ClusterOptions::default()
-                    .setting("log_statement", "all")
-                    .setting("log_connections", "on"),
-            )
-            .expect("start PostgreSQL");
+        if options.capture_log {
+            init_logging();
+        }
+        let cluster_options = options.cluster.clone();
+        let (cluster, demo) = tokio::task::spawn_blocking(move || {
+            let cluster = TempCluster::start(cluster_options).expect("start PostgreSQL");
             let demo = pgcluster::provision_demo(&cluster).expect("provision the demo");
             (cluster, demo)
         })
@@ -292,11 +300,16 @@ hs256_secret = "{secret}"
         self._dir.path().join("cert.pem")
     }
 
-    /// Stops the proxy, draining and revoking.
-    pub async fn stop(&mut self) {
+    /// Stops the proxy, draining and revoking; an error when it failed or
+    /// took longer than 90 s.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        if let Some(task) = self.server.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(90), task).await;
+        let Some(task) = self.server.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(Duration::from_secs(90), task).await {
+            Ok(joined) => joined?,
+            Err(_) => anyhow::bail!("rolemint did not shut down within 90 s"),
         }
     }
 }
