@@ -544,6 +544,47 @@ creation_statements = [
     }
 
     #[test]
+    fn secrets_come_from_files_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin.pw"), "from-file\n").unwrap();
+        std::fs::write(dir.path().join("hs.key"), "k".repeat(40)).unwrap();
+        let text = EXAMPLE
+            .replace(
+                "admin_password = \"pw\"",
+                "admin_password_file = \"admin.pw\"",
+            )
+            .replace(
+                "hs256_secret = \"0123456789abcdef0123456789abcdef\"",
+                "hs256_secret_file = \"hs.key\"",
+            );
+        let path = dir.path().join("rolemint.toml");
+        std::fs::write(&path, &text).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.backend.admin_password.unwrap().expose(), "from-file");
+        assert_eq!(c.auth.hs256_secret.unwrap().expose(), "k".repeat(40));
+
+        let var = "ROLEMINT_TEST_ADMIN_PASSWORD_FROM_ENV";
+        std::env::set_var(var, "from-env");
+        let text = EXAMPLE.replace(
+            "admin_password = \"pw\"",
+            &format!("admin_password_env = \"{var}\""),
+        );
+        std::fs::write(&path, &text).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.backend.admin_password.unwrap().expose(), "from-env");
+
+        let both = EXAMPLE.replace(
+            "admin_password = \"pw\"",
+            "admin_password = \"pw\"\nadmin_password_file = \"admin.pw\"",
+        );
+        std::fs::write(&path, &both).unwrap();
+        assert!(Config::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("only one"));
+    }
+
+    #[test]
     fn debug_output_hides_secrets() {
         let c = Config::parse(EXAMPLE).unwrap();
         let dbg = format!("{c:?}");

@@ -14,38 +14,12 @@ const ROLEMINT: &str = env!("CARGO_BIN_EXE_rolemint");
 /// A `serve` config for `cluster`, with `extra` appended, written to `dir`.
 fn write_config(dir: &Path, cluster: &TempCluster, demo: &Demo, extra: &str) -> std::path::PathBuf {
     common::write_self_signed_cert(dir);
-    std::fs::write(
-        dir.join("admin-password"),
-        format!("{}\n", demo.admin_password.expose()),
-    )
-    .unwrap();
-    let text = format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-tls_cert = "cert.pem"
-tls_key = "key.pem"
-
-[backend]
-host = "127.0.0.1"
-port = {port}
-admin_user = "{admin}"
-admin_password_file = "admin-password"
-
-[auth]
-issuer = "rolemint-test"
-hs256_secret = "{secret}"
-
-{templates}
-{extra}
-"#,
-        port = cluster.port(),
-        admin = demo.admin_user,
-        secret = common::HS256_SECRET,
-        templates = pgcluster::demo_templates_toml(),
-    );
+    let options = common::Options {
+        extra_toml: extra.to_owned(),
+        ..common::Options::default()
+    };
     let path = dir.join("rolemint.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, common::config_toml(cluster, demo, &options)).unwrap();
     path
 }
 
@@ -150,6 +124,16 @@ creation_statements = [
     assert!(String::from_utf8_lossy(&out.stderr).contains("broken.toml"));
 }
 
+/// Runs a pasted command line with `sh -c`; its stdout, after checking it
+/// succeeded.
+fn shell(line: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(line).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{line}\n{stdout}{stderr}");
+    stdout
+}
+
 /// Processes whose command line mentions `needle`.
 fn processes_mentioning(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -213,34 +197,13 @@ fn dev_prints_working_command_lines_and_cleans_up_on_ctrl_c() {
     let pgbench_line = pgbench_line.unwrap();
 
     // The psql line works as pasted (through a shell, as a user would).
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "{psql_line} -XAt -c 'SELECT current_user, count(*) FROM accounts GROUP BY 1'"
-        ))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = shell(&format!(
+        "{psql_line} -XAt -c 'SELECT current_user, count(*) FROM accounts GROUP BY 1'"
+    ));
     assert!(text.starts_with("v-dana-readonly-"), "{text}");
 
     // The pgbench line too, shortened.
-    let pgbench_line = pgbench_line.replace("-T 10", "-T 2");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(&pgbench_line)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = shell(&pgbench_line.replace("-T 10", "-T 2"));
     assert!(text.contains("tps = "), "{text}");
 
     // Ctrl-C: everything it started stops.

@@ -119,42 +119,7 @@ impl Harness {
 
         let dir = tempfile::tempdir().expect("temp dir");
         write_self_signed_cert(dir.path());
-        let text = format!(
-            r#"
-[proxy]
-listen = "127.0.0.1:0"
-tls_cert = "cert.pem"
-tls_key = "key.pem"
-allow_plaintext = {plain}
-max_connections = {max_connections}
-handshake_timeout = "5s"
-shutdown_grace = "2s"
-
-[backend]
-host = "127.0.0.1"
-port = {port}
-admin_user = "{admin}"
-admin_password = "{admin_pw}"
-admin_database = "postgres"
-
-[auth]
-issuer = "rolemint-test"
-audience = "rolemint"
-hs256_secret = "{secret}"
-
-{templates}
-
-{extra}
-"#,
-            plain = options.allow_plaintext,
-            max_connections = options.max_connections,
-            port = cluster.port(),
-            admin = demo.admin_user,
-            admin_pw = demo.admin_password.expose(),
-            secret = HS256_SECRET,
-            templates = pgcluster::demo_templates_toml(),
-            extra = options.extra_toml,
-        );
+        let text = config_toml(&cluster, &demo, &options);
         let mut config = Config::parse(&text).expect("test config parses");
         config.resolve(dir.path()).expect("resolve");
         config.validate().expect("test config is valid");
@@ -321,6 +286,47 @@ impl Drop for Harness {
             task.abort();
         }
     }
+}
+
+/// The `serve` config of a harness: TLS and (by default) plaintext, the demo
+/// admin role and templates, plus `options.extra_toml`.
+pub fn config_toml(cluster: &TempCluster, demo: &Demo, options: &Options) -> String {
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+allow_plaintext = {plain}
+max_connections = {max_connections}
+handshake_timeout = "5s"
+shutdown_grace = "2s"
+
+[backend]
+host = "127.0.0.1"
+port = {port}
+admin_user = "{admin}"
+admin_password = "{admin_pw}"
+admin_database = "postgres"
+
+[auth]
+issuer = "rolemint-test"
+audience = "rolemint"
+hs256_secret = "{secret}"
+
+{templates}
+
+{extra}
+"#,
+        plain = options.allow_plaintext,
+        max_connections = options.max_connections,
+        port = cluster.port(),
+        admin = demo.admin_user,
+        admin_pw = demo.admin_password.expose(),
+        secret = HS256_SECRET,
+        templates = pgcluster::demo_templates_toml(),
+        extra = options.extra_toml,
+    )
 }
 
 /// The local issuer key of test configs (tests only).
