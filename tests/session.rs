@@ -212,6 +212,30 @@ creation_statements = [
     assert_eq!(backends, 0, "the backend was terminated");
 }
 
+/// Waits until a minted role runs a query starting with `query` (up to 20 s).
+async fn wait_for_active_query(su: &tokio_postgres::Client, query: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let n: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE usename LIKE 'v-%' AND starts_with(query, $1) AND state = 'active'",
+                &[&query],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{query} never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_request_reaches_the_backend_and_the_session_stays_usable() {
     let h = Harness::start().await;
@@ -221,8 +245,11 @@ async fn cancel_request_reaches_the_backend_and_the_session_stays_usable() {
         .await
         .expect("connect");
     let cancel = client.cancel_token();
+    let su = h.superuser().await;
     let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Cancel once the sleep is running in the backend: a cancel that
+        // arrives before the query is ignored by PostgreSQL.
+        wait_for_active_query(&su, "SELECT pg_sleep(30)").await;
         cancel.cancel_query(tokio_postgres::NoTls).await
     });
     let started = std::time::Instant::now();
@@ -263,25 +290,8 @@ async fn psql_ctrl_c_cancels_the_running_query() {
     stdin.flush().await.unwrap();
     // Wait until the sleep runs in the backend, then "press Ctrl-C".
     let su = h.superuser().await;
+    wait_for_active_query(&su, "SELECT pg_sleep(30)").await;
     let started = std::time::Instant::now();
-    loop {
-        let n: i64 = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the query never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     // A script (unlike an interactive psql) stops after a cancel; that the
