@@ -108,6 +108,23 @@ pub enum ClusterError {
     Start(String),
 }
 
+impl ClusterError {
+    /// No PostgreSQL server programs anywhere we look: how to get them.
+    pub fn not_installed() -> ClusterError {
+        ClusterError::BinariesNotFound(
+            "PostgreSQL's server programs (initdb, postgres) were not found: \
+             not in $ROLEMINT_PG_BIN (unset), not on PATH, not in \
+             /usr/lib/postgresql/*/bin or /usr/pgsql-*/bin.\n\
+             Install them:\n  \
+               Debian/Ubuntu:  apt-get install -y postgresql\n  \
+               Fedora:         dnf install postgresql-server\n  \
+               macOS:          brew install postgresql\n\
+             or set ROLEMINT_PG_BIN to the directory that holds initdb and postgres."
+                .into(),
+        )
+    }
+}
+
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
     let what = what.into();
     move |source| ClusterError::Io { what, source }
@@ -151,17 +168,7 @@ pub fn find_binaries() -> Result<PgBinaries, ClusterError> {
     } else if let Some(dir) = versioned_dirs().into_iter().rev().find(|d| has_server(d)) {
         dir
     } else {
-        return Err(ClusterError::BinariesNotFound(
-            "PostgreSQL's server programs (initdb, postgres) were not found: \
-             not in $ROLEMINT_PG_BIN (unset), not on PATH, not in \
-             /usr/lib/postgresql/*/bin or /usr/pgsql-*/bin.\n\
-             Install them:\n  \
-               Debian/Ubuntu:  apt-get install -y postgresql\n  \
-               Fedora:         dnf install postgresql-server\n  \
-               macOS:          brew install postgresql\n\
-             or set ROLEMINT_PG_BIN to the directory that holds initdb and postgres."
-                .into(),
-        ));
+        return Err(ClusterError::not_installed());
     };
     let beside_or_on_path = |name: &str| {
         let beside = dir.join(name);

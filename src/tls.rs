@@ -31,6 +31,22 @@ pub enum TlsError {
     Config(String),
 }
 
+/// Sets up a TCP connection for the splice: no Nagle delay (the protocol is
+/// request/response with small messages) and keepalive probes, so that a
+/// peer that vanished without a FIN (a crashed host, a dropped NAT entry)
+/// is noticed within minutes instead of holding its session, its backend and
+/// its role forever.
+pub fn tune_tcp(tcp: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(60))
+        .with_interval(std::time::Duration::from_secs(10))
+        .with_retries(6);
+    let sock = socket2::SockRef::from(tcp);
+    // Failing to tune a socket is not a reason to refuse the connection.
+    let _ = sock.set_tcp_nodelay(true);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+}
+
 /// Installs aws-lc-rs as the process-wide rustls provider. Idempotent, so
 /// tests and `main` can both call it.
 pub fn install_crypto_provider() {

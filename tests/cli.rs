@@ -239,3 +239,25 @@ fn dev_prints_working_command_lines_and_cleans_up_on_ctrl_c() {
         "--dir keeps the config"
     );
 }
+
+#[test]
+fn dev_without_postgresql_binaries_says_how_to_get_them() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(ROLEMINT)
+        .args(["dev", "--port", "0"])
+        .env("ROLEMINT_PG_BIN", empty.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ROLEMINT_PG_BIN") && stderr.contains("initdb"),
+        "{stderr}"
+    );
+    // And the message for a machine with none at all names the packages.
+    let message = rolemint::pgcluster::ClusterError::not_installed().to_string();
+    assert!(
+        message.contains("apt-get install -y postgresql"),
+        "{message}"
+    );
+}

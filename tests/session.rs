@@ -30,16 +30,16 @@ fn assert_minted_name(name: &str, identity: &str, template: &str) {
 async fn psql_over_tls_gets_a_minted_role_that_is_dropped_after() {
     let h = Harness::start().await;
     let token = h.token("alice");
+    // sslmode=require: psql refuses to go on unless rolemint speaks TLS.
     let sql = "SELECT current_user; \
                SELECT pg_has_role(current_user, 'rolemint_managed', 'member'); \
                SELECT extract(epoch from rolvaliduntil)::bigint FROM pg_roles WHERE rolname = current_user; \
-               SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid(); \
                SELECT count(*) FROM accounts;";
     let out = h.psql("readonly", "appdb", &token, sql).await;
     assert!(out.status.success(), "{}", output_text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 5, "{stdout}");
+    assert_eq!(lines.len(), 4, "{stdout}");
     assert_minted_name(lines[0], "alice", "readonly");
     assert_eq!(lines[1], "t", "the role is a member of rolemint_managed");
     let valid_until: u64 = lines[2].parse().expect("VALID UNTIL is set");
@@ -52,7 +52,7 @@ async fn psql_over_tls_gets_a_minted_role_that_is_dropped_after() {
         valid_until.abs_diff(now + ttl) < 30,
         "VALID UNTIL {valid_until} is the lease expiry"
     );
-    assert!(lines[4].parse::<u64>().unwrap() > 0);
+    assert!(lines[3].parse::<u64>().unwrap() > 0);
 
     let left = h.wait_no_managed_roles(Duration::from_secs(5)).await;
     assert!(
@@ -265,54 +265,6 @@ async fn cancel_request_reaches_the_backend_and_the_session_stays_usable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psql_ctrl_c_cancels_the_running_query() {
-    // psql's Ctrl-C: SIGINT makes libpq send a CancelRequest with the key
-    // rolemint gave it (in plaintext before PostgreSQL 17's libpq, over TLS
-    // since).
-    let h = Harness::start().await;
-    let token = h.token("erin");
-    let psql = h.cluster.psql().to_owned();
-    let mut child = tokio::process::Command::new(psql)
-        .args(["-X", "-At", "-U", "readonly", "-d", "appdb", "-f", "-"])
-        .env("PGPASSWORD", token.expose())
-        .env("PGSSLMODE", "require")
-        .env("PGHOST", "127.0.0.1")
-        .env("PGPORT", h.addr.port().to_string())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncWriteExt;
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"SELECT pg_sleep(30);\n").await.unwrap();
-    stdin.flush().await.unwrap();
-    // Wait until the sleep runs in the backend, then "press Ctrl-C".
-    let su = h.superuser().await;
-    wait_for_active_query(&su, "SELECT pg_sleep(30)").await;
-    let started = std::time::Instant::now();
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    // A script (unlike an interactive psql) stops after a cancel; that the
-    // session stays usable is shown with tokio-postgres above.
-    drop(stdin);
-    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
-        .await
-        .expect("psql finished after the cancel")
-        .unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(25),
-        "the sleep was cut short"
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("canceling statement due to user request"),
-        "{stderr}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_password_never_reaches_postgres_or_our_logs() {
     let h = Harness::start().await;
     let token = h.token("frank");
@@ -480,4 +432,108 @@ async fn direct_tls_with_alpn_postgresql_gets_a_session() {
         }
     };
     assert!(refused, "direct TLS without ALPN was served");
+}
+
+/// Output of a process on a pseudo-terminal, collected by a thread.
+struct Terminal {
+    master: std::fs::File,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Terminal {
+    fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        self.master.write_all(line.as_bytes()).unwrap();
+        self.master.write_all(b"\n").unwrap();
+    }
+
+    /// Waits until the screen shows `text` (up to 20 s).
+    async fn wait_for(&self, text: &str) {
+        let started = std::time::Instant::now();
+        loop {
+            let screen = self.output.lock().unwrap().clone();
+            if screen.contains(text) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "never saw {text:?} on the terminal:\n{screen}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_psql_ctrl_c_cancels_and_the_session_stays_usable() {
+    let h = Harness::start().await;
+    let token = h.token("ivan");
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = pty.slave;
+    // On a terminal psql is interactive: Ctrl-C cancels the query and psql
+    // goes on reading commands in the same session.
+    let mut child = std::process::Command::new(h.cluster.psql())
+        .args([
+            "-X",
+            "-n",
+            "-P",
+            "pager=off",
+            "-U",
+            "readonly",
+            "-d",
+            "appdb",
+        ])
+        .env("PGPASSWORD", token.expose())
+        .env("PGSSLMODE", "require")
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", h.addr.port().to_string())
+        .env("TERM", "dumb")
+        .stdin(std::process::Stdio::from(slave.try_clone().unwrap()))
+        .stdout(std::process::Stdio::from(slave.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    let master = std::fs::File::from(pty.master);
+    let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut reader = master.try_clone().unwrap();
+    let sink = std::sync::Arc::clone(&output);
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let mut term = Terminal { master, output };
+
+    term.wait_for("appdb=>").await;
+    term.type_line("SELECT session_user AS before \\gset");
+    term.type_line("SELECT pg_sleep(30);");
+    let su = h.superuser().await;
+    wait_for_active_query(&su, "SELECT pg_sleep(30)").await;
+    let started = std::time::Instant::now();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    term.wait_for("canceling statement due to user request")
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(25));
+
+    // Same session, same minted role.
+    term.type_line("SELECT 'same ' || (session_user = :'before')::text || ' session';");
+    term.wait_for("same true session").await;
+    term.type_line("\\q");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(h
+        .wait_no_managed_roles(Duration::from_secs(5))
+        .await
+        .is_empty());
 }

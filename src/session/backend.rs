@@ -76,8 +76,7 @@ pub async fn connect(
         Ok(Err(source)) => return Err(BackendError::Connect { addr, source }),
         Err(_) => return Err(BackendError::ConnectTimeout(addr)),
     };
-    // Small messages in both directions: do not wait to coalesce them.
-    let _ = tcp.set_nodelay(true);
+    crate::tls::tune_tcp(&tcp);
     let Some(tls) = tls else {
         return Ok(MaybeTls::Plain(tcp));
     };

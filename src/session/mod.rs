@@ -39,7 +39,7 @@ pub async fn run(
     peer: SocketAddr,
     permit: Option<OwnedSemaphorePermit>,
 ) {
-    let _ = tcp.set_nodelay(true);
+    crate::tls::tune_tcp(&tcp);
     let deadline = shared.config.proxy.handshake_timeout;
     let hello =
         match tokio::time::timeout(deadline, handshake::accept(tcp, shared.client_tls.as_ref()))
