@@ -300,3 +300,35 @@ async fn one_session_over_the_limit_gets_53300() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_asking_minted_roles_for_a_cleartext_password_is_refused() {
+    let h = Harness::start().await;
+    // A pg_hba.conf gone wrong: members of rolemint_managed (the minted
+    // roles, and the admin, who copes) are asked for a cleartext password.
+    let hba_path = h.cluster.data_dir().join("pg_hba.conf");
+    let hba = std::fs::read_to_string(&hba_path).unwrap();
+    std::fs::write(
+        &hba_path,
+        format!("host all +rolemint_managed 127.0.0.1/32 password\n{hba}"),
+    )
+    .unwrap();
+    let su = h.superuser().await;
+    su.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let rules: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_hba_file_rules WHERE auth_method = 'password' AND error IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rules, 1, "the weak rule is in place");
+
+    let token = h.token("alice");
+    let e = refused(&h, "readonly", "appdb", token.expose()).await;
+    assert_eq!(sqlstate(&e).as_deref(), Some("08006"), "{e:?}");
+    assert!(common::captured_log().contains("cleartext password"));
+    let left = h.wait_no_managed_roles(Duration::from_secs(5)).await;
+    assert!(left.is_empty(), "{left:?}");
+}
