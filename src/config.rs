@@ -106,7 +106,8 @@ pub struct BackendConfig {
     pub admin_password_env: Option<String>,
     #[serde(default = "default_admin_database")]
     pub admin_database: String,
-    /// Idle admin connections kept per database.
+    /// Admin connections per database, busy or idle; mints and revokes
+    /// queue for one when all are busy.
     #[serde(default = "default_admin_pool_size")]
     pub admin_pool_size: usize,
     #[serde(default)]
@@ -225,7 +226,7 @@ fn default_admin_database() -> String {
     "postgres".into()
 }
 fn default_admin_pool_size() -> usize {
-    4
+    8
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)

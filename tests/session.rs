@@ -537,3 +537,49 @@ async fn interactive_psql_ctrl_c_cancels_and_the_session_stays_usable() {
         .await
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_sessions_shares_a_bounded_admin_pool() {
+    let h = Harness::with(Options {
+        admin_pool_size: 2,
+        ..Options::default()
+    })
+    .await;
+    let token = h.token("judy");
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let conn_string = h.conn_string("readonly", "appdb", token.expose());
+        burst.spawn(async move {
+            let (client, conn) =
+                tokio_postgres::connect(&conn_string, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            Ok::<_, tokio_postgres::Error>(client)
+        });
+    }
+    let clients = burst.join_all().await;
+    for c in &clients {
+        let c = c.as_ref().expect("every session of the burst connects");
+        assert_eq!(
+            c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+            1
+        );
+    }
+    assert_eq!(h.managed_roles().await.len(), 12);
+    drop(clients);
+    assert!(h
+        .wait_no_managed_roles(Duration::from_secs(10))
+        .await
+        .is_empty());
+    // log_connections shows every admin login to appdb: the 12 mints and 12
+    // revocations went through at most two connections.
+    let admin_logins = h
+        .cluster
+        .read_log()
+        .lines()
+        .filter(|l| l.contains("connection authorized: user=rolemint_admin database=appdb"))
+        .count();
+    assert!(
+        (1..=2).contains(&admin_logins),
+        "{admin_logins} admin connections to appdb"
+    );
+}

@@ -3,9 +3,11 @@
 //! Minting and revoking run as `backend.admin_user`. `CREATE ROLE` is
 //! cluster-wide, but `GRANT ... ON` objects, `DROP OWNED` and the template's
 //! statements act on the database the connection is in, so each target
-//! database has its own idle list. At most `backend.admin_pool_size` idle
-//! connections are kept per database; more are opened on demand and closed
-//! when returned to a full list. A connection that broke (`is_closed`), timed
+//! database has its own pool of at most `backend.admin_pool_size`
+//! connections. A mint or revoke waits for one when all are busy (its
+//! caller's timeout bounds the wait), so a burst of clients queues for a
+//! few milliseconds each instead of opening an admin connection apiece and
+//! exhausting the server's `max_connections`. A connection that broke (`is_closed`), timed
 //! out, or was dropped in the middle of a statement is discarded, never
 //! reused.
 //!
@@ -19,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
@@ -32,10 +35,10 @@ pub struct AdminPool {
     base: tokio_postgres::Config,
     /// rustls config when `backend.tls` is not `disable`.
     tls: Option<Arc<rustls::ClientConfig>>,
-    /// Idle connections by database name.
-    idle: Mutex<HashMap<String, Vec<Client>>>,
-    /// `backend.admin_pool_size`.
-    max_idle: usize,
+    /// Per database: idle connections, and permits for all of them.
+    databases: Mutex<HashMap<String, DatabasePool>>,
+    /// `backend.admin_pool_size`: connections per database, busy or idle.
+    size: usize,
     connect_timeout: Duration,
     statement_timeout: Duration,
     /// Run once on every new connection.
@@ -48,7 +51,7 @@ impl std::fmt::Debug for AdminPool {
         // but there is no need to rely on that.
         f.debug_struct("AdminPool")
             .field("tls", &self.tls.is_some())
-            .field("max_idle", &self.max_idle)
+            .field("size", &self.size)
             .finish_non_exhaustive()
     }
 }
@@ -93,37 +96,65 @@ impl AdminPool {
         Ok(AdminPool {
             base,
             tls,
-            idle: Mutex::new(HashMap::new()),
-            max_idle: backend.admin_pool_size,
+            databases: Mutex::new(HashMap::new()),
+            size: backend.admin_pool_size.max(1),
             connect_timeout: backend.connect_timeout,
             statement_timeout,
             session_setup,
         })
     }
 
-    /// An admin connection to `database`: an idle one if any, else a new one.
+    /// An admin connection to `database`: an idle one if any, else a new one
+    /// once fewer than `size` are open. Waits while all are busy.
     pub async fn get(&self, database: &str) -> Result<PooledClient<'_>, MintError> {
+        let permits = Arc::clone(
+            &self
+                .lock_databases()
+                .entry(database.to_owned())
+                .or_insert_with(|| DatabasePool {
+                    idle: Vec::new(),
+                    permits: Arc::new(Semaphore::new(self.size)),
+                })
+                .permits,
+        );
+        let permit = permits
+            .acquire_owned()
+            .await
+            .map_err(|_| MintError::Backend {
+                database: database.to_owned(),
+                message: "admin pool closed".into(),
+            })?;
         loop {
-            let client = {
-                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                idle.get_mut(database).and_then(Vec::pop)
-            };
+            let client = self
+                .lock_databases()
+                .get_mut(database)
+                .and_then(|db| db.idle.pop());
             match client {
-                Some(c) if !c.is_closed() => return Ok(self.wrap(database, c)),
+                Some(c) if !c.is_closed() => return Ok(self.wrap(database, c, permit)),
                 Some(_) => continue, // broken while idle: drop it, try the next
                 None => break,
             }
         }
         let client = self.connect(database).await?;
-        Ok(self.wrap(database, client))
+        Ok(self.wrap(database, client, permit))
     }
 
-    fn wrap(&self, database: &str, client: Client) -> PooledClient<'_> {
+    fn lock_databases(&self) -> std::sync::MutexGuard<'_, HashMap<String, DatabasePool>> {
+        self.databases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wrap(
+        &self,
+        database: &str,
+        client: Client,
+        permit: OwnedSemaphorePermit,
+    ) -> PooledClient<'_> {
         PooledClient {
             pool: self,
             database: database.to_owned(),
             client: Some(client),
             busy: false,
+            _permit: permit,
         }
     }
 
@@ -172,13 +203,19 @@ impl AdminPool {
         if client.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(database.to_owned()).or_default();
-        if list.len() < self.max_idle {
-            list.push(client);
+        // At most `size` exist (the permits see to it), so the list is
+        // bounded too.
+        if let Some(db) = self.lock_databases().get_mut(database) {
+            db.idle.push(client);
         }
-        // else: dropped here, which closes the connection.
     }
+}
+
+/// One database's admin connections.
+struct DatabasePool {
+    idle: Vec<Client>,
+    /// `size` permits; a `PooledClient` holds one while on loan.
+    permits: Arc<Semaphore>,
 }
 
 /// Drives the connection's socket on its own task; the `Client` talks to it
@@ -208,6 +245,9 @@ pub struct PooledClient<'a> {
     /// it is dropped (the caller gave up), the session's state is unknown —
     /// possibly inside an aborted transaction — so it is not reused.
     busy: bool,
+    /// The right to this connection; released after the connection went
+    /// back to the idle list (fields drop after `Drop::drop`).
+    _permit: OwnedSemaphorePermit,
 }
 
 impl PooledClient<'_> {

@@ -28,6 +28,8 @@ pub struct Options {
     pub extra_toml: String,
     /// `proxy.max_connections`.
     pub max_connections: usize,
+    /// `backend.admin_pool_size`.
+    pub admin_pool_size: usize,
     /// The PostgreSQL cluster; by default it logs every statement, so tests
     /// can read what reached the server.
     pub cluster: ClusterOptions,
@@ -42,6 +44,7 @@ impl Default for Options {
             allow_plaintext: true,
             extra_toml: String::new(),
             max_connections: 100,
+            admin_pool_size: 8,
             cluster: ClusterOptions::default()
                 .setting("log_statement", "all")
                 .setting("log_connections", "on"),
@@ -308,6 +311,7 @@ port = {port}
 admin_user = "{admin}"
 admin_password = "{admin_pw}"
 admin_database = "postgres"
+admin_pool_size = {admin_pool_size}
 
 [auth]
 issuer = "rolemint-test"
@@ -320,6 +324,7 @@ hs256_secret = "{secret}"
 "#,
         plain = options.allow_plaintext,
         max_connections = options.max_connections,
+        admin_pool_size = options.admin_pool_size,
         port = cluster.port(),
         admin = demo.admin_user,
         admin_pw = demo.admin_password.expose(),
