@@ -284,7 +284,7 @@ async fn one_session_over_the_limit_gets_53300() {
         1
     );
     drop(first);
-    // The slot frees when the first session has ended (and been revoked).
+    // The slot frees once the first session has ended.
     let start = std::time::Instant::now();
     loop {
         match h.connect("readonly", "appdb", token.expose()).await {

@@ -57,13 +57,10 @@ pub async fn run(
             process_id,
             secret_key,
         } => cancel(&shared, process_id, secret_key, peer).await,
-        Hello::Startup { stream, startup } => {
-            if permit.is_none() {
-                return refuse_with(stream, ClientError::TooManyConnections, peer, "").await;
-            }
-            session(shared, stream, startup, peer).await;
-            drop(permit);
-        }
+        Hello::Startup { stream, startup } => match permit {
+            Some(permit) => session(shared, stream, startup, peer, permit).await,
+            None => refuse_with(stream, ClientError::TooManyConnections, peer, "").await,
+        },
     }
 }
 
@@ -72,6 +69,7 @@ async fn session(
     mut stream: ClientStream,
     startup: handshake::Startup,
     peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
 ) {
     let config = &shared.config;
     let template = startup.template.as_str();
@@ -168,6 +166,9 @@ async fn session(
     )
     .await;
     drop(minted);
+    // The session is over: its slot is free while the role is revoked (the
+    // admin pool bounds how many revocations run at once).
+    drop(permit);
     let revoked = lease::revoke_until_done(&shared.minter, config, lease, &shared.shutdown).await;
     tracing::info!(
         lease = %lease.id, role = %lease.role, end = ?end.0,
