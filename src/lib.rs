@@ -27,6 +27,7 @@
 //! - [`tls`]: rustls for clients and the backend, and the stream type.
 //! - [`error`]: what a client may be told, with its SQLSTATE.
 //! - [`secret`]: a string that never prints.
+//! - [`logging`]: the tracing subscriber and its filter.
 //! - [`check`]: `rolemint check`, the preflight of a config and backend.
 //! - [`pgcluster`]: a throwaway PostgreSQL cluster, used by `rolemint dev`
 //!   and by the tests.
@@ -41,6 +42,7 @@ pub mod dev;
 pub mod error;
 pub mod identity;
 pub mod lease;
+pub mod logging;
 pub mod mint;
 pub mod pgcluster;
 pub mod policy;

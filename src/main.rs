@@ -36,14 +36,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
-            init_logging(config.log.format);
+            rolemint::logging::init(config.log.format);
             let server = rolemint::server::Server::bind(config).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             server.run(shutdown).await
         }
         Command::Dev { dir, port, sub } => {
-            init_logging(LogFormat::Text);
+            rolemint::logging::init(LogFormat::Text);
             rolemint::dev::run(rolemint::dev::DevArgs {
                 dir,
                 port,
@@ -64,7 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Check { config } => {
-            init_logging(LogFormat::Text);
+            rolemint::logging::init(LogFormat::Text);
             let config = Config::load(&config)?;
             println!("config: ok");
             rolemint::check::run(&config).await
@@ -77,16 +77,4 @@ pub async fn stop_on_signal(shutdown: CancellationToken) {
     rolemint::signal::terminated().await;
     tracing::info!("signal received: shutting down");
     shutdown.cancel();
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("ROLEMINT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

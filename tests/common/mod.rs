@@ -94,7 +94,8 @@ fn init_logging() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("rolemint=debug")
+            // Everything at debug, filtered as `rolemint serve` filters it.
+            .with_env_filter(rolemint::logging::filter(Some("debug")))
             .with_writer(|| LogWriter)
             .with_ansi(false)
             .try_init();

@@ -1,0 +1,34 @@
+//! Logging: `tracing` to stderr, text or JSON, level from `ROLEMINT_LOG`.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// The filter for a `ROLEMINT_LOG` value (default `info`). tokio-postgres
+/// logs every admin statement at debug level, mint batches and their SCRAM
+/// verifiers included, so it stays at info unless named explicitly.
+pub fn filter(rolemint_log: Option<&str>) -> EnvFilter {
+    let mut directives = rolemint_log.unwrap_or("info").to_owned();
+    if !directives.contains("tokio_postgres") {
+        directives.push_str(",tokio_postgres=info");
+    }
+    EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("rolemint: ignoring ROLEMINT_LOG={directives:?}: {e}");
+        EnvFilter::new("info,tokio_postgres=info")
+    })
+}
+
+/// Installs the process's subscriber: stderr, colours only on a terminal.
+pub fn init(format: LogFormat) {
+    let rolemint_log = std::env::var("ROLEMINT_LOG").ok();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter(rolemint_log.as_deref()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
