@@ -375,7 +375,7 @@ async fn run(seconds: u64) -> anyhow::Result<bool> {
             ROLE_DROP_WAIT.as_secs()
         );
     }
-    let leases = h.shared.leases.len();
+    let leases = h.wait_no_leases().await;
     if leases > 0 {
         ok = false;
         println!("error: {leases} leases left in rolemint's registry");

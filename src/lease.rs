@@ -130,6 +130,9 @@ pub struct Leases {
     deadlines: Mutex<BTreeSet<(Instant, String)>>,
     /// Wakes the expiry task when a new earliest deadline arrives.
     wake: Notify,
+    /// Set by [`Leases::end_all`]: a lease registered afterwards (its
+    /// session was minting when shutdown came) is ended at once.
+    ending: OnceLock<EndReason>,
 }
 
 /// Removes its lease from the registry when the session is done with it.
@@ -158,6 +161,9 @@ impl Leases {
         if earliest {
             self.wake.notify_one();
         }
+        if let Some(reason) = self.ending.get() {
+            lease.end(*reason);
+        }
         Registered {
             leases: Arc::clone(self),
             lease,
@@ -176,8 +182,10 @@ impl Leases {
         self.map.is_empty()
     }
 
-    /// Ends every live lease (shutdown).
+    /// Ends every live lease, and every lease registered from now on
+    /// (shutdown).
     pub fn end_all(&self, reason: EndReason) {
+        let _ = self.ending.set(reason);
         for lease in self.map.iter() {
             lease.end(reason);
         }
@@ -314,6 +322,16 @@ mod tests {
         assert_eq!(leases.len(), 1);
         stop.cancel();
         task.await.unwrap();
+    }
+
+    #[test]
+    fn leases_registered_after_end_all_end_at_once() {
+        let leases = Arc::new(Leases::default());
+        let before = leases.register(lease("before", Duration::from_secs(60)));
+        leases.end_all(EndReason::Shutdown);
+        assert_eq!(before.lease.end_reason(), Some(EndReason::Shutdown));
+        let after = leases.register(lease("after", Duration::from_secs(60)));
+        assert_eq!(after.lease.end_reason(), Some(EndReason::Shutdown));
     }
 
     #[test]

@@ -583,3 +583,33 @@ async fn a_burst_of_sessions_shares_a_bounded_admin_pool() {
         "{admin_logins} admin connections to appdb"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_terminated_behind_the_proxy_ends_the_session_and_its_role() {
+    let h = Harness::start().await;
+    let token = h.token("kim");
+    let client = h
+        .connect("readonly", "appdb", token.expose())
+        .await
+        .expect("connect");
+    let role: String = client
+        .query_one("SELECT session_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let su = h.superuser().await;
+    su.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+        &[&role],
+    )
+    .await
+    .unwrap();
+    // The client hears PostgreSQL's own FATAL through the splice.
+    let err = client.simple_query("SELECT 1").await.unwrap_err();
+    assert!(client.is_closed(), "{err:?}");
+    assert!(h
+        .wait_no_managed_roles(Duration::from_secs(5))
+        .await
+        .is_empty());
+    assert_eq!(h.wait_no_leases().await, 0);
+}

@@ -89,7 +89,12 @@ pub async fn splice(
             Err(_) => End::Failed,
         },
         r = down.run(&mut backend_rx, &mut client_tx) => match r {
-            Ok(()) => End::BackendClosed,
+            Ok(()) => {
+                // What the backend said last (a FATAL, usually) is out;
+                // close the client cleanly (TLS close_notify), boundedly.
+                let _ = tokio::time::timeout(FINISH_TIMEOUT, client_tx.shutdown()).await;
+                End::BackendClosed
+            }
             Err(_) => End::Failed,
         },
         reason = lease.ended() => {

@@ -217,6 +217,20 @@ impl Harness {
         }
     }
 
+    /// Waits until rolemint's lease registry is empty (a session's lease
+    /// leaves it just after its role is dropped), up to 5 s; returns what is
+    /// left.
+    pub async fn wait_no_leases(&self) -> usize {
+        let start = Instant::now();
+        loop {
+            let left = self.shared.leases.len();
+            if left == 0 || start.elapsed() > Duration::from_secs(5) {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Runs a client binary (psql, pgbench) with the token in PGPASSWORD,
     /// never on the command line.
     pub async fn run_client(
