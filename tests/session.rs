@@ -599,7 +599,8 @@ async fn a_backend_terminated_behind_the_proxy_ends_the_session_and_its_role() {
         .get(0);
     let su = h.superuser().await;
     su.query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+        // With a timeout it returns once the backend has exited.
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE usename = $1",
         &[&role],
     )
     .await
