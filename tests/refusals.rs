@@ -285,20 +285,15 @@ async fn one_session_over_the_limit_gets_53300() {
     );
     drop(first);
     // The slot frees once the first session has ended.
-    let start = std::time::Instant::now();
-    loop {
+    let freed = common::wait_until(Duration::from_secs(10), || async {
         match h.connect("readonly", "appdb", token.expose()).await {
-            Ok(_) => break,
-            Err(e) if sqlstate(&e).as_deref() == Some("53300") => {
-                assert!(
-                    start.elapsed() < Duration::from_secs(10),
-                    "the slot never freed"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Ok(_) => true,
+            Err(e) if sqlstate(&e).as_deref() == Some("53300") => false,
             Err(e) => panic!("{e:?}"),
         }
-    }
+    })
+    .await;
+    assert!(freed, "the slot never freed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -214,8 +214,7 @@ creation_statements = [
 
 /// Waits until a minted role runs a query starting with `query` (up to 20 s).
 async fn wait_for_active_query(su: &tokio_postgres::Client, query: &str) {
-    let started = std::time::Instant::now();
-    loop {
+    let running = || async {
         let n: i64 = su
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity \
@@ -225,15 +224,12 @@ async fn wait_for_active_query(su: &tokio_postgres::Client, query: &str) {
             .await
             .unwrap()
             .get(0);
-        if n > 0 {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{query} never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        n > 0
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(20), running).await,
+        "{query} never started"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,17 +445,12 @@ impl Terminal {
 
     /// Waits until the screen shows `text` (up to 20 s).
     async fn wait_for(&self, text: &str) {
-        let started = std::time::Instant::now();
-        loop {
-            let screen = self.output.lock().unwrap().clone();
-            if screen.contains(text) {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "never saw {text:?} on the terminal:\n{screen}"
+        let shown = || async { self.output.lock().unwrap().contains(text) };
+        if !common::wait_until(Duration::from_secs(20), shown).await {
+            panic!(
+                "never saw {text:?} on the terminal:\n{}",
+                self.output.lock().unwrap()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

@@ -207,28 +207,19 @@ impl Harness {
 
     /// Waits until no minted role is left, up to `within`; returns what is left.
     pub async fn wait_no_managed_roles(&self, within: Duration) -> Vec<String> {
-        let start = Instant::now();
-        loop {
-            let left = self.managed_roles().await;
-            if left.is_empty() || start.elapsed() > within {
-                return left;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(within, || async { self.managed_roles().await.is_empty() }).await;
+        self.managed_roles().await
     }
 
     /// Waits until rolemint's lease registry is empty (a session's lease
     /// leaves it just after its role is dropped), up to 5 s; returns what is
     /// left.
     pub async fn wait_no_leases(&self) -> usize {
-        let start = Instant::now();
-        loop {
-            let left = self.shared.leases.len();
-            if left == 0 || start.elapsed() > Duration::from_secs(5) {
-                return left;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until(Duration::from_secs(5), || async {
+            self.shared.leases.is_empty()
+        })
+        .await;
+        self.shared.leases.len()
     }
 
     /// Runs a client binary (psql, pgbench) with the token in PGPASSWORD,
@@ -303,6 +294,25 @@ impl Drop for Harness {
         if let Some(task) = self.server.take() {
             task.abort();
         }
+    }
+}
+
+/// Checks `check` every 20 ms until it holds or `within` has passed, and
+/// says whether it held: tests wait for conditions, never for fixed times.
+pub async fn wait_until<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if start.elapsed() > within {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
