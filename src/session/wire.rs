@@ -346,6 +346,69 @@ mod tests {
         assert_eq!(g.until_boundary(&stream[9..]), Some(0));
     }
 
+    /// A small deterministic generator: the same inputs on every run.
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn decoders_never_panic_on_arbitrary_bytes() {
+        let mut state = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200_000 {
+            let len = (xorshift(&mut state) % 64) as usize;
+            let mut body: Vec<u8> = (0..len).map(|_| xorshift(&mut state) as u8).collect();
+            // Half the time, a valid request code in front, so the parameter
+            // parser gets exercised too.
+            if len >= 4 && xorshift(&mut state) % 2 == 0 {
+                body[..4].copy_from_slice(&PROTOCOL_3_0.to_be_bytes());
+            }
+            let _ = parse_startup_packet(&body);
+            let _ = parse_password(&body);
+            let mut word = [0u8; 4];
+            word.copy_from_slice(&xorshift(&mut state).to_be_bytes()[..4]);
+            let _ = startup_packet_len(word);
+        }
+    }
+
+    #[test]
+    fn framer_agrees_with_whole_message_parsing_on_any_split() {
+        let mut state = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..2_000 {
+            // A stream of random messages, fed in random chunks.
+            let mut stream = BytesMut::new();
+            let mut ends = Vec::new();
+            for _ in 0..(xorshift(&mut state) % 8 + 1) {
+                let body_len = (xorshift(&mut state) % 300) as usize;
+                message(b'D', &mut stream, |b| {
+                    b.extend((0..body_len).map(|i| i as u8))
+                });
+                ends.push(stream.len());
+            }
+            let mut framer = Framer::default();
+            let mut fed = 0;
+            while fed < stream.len() {
+                let chunk = ((xorshift(&mut state) % 97) as usize + 1).min(stream.len() - fed);
+                let data = &stream[fed..fed + chunk];
+                let take = framer.until_boundary(data).expect("a well-formed stream");
+                // Zero at a boundary; else up to the end of the message in
+                // flight, or the whole chunk when it ends later.
+                let expected = if fed == 0 || ends.contains(&fed) {
+                    0
+                } else {
+                    let next_end = ends.iter().find(|e| **e > fed).expect("an end ahead");
+                    (next_end - fed).min(chunk)
+                };
+                assert_eq!(take, expected, "at {fed}, chunk {chunk}");
+                framer.advance(data);
+                fed += chunk;
+                assert_eq!(framer.at_boundary(), ends.contains(&fed), "at {fed}");
+            }
+        }
+    }
+
     #[test]
     fn framer_gives_up_on_an_impossible_length() {
         let mut f = Framer::default();
