@@ -17,6 +17,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::wire;
 use crate::cancel::BackendKey;
 use crate::config::BackendConfig;
 use crate::secret::Secret;
@@ -224,7 +225,7 @@ pub async fn login(
                 }
                 stream.write_all(&out).await?;
             }
-            b'S' | b'N' => append_message(&mut startup, tag, &body),
+            b'S' | b'N' => wire::message_with_body(tag, &body, &mut startup),
             b'K' => {
                 let mut b = &body[..];
                 if b.len() != 8 {
@@ -241,7 +242,7 @@ pub async fn login(
                     BackendError::Protocol("no BackendKeyData before ReadyForQuery".into())
                 })?;
                 let mut ready = BytesMut::new();
-                append_message(&mut ready, tag, &body);
+                wire::message_with_body(tag, &body, &mut ready);
                 return Ok(Login {
                     stream,
                     startup,
@@ -258,12 +259,6 @@ pub async fn login(
             }
         }
     }
-}
-
-fn append_message(buf: &mut BytesMut, tag: u8, body: &[u8]) {
-    buf.extend_from_slice(&[tag]);
-    buf.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    buf.extend_from_slice(body);
 }
 
 /// The SQLSTATE and message of an ErrorResponse body, for the log.

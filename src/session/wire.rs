@@ -125,6 +125,11 @@ fn message(tag: u8, buf: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
     buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// A message of type `tag` with a body read elsewhere (forwarded as is).
+pub fn message_with_body(tag: u8, body: &[u8], buf: &mut BytesMut) {
+    message(tag, buf, |b| b.extend_from_slice(body));
+}
+
 /// AuthenticationCleartextPassword (B): asks the client for its token.
 pub fn auth_cleartext_password(buf: &mut BytesMut) {
     message(b'R', buf, |b| b.put_i32(3));
