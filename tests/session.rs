@@ -356,8 +356,8 @@ fn tls_connector(h: &Harness, alpn: Option<&[u8]>) -> tokio_rustls::TlsConnector
 }
 
 /// The next backend message from `tls`, reading as needed.
-async fn next_message(
-    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+async fn next_message<S: tokio::io::AsyncRead + Unpin>(
+    tls: &mut S,
     buf: &mut bytes::BytesMut,
 ) -> postgres_protocol::message::backend::Message {
     use tokio::io::AsyncReadExt;
@@ -604,4 +604,79 @@ async fn a_backend_terminated_behind_the_proxy_ends_the_session_and_its_role() {
         .await
         .is_empty());
     assert_eq!(h.wait_no_leases().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_asking_for_protocol_3_2_is_negotiated_down_to_3_0() {
+    use bytes::{BufMut, BytesMut};
+    use postgres_protocol::message::{backend, frontend};
+    use tokio::io::AsyncWriteExt;
+
+    let h = Harness::start().await;
+    let token = h.token("leo");
+    let mut tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    // A startup for protocol 3.2 with a protocol option, as newer libpq
+    // versions may send.
+    let mut body = BytesMut::new();
+    body.put_u32(0x0003_0002);
+    for s in [
+        "user",
+        "readonly",
+        "database",
+        "appdb",
+        "_pq_.test_option",
+        "on",
+        "",
+    ] {
+        body.extend_from_slice(s.as_bytes());
+        body.put_u8(0);
+    }
+    let mut packet = BytesMut::new();
+    packet.put_u32(body.len() as u32 + 4);
+    packet.extend_from_slice(&body);
+    tcp.write_all(&packet).await.unwrap();
+
+    let mut buf = BytesMut::new();
+    // NegotiateProtocolVersion (no typed parser for it here: check the bytes).
+    let v = loop {
+        if buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() > len {
+                break buf.split_to(len + 1);
+            }
+        }
+        use tokio::io::AsyncReadExt;
+        assert!(tcp.read_buf(&mut buf).await.unwrap() > 0, "closed early");
+    };
+    assert_eq!(v[0], b'v');
+    assert_eq!(&v[5..9], &0i32.to_be_bytes(), "newest minor version: 0");
+    assert_eq!(&v[9..13], &1i32.to_be_bytes(), "one option refused");
+    assert_eq!(&v[13..], b"_pq_.test_option\0");
+    assert!(matches!(
+        next_message(&mut tcp, &mut buf).await,
+        backend::Message::AuthenticationCleartextPassword
+    ));
+    let mut out = BytesMut::new();
+    frontend::password_message(token.expose().as_bytes(), &mut out).unwrap();
+    tcp.write_all(&out).await.unwrap();
+    assert!(matches!(
+        next_message(&mut tcp, &mut buf).await,
+        backend::Message::AuthenticationOk
+    ));
+    while !matches!(
+        next_message(&mut tcp, &mut buf).await,
+        backend::Message::ReadyForQuery(_)
+    ) {}
+    // The session speaks 3.0 through the splice.
+    out.clear();
+    frontend::query("SELECT 1", &mut out).unwrap();
+    tcp.write_all(&out).await.unwrap();
+    assert!(matches!(
+        next_message(&mut tcp, &mut buf).await,
+        backend::Message::RowDescription(_)
+    ));
+    assert!(matches!(
+        next_message(&mut tcp, &mut buf).await,
+        backend::Message::DataRow(_)
+    ));
 }

@@ -79,13 +79,17 @@ pub struct Startup {
     /// Everything else (application_name, client_encoding, options, ...),
     /// forwarded to the backend as sent.
     pub forward: Vec<(String, String)>,
+    /// The client asked for protocol 3.x with x > 0, or for `_pq_.` options:
+    /// it is owed a NegotiateProtocolVersion naming the options refused.
+    pub negotiate: Option<Vec<String>>,
 }
 
 impl Startup {
-    fn from_params(params: Vec<(String, String)>) -> Result<Startup, ClientError> {
+    fn from_params(minor: u16, params: Vec<(String, String)>) -> Result<Startup, ClientError> {
         let mut template = None;
         let mut database = None;
         let mut forward = Vec::with_capacity(params.len());
+        let mut unrecognized = Vec::new();
         for (name, value) in params {
             match name.as_str() {
                 "user" => template = Some(value),
@@ -95,9 +99,10 @@ impl Startup {
                         "replication connections are not supported by rolemint",
                     ))
                 }
-                // Protocol extensions would make the backend answer with
-                // NegotiateProtocolVersion, which the splice cannot place.
-                n if n.starts_with("_pq_.") => {}
+                // Protocol options: none is supported. They are refused to
+                // the client (NegotiateProtocolVersion) and never sent on,
+                // so the backend speaks plain 3.0 through the splice.
+                n if n.starts_with("_pq_.") => unrecognized.push(name),
                 _ => forward.push((name, value)),
             }
         }
@@ -107,10 +112,12 @@ impl Startup {
         let database = database
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| template.clone());
+        let negotiate = (minor > 0 || !unrecognized.is_empty()).then_some(unrecognized);
         Ok(Startup {
             template,
             database,
             forward,
+            negotiate,
         })
     }
 }
@@ -175,8 +182,8 @@ pub async fn accept(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Hello, 
                     secret_key,
                 })
             }
-            StartupPacket::Startup { params } => {
-                return match Startup::from_params(params) {
+            StartupPacket::Startup { minor, params } => {
+                return match Startup::from_params(minor, params) {
                     Ok(startup) => Ok(Hello::Startup { stream, startup }),
                     Err(error) => Err(Refused::tell(stream, error)),
                 }
@@ -227,12 +234,17 @@ async fn read_startup_packet<S: AsyncRead + Unpin>(
     Ok(wire::parse_startup_packet(&body))
 }
 
-/// Asks for the password and reads the token, at most `max_bytes` long.
+/// Asks for the password (after a NegotiateProtocolVersion when the client
+/// asked for more than 3.0) and reads the token, at most `max_bytes` long.
 pub async fn read_token(
     stream: &mut ClientStream,
+    startup: &Startup,
     max_bytes: usize,
 ) -> Result<Secret, (ClientError, String)> {
     let mut buf = BytesMut::new();
+    if let Some(unrecognized) = &startup.negotiate {
+        wire::negotiate_protocol_version(unrecognized, &mut buf);
+    }
     wire::auth_cleartext_password(&mut buf);
     let io = |e: std::io::Error| {
         (
@@ -272,32 +284,42 @@ mod tests {
 
     #[test]
     fn startup_names_template_and_database() {
-        let s = Startup::from_params(params(&[
-            ("user", "readonly"),
-            ("database", "appdb"),
-            ("application_name", "psql"),
-            ("_pq_.foo", "bar"),
-        ]))
+        let s = Startup::from_params(
+            0,
+            params(&[
+                ("user", "readonly"),
+                ("database", "appdb"),
+                ("application_name", "psql"),
+                ("_pq_.foo", "bar"),
+            ]),
+        )
         .unwrap();
         assert_eq!(s.template, "readonly");
         assert_eq!(s.database, "appdb");
         assert_eq!(s.forward, params(&[("application_name", "psql")]));
+        assert_eq!(s.negotiate, Some(vec!["_pq_.foo".to_string()]));
+        let plain = Startup::from_params(0, params(&[("user", "r")])).unwrap();
+        assert_eq!(plain.negotiate, None);
+        let newer = Startup::from_params(2, params(&[("user", "r")])).unwrap();
+        assert_eq!(newer.negotiate, Some(vec![]));
     }
 
     #[test]
     fn database_defaults_to_user_and_user_is_required() {
-        let s = Startup::from_params(params(&[("user", "readonly")])).unwrap();
+        let s = Startup::from_params(0, params(&[("user", "readonly")])).unwrap();
         assert_eq!(s.database, "readonly");
         assert_eq!(
-            Startup::from_params(params(&[("database", "x")])).unwrap_err(),
+            Startup::from_params(0, params(&[("database", "x")])).unwrap_err(),
             ClientError::NoUser
         );
     }
 
     #[test]
     fn replication_is_refused() {
-        let e = Startup::from_params(params(&[("user", "r"), ("replication", "database")]));
+        let e = Startup::from_params(0, params(&[("user", "r"), ("replication", "database")]));
         assert!(matches!(e, Err(ClientError::Unsupported(_))));
-        assert!(Startup::from_params(params(&[("user", "r"), ("replication", "false")])).is_ok());
+        assert!(
+            Startup::from_params(0, params(&[("user", "r"), ("replication", "false")])).is_ok()
+        );
     }
 }

@@ -83,7 +83,7 @@ async fn session(
 
     let token = match tokio::time::timeout(
         config.proxy.handshake_timeout,
-        handshake::read_token(&mut stream, config.proxy.max_token_bytes),
+        handshake::read_token(&mut stream, &startup, config.proxy.max_token_bytes),
     )
     .await
     {

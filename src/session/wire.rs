@@ -26,8 +26,16 @@ const MAX_STARTUP_PARAMS: usize = 64;
 pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
-    Cancel { process_id: i32, secret_key: i32 },
-    Startup { params: Vec<(String, String)> },
+    Cancel {
+        process_id: i32,
+        secret_key: i32,
+    },
+    /// Protocol 3.x; a client asking for a minor version above 0 is told 3.0
+    /// with NegotiateProtocolVersion, as PostgreSQL does.
+    Startup {
+        minor: u16,
+        params: Vec<(String, String)>,
+    },
 }
 
 /// Validates the length word of a startup packet: the whole packet,
@@ -63,11 +71,10 @@ pub fn parse_startup_packet(body: &[u8]) -> Result<StartupPacket, ClientError> {
         SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => {
             Err(ClientError::Protocol("invalid encryption request"))
         }
-        PROTOCOL_3_0 => Ok(StartupPacket::Startup {
+        v if v >> 16 == 3 => Ok(StartupPacket::Startup {
+            minor: (v & 0xffff) as u16,
             params: parse_params(rest)?,
         }),
-        // 3.x minor versions newer than 0 are answered by PostgreSQL with a
-        // NegotiateProtocolVersion; rolemint is strict and refuses them.
         v => Err(ClientError::UnsupportedProtocol(
             (v >> 16) as u16,
             (v & 0xffff) as u16,
@@ -128,6 +135,19 @@ fn message(tag: u8, buf: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
 /// A message of type `tag` with a body read elsewhere (forwarded as is).
 pub fn message_with_body(tag: u8, body: &[u8], buf: &mut BytesMut) {
     message(tag, buf, |b| b.extend_from_slice(body));
+}
+
+/// NegotiateProtocolVersion (B): rolemint speaks 3.0 and none of the
+/// `_pq_.` protocol options the client asked for.
+pub fn negotiate_protocol_version(unrecognized: &[String], buf: &mut BytesMut) {
+    message(b'v', buf, |b| {
+        b.put_i32(0);
+        b.put_i32(unrecognized.len() as i32);
+        for option in unrecognized {
+            b.extend_from_slice(option.as_bytes());
+            b.put_u8(0);
+        }
+    });
 }
 
 /// AuthenticationCleartextPassword (B): asks the client for its token.
@@ -262,9 +282,10 @@ mod tests {
     #[test]
     fn parses_startup_parameters() {
         let body = startup_body(&[("user", "readonly"), ("database", "appdb")]);
-        let StartupPacket::Startup { params } = parse_startup_packet(&body).unwrap() else {
+        let StartupPacket::Startup { minor, params } = parse_startup_packet(&body).unwrap() else {
             panic!("not a startup")
         };
+        assert_eq!(minor, 0);
         assert_eq!(params[0], ("user".into(), "readonly".into()));
         assert_eq!(params[1], ("database".into(), "appdb".into()));
     }
@@ -298,6 +319,7 @@ mod tests {
             &[4, 210, 22, 46, 0],               // cancel too short
             &[4, 210, 22, 47, 1],               // SSLRequest with a body
             &[0, 2, 0, 0, 0],                   // protocol 2
+            &[0, 4, 0, 0, 0],                   // protocol 4
         ];
         for b in bad {
             assert!(parse_startup_packet(b).is_err(), "{b:?}");
@@ -307,6 +329,19 @@ mod tests {
         assert!(parse_password(b"tok").is_err());
         assert!(parse_password(b"tok\0x").is_err());
         assert_eq!(parse_password(b"tok\0").unwrap(), "tok");
+    }
+
+    #[test]
+    fn newer_minor_versions_are_parsed_for_negotiation() {
+        let mut body = startup_body(&[("user", "u")]);
+        body[..4].copy_from_slice(&0x0003_0002u32.to_be_bytes());
+        let StartupPacket::Startup { minor, .. } = parse_startup_packet(&body).unwrap() else {
+            panic!("not a startup")
+        };
+        assert_eq!(minor, 2);
+        let mut buf = BytesMut::new();
+        negotiate_protocol_version(&["_pq_.x".into()], &mut buf);
+        assert_eq!(&buf[..], b"v\0\0\0\x13\0\0\0\0\0\0\0\x01_pq_.x\0");
     }
 
     #[test]
