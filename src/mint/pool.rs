@@ -89,7 +89,7 @@ impl AdminPool {
         // fails and the client retries; a lost DROP ROLE leaves a marked role
         // that the reaper finds and drops; and either way the role carries
         // VALID UNTIL, so it can never be used past its lease. In exchange
-        // no mint waits for an fsync (DESIGN.md §3).
+        // no mint waits for an fsync.
         let session_setup = format!(
             "SET synchronous_commit = off; SET application_name = 'rolemint'; SET statement_timeout = '{ms}ms'"
         );

@@ -22,8 +22,7 @@
 //! HMAC or 4096. The iterations would buy nothing, yet every one is paid on
 //! the hot path: PostgreSQL 15 runs a full PBKDF2 at the verifier's count
 //! inside `CREATE ROLE` (measured ~6.5 ms of server CPU at 4096 versus
-//! ~0.3 ms at 1), and the client side of the backend login runs another
-//! (DESIGN.md §3).
+//! ~0.3 ms at 1), and the client side of the backend login runs another.
 
 use std::num::NonZeroU32;
 
