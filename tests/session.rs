@@ -64,11 +64,7 @@ async fn psql_over_tls_gets_a_minted_role_that_is_dropped_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_role_exists_during_the_session_and_is_gone_after() {
     let h = Harness::start().await;
-    let token = h.token("bob@example.com");
-    let client = h
-        .connect("readonly", "appdb", token.expose())
-        .await
-        .expect("connect");
+    let client = h.session("readonly", "bob@example.com").await;
     let row = client
         .query_one("SELECT current_user::text", &[])
         .await
@@ -107,14 +103,9 @@ async fn the_role_exists_during_the_session_and_is_gone_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sessions_get_distinct_roles() {
     let h = Harness::start().await;
-    let token = h.token("alice");
     let mut clients = Vec::new();
     for _ in 0..5 {
-        clients.push(
-            h.connect("readwrite", "appdb", token.expose())
-                .await
-                .expect("connect"),
-        );
+        clients.push(h.session("readwrite", "alice").await);
     }
     let mut names = Vec::new();
     for c in &clients {
@@ -164,11 +155,7 @@ creation_statements = [
         .await
         .unwrap();
 
-    let token = h.token("carol");
-    let client = h
-        .connect("shortlived", "appdb", token.expose())
-        .await
-        .expect("connect");
+    let client = h.session("shortlived", "carol").await;
     let role: String = client
         .query_one("SELECT session_user::text", &[])
         .await
@@ -235,11 +222,7 @@ async fn wait_for_active_query(su: &tokio_postgres::Client, query: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_request_reaches_the_backend_and_the_session_stays_usable() {
     let h = Harness::start().await;
-    let token = h.token("dave");
-    let client = h
-        .connect("readonly", "appdb", token.expose())
-        .await
-        .expect("connect");
+    let client = h.session("readonly", "dave").await;
     let cancel = client.cancel_token();
     let su = h.superuser().await;
     let canceller = tokio::spawn(async move {
@@ -301,15 +284,8 @@ async fn the_password_never_reaches_postgres_or_our_logs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_then_ends_sessions_and_revokes_every_lease() {
     let mut h = Harness::start().await;
-    let token = h.token("gina");
-    let idle = h
-        .connect("readonly", "appdb", token.expose())
-        .await
-        .expect("connect");
-    let busy = h
-        .connect("readonly", "appdb", token.expose())
-        .await
-        .expect("connect");
+    let idle = h.session("readonly", "gina").await;
+    let busy = h.session("readonly", "gina").await;
     let sleeper = tokio::spawn(async move { busy.batch_execute("SELECT pg_sleep(60)").await });
     assert_eq!(h.managed_roles().await.len(), 2);
 
@@ -578,11 +554,7 @@ async fn a_burst_of_sessions_shares_a_bounded_admin_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_terminated_behind_the_proxy_ends_the_session_and_its_role() {
     let h = Harness::start().await;
-    let token = h.token("kim");
-    let client = h
-        .connect("readonly", "appdb", token.expose())
-        .await
-        .expect("connect");
+    let client = h.session("readonly", "kim").await;
     let role: String = client
         .query_one("SELECT session_user::text", &[])
         .await

@@ -176,6 +176,14 @@ impl Harness {
         Ok(client)
     }
 
+    /// A session of `template` on appdb for a fresh token of `identity`.
+    pub async fn session(&self, template: &str, identity: &str) -> tokio_postgres::Client {
+        let token = self.token(identity);
+        self.connect(template, "appdb", token.expose())
+            .await
+            .unwrap_or_else(|e| panic!("{template} session for {identity}: {e:?}"))
+    }
+
     /// A superuser connection straight to PostgreSQL, to look behind the proxy.
     pub async fn superuser(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(
