@@ -73,6 +73,11 @@ pub struct ProxyConfig {
     /// are ended and their leases revoked.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// After the sessions have ended at shutdown: how long rolemint waits
+    /// for their revocations before it exits and leaves the rest to the
+    /// reaper of the next start.
+    #[serde(default = "default_shutdown_revoke_timeout", with = "humantime_serde")]
+    pub shutdown_revoke_timeout: Duration,
     /// Largest password message (the identity token) accepted, in bytes.
     /// Tokens from identity providers carrying many groups can be large.
     #[serde(default = "default_max_token_bytes")]
@@ -161,6 +166,10 @@ pub struct MintConfig {
     /// Longest wait for a mint or revoke statement batch.
     #[serde(default = "default_statement_timeout", with = "humantime_serde")]
     pub statement_timeout: Duration,
+    /// A revocation that has kept failing for this long is logged at ERROR
+    /// (it is retried for as long as the process lives either way).
+    #[serde(default = "default_revoke_error_after", with = "humantime_serde")]
+    pub revoke_error_after: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -193,7 +202,13 @@ pub struct RoleTemplate {
     /// SQL run as one transaction to create the role (Vault placeholders).
     pub creation_statements: Vec<String>,
     /// SQL run to drop the role; a safe default is used when absent.
+    /// rolemint sets NOLOGIN and terminates the role's backends first
+    /// either way.
     pub revocation_statements: Option<Vec<String>>,
+    /// Role that inherits what a minted role owns when it is revoked
+    /// (`REASSIGN OWNED`). Without it, a role that owns objects is left
+    /// NOLOGIN and reported, never dropped with its objects.
+    pub owner: Option<String>,
 }
 
 impl Default for MintConfig {
@@ -203,6 +218,7 @@ impl Default for MintConfig {
             scram_iterations: default_scram_iterations(),
             instance: None,
             statement_timeout: default_statement_timeout(),
+            revoke_error_after: default_revoke_error_after(),
         }
     }
 }
@@ -215,6 +231,12 @@ fn default_handshake_timeout() -> Duration {
 }
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(30)
+}
+fn default_shutdown_revoke_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_revoke_error_after() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_max_token_bytes() -> usize {
     64 * 1024
@@ -404,6 +426,12 @@ impl Config {
             }
             if t.default_ttl.is_zero() || t.default_ttl > t.max_ttl {
                 return Err(ctx("default_ttl must be positive and at most max_ttl"));
+            }
+            if t.owner
+                .as_ref()
+                .is_some_and(|o| o.trim().is_empty() || o.len() > 63)
+            {
+                return Err(ctx("owner must be a role name of 1 to 63 bytes"));
             }
             if t.max_ttl > MAX_CONFIGURABLE_TTL {
                 return Err(ctx("max_ttl may be at most 7 days"));

@@ -1,29 +1,37 @@
-//! Leases: every minted role is a lease with a deadline.
+//! The registry of live leases: what is minted and in use right now, and
+//! when each runs out.
 //!
-//! The registry holds the live leases and one task that ends them when their
-//! TTL runs out, in the manner of mini-redis's `purge_expired_tasks`: a
-//! `BTreeSet<(Instant, id)>` ordered by deadline and a `Notify` that wakes the
-//! task when an earlier deadline arrives — one task, no timer per lease.
+//! A lease is one minted role and whoever uses it (a proxied session, or
+//! credentials handed out over the API). The registry knows their deadlines,
+//! looks them up, lists them, renews them and ends them; it runs no SQL and
+//! knows neither the config nor the minter. Ending a lease only signals its
+//! holder (through a `CancellationToken`): the session tells its client why,
+//! closes both connections and hands the role to the revoker, so revocation
+//! lives in one place whatever ended the session.
 //!
-//! Ending a lease only signals its session (through a `CancellationToken`);
-//! the session tells its client why, closes both connections and revokes the
-//! role, so that revocation lives in one place whatever ended the session.
+//! Deadlines live in a `tokio_util::time::DelayQueue` keyed by lease, driven
+//! by one task ([`Leases::run_expiry`]); no timer per lease. The key is
+//! removed the moment the lease leaves the registry, so a session that ends
+//! long before its TTL leaves nothing behind: at `pgbench -C` rates with a
+//! one-hour TTL the registry stays as large as the number of open sessions,
+//! not the number of sessions of the last hour.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use dashmap::DashMap;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::time::{delay_queue, DelayQueue};
 
-use crate::config::Config;
 use crate::error::ClientError;
-use crate::mint::Minter;
 
-/// Why a lease ended before its session did.
+/// Why a lease ended before its holder let it go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
     /// The TTL ran out.
@@ -53,39 +61,152 @@ impl EndReason {
     }
 }
 
-/// One minted role and the session using it.
+/// Who holds a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseKind {
+    /// A session proxied by rolemint: `database/sessions/...`.
+    Session,
+    /// Credentials handed to a workload, which logs in directly:
+    /// `database/creds/...`.
+    Creds,
+}
+
+impl LeaseKind {
+    /// The middle part of lease ids, as in Vault's `database/creds/<role>`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseKind::Session => "sessions",
+            LeaseKind::Creds => "creds",
+        }
+    }
+
+    /// The word stored in lease comments (`"session"` / `"creds"`).
+    pub fn comment_word(self) -> &'static str {
+        match self {
+            LeaseKind::Session => "session",
+            LeaseKind::Creds => "creds",
+        }
+    }
+
+    /// The kind a lease id names; ids are made by [`new_lease_id`], so the
+    /// id is the one place the kind is written down.
+    pub fn of_lease_id(id: &str) -> LeaseKind {
+        if id.starts_with("database/creds/") {
+            LeaseKind::Creds
+        } else {
+            LeaseKind::Session
+        }
+    }
+}
+
+/// A fresh, path-like lease id: `database/<sessions|creds>/<template>/<random>`
+/// with 24 random `[a-z0-9]` characters (about 124 bits), so that operators
+/// can revoke by prefix as in Vault.
+pub fn new_lease_id(kind: LeaseKind, template: &str) -> String {
+    const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; 24];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("system random number generator failed");
+    // 256 % 36 = 4: the first four letters are a hair likelier; at 24
+    // characters that costs well under a bit of the ~124.
+    let random: String = bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect();
+    format!("database/{}/{template}/{random}", kind.as_str())
+}
+
+/// One minted role and who uses it: what the operator API shows.
 #[derive(Debug)]
 pub struct Lease {
+    /// `database/sessions/<template>/<random>`.
+    pub id: String,
+    /// The minted role.
+    pub role: String,
+    pub template: String,
+    pub database: String,
+    /// The token's identity claim.
+    pub identity: String,
+    /// The token's groups, for listing and revoking by group.
+    pub groups: Vec<String>,
+    /// The client's address (sessions), or the API caller's.
+    pub client_addr: Option<SocketAddr>,
+    pub kind: LeaseKind,
+    pub issued_at: SystemTime,
+    /// Expiry and last renewal change together, under one lock.
+    times: Mutex<Times>,
+    /// Bytes from the client to the backend; updated at least when the
+    /// session ends.
+    pub bytes_in: AtomicU64,
+    /// Bytes from the backend to the client.
+    pub bytes_out: AtomicU64,
+    /// Cancelled when the lease ends before its holder lets it go.
+    end: CancellationToken,
+    reason: OnceLock<EndReason>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    expires_at: SystemTime,
+    last_renewal: Option<SystemTime>,
+}
+
+/// What a new lease is made of.
+#[derive(Debug, Clone)]
+pub struct NewLease {
     pub id: String,
     pub role: String,
     pub template: String,
     pub database: String,
     pub identity: String,
+    pub groups: Vec<String>,
+    pub client_addr: Option<SocketAddr>,
+    pub issued_at: SystemTime,
     pub expires_at: SystemTime,
-    /// Cancelled when the lease ends before the session does.
-    end: CancellationToken,
-    reason: OnceLock<EndReason>,
 }
 
 impl Lease {
-    pub fn new(
-        id: String,
-        role: String,
-        template: String,
-        database: String,
-        identity: String,
-        expires_at: SystemTime,
-    ) -> Lease {
+    pub fn new(new: NewLease) -> Lease {
         Lease {
-            id,
-            role,
-            template,
-            database,
-            identity,
-            expires_at,
+            kind: LeaseKind::of_lease_id(&new.id),
+            id: new.id,
+            role: new.role,
+            template: new.template,
+            database: new.database,
+            identity: new.identity,
+            groups: new.groups,
+            client_addr: new.client_addr,
+            issued_at: new.issued_at,
+            times: Mutex::new(Times {
+                expires_at: new.expires_at,
+                last_renewal: None,
+            }),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
             end: CancellationToken::new(),
             reason: OnceLock::new(),
         }
+    }
+
+    fn times(&self) -> Times {
+        *self.times.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When the lease runs out (changed by a renewal).
+    pub fn expires_at(&self) -> SystemTime {
+        self.times().expires_at
+    }
+
+    /// When it was last renewed, if ever.
+    pub fn last_renewal(&self) -> Option<SystemTime> {
+        self.times().last_renewal
+    }
+
+    /// Records the traffic of the session so far.
+    pub fn set_traffic(&self, bytes_in: u64, bytes_out: u64) {
+        self.bytes_in.store(bytes_in, Ordering::Relaxed);
+        self.bytes_out.store(bytes_out, Ordering::Relaxed);
     }
 
     /// Ends the lease; the first reason wins.
@@ -104,38 +225,48 @@ impl Lease {
         self.reason.get().copied()
     }
 
-    /// Time left, from the wall clock deadline.
+    /// Time left until the expiry, from the wall clock.
     fn remaining(&self) -> Duration {
-        self.expires_at
+        self.expires_at()
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO)
     }
 }
 
-/// A fresh lease id: 16 random hex digits.
-pub fn new_lease_id() -> String {
-    let mut bytes = [0u8; 8];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("system random number generator failed");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Why a renewal was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenewError {
+    #[error("no live lease {0}")]
+    NotFound(String),
+    #[error("lease {0} has already ended")]
+    Ended(String),
 }
 
 /// The live leases.
 #[derive(Default)]
 pub struct Leases {
-    map: DashMap<String, Arc<Lease>>,
-    /// Deadlines, earliest first. Entries of removed leases are skipped
-    /// lazily by the expiry task.
-    deadlines: Mutex<BTreeSet<(Instant, String)>>,
-    /// Wakes the expiry task when a new earliest deadline arrives.
-    wake: Notify,
+    inner: Mutex<Inner>,
     /// Set by [`Leases::end_all`]: a lease registered afterwards (its
     /// session was minting when shutdown came) is ended at once.
     ending: OnceLock<EndReason>,
 }
 
-/// Removes its lease from the registry when the session is done with it.
+#[derive(Default)]
+struct Inner {
+    map: HashMap<String, Entry>,
+    /// Lease ids by deadline.
+    deadlines: DelayQueue<String>,
+}
+
+struct Entry {
+    lease: Arc<Lease>,
+    /// `None` once the deadline fired (its key is then free for reuse by
+    /// the queue, so it must never be removed again).
+    key: Option<delay_queue::Key>,
+}
+
+/// Removes its lease from the registry, deadline included, when the holder
+/// is done with it.
 pub struct Registered {
     leases: Arc<Leases>,
     pub lease: Arc<Lease>,
@@ -143,23 +274,36 @@ pub struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.leases.map.remove(&self.lease.id);
+        self.leases.remove(&self.lease.id);
     }
 }
 
 impl Leases {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every critical section leaves the map and the queue consistent,
+        // so a panic elsewhere does not poison them in any way that matters.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Registers a lease and arms its deadline.
     pub fn register(self: &Arc<Self>, lease: Lease) -> Registered {
         let lease = Arc::new(lease);
-        let deadline = Instant::now() + lease.remaining();
-        self.map.insert(lease.id.clone(), Arc::clone(&lease));
-        let earliest = {
-            let mut deadlines = self.lock_deadlines();
-            deadlines.insert((deadline, lease.id.clone()));
-            deadlines.first().map(|(d, _)| *d) == Some(deadline)
-        };
-        if earliest {
-            self.wake.notify_one();
+        {
+            let mut inner = self.lock();
+            let key = inner
+                .deadlines
+                .insert_at(lease.id.clone(), Instant::now() + lease.remaining());
+            let entry = Entry {
+                lease: Arc::clone(&lease),
+                key: Some(key),
+            };
+            if let Some(old) = inner.map.insert(lease.id.clone(), entry) {
+                // Ids are random; a duplicate is a bug, but never leave a
+                // stale timer behind.
+                if let Some(key) = old.key {
+                    inner.deadlines.try_remove(&key);
+                }
+            }
         }
         if let Some(reason) = self.ending.get() {
             lease.end(*reason);
@@ -170,127 +314,124 @@ impl Leases {
         }
     }
 
+    fn remove(&self, id: &str) {
+        let mut inner = self.lock();
+        if let Some(Entry { key: Some(key), .. }) = inner.map.remove(id) {
+            inner.deadlines.try_remove(&key);
+        }
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<Lease>> {
-        self.map.get(id).map(|l| Arc::clone(&l))
+        self.lock().map.get(id).map(|e| Arc::clone(&e.lease))
     }
 
-    pub fn len(&self) -> usize {
-        self.map.len()
+    /// Every live lease, in no particular order.
+    pub fn list(&self) -> Vec<Arc<Lease>> {
+        self.lock()
+            .map
+            .values()
+            .map(|e| Arc::clone(&e.lease))
+            .collect()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+    /// Whether a live lease of this instance holds `role`: the reaper never
+    /// sweeps such a role.
+    pub fn holds_role(&self, role: &str) -> bool {
+        self.lock().map.values().any(|e| e.lease.role == role)
+    }
+
+    /// Ends one lease; false when there is no such live lease.
+    pub fn end(&self, id: &str, reason: EndReason) -> bool {
+        match self.get(id) {
+            Some(lease) => {
+                lease.end(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Moves a lease's expiry to `new_expiry` and re-arms its deadline. The
+    /// caller has checked it against the template's `max_ttl` and has
+    /// already moved the role's `VALID UNTIL`.
+    pub fn renew(&self, id: &str, new_expiry: SystemTime) -> Result<Arc<Lease>, RenewError> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let entry = inner
+            .map
+            .get_mut(id)
+            .ok_or_else(|| RenewError::NotFound(id.to_owned()))?;
+        if entry.lease.end_reason().is_some() {
+            return Err(RenewError::Ended(id.to_owned()));
+        }
+        {
+            let mut times = entry.lease.times.lock().unwrap_or_else(|e| e.into_inner());
+            times.expires_at = new_expiry;
+            times.last_renewal = Some(SystemTime::now());
+        }
+        let when = Instant::now() + entry.lease.remaining();
+        match &entry.key {
+            Some(key) => inner.deadlines.reset_at(key, when),
+            None => entry.key = Some(inner.deadlines.insert_at(id.to_owned(), when)),
+        }
+        Ok(Arc::clone(&entry.lease))
     }
 
     /// Ends every live lease, and every lease registered from now on
     /// (shutdown).
     pub fn end_all(&self, reason: EndReason) {
         let _ = self.ending.set(reason);
-        for lease in self.map.iter() {
+        for lease in self.list() {
             lease.end(reason);
         }
     }
 
-    fn lock_deadlines(&self) -> std::sync::MutexGuard<'_, BTreeSet<(Instant, String)>> {
-        // A panic while holding this lock leaves a consistent set behind.
-        self.deadlines.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
     }
 
-    /// Ends leases whose deadline has passed; returns the next deadline.
-    fn expire_due(&self, now: Instant) -> Option<Instant> {
-        let mut deadlines = self.lock_deadlines();
-        while let Some((deadline, id)) = deadlines.first().cloned() {
-            if deadline > now {
-                return Some(deadline);
-            }
-            deadlines.pop_first();
-            if let Some(lease) = self.map.get(&id) {
-                tracing::info!(lease = %id, role = %lease.role, "lease TTL reached");
-                lease.end(EndReason::Expired);
-            }
-        }
-        None
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
-    /// The expiry task: runs until `shutdown`.
-    pub async fn run_expiry(self: Arc<Self>, shutdown: CancellationToken) {
-        loop {
-            let next = self.expire_due(Instant::now());
-            let sleep = async {
-                match next {
-                    Some(when) => tokio::time::sleep_until(when).await,
-                    None => std::future::pending().await,
+    /// Entries in the deadline queue: equal to [`Leases::len`] but for
+    /// leases whose deadline already fired. For tests and metrics.
+    pub fn deadlines_len(&self) -> usize {
+        self.lock().deadlines.len()
+    }
+
+    /// The next lease whose deadline has passed, waiting for it.
+    async fn next_expired(&self) -> Arc<Lease> {
+        poll_fn(|cx| {
+            let mut inner = self.lock();
+            loop {
+                match inner.deadlines.poll_expired(cx) {
+                    Poll::Ready(Some(expired)) => {
+                        let id = expired.into_inner();
+                        if let Some(entry) = inner.map.get_mut(&id) {
+                            entry.key = None;
+                            return Poll::Ready(Arc::clone(&entry.lease));
+                        }
+                    }
+                    // An empty queue keeps our waker: the next insert wakes us.
+                    Poll::Ready(None) | Poll::Pending => return Poll::Pending,
                 }
-            };
-            tokio::select! {
-                _ = sleep => {}
-                _ = self.wake.notified() => {}
-                _ = shutdown.cancelled() => return,
             }
-        }
+        })
+        .await
     }
-}
 
-/// Revokes a lease's role, retrying with backoff until it succeeds.
-///
-/// Never gives up silently: each failure is logged, and the only way out
-/// without success is a shutdown after a few more attempts, logged as an
-/// error naming the role. Such a role is still marked `rolemint_managed`
-/// and past its `VALID UNTIL` soon, so the reaper finds it.
-pub async fn revoke_until_done(
-    minter: &Minter,
-    config: &Config,
-    lease: &Lease,
-    shutdown: &CancellationToken,
-) -> bool {
-    const FIRST_DELAY: Duration = Duration::from_millis(100);
-    const MAX_DELAY: Duration = Duration::from_secs(30);
-    const ATTEMPTS_AFTER_SHUTDOWN: u32 = 3;
-    let Some(template) = config.template(&lease.template) else {
-        tracing::error!(lease = %lease.id, role = %lease.role, "template gone; role left for the reaper");
-        return false;
-    };
-    let mut delay = FIRST_DELAY;
-    let mut attempts_in_shutdown = 0;
-    let mut attempt = 0u32;
-    loop {
-        attempt = attempt.saturating_add(1);
-        let outcome = tokio::time::timeout(
-            config.admin_operation_timeout(),
-            minter.revoke(&lease.role, &lease.database, template),
-        )
-        .await;
-        match outcome {
-            Ok(Ok(())) => {
-                tracing::info!(lease = %lease.id, role = %lease.role, attempt, "lease revoked");
-                return true;
-            }
-            Ok(Err(e)) if !e.is_transient() => {
-                // Retrying cannot help (the role owns objects, a revocation
-                // statement is wrong): say so loudly and leave it to an
-                // operator and the reaper.
-                tracing::error!(lease = %lease.id, role = %lease.role, attempt, "revoke failed for good: {e}");
-                return false;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(lease = %lease.id, role = %lease.role, attempt, "revoke failed: {e}")
-            }
-            Err(_) => {
-                tracing::warn!(lease = %lease.id, role = %lease.role, attempt, "revoke timed out")
+    /// The expiry task: ends leases as their deadlines pass, until `stop`.
+    pub async fn run_expiry(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                lease = self.next_expired() => {
+                    tracing::info!(lease = %lease.id, role = %lease.role, "lease TTL reached");
+                    lease.end(EndReason::Expired);
+                }
+                _ = stop.cancelled() => return,
             }
         }
-        if shutdown.is_cancelled() {
-            attempts_in_shutdown += 1;
-            if attempts_in_shutdown >= ATTEMPTS_AFTER_SHUTDOWN {
-                tracing::error!(
-                    lease = %lease.id, role = %lease.role,
-                    "shutting down with the role not revoked; the reaper will drop it"
-                );
-                return false;
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_DELAY);
     }
 }
 
@@ -298,15 +439,19 @@ pub async fn revoke_until_done(
 mod tests {
     use super::*;
 
-    fn lease(id: &str, ttl: Duration) -> Lease {
-        Lease::new(
-            id.into(),
-            format!("v-{id}"),
-            "t".into(),
-            "db".into(),
-            "alice".into(),
-            SystemTime::now() + ttl,
-        )
+    fn lease(template: &str, ttl: Duration) -> Lease {
+        let id = new_lease_id(LeaseKind::Session, template);
+        Lease::new(NewLease {
+            role: format!("v-{}", &id[id.len() - 8..]),
+            id,
+            template: template.into(),
+            database: "db".into(),
+            identity: "alice".into(),
+            groups: vec!["dev".into()],
+            client_addr: None,
+            issued_at: SystemTime::now(),
+            expires_at: SystemTime::now() + ttl,
+        })
     }
 
     #[tokio::test(start_paused = true)]
@@ -314,39 +459,110 @@ mod tests {
         let leases = Arc::new(Leases::default());
         let stop = CancellationToken::new();
         let task = tokio::spawn(Arc::clone(&leases).run_expiry(stop.clone()));
-        let long = leases.register(lease("long", Duration::from_secs(3600)));
-        let short = leases.register(lease("short", Duration::from_millis(0)));
+        let long = leases.register(lease("t", Duration::from_secs(3600)));
+        let short = leases.register(lease("t", Duration::from_millis(0)));
         assert_eq!(short.lease.ended().await, EndReason::Expired);
         assert_eq!(long.lease.end_reason(), None);
         drop(short);
         assert_eq!(leases.len(), 1);
+        assert_eq!(leases.deadlines_len(), 1);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn churned_leases_leave_the_registry_at_its_starting_size() {
+        let leases = Arc::new(Leases::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&leases).run_expiry(stop.clone()));
+        let resident = leases.register(lease("t", Duration::from_secs(3600)));
+        let (map0, queue0) = (leases.len(), leases.deadlines_len());
+        for i in 0..10_000u32 {
+            let l = leases.register(lease("t", Duration::from_secs(3600)));
+            assert!(leases.holds_role(&l.lease.role));
+            if i % 1000 == 0 {
+                tokio::task::yield_now().await;
+            }
+            drop(l);
+        }
+        assert_eq!((leases.len(), leases.deadlines_len()), (map0, queue0));
+        assert_eq!((map0, queue0), (1, 1));
+        // The one that stayed still expires on time.
+        tokio::time::advance(Duration::from_secs(3601)).await;
+        assert_eq!(resident.lease.ended().await, EndReason::Expired);
+        assert_eq!(leases.deadlines_len(), 0);
+        drop(resident);
+        assert_eq!((leases.len(), leases.deadlines_len()), (0, 0));
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renew_moves_the_deadline() {
+        let leases = Arc::new(Leases::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&leases).run_expiry(stop.clone()));
+        let l = leases.register(lease("t", Duration::from_secs(10)));
+        let renewed = leases
+            .renew(&l.lease.id, SystemTime::now() + Duration::from_secs(100))
+            .unwrap();
+        assert!(renewed.last_renewal().is_some());
+        tokio::time::advance(Duration::from_secs(20)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(l.lease.end_reason(), None, "the old deadline was disarmed");
+        assert_eq!(leases.deadlines_len(), 1);
+        assert_eq!(
+            leases
+                .renew("database/sessions/t/nope", SystemTime::now())
+                .unwrap_err(),
+            RenewError::NotFound("database/sessions/t/nope".into())
+        );
+        assert!(leases.end(&l.lease.id, EndReason::Revoked));
+        assert_eq!(l.lease.ended().await, EndReason::Revoked);
+        assert!(matches!(
+            leases.renew(&l.lease.id, SystemTime::now()),
+            Err(RenewError::Ended(_))
+        ));
         stop.cancel();
         task.await.unwrap();
     }
 
     #[test]
     fn leases_registered_after_end_all_end_at_once() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
         let leases = Arc::new(Leases::default());
-        let before = leases.register(lease("before", Duration::from_secs(60)));
+        let before = leases.register(lease("t", Duration::from_secs(60)));
         leases.end_all(EndReason::Shutdown);
         assert_eq!(before.lease.end_reason(), Some(EndReason::Shutdown));
-        let after = leases.register(lease("after", Duration::from_secs(60)));
+        let after = leases.register(lease("t", Duration::from_secs(60)));
         assert_eq!(after.lease.end_reason(), Some(EndReason::Shutdown));
+        assert_eq!(leases.list().len(), 2);
     }
 
     #[test]
     fn first_end_reason_wins() {
-        let l = lease("x", Duration::from_secs(1));
+        let l = lease("t", Duration::from_secs(1));
         l.end(EndReason::Revoked);
         l.end(EndReason::Expired);
         assert_eq!(l.end_reason(), Some(EndReason::Revoked));
     }
 
     #[test]
-    fn lease_ids_are_random_hex() {
-        let a = new_lease_id();
-        assert_eq!(a.len(), 16);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, new_lease_id());
+    fn lease_ids_are_path_like_and_random() {
+        let a = new_lease_id(LeaseKind::Session, "readonly");
+        let random = a.strip_prefix("database/sessions/readonly/").unwrap();
+        assert_eq!(random.len(), 24);
+        assert!(random
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert_ne!(a, new_lease_id(LeaseKind::Session, "readonly"));
+        let c = new_lease_id(LeaseKind::Creds, "readonly");
+        assert!(c.starts_with("database/creds/readonly/"));
+        assert_eq!(LeaseKind::of_lease_id(&c), LeaseKind::Creds);
+        assert_eq!(LeaseKind::of_lease_id(&a), LeaseKind::Session);
     }
 }

@@ -11,8 +11,8 @@
 //!
 //! - [`cli`]: the command line (`serve`, `dev`, `token`, `check`).
 //! - [`config`]: the TOML config, its defaults and validation.
-//! - [`server`]: the accept loop, the connection limit, graceful shutdown,
-//!   and [`server::Shared`], what every session shares.
+//! - [`server`]: the accept loop, the connection limit, graceful shutdown.
+//! - [`state`]: [`state::Shared`], what every session shares.
 //! - [`session`]: one connection, top to bottom: [`session::handshake`]
 //!   (encryption, startup, token), [`session::backend`] (logging in to
 //!   PostgreSQL as the minted role with SCRAM), [`session::relay`] (startup
@@ -21,8 +21,11 @@
 //! - [`identity`]: token in, [`identity::Identity`] out (HS256 JWTs).
 //! - [`policy`]: identity × template × database → allowed or not, and why.
 //! - [`mint`]: role names, SCRAM verifiers, template rendering, the admin
-//!   connection pool, and the SQL that creates and drops roles.
-//! - [`lease`]: live leases, their deadlines, revocation with retry.
+//!   connection pool, and the SQL that creates, renews and drops roles
+//!   (owned objects handed to the template's owner).
+//! - [`lease`]: the registry of live leases: deadlines, lookup, renew.
+//! - [`revoke`]: the revocation service: every role handed to it is
+//!   dropped (or retained, and said so), retried until it is.
 //! - [`cancel`]: rolemint's cancel keys mapped to the backends'.
 //! - [`tls`]: rustls for clients and the backend, and the stream type.
 //! - [`error`]: what a client may be told, with its SQLSTATE.
@@ -46,8 +49,10 @@ pub mod logging;
 pub mod mint;
 pub mod pgcluster;
 pub mod policy;
+pub mod revoke;
 pub mod secret;
 pub mod server;
 pub mod session;
 pub mod signal;
+pub mod state;
 pub mod tls;

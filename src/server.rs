@@ -5,7 +5,9 @@
 //! config stops `rolemint serve` at once instead of failing every session.
 //! [`Server::run`] accepts until told to stop, then drains: sessions get
 //! `proxy.shutdown_grace` to finish, after which their leases are ended (the
-//! clients get 57P01) and every role is revoked before `run` returns.
+//! clients get 57P01); then the revoker gets `proxy.shutdown_revoke_timeout`
+//! to finish every revocation, and what it could not is counted at ERROR
+//! and left to the reaper of the next start.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,32 +25,17 @@ use crate::config::Config;
 use crate::identity::Verifier;
 use crate::lease::{EndReason, Leases};
 use crate::mint::Minter;
+use crate::revoke::Revoker;
+use crate::state::Shared;
 
 /// Refusal tasks allowed at once beyond `max_connections`: enough to tell
 /// a burst of clients why, bounded so a flood cannot grow memory.
 const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 
-/// Longest wait for revocations once sessions have been ended at shutdown.
-const REVOKE_AT_SHUTDOWN: Duration = Duration::from_secs(60);
-
-/// What every session shares.
-pub struct Shared {
-    pub config: Config,
-    /// TLS for clients; `None` when only plaintext is configured.
-    pub client_tls: Option<TlsAcceptor>,
-    /// TLS for backend connections; `None` for plaintext.
-    pub backend_tls: Option<Arc<rustls::ClientConfig>>,
-    /// Checks identity tokens.
-    pub verifier: Verifier,
-    /// Creates and drops roles over the admin pool.
-    pub minter: Minter,
-    /// Live leases and their deadlines.
-    pub leases: Arc<Leases>,
-    /// Client-facing cancel keys.
-    pub cancels: Arc<CancelMap>,
-    /// Cancelled when the server begins to shut down.
-    pub shutdown: CancellationToken,
-}
+/// Longest wait, once sessions have been told their leases ended at
+/// shutdown, for them to close (each is bounded by its own short write
+/// timeouts; this is the backstop).
+const SESSIONS_AFTER_END: Duration = Duration::from_secs(15);
 
 /// A bound, not yet running proxy.
 pub struct Server {
@@ -69,7 +56,7 @@ impl Server {
         };
         let backend_tls = crate::tls::backend_client_config(&config.backend)?;
         let verifier = Verifier::from_config(&config.auth)?;
-        let minter = Minter::new(&config)?;
+        let minter = Arc::new(Minter::new(&config)?);
         minter.prepare().await.with_context(|| {
             format!(
                 "preparing the backend at {}:{} as {}",
@@ -79,12 +66,14 @@ impl Server {
         let listener = TcpListener::bind(config.proxy.listen)
             .await
             .with_context(|| format!("binding {}", config.proxy.listen))?;
+        let revoker = Revoker::start(Arc::clone(&minter), &config);
         let shared = Arc::new(Shared {
             config,
             client_tls,
             backend_tls,
             verifier,
             minter,
+            revoker,
             leases: Arc::new(Leases::default()),
             cancels: Arc::new(CancelMap::default()),
             shutdown: CancellationToken::new(),
@@ -164,16 +153,36 @@ impl Server {
                 "grace period over: ending sessions"
             );
             shared.leases.end_all(EndReason::Shutdown);
-            if tokio::time::timeout(REVOKE_AT_SHUTDOWN, sessions.wait())
+            if tokio::time::timeout(SESSIONS_AFTER_END, sessions.wait())
                 .await
                 .is_err()
             {
-                tracing::error!(
+                tracing::warn!(
                     leases = shared.leases.len(),
-                    "revocations still running at exit; the reaper will drop what is left"
+                    "sessions still closing; revoking their roles anyway"
                 );
+                // Those sessions hand their roles over as they go; these
+                // are their roles, in case they do not get that far.
+                for lease in shared.leases.list() {
+                    shared.revoker.schedule(
+                        &lease.role,
+                        &lease.database,
+                        Some(&lease.template),
+                        crate::revoke::Why::Shutdown,
+                    );
+                }
             }
         }
+        let within = shared.config.proxy.shutdown_revoke_timeout;
+        let left = shared.revoker.drain(within).await;
+        if left > 0 {
+            tracing::error!(
+                roles = left,
+                "exiting with {left} role(s) not revoked after {within:?}; they stay marked \
+                 rolemint_managed and the reaper of the next start drops them"
+            );
+        }
+        shared.revoker.stop();
         expiry_stop.cancel();
         let _ = expiry.await;
         tracing::info!("rolemint stopped");

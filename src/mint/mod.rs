@@ -17,9 +17,15 @@
 //! the database the durable record: the reaper finds every role rolemint
 //! minted, even one whose mint future was dropped half-way.
 //!
-//! [`Minter::revoke`] ends a role: NOLOGIN, terminate its backends, drop it
-//! (see [`sql::default_revoke`]), or the template's own
-//! `revocation_statements`. It is idempotent, because it is retried.
+//! [`Minter::create`] is split from rendering ([`Minter::render_mint`]) so
+//! that the caller knows the role's name before any SQL is sent: whatever
+//! happens to the batch (an error, a timeout, a COMMIT that lands after we
+//! stopped waiting), the caller can hand that name to the revoker.
+//!
+//! [`Minter::revoke_batch`] ends roles (`revoke.rs`: NOLOGIN, terminate
+//! their backends, hand owned objects to the template's `owner`, drop), many
+//! per round trip; [`Minter::renew`] moves a role's `VALID UNTIL`. Both are
+//! idempotent and refuse roles that are not members of `rolemint_managed`.
 
 use std::num::NonZeroU32;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,16 +35,19 @@ use tokio_postgres::SimpleQueryMessage;
 
 use crate::config::{Config, RoleTemplate};
 use crate::identity::Identity;
+use crate::lease::{Lease, LeaseKind};
 use crate::secret::Secret;
 
 mod names;
 mod pg_tls;
 mod pool;
+mod revoke;
 mod scram;
 mod sql;
 mod template;
 
 pub use names::{is_valid_role_name, sanitize as sanitize_name_part, MAX_NAME_BYTES};
+pub use revoke::{Outcome, Target};
 pub use sql::{LeaseComment, MARKER_ROLE};
 pub use template::TemplateError;
 
@@ -237,6 +246,34 @@ pub struct MintedRole {
     pub expires_at: SystemTime,
 }
 
+/// A mint rendered and not yet sent: the name is known before any SQL runs.
+#[derive(Debug)]
+pub struct PreparedMint {
+    pub role: MintedRole,
+    database: String,
+    /// The simple-query string (holds the verifier: never logged).
+    batch: Secret,
+    /// Statements in the batch: how long the server may go on running it
+    /// after we stopped waiting is bounded by this many statement timeouts.
+    statements: usize,
+}
+
+impl PreparedMint {
+    /// The database the role is minted in.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The longest the batch can still run on the server after its client
+    /// gave up: the server bounds each statement of a simple query by
+    /// `statement_timeout` separately (PostgreSQL 13+), and does not notice
+    /// a closed connection between them. A revocation of a failed mint is
+    /// confirmed only after this has passed.
+    pub fn settle_time(&self, statement_timeout: Duration) -> Duration {
+        statement_timeout * u32::try_from(self.statements + 2).unwrap_or(u32::MAX)
+    }
+}
+
 /// The admin role's powers, for `rolemint check`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminFacts {
@@ -264,6 +301,8 @@ pub struct Minter {
     admin_database: String,
     /// Per-backend wait of `pg_terminate_backend` on revoke, in ms.
     terminate_wait_ms: u64,
+    /// `mint.statement_timeout`.
+    statement_timeout: Duration,
     rng: SystemRandom,
 }
 
@@ -295,6 +334,7 @@ impl Minter {
             terminate_wait_ms: u64::try_from(terminate_wait.as_millis())
                 .unwrap_or(5000)
                 .max(1),
+            statement_timeout,
             rng: SystemRandom::new(),
         })
     }
@@ -309,18 +349,91 @@ impl Minter {
 
     /// Creates the role for one session. See the module doc.
     pub async fn mint(&self, req: &MintRequest<'_>) -> Result<MintedRole, MintError> {
-        let (minted, batch) = self.render(req, sql::Finish::Commit)?;
-        let mut conn = self.pool.get(req.database).await?;
-        conn.batch(&batch).await?;
-        tracing::debug!(role = %minted.name, database = req.database, lease_id = req.lease_id, "role minted");
-        Ok(minted)
+        let prepared = self.render_mint(req)?;
+        self.create(&prepared).await?;
+        Ok(prepared.role)
+    }
+
+    /// Name, credentials, expiry and SQL of a mint, without sending it.
+    pub fn render_mint(&self, req: &MintRequest<'_>) -> Result<PreparedMint, MintError> {
+        let (role, batch, statements) = self.render(req, sql::Finish::Commit)?;
+        Ok(PreparedMint {
+            role,
+            database: req.database.to_owned(),
+            batch: Secret::new(batch),
+            statements,
+        })
+    }
+
+    /// Runs a rendered mint: one round trip, one commit.
+    pub async fn create(&self, prepared: &PreparedMint) -> Result<(), MintError> {
+        let mut conn = self.pool.get(&prepared.database).await?;
+        conn.batch(prepared.batch.expose()).await?;
+        tracing::debug!(role = %prepared.role.name, database = %prepared.database, "role minted");
+        Ok(())
+    }
+
+    /// `mint.statement_timeout`.
+    pub fn statement_timeout(&self) -> Duration {
+        self.statement_timeout
+    }
+
+    /// This instance's name, as lease comments carry it.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Moves `role`'s `VALID UNTIL` to `new_expiry` and rewrites its lease
+    /// comment, in one transaction. Refuses a role that is not managed.
+    pub async fn renew(
+        &self,
+        role: &str,
+        database: &str,
+        new_expiry: SystemTime,
+        comment: &LeaseComment,
+    ) -> Result<(), MintError> {
+        if !is_valid_role_name(role) {
+            return Err(MintError::InvalidRoleName(role.to_owned()));
+        }
+        let until = rfc3339(new_expiry);
+        let mut conn = self.pool.get(database).await?;
+        match conn.batch(&sql::renew(role, &until, comment)).await {
+            Err(e) if e.sqlstate() == Some(sql::NOT_MANAGED_SQLSTATE) => {
+                Err(MintError::NotManaged {
+                    role: role.to_owned(),
+                })
+            }
+            other => other.map(drop),
+        }
+    }
+
+    /// [`Minter::renew`] for a live lease: its comment is rebuilt from the
+    /// registry's record with the new expiry. The caller then moves the
+    /// registry's deadline (`Leases::renew`).
+    pub async fn renew_lease(
+        &self,
+        lease: &Lease,
+        new_expiry: SystemTime,
+    ) -> Result<(), MintError> {
+        let comment = LeaseComment {
+            lease_id: lease.id.clone(),
+            identity: lease.identity.clone(),
+            template: lease.template.clone(),
+            database: lease.database.clone(),
+            expires_at: rfc3339(new_expiry),
+            instance: self.instance.clone(),
+            issued_at: rfc3339(lease.issued_at),
+            kind: lease.kind.comment_word().to_owned(),
+        };
+        self.renew(&lease.role, &lease.database, new_expiry, &comment)
+            .await
     }
 
     /// Runs a mint exactly as a session would, then rolls it back: proves
     /// the template's statements and grants work for the admin, and leaves
     /// nothing behind (`rolemint check`).
     pub async fn dry_run(&self, req: &MintRequest<'_>) -> Result<(), MintError> {
-        let (_, batch) = self.render(req, sql::Finish::Rollback)?;
+        let (_, batch, _) = self.render(req, sql::Finish::Rollback)?;
         let mut conn = self.pool.get(req.database).await?;
         conn.batch(&batch).await?;
         Ok(())
@@ -350,12 +463,13 @@ impl Minter {
         })
     }
 
-    /// Name, credentials, expiry and the statement batch of one mint.
+    /// Name, credentials, expiry, the statement batch of one mint and the
+    /// number of statements in it.
     fn render(
         &self,
         req: &MintRequest<'_>,
         finish: sql::Finish,
-    ) -> Result<(MintedRole, String), MintError> {
+    ) -> Result<(MintedRole, String, usize), MintError> {
         if req.ttl.as_secs() == 0 {
             return Err(MintError::Config(
                 "lease TTL must be at least one second".into(),
@@ -374,7 +488,7 @@ impl Minter {
         // Whole seconds, as VALID UNTIL gets them: the lease and the role
         // expire at the same instant.
         let expires_at = UNIX_EPOCH + Duration::from_secs(now.saturating_add(req.ttl.as_secs()));
-        let expiration = humantime::format_rfc3339_seconds(expires_at).to_string();
+        let expiration = rfc3339(expires_at);
 
         let statements = template::render(
             &req.template.creation_statements,
@@ -391,90 +505,65 @@ impl Minter {
             database: req.database.to_owned(),
             expires_at: expiration,
             instance: self.instance.clone(),
+            issued_at: rfc3339(UNIX_EPOCH + Duration::from_secs(now)),
+            kind: LeaseKind::of_lease_id(req.lease_id)
+                .comment_word()
+                .to_owned(),
         };
         let batch = sql::mint_batch(&statements, &name, &comment, finish);
+        // The template's, SET LOCAL, the marker grant, the comment, and the
+        // transaction's ends.
+        let count = statements.len() + 5;
         let minted = MintedRole {
             name,
             password: creds.password,
             expires_at,
         };
-        Ok((minted, batch))
+        Ok((minted, batch, count))
     }
 
-    /// Ends `role` in `database`: the template's `revocation_statements`, or
-    /// the default (NOLOGIN, terminate its backends, drop it). A role that
-    /// no longer exists is success. A role that owns objects is left NOLOGIN
-    /// and reported as [`MintError::OwnsObjects`]; objects are never dropped
-    /// here.
+    /// Ends `role` in `database` now, as the template says (its owner, its
+    /// own statements): one [`Minter::revoke_batch`] of one role. A role
+    /// that no longer exists is success; a retained role (it owns objects
+    /// and the template names no owner) is [`MintError::OwnsObjects`].
     pub async fn revoke(
         &self,
         role: &str,
         database: &str,
         template: &RoleTemplate,
     ) -> Result<(), MintError> {
-        if !is_valid_role_name(role) {
-            return Err(MintError::InvalidRoleName(role.to_owned()));
-        }
-        let mut conn = self.pool.get(database).await?;
-        let result = match &template.revocation_statements {
-            None => conn
-                .batch(&sql::default_revoke(role, self.terminate_wait_ms))
-                .await
-                .map(drop),
-            Some(statements) => {
-                let rendered = template::render(
-                    statements,
-                    &template::Values {
-                        name: role,
-                        password: None,
-                        expiration: None,
-                    },
-                )?;
-                match conn.batch(&sql::custom_revoke(role, &rendered)).await {
-                    // The template's statements may not be idempotent
-                    // (`DROP ROLE` without `IF EXISTS`): a role that is gone
-                    // is revoked, whatever they said.
-                    Err(e @ MintError::Sql { .. })
-                        if !matches!(e.sqlstate(), Some("2BP01" | sql::NOT_MANAGED_SQLSTATE)) =>
-                    {
-                        match conn.batch(&sql::role_exists(role)).await {
-                            Ok(rows)
-                                if !rows
-                                    .iter()
-                                    .any(|m| matches!(m, SimpleQueryMessage::Row(_))) =>
-                            {
-                                Ok(())
-                            }
-                            _ => Err(e),
-                        }
-                    }
-                    other => other.map(drop),
-                }
-            }
+        let target = Target {
+            role: role.to_owned(),
+            owner: template.owner.clone(),
+            custom: template.revocation_statements.clone(),
         };
-        match result {
-            Ok(()) => {
-                tracing::debug!(role, database, "role revoked");
-                Ok(())
-            }
-            Err(MintError::Sql {
-                sqlstate,
-                message,
-                detail,
-                ..
-            }) if sqlstate == "2BP01" => Err(MintError::OwnsObjects {
+        let outcome = self
+            .revoke_batch(database, std::slice::from_ref(&target))
+            .await?
+            .pop()
+            .unwrap_or(Ok(Outcome::Gone))?;
+        match outcome {
+            Outcome::Dropped | Outcome::Gone => Ok(()),
+            Outcome::NotManaged => Err(MintError::NotManaged {
+                role: role.to_owned(),
+            }),
+            Outcome::Retained(detail) => Err(MintError::OwnsObjects {
                 role: role.to_owned(),
                 database: database.to_owned(),
-                detail: format!("{message}{}", detail_suffix(&detail)),
+                detail,
             }),
-            Err(MintError::Sql { sqlstate, .. }) if sqlstate == sql::NOT_MANAGED_SQLSTATE => {
-                Err(MintError::NotManaged {
-                    role: role.to_owned(),
-                })
-            }
-            Err(e) => Err(e),
+            Outcome::Elsewhere(dbs) => Err(MintError::OwnsObjects {
+                role: role.to_owned(),
+                database: database.to_owned(),
+                detail: format!("objects or privileges in {}", dbs.join(", ")),
+            }),
         }
     }
+}
+
+/// RFC 3339 UTC, whole seconds, as `VALID UNTIL` and lease comments take it.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// `mint.instance`, else the host name, else "rolemint".

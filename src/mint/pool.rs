@@ -90,8 +90,14 @@ impl AdminPool {
         // that the reaper finds and drops; and either way the role carries
         // VALID UNTIL, so it can never be used past its lease. In exchange
         // no mint waits for an fsync.
+        //
+        // search_path = pg_catalog: rolemint's own statements name every
+        // table and function with its schema, and nothing a user can create
+        // is searched. (A template's own statements get the database's
+        // default path back, `SET LOCAL search_path TO DEFAULT`: they are
+        // the operator's SQL, written for it.)
         let session_setup = format!(
-            "SET synchronous_commit = off; SET application_name = 'rolemint'; SET statement_timeout = '{ms}ms'"
+            "SET synchronous_commit = off; SET application_name = 'rolemint'; SET statement_timeout = '{ms}ms'; SET search_path = pg_catalog"
         );
         Ok(AdminPool {
             base,
@@ -260,7 +266,17 @@ impl PooledClient<'_> {
     /// included; `sql.rs` builds every batch from such blocks). If that
     /// `ROLLBACK` fails too, the connection is discarded.
     pub async fn batch(&mut self, sql: &str) -> Result<Vec<SimpleQueryMessage>, MintError> {
-        let timeout = self.pool.statement_timeout;
+        self.batch_within(sql, self.pool.statement_timeout).await
+    }
+
+    /// [`PooledClient::batch`] with our side's wait set to `timeout`, for
+    /// batches of several statements that may each wait (the server still
+    /// bounds each statement by `mint.statement_timeout`).
+    pub async fn batch_within(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Vec<SimpleQueryMessage>, MintError> {
         let client = self.client.as_ref().ok_or_else(|| MintError::Backend {
             database: self.database.clone(),
             message: "admin connection already discarded".into(),

@@ -1,4 +1,5 @@
-//! The SQL rolemint itself sends: marker role, mint batch, revoke batch.
+//! The SQL rolemint itself sends: marker role, mint batch, renewal (the
+//! revocation SQL is in `revoke.rs`).
 //!
 //! Role names reaching these builders have been checked against
 //! `[a-z0-9_-]` and are still quoted with `escape_identifier`; every other
@@ -36,6 +37,18 @@ pub struct LeaseComment {
     pub expires_at: String,
     /// The rolemint instance that minted it.
     pub instance: String,
+    /// RFC 3339 UTC, whole seconds: when it was minted. Empty in comments
+    /// written before it existed.
+    #[serde(default)]
+    pub issued_at: String,
+    /// `"session"` (a proxied session) or `"creds"` (handed out over the
+    /// API). Comments written before it existed were all sessions.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+}
+
+fn default_kind() -> String {
+    "session".into()
 }
 
 /// Creates the marker role if it does not exist. Idempotent and safe when
@@ -80,7 +93,10 @@ pub fn mint_batch(
 ) -> String {
     let ident = escape_identifier(role);
     let json = serde_json::to_string(comment).expect("a struct of strings serializes");
-    let mut sql = String::from("BEGIN;\n");
+    // The template's statements are the operator's SQL, written for the
+    // database's own search_path, not the pg_catalog-only one of the admin
+    // session; the marker grant and comment after them name roles only.
+    let mut sql = String::from("BEGIN;\nSET LOCAL search_path TO DEFAULT;\n");
     for stmt in creation {
         // A statement's own trailing `;` is dropped; `;` goes on its own
         // line so a trailing `-- comment` cannot swallow it.
@@ -102,107 +118,38 @@ pub fn mint_batch(
     sql
 }
 
-/// Refuses (SQLSTATE [`NOT_MANAGED_SQLSTATE`]) when `role` exists but is not
-/// one of ours, so no bug or operator typo can drop somebody else's role;
-/// does nothing when the role is gone.
-fn managed_guard(role: &str) -> String {
+/// Moves a role's `VALID UNTIL` and rewrites its lease comment, in one
+/// transaction, for a managed role only (the same guard as revocation:
+/// raises [`NOT_MANAGED_SQLSTATE`] for a foreign role, and `undefined_object`
+/// for a role that is gone).
+pub fn renew(role: &str, valid_until: &str, comment: &LeaseComment) -> String {
+    let ident = escape_identifier(role);
     let lit = escape_literal(role);
+    let json = serde_json::to_string(comment).expect("a struct of strings serializes");
     format!(
-        "DO $rolemint$
+        "BEGIN;
+DO $rolemint$
+DECLARE r oid;
 BEGIN
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {lit})
-     AND NOT EXISTS (
-       SELECT 1 FROM pg_catalog.pg_auth_members m
-         JOIN pg_catalog.pg_roles r ON r.oid = m.member
-         JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
-        WHERE r.rolname = {lit} AND g.rolname = {marker}) THEN
+  SELECT oid INTO r FROM pg_catalog.pg_roles WHERE rolname = {lit};
+  IF r IS NULL THEN
+    RAISE EXCEPTION 'role % does not exist', {lit} USING ERRCODE = 'undefined_object';
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+      JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+     WHERE m.member = r AND g.rolname = {marker}) THEN
     RAISE EXCEPTION 'role % is not managed by rolemint', {lit} USING ERRCODE = '{code}';
   END IF;
 END
-$rolemint$",
+$rolemint$;
+ALTER ROLE {ident} VALID UNTIL {until};
+COMMENT ON ROLE {ident} IS {comment};
+COMMIT",
         marker = escape_literal(MARKER_ROLE),
         code = NOT_MANAGED_SQLSTATE,
+        until = escape_literal(valid_until),
+        comment = escape_literal(&json),
     )
-}
-
-/// The default revocation, one simple-query string, idempotent (it is
-/// retried): a role that is already gone is success.
-///
-/// 1. In an explicit transaction (a bare `COMMIT` in an implicit one draws
-///    a WARNING): the guard refuses a role that is not ours, then
-///    `ALTER ROLE .. NOLOGIN`; `COMMIT`, so NOLOGIN sticks even if the drop
-///    below fails.
-/// 2. In a second block: terminate the role's backends (`DROP ROLE` does not end sessions),
-///    waiting up to `terminate_wait_ms` for each to exit.
-/// 3. `DROP ROLE IF EXISTS`. If it fails with 2BP01 (dependent objects):
-///    when the role owns no object in this database (no `pg_shdepend` row of
-///    deptype 'o' here), what remains are privileges (ACL entries, policy
-///    references), and `DROP OWNED BY` then only
-///    revokes them — it drops nothing anybody made — so it is done and the
-///    drop retried. `DROP OWNED` needs the privileges of the role, which a
-///    CREATEROLE admin does not hold by default, so the admin first grants
-///    itself membership (allowed: it created the role / holds CREATEROLE);
-///    that membership disappears with the role, or rolls back with the
-///    statement if the drop still fails. When the role owns objects, the 2BP01 is re-raised:
-///    dropping a table someone's session created is not ours to decide, and
-///    the caller leaves the role NOLOGIN and reports it. Privileges held in
-///    *other* databases make the second `DROP ROLE` fail with 2BP01 as well,
-///    which is reported the same way.
-pub fn default_revoke(role: &str, terminate_wait_ms: u64) -> String {
-    let ident = escape_identifier(role);
-    let lit = escape_literal(role);
-    format!(
-        "BEGIN;
-{guard};
-DO $rolemint$
-BEGIN
-  ALTER ROLE {ident} NOLOGIN;
-EXCEPTION WHEN undefined_object THEN NULL;
-END
-$rolemint$;
-COMMIT;
-BEGIN;
-SELECT pg_catalog.pg_terminate_backend(pid, {terminate_wait_ms})
-  FROM pg_catalog.pg_stat_activity
- WHERE usesysid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = {lit});
-DO $rolemint$
-BEGIN
-  DROP ROLE IF EXISTS {ident};
-EXCEPTION WHEN dependent_objects_still_exist THEN
-  IF EXISTS (
-    SELECT 1 FROM pg_catalog.pg_shdepend d
-      JOIN pg_catalog.pg_roles r ON r.oid = d.refobjid
-     WHERE d.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass
-       AND r.rolname = {lit}
-       AND d.deptype = 'o'
-       AND d.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())) THEN
-    RAISE;
-  END IF;
-  GRANT {ident} TO CURRENT_USER;
-  DROP OWNED BY {ident};
-  DROP ROLE {ident};
-END
-$rolemint$;
-COMMIT",
-        guard = managed_guard(role),
-    )
-}
-
-/// A template's own revocation statements, after the same guard, in one
-/// transaction.
-pub fn custom_revoke(role: &str, statements: &[String]) -> String {
-    let mut sql = String::from("BEGIN;\n");
-    sql.push_str(&managed_guard(role));
-    sql.push_str(";\n");
-    for stmt in statements {
-        let stmt = stmt.trim().trim_end_matches(';').trim_end();
-        if !stmt.is_empty() {
-            sql.push_str(stmt);
-            sql.push_str("\n;\n");
-        }
-    }
-    sql.push_str("COMMIT");
-    sql
 }
 
 /// One row about the admin role: server version, superuser, CREATEROLE,
@@ -237,6 +184,8 @@ mod tests {
             database: "appdb".into(),
             expires_at: "2026-11-22T10:00:00Z".into(),
             instance: "host-1".into(),
+            issued_at: "2026-11-22T09:00:00Z".into(),
+            kind: "session".into(),
         }
     }
 
@@ -248,7 +197,9 @@ mod tests {
         ];
         let sql = mint_batch(&stmts, "v-a", &comment(), Finish::Commit);
         assert!(
-            sql.starts_with("BEGIN;\nCREATE ROLE \"v-a\" LOGIN\n;\n"),
+            sql.starts_with(
+                "BEGIN;\nSET LOCAL search_path TO DEFAULT;\nCREATE ROLE \"v-a\" LOGIN\n;\n"
+            ),
             "{sql}"
         );
         assert!(
@@ -288,27 +239,33 @@ mod tests {
             "database",
             "expires_at",
             "instance",
+            "issued_at",
+            "kind",
         ] {
             assert!(json.contains(&format!("\"{key}\"")), "{json}");
         }
     }
 
     #[test]
-    fn revoke_sql_quotes_and_orders() {
-        let sql = default_revoke("v-a-b-abcdefgh-1", 5000);
-        let nologin = sql.find("NOLOGIN").unwrap();
-        let commit = sql.find("COMMIT;").unwrap();
-        let terminate = sql.find("pg_terminate_backend(pid, 5000)").unwrap();
-        let drop = sql
-            .find("DROP ROLE IF EXISTS \"v-a-b-abcdefgh-1\"")
-            .unwrap();
-        assert!(nologin < commit && commit < terminate && terminate < drop);
-        assert!(sql.contains("rolname = 'v-a-b-abcdefgh-1'"));
-        assert!(sql.contains(NOT_MANAGED_SQLSTATE));
-
-        let sql = custom_revoke("v-x", &["DROP ROLE \"v-x\";".to_string()]);
+    fn renew_is_guarded_and_one_transaction() {
+        let sql = renew("v-a", "2026-11-22T11:00:00Z", &comment());
         assert!(sql.starts_with("BEGIN;\nDO $rolemint$"), "{sql}");
-        assert!(sql.ends_with(";\nDROP ROLE \"v-x\"\n;\nCOMMIT"), "{sql}");
+        let guard = sql.find(NOT_MANAGED_SQLSTATE).unwrap();
+        let alter = sql
+            .find("ALTER ROLE \"v-a\" VALID UNTIL '2026-11-22T11:00:00Z';")
+            .unwrap();
+        let comment = sql.find("COMMENT ON ROLE \"v-a\" IS ").unwrap();
+        assert!(sql[comment..].contains("E'{"));
+        assert!(guard < alter && alter < comment);
+        assert!(sql.ends_with("COMMIT"));
+    }
+
+    #[test]
+    fn old_lease_comments_still_read() {
+        let old = r#"{"lease_id":"abc","identity":"a","template":"t","database":"d","expires_at":"2026-11-22T10:00:00Z","instance":"h"}"#;
+        let c: LeaseComment = serde_json::from_str(old).unwrap();
+        assert_eq!(c.kind, "session");
+        assert_eq!(c.issued_at, "");
     }
 
     #[test]

@@ -2,8 +2,13 @@
 //!
 //! ```text
 //! handshake ─► token ─► policy ─► mint ─► backend login ─► forward startup ─► splice
-//!                                   └──────────── revoke on every way out ◄──┘
+//!                                   └──── hand the role to the revoker on every way out ◄──┘
 //! ```
+//!
+//! The role's name is known before its mint is sent, so even a mint that
+//! fails or times out (and may still commit later) hands it to the revoker.
+//! A session never waits for its revocation: the revoker retries it until
+//! it is done, and shutdown waits for the revoker.
 //!
 //! [`run`] is the whole story; each step lives in its own file:
 //! [`handshake`] (encryption, startup, token), [`backend`] (login as the
@@ -17,7 +22,7 @@ pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -25,9 +30,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use self::handshake::{Hello, Refused};
 use self::relay::End;
 use crate::error::ClientError;
-use crate::lease::{self, Lease};
-use crate::mint::MintRequest;
-use crate::server::Shared;
+use crate::lease::{self, Lease, LeaseKind, NewLease};
+use crate::mint::{MintError, MintRequest};
+use crate::revoke::Why;
+use crate::state::Shared;
 use crate::tls::ClientStream;
 
 /// Serves one accepted connection until it is done. `permit` is `None` when
@@ -108,7 +114,7 @@ async fn session(
     };
 
     let started = Instant::now();
-    let lease_id = lease::new_lease_id();
+    let lease_id = lease::new_lease_id(LeaseKind::Session, grant.template_name);
     let request = MintRequest {
         identity: &identity,
         template_name: grant.template_name,
@@ -117,37 +123,37 @@ async fn session(
         ttl: grant.ttl,
         lease_id: &lease_id,
     };
-    let mint = shared.minter.mint(&request);
-    let minted = match tokio::time::timeout(config.admin_operation_timeout(), mint).await {
-        Ok(Ok(minted)) => minted,
-        Ok(Err(e)) => {
-            // Transient: the backend is down, restarting or overloaded.
-            let error = if e.is_transient() {
-                ClientError::BackendUnavailable
-            } else {
-                ClientError::MintFailed
-            };
-            let detail = format!(
-                "lease={lease_id} identity={}: mint failed: {e}",
-                identity.subject
-            );
-            return refuse_with(stream, error, peer, &detail).await;
-        }
-        Err(_) => {
-            // The batch may still commit after we stop waiting: the role
-            // then has VALID UNTIL and a lease comment, and is the reaper's.
-            let detail = format!("lease={lease_id}: mint timed out");
-            return refuse_with(stream, ClientError::BackendUnavailable, peer, &detail).await;
+    let prepared = match shared.minter.render_mint(&request) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            let detail = format!("lease={lease_id}: mint refused: {e}");
+            return refuse_with(stream, ClientError::MintFailed, peer, &detail).await;
         }
     };
-    let registered = shared.leases.register(Lease::new(
-        lease_id,
-        minted.name.clone(),
-        grant.template_name.to_owned(),
-        database.to_owned(),
-        identity.subject.clone(),
-        minted.expires_at,
-    ));
+    let created = tokio::time::timeout(
+        config.admin_operation_timeout(),
+        shared.minter.create(&prepared),
+    )
+    .await;
+    if let Err(error) = mint_outcome(&shared, &prepared, grant.template_name, created) {
+        let detail = format!(
+            "lease={lease_id} identity={}: mint failed",
+            identity.subject
+        );
+        return refuse_with(stream, error, peer, &detail).await;
+    }
+    let minted = prepared.role;
+    let registered = shared.leases.register(Lease::new(NewLease {
+        id: lease_id,
+        role: minted.name.clone(),
+        template: grant.template_name.to_owned(),
+        database: database.to_owned(),
+        identity: identity.subject.clone(),
+        groups: identity.groups.clone(),
+        client_addr: Some(peer),
+        issued_at: SystemTime::now(),
+        expires_at: minted.expires_at,
+    }));
     let lease = &registered.lease;
     tracing::info!(
         lease = %lease.id, role = %lease.role, identity = %lease.identity,
@@ -156,7 +162,7 @@ async fn session(
         "lease minted"
     );
 
-    let end = connect_and_splice(
+    let (end, traffic) = connect_and_splice(
         &shared,
         stream,
         &startup,
@@ -166,17 +172,70 @@ async fn session(
     )
     .await;
     drop(minted);
-    // The session is over: its slot is free while the role is revoked (the
-    // admin pool bounds how many revocations run at once).
+    lease.set_traffic(traffic.client_to_backend, traffic.backend_to_client);
+    // The session is over: its slot is free while the role is revoked.
     drop(permit);
-    let revoked = lease::revoke_until_done(&shared.minter, config, lease, &shared.shutdown).await;
+    let why = match end {
+        End::Lease(reason) => Why::from(reason),
+        _ => lease.end_reason().map_or(Why::SessionEnded, Why::from),
+    };
+    shared
+        .revoker
+        .schedule(&lease.role, &lease.database, Some(&lease.template), why);
     tracing::info!(
-        lease = %lease.id, role = %lease.role, end = ?end.0,
-        bytes_in = end.1.client_to_backend, bytes_out = end.1.backend_to_client,
-        duration_ms = started.elapsed().as_millis() as u64, revoked,
-        "session ended"
+        lease = %lease.id, role = %lease.role, end = ?end,
+        bytes_in = traffic.client_to_backend, bytes_out = traffic.backend_to_client,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "session ended; role handed to the revoker"
     );
+    // Only now does the registry forget the lease: until the revoker has
+    // it, the role counts as held (the reaper asks).
     drop(registered);
+}
+
+/// What a mint's outcome means for the client; on any failure the role's
+/// name goes to the revoker, since the role may exist (or come to exist
+/// when a batch we stopped waiting for commits).
+fn mint_outcome(
+    shared: &Shared,
+    prepared: &crate::mint::PreparedMint,
+    template: &str,
+    created: Result<Result<(), MintError>, tokio::time::error::Elapsed>,
+) -> Result<(), ClientError> {
+    let role = &prepared.role.name;
+    let settle = prepared.settle_time(shared.minter.statement_timeout());
+    let (error, settle) = match created {
+        Ok(Ok(())) => return Ok(()),
+        // The server answered: the batch is over, rolled back. One check
+        // that the role is not there is enough.
+        Ok(Err(e @ MintError::Sql { .. })) => {
+            tracing::warn!(role, "mint failed: {e}");
+            let error = if e.is_transient() {
+                ClientError::BackendUnavailable
+            } else {
+                ClientError::MintFailed
+            };
+            (error, std::time::Duration::ZERO)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(role, "mint failed: {e}");
+            let error = if e.is_transient() {
+                ClientError::BackendUnavailable
+            } else {
+                ClientError::MintFailed
+            };
+            (error, settle)
+        }
+        Err(_) => {
+            tracing::warn!(role, "mint timed out");
+            (ClientError::BackendUnavailable, settle)
+        }
+    };
+    let database = prepared.database();
+    shared
+        .revoker
+        .schedule_failed_mint(role, database, Some(template), settle);
+    Err(error)
 }
 
 /// Logs in as the minted role and splices; every outcome ends here so that

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use rolemint::config::Config;
 use rolemint::pgcluster::{self, ClusterOptions, Demo, TempCluster};
 use rolemint::secret::Secret;
-use rolemint::server::{Server, Shared};
+use rolemint::server::Server;
+use rolemint::state::Shared;
 use tokio_util::sync::CancellationToken;
 
 /// What a harness should look like.
