@@ -236,6 +236,7 @@ impl Revoker {
             failing_since: None,
             alarmed: false,
             settle_until: (!settle.is_zero()).then(|| now + settle),
+            dropped: false,
             in_flight: false,
         };
         if self.tx.send(job).is_err() {
@@ -319,6 +320,9 @@ struct Job {
     alarmed: bool,
     /// A failed mint: "no such role" counts only after this.
     settle_until: Option<Instant>,
+    /// An attempt dropped the role (a failed mint's later checks then find
+    /// it gone).
+    dropped: bool,
     in_flight: bool,
 }
 
@@ -502,20 +506,23 @@ impl Worker {
         };
         job.in_flight = false;
         match outcome {
-            Ok(Outcome::Dropped | Outcome::Gone)
+            Ok(done @ (Outcome::Dropped | Outcome::Gone))
                 if job.settle_until.is_some_and(|until| now < until) =>
             {
                 // A failed mint's batch may still commit: look again.
+                job.dropped |= done == Outcome::Dropped;
                 job.failing_since = None;
                 job.next = now + job.delay.min(MAX_SETTLE_CHECK);
                 job.delay = (job.delay * 2).min(MAX_SETTLE_CHECK);
             }
-            Ok(Outcome::Dropped) | Ok(Outcome::Gone) => {
+            Ok(done @ (Outcome::Dropped | Outcome::Gone)) => {
                 let job = self.complete(role);
+                let dropped = job.dropped || done == Outcome::Dropped;
                 tracing::info!(
                     role,
                     database = %job.database,
                     why = job.why.as_str(),
+                    outcome = if dropped { "dropped" } else { "already gone" },
                     attempts = job.attempts,
                     waited_ms = u64::try_from(job.since.elapsed().as_millis()).unwrap_or(u64::MAX),
                     "role revoked"
