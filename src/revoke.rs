@@ -356,7 +356,6 @@ impl Worker {
             self.publish();
             let next = self.next_due();
             tokio::select! {
-                biased;
                 _ = stop.cancelled() => break,
                 job = rx.recv() => match job {
                     Some(job) => {

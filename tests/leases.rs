@@ -389,3 +389,105 @@ creation_statements = [
     let traffic = lease.bytes_in.load(std::sync::atomic::Ordering::Relaxed);
     assert!(traffic > 0, "the session's traffic was recorded");
 }
+
+/// A role made by hand the way rolemint marks its own: a member of
+/// `rolemint_managed`, owning a table in `database`.
+async fn managed_role_owning_a_table(h: &Harness, role: &str, database: &str, table: &str) {
+    let su = h.superuser().await;
+    su.batch_execute(&format!(
+        "CREATE ROLE \"{role}\" NOLOGIN; GRANT rolemint_managed TO \"{role}\";"
+    ))
+    .await
+    .unwrap();
+    let (client, conn) = tokio_postgres::connect(
+        &h.cluster.superuser_conn_string(database),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE public.{table} (x int); INSERT INTO public.{table} VALUES (1), (2); \
+             ALTER TABLE public.{table} OWNER TO \"{role}\";"
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_in_every_database_go_to_the_owner() {
+    let h = harness_with(creating_template("builder", "owner = \"app_owner\"")).await;
+    let su = h.superuser().await;
+    su.batch_execute("CREATE DATABASE otherdb").await.unwrap();
+    let role = "v-handmade-builder-abcdefgh-1";
+    managed_role_owning_a_table(&h, role, "otherdb", "elsewhere").await;
+    managed_role_owning_a_table(&h, "v-handmade-builder-ijklmnop-2", "appdb", "here").await;
+
+    // Minted for appdb; it also owns a table in otherdb.
+    h.shared.revoker.schedule(
+        role,
+        "appdb",
+        Some("builder"),
+        rolemint::revoke::Why::Reaper,
+    );
+    h.shared.revoker.schedule(
+        "v-handmade-builder-ijklmnop-2",
+        "appdb",
+        Some("builder"),
+        rolemint::revoke::Why::Reaper,
+    );
+    let left = h.wait_no_managed_roles(Duration::from_secs(10)).await;
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(table_facts(&su, "here").await, ("app_owner".to_owned(), 2));
+    let (other, conn) = tokio_postgres::connect(
+        &h.cluster.superuser_conn_string("otherdb"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(
+        table_facts(&other, "elsewhere").await,
+        ("app_owner".to_owned(), 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_database_does_not_stop_a_revocation_and_foreign_roles_are_refused() {
+    let h = Harness::start().await;
+    let su = h.superuser().await;
+    su.batch_execute(
+        "CREATE ROLE \"v-orphan-readonly-abcdefgh-1\" NOLOGIN; \
+         GRANT rolemint_managed TO \"v-orphan-readonly-abcdefgh-1\"; \
+         CREATE ROLE \"v-not-ours\" LOGIN;",
+    )
+    .await
+    .unwrap();
+    let revoker = &h.shared.revoker;
+    // Its database is gone: roles are cluster-wide, so it is dropped from
+    // the admin database instead of failing forever with 3D000.
+    revoker.schedule(
+        "v-orphan-readonly-abcdefgh-1",
+        "no_such_database",
+        Some("readonly"),
+        rolemint::revoke::Why::Reaper,
+    );
+    revoker.schedule("v-not-ours", "appdb", None, rolemint::revoke::Why::Reaper);
+    let settled = || async { revoker.pending() == 0 };
+    assert!(wait_until(Duration::from_secs(10), settled).await);
+    assert!(!role_exists(&su, "v-orphan-readonly-abcdefgh-1").await);
+    assert!(
+        role_exists(&su, "v-not-ours").await,
+        "a role outside rolemint_managed is never touched"
+    );
+    let can_login: bool = su
+        .query_one(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'v-not-ours'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(can_login, "not even NOLOGIN");
+}

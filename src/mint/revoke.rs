@@ -72,7 +72,8 @@ const THIS_DB: &str =
 
 /// Step 2 for every role in `roles`: one committed transaction of NOLOGIN
 /// for the managed ones that exist. Foreign roles are left alone here and
-/// reported by the per-role blocks.
+/// reported by the per-role blocks; so is a role whose NOLOGIN fails (each
+/// is its own subtransaction, so one such role cannot hold up the others).
 fn nologin_all(roles: &[&str]) -> String {
     let mut sql = String::from("BEGIN;\nDO $rolemint$\nBEGIN\n");
     for role in roles {
@@ -81,7 +82,10 @@ fn nologin_all(roles: &[&str]) -> String {
        JOIN pg_catalog.pg_roles r ON r.oid = m.member
        JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
       WHERE r.rolname = {lit} AND g.rolname = {marker}) THEN
-    ALTER ROLE {ident} NOLOGIN;
+    BEGIN
+      ALTER ROLE {ident} NOLOGIN;
+    EXCEPTION WHEN OTHERS THEN NULL;
+    END;
   END IF;
 ",
             lit = escape_literal(role),
