@@ -491,3 +491,71 @@ async fn a_dropped_database_does_not_stop_a_revocation_and_foreign_roles_are_ref
         .get(0);
     assert!(can_login, "not even NOLOGIN");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_a_bounded_time_for_revocations_and_says_what_it_leaves() {
+    // A second proxy on the harness's cluster, with a short revoke wait.
+    let h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    common::write_self_signed_cert(dir.path());
+    let text = common::config_toml(&h.cluster, &h.demo, &Options::default()).replace(
+        "shutdown_grace = \"2s\"",
+        "shutdown_grace = \"1s\"\nshutdown_revoke_timeout = \"2s\"",
+    );
+    let mut config = rolemint::config::Config::parse(&text).unwrap();
+    config.resolve(dir.path()).unwrap();
+    config.validate().unwrap();
+    let server = rolemint::server::Server::bind(config).await.unwrap();
+    let addr = server.local_addr();
+    let shared = server.shared();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(server.run(stop.clone()));
+
+    let token = h.token("uma");
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=readonly dbname=appdb password={} sslmode=disable",
+            addr.port(),
+            token.expose()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let role = session_user(&client).await;
+    let su = h.superuser().await;
+    let wrong = postgres_protocol::password::scram_sha_256(b"rotated-away");
+    su.batch_execute(&format!(
+        "ALTER ROLE {} PASSWORD '{wrong}'",
+        h.demo.admin_user
+    ))
+    .await
+    .unwrap();
+    su.query(
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE usename = $1",
+        &[&h.demo.admin_user],
+    )
+    .await
+    .unwrap();
+    drop(client);
+    let failing = || async { shared.revoker.failing() == 1 };
+    assert!(wait_until(Duration::from_secs(10), failing).await);
+
+    stop.cancel();
+    let finished = tokio::time::timeout(Duration::from_secs(30), running).await;
+    assert!(
+        matches!(finished, Ok(Ok(Ok(())))),
+        "shutdown did not finish"
+    );
+    assert!(
+        role_exists(&su, &role).await,
+        "left marked for the next reaper"
+    );
+    let log = common::captured_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("exiting with 1 role(s) not revoked")),
+        "shutdown says what it leaves behind"
+    );
+}
