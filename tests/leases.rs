@@ -559,3 +559,65 @@ async fn shutdown_waits_a_bounded_time_for_revocations_and_says_what_it_leaves()
         "shutdown says what it leaves behind"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_roles_are_revoked_in_one_round_trip_each_with_its_own_outcome() {
+    use rolemint::mint::{Outcome, Target};
+    let h = Harness::start().await;
+    let su = h.superuser().await;
+    su.batch_execute(
+        "CREATE ROLE \"v-batch-a\" LOGIN; GRANT rolemint_managed TO \"v-batch-a\"; \
+         CREATE ROLE \"v-batch-b\" LOGIN; GRANT rolemint_managed TO \"v-batch-b\"; \
+         CREATE ROLE \"v-batch-foreign\" LOGIN;",
+    )
+    .await
+    .unwrap();
+    managed_role_owning_a_table(&h, "v-batch-owner", "appdb", "kept").await;
+    let target = |role: &str| Target {
+        role: role.into(),
+        owner: None,
+        custom: None,
+    };
+    let targets = [
+        target("v-batch-a"),
+        target("v-batch-gone"),
+        target("v-batch-foreign"),
+        target("v-batch-owner"),
+        target("v-batch-b"),
+    ];
+    let outcomes: Vec<Outcome> = h
+        .shared
+        .minter
+        .revoke_batch("appdb", &targets)
+        .await
+        .expect("the batch ran")
+        .into_iter()
+        .map(|o| o.expect("an outcome per role"))
+        .collect();
+    assert_eq!(outcomes[0], Outcome::Dropped);
+    assert_eq!(outcomes[1], Outcome::Gone);
+    assert_eq!(outcomes[2], Outcome::NotManaged);
+    assert!(
+        matches!(&outcomes[3], Outcome::Retained(why) if why.contains("appdb")),
+        "{:?}",
+        outcomes[3]
+    );
+    assert_eq!(outcomes[4], Outcome::Dropped);
+    for (role, exists) in [
+        ("v-batch-a", false),
+        ("v-batch-b", false),
+        ("v-batch-foreign", true),
+        ("v-batch-owner", true),
+    ] {
+        assert_eq!(role_exists(&su, role).await, exists, "{role}");
+    }
+    assert_eq!(table_facts(&su, "kept").await, ("v-batch-owner".into(), 2));
+    // One simple query carried all five.
+    let log = h.cluster.read_log();
+    let statements = log.split("LOG:  statement: ").filter(|s| {
+        s.contains("'rolemint.outcome_4'")
+            && s.contains("\"v-batch-a\"")
+            && s.contains("\"v-batch-b\"")
+    });
+    assert_eq!(statements.count(), 1, "one round trip for the batch");
+}
