@@ -206,9 +206,10 @@ fn mint_outcome(
     let settle = prepared.settle_time(shared.minter.statement_timeout());
     let (error, settle) = match created {
         Ok(Ok(())) => return Ok(()),
-        // The server answered: the batch is over, rolled back. One check
-        // that the role is not there is enough.
-        Ok(Err(e @ MintError::Sql { .. })) => {
+        // The server answered (the batch is over, rolled back), or the
+        // batch was never sent: one check that the role is not there is
+        // enough.
+        Ok(Err(e @ (MintError::Sql { .. } | MintError::Connect { .. }))) => {
             tracing::warn!(role, "mint failed: {e}");
             let error = if e.is_transient() {
                 ClientError::BackendUnavailable
