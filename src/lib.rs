@@ -23,6 +23,8 @@
 //! - [`mint`]: role names, SCRAM verifiers, template rendering, the admin
 //!   connection pool, and the SQL that creates and drops roles.
 //! - [`lease`]: live leases, their deadlines, revocation with retry.
+//! - [`reaper`]: the sweep of `rolemint_managed` (startup and periodic) that
+//!   drops orphaned and expired roles, whoever minted them.
 //! - [`cancel`]: rolemint's cancel keys mapped to the backends'.
 //! - [`tls`]: rustls for clients and the backend, and the stream type.
 //! - [`error`]: what a client may be told, with its SQLSTATE.
@@ -33,6 +35,8 @@
 //!   and by the tests.
 //! - [`dev`]: `rolemint dev`.
 //! - [`signal`]: SIGTERM / Ctrl-C.
+//! - [`failpoint`]: test-only pauses at named points of a session (debug
+//!   builds only).
 
 pub mod cancel;
 pub mod check;
@@ -40,12 +44,14 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod failpoint;
 pub mod identity;
 pub mod lease;
 pub mod logging;
 pub mod mint;
 pub mod pgcluster;
 pub mod policy;
+pub mod reaper;
 pub mod secret;
 pub mod server;
 pub mod session;

@@ -156,6 +156,7 @@ async fn session(
         "lease minted"
     );
 
+    crate::failpoint::hit(crate::failpoint::AFTER_MINT).await;
     let end = connect_and_splice(
         &shared,
         stream,
@@ -216,6 +217,7 @@ async fn connect_and_splice(
             return failed;
         }
     };
+    crate::failpoint::hit(crate::failpoint::AFTER_LOGIN).await;
     let cancel_key = shared.cancels.register(login.key);
     let framer = match relay::forward_startup(&mut stream, &mut login, cancel_key.key).await {
         Ok(framer) => framer,
