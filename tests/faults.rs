@@ -267,3 +267,200 @@ async fn churn_of_2000_sessions_and_200_concurrent_logins_leaves_pg_authid_as_it
     );
     assert_eq!(h.wait_no_leases().await, 0);
 }
+
+/// pgbench through the harness's proxy as a task of its own (so the
+/// cluster can be restarted under it); the token in PGPASSWORD.
+fn spawn_pgbench(
+    h: &Harness,
+    token: &rolemint::secret::Secret,
+    args: &[&str],
+) -> tokio::task::JoinHandle<std::process::Output> {
+    let mut cmd = tokio::process::Command::new(h.cluster.pgbench());
+    cmd.args(args)
+        .env("PGPASSWORD", token.expose())
+        .env("PGSSLMODE", "require")
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", h.addr.port().to_string())
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env_remove("PGUSER")
+        .env_remove("PGDATABASE")
+        .kill_on_drop(true);
+    tokio::spawn(async move { cmd.output().await.expect("pgbench runs") })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_under_pgbench_load_clients_get_an_error_then_sessions_work_and_nothing_leaks(
+) {
+    let mut h = Harness::with(Options {
+        extra_toml: fast_reaper("h"),
+        ..Options::default()
+    })
+    .await;
+    let token = h.token("restart");
+    let bench = spawn_pgbench(
+        &h,
+        &token,
+        &["-U", "readonly", "-n", "-S", "-c", "4", "-T", "20", "appdb"],
+    );
+    let loaded = wait_until(REAP_WITHIN, || async { h.minted_backends().await == 4 }).await;
+    assert!(loaded, "pgbench sessions did not start");
+
+    tokio::task::block_in_place(|| h.cluster.restart()).expect("restart PostgreSQL");
+
+    // The sessions were ended by the server: pgbench stops with the
+    // server's FATAL relayed, long before its 20 s are up.
+    let out = tokio::time::timeout(Duration::from_secs(15), bench)
+        .await
+        .expect("pgbench hangs after the restart")
+        .expect("pgbench task");
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("terminating connection due to administrator command"),
+        "{text}"
+    );
+
+    // New sessions work once the database is back: the admin pool dropped
+    // its dead connections and opened new ones by itself.
+    let back = wait_until(REAP_WITHIN, || async {
+        match h.connect("readonly", "appdb", token.expose()).await {
+            Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(back, "no session succeeds after the restart");
+
+    let left = h.wait_no_managed_roles(REAP_WITHIN).await;
+    assert!(left.is_empty(), "roles left: {left:?}");
+    assert_eq!(h.minted_backends().await, 0);
+    assert_eq!(h.wait_no_leases().await, 0);
+}
+
+/// Waits until an admin backend of rolemint is blocked on a lock running a
+/// statement that contains `marker`, and terminates it. Runs on `su`, the
+/// connection whose transaction holds the lock (another connection could
+/// not even log in while `pg_authid` is locked).
+async fn terminate_blocked_admin(su: &tokio_postgres::Client, marker: &str) {
+    let pattern = format!("%{marker}%");
+    let killed = wait_until(REAP_WITHIN, || async {
+        su.batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .expect("clear snapshot");
+        su.query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'rolemint' AND wait_event_type = 'Lock' \
+             AND query LIKE $1",
+            &[&pattern],
+        )
+        .await
+        .expect("terminate the admin backend")
+        .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    assert!(killed, "no admin backend blocked in {marker}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connection_killed_during_a_mint_and_during_a_revoke_leaks_nothing() {
+    let h = Harness::with(Options {
+        extra_toml: fast_reaper("h"),
+        ..Options::default()
+    })
+    .await;
+    let token = h.token("dave");
+    // The pool now holds an admin connection to appdb, which the locked
+    // pg_authid below would keep a new one from opening.
+    drop(h.session("readonly", "dave").await);
+    assert!(h.wait_no_managed_roles(REAP_WITHIN).await.is_empty());
+    let su = h.superuser().await;
+    let lock = "BEGIN; LOCK TABLE pg_catalog.pg_authid IN ACCESS EXCLUSIVE MODE";
+
+    // During a mint: CREATE ROLE waits for the lock; its admin backend is
+    // killed. The client gets 08006, and the mint's transaction is gone
+    // with its backend.
+    su.batch_execute(lock).await.expect("lock pg_authid");
+    let login = tokio::spawn(connect_owned(h.conn_string(
+        "readonly",
+        "appdb",
+        token.expose(),
+    )));
+    terminate_blocked_admin(&su, "CREATE ROLE").await;
+    su.batch_execute("ROLLBACK").await.expect("unlock");
+    let refused = login.await.expect("login task").map(drop).unwrap_err();
+    assert_eq!(
+        common::sqlstate(&refused).as_deref(),
+        Some("08006"),
+        "{refused:?}"
+    );
+    assert!(h.managed_roles().await.is_empty());
+
+    // During a revoke: the session ends, its revocation waits for the
+    // lock, its admin backend is killed; the retry (or the reaper) drops
+    // the role.
+    let session = h.session("readonly", "dave").await;
+    let role = h.managed_roles().await;
+    assert_eq!(role.len(), 1);
+    su.batch_execute(lock).await.expect("lock pg_authid");
+    drop(session);
+    terminate_blocked_admin(&su, "NOLOGIN").await;
+    su.batch_execute("ROLLBACK").await.expect("unlock");
+    let left = h.wait_no_managed_roles(REAP_WITHIN).await;
+    assert!(left.is_empty(), "roles left: {left:?}");
+    assert_eq!(h.minted_backends().await, 0);
+    assert_eq!(h.wait_no_leases().await, 0);
+    // And the pool works again.
+    h.session("readonly", "dave")
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .expect("a session after the faults");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_password_changed_underneath_revocations_fail_loudly_then_a_restart_with_it_reaps() {
+    let mut h = Harness::start().await;
+    let mut a = h.spawn_serve(&fast_reaper("a"), &[]).await;
+    let token = h.token("erin");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(
+            a.connect("readonly", token.expose())
+                .await
+                .expect("session"),
+        );
+    }
+    assert_eq!(managed_count(&h).await, 3);
+
+    // The password changes (as a verifier: no plaintext in the server
+    // log), and the admin's open connections end, as after a rotation.
+    let new_password = "rotated-0123456789abcdef0123456789abcdef";
+    let verifier = postgres_protocol::password::scram_sha_256(new_password.as_bytes());
+    let su = h.superuser().await;
+    su.batch_execute(&format!(
+        "ALTER ROLE {} PASSWORD '{verifier}'; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'rolemint'",
+        h.demo.admin_user
+    ))
+    .await
+    .expect("rotate the admin password");
+    drop(clients);
+
+    let logged = wait_until(REAP_WITHIN, || async {
+        let log = a.log();
+        log.contains("revoke failed") && log.contains("password authentication failed")
+    })
+    .await;
+    assert!(logged, "revocation failures not logged:\n{}", a.log());
+    assert_eq!(
+        managed_count(&h).await,
+        3,
+        "roles dropped without the admin"
+    );
+
+    a.kill().await;
+    h.demo.admin_password = rolemint::secret::Secret::new(new_password);
+    let b = h.spawn_serve(&fast_reaper("b"), &[]).await;
+    assert_all_reaped(&h, &b).await;
+}
