@@ -343,8 +343,18 @@ where
 /// template, or the default revocation when the template is gone from the
 /// config (or the comment does not name one).
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let mint = &shared.config.mint;
-    let (grace, interval) = (mint.reap_grace, mint.reap_interval);
+    let config = &shared.config;
+    let (grace, interval) = (config.mint.reap_grace, config.mint.reap_interval);
+    // The longest a role can exist before its session logs in: a mint,
+    // then a backend login (see `session`).
+    let login_window = config.admin_operation_timeout() + 2 * config.backend.connect_timeout;
+    if grace <= login_window {
+        tracing::warn!(
+            "mint.reap_grace ({grace:?}) is not longer than a mint plus a backend login \
+             ({login_window:?}): a role minted by another instance may be dropped just \
+             before its session logs in"
+        );
+    }
     let leases = Arc::clone(&shared.leases);
     let is_held = move |role: &str, lease_id: Option<&str>| {
         lease_id
@@ -382,7 +392,26 @@ async fn revoke_orphan(shared: &Shared, orphan: &Orphan) -> Result<(), MintError
             &default_revocation
         }
     };
-    let after = config.admin_operation_timeout();
+    let admin_database = config.backend.admin_database.as_str();
+    match revoke_in(shared, orphan, database, template).await {
+        // The lease's database was dropped, and with it whatever the role
+        // held there: the role itself is dropped from the admin database.
+        Err(MintError::Connect { sqlstate, .. })
+            if sqlstate.as_deref() == Some("3D000") && database != admin_database =>
+        {
+            revoke_in(shared, orphan, admin_database, template).await
+        }
+        other => other,
+    }
+}
+
+async fn revoke_in(
+    shared: &Shared,
+    orphan: &Orphan,
+    database: &str,
+    template: &RoleTemplate,
+) -> Result<(), MintError> {
+    let after = shared.config.admin_operation_timeout();
     tokio::time::timeout(
         after,
         shared.minter.revoke(&orphan.role, database, template),

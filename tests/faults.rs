@@ -464,3 +464,67 @@ async fn admin_password_changed_underneath_revocations_fail_loudly_then_a_restar
     let b = h.spawn_serve(&fast_reaper("b"), &[]).await;
     assert_all_reaped(&h, &b).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_drops_marked_orphans_whatever_their_comment_ends_expired_sessions_and_touches_nothing_else(
+) {
+    let h = Harness::start().await;
+    let su = h.superuser().await;
+    let password = "expired-role-password-0123456789abcdef";
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    su.batch_execute(&format!(
+        r#"
+        CREATE ROLE "v-broken-readonly-aaaaaaaa-1" LOGIN IN ROLE rolemint_managed;
+        COMMENT ON ROLE "v-broken-readonly-aaaaaaaa-1" IS 'not json';
+        CREATE ROLE "v-nocomment-bbbbbbbb-1" LOGIN IN ROLE rolemint_managed;
+        CREATE ROLE "v-stale-cccccccc-1" LOGIN IN ROLE rolemint_managed;
+        COMMENT ON ROLE "v-stale-cccccccc-1" IS
+          '{{"database":"dropped_db","template":"removed_template","lease_id":"x"}}';
+        CREATE ROLE "v-expired-dddddddd-1" LOGIN PASSWORD '{verifier}' IN ROLE rolemint_managed;
+        CREATE ROLE "v-operator-eeeeeeee-1" NOLOGIN;
+        GRANT rolemint_managed TO "v-operator-eeeeeeee-1" WITH ADMIN OPTION;
+        CREATE ROLE "v-stranger-ffffffff-1" LOGIN VALID UNTIL '2000-01-01';
+        "#
+    ))
+    .await
+    .expect("create the roles");
+    // A session of the soon-expired role, straight to PostgreSQL: VALID
+    // UNTIL only blocks new logins, so it outlives its expiry...
+    let expired = connect_owned(format!(
+        "host=127.0.0.1 port={} user=v-expired-dddddddd-1 password={password} dbname=postgres",
+        h.cluster.port()
+    ))
+    .await
+    .expect("log in as the role");
+    su.batch_execute(r#"ALTER ROLE "v-expired-dddddddd-1" VALID UNTIL '2000-01-01'"#)
+        .await
+        .expect("expire it");
+    expired
+        .simple_query("SELECT 1")
+        .await
+        .expect("still running");
+
+    // ...until the reaper ends it and drops the role.
+    let b = h.spawn_serve(&fast_reaper("b"), &[]).await;
+    assert_all_reaped(&h, &b).await;
+    assert!(expired.simple_query("SELECT 1").await.is_err());
+    let survivors: Vec<String> = su
+        .query(
+            "SELECT rolname FROM pg_roles WHERE rolname IN \
+             ('v-operator-eeeeeeee-1', 'v-stranger-ffffffff-1', $1) ORDER BY 1",
+            &[&h.demo.admin_user],
+        )
+        .await
+        .expect("list survivors")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        survivors,
+        [
+            h.demo.admin_user.as_str(),
+            "v-operator-eeeeeeee-1",
+            "v-stranger-ffffffff-1"
+        ]
+    );
+}

@@ -198,14 +198,15 @@ impl Harness {
         client
     }
 
-    /// Names of the roles that are members of `rolemint_managed` now.
+    /// Names of the roles that are members of `rolemint_managed` now (not
+    /// those that administer it: they hold it WITH ADMIN OPTION).
     pub async fn managed_roles(&self) -> Vec<String> {
         let su = self.superuser().await;
         let rows = su
             .query(
                 "SELECT r.rolname FROM pg_roles r JOIN pg_auth_members m ON m.member = r.oid \
                  JOIN pg_roles g ON g.oid = m.roleid WHERE g.rolname = 'rolemint_managed' \
-                 AND r.rolname LIKE 'v-%' ORDER BY 1",
+                 AND NOT m.admin_option AND r.rolname LIKE 'v-%' ORDER BY 1",
                 &[],
             )
             .await
