@@ -528,3 +528,36 @@ async fn the_reaper_drops_marked_orphans_whatever_their_comment_ends_expired_ses
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_sweep_while_another_holds_the_sweep_lock() {
+    let h = Harness::start().await;
+    let su = h.superuser().await;
+    su.batch_execute(r#"CREATE ROLE "v-orphan-aaaaaaaa-1" LOGIN IN ROLE rolemint_managed"#)
+        .await
+        .expect("create an orphan");
+    // The lock lives in the admin database, as every instance takes it.
+    let holder = connect_owned(h.cluster.superuser_conn_string("postgres"))
+        .await
+        .expect("connect to the admin database");
+    holder
+        .query_one(
+            "SELECT pg_advisory_lock($1)",
+            &[&rolemint::mint::SWEEP_LOCK_KEY],
+        )
+        .await
+        .expect("take the sweep lock");
+
+    let b = h.spawn_serve(&fast_reaper("b"), &[]).await;
+    let skipped = |n: usize| {
+        let b = &b;
+        async move { b.log().matches("another instance is sweeping").count() >= n }
+    };
+    // Several intervals, well past the grace: not swept.
+    assert!(wait_until(REAP_WITHIN, || skipped(4)).await, "{}", b.log());
+    assert_eq!(h.managed_roles().await, ["v-orphan-aaaaaaaa-1"]);
+    assert_eq!(sweeps(&b), 0, "{}", b.log());
+
+    drop(holder);
+    assert_all_reaped(&h, &b).await;
+}

@@ -16,10 +16,12 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use super::{sql::MARKER_ROLE, MintError, Minter};
 
 /// The `pg_try_advisory_lock` key of the sweep: the bytes of "rolemint" as
-/// a big-endian 64-bit integer (0x726f6c656d696e74 = 8245928625621790324). Fixed, so every
-/// instance on a cluster contends for the same lock; advisory locks are
-/// cluster-wide per database, and every instance sweeps from
-/// `backend.admin_database`.
+/// a big-endian 64-bit integer (0x726f6c656d696e74 = 8245928625621790324).
+/// Fixed, so every instance contends for the same lock. Advisory locks are
+/// scoped to one database, and every instance takes it in
+/// `backend.admin_database`: instances configured with different admin
+/// databases may sweep at the same moment, which is wasteful but safe
+/// (revocation is idempotent).
 pub const SWEEP_LOCK_KEY: i64 = 0x726f_6c65_6d69_6e74;
 
 /// Most roles read in one sweep: bounds the memory of a sweep (and of the
