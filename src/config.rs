@@ -170,6 +170,15 @@ pub struct MintConfig {
     /// (it is retried for as long as the process lives either way).
     #[serde(default = "default_revoke_error_after", with = "humantime_serde")]
     pub revoke_error_after: Duration,
+    /// How often the reaper sweeps `rolemint_managed` for orphaned roles
+    /// (it also sweeps once at startup).
+    #[serde(default = "default_reap_interval", with = "humantime_serde")]
+    pub reap_interval: Duration,
+    /// How long a minted role may have no backend session before the
+    /// reaper drops it. Longer than a mint plus a backend login, so a role
+    /// that is about to log in is never taken for an orphan.
+    #[serde(default = "default_reap_grace", with = "humantime_serde")]
+    pub reap_grace: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -219,6 +228,8 @@ impl Default for MintConfig {
             instance: None,
             statement_timeout: default_statement_timeout(),
             revoke_error_after: default_revoke_error_after(),
+            reap_interval: default_reap_interval(),
+            reap_grace: default_reap_grace(),
         }
     }
 }
@@ -270,6 +281,12 @@ fn default_scram_iterations() -> u32 {
 }
 fn default_statement_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_reap_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_reap_grace() -> Duration {
+    Duration::from_secs(120)
 }
 
 impl Config {
@@ -407,6 +424,14 @@ impl Config {
             return Err(invalid(
                 "mint.scram_iterations must be between 1 and 100000",
             ));
+        }
+        if m.reap_interval < Duration::from_millis(100) || m.reap_interval > MAX_CONFIGURABLE_TTL {
+            return Err(invalid(
+                "mint.reap_interval must be between 100ms and 7 days",
+            ));
+        }
+        if m.reap_grace < Duration::from_secs(1) || m.reap_grace > MAX_CONFIGURABLE_TTL {
+            return Err(invalid("mint.reap_grace must be between 1s and 7 days"));
         }
         if self.roles.is_empty() {
             return Err(invalid("no [roles.NAME] template is defined"));

@@ -26,6 +26,8 @@
 //! - [`lease`]: the registry of live leases: deadlines, lookup, renew.
 //! - [`revoke`]: the revocation service: every role handed to it is
 //!   dropped (or retained, and said so), retried until it is.
+//! - [`reaper`]: the sweep of `rolemint_managed` (startup and periodic) that
+//!   drops orphaned and expired roles, whoever minted them.
 //! - [`cancel`]: rolemint's cancel keys mapped to the backends'.
 //! - [`tls`]: rustls for clients and the backend, and the stream type.
 //! - [`error`]: what a client may be told, with its SQLSTATE.
@@ -36,6 +38,8 @@
 //!   and by the tests.
 //! - [`dev`]: `rolemint dev`.
 //! - [`signal`]: SIGTERM / Ctrl-C.
+//! - [`failpoint`]: test-only pauses at named points of a session (debug
+//!   builds only).
 
 pub mod cancel;
 pub mod check;
@@ -43,12 +47,14 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod failpoint;
 pub mod identity;
 pub mod lease;
 pub mod logging;
 pub mod mint;
 pub mod pgcluster;
 pub mod policy;
+pub mod reaper;
 pub mod revoke;
 pub mod secret;
 pub mod server;

@@ -49,6 +49,9 @@ const HOST: &str = "127.0.0.1";
 /// How long a fast shutdown may take before the server is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest wait for a restarted server to accept connections again.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Attempts to start on a fresh free port. The port is found by binding port
 /// 0 and letting it go, so another process can take it before PostgreSQL
 /// binds it; a retry with another port settles that race.
@@ -473,35 +476,7 @@ host    all       all   127.0.0.1/32   scram-sha-256
         for attempt in 1..=START_ATTEMPTS {
             let port = free_port()?;
             let log_start = fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0);
-            let log = OpenOptions::new()
-                .append(true)
-                .open(&self.log_path)
-                .map_err(io_error(format!("cannot open {}", self.log_path.display())))?;
-            let log2 = log
-                .try_clone()
-                .map_err(io_error("cannot share the log file"))?;
-
-            let mut cmd = self.server_command("postgres");
-            cmd.arg("-D")
-                .arg(&self.data_dir)
-                .arg("-p")
-                .arg(port.to_string())
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2)
-                // Its own process group: a Ctrl-C in the terminal reaches the
-                // process that owns the cluster, which then stops it in order,
-                // rather than killing PostgreSQL under a running proxy.
-                .process_group(0);
-            let child = cmd.spawn().map_err(io_error(format!(
-                "cannot run {}",
-                self.bin.dir.join("postgres").display()
-            )))?;
-            let pid = child.id();
-            self.postmaster = Some(child);
-            self.port = port;
-            self.spawn_watchdog(pid);
-
+            let pid = self.spawn_postmaster(port)?;
             match self.wait_ready(pid, port, options.start_timeout) {
                 Ok(()) => return Ok(()),
                 Err(Some(status)) => {
@@ -531,6 +506,39 @@ host    all       all   127.0.0.1/32   scram-sha-256
             }
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// Starts the postmaster on `port` with its watchdog; returns its pid.
+    fn spawn_postmaster(&mut self, port: u16) -> Result<u32, ClusterError> {
+        let log = OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .map_err(io_error(format!("cannot open {}", self.log_path.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(io_error("cannot share the log file"))?;
+
+        let mut cmd = self.server_command("postgres");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .arg("-p")
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Its own process group: a Ctrl-C in the terminal reaches the
+            // process that owns the cluster, which then stops it in order,
+            // rather than killing PostgreSQL under a running proxy.
+            .process_group(0);
+        let child = cmd.spawn().map_err(io_error(format!(
+            "cannot run {}",
+            self.bin.dir.join("postgres").display()
+        )))?;
+        let pid = child.id();
+        self.postmaster = Some(child);
+        self.port = port;
+        self.spawn_watchdog(pid);
+        Ok(pid)
     }
 
     /// Polls until the server is up: `postmaster.pid` names our child, our
@@ -615,6 +623,27 @@ rm -rf -- "$2"
                 .map_err(io_error(format!("cannot remove {}", path.display())))?;
         }
         Ok(())
+    }
+
+    /// Restarts the server on the same port and data directory, as
+    /// `pg_ctl restart -m fast` does: sessions are ended (FATAL 57P01),
+    /// open transactions rolled back; returns once it accepts connections
+    /// again. For tests of what survives a database restart.
+    pub fn restart(&mut self) -> Result<(), ClusterError> {
+        self.stop_postmaster();
+        let log_start = fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0);
+        let pid = self.spawn_postmaster(self.port)?;
+        match self.wait_ready(pid, self.port, RESTART_TIMEOUT) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                self.stop_postmaster();
+                Err(ClusterError::Start(format!(
+                    "postgres did not come back on {HOST}:{} within {RESTART_TIMEOUT:?}; server log:\n{}",
+                    self.port,
+                    tail(&self.read_log_from(log_start), LOG_TAIL_LINES)
+                )))
+            }
+        }
     }
 
     fn stop_postmaster(&mut self) {

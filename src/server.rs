@@ -102,6 +102,7 @@ impl Server {
         // TTLs keep running while sessions drain, so the expiry task has its own stop.
         let expiry_stop = CancellationToken::new();
         let expiry = tokio::spawn(Arc::clone(&shared.leases).run_expiry(expiry_stop.clone()));
+        tokio::spawn(crate::reaper::run(Arc::clone(&shared), expiry_stop.clone()));
         tracing::info!(listen = %listener.local_addr()?, "rolemint accepting connections");
 
         let mut backoff = Duration::from_millis(10);

@@ -164,7 +164,9 @@ impl AdminPool {
         }
     }
 
-    async fn connect(&self, database: &str) -> Result<Client, MintError> {
+    /// A new admin connection to `database`, outside the pool's bound and
+    /// never returned to it (the reaper's sweep holds one for its lock).
+    pub(super) async fn connect(&self, database: &str) -> Result<Client, MintError> {
         let mut config = self.base.clone();
         config.dbname(database);
         let connecting = async {
@@ -203,6 +205,11 @@ impl AdminPool {
                 Ok(client)
             }
         }
+    }
+
+    /// `mint.statement_timeout`.
+    pub(super) fn statement_timeout(&self) -> Duration {
+        self.statement_timeout
     }
 
     fn put_back(&self, database: &str, client: Client) {

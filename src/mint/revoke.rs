@@ -32,7 +32,7 @@
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 use tokio_postgres::SimpleQueryMessage;
 
-use super::sql::{MARKER_ROLE, NOT_MANAGED_SQLSTATE};
+use super::sql::{minted_role, NOT_MANAGED_SQLSTATE};
 use super::{template, MintError, Minter};
 
 /// What to revoke.
@@ -78,19 +78,18 @@ fn nologin_all(roles: &[&str]) -> String {
     let mut sql = String::from("BEGIN;\nDO $rolemint$\nBEGIN\n");
     for role in roles {
         sql.push_str(&format!(
-            "  IF EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
-       JOIN pg_catalog.pg_roles r ON r.oid = m.member
-       JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
-      WHERE r.rolname = {lit} AND g.rolname = {marker}) THEN
+            "  IF {minted} THEN
     BEGIN
       ALTER ROLE {ident} NOLOGIN;
     EXCEPTION WHEN OTHERS THEN NULL;
     END;
   END IF;
 ",
-            lit = escape_literal(role),
+            minted = minted_role(&format!(
+                "(SELECT oid FROM pg_catalog.pg_roles WHERE rolname = {})",
+                escape_literal(role)
+            )),
             ident = escape_identifier(role),
-            marker = escape_literal(MARKER_ROLE),
         ));
     }
     sql.push_str("END\n$rolemint$;\nCOMMIT;\n");
@@ -162,9 +161,7 @@ BEGIN
   SELECT oid INTO r FROM pg_catalog.pg_roles WHERE rolname = {lit};
   IF r IS NULL THEN
     outcome := 'gone';
-  ELSIF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
-      JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
-     WHERE m.member = r AND g.rolname = {marker}) THEN
+  ELSIF NOT {minted} THEN
     outcome := 'not_managed';
   ELSE
     BEGIN
@@ -180,7 +177,7 @@ BEGIN
 END
 $rolemint$;
 ",
-        marker = escape_literal(MARKER_ROLE),
+        minted = minted_role("r"),
     )
 }
 
@@ -220,9 +217,7 @@ DECLARE r oid;
 BEGIN
   SELECT oid INTO r FROM pg_catalog.pg_roles WHERE rolname = {lit};
   IF r IS NOT NULL THEN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
-        JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
-       WHERE m.member = r AND g.rolname = {marker}) THEN
+    IF NOT {minted} THEN
       RAISE EXCEPTION 'role % is not managed by rolemint', {lit} USING ERRCODE = '{NOT_MANAGED_SQLSTATE}';
     END IF;
     ALTER ROLE {ident} NOLOGIN;
@@ -234,7 +229,7 @@ SELECT pg_catalog.pg_terminate_backend(a.pid, {terminate_wait_ms})
   FROM pg_catalog.pg_stat_activity a
  WHERE a.usesysid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = {lit});
 ",
-        marker = escape_literal(MARKER_ROLE),
+        minted = minted_role("r"),
     )
 }
 

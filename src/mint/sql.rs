@@ -21,6 +21,23 @@ use serde::{Deserialize, Serialize};
 /// privileges, so membership grants nothing.
 pub const MARKER_ROLE: &str = "rolemint_managed";
 
+/// The SQL condition "the role with oid `oid` is one rolemint minted": a
+/// member of [`MARKER_ROLE`] *without* ADMIN OPTION (the admin role holds
+/// the marker WITH ADMIN OPTION, to grant it), neither superuser nor
+/// CREATEROLE, and not the admin itself. Revocation, renewal and the reaper
+/// share this one definition, so none of them can touch a role the others
+/// would refuse.
+pub(super) fn minted_role(oid: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+           JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+           JOIN pg_catalog.pg_roles x ON x.oid = m.member
+          WHERE m.member = {oid} AND g.rolname = {marker} AND NOT m.admin_option
+            AND NOT x.rolsuper AND NOT x.rolcreaterole AND x.rolname <> CURRENT_USER)",
+        marker = escape_literal(MARKER_ROLE),
+    )
+}
+
 /// SQLSTATE raised when asked to revoke a role that exists but is not a
 /// member of [`MARKER_ROLE`] (a user-defined class, `RM`).
 pub const NOT_MANAGED_SQLSTATE: &str = "RM001";
@@ -135,9 +152,7 @@ BEGIN
   IF r IS NULL THEN
     RAISE EXCEPTION 'role % does not exist', {lit} USING ERRCODE = 'undefined_object';
   END IF;
-  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
-      JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
-     WHERE m.member = r AND g.rolname = {marker}) THEN
+  IF NOT {minted} THEN
     RAISE EXCEPTION 'role % is not managed by rolemint', {lit} USING ERRCODE = '{code}';
   END IF;
 END
@@ -145,7 +160,7 @@ $rolemint$;
 ALTER ROLE {ident} VALID UNTIL {until};
 COMMENT ON ROLE {ident} IS {comment};
 COMMIT",
-        marker = escape_literal(MARKER_ROLE),
+        minted = minted_role("r"),
         code = NOT_MANAGED_SQLSTATE,
         until = escape_literal(valid_until),
         comment = escape_literal(&json),

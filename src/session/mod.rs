@@ -162,6 +162,7 @@ async fn session(
         "lease minted"
     );
 
+    crate::failpoint::hit(crate::failpoint::AFTER_MINT).await;
     let (end, traffic) = connect_and_splice(
         &shared,
         stream,
@@ -276,6 +277,7 @@ async fn connect_and_splice(
             return failed;
         }
     };
+    crate::failpoint::hit(crate::failpoint::AFTER_LOGIN).await;
     let cancel_key = shared.cancels.register(login.key);
     let framer = match relay::forward_startup(&mut stream, &mut login, cancel_key.key).await {
         Ok(framer) => framer,

@@ -199,14 +199,15 @@ impl Harness {
         client
     }
 
-    /// Names of the roles that are members of `rolemint_managed` now.
+    /// Names of the roles that are members of `rolemint_managed` now (not
+    /// those that administer it: they hold it WITH ADMIN OPTION).
     pub async fn managed_roles(&self) -> Vec<String> {
         let su = self.superuser().await;
         let rows = su
             .query(
                 "SELECT r.rolname FROM pg_roles r JOIN pg_auth_members m ON m.member = r.oid \
                  JOIN pg_roles g ON g.oid = m.roleid WHERE g.rolname = 'rolemint_managed' \
-                 AND r.rolname LIKE 'v-%' ORDER BY 1",
+                 AND NOT m.admin_option AND r.rolname LIKE 'v-%' ORDER BY 1",
                 &[],
             )
             .await
@@ -389,4 +390,115 @@ pub fn output_text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// `rolemint serve` as a child process of the test, so a test can SIGKILL
+/// it. Killed on drop.
+pub struct ServeProcess {
+    child: tokio::process::Child,
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// Starts `rolemint serve` (the debug binary) on this harness's cluster
+    /// with `extra_toml` appended to the config and `env` set (e.g.
+    /// `ROLEMINT_FAILPOINT`); returns once it accepts connections.
+    pub async fn spawn_serve(&self, extra_toml: &str, env: &[(&str, &str)]) -> ServeProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_self_signed_cert(dir.path());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let options = Options {
+            extra_toml: extra_toml.to_owned(),
+            ..Options::default()
+        };
+        let text = config_toml(&self.cluster, &self.demo, &options)
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        let config_path = dir.path().join("rolemint.toml");
+        std::fs::write(&config_path, text).expect("write config");
+        let log = std::fs::File::create(dir.path().join("rolemint.log")).expect("log file");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rolemint"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("ROLEMINT_LOG", "debug")
+            .envs(env.iter().copied())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("rolemint serve starts");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut serve = ServeProcess { child, addr, dir };
+        let up = wait_until(Duration::from_secs(30), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        assert!(
+            up && matches!(serve.child.try_wait(), Ok(None)),
+            "rolemint serve did not start:\n{}",
+            serve.log()
+        );
+        serve
+    }
+
+    /// Minted roles' backends running now: those logged in as a member of
+    /// `rolemint_managed`, and those whose role is already gone.
+    pub async fn minted_backends(&self) -> i64 {
+        let su = self.superuser().await;
+        su.query_one(
+            "SELECT count(*) FROM pg_stat_activity a WHERE a.backend_type = 'client backend' \
+             AND a.usesysid IS NOT NULL AND (a.usename IS NULL OR EXISTS (SELECT 1 \
+             FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid \
+             WHERE m.member = a.usesysid AND g.rolname = 'rolemint_managed' AND NOT m.admin_option))",
+            &[],
+        )
+        .await
+        .expect("count minted backends")
+        .get(0)
+    }
+}
+
+impl ServeProcess {
+    /// A tokio-postgres connection string through this proxy (plaintext).
+    pub fn conn_string(&self, template: &str, password: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={template} dbname=appdb password={password} sslmode=disable connect_timeout=10",
+            self.addr.port()
+        )
+    }
+
+    /// Connects through this proxy with tokio-postgres, no TLS.
+    pub async fn connect(
+        &self,
+        template: &str,
+        password: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        connect_owned(self.conn_string(template, password)).await
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("SIGKILL rolemint serve");
+    }
+
+    /// What the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("rolemint.log")).unwrap_or_default()
+    }
+}
+
+/// Connects with tokio-postgres (no TLS) and drives the connection on its
+/// own task; owns its string, so it can be spawned.
+pub async fn connect_owned(
+    conn_string: String,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(&conn_string, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
 }

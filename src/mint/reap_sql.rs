@@ -1,0 +1,216 @@
+//! What the reaper asks the database: the sweep lock, the members of
+//! `rolemint_managed` with their expiry, lease comment and backend count,
+//! and the termination of an expired role's sessions.
+//!
+//! The sweep runs on a connection of its own, outside the admin pool: it
+//! holds the advisory lock for the whole sweep while the revocations it
+//! decides take pooled connections, so even `admin_pool_size = 1` cannot
+//! make it wait for itself. Closing that connection releases the lock, also
+//! when the process dies.
+
+use std::time::Duration;
+
+use postgres_protocol::escape::escape_literal;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use super::{MintError, Minter};
+
+/// The `pg_try_advisory_lock` key of the sweep: the bytes of "rolemint" as
+/// a big-endian 64-bit integer (0x726f6c656d696e74 = 8245928625621790324).
+/// Fixed, so every instance contends for the same lock. Advisory locks are
+/// scoped to one database, and every instance takes it in
+/// `backend.admin_database`: instances configured with different admin
+/// databases may sweep at the same moment, which is wasteful but safe
+/// (revocation is idempotent).
+pub const SWEEP_LOCK_KEY: i64 = 0x726f_6c65_6d69_6e74;
+
+/// Most roles read in one sweep: bounds the memory of a sweep (and of the
+/// reaper's per-role bookkeeping). The rest are read by the next sweeps,
+/// once these are gone.
+pub const MAX_ROLES_PER_SWEEP: usize = 10_000;
+
+/// One member of `rolemint_managed`, as the sweep reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedRole {
+    pub name: String,
+    /// `VALID UNTIL` has passed (by the database's clock).
+    pub expired: bool,
+    /// The role's `COMMENT`: the lease as JSON, when rolemint wrote it.
+    pub comment: Option<String>,
+    /// Backends logged in as the role now, in any database.
+    pub backends: u32,
+}
+
+/// A sweep in progress: holds the advisory lock until dropped.
+pub struct Sweep {
+    client: Client,
+    database: String,
+    timeout: Duration,
+    /// Per-backend wait of `pg_terminate_backend`, as on revoke.
+    terminate_wait_ms: u64,
+}
+
+impl Minter {
+    /// Opens the sweep's own connection and takes the sweep lock; `None`
+    /// when another instance holds it (it is sweeping now).
+    pub async fn begin_sweep(&self) -> Result<Option<Sweep>, MintError> {
+        let client = self.pool.connect(&self.admin_database).await?;
+        let sweep = Sweep {
+            client,
+            database: self.admin_database.clone(),
+            timeout: self.pool.statement_timeout(),
+            terminate_wait_ms: self.terminate_wait_ms,
+        };
+        let rows = sweep.run(&try_lock()).await?;
+        Ok((first_cell(&rows).as_deref() == Some("t")).then_some(sweep))
+    }
+}
+
+impl Sweep {
+    /// The members of `rolemint_managed` (at most [`MAX_ROLES_PER_SWEEP`]),
+    /// and the database's clock as Unix seconds.
+    pub async fn managed_roles(&self) -> Result<(Vec<ManagedRole>, i64), MintError> {
+        let messages = self.run(&managed_roles()).await?;
+        let mut roles = Vec::new();
+        let mut now = None;
+        for m in &messages {
+            let SimpleQueryMessage::Row(row) = m else {
+                continue;
+            };
+            let (Some(name), Some(expired), Some(backends), Some(db_now)) =
+                (row.get(0), row.get(1), row.get(3), row.get(4))
+            else {
+                continue;
+            };
+            now = db_now.parse().ok();
+            roles.push(ManagedRole {
+                name: name.to_owned(),
+                expired: expired == "t",
+                comment: row.get(2).map(str::to_owned),
+                backends: backends.parse().unwrap_or(u32::MAX),
+            });
+        }
+        let now = match now {
+            Some(now) => now,
+            None => first_cell(&self.run(DB_NOW).await?)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_default(),
+        };
+        Ok((roles, now))
+    }
+
+    /// Terminates the backends of `role` (if it is still one of ours),
+    /// waiting a bounded time for each to exit; returns how many there were.
+    pub async fn terminate_backends(&self, role: &str) -> Result<u32, MintError> {
+        let rows = self
+            .run(&terminate_backends(role, self.terminate_wait_ms))
+            .await?;
+        Ok(first_cell(&rows)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default())
+    }
+
+    /// One simple-query string, bounded by `mint.statement_timeout`.
+    async fn run(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>, MintError> {
+        match tokio::time::timeout(self.timeout, self.client.simple_query(sql)).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => Err(MintError::query(&self.database, &e)),
+            Err(_) => Err(MintError::Timeout {
+                what: "running the reaper's statements",
+                database: self.database.clone(),
+                after: self.timeout,
+            }),
+        }
+    }
+}
+
+fn first_cell(messages: &[SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+const DB_NOW: &str = "SELECT pg_catalog.date_part('epoch', pg_catalog.now())::pg_catalog.int8";
+
+fn try_lock() -> String {
+    format!("SELECT pg_catalog.pg_try_advisory_lock({SWEEP_LOCK_KEY})")
+}
+
+/// Members of the marker role only: the reaper never reads, let alone
+/// touches, any other role. `pg_stat_activity.usesysid` is visible to every
+/// role (other columns of other users' backends are not), which is all the
+/// count needs.
+///
+/// The admin role is a member of the marker too, WITH ADMIN OPTION (how it
+/// may grant the marker on; PostgreSQL 16 requires it), and so may be
+/// another role an operator gave the marker to administer it. Minted roles
+/// get the marker plainly, never with ADMIN OPTION, and never are
+/// superusers or CREATEROLE: [`members`] leaves all of those out, and the
+/// admin itself (`CURRENT_USER`) in any case.
+fn managed_roles() -> String {
+    format!(
+        "SELECT r.rolname,
+       (r.rolvaliduntil IS NOT NULL AND r.rolvaliduntil <= pg_catalog.now()),
+       pg_catalog.shobj_description(r.oid, 'pg_authid'),
+       (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a WHERE a.usesysid = r.oid),
+       pg_catalog.date_part('epoch', pg_catalog.now())::pg_catalog.int8
+  FROM pg_catalog.pg_roles r
+ WHERE {members}
+ ORDER BY r.rolvaliduntil NULLS FIRST, r.rolname
+ LIMIT {MAX_ROLES_PER_SWEEP}",
+        members = members("r"),
+    )
+}
+
+/// The condition "`alias` is a minted role": see [`managed_roles`].
+fn members(alias: &str) -> String {
+    super::sql::minted_role(&format!("{alias}.oid"))
+}
+
+/// Ends the sessions of an expired role whatever its template's revocation
+/// statements do; the membership check is repeated in the statement itself
+/// so no other role's sessions can be hit.
+fn terminate_backends(role: &str, wait_ms: u64) -> String {
+    format!(
+        "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid, {wait_ms}))
+  FROM pg_catalog.pg_stat_activity a
+  JOIN pg_catalog.pg_roles r ON r.oid = a.usesysid
+ WHERE r.rolname = {lit} AND {members}",
+        lit = escape_literal(role),
+        members = members("r"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_key_spells_rolemint() {
+        assert_eq!(&SWEEP_LOCK_KEY.to_be_bytes(), b"rolemint");
+        assert!(try_lock().contains("pg_try_advisory_lock(8245928625621790324)"));
+    }
+
+    #[test]
+    fn only_marker_members_are_read_or_terminated() {
+        let sql = managed_roles();
+        assert!(sql.contains("g.rolname = 'rolemint_managed'"), "{sql}");
+        for guard in [
+            "NOT m.admin_option",
+            "NOT x.rolsuper",
+            "NOT x.rolcreaterole",
+            "<> CURRENT_USER",
+        ] {
+            assert!(sql.contains(guard), "{sql}");
+        }
+        assert!(
+            sql.contains(&format!("LIMIT {MAX_ROLES_PER_SWEEP}")),
+            "{sql}"
+        );
+        let sql = terminate_backends("v-a'b", 250);
+        assert!(sql.contains("r.rolname = 'v-a''b'"), "{sql}");
+        assert!(sql.contains("g.rolname = 'rolemint_managed'"), "{sql}");
+        assert!(sql.contains("pg_terminate_backend(a.pid, 250)"), "{sql}");
+    }
+}
