@@ -44,6 +44,19 @@ fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// The key id rolemint gives an Ed25519 public key.
+fn kid(public: &[u8]) -> String {
+    static_tokens::sha256_hex(&URL_SAFE_NO_PAD.encode(public))[..16].to_owned()
+}
+
+/// The key id of the public half of a PKCS#8 PEM Ed25519 private key, as
+/// `ed25519` put it in the JWKS.
+pub fn kid_of_private_pem(pem: &str) -> Result<String, String> {
+    let der = super::keys::pem_der(pem, "PRIVATE KEY").ok_or("not a PKCS#8 PEM private key")?;
+    let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| "not an Ed25519 private key")?;
+    Ok(kid(pair.public_key().as_ref()))
+}
+
 /// A fresh Ed25519 key pair.
 pub fn ed25519() -> Result<Ed25519Files, String> {
     let rng = SystemRandom::new();
@@ -52,7 +65,7 @@ pub fn ed25519() -> Result<Ed25519Files, String> {
     let public = pair.public_key().as_ref().to_vec();
     let mut spki = ED25519_SPKI_PREFIX.to_vec();
     spki.extend_from_slice(&public);
-    let kid = static_tokens::sha256_hex(&URL_SAFE_NO_PAD.encode(&public))[..16].to_owned();
+    let kid = kid(&public);
     let jwks = serde_json::json!({"keys": [{
         "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA",
         "kid": kid, "x": URL_SAFE_NO_PAD.encode(&public),
@@ -94,6 +107,10 @@ mod tests {
         assert!(key.fits(jsonwebtoken::Algorithm::EdDSA));
         let keys = super::super::keys::from_jwks(files.jwks.as_bytes()).unwrap();
         assert_eq!(keys[0].kid.as_deref(), Some(files.kid.as_str()));
+        assert_eq!(
+            kid_of_private_pem(files.private_pem.expose()).unwrap(),
+            files.kid
+        );
         assert!(!format!("{:?}", files.private_pem).contains("PRIVATE"));
     }
 
