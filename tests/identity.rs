@@ -17,6 +17,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use common::{captured_log, sqlstate, wait_until, Harness, Options};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rolemint::secret::Secret;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -676,4 +677,88 @@ async fn failed_authentications_are_rate_limited_per_address() {
     refused_28p01(&h, good.expose(), "a good token while limited").await;
     assert!(captured_log().contains("reason=rate_limited"));
     assert!(h.managed_roles().await.is_empty());
+}
+
+#[test]
+fn token_and_keygen_commands_print_credentials_the_config_accepts() {
+    let bin = env!("CARGO_BIN_EXE_rolemint");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let base = "[proxy]\nlisten = \"127.0.0.1:0\"\nallow_plaintext = true\n\
+                [backend]\nhost = \"127.0.0.1\"\nadmin_user = \"a\"\nadmin_password = \"p\"\n\
+                [auth]\n";
+    let roles = "\n[roles.r]\ndatabases = [\"d\"]\ndefault_ttl = \"1h\"\nmax_ttl = \"1h\"\n\
+                 allow_identities = [\"*\"]\n\
+                 creation_statements = [\"CREATE ROLE \\\"{{name}}\\\" LOGIN\"]\n";
+
+    // --static: the printed lines are config, the last line the token.
+    let out = run(&["token", "--static", "--sub", "ci", "--groups", "ci,deploy"]);
+    let token = out.lines().last().unwrap();
+    let lines: String = out
+        .lines()
+        .filter(|l| !l.starts_with('#') && *l != token)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!lines.contains(token), "the token itself is not config");
+    let config = rolemint::config::Config::parse(&format!("{base}\n{lines}{roles}")).unwrap();
+    config.validate().unwrap();
+    let v = rolemint::identity::Verifier::from_config(&config.auth).unwrap();
+    let id = v.verify(token).unwrap();
+    assert_eq!((id.subject.as_str(), id.groups.len()), ("ci", 2));
+
+    // --operator: a hash line and a token that hashes to it.
+    let out = run(&["token", "--operator"]);
+    let token = out.lines().last().unwrap();
+    let hash_line = out
+        .lines()
+        .find(|l| l.starts_with("operator_token_sha256"))
+        .unwrap();
+    let expected = rolemint::identity::keygen::sha256_hex(&Secret::new(token));
+    assert_eq!(hash_line, format!("operator_token_sha256 = \"{expected}\""));
+
+    // keygen, then token --key: verified by the JWKS keygen wrote.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let out = run(&["keygen", "--out", keys.to_str().unwrap()]);
+    let issuer: String = out
+        .lines()
+        .skip_while(|l| !l.starts_with("[[auth.issuers]]"))
+        .take_while(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let key = keys.join("ed25519.key.pem");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let out = run(&[
+        "token",
+        "--key",
+        key.to_str().unwrap(),
+        "--sub",
+        "bob",
+        "--issuer",
+        "rolemint-ed25519",
+        "--audience",
+        "rolemint",
+    ]);
+    let token = out.lines().last().unwrap();
+    let config = rolemint::config::Config::parse(&format!("{base}\n{issuer}{roles}")).unwrap();
+    config.validate().unwrap();
+    let v = rolemint::identity::Verifier::from_config(&config.auth).unwrap();
+    assert_eq!(v.verify(token).unwrap().subject, "bob");
+    // keygen never overwrites a key.
+    let again = std::process::Command::new(bin)
+        .args(["keygen", "--out", keys.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
 }
