@@ -127,11 +127,18 @@ fn claims(iss: &str, sub: &str) -> Value {
 // A JWKS served over HTTPS, with a self-signed certificate.
 // ---------------------------------------------------------------------------
 
+const SERVE_OK: usize = 0;
+const SERVE_ERROR: usize = 1;
+/// A 2 MiB document, above rolemint's 1 MiB cap.
+const SERVE_HUGE: usize = 2;
+
 struct JwksServer {
     port: u16,
     /// GET /jwks requests served.
     hits: Arc<AtomicUsize>,
     jwks: Arc<Mutex<Value>>,
+    /// What GET /jwks answers: [`SERVE_OK`], [`SERVE_ERROR`] or [`SERVE_HUGE`].
+    mode: Arc<AtomicUsize>,
     ca: PathBuf,
     task: tokio::task::JoinHandle<()>,
 }
@@ -151,13 +158,19 @@ impl JwksServer {
         let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicUsize::new(0));
         let jwks = Arc::new(Mutex::new(jwks));
-        let (h, j) = (Arc::clone(&hits), Arc::clone(&jwks));
+        let mode = Arc::new(AtomicUsize::new(SERVE_OK));
+        let (h, j, m) = (Arc::clone(&hits), Arc::clone(&jwks), Arc::clone(&mode));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
-                let (acceptor, hits, jwks) = (acceptor.clone(), Arc::clone(&h), Arc::clone(&j));
+                let (acceptor, hits, jwks, mode) = (
+                    acceptor.clone(),
+                    Arc::clone(&h),
+                    Arc::clone(&j),
+                    Arc::clone(&m),
+                );
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
@@ -173,7 +186,17 @@ impl JwksServer {
                     let line = String::from_utf8_lossy(&request);
                     let body = if line.starts_with("GET /jwks ") {
                         hits.fetch_add(1, Ordering::SeqCst);
-                        jwks.lock().unwrap().to_string()
+                        match mode.load(Ordering::SeqCst) {
+                            SERVE_OK => jwks.lock().unwrap().to_string(),
+                            SERVE_HUGE => {
+                                format!("{{\"keys\":[],\"pad\":\"{}\"}}", "x".repeat(2 << 20))
+                            }
+                            _ => {
+                                let _ = tls.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                                let _ = tls.shutdown().await;
+                                return;
+                            }
+                        }
                     } else if line.starts_with("GET /.well-known/openid-configuration ") {
                         json!({"issuer": format!("https://127.0.0.1:{port}"),
                                "jwks_uri": format!("https://127.0.0.1:{port}/jwks")})
@@ -196,6 +219,7 @@ impl JwksServer {
             port,
             hits,
             jwks,
+            mode,
             ca: cert,
             task,
         }
@@ -349,6 +373,67 @@ jwks_ca_file = "{ca}"
         &k1.signing,
     );
     assert!(login(&h, &token).await.unwrap().starts_with("v-carol-"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_unusable_at_startup_is_retried_until_it_loads() {
+    rolemint::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let k = rsa();
+    let server = JwksServer::start(dir.path(), json!({"keys": [rsa_jwk(&k, "k1")]})).await;
+    // First a document above the 1 MiB cap, then an error status.
+    server.mode.store(SERVE_HUGE, Ordering::SeqCst);
+    let iss = "https://idp.test/late";
+    let h = harness(&format!(
+        r#"
+[[auth.issuers]]
+name = "late"
+issuer = "{iss}"
+audiences = ["rolemint"]
+algorithms = ["RS256"]
+jwks_url = "https://127.0.0.1:{port}/jwks"
+jwks_ca_file = "{ca}"
+"#,
+        port = server.port,
+        ca = server.ca.display()
+    ))
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            captured_log().contains("larger than 1048576 bytes")
+        })
+        .await,
+        "the oversized JWKS was not refused"
+    );
+    server.mode.store(SERVE_ERROR, Ordering::SeqCst);
+    let fetched = server.hits();
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            server.hits() > fetched
+        })
+        .await
+    );
+
+    // No keys yet: the issuer's tokens get 28P01, the proxy keeps serving.
+    let token = sign(
+        Algorithm::RS256,
+        Some("k1"),
+        &claims(iss, "lara"),
+        &k.signing,
+    );
+    refused_28p01(&h, &token, "before the first successful fetch").await;
+    let local = h.token("local-user");
+    assert!(h.connect("readonly", "appdb", local.expose()).await.is_ok());
+
+    // The IdP recovers: the background retry (with backoff) loads the keys.
+    server.mode.store(SERVE_OK, Ordering::SeqCst);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            login(&h, &token).await.is_ok()
+        })
+        .await,
+        "the keys were never loaded after the JWKS recovered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
