@@ -300,6 +300,10 @@ pub struct RoleTemplate {
     /// `{{identity}}` and `{{groups}}`.
     #[serde(default)]
     pub session_settings: BTreeMap<String, String>,
+    /// `allow_identities` and `allow_groups` compiled, on first use (see
+    /// `policy.rs`): once per loaded config, not once per connection.
+    #[serde(skip)]
+    pub allow_compiled: std::sync::OnceLock<crate::policy::AllowSets>,
 }
 
 impl Default for MintConfig {

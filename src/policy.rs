@@ -111,14 +111,30 @@ fn globs(patterns: &[String]) -> Result<GlobSet, globset::Error> {
     builder.build()
 }
 
+/// A template's allow lists, compiled.
+#[derive(Debug, Clone)]
+pub struct AllowSets {
+    identities: GlobSet,
+    groups: GlobSet,
+}
+
+impl AllowSets {
+    fn compile(t: &RoleTemplate) -> AllowSets {
+        // Validated at load; a pattern that fails here allows no one.
+        AllowSets {
+            identities: globs(&t.allow_identities).unwrap_or_else(|_| GlobSet::empty()),
+            groups: globs(&t.allow_groups).unwrap_or_else(|_| GlobSet::empty()),
+        }
+    }
+}
+
 /// Which rule of `t` lets `identity` in, if any.
 fn allowing_rule(t: &RoleTemplate, identity: &Identity) -> Option<String> {
-    // Validated at load; a pattern that fails here allows no one.
-    let ids = globs(&t.allow_identities).ok()?;
-    if let Some(i) = ids.matches(&identity.subject).first() {
+    let sets = t.allow_compiled.get_or_init(|| AllowSets::compile(t));
+    if let Some(i) = sets.identities.matches(&identity.subject).first() {
         return Some(format!("allow_identities \"{}\"", t.allow_identities[*i]));
     }
-    let groups = globs(&t.allow_groups).ok()?;
+    let groups = &sets.groups;
     identity.groups.iter().find_map(|g| {
         groups
             .matches(g)
