@@ -762,6 +762,40 @@ async fn failed_authentications_are_rate_limited_per_address() {
     refused_28p01(&h, good.expose(), "a good token while limited").await;
     assert!(captured_log().contains("reason=rate_limited"));
     assert!(h.managed_roles().await.is_empty());
+
+    // Another address is not limited: from 127.0.0.2 the same good token
+    // authenticates (the first reply to the password is AuthenticationOk).
+    let first = password_reply_from("127.0.0.2", h.addr, good.expose()).await;
+    assert_eq!(first, (b'R', 0), "127.0.0.2 was limited too");
+    let first = password_reply_from("127.0.0.1", h.addr, good.expose()).await;
+    assert_eq!(first.0, b'E', "127.0.0.1 is still limited");
+}
+
+/// Speaks the startup protocol from `source` (plaintext) and returns the
+/// type and first int32 of the message answering the password: (b'R', 0)
+/// is AuthenticationOk.
+async fn password_reply_from(source: &str, proxy: std::net::SocketAddr, token: &str) -> (u8, i32) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut tcp = socket.connect(proxy).await.unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    for s in ["user", "readonly", "database", "appdb", ""] {
+        startup.extend_from_slice(s.as_bytes());
+        startup.push(0);
+    }
+    let mut packet = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&startup);
+    tcp.write_all(&packet).await.unwrap();
+
+    // AuthenticationCleartextPassword.
+    assert_eq!(read_message(&mut tcp).await, (b'R', 3));
+    let mut password = vec![b'p'];
+    password.extend_from_slice(&((token.len() + 5) as i32).to_be_bytes());
+    password.extend_from_slice(token.as_bytes());
+    password.push(0);
+    tcp.write_all(&password).await.unwrap();
+    read_message(&mut tcp).await
 }
 
 #[test]
@@ -846,4 +880,14 @@ fn token_and_keygen_commands_print_credentials_the_config_accepts() {
         .output()
         .unwrap();
     assert!(!again.status.success());
+}
+
+/// One backend message: its type and the first int32 of its body.
+async fn read_message(tcp: &mut tokio::net::TcpStream) -> (u8, i32) {
+    let kind = tcp.read_u8().await.unwrap();
+    let len = tcp.read_i32().await.unwrap();
+    assert!((8..65536).contains(&len), "message length {len}");
+    let mut body = vec![0u8; (len - 4) as usize];
+    tcp.read_exact(&mut body).await.unwrap();
+    (kind, i32::from_be_bytes(body[..4].try_into().unwrap()))
 }
