@@ -105,6 +105,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         subject: "rolemint-check".into(),
         groups: Vec::new(),
         expires_at: SystemTime::now(),
+        issuer: "check".into(),
     };
     for (name, template) in &config.roles {
         for database in &template.databases {

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `dev`, `token`, `check`.
+//! The command line: `serve`, `dev`, `token`, `keygen`, `check`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,19 +39,49 @@ pub enum Command {
         #[arg(long, default_value = "alice")]
         sub: String,
     },
-    /// Print a token signed by the config's local issuer key.
+    /// Print a token: signed by the config's local issuer key (default),
+    /// signed with an Ed25519 key (`--key`), or a new random static token
+    /// (`--static`) or operator token (`--operator`) with its config lines.
     Token {
+        /// The config whose local issuer signs (not needed with --static,
+        /// --operator or --key).
         #[arg(long, short, env = "ROLEMINT_CONFIG")]
-        config: PathBuf,
-        /// The identity (`sub` claim).
-        #[arg(long)]
-        sub: String,
+        config: Option<PathBuf>,
+        /// The identity (`sub` claim, or the static token's identity).
+        #[arg(long, required_unless_present = "operator")]
+        sub: Option<String>,
         /// Groups, comma separated.
         #[arg(long, value_delimiter = ',')]
         groups: Vec<String>,
         /// Lifetime of the token.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// Print a new random static token and its `[[auth.static_tokens]]`
+        /// lines.
+        #[arg(long = "static", conflicts_with_all = ["operator", "key", "config"])]
+        static_token: bool,
+        /// Print a new random operator token and its `operator_token_sha256`
+        /// line.
+        #[arg(long, conflicts_with_all = ["key", "config", "sub"])]
+        operator: bool,
+        /// Sign with this Ed25519 private key (PKCS#8 PEM, as `rolemint
+        /// keygen` writes it) instead of the config's local issuer.
+        #[arg(long, conflicts_with = "config")]
+        key: Option<PathBuf>,
+        /// The `iss` claim of a token signed with --key.
+        #[arg(long, requires = "key")]
+        issuer: Option<String>,
+        /// The `aud` claim of a token signed with --key.
+        #[arg(long, requires = "key")]
+        audience: Option<String>,
+    },
+    /// Write an Ed25519 key pair (PEM) and its JWKS, for an issuer whose
+    /// tokens `rolemint token --key` signs.
+    Keygen {
+        /// Directory to write `ed25519.key.pem` (private, mode 0600),
+        /// `ed25519.pub.pem` and `jwks.json` to; created if missing.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Validate the config, reach the backend as admin and verify the
     /// privileges rolemint needs.

@@ -9,7 +9,9 @@
 //!
 //! Follow one connection from `main.rs`:
 //!
-//! - [`cli`]: the command line (`serve`, `dev`, `token`, `check`).
+//! - [`cli`]: the command line (`serve`, `dev`, `token`, `keygen`, `check`;
+//!   `token --static/--operator/--key` and `keygen` live in the binary's
+//!   `token.rs`).
 //! - [`config`]: the TOML config, its defaults and validation.
 //! - [`server`]: the accept loop, the connection limit, graceful shutdown.
 //! - [`state`]: [`state::Shared`], what every session shares.
@@ -18,8 +20,13 @@
 //!   PostgreSQL as the minted role with SCRAM), [`session::relay`] (startup
 //!   forwarding with the BackendKeyData swapped, then the splice), and
 //!   [`session::wire`] (the few messages rolemint encodes and decodes).
-//! - [`identity`]: token in, [`identity::Identity`] out (HS256 JWTs).
-//! - [`policy`]: identity × template × database → allowed or not, and why.
+//! - [`identity`]: token in, [`identity::Identity`] out: issuers routed by
+//!   `iss` (HMAC, RSA, EC, Ed25519 keys from PEM files, JWKS files or JWKS
+//!   URLs fetched over HTTPS), static tokens known by their hash, and the
+//!   per-address limit on failed authentications.
+//! - [`policy`]: identity × template × database → allowed or not, and why
+//!   (allow lists, deny by default); the lease cap at the token's expiry;
+//!   the session settings rendered from claims.
 //! - [`mint`]: role names, SCRAM verifiers, template rendering, the admin
 //!   connection pool, and the SQL that creates, renews and drops roles
 //!   (owned objects handed to the template's owner).

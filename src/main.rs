@@ -9,6 +9,8 @@ use rolemint::cli::{Cli, Command};
 use rolemint::config::{Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 
+mod token;
+
 fn main() -> ExitCode {
     // Before anything builds a rustls config.
     rolemint::tls::install_crypto_provider();
@@ -56,13 +58,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             sub,
             groups,
             ttl,
+            static_token,
+            operator,
+            key,
+            issuer,
+            audience,
         } => {
+            let subject = sub.unwrap_or_default();
+            if operator {
+                return token::operator();
+            }
+            if static_token {
+                return token::static_token(&subject, &groups);
+            }
+            if let Some(key) = key {
+                let claims = rolemint::identity::IssueClaims {
+                    subject: &subject,
+                    groups: &groups,
+                    issuer: issuer.as_deref(),
+                    audience: audience.as_deref(),
+                    ttl,
+                };
+                return token::signed_with_key(&key, &claims);
+            }
+            let config = config.context("--config is required (or --static, --operator, --key)")?;
             let config = Config::load(&config)?;
-            let token = rolemint::identity::issue(&config.auth, &sub, &groups, ttl)
+            let token = rolemint::identity::issue(&config.auth, &subject, &groups, ttl)
                 .context("signing the token")?;
             println!("{}", token.expose());
             Ok(())
         }
+        Command::Keygen { out } => token::keygen(&out),
         Command::Check { config } => {
             rolemint::logging::init(LogFormat::Text);
             let config = Config::load(&config)?;

@@ -1035,6 +1035,10 @@ const DEMO_TEMPLATES: &str = r#"# ----------------------------------------------
 # Read-only: SELECT on everything app_owner owns in appdb, through app_read.
 [roles.readonly]
 databases = ["appdb"]
+# Who may use it: glob patterns on the token's raw identity claim and on its
+# groups. A template with neither allows no one. "*" lets every identity of
+# this throwaway setup in; name real identities or groups in production.
+allow_identities = ["*"]
 default_ttl = "1h"      # a session lives at most this long
 max_ttl = "24h"         # an operator may renew a lease up to this
 creation_statements = [
@@ -1048,6 +1052,7 @@ creation_statements = [
 # and never takes data with it.
 [roles.readwrite]
 databases = ["appdb"]
+allow_identities = ["*"]   # every identity; see readonly
 default_ttl = "1h"
 max_ttl = "24h"
 creation_statements = [

@@ -56,6 +56,7 @@ impl Server {
         };
         let backend_tls = crate::tls::backend_client_config(&config.backend)?;
         let verifier = Verifier::from_config(&config.auth)?;
+        verifier.start_refresh();
         let minter = Arc::new(Minter::new(&config)?);
         minter.prepare().await.with_context(|| {
             format!(

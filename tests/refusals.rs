@@ -136,6 +136,7 @@ async fn a_failed_backend_login_after_minting_leaves_no_role() {
         extra_toml: r#"
 [roles.broken]
 databases = ["appdb"]
+allow_identities = ["*"]
 default_ttl = "1h"
 max_ttl = "1h"
 # NOLOGIN: minting succeeds, logging in as the role fails.

@@ -138,6 +138,7 @@ async fn a_session_past_its_ttl_is_ended_with_57p01_and_rolled_back() {
         extra_toml: r#"
 [roles.shortlived]
 databases = ["appdb"]
+allow_identities = ["*"]
 default_ttl = "3s"
 max_ttl = "1h"
 creation_statements = [

@@ -2,17 +2,19 @@
 //!
 //! jsonwebtoken parses the token, checks the signature and the registered
 //! claims; this file decides *which* checks apply and reads our two claims:
-//! - the algorithm is pinned per key (HS256 for the local issuer): a token
-//!   whose header says `none`, HS512 or anything else is refused before any
-//!   key is touched, which rules out algorithm-confusion attacks;
+//! - the algorithm is pinned per issuer and per key (see `issuer.rs`): a
+//!   token whose header says `none` (in any casing) fails to parse at all;
 //! - `exp` is required, `nbf` is honoured when present, both with
-//!   `auth.leeway` of clock skew;
-//! - `iss` is required and must equal `auth.issuer` when that is set;
-//! - `aud` is required and must contain `auth.audience` when that is set.
-//!   When no audience is configured a token that *carries* an `aud` is
-//!   refused (RFC 7519 §4.1.3: it was meant for someone who identified
-//!   themselves; we did not);
-//! - the identity claim (`auth.identity_claim`, `sub` by default) must be a
+//!   `auth.leeway` of clock skew; an `iat` in the future (beyond the leeway)
+//!   is refused, and so is `exp - iat` above the issuer's
+//!   `max_token_lifetime` (a token without `iat` is measured from now);
+//! - `iss` must equal the issuer's when it has one;
+//! - `aud` must contain one of the issuer's audiences; with no audience
+//!   configured a token that *carries* an `aud` is refused (RFC 7519
+//!   §4.1.3: it was meant for someone who identified themselves; we did
+//!   not);
+//! - the identity claim (a name, or a JSON pointer such as
+//!   `/kubernetes.io/serviceaccount/name` for a nested one) must be a
 //!   non-empty string of at most [`MAX_IDENTITY_BYTES`] without control
 //!   characters; the groups claim is absent/null or an array of at most
 //!   [`MAX_GROUPS`] strings.
@@ -27,30 +29,38 @@ use super::{Identity, IdentityError, MAX_GROUPS, MAX_GROUP_BYTES, MAX_IDENTITY_B
 use crate::config::AuthConfig;
 use crate::secret::Secret;
 
-/// The claim rules of `[auth]`, shared by every key source.
+/// The claim rules of one issuer.
 #[derive(Debug, Clone)]
 pub(super) struct Rules {
-    issuer: Option<String>,
-    audience: Option<String>,
-    /// Clock skew tolerated on `exp` / `nbf`, in whole seconds.
-    leeway_secs: u64,
-    identity_claim: String,
-    groups_claim: String,
+    /// The `iss` required, when the issuer has one (the local issuer may
+    /// not).
+    pub(super) issuer: Option<String>,
+    /// `aud` must contain one of these; empty: no `aud` allowed.
+    pub(super) audiences: Vec<String>,
+    /// Clock skew tolerated on `exp` / `nbf` / `iat`, in whole seconds.
+    pub(super) leeway_secs: u64,
+    pub(super) identity_claim: String,
+    pub(super) groups_claim: String,
+    /// Longest `exp - iat` accepted; `None`: no limit (the local issuer,
+    /// whose tokens rolemint itself signs).
+    pub(super) max_lifetime: Option<Duration>,
 }
 
 impl Rules {
+    /// The local issuer's rules: the flat `[auth]` keys.
     pub(super) fn from_config(auth: &AuthConfig) -> Rules {
         Rules {
             issuer: auth.issuer.clone(),
-            audience: auth.audience.clone(),
+            audiences: auth.audience.iter().cloned().collect(),
             leeway_secs: auth.leeway.as_secs(),
             identity_claim: auth.identity_claim.clone(),
             groups_claim: auth.groups_claim.clone(),
+            max_lifetime: None,
         }
     }
 
-    /// jsonwebtoken's checks for tokens signed with `alg`.
-    fn validation(&self, alg: Algorithm) -> Validation {
+    /// jsonwebtoken's checks for a token signed with `alg`.
+    pub(super) fn validation(&self, alg: Algorithm) -> Validation {
         let mut v = Validation::new(alg);
         v.leeway = self.leeway_secs;
         v.validate_exp = true;
@@ -61,54 +71,97 @@ impl Rules {
             v.set_issuer(&[iss]);
             required.push("iss");
         }
-        if let Some(aud) = &self.audience {
-            v.set_audience(&[aud]);
+        if !self.audiences.is_empty() {
+            v.set_audience(&self.audiences);
             required.push("aud");
         }
         v.set_required_spec_claims(&required);
         v
     }
-}
 
-/// The local issuer's shared secret, with the validation pinned to HS256.
-pub(super) struct Hs256Key {
-    key: DecodingKey,
-    validation: Validation,
-}
-
-impl Hs256Key {
-    pub(super) fn new(secret: &Secret, rules: &Rules) -> Result<Hs256Key, IdentityError> {
-        if secret.is_empty() {
-            return Err(IdentityError::Key("auth.hs256_secret is empty".into()));
-        }
-        Ok(Hs256Key {
-            key: DecodingKey::from_secret(secret.expose().as_bytes()),
-            validation: rules.validation(Algorithm::HS256),
-        })
-    }
-
-    pub(super) fn accepts(&self, alg: Algorithm) -> bool {
-        alg == Algorithm::HS256
-    }
-
-    pub(super) fn verify(&self, token: &str, rules: &Rules) -> Result<Identity, IdentityError> {
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+    /// Verifies `token` with one key and reads the identity out of it.
+    pub(super) fn verify(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        alg: Algorithm,
+        issuer_name: &str,
+    ) -> Result<Identity, IdentityError> {
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation(alg))
             .map_err(map_error)?;
-        identity_from_claims(&data.claims, rules)
+        let claims = Value::Object(data.claims);
+        self.check_times(&claims)?;
+        let mut identity = identity_from_claims(&claims, self)?;
+        identity.issuer = issuer_name.to_owned();
+        Ok(identity)
+    }
+
+    /// `iat` not in the future, `exp - iat` within `max_lifetime`.
+    fn check_times(&self, claims: &Value) -> Result<(), IdentityError> {
+        let now = unix_now();
+        let iat = match claims.get("iat") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(as_seconds(v).ok_or(IdentityError::Malformed("iat is not a number"))?),
+        };
+        if iat.is_some_and(|iat| iat > now.saturating_add(self.leeway_secs)) {
+            return Err(IdentityError::NotYetValid);
+        }
+        if let Some(max) = self.max_lifetime {
+            let exp = claims
+                .get("exp")
+                .and_then(as_seconds)
+                .ok_or(IdentityError::Malformed("exp is not a number"))?;
+            let start = iat.unwrap_or(now).min(now);
+            if exp.saturating_sub(start) > max.as_secs().saturating_add(self.leeway_secs) {
+                return Err(IdentityError::LifetimeTooLong);
+            }
+        }
+        Ok(())
     }
 }
 
-/// The `alg` of the token's header; only the header is read, nothing is
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// A NumericDate: non-negative, possibly fractional seconds.
+fn as_seconds(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            .map(|f| f as u64)
+    })
+}
+
+/// The header's `alg` and `kid`; only the header is read, nothing is
 /// trusted yet.
-pub(super) fn header_algorithm(token: &str) -> Result<Algorithm, IdentityError> {
+pub(super) fn header(token: &str) -> Result<(Algorithm, Option<String>), IdentityError> {
     if token.is_empty() {
         return Err(IdentityError::Malformed("empty token"));
     }
-    // An `alg` outside jsonwebtoken's list (`none` included) fails to parse
-    // here and is reported as a malformed header.
+    // An `alg` outside jsonwebtoken's list (`none`, `None`, `NONE` ...)
+    // fails to parse here and is reported as a malformed header.
     jsonwebtoken::decode_header(token)
-        .map(|h| h.alg)
+        .map(|h| (h.alg, h.kid))
         .map_err(map_error)
+}
+
+/// The unverified `iss` of a JWT, only to choose the issuer whose keys
+/// then verify it. `None` when absent.
+pub(super) fn peek_issuer(token: &str) -> Result<Option<String>, IdentityError> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        iss: Option<Value>,
+    }
+    let peek: Peek = jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(map_error)?;
+    match peek.iss {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(IdentityError::WrongIssuer),
+    }
 }
 
 /// Translates jsonwebtoken's error into our reason. Only static text and
@@ -135,27 +188,35 @@ fn map_error(e: jsonwebtoken::errors::Error) -> IdentityError {
         ErrorKind::Base64(_) => IdentityError::Malformed("invalid base64"),
         ErrorKind::Json(_) => IdentityError::Malformed("invalid JSON or unknown algorithm"),
         ErrorKind::Utf8(_) => IdentityError::Malformed("invalid UTF-8"),
+        // A key that does not fit the token (wrong curve, unusable
+        // modulus) cannot have signed it.
         ErrorKind::InvalidEcdsaKey
         | ErrorKind::InvalidEddsaKey
         | ErrorKind::InvalidRsaKey(_)
         | ErrorKind::InvalidKeyFormat
-        | ErrorKind::Provider(_) => IdentityError::Key("key unusable for this token".into()),
+        | ErrorKind::Provider(_) => IdentityError::BadSignature,
         _ => IdentityError::Malformed("rejected by the JWT library"),
     }
 }
 
+/// A claim by name, or by JSON pointer when it starts with `/`.
+fn claim<'a>(claims: &'a Value, name: &str) -> Option<&'a Value> {
+    if name.starts_with('/') {
+        claims.pointer(name)
+    } else {
+        claims.get(name)
+    }
+}
+
 /// Reads the identity, groups and expiry out of verified claims.
-fn identity_from_claims(
-    claims: &Map<String, Value>,
-    rules: &Rules,
-) -> Result<Identity, IdentityError> {
-    let subject = check_subject(&rules.identity_claim, claims.get(&rules.identity_claim))?;
+fn identity_from_claims(claims: &Value, rules: &Rules) -> Result<Identity, IdentityError> {
+    let subject = check_subject(&rules.identity_claim, claim(claims, &rules.identity_claim))?;
 
     let groups_err = |reason| IdentityError::InvalidGroups {
         claim: rules.groups_claim.clone(),
         reason,
     };
-    let groups = match claims.get(&rules.groups_claim) {
+    let groups = match claim(claims, &rules.groups_claim) {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => {
             if items.len() > MAX_GROUPS {
@@ -176,14 +237,7 @@ fn identity_from_claims(
     // jsonwebtoken has checked that `exp` is present and a non-negative
     // number; it may be fractional.
     let exp = match claims.get("exp") {
-        Some(v) => v
-            .as_u64()
-            .or_else(|| {
-                v.as_f64()
-                    .filter(|f| f.is_finite() && *f >= 0.0)
-                    .map(|f| f as u64)
-            })
-            .ok_or(IdentityError::Malformed("exp is not a number"))?,
+        Some(v) => as_seconds(v).ok_or(IdentityError::Malformed("exp is not a number"))?,
         None => return Err(IdentityError::MissingClaim("exp".into())),
     };
     let expires_at = UNIX_EPOCH
@@ -194,10 +248,11 @@ fn identity_from_claims(
         subject,
         groups,
         expires_at,
+        issuer: String::new(),
     })
 }
 
-fn check_subject(claim: &str, value: Option<&Value>) -> Result<String, IdentityError> {
+pub(super) fn check_subject(claim: &str, value: Option<&Value>) -> Result<String, IdentityError> {
     let invalid = |reason| IdentityError::InvalidIdentity {
         claim: claim.to_owned(),
         reason,
@@ -208,14 +263,59 @@ fn check_subject(claim: &str, value: Option<&Value>) -> Result<String, IdentityE
         Some(Value::String(s)) if s.len() > MAX_IDENTITY_BYTES => {
             Err(invalid("longer than 256 bytes"))
         }
-        // Control characters have no business in a name and would garble
-        // text logs.
+        // Control characters (NUL included) have no business in a name and
+        // would garble text logs.
         Some(Value::String(s)) if s.chars().any(char::is_control) => {
             Err(invalid("contains control characters"))
         }
         Some(Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(invalid("not a string")),
     }
+}
+
+/// What `rolemint token --key` puts into a token.
+#[derive(Debug, Clone)]
+pub struct IssueClaims<'a> {
+    pub subject: &'a str,
+    pub groups: &'a [String],
+    pub issuer: Option<&'a str>,
+    pub audience: Option<&'a str>,
+    pub ttl: Duration,
+}
+
+fn claims_map(c: &IssueClaims<'_>, identity_claim: &str, groups_claim: &str) -> Map<String, Value> {
+    let now = unix_now();
+    let mut claims = Map::new();
+    claims.insert("sub".into(), Value::from(c.subject));
+    if let Some(iss) = c.issuer {
+        claims.insert("iss".into(), Value::from(iss));
+    }
+    if let Some(aud) = c.audience {
+        claims.insert("aud".into(), Value::from(aud));
+    }
+    claims.insert("iat".into(), Value::from(now));
+    claims.insert(
+        "exp".into(),
+        Value::from(now.saturating_add(c.ttl.as_secs())),
+    );
+    if !c.groups.is_empty() {
+        claims.insert(groups_claim.to_owned(), Value::from(c.groups.to_vec()));
+    }
+    claims
+        .entry(identity_claim.to_owned())
+        .or_insert_with(|| Value::from(c.subject));
+    claims
+}
+
+fn check_issue(subject: &str, groups: &[String], groups_claim: &str) -> Result<(), IdentityError> {
+    check_subject("sub", Some(&Value::from(subject)))?;
+    if groups.len() > MAX_GROUPS {
+        return Err(IdentityError::InvalidGroups {
+            claim: groups_claim.to_owned(),
+            reason: "more than 256 groups",
+        });
+    }
+    Ok(())
 }
 
 /// Signs `{sub, iss, aud, iat, exp, groups}` with the local HS256 key.
@@ -234,39 +334,39 @@ pub(super) fn issue(
         .as_ref()
         .filter(|s| !s.is_empty())
         .ok_or_else(|| IdentityError::Key("auth.hs256_secret is not set".into()))?;
-    let subject = check_subject(&auth.identity_claim, Some(&Value::from(subject)))?;
-    if groups.len() > MAX_GROUPS {
-        return Err(IdentityError::InvalidGroups {
-            claim: auth.groups_claim.clone(),
-            reason: "more than 256 groups",
-        });
-    }
-
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let mut claims = Map::new();
-    claims.insert("sub".into(), Value::from(subject.clone()));
-    if let Some(iss) = &auth.issuer {
-        claims.insert("iss".into(), Value::from(iss.as_str()));
-    }
-    if let Some(aud) = &auth.audience {
-        claims.insert("aud".into(), Value::from(aud.as_str()));
-    }
-    claims.insert("iat".into(), Value::from(now));
-    claims.insert("exp".into(), Value::from(now.saturating_add(ttl.as_secs())));
-    if !groups.is_empty() {
-        claims.insert(auth.groups_claim.clone(), Value::from(groups.to_vec()));
-    }
-    claims
-        .entry(auth.identity_claim.clone())
-        .or_insert_with(|| Value::from(subject));
-
+    check_issue(subject, groups, &auth.groups_claim)?;
+    let claims = claims_map(
+        &IssueClaims {
+            subject,
+            groups,
+            issuer: auth.issuer.as_deref(),
+            audience: auth.audience.as_deref(),
+            ttl,
+        },
+        &auth.identity_claim,
+        &auth.groups_claim,
+    );
     let key = EncodingKey::from_secret(secret.expose().as_bytes());
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)
         .map(Secret::new)
         .map_err(|_| IdentityError::Key("signing the token failed".into()))
+}
+
+/// Signs with an Ed25519 private key in PKCS#8 PEM.
+pub(super) fn issue_ed25519(
+    key_pem: &str,
+    kid: Option<&str>,
+    c: &IssueClaims<'_>,
+) -> Result<Secret, IdentityError> {
+    check_issue(c.subject, c.groups, "groups")?;
+    let der = super::keys::pem_der(key_pem, "PRIVATE KEY")
+        .ok_or_else(|| IdentityError::Key("not a PKCS#8 PEM private key".into()))?;
+    let key = EncodingKey::from_ed_der(&der);
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, &claims_map(c, "sub", "groups"), &key)
+        .map(Secret::new)
+        .map_err(|_| IdentityError::Key("signing with the Ed25519 key failed".into()))
 }
 
 #[cfg(test)]
@@ -288,6 +388,9 @@ mod tests {
             identity_claim: "sub".into(),
             groups_claim: "groups".into(),
             leeway: Duration::from_secs(30),
+            issuers: vec![],
+            static_tokens: vec![],
+            failure_rate: Default::default(),
         }
     }
 
@@ -445,10 +548,14 @@ mod tests {
     #[test]
     fn garbage_is_malformed() {
         let v = Verifier::from_config(&auth()).unwrap();
-        for token in ["", "garbage", "a.b.c", "...", "eyJhbGciOiJIUzI1NiJ9.!!!.x"] {
+        for token in ["", "a.b.c", "...", "eyJhbGciOiJIUzI1NiJ9.!!!.x"] {
             let err = v.verify(token).unwrap_err();
             assert_eq!(err.reason(), "malformed", "{token:?}: {err}");
         }
+        // Without a dot it is taken for a static token, and no such one
+        // exists.
+        let err = v.verify("garbage").unwrap_err();
+        assert_eq!(err.reason(), "unknown_static_token");
     }
 
     #[test]
@@ -497,7 +604,7 @@ mod tests {
         let dbg = format!("{v:?}");
         assert!(!dbg.contains(SECRET), "{dbg}");
         assert!(!dbg.contains("0123456789abcdef"), "{dbg}");
-        assert!(dbg.contains("hs256_secret"), "{dbg}");
+        assert!(dbg.contains("local"), "{dbg}");
 
         let token = sign(
             Algorithm::HS256,

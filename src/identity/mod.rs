@@ -1,29 +1,50 @@
 //! Who is connecting: an identity token in, an [`Identity`] out.
 //!
-//! The client's password is an identity token (a JWT). A [`Verifier`] holds
-//! the keys it trusts as a list of [`KeySource`]s and the claim rules from
-//! `[auth]`; [`Verifier::verify`] either returns the verified [`Identity`] or
-//! an [`IdentityError`] naming *why* the token was refused. The reason is for
-//! the log and the audit trail only: the client is always told the same
-//! `28P01` (see `error.rs`), because telling which check failed helps an
-//! attacker. No error ever carries the token or any part of it.
+//! The client's password is an identity token: a JWT from one of the
+//! configured issuers, or a static token. A [`Verifier`] holds every issuer
+//! and static token of `[auth]`; [`Verifier::authenticate`] returns the
+//! verified [`Identity`] or an [`IdentityError`] naming *why* the token was
+//! refused. The reason is for the log and the audit trail only: the client is
+//! always told the same `28P01` (see `error.rs`), because telling which check
+//! failed helps an attacker. No error ever carries the token or any part of
+//! it.
 //!
-//! - `jwt.rs`: the JWT rules (jsonwebtoken does the parsing and the
-//!   signature; we pin algorithms, require claims, and read the identity and
-//!   groups claims), and [`issue`] for the local issuer.
+//! - `jwt.rs`: the claim rules (jsonwebtoken does the parsing and the
+//!   signature; we pin algorithms, require claims, read the identity and
+//!   groups claims, JSON pointers included), and signing for `rolemint token`.
+//! - `keys.rs`: verification keys from PEM files and JWKS documents, each
+//!   tagged with its family, curve and `kid`.
+//! - `issuer.rs`: one issuer: its `iss`, its algorithms, its keys.
+//! - `jwks.rs`: JWKS fetched over HTTPS (or found by OIDC discovery),
+//!   cached and refreshed in the background.
+//! - `static_tokens.rs`: tokens known by their SHA-256 only.
+//! - `failures.rs`: failed authentications rate limited per client address.
+//! - `keygen.rs`: Ed25519 key pairs and random tokens for `rolemint keygen`
+//!   and `rolemint token`.
 //!
-//! Only the local issuer's HS256 key exists today. JWKS files/URLs and
-//! RS256 / ES256 / EdDSA public keys slot in as further [`KeySource`]
-//! variants: each names the algorithms it accepts, and `verify` tries the
-//! sources that accept the token's `alg`.
+//! Routing: a token without a `.` is a static token. A JWT is routed by its
+//! (still unverified) `iss` to exactly one issuer, and verified with that
+//! issuer's keys only, so a key of one issuer can never vouch for another's
+//! identities.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::config::AuthConfig;
 use crate::secret::Secret;
 
+mod failures;
+mod issuer;
+mod jwks;
 mod jwt;
+pub mod keygen;
+mod keys;
+mod static_tokens;
+
+pub use failures::FailureLimiter;
 
 /// Longest identity claim accepted, in bytes.
 pub const MAX_IDENTITY_BYTES: usize = 256;
@@ -36,42 +57,55 @@ pub const MAX_GROUP_BYTES: usize = 1024;
 /// A verified identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// The identity claim (`sub` by default).
+    /// The identity claim (`sub` by default), raw as the token has it.
     pub subject: String,
     /// Groups from the groups claim; empty when absent.
     pub groups: Vec<String>,
-    /// The token's `exp`.
+    /// The token's `exp` (far in the future for a static token).
     pub expires_at: SystemTime,
+    /// The issuer entry that vouched for it (`name` of `[[auth.issuers]]`,
+    /// `local`, or `static`), for logs.
+    pub issuer: String,
 }
 
 /// Why a token was refused, or why no verifier could be built.
 ///
-/// Messages name the failed check and, at most, a claim *name*; never the
-/// token, a claim value or a key.
+/// Messages name the failed check and, at most, a claim *name* or an issuer
+/// entry's name; never the token, a claim value or a key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
     /// `exp` is in the past (beyond the leeway).
     #[error("token expired")]
     Expired,
-    /// `nbf` is in the future (beyond the leeway).
-    #[error("token not yet valid (nbf)")]
+    /// `nbf` or `iat` is in the future (beyond the leeway).
+    #[error("token not yet valid (nbf or iat in the future)")]
     NotYetValid,
-    /// The signature does not verify with any configured key.
+    /// `exp - iat` exceeds the issuer's `max_token_lifetime`.
+    #[error("token lifetime exceeds max_token_lifetime")]
+    LifetimeTooLong,
+    /// The signature does not verify with any of the issuer's keys.
     #[error("bad token signature")]
     BadSignature,
-    /// The header's `alg` is not one we accept (`none`, HS512, ...).
+    /// The header's `alg` is not one the issuer accepts (`none`, HS256 for
+    /// an RSA issuer, ...).
     #[error("token algorithm not accepted")]
     WrongAlgorithm,
-    /// `iss` is missing or not the configured issuer.
+    /// No key of the issuer has the token's `kid` (or fits its algorithm).
+    #[error("no key of issuer \"{0}\" matches the token's kid and algorithm")]
+    UnknownKey(String),
+    /// `iss` is missing or names no configured issuer.
     #[error("wrong or missing token issuer")]
     WrongIssuer,
-    /// `aud` is missing or does not contain the configured audience (or is
+    /// `aud` is missing or does not contain a configured audience (or is
     /// present while no audience is configured: RFC 7519 §4.1.3).
     #[error("wrong or missing token audience")]
     WrongAudience,
     /// Not a JWT: bad shape, base64, JSON or claim types.
     #[error("malformed token: {0}")]
     Malformed(&'static str),
+    /// Not a JWT and not the hash of any static token.
+    #[error("unknown static token")]
+    UnknownStaticToken,
     /// A required claim is absent.
     #[error("token lacks the required claim \"{0}\"")]
     MissingClaim(String),
@@ -81,6 +115,9 @@ pub enum IdentityError {
     /// The groups claim is present but unusable.
     #[error("invalid groups claim \"{claim}\": {reason}")]
     InvalidGroups { claim: String, reason: &'static str },
+    /// The client address failed too often lately.
+    #[error("too many failed authentications from this address")]
+    RateLimited,
     /// No usable key is configured, or signing failed.
     #[error("no usable key: {0}")]
     Key(String),
@@ -92,89 +129,196 @@ impl IdentityError {
         match self {
             IdentityError::Expired => "expired",
             IdentityError::NotYetValid => "not_yet_valid",
+            IdentityError::LifetimeTooLong => "lifetime_too_long",
             IdentityError::BadSignature => "bad_signature",
             IdentityError::WrongAlgorithm => "wrong_algorithm",
+            IdentityError::UnknownKey(_) => "unknown_key",
             IdentityError::WrongIssuer => "wrong_issuer",
             IdentityError::WrongAudience => "wrong_audience",
             IdentityError::Malformed(_) => "malformed",
+            IdentityError::UnknownStaticToken => "unknown_static_token",
             IdentityError::MissingClaim(_) => "missing_claim",
             IdentityError::InvalidIdentity { .. } => "invalid_identity",
             IdentityError::InvalidGroups { .. } => "invalid_groups",
+            IdentityError::RateLimited => "rate_limited",
             IdentityError::Key(_) => "key",
         }
     }
 }
 
-/// One place keys come from. Today only the local issuer's shared secret;
-/// JWKS and public keys are future variants.
-enum KeySource {
-    /// `auth.hs256_secret`: the local issuer (`rolemint token`, `rolemint
-    /// dev`). Accepts HS256 only.
-    Hs256(jwt::Hs256Key),
-}
-
-impl KeySource {
-    fn label(&self) -> &'static str {
-        match self {
-            KeySource::Hs256(_) => "hs256_secret",
+/// Checks `[auth]` beyond what serde does: every issuer's key source and
+/// algorithms fit together, static token hashes are well formed. Called by
+/// `Config::validate`, so a bad entry stops `serve` and `check` at once.
+pub fn validate_config(auth: &AuthConfig) -> Result<(), String> {
+    if let Some(secret) = &auth.hs256_secret {
+        if secret.expose().len() < 32 {
+            return Err("auth: hs256_secret must be at least 32 bytes".into());
         }
     }
+    let mut names = std::collections::BTreeSet::new();
+    let mut issuers = std::collections::BTreeSet::new();
+    if auth.hs256_secret.is_some() {
+        issuers.insert(auth.issuer.clone().unwrap_or_default());
+    }
+    for i in &auth.issuers {
+        issuer::validate(i)?;
+        if !names.insert(i.name.as_str()) || i.name == "local" || i.name == "static" {
+            return Err(format!(
+                "auth.issuers: the name \"{}\" is used twice or reserved",
+                i.name
+            ));
+        }
+        if !issuers.insert(i.issuer.clone()) {
+            return Err(format!(
+                "auth.issuers \"{}\": another issuer has the same iss \"{}\"",
+                i.name, i.issuer
+            ));
+        }
+    }
+    static_tokens::validate(&auth.static_tokens)?;
+    let f = &auth.failure_rate;
+    if f.burst == 0 || f.per_minute == 0 || !(1..=10_000_000).contains(&f.max_addresses) {
+        return Err(
+            "auth.failure_rate: burst and per_minute must be at least 1, max_addresses 1..10000000"
+                .into(),
+        );
+    }
+    if auth.hs256_secret.is_none() && auth.issuers.is_empty() && auth.static_tokens.is_empty() {
+        return Err(
+            "auth: no way to authenticate: set hs256_secret (or hs256_secret_file), \
+             [[auth.issuers]] or [[auth.static_tokens]]"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
-/// Checks tokens against the configured issuer keys.
+/// Checks tokens against every configured issuer and static token.
 pub struct Verifier {
-    /// Keys tried in order; a token must verify with one of them.
-    keys: Vec<KeySource>,
-    /// Claim rules shared by every key source: issuer, audience, leeway,
-    /// identity and groups claim names.
-    rules: jwt::Rules,
+    /// The local issuer (flat `[auth]` keys) first, then `[[auth.issuers]]`.
+    issuers: Vec<issuer::Issuer>,
+    statics: static_tokens::StaticTokens,
+    /// Failed authentications per client address.
+    pub failures: FailureLimiter,
+    /// Stops the JWKS refresh tasks when the verifier is dropped.
+    stop: CancellationToken,
 }
 
 impl fmt::Debug for Verifier {
-    // Written by hand so that no key material can ever be formatted, whatever
-    // the key types' own Debug impls do.
+    // Written by hand so that no key material can ever be formatted.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys: Vec<&str> = self.keys.iter().map(KeySource::label).collect();
+        let issuers: Vec<&str> = self.issuers.iter().map(|i| i.name()).collect();
         f.debug_struct("Verifier")
-            .field("keys", &keys)
-            .field("rules", &self.rules)
+            .field("issuers", &issuers)
+            .field("static_tokens", &self.statics.len())
             .finish()
     }
 }
 
+impl Drop for Verifier {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 impl Verifier {
-    /// Builds the verifier from `[auth]`. Fails when no key is configured.
+    /// Builds the verifier from `[auth]`: reads key files, parses JWKS
+    /// files. JWKS URLs start empty; [`Verifier::start_refresh`] fetches
+    /// them. Touches no network.
     pub fn from_config(auth: &AuthConfig) -> Result<Verifier, IdentityError> {
-        let rules = jwt::Rules::from_config(auth);
-        let mut keys = Vec::new();
-        if let Some(secret) = &auth.hs256_secret {
-            keys.push(KeySource::Hs256(jwt::Hs256Key::new(secret, &rules)?));
+        let mut issuers = Vec::new();
+        if let Some(local) = issuer::Issuer::local(auth)? {
+            issuers.push(local);
         }
-        if keys.is_empty() {
+        for config in &auth.issuers {
+            issuers.push(issuer::Issuer::from_config(config, auth.leeway)?);
+        }
+        let statics = static_tokens::StaticTokens::from_config(&auth.static_tokens)
+            .map_err(IdentityError::Key)?;
+        if issuers.is_empty() && statics.len() == 0 {
             return Err(IdentityError::Key(
-                "no token key configured (auth.hs256_secret)".into(),
+                "no token key configured (auth.hs256_secret, [[auth.issuers]] or [[auth.static_tokens]])"
+                    .into(),
             ));
         }
-        Ok(Verifier { keys, rules })
+        Ok(Verifier {
+            issuers,
+            statics,
+            failures: FailureLimiter::new(&auth.failure_rate),
+            stop: CancellationToken::new(),
+        })
     }
 
-    /// Verifies `token` and returns who it names.
-    pub fn verify(&self, token: &str) -> Result<Identity, IdentityError> {
-        let alg = jwt::header_algorithm(token)?;
-        let mut last = IdentityError::WrongAlgorithm;
-        for key in &self.keys {
-            let result = match key {
-                KeySource::Hs256(k) if k.accepts(alg) => k.verify(token, &self.rules),
-                KeySource::Hs256(_) => continue,
-            };
-            match result {
-                // A signature that fails with one key may verify with the
-                // next; any other failure is about the token itself.
-                Err(IdentityError::BadSignature) => last = IdentityError::BadSignature,
-                other => return other,
+    /// Starts one background task per JWKS URL: the first fetch at once
+    /// (retried with backoff while it fails), then one every
+    /// `jwks_refresh`. The tasks end when the verifier is dropped. Needs a
+    /// tokio runtime.
+    pub fn start_refresh(&self) {
+        for issuer in &self.issuers {
+            if let Some(remote) = issuer.remote() {
+                tokio::spawn(jwks::RemoteJwks::run(remote, self.stop.clone()));
             }
         }
-        Err(last)
+    }
+
+    /// Verifies `token` with the keys at hand, without any network.
+    pub fn verify(&self, token: &str) -> Result<Identity, IdentityError> {
+        if token.is_empty() {
+            return Err(IdentityError::Malformed("empty token"));
+        }
+        if !token.contains('.') {
+            return self.statics.verify(token);
+        }
+        let issuer = self.route(token)?;
+        issuer.verify(token)
+    }
+
+    /// Verifies `token` as a session does: like [`Verifier::verify`], but
+    /// a token whose `kid` the issuer's JWKS does not know yet triggers one
+    /// refresh of that JWKS (at most one per 30 s per issuer), for a key
+    /// rotated in since the last fetch.
+    pub async fn authenticate(&self, token: &str) -> Result<Identity, IdentityError> {
+        match self.verify(token) {
+            Err(IdentityError::UnknownKey(name)) => {
+                let remote = self
+                    .issuers
+                    .iter()
+                    .find(|i| i.name() == name)
+                    .and_then(|i| i.remote());
+                match remote {
+                    Some(remote) if remote.refresh_for_unknown_kid().await => self.verify(token),
+                    _ => Err(IdentityError::UnknownKey(name)),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// [`Verifier::authenticate`] for a client at `peer`, rate limited: an
+    /// address with too many recent failures is refused without looking at
+    /// the token, and every failure is counted against its address only.
+    pub async fn authenticate_from(
+        &self,
+        peer: IpAddr,
+        token: &str,
+    ) -> Result<Identity, IdentityError> {
+        if !self.failures.may_try(peer) {
+            return Err(IdentityError::RateLimited);
+        }
+        let result = self.authenticate(token).await;
+        if result.is_err() {
+            self.failures.failed(peer);
+        }
+        result
+    }
+
+    /// The issuer a JWT names in its (unverified) `iss`.
+    fn route(&self, token: &str) -> Result<&issuer::Issuer, IdentityError> {
+        let iss = jwt::peek_issuer(token)?;
+        self.issuers
+            .iter()
+            .find(|i| i.accepts_iss(iss.as_deref()))
+            .ok_or(IdentityError::WrongIssuer)
     }
 }
 
@@ -187,3 +331,16 @@ pub fn issue(
 ) -> Result<Secret, IdentityError> {
     jwt::issue(auth, subject, groups, ttl)
 }
+
+/// Signs a token with an Ed25519 private key (PKCS#8 PEM, as `rolemint
+/// keygen` writes it), for an issuer configured with its public key or
+/// JWKS. `kid` goes into the header when given.
+pub fn issue_ed25519(
+    key_pem: &str,
+    kid: Option<&str>,
+    claims: &jwt::IssueClaims<'_>,
+) -> Result<Secret, IdentityError> {
+    jwt::issue_ed25519(key_pem, kid, claims)
+}
+
+pub use jwt::IssueClaims;

@@ -492,7 +492,7 @@ impl Minter {
         let expires_at = UNIX_EPOCH + Duration::from_secs(now.saturating_add(req.ttl.as_secs()));
         let expiration = rfc3339(expires_at);
 
-        let statements = template::render(
+        let mut statements = template::render(
             &req.template.creation_statements,
             &template::Values {
                 name: &name,
@@ -500,6 +500,12 @@ impl Minter {
                 expiration: Some(&expiration),
             },
         )?;
+        // The template's session_settings (claims for row-level security
+        // and audit), in the same transaction as the role itself.
+        let settings =
+            crate::policy::session_settings(req.template_name, req.template, req.identity)
+                .map_err(MintError::Config)?;
+        statements.extend(sql::role_settings(&name, &settings).map_err(MintError::Config)?);
         let comment = LeaseComment {
             lease_id: req.lease_id.to_owned(),
             identity: req.identity.subject.clone(),

@@ -135,6 +135,26 @@ pub fn mint_batch(
     sql
 }
 
+/// `ALTER ROLE role SET name = 'value'` for each session setting. Names
+/// must pass `policy::is_setting_name` (a dotted lower-case custom setting,
+/// which needs no quoting); values go through `escape_literal`, so no claim
+/// text reaches SQL unescaped.
+pub fn role_settings(role: &str, settings: &[(String, String)]) -> Result<Vec<String>, String> {
+    settings
+        .iter()
+        .map(|(name, value)| {
+            if !crate::policy::is_setting_name(name) {
+                return Err(format!("session setting name {name:?} refused"));
+            }
+            Ok(format!(
+                "ALTER ROLE {} SET {name} = {}",
+                escape_identifier(role),
+                escape_literal(value)
+            ))
+        })
+        .collect()
+}
+
 /// Moves a role's `VALID UNTIL` and rewrites its lease comment, in one
 /// transaction, for a managed role only (the same guard as revocation:
 /// raises [`NOT_MANAGED_SQLSTATE`] for a foreign role, and `undefined_object`
@@ -239,6 +259,28 @@ mod tests {
             .unwrap();
         assert!(comment_line.contains(" E'{"), "{comment_line}");
         assert!(comment_line.contains("o''brien"), "{comment_line}");
+    }
+
+    #[test]
+    fn role_settings_escape_values_and_refuse_odd_names() {
+        let sql = role_settings(
+            "v-a-b",
+            &[(
+                "rolemint.identity".into(),
+                "o'brien\\\"; DROP ROLE x; --".into(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(sql.len(), 1);
+        assert!(
+            sql[0].starts_with("ALTER ROLE \"v-a-b\" SET rolemint.identity = "),
+            "{}",
+            sql[0]
+        );
+        // One literal: the quote doubled, the backslash making it E''.
+        assert!(sql[0].contains("o''brien"), "{}", sql[0]);
+        assert!(role_settings("r", &[("role".into(), "x".into())]).is_err());
+        assert!(role_settings("r", &[("a.b; DROP".into(), "x".into())]).is_err());
     }
 
     #[test]

@@ -97,21 +97,36 @@ async fn session(
         Ok(Err((error, detail))) => return refuse_with(stream, error, peer, &detail).await,
         Err(_) => return tracing::debug!(%peer, "timed out waiting for the token"),
     };
-    let identity = match shared.verifier.verify(token.expose()) {
+    // Every reason gets the same 28P01; the reason goes to the log only.
+    let verified = shared
+        .verifier
+        .authenticate_from(peer.ip(), token.expose())
+        .await;
+    drop(token);
+    let identity = match verified {
         Ok(identity) => identity,
         Err(reason) => {
-            let detail = format!("template={template} database={database}: {reason}");
+            let detail = format!(
+                "template={template} database={database}: reason={}: {reason}",
+                reason.reason()
+            );
             return refuse_with(stream, ClientError::BadToken, peer, &detail).await;
         }
     };
-    drop(token);
     let grant = match crate::policy::authorize(config, &identity, template, database) {
         Ok(grant) => grant,
-        Err(error) => {
-            let detail = format!("identity={}", identity.subject);
-            return refuse_with(stream, error, peer, &detail).await;
+        Err(refusal) => {
+            let detail = format!(
+                "identity={:?} issuer={} template={template}: {}",
+                identity.subject, identity.issuer, refusal.rule
+            );
+            return refuse_with(stream, refusal.error, peer, &detail).await;
         }
     };
+    tracing::debug!(
+        identity = ?identity.subject, issuer = %identity.issuer, template,
+        rule = %grant.rule, "policy allowed"
+    );
 
     let started = Instant::now();
     let lease_id = lease::new_lease_id(LeaseKind::Session, grant.template_name);
