@@ -9,7 +9,8 @@
 //!
 //! Follow one connection from `main.rs`:
 //!
-//! - [`cli`]: the command line (`serve`, `dev`, `token`, `check`).
+//! - [`cli`]: the command line (`serve`, `dev`, `token`, `check`, `leases`,
+//!   `health`).
 //! - [`config`]: the TOML config, its defaults and validation.
 //! - [`server`]: the accept loop, the connection limit, graceful shutdown,
 //!   and [`server::Shared`], what every session shares.
@@ -24,6 +25,13 @@
 //!   connection pool, and the SQL that creates and drops roles.
 //! - [`lease`]: live leases, their deadlines, revocation with retry.
 //! - [`cancel`]: rolemint's cancel keys mapped to the backends'.
+//! - [`admin`]: the admin HTTP listener: `/healthz`, `/readyz`, `/metrics`
+//!   and the lease API in Vault's shape, over a [`admin::leases::LeaseDirectory`].
+//! - [`metrics`]: every Prometheus metric, described once, and the typed
+//!   functions that record them.
+//! - [`audit`]: the JSON-lines audit log of every decision and lease event.
+//! - [`leases_cli`]: `rolemint leases ...` and `rolemint health`, clients
+//!   of the admin API.
 //! - [`tls`]: rustls for clients and the backend, and the stream type.
 //! - [`error`]: what a client may be told, with its SQLSTATE.
 //! - [`secret`]: a string that never prints.
@@ -34,6 +42,8 @@
 //! - [`dev`]: `rolemint dev`.
 //! - [`signal`]: SIGTERM / Ctrl-C.
 
+pub mod admin;
+pub mod audit;
 pub mod cancel;
 pub mod check;
 pub mod cli;
@@ -42,7 +52,9 @@ pub mod dev;
 pub mod error;
 pub mod identity;
 pub mod lease;
+pub mod leases_cli;
 pub mod logging;
+pub mod metrics;
 pub mod mint;
 pub mod pgcluster;
 pub mod policy;

@@ -54,6 +54,10 @@ pub struct Shared {
 pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
+    /// The admin HTTP listener, when `[admin] listen` is set.
+    admin: Option<crate::admin::AdminListener>,
+    /// The audit log (`[audit] path`), shared with the admin API.
+    audit: crate::audit::Audit,
 }
 
 impl Server {
@@ -79,6 +83,7 @@ impl Server {
         let listener = TcpListener::bind(config.proxy.listen)
             .await
             .with_context(|| format!("binding {}", config.proxy.listen))?;
+        let (admin, audit) = crate::admin::wiring::bind(&config).await?;
         let shared = Arc::new(Shared {
             config,
             client_tls,
@@ -89,7 +94,12 @@ impl Server {
             cancels: Arc::new(CancelMap::default()),
             shutdown: CancellationToken::new(),
         });
-        Ok(Server { shared, listener })
+        Ok(Server {
+            shared,
+            listener,
+            admin,
+            audit,
+        })
     }
 
     /// The address actually bound (port 0 resolves here).
@@ -99,6 +109,16 @@ impl Server {
             .unwrap_or(self.shared.config.proxy.listen)
     }
 
+    /// The admin listener's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr())
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> crate::audit::Audit {
+        self.audit.clone()
+    }
+
     /// The shared state, for tests and the admin API.
     pub fn shared(&self) -> Arc<Shared> {
         Arc::clone(&self.shared)
@@ -106,7 +126,13 @@ impl Server {
 
     /// Serves until `shutdown` is cancelled, then drains and revokes.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Server { shared, listener } = self;
+        let Server {
+            shared,
+            listener,
+            admin,
+            audit,
+        } = self;
+        let admin = crate::admin::wiring::start(admin, &shared, audit, &shutdown);
         let sessions = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(shared.config.proxy.max_connections));
         let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
@@ -176,6 +202,7 @@ impl Server {
         }
         expiry_stop.cancel();
         let _ = expiry.await;
+        admin.stop().await;
         tracing::info!("rolemint stopped");
         Ok(())
     }

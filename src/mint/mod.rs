@@ -307,6 +307,15 @@ impl Minter {
         Ok(())
     }
 
+    /// Proves an admin connection to `database` works now: a pooled one
+    /// (discarded if it broke) or a new one, and a `SELECT 1` on it. For
+    /// the admin listener's `/readyz`.
+    pub async fn ping(&self, database: &str) -> Result<(), MintError> {
+        let mut conn = self.pool.get(database).await?;
+        conn.batch("SELECT 1").await?;
+        Ok(())
+    }
+
     /// Creates the role for one session. See the module doc.
     pub async fn mint(&self, req: &MintRequest<'_>) -> Result<MintedRole, MintError> {
         let (minted, batch) = self.render(req, sql::Finish::Commit)?;
