@@ -179,14 +179,19 @@ pub fn renewal(
     increment: Duration,
 ) -> Result<(SystemTime, Duration), LeaseApiError> {
     let cap = issue_time + max_ttl;
-    if expire_time >= cap || now >= cap {
+    // Within a second of the cap counts as at it: expiries are whole
+    // seconds (VALID UNTIL), so a capped lease may sit a fraction below.
+    let at_cap = cap
+        .duration_since(expire_time)
+        .map_or(true, |left| left < Duration::from_secs(1));
+    if at_cap || now >= cap {
         return Err(LeaseApiError::PastMaxTtl);
     }
-    let wanted = now + increment;
-    let new_expiry = wanted.min(cap);
-    // Whole seconds, as VALID UNTIL keeps them.
-    let granted = Duration::from_secs(new_expiry.duration_since(now).unwrap_or_default().as_secs());
-    Ok((now + granted, granted))
+    if now + increment >= cap {
+        let granted = cap.duration_since(now).unwrap_or_default();
+        return Ok((cap, Duration::from_secs(granted.as_secs())));
+    }
+    Ok((now + increment, increment))
 }
 
 /// The leases rolemint knows, wherever they live. Implemented over the

@@ -24,6 +24,9 @@ pub mod memory;
 pub mod vault;
 pub mod wiring;
 
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
