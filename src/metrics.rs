@@ -123,6 +123,13 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// Makes sure the recorder is installed before a metric is recorded:
+/// whatever records first (a session, a test) must not record into the
+/// no-op recorder `metrics` starts with.
+fn installed() {
+    handle();
+}
+
 /// The Prometheus text exposition of every metric.
 pub fn render() -> String {
     let h = handle();
@@ -205,100 +212,121 @@ impl Direction {
 }
 
 pub fn connection(result: ConnectionResult) {
+    installed();
     metrics::counter!(CONNECTIONS, "result" => result.as_str()).increment(1);
 }
 
 /// `reason` is a fixed word (`bad_token`, `expired`, `not_allowed`, ...),
 /// never the verifier's message: that may quote a claim.
 pub fn auth(ok: bool, reason: &'static str) {
+    installed();
     let result = if ok { "ok" } else { "failed" };
     metrics::counter!(AUTH, "result" => result, "reason" => reason).increment(1);
 }
 
 pub fn mint_duration(d: Duration) {
+    installed();
     metrics::histogram!(MINT_DURATION).record(d.as_secs_f64());
 }
 
 pub fn backend_login_duration(d: Duration) {
+    installed();
     metrics::histogram!(BACKEND_LOGIN_DURATION).record(d.as_secs_f64());
 }
 
 pub fn connect_duration(d: Duration) {
+    installed();
     metrics::histogram!(CONNECT_DURATION).record(d.as_secs_f64());
 }
 
 /// A session was spliced; `template` is a configured template name.
 pub fn session_started(template: &str) {
+    installed();
     metrics::gauge!(SESSIONS_ACTIVE, "template" => template.to_owned()).increment(1.0);
 }
 
 pub fn session_ended(template: &str) {
+    installed();
     metrics::gauge!(SESSIONS_ACTIVE, "template" => template.to_owned()).decrement(1.0);
 }
 
 pub fn revocation(result: Outcome) {
+    installed();
     metrics::counter!(REVOCATIONS, "result" => result.as_str()).increment(1);
 }
 
 /// Pending revocations and the age of the oldest.
 pub fn set_revocations_pending(n: usize, oldest: Duration) {
+    installed();
     metrics::gauge!(REVOCATIONS_PENDING).set(n as f64);
     metrics::gauge!(REVOCATION_OLDEST_PENDING).set(oldest.as_secs_f64());
 }
 
 pub fn roles_retained(n: usize) {
+    installed();
     metrics::gauge!(ROLES_RETAINED).set(n as f64);
 }
 
 pub fn reaper_run() {
+    installed();
     metrics::counter!(REAPER_RUNS).increment(1);
 }
 
 pub fn roles_reaped(n: u64) {
+    installed();
     metrics::counter!(ROLES_REAPED).increment(n);
 }
 
 /// `result`: `forwarded`, `unknown` or `failed`.
 pub fn cancel_request(result: &'static str) {
+    installed();
     metrics::counter!(CANCEL_REQUESTS, "result" => result).increment(1);
 }
 
 pub fn relay_bytes(direction: Direction, n: u64) {
+    installed();
     metrics::counter!(RELAY_BYTES, "direction" => direction.as_str()).increment(n);
 }
 
 /// Admin connections of a configured database; `state` is `idle` or `busy`.
 pub fn admin_pool(database: &str, state: &'static str, n: usize) {
+    installed();
     metrics::gauge!(ADMIN_POOL_CONNECTIONS, "database" => database.to_owned(), "state" => state)
         .set(n as f64);
 }
 
 pub fn managed_roles(n: u64) {
+    installed();
     metrics::gauge!(MANAGED_ROLES).set(n as f64);
 }
 
 pub fn config_reload(ok: bool) {
+    installed();
     let result = if ok { "ok" } else { "failed" };
     metrics::counter!(CONFIG_RELOADS, "result" => result).increment(1);
 }
 
 /// Sets `rolemint_build_info{version}` (done by [`handle`] too).
 pub fn build_info() {
+    installed();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 /// One admin HTTP request; `route` is the matched route template
 /// (`/v1/sys/leases/lookup/{*prefix}`), never the raw path.
 pub fn admin_request(route: &str, status: u16) {
+    installed();
     metrics::counter!(ADMIN_REQUESTS, "route" => route.to_owned(), "status" => status.to_string())
         .increment(1);
 }
 
 pub fn audit_line_dropped() {
+    installed();
     metrics::counter!(AUDIT_LINES_DROPPED).increment(1);
 }
 
 pub fn audit_write_error() {
+    installed();
     metrics::counter!(AUDIT_WRITE_ERRORS).increment(1);
 }
 
