@@ -1,4 +1,4 @@
-//! The command line: `serve`, `dev`, `token`, `check`.
+//! The command line: `serve`, `dev`, `token`, `check`, `leases`, `health`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,13 +39,18 @@ pub enum Command {
         #[arg(long, default_value = "alice")]
         sub: String,
     },
-    /// Print a token signed by the config's local issuer key.
+    /// Print a token signed by the config's local issuer key; with
+    /// `--operator`, a random operator token and its SHA-256 for
+    /// `[admin] operator_token_sha256`.
     Token {
-        #[arg(long, short, env = "ROLEMINT_CONFIG")]
-        config: PathBuf,
+        #[arg(long, short, env = "ROLEMINT_CONFIG", required_unless_present = "operator")]
+        config: Option<PathBuf>,
         /// The identity (`sub` claim).
-        #[arg(long)]
-        sub: String,
+        #[arg(long, required_unless_present = "operator")]
+        sub: Option<String>,
+        /// Make an operator token for the admin API instead.
+        #[arg(long, conflicts_with_all = ["sub", "groups"])]
+        operator: bool,
         /// Groups, comma separated.
         #[arg(long, value_delimiter = ',')]
         groups: Vec<String>,
@@ -58,5 +63,19 @@ pub enum Command {
     Check {
         #[arg(long, short, env = "ROLEMINT_CONFIG")]
         config: PathBuf,
+    },
+    /// List, look up, renew and revoke leases through the admin API.
+    Leases(crate::leases_cli::LeasesArgs),
+    /// Probe the admin listener: exit 0 when /healthz (or /readyz) is 200
+    /// (the container HEALTHCHECK).
+    Health {
+        #[command(flatten)]
+        api: crate::leases_cli::ApiArgs,
+        /// Probe /readyz instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+        /// Accept any certificate (a probe over loopback sends no token).
+        #[arg(long)]
+        insecure: bool,
     },
 }

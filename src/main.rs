@@ -51,12 +51,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Token { operator: true, .. } => {
+            let token = rolemint::admin::auth::new_operator_token().context("making a token")?;
+            println!("# [admin] operator_token_sha256 (put this in the config):");
+            println!(
+                "# {}",
+                rolemint::admin::auth::sha256_hex(token.expose())
+            );
+            println!("# the operator token (ROLEMINT_TOKEN; shown once, stored nowhere):");
+            println!("{}", token.expose());
+            Ok(())
+        }
         Command::Token {
             config,
             sub,
             groups,
             ttl,
+            ..
         } => {
+            let (Some(config), Some(sub)) = (config, sub) else {
+                anyhow::bail!("--config and --sub are required");
+            };
             let config = Config::load(&config)?;
             let token = rolemint::identity::issue(&config.auth, &sub, &groups, ttl)
                 .context("signing the token")?;
@@ -69,6 +84,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("config: ok");
             rolemint::check::run(&config).await
         }
+        Command::Leases(args) => rolemint::leases_cli::run(args).await,
+        Command::Health {
+            api,
+            ready,
+            insecure,
+        } => rolemint::leases_cli::health(api, ready, insecure).await,
     }
 }
 

@@ -25,18 +25,16 @@ use super::{AdminState, BoxFuture};
 pub trait Probe: Send + Sync + 'static {
     /// `Err` carries a short reason for the log.
     fn ping<'a>(&'a self, database: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// Members of `rolemint_managed` now, for `rolemint_managed_roles`.
+    fn managed_roles(&self) -> BoxFuture<'_, Result<u64, String>>;
 }
 
 impl Probe for crate::mint::Minter {
     fn ping<'a>(&'a self, database: &'a str) -> BoxFuture<'a, Result<(), String>> {
-        self.ping_boxed(database)
-    }
-}
-
-impl crate::mint::Minter {
-    /// [`crate::mint::Minter::ping`] as a boxed future with a printable error.
-    pub fn ping_boxed<'a>(&'a self, database: &'a str) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move { self.ping(database).await.map_err(|e| e.to_string()) })
+    }
+    fn managed_roles(&self) -> BoxFuture<'_, Result<u64, String>> {
+        Box::pin(async move { self.managed_role_count().await.map_err(|e| e.to_string()) })
     }
 }
 
@@ -87,7 +85,15 @@ pub async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     .into_response()
 }
 
-pub async fn metrics() -> Response {
+/// Also refreshes the gauges measured at scrape time
+/// (`rolemint_managed_roles`): one catalog query per scrape, bounded by the
+/// readiness timeout, and left at its last value when it fails.
+pub async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    match tokio::time::timeout(state.ready_timeout, state.probe.managed_roles()).await {
+        Ok(Ok(n)) => crate::metrics::managed_roles(n),
+        Ok(Err(e)) => tracing::warn!("counting managed roles: {e}"),
+        Err(_) => tracing::warn!("counting managed roles: timed out"),
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         crate::metrics::render(),

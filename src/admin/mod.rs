@@ -311,9 +311,15 @@ impl AdminListener {
             return Ok(None);
         };
         let tls = match (&a.tls_cert, &a.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                crate::tls::server_config(cert, key).map_err(|e| AdminError::Tls(e.to_string()))?,
-            ),
+            (Some(cert), Some(key)) => {
+                let proxy = crate::tls::server_config(cert, key)
+                    .map_err(|e| AdminError::Tls(e.to_string()))?;
+                // The proxy's config offers only ALPN "postgresql"; an HTTPS
+                // client offering "http/1.1" would be refused by it.
+                let mut http = (*proxy).clone();
+                http.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(Arc::new(http))
+            }
             _ => None,
         };
         AdminListener::bind(addr, tls, a.max_connections)

@@ -28,6 +28,9 @@ impl Probe for FakeProbe {
             }
         })
     }
+    fn managed_roles(&self) -> BoxFuture<'_, Result<u64, String>> {
+        Box::pin(async { Ok(7) })
+    }
 }
 
 struct Api {
@@ -158,7 +161,9 @@ async fn health_readiness_and_metrics_need_no_token() {
     let (s, ct, body) = api.call("GET", "/metrics", None, None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
-    assert!(body.as_str().unwrap().contains("rolemint_build_info"), "{body}");
+    let text = body.as_str().unwrap();
+    assert!(text.contains("rolemint_build_info"), "{text}");
+    assert!(text.contains("rolemint_managed_roles 7"), "{text}");
     // Probes are not audited.
     assert!(api.audit_lines().is_empty());
 }

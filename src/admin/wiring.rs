@@ -84,6 +84,9 @@ struct SharedProbe(Arc<Shared>);
 
 impl Probe for SharedProbe {
     fn ping<'a>(&'a self, database: &'a str) -> BoxFuture<'a, Result<(), String>> {
-        self.0.minter.ping_boxed(database)
+        Probe::ping(&self.0.minter, database)
+    }
+    fn managed_roles(&self) -> BoxFuture<'_, Result<u64, String>> {
+        Probe::managed_roles(&self.0.minter)
     }
 }

@@ -316,6 +316,28 @@ impl Minter {
         Ok(())
     }
 
+    /// How many roles are members of `rolemint_managed` now: the
+    /// `rolemint_managed_roles` gauge, which shows a catalog that grows
+    /// (revocations failing, the reaper not keeping up).
+    pub async fn managed_role_count(&self) -> Result<u64, MintError> {
+        let mut conn = self.pool.get(&self.admin_database).await?;
+        let sql = format!(
+            "SELECT pg_catalog.count(*) FROM pg_catalog.pg_auth_members m \
+             JOIN pg_catalog.pg_roles g ON g.oid = m.roleid WHERE g.rolname = {}",
+            postgres_protocol::escape::escape_literal(MARKER_ROLE)
+        );
+        let rows = conn.batch(&sql).await?;
+        rows.iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => row.get(0).and_then(|n| n.parse().ok()),
+                _ => None,
+            })
+            .ok_or_else(|| MintError::Backend {
+                database: self.admin_database.clone(),
+                message: "counting managed roles returned no number".into(),
+            })
+    }
+
     /// Creates the role for one session. See the module doc.
     pub async fn mint(&self, req: &MintRequest<'_>) -> Result<MintedRole, MintError> {
         let (minted, batch) = self.render(req, sql::Finish::Commit)?;
