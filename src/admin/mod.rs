@@ -212,7 +212,8 @@ async fn observe(
     };
     let status = response.status().as_u16();
     crate::metrics::admin_request(&route, status);
-    if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
+    let probe = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
+    if probe && (method == Method::GET || method == Method::HEAD) {
         return response;
     }
     let event = Event::AdminRequest {

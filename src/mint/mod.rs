@@ -318,12 +318,15 @@ impl Minter {
 
     /// How many roles are members of `rolemint_managed` now: the
     /// `rolemint_managed_roles` gauge, which shows a catalog that grows
-    /// (revocations failing, the reaper not keeping up).
+    /// (revocations failing, the reaper not keeping up). Members holding
+    /// ADMIN OPTION are the admin role itself (PostgreSQL 16 grants a
+    /// created role to its creator that way), never a minted role.
     pub async fn managed_role_count(&self) -> Result<u64, MintError> {
         let mut conn = self.pool.get(&self.admin_database).await?;
         let sql = format!(
             "SELECT pg_catalog.count(*) FROM pg_catalog.pg_auth_members m \
-             JOIN pg_catalog.pg_roles g ON g.oid = m.roleid WHERE g.rolname = {}",
+             JOIN pg_catalog.pg_roles g ON g.oid = m.roleid \
+             WHERE g.rolname = {} AND NOT m.admin_option",
             postgres_protocol::escape::escape_literal(MARKER_ROLE)
         );
         let rows = conn.batch(&sql).await?;
