@@ -101,6 +101,8 @@ pub struct AdminConfig {
     /// Hex SHA-256 of the operators' bearer token; unset: the lease API
     /// answers 403 to everyone.
     pub operator_token_sha256: Option<String>,
+    /// The same hash, read from a file (a mounted Secret).
+    pub operator_token_sha256_file: Option<PathBuf>,
     /// Longest an admin request may take before it is answered 503.
     #[serde(default = "default_admin_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -120,6 +122,7 @@ impl Default for AdminConfig {
             tls_key: None,
             allow_plaintext: false,
             operator_token_sha256: None,
+            operator_token_sha256_file: None,
             request_timeout: default_admin_request_timeout(),
             max_body_bytes: default_admin_max_body_bytes(),
             max_connections: default_admin_max_connections(),
@@ -397,6 +400,18 @@ impl Config {
         if let Some(file) = &a.hs256_secret_file {
             a.hs256_secret = Some(read_secret_file(file)?);
         }
+
+        rebase(&mut self.admin.operator_token_sha256_file);
+        let admin = &mut self.admin;
+        if let Some(file) = &admin.operator_token_sha256_file {
+            if admin.operator_token_sha256.is_some() {
+                return Err(invalid(
+                    "admin: set only one of operator_token_sha256, operator_token_sha256_file",
+                ));
+            }
+            let hash = read_secret_file(file)?;
+            admin.operator_token_sha256 = Some(hash.expose().trim().to_owned());
+        }
         Ok(())
     }
 
@@ -658,6 +673,12 @@ creation_statements = [
         assert_eq!(c.mint.scram_iterations, default_scram_iterations());
         assert_eq!(c.mint.name_template, default_name_template());
         assert!(c.roles.contains_key("readonly") && c.roles.contains_key("readwrite"));
+        // The example's operator token hash is that of "change-me".
+        let hash = c.admin.operator_token_sha256.as_deref().unwrap();
+        assert_eq!(hash, crate::admin::auth::sha256_hex("change-me"));
+        assert_eq!(c.admin.request_timeout, default_admin_request_timeout());
+        assert_eq!(c.admin.max_body_bytes, default_admin_max_body_bytes());
+        assert_eq!(c.admin.max_connections, default_admin_max_connections());
     }
 
     #[test]
