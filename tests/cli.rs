@@ -181,7 +181,8 @@ fn dev_prints_working_command_lines_and_cleans_up_on_ctrl_c() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut psql_line = None;
     let mut pgbench_line = None;
-    while psql_line.is_none() || pgbench_line.is_none() {
+    let (mut admin_addr, mut admin_token) = (None, None);
+    while psql_line.is_none() || pgbench_line.is_none() || admin_addr.is_none() || admin_token.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx
             .recv_timeout(left)
@@ -191,6 +192,10 @@ fn dev_prints_working_command_lines_and_cleans_up_on_ctrl_c() {
             psql_line = Some(line);
         } else if line.contains("pgbench ") {
             pgbench_line = Some(line);
+        } else if let Some(addr) = line.strip_prefix("export ROLEMINT_ADDR=") {
+            admin_addr = Some(addr.to_owned());
+        } else if let Some(token) = line.strip_prefix("export ROLEMINT_TOKEN=") {
+            admin_token = Some(token.to_owned());
         }
     }
     let psql_line = psql_line.unwrap();
@@ -205,6 +210,29 @@ fn dev_prints_working_command_lines_and_cleans_up_on_ctrl_c() {
     // The pgbench line too, shortened.
     let text = shell(&pgbench_line.replace("-T 10", "-T 2"));
     assert!(text.contains("tps = "), "{text}");
+
+    // The admin listener is on, and the printed operator token is accepted.
+    let (admin_addr, admin_token) = (admin_addr.unwrap(), admin_token.unwrap());
+    let health = Command::new(ROLEMINT)
+        .args(["health", "--ready", "--addr", &admin_addr])
+        .output()
+        .unwrap();
+    assert!(health.status.success(), "{}", String::from_utf8_lossy(&health.stderr));
+    let leases = Command::new(ROLEMINT)
+        .args(["leases", "list"])
+        .env("ROLEMINT_ADDR", &admin_addr)
+        .env("ROLEMINT_TOKEN", &admin_token)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&leases.stderr);
+    assert!(!stderr.contains("permission denied"), "{stderr}");
+    let refused = Command::new(ROLEMINT)
+        .args(["leases", "list"])
+        .env("ROLEMINT_ADDR", &admin_addr)
+        .env("ROLEMINT_TOKEN", "not-the-token")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("permission denied"));
 
     // Ctrl-C: everything it started stops.
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
