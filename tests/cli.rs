@@ -122,6 +122,38 @@ creation_statements = [
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("broken.toml"));
+
+    // [admin] and [audit]: a listener with an operator hash passes; an audit
+    // file in a directory that does not exist fails, by name.
+    let admin_dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\noperator_token_sha256 = \"{}\"\n\n[audit]\npath = \"missing/audit.jsonl\"\n",
+        "ab".repeat(32)
+    );
+    let config = write_config(admin_dir.path(), &cluster, &demo, &extra);
+    let out = Command::new(ROLEMINT)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("ok    admin listener: http://127.0.0.1:0 (loopback)"), "{stdout}");
+    assert!(stdout.contains("ok    admin operator token: SHA-256 configured"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  audit log: ") && stdout.contains("missing/audit.jsonl: directory"),
+        "{stdout}"
+    );
+    std::fs::create_dir(admin_dir.path().join("missing")).unwrap();
+    let out = Command::new(ROLEMINT)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("audit.jsonl is writable"), "{stdout}");
+    assert!(!admin_dir.path().join("missing/audit.jsonl").exists(), "check created the audit file");
 }
 
 /// Runs a pasted command line with `sh -c`; its stdout, after checking it
