@@ -401,7 +401,10 @@ mod tests {
 
     #[test]
     fn lines_carry_time_and_event_name() {
-        let line = format_line(&revoked("database/sessions/readonly/a"), SystemTime::UNIX_EPOCH);
+        let line = format_line(
+            &revoked("database/sessions/readonly/a"),
+            SystemTime::UNIX_EPOCH,
+        );
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
         assert_eq!(v["event"], "lease.revoked");
@@ -413,17 +416,77 @@ mod tests {
     #[test]
     fn every_event_serializes_under_its_name() {
         let events = [
-            Event::ConnectionRefused { client_addr: "a".into(), reason: "r".into() },
-            Event::AuthFailed { reason: "r".into(), issuer: None, identity: None, client_addr: "a".into(), template: "t".into(), database: "d".into() },
-            Event::AuthOk { identity: "i".into(), issuer: Some("iss".into()), client_addr: "a".into(), template: "t".into(), database: "d".into() },
-            Event::LeaseMinted { lease_id: "l".into(), role: "r".into(), identity: "i".into(), groups: vec![], template: "t".into(), database: "d".into(), expire_time: "e".into(), client_addr: None },
-            Event::SessionEnded { lease_id: "l".into(), role: "r".into(), identity: "i".into(), reason: "client".into(), duration_seconds: 1.5, bytes_in: 1, bytes_out: 2 },
-            Event::LeaseRenewed { lease_id: "l".into(), role: "r".into(), expire_time: "e".into(), capped: true, caller: "operator".into() },
+            Event::ConnectionRefused {
+                client_addr: "a".into(),
+                reason: "r".into(),
+            },
+            Event::AuthFailed {
+                reason: "r".into(),
+                issuer: None,
+                identity: None,
+                client_addr: "a".into(),
+                template: "t".into(),
+                database: "d".into(),
+            },
+            Event::AuthOk {
+                identity: "i".into(),
+                issuer: Some("iss".into()),
+                client_addr: "a".into(),
+                template: "t".into(),
+                database: "d".into(),
+            },
+            Event::LeaseMinted {
+                lease_id: "l".into(),
+                role: "r".into(),
+                identity: "i".into(),
+                groups: vec![],
+                template: "t".into(),
+                database: "d".into(),
+                expire_time: "e".into(),
+                client_addr: None,
+            },
+            Event::SessionEnded {
+                lease_id: "l".into(),
+                role: "r".into(),
+                identity: "i".into(),
+                reason: "client".into(),
+                duration_seconds: 1.5,
+                bytes_in: 1,
+                bytes_out: 2,
+            },
+            Event::LeaseRenewed {
+                lease_id: "l".into(),
+                role: "r".into(),
+                expire_time: "e".into(),
+                capped: true,
+                caller: "operator".into(),
+            },
             revoked("l"),
-            Event::LeaseRevokeFailed { lease_id: "l".into(), role: "r".into(), attempt: 2, error: "e".into(), retrying: true },
-            Event::LeaseRetained { lease_id: "l".into(), role: "r".into(), detail: "owner of table t".into() },
-            Event::LeaseReaped { lease_id: None, role: "r".into(), reason: "expired".into(), instance: None },
-            Event::AdminRequest { method: "GET".into(), path: "/healthz".into(), status: 200, caller: "anonymous".into(), client_addr: "a".into() },
+            Event::LeaseRevokeFailed {
+                lease_id: "l".into(),
+                role: "r".into(),
+                attempt: 2,
+                error: "e".into(),
+                retrying: true,
+            },
+            Event::LeaseRetained {
+                lease_id: "l".into(),
+                role: "r".into(),
+                detail: "owner of table t".into(),
+            },
+            Event::LeaseReaped {
+                lease_id: None,
+                role: "r".into(),
+                reason: "expired".into(),
+                instance: None,
+            },
+            Event::AdminRequest {
+                method: "GET".into(),
+                path: "/healthz".into(),
+                status: 200,
+                caller: "anonymous".into(),
+                client_addr: "a".into(),
+            },
         ];
         for e in &events {
             let v: serde_json::Value =
@@ -452,7 +515,10 @@ mod tests {
         audit.record_durable(revoked("three")).await.unwrap();
         let old = std::fs::read_to_string(&rotated).unwrap();
         let new = std::fs::read_to_string(&path).unwrap();
-        assert!(old.contains("\"two\"") && !old.contains("\"three\""), "{old}");
+        assert!(
+            old.contains("\"two\"") && !old.contains("\"three\""),
+            "{old}"
+        );
         assert_eq!(new.lines().count(), 1, "{new}");
         assert!(new.contains("\"three\""));
     }
@@ -469,6 +535,9 @@ mod tests {
     #[test]
     fn an_unwritable_path_is_an_error() {
         let err = Audit::open(Target::File("/nonexistent-dir/audit.jsonl".into())).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent-dir/audit.jsonl"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent-dir/audit.jsonl"),
+            "{err}"
+        );
     }
 }

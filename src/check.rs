@@ -134,7 +134,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
 fn check_admin(config: &Config, report: &mut Report) {
     let a = &config.admin;
     let Some(listen) = a.listen else {
-        report.warn("admin listener: off (no [admin] listen): no /healthz, /readyz, /metrics or lease API");
+        report.warn(
+            "admin listener: off (no [admin] listen): no /healthz, /readyz, /metrics or lease API",
+        );
         return;
     };
     match (&a.tls_cert, &a.tls_key) {

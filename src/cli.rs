@@ -43,7 +43,12 @@ pub enum Command {
     /// `--operator`, a random operator token and its SHA-256 for
     /// `[admin] operator_token_sha256`.
     Token {
-        #[arg(long, short, env = "ROLEMINT_CONFIG", required_unless_present = "operator")]
+        #[arg(
+            long,
+            short,
+            env = "ROLEMINT_CONFIG",
+            required_unless_present = "operator"
+        )]
         config: Option<PathBuf>,
         /// The identity (`sub` claim).
         #[arg(long, required_unless_present = "operator")]

@@ -743,7 +743,11 @@ creation_statements = [
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rolemint.toml");
-        std::fs::write(&path, format!("{EXAMPLE}\n[audit]\npath = \"audit.jsonl\"\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("{EXAMPLE}\n[audit]\npath = \"audit.jsonl\"\n"),
+        )
+        .unwrap();
         let c = Config::load(&path).unwrap();
         assert_eq!(c.audit.path.unwrap(), dir.path().join("audit.jsonl"));
         std::fs::write(&path, format!("{EXAMPLE}\n[audit]\npath = \"stdout\"\n")).unwrap();

@@ -139,8 +139,8 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let port = pick_port(args.port)?;
     let admin_port = pick_port(if args.port == 0 { 0 } else { ADMIN_PORT })?;
-    let operator_token =
-        crate::admin::auth::new_operator_token().map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+    let operator_token = crate::admin::auth::new_operator_token()
+        .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
     let admin = DevAdmin {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port)),
         operator_token_sha256: crate::admin::auth::sha256_hex(operator_token.expose()),

@@ -98,7 +98,11 @@ pub async fn run(args: LeasesArgs) -> anyhow::Result<()> {
             database,
         } => {
             let mut query = Vec::new();
-            for (k, v) in [("identity", identity), ("template", template), ("database", database)] {
+            for (k, v) in [
+                ("identity", identity),
+                ("template", template),
+                ("database", database),
+            ] {
                 if let Some(v) = v {
                     query.push((k, v.as_str()));
                 }
@@ -108,7 +112,11 @@ pub async fn run(args: LeasesArgs) -> anyhow::Result<()> {
         }
         LeasesCommand::Lookup { lease_id } => {
             let body = api
-                .send(Method::PUT, "/v1/sys/leases/lookup", json!({ "lease_id": lease_id }))
+                .send(
+                    Method::PUT,
+                    "/v1/sys/leases/lookup",
+                    json!({ "lease_id": lease_id }),
+                )
                 .await?;
             Output::new(args.json, body, |b| lease_details(&b["data"]))
         }
@@ -127,26 +135,49 @@ pub async fn run(args: LeasesArgs) -> anyhow::Result<()> {
                 eprintln!("warning: {}", w.as_str().unwrap_or_default());
             }
             Output::new(args.json, body, |b| {
-                format!("renewed {} for {}s\n", b["lease_id"].as_str().unwrap_or(""), b["lease_duration"])
+                format!(
+                    "renewed {} for {}s\n",
+                    b["lease_id"].as_str().unwrap_or(""),
+                    b["lease_duration"]
+                )
             })
         }
         LeasesCommand::Revoke { lease_id, no_wait } => {
             let body = api
-                .send(Method::PUT, "/v1/sys/leases/revoke", json!({ "lease_id": lease_id, "sync": !no_wait }))
+                .send(
+                    Method::PUT,
+                    "/v1/sys/leases/revoke",
+                    json!({ "lease_id": lease_id, "sync": !no_wait }),
+                )
                 .await?;
-            let verb = if *no_wait { "revocation started" } else { "revoked" };
+            let verb = if *no_wait {
+                "revocation started"
+            } else {
+                "revoked"
+            };
             Output::new(args.json, body, |_| format!("{verb}: {lease_id}\n"))
         }
         LeasesCommand::RevokePrefix { prefix } => {
-            let path = format!("/v1/sys/leases/revoke-prefix/{}", prefix.trim_start_matches('/'));
+            let path = format!(
+                "/v1/sys/leases/revoke-prefix/{}",
+                prefix.trim_start_matches('/')
+            );
             let body = api.send(Method::PUT, &path, json!({})).await?;
-            Output::new(args.json, body, |_| format!("revoked every lease under {prefix}\n"))
+            Output::new(args.json, body, |_| {
+                format!("revoked every lease under {prefix}\n")
+            })
         }
         LeasesCommand::RevokeIdentity { identity } => {
             let body = api
-                .send(Method::PUT, "/v1/rolemint/leases/revoke", json!({ "identity": identity }))
+                .send(
+                    Method::PUT,
+                    "/v1/rolemint/leases/revoke",
+                    json!({ "identity": identity }),
+                )
                 .await?;
-            Output::new(args.json, body, |b| format!("revoked {} lease(s) of {identity}\n", b["revoked"]))
+            Output::new(args.json, body, |b| {
+                format!("revoked {} lease(s) of {identity}\n", b["revoked"])
+            })
         }
     };
     print!("{}", out.0);
@@ -177,7 +208,10 @@ struct Output(String);
 impl Output {
     fn new(json: bool, body: Value, table: impl FnOnce(&Value) -> String) -> Output {
         if json {
-            Output(format!("{}\n", serde_json::to_string_pretty(&body).unwrap_or_default()))
+            Output(format!(
+                "{}\n",
+                serde_json::to_string_pretty(&body).unwrap_or_default()
+            ))
         } else {
             Output(table(&body))
         }
@@ -201,7 +235,10 @@ impl Api {
     }
 
     async fn send(&self, method: Method, path: &str, body: Value) -> anyhow::Result<Value> {
-        let req = self.http.request(method, format!("{}{path}", self.base)).json(&body);
+        let req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .json(&body);
         self.finish(req).await
     }
 
@@ -249,10 +286,20 @@ fn lease_table(leases: &Value) -> String {
                 Value::Null => "-".into(),
                 v => v.to_string(),
             };
-            [s("id"), s("identity"), s("template"), s("database"), format!("{}s", s("ttl")), s("expire_time")]
+            [
+                s("id"),
+                s("identity"),
+                s("template"),
+                s("database"),
+                format!("{}s", s("ttl")),
+                s("expire_time"),
+            ]
         })
         .collect();
-    let header = ["LEASE ID", "IDENTITY", "TEMPLATE", "DATABASE", "TTL", "EXPIRES"].map(String::from);
+    let header = [
+        "LEASE ID", "IDENTITY", "TEMPLATE", "DATABASE", "TTL", "EXPIRES",
+    ]
+    .map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -322,20 +369,29 @@ fn base_url(api: &ApiArgs) -> anyhow::Result<String> {
 }
 
 fn addr_from_config(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let doc: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let admin = doc.get("admin").and_then(|a| a.as_table());
     let listen = admin
         .and_then(|a| a.get("listen"))
         .and_then(|l| l.as_str())
         .with_context(|| format!("{}: no [admin] listen", path.display()))?;
-    let mut addr: std::net::SocketAddr = listen
-        .parse()
-        .with_context(|| format!("{}: [admin] listen = {listen:?} is not an address", path.display()))?;
+    let mut addr: std::net::SocketAddr = listen.parse().with_context(|| {
+        format!(
+            "{}: [admin] listen = {listen:?} is not an address",
+            path.display()
+        )
+    })?;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let scheme = if admin.is_some_and(|a| a.contains_key("tls_cert")) { "https" } else { "http" };
+    let scheme = if admin.is_some_and(|a| a.contains_key("tls_cert")) {
+        "https"
+    } else {
+        "http"
+    };
     Ok(format!("{scheme}://{addr}"))
 }
 
@@ -350,14 +406,30 @@ mod tests {
             config,
             ca_cert: None,
         };
-        assert_eq!(base_url(&args(Some("127.0.0.1:8200/"), None)).unwrap(), "http://127.0.0.1:8200");
-        assert_eq!(base_url(&args(Some("https://h:1"), None)).unwrap(), "https://h:1");
+        assert_eq!(
+            base_url(&args(Some("127.0.0.1:8200/"), None)).unwrap(),
+            "http://127.0.0.1:8200"
+        );
+        assert_eq!(
+            base_url(&args(Some("https://h:1"), None)).unwrap(),
+            "https://h:1"
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[admin]\nlisten = \"0.0.0.0:8201\"\ntls_cert = \"c.pem\"\n").unwrap();
-        assert_eq!(base_url(&args(None, Some(path.clone()))).unwrap(), "https://127.0.0.1:8201");
+        std::fs::write(
+            &path,
+            "[admin]\nlisten = \"0.0.0.0:8201\"\ntls_cert = \"c.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            base_url(&args(None, Some(path.clone()))).unwrap(),
+            "https://127.0.0.1:8201"
+        );
         std::fs::write(&path, "[proxy]\n").unwrap();
-        assert!(base_url(&args(None, Some(path))).unwrap_err().to_string().contains("no [admin] listen"));
+        assert!(base_url(&args(None, Some(path)))
+            .unwrap_err()
+            .to_string()
+            .contains("no [admin] listen"));
         assert!(base_url(&args(None, None)).is_err());
     }
 

@@ -357,7 +357,12 @@ mod tests {
                 "{}",
                 m.name
             );
-            assert_eq!(m.kind == Kind::Counter, m.name.ends_with("_total"), "{}", m.name);
+            assert_eq!(
+                m.kind == Kind::Counter,
+                m.name.ends_with("_total"),
+                "{}",
+                m.name
+            );
             if m.unit == Some(Unit::Seconds) {
                 assert!(m.name.ends_with("_seconds"), "{}", m.name);
             }
@@ -371,8 +376,14 @@ mod tests {
         mint_duration(Duration::from_millis(2));
         let text = render();
         assert!(text.contains("# HELP rolemint_connections_total"), "{text}");
-        assert!(text.contains("rolemint_connections_total{result=\"ok\"}"), "{text}");
-        assert!(text.contains("rolemint_mint_duration_seconds_bucket{le=\"0.0025\"}"), "{text}");
+        assert!(
+            text.contains("rolemint_connections_total{result=\"ok\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rolemint_mint_duration_seconds_bucket{le=\"0.0025\"}"),
+            "{text}"
+        );
         assert!(text.contains("rolemint_build_info{version=\""), "{text}");
     }
 

@@ -138,8 +138,14 @@ creation_statements = [
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
-    assert!(stdout.contains("ok    admin listener: http://127.0.0.1:0 (loopback)"), "{stdout}");
-    assert!(stdout.contains("ok    admin operator token: SHA-256 configured"), "{stdout}");
+    assert!(
+        stdout.contains("ok    admin listener: http://127.0.0.1:0 (loopback)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok    admin operator token: SHA-256 configured"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("FAIL  audit log: ") && stdout.contains("missing/audit.jsonl: directory"),
         "{stdout}"
@@ -153,7 +159,10 @@ creation_statements = [
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("audit.jsonl is writable"), "{stdout}");
-    assert!(!admin_dir.path().join("missing/audit.jsonl").exists(), "check created the audit file");
+    assert!(
+        !admin_dir.path().join("missing/audit.jsonl").exists(),
+        "check created the audit file"
+    );
 }
 
 /// Runs a pasted command line with `sh -c`; its stdout, after checking it
@@ -214,7 +223,11 @@ fn dev_prints_working_command_lines_and_cleans_up_on_ctrl_c() {
     let mut psql_line = None;
     let mut pgbench_line = None;
     let (mut admin_addr, mut admin_token) = (None, None);
-    while psql_line.is_none() || pgbench_line.is_none() || admin_addr.is_none() || admin_token.is_none() {
+    while psql_line.is_none()
+        || pgbench_line.is_none()
+        || admin_addr.is_none()
+        || admin_token.is_none()
+    {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx
             .recv_timeout(left)
@@ -249,7 +262,11 @@ fn dev_prints_working_command_lines_and_cleans_up_on_ctrl_c() {
         .args(["health", "--ready", "--addr", &admin_addr])
         .output()
         .unwrap();
-    assert!(health.status.success(), "{}", String::from_utf8_lossy(&health.stderr));
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
     let leases = Command::new(ROLEMINT)
         .args(["leases", "list"])
         .env("ROLEMINT_ADDR", &admin_addr)

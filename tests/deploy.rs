@@ -19,7 +19,11 @@ fn manifests() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 6, "manifests in {}: {files:?}", dir.display());
+    assert!(
+        files.len() >= 6,
+        "manifests in {}: {files:?}",
+        dir.display()
+    );
     files
 }
 
@@ -35,7 +39,10 @@ fn documents(text: &str) -> Vec<String> {
         }
     }
     docs.into_iter()
-        .filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+        .filter(|d| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
         .collect()
 }
 
@@ -61,13 +68,21 @@ fn every_manifest_names_its_api_version_kind_and_name() {
     let mut kinds = Vec::new();
     for file in manifests() {
         let text = std::fs::read_to_string(&file).unwrap();
-        assert!(!text.contains('\t'), "{}: tabs are not YAML indentation", file.display());
+        assert!(
+            !text.contains('\t'),
+            "{}: tabs are not YAML indentation",
+            file.display()
+        );
         for doc in documents(&text) {
             let at = file.display();
-            let api = top_level(&doc, "apiVersion").unwrap_or_else(|| panic!("{at}: no apiVersion"));
+            let api =
+                top_level(&doc, "apiVersion").unwrap_or_else(|| panic!("{at}: no apiVersion"));
             let kind = top_level(&doc, "kind").unwrap_or_else(|| panic!("{at}: no kind"));
             let name = metadata_name(&doc).unwrap_or_else(|| panic!("{at}: no metadata.name"));
-            assert!(!api.is_empty() && !kind.is_empty() && !name.is_empty(), "{at}");
+            assert!(
+                !api.is_empty() && !kind.is_empty() && !name.is_empty(),
+                "{at}"
+            );
             kinds.push(kind.to_owned());
         }
     }
@@ -80,7 +95,10 @@ fn every_manifest_names_its_api_version_kind_and_name() {
         "PodDisruptionBudget",
         "ServiceAccount",
     ] {
-        assert!(kinds.iter().any(|k| k == wanted), "no {wanted} in {kinds:?}");
+        assert!(
+            kinds.iter().any(|k| k == wanted),
+            "no {wanted} in {kinds:?}"
+        );
     }
 }
 
@@ -93,7 +111,10 @@ fn every_manifest_parses_as_yaml() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_yaml {
-        assert!(required.is_none(), "{python} cannot import yaml (ROLEMINT_TEST_PYTHON is set)");
+        assert!(
+            required.is_none(),
+            "{python} cannot import yaml (ROLEMINT_TEST_PYTHON is set)"
+        );
         eprintln!("no PyYAML: manifests checked structurally only");
         return;
     }
@@ -172,11 +193,15 @@ fn the_dashboard_charts_exactly_the_exported_metrics() {
     exprs(&dashboard, &mut all);
     let used: Vec<String> = all.iter().flat_map(|e| metric_names(e)).collect();
     for name in &used {
-        assert!(rolemint::metrics::is_described(name), "the dashboard uses {name}, which rolemint does not export");
+        assert!(
+            rolemint::metrics::is_described(name),
+            "the dashboard uses {name}, which rolemint does not export"
+        );
     }
     for m in rolemint::metrics::ALL {
         assert!(
-            used.iter().any(|u| u == m.name || u.strip_suffix("_bucket") == Some(m.name)),
+            used.iter()
+                .any(|u| u == m.name || u.strip_suffix("_bucket") == Some(m.name)),
             "the dashboard has no panel for {}",
             m.name
         );
@@ -194,6 +219,11 @@ fn the_image_checks_its_own_health() {
         .collect::<Vec<_>>()
         .join(" ");
     assert!(check.contains("CMD [\"rolemint\", \"health\""), "{check}");
-    let compose = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/docker.toml")).unwrap();
-    assert!(compose.contains("[admin]"), "the image's HEALTHCHECK needs [admin] listen in config/docker.toml");
+    let compose =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/docker.toml"))
+            .unwrap();
+    assert!(
+        compose.contains("[admin]"),
+        "the image's HEALTHCHECK needs [admin] listen in config/docker.toml"
+    );
 }

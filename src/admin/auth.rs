@@ -167,7 +167,10 @@ mod tests {
         assert!(!op.matches("s3creT"));
         let ok = |h: HeaderMap| authenticate(Some(&op), &h);
         assert_eq!(ok(headers("x-vault-token", "s3cret")), Ok(Caller::Operator));
-        assert_eq!(ok(headers("authorization", "Bearer s3cret")), Ok(Caller::Operator));
+        assert_eq!(
+            ok(headers("authorization", "Bearer s3cret")),
+            Ok(Caller::Operator)
+        );
         let denied = ok(headers("authorization", "Basic s3cret")).unwrap_err();
         assert_eq!(denied.status, axum::http::StatusCode::FORBIDDEN);
         assert!(ok(HeaderMap::new()).is_err());
@@ -182,12 +185,18 @@ mod tests {
         );
         assert!(OperatorToken::from_hex("zz").is_none());
         assert!(OperatorToken::from_hex(&"g".repeat(64)).is_none());
-        assert_eq!(format!("{:?}", OperatorToken::from_hex(&sha256_hex("x")).unwrap()), "OperatorToken(***)");
+        assert_eq!(
+            format!("{:?}", OperatorToken::from_hex(&sha256_hex("x")).unwrap()),
+            "OperatorToken(***)"
+        );
     }
 
     #[test]
     fn workloads_act_on_their_own_leases_only() {
-        let w = Caller::Workload { identity: "alice".into(), issuer: None };
+        let w = Caller::Workload {
+            identity: "alice".into(),
+            issuer: None,
+        };
         assert!(w.may_act_on("alice") && !w.may_act_on("bob"));
         assert!(w.require_operator().is_err());
         assert!(Caller::Operator.may_act_on("bob"));

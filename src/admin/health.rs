@@ -44,8 +44,11 @@ pub async fn healthz() -> Response {
 
 pub async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     if state.shutdown.is_cancelled() {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down: draining sessions")
-            .into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down: draining sessions",
+        )
+        .into_response();
     }
     let mut checks = tokio::task::JoinSet::new();
     for database in state.databases.iter().cloned() {
@@ -95,7 +98,10 @@ pub async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
         Err(_) => tracing::warn!("counting managed roles: timed out"),
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         crate::metrics::render(),
     )
         .into_response()

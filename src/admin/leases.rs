@@ -211,7 +211,12 @@ pub trait LeaseDirectory: Send + Sync + 'static {
     /// such lease.
     fn revoke(&self, lease_id: String, by: RevokedBy, sync: bool) -> DirFuture<'_, bool>;
     /// Revokes every lease matching `filter`; how many.
-    fn revoke_matching(&self, filter: LeaseFilter, by: RevokedBy, sync: bool) -> DirFuture<'_, usize>;
+    fn revoke_matching(
+        &self,
+        filter: LeaseFilter,
+        by: RevokedBy,
+        sync: bool,
+    ) -> DirFuture<'_, usize>;
 }
 
 /// A directory that answers 503: the listener runs (health, metrics) but
@@ -290,7 +295,11 @@ pub async fn lookup_prefix(
     list_keys(&state, &headers, &prefix).await
 }
 
-async fn list_keys(state: &AdminState, headers: &HeaderMap, prefix: &str) -> Result<Response, ApiError> {
+async fn list_keys(
+    state: &AdminState,
+    headers: &HeaderMap,
+    prefix: &str,
+) -> Result<Response, ApiError> {
     let caller = state.authenticate(headers)?;
     let prefix = match prefix {
         "" => String::new(),
@@ -476,7 +485,10 @@ async fn revoke_lease(
         Err(e) => return Err(e),
         Ok(_) => {}
     }
-    state.directory.revoke(id, RevokedBy::Operator, sync).await?;
+    state
+        .directory
+        .revoke(id, RevokedBy::Operator, sync)
+        .await?;
     Ok(no_content(sync))
 }
 
@@ -637,9 +649,18 @@ mod tests {
             let b: RenewBody = serde_json::from_str(j).unwrap();
             increment(b.increment)
         };
-        assert_eq!(parse(r#"{"increment": 60}"#), Ok(Some(Duration::from_secs(60))));
-        assert_eq!(parse(r#"{"increment": "90"}"#), Ok(Some(Duration::from_secs(90))));
-        assert_eq!(parse(r#"{"increment": "1h"}"#), Ok(Some(Duration::from_secs(3600))));
+        assert_eq!(
+            parse(r#"{"increment": 60}"#),
+            Ok(Some(Duration::from_secs(60)))
+        );
+        assert_eq!(
+            parse(r#"{"increment": "90"}"#),
+            Ok(Some(Duration::from_secs(90)))
+        );
+        assert_eq!(
+            parse(r#"{"increment": "1h"}"#),
+            Ok(Some(Duration::from_secs(3600)))
+        );
         assert_eq!(parse(r#"{"increment": null}"#), Ok(None));
         assert_eq!(parse(r#"{}"#), Ok(None));
         assert!(parse(r#"{"increment": "soon"}"#).is_err());

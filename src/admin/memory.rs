@@ -7,8 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use super::leases::{
-    renewal, DirFuture, LeaseApiError, LeaseDirectory, LeaseFilter, LeaseView, Renewed,
-    MAX_LISTED,
+    renewal, DirFuture, LeaseApiError, LeaseDirectory, LeaseFilter, LeaseView, Renewed, MAX_LISTED,
 };
 use crate::audit::RevokedBy;
 
@@ -133,7 +132,12 @@ impl LeaseDirectory for MemoryDirectory {
         Box::pin(async move { Ok(found) })
     }
 
-    fn revoke_matching(&self, filter: LeaseFilter, by: RevokedBy, _sync: bool) -> DirFuture<'_, usize> {
+    fn revoke_matching(
+        &self,
+        filter: LeaseFilter,
+        by: RevokedBy,
+        _sync: bool,
+    ) -> DirFuture<'_, usize> {
         let mut n = 0;
         for e in self.lock().values_mut() {
             if e.revoked_by.is_none() && filter.matches(&e.view) {

@@ -125,10 +125,16 @@ impl AdminState {
 
     /// Writes an audit line before the action it reports is acknowledged.
     async fn audit_durable(&self, event: Event) -> Result<(), ApiError> {
-        self.audit.record_durable(event).await.map_err(|e: AuditError| {
-            tracing::error!("audit: {e}");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot write the audit log")
-        })
+        self.audit
+            .record_durable(event)
+            .await
+            .map_err(|e: AuditError| {
+                tracing::error!("audit: {e}");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot write the audit log",
+                )
+            })
     }
 }
 
@@ -156,9 +162,15 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/sys/leases/lookup/", any(lookup_root))
         .route("/v1/sys/leases/lookup/{*prefix}", any(lookup_prefix))
         .route("/v1/sys/leases/renew", post(renew).put(renew))
-        .route("/v1/sys/leases/renew/{*lease_id}", post(renew_path).put(renew_path))
+        .route(
+            "/v1/sys/leases/renew/{*lease_id}",
+            post(renew_path).put(renew_path),
+        )
         .route("/v1/sys/leases/revoke", post(revoke).put(revoke))
-        .route("/v1/sys/leases/revoke/{*lease_id}", post(revoke_path).put(revoke_path))
+        .route(
+            "/v1/sys/leases/revoke/{*lease_id}",
+            post(revoke_path).put(revoke_path),
+        )
         .route(
             "/v1/sys/leases/revoke-prefix/{*prefix}",
             post(revoke_prefix).put(revoke_prefix),
@@ -171,7 +183,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), observe))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            observe,
+        ))
         .with_state(state)
 }
 
@@ -199,7 +214,12 @@ async fn observe(
     next: Next,
 ) -> Response {
     let method = request.method().clone();
-    let path: String = request.uri().path().chars().take(MAX_AUDITED_PATH).collect();
+    let path: String = request
+        .uri()
+        .path()
+        .chars()
+        .take(MAX_AUDITED_PATH)
+        .collect();
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -208,7 +228,9 @@ async fn observe(
     let caller = caller_label(&state, request.headers());
     let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "request timed out").into_response(),
+        Err(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "request timed out").into_response()
+        }
     };
     let status = response.status().as_u16();
     crate::metrics::admin_request(&route, status);
@@ -294,7 +316,9 @@ impl AdminListener {
         let tcp = TcpListener::bind(addr)
             .await
             .map_err(|source| AdminError::Bind { addr, source })?;
-        let local = tcp.local_addr().map_err(|source| AdminError::Bind { addr, source })?;
+        let local = tcp
+            .local_addr()
+            .map_err(|source| AdminError::Bind { addr, source })?;
         let (tx, ready) = mpsc::channel(64);
         let limit = Arc::new(Semaphore::new(max_connections.max(1)));
         let acceptor = tokio::spawn(accept_loop(tcp, tls.map(TlsAcceptor::from), limit, tx));
@@ -370,7 +394,8 @@ async fn accept_loop(
             Some(acceptor) => {
                 let (acceptor, ready) = (acceptor.clone(), ready.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
                         Ok(Ok(tls)) => {
                             let io = AdminIo {
                                 stream: Stream::Tls(Box::new(tls)),

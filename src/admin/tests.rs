@@ -113,10 +113,17 @@ async fn start(databases: &[&str]) -> Api {
 }
 
 impl Api {
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, String, Value) {
-        let mut req = self
-            .http
-            .request(Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{path}", self.base));
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, String, Value) {
+        let mut req = self.http.request(
+            Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{}{path}", self.base),
+        );
         if let Some(t) = token {
             req = req.header("X-Vault-Token", t);
         }
@@ -131,11 +138,20 @@ impl Api {
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
         let text = resp.text().await.unwrap();
-        let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, ctype, json)
     }
 
-    async fn op(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, String, Value) {
+    async fn op(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, String, Value) {
         self.call(method, path, Some(TOKEN), body).await
     }
 
@@ -173,30 +189,67 @@ async fn readiness_names_the_failing_database_and_fails_at_once_on_shutdown() {
     let api = start(&["appdb", "down"]).await;
     let (s, ct, body) = api.call("GET", "/readyz", None, None).await;
     assert_eq!((s, ct.as_str()), (StatusCode::SERVICE_UNAVAILABLE, JSON));
-    assert_eq!(body, json!({"errors": ["database \"down\": admin connection failed"]}));
+    assert_eq!(
+        body,
+        json!({"errors": ["database \"down\": admin connection failed"]})
+    );
 
     let api = start(&["appdb"]).await;
     api.shutdown.cancel();
     let (s, _, body) = api.call("GET", "/readyz", None, None).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(body["errors"][0].as_str().unwrap().contains("shutting down"), "{body}");
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("shutting down"),
+        "{body}"
+    );
     // The listener itself still serves during the drain.
-    assert_eq!(api.call("GET", "/healthz", None, None).await.0, StatusCode::OK);
+    assert_eq!(
+        api.call("GET", "/healthz", None, None).await.0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn unknown_paths_methods_and_tokens_answer_errors_json() {
     let api = start(&["appdb"]).await;
     let (s, ct, body) = api.op("GET", "/v1/nothing/here", None).await;
-    assert_eq!((s, ct.as_str(), body), (StatusCode::NOT_FOUND, JSON, json!({"errors": ["unknown path"]})));
+    assert_eq!(
+        (s, ct.as_str(), body),
+        (
+            StatusCode::NOT_FOUND,
+            JSON,
+            json!({"errors": ["unknown path"]})
+        )
+    );
     let (s, ct, body) = api.op("GET", "/v1/sys/leases/renew", None).await;
-    assert_eq!((s, ct.as_str(), body), (StatusCode::METHOD_NOT_ALLOWED, JSON, json!({"errors": ["unsupported operation"]})));
-    let (s, ct, _) = api.op("DELETE", "/v1/sys/leases/lookup/database/", None).await;
+    assert_eq!(
+        (s, ct.as_str(), body),
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            JSON,
+            json!({"errors": ["unsupported operation"]})
+        )
+    );
+    let (s, ct, _) = api
+        .op("DELETE", "/v1/sys/leases/lookup/database/", None)
+        .await;
     assert_eq!((s, ct.as_str()), (StatusCode::METHOD_NOT_ALLOWED, JSON));
 
     for token in [None, Some("wrong")] {
-        let (s, ct, body) = api.call("LIST", "/v1/sys/leases/lookup/database/", token, None).await;
-        assert_eq!((s, ct.as_str(), body), (StatusCode::FORBIDDEN, JSON, json!({"errors": ["permission denied"]})));
+        let (s, ct, body) = api
+            .call("LIST", "/v1/sys/leases/lookup/database/", token, None)
+            .await;
+        assert_eq!(
+            (s, ct.as_str(), body),
+            (
+                StatusCode::FORBIDDEN,
+                JSON,
+                json!({"errors": ["permission denied"]})
+            )
+        );
     }
     // Bearer works as well as X-Vault-Token.
     let resp = api
@@ -211,7 +264,11 @@ async fn unknown_paths_methods_and_tokens_answer_errors_json() {
     // A body past max_body_bytes, and one that is not JSON.
     let big = json!({"lease_id": "x".repeat(8192)});
     let (s, ct, body) = api.op("PUT", "/v1/sys/leases/lookup", Some(big)).await;
-    assert_eq!((s, ct.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, JSON), "{body}");
+    assert_eq!(
+        (s, ct.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, JSON),
+        "{body}"
+    );
     let resp = api
         .http
         .put(format!("{}/v1/sys/leases/lookup", api.base))
@@ -224,30 +281,63 @@ async fn unknown_paths_methods_and_tokens_answer_errors_json() {
 
     // Every refused request is audited with who asked.
     let lines = api.audit_lines();
-    let denied = lines.iter().find(|l| l["status"] == 403 && l["caller"] == "invalid-token");
+    let denied = lines
+        .iter()
+        .find(|l| l["status"] == 403 && l["caller"] == "invalid-token");
     assert!(denied.is_some(), "{lines:?}");
     assert!(lines.iter().all(|l| l["event"] == "admin.request"));
-    assert!(!std::fs::read_to_string(&api.audit_path).unwrap().contains(TOKEN));
+    assert!(!std::fs::read_to_string(&api.audit_path)
+        .unwrap()
+        .contains(TOKEN));
 }
 
 #[tokio::test]
 async fn list_answers_the_next_path_segment_with_list_or_get() {
     let api = start(&["appdb"]).await;
-    let (s, ct, body) = api.op("LIST", "/v1/sys/leases/lookup/database/sessions/", None).await;
+    let (s, ct, body) = api
+        .op("LIST", "/v1/sys/leases/lookup/database/sessions/", None)
+        .await;
     assert_eq!((s, ct.as_str()), (StatusCode::OK, JSON));
     assert_eq!(body["data"]["keys"], json!(["readonly/", "readwrite/"]));
-    for key in ["request_id", "lease_id", "renewable", "lease_duration", "wrap_info", "warnings", "auth"] {
+    for key in [
+        "request_id",
+        "lease_id",
+        "renewable",
+        "lease_duration",
+        "wrap_info",
+        "warnings",
+        "auth",
+    ] {
         assert!(body.get(key).is_some(), "envelope lacks {key}: {body}");
     }
-    let (s, _, body) = api.op("GET", "/v1/sys/leases/lookup/database/sessions/readonly?list=true", None).await;
+    let (s, _, body) = api
+        .op(
+            "GET",
+            "/v1/sys/leases/lookup/database/sessions/readonly?list=true",
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(body["data"]["keys"], json!(["aaaa", "bbbb"]));
     let (s, _, body) = api.op("LIST", "/v1/sys/leases/lookup/", None).await;
-    assert_eq!((s, &body["data"]["keys"]), (StatusCode::OK, &json!(["database/"])));
-    let (s, ct, body) = api.op("LIST", "/v1/sys/leases/lookup/database/creds/", None).await;
-    assert_eq!((s, ct.as_str(), body), (StatusCode::NOT_FOUND, JSON, json!({"errors": []})));
+    assert_eq!(
+        (s, &body["data"]["keys"]),
+        (StatusCode::OK, &json!(["database/"]))
+    );
+    let (s, ct, body) = api
+        .op("LIST", "/v1/sys/leases/lookup/database/creds/", None)
+        .await;
+    assert_eq!(
+        (s, ct.as_str(), body),
+        (StatusCode::NOT_FOUND, JSON, json!({"errors": []}))
+    );
     // GET without list=true on a prefix is not a lookup.
-    assert_eq!(api.op("GET", "/v1/sys/leases/lookup/database/", None).await.0, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        api.op("GET", "/v1/sys/leases/lookup/database/", None)
+            .await
+            .0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
 }
 
 #[tokio::test]
@@ -255,7 +345,13 @@ async fn lookup_shows_vault_fields_and_rolemints_own() {
     let api = start(&["appdb"]).await;
     let id = "database/sessions/readonly/aaaa";
     for method in ["PUT", "POST"] {
-        let (s, ct, body) = api.op(method, "/v1/sys/leases/lookup", Some(json!({"lease_id": id}))).await;
+        let (s, ct, body) = api
+            .op(
+                method,
+                "/v1/sys/leases/lookup",
+                Some(json!({"lease_id": id})),
+            )
+            .await;
         assert_eq!((s, ct.as_str()), (StatusCode::OK, JSON));
         let data = &body["data"];
         assert_eq!(data["id"], id);
@@ -266,21 +362,56 @@ async fn lookup_shows_vault_fields_and_rolemints_own() {
         assert_eq!(data["kind"], "session");
         assert!(data["ttl"].as_u64().unwrap() > 3500);
         assert!(data["expire_time"].as_str().unwrap().ends_with('Z'));
-        for key in ["issue_time", "role", "database", "client_addr", "bytes_in", "bytes_out", "instance"] {
+        for key in [
+            "issue_time",
+            "role",
+            "database",
+            "client_addr",
+            "bytes_in",
+            "bytes_out",
+            "instance",
+        ] {
             assert!(data.get(key).is_some(), "lookup lacks {key}: {data}");
         }
     }
-    let (s, ct, body) = api.op("PUT", "/v1/sys/leases/lookup", Some(json!({"lease_id": "database/sessions/readonly/none"}))).await;
-    assert_eq!((s, ct.as_str(), body), (StatusCode::BAD_REQUEST, JSON, json!({"errors": ["lease not found"]})));
-    let (s, _, body) = api.op("PUT", "/v1/sys/leases/lookup", Some(json!({}))).await;
-    assert_eq!((s, body), (StatusCode::BAD_REQUEST, json!({"errors": ["missing lease ID"]})));
+    let (s, ct, body) = api
+        .op(
+            "PUT",
+            "/v1/sys/leases/lookup",
+            Some(json!({"lease_id": "database/sessions/readonly/none"})),
+        )
+        .await;
+    assert_eq!(
+        (s, ct.as_str(), body),
+        (
+            StatusCode::BAD_REQUEST,
+            JSON,
+            json!({"errors": ["lease not found"]})
+        )
+    );
+    let (s, _, body) = api
+        .op("PUT", "/v1/sys/leases/lookup", Some(json!({})))
+        .await;
+    assert_eq!(
+        (s, body),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"errors": ["missing lease ID"]})
+        )
+    );
 }
 
 #[tokio::test]
 async fn renew_extends_caps_at_max_ttl_and_refuses_at_the_cap() {
     let api = start(&["appdb"]).await;
     let id = "database/sessions/readonly/aaaa";
-    let (s, ct, body) = api.op("PUT", "/v1/sys/leases/renew", Some(json!({"lease_id": id, "increment": 1800}))).await;
+    let (s, ct, body) = api
+        .op(
+            "PUT",
+            "/v1/sys/leases/renew",
+            Some(json!({"lease_id": id, "increment": 1800})),
+        )
+        .await;
     assert_eq!((s, ct.as_str()), (StatusCode::OK, JSON), "{body}");
     assert_eq!(body["lease_id"], id);
     assert_eq!(body["renewable"], true);
@@ -288,26 +419,76 @@ async fn renew_extends_caps_at_max_ttl_and_refuses_at_the_cap() {
     assert_eq!(body["warnings"], Value::Null);
 
     // max_ttl is 2h from issue: asking for 5h is capped, with Vault's warning.
-    let (s, _, body) = api.op("PUT", "/v1/sys/leases/renew", Some(json!({"lease_id": id, "increment": "5h"}))).await;
+    let (s, _, body) = api
+        .op(
+            "PUT",
+            "/v1/sys/leases/renew",
+            Some(json!({"lease_id": id, "increment": "5h"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let granted = body["lease_duration"].as_u64().unwrap();
     assert!((7190..=7200).contains(&granted), "{body}");
     let warning = body["warnings"][0].as_str().unwrap();
-    assert!(warning.contains("exceeded the effective max_ttl"), "{warning}");
+    assert!(
+        warning.contains("exceeded the effective max_ttl"),
+        "{warning}"
+    );
 
-    let (s, ct, body) = api.op("PUT", "/v1/sys/leases/renew", Some(json!({"lease_id": id, "increment": null}))).await;
-    assert_eq!((s, ct.as_str(), body), (StatusCode::BAD_REQUEST, JSON, json!({"errors": ["past the max TTL, cannot renew"]})));
+    let (s, ct, body) = api
+        .op(
+            "PUT",
+            "/v1/sys/leases/renew",
+            Some(json!({"lease_id": id, "increment": null})),
+        )
+        .await;
+    assert_eq!(
+        (s, ct.as_str(), body),
+        (
+            StatusCode::BAD_REQUEST,
+            JSON,
+            json!({"errors": ["past the max TTL, cannot renew"]})
+        )
+    );
 
     // By path, with the template's default TTL (1h).
     let other = "database/sessions/readonly/bbbb";
-    let (s, _, body) = api.op("POST", &format!("/v1/sys/leases/renew/{other}"), None).await;
-    assert_eq!((s, body["lease_duration"].as_u64()), (StatusCode::OK, Some(3600)), "{body}");
-    let (s, _, body) = api.op("PUT", "/v1/sys/leases/renew", Some(json!({"lease_id": "nope"}))).await;
-    assert_eq!((s, body), (StatusCode::BAD_REQUEST, json!({"errors": ["lease not found"]})));
-    let (s, _, _) = api.op("PUT", "/v1/sys/leases/renew", Some(json!({"lease_id": id, "increment": "soon"}))).await;
+    let (s, _, body) = api
+        .op("POST", &format!("/v1/sys/leases/renew/{other}"), None)
+        .await;
+    assert_eq!(
+        (s, body["lease_duration"].as_u64()),
+        (StatusCode::OK, Some(3600)),
+        "{body}"
+    );
+    let (s, _, body) = api
+        .op(
+            "PUT",
+            "/v1/sys/leases/renew",
+            Some(json!({"lease_id": "nope"})),
+        )
+        .await;
+    assert_eq!(
+        (s, body),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"errors": ["lease not found"]})
+        )
+    );
+    let (s, _, _) = api
+        .op(
+            "PUT",
+            "/v1/sys/leases/renew",
+            Some(json!({"lease_id": id, "increment": "soon"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 
-    let renewed: Vec<Value> = api.audit_lines().into_iter().filter(|l| l["event"] == "lease.renewed").collect();
+    let renewed: Vec<Value> = api
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["event"] == "lease.renewed")
+        .collect();
     assert_eq!(renewed.len(), 3, "{renewed:?}");
     assert_eq!(renewed[1]["capped"], true);
     assert_eq!(renewed[0]["caller"], "operator");
@@ -316,50 +497,119 @@ async fn renew_extends_caps_at_max_ttl_and_refuses_at_the_cap() {
 #[tokio::test]
 async fn revoke_by_body_path_prefix_and_selector() {
     let api = start(&["appdb"]).await;
-    let (s, _, body) = api.op("PUT", "/v1/sys/leases/revoke", Some(json!({"lease_id": "database/sessions/readonly/aaaa"}))).await;
+    let (s, _, body) = api
+        .op(
+            "PUT",
+            "/v1/sys/leases/revoke",
+            Some(json!({"lease_id": "database/sessions/readonly/aaaa"})),
+        )
+        .await;
     assert_eq!((s, body), (StatusCode::NO_CONTENT, Value::Null));
-    assert_eq!(api.directory.revoked_by("database/sessions/readonly/aaaa"), Some(RevokedBy::Operator));
+    assert_eq!(
+        api.directory.revoked_by("database/sessions/readonly/aaaa"),
+        Some(RevokedBy::Operator)
+    );
     // Unknown (and already revoked) leases: 204, as in Vault.
-    let (s, _, _) = api.op("PUT", "/v1/sys/leases/revoke/database/sessions/readonly/aaaa", None).await;
+    let (s, _, _) = api
+        .op(
+            "PUT",
+            "/v1/sys/leases/revoke/database/sessions/readonly/aaaa",
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _, _) = api.op("PUT", "/v1/sys/leases/revoke/database/sessions/readonly/bbbb", Some(json!({"sync": false}))).await;
+    let (s, _, _) = api
+        .op(
+            "PUT",
+            "/v1/sys/leases/revoke/database/sessions/readonly/bbbb",
+            Some(json!({"sync": false})),
+        )
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert_eq!(api.directory.live(), ["database/sessions/readwrite/cccc"]);
-    let (s, _, _) = api.op("PUT", "/v1/sys/leases/revoke-prefix/database/sessions/readwrite", None).await;
+    let (s, _, _) = api
+        .op(
+            "PUT",
+            "/v1/sys/leases/revoke-prefix/database/sessions/readwrite",
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert!(api.directory.live().is_empty());
-    let (s, _, body) = api.op("PUT", "/v1/sys/leases/revoke", Some(json!({}))).await;
-    assert_eq!((s, body), (StatusCode::BAD_REQUEST, json!({"errors": ["missing lease ID"]})));
+    let (s, _, body) = api
+        .op("PUT", "/v1/sys/leases/revoke", Some(json!({})))
+        .await;
+    assert_eq!(
+        (s, body),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"errors": ["missing lease ID"]})
+        )
+    );
 
     // Revoke-prefix is for operators only.
-    let (s, _, _) = api.call("PUT", "/v1/sys/leases/revoke-prefix/database/", None, None).await;
+    let (s, _, _) = api
+        .call("PUT", "/v1/sys/leases/revoke-prefix/database/", None, None)
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 
     // The mutating requests were audited (durably, before the answer).
     let lines = api.audit_lines();
-    let puts = lines.iter().filter(|l| l["method"] == "PUT" && l["caller"] == "operator").count();
+    let puts = lines
+        .iter()
+        .filter(|l| l["method"] == "PUT" && l["caller"] == "operator")
+        .count();
     assert!(puts >= 5, "{lines:?}");
 }
 
 #[tokio::test]
 async fn rolemint_routes_list_with_filters_and_revoke_by_identity() {
     let api = start(&["appdb"]).await;
-    let (s, ct, body) = api.op("GET", "/v1/rolemint/leases?identity=alice", None).await;
+    let (s, ct, body) = api
+        .op("GET", "/v1/rolemint/leases?identity=alice", None)
+        .await;
     assert_eq!((s, ct.as_str()), (StatusCode::OK, JSON));
     let leases = body["data"]["leases"].as_array().unwrap();
     assert_eq!(leases.len(), 2);
     assert!(leases.iter().all(|l| l["identity"] == "alice"));
-    let (_, _, body) = api.op("GET", "/v1/rolemint/leases?template=readwrite&database=appdb", None).await;
-    assert_eq!(body["data"]["leases"][0]["id"], "database/sessions/readwrite/cccc");
+    let (_, _, body) = api
+        .op(
+            "GET",
+            "/v1/rolemint/leases?template=readwrite&database=appdb",
+            None,
+        )
+        .await;
+    assert_eq!(
+        body["data"]["leases"][0]["id"],
+        "database/sessions/readwrite/cccc"
+    );
     let (s, _, _) = api.op("GET", "/v1/rolemint/leases?colour=red", None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 
-    let (s, ct, body) = api.op("PUT", "/v1/rolemint/leases/revoke", Some(json!({"identity": "alice"}))).await;
-    assert_eq!((s, ct.as_str(), body), (StatusCode::OK, JSON, json!({"revoked": 2})));
+    let (s, ct, body) = api
+        .op(
+            "PUT",
+            "/v1/rolemint/leases/revoke",
+            Some(json!({"identity": "alice"})),
+        )
+        .await;
+    assert_eq!(
+        (s, ct.as_str(), body),
+        (StatusCode::OK, JSON, json!({"revoked": 2}))
+    );
     assert_eq!(api.directory.live(), ["database/sessions/readwrite/cccc"]);
-    let (s, _, body) = api.op("PUT", "/v1/rolemint/leases/revoke", Some(json!({}))).await;
+    let (s, _, body) = api
+        .op("PUT", "/v1/rolemint/leases/revoke", Some(json!({})))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
-    let (s, _, _) = api.call("PUT", "/v1/rolemint/leases/revoke", Some("wrong"), Some(json!({"identity": "bob"}))).await;
+    let (s, _, _) = api
+        .call(
+            "PUT",
+            "/v1/rolemint/leases/revoke",
+            Some("wrong"),
+            Some(json!({"identity": "bob"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_eq!(api.directory.live().len(), 1);
 }
