@@ -80,7 +80,6 @@ pub enum LeasesCommand {
 
 /// Runs `rolemint leases ...`.
 pub async fn run(args: LeasesArgs) -> anyhow::Result<()> {
-    let base = base_url(&args.api)?;
     let token = args
         .token
         .as_deref()
@@ -88,100 +87,106 @@ pub async fn run(args: LeasesArgs) -> anyhow::Result<()> {
         .context("no operator token: pass --token or set ROLEMINT_TOKEN")?;
     let api = Api {
         http: http_client(&args.api, false)?,
-        base,
+        base: base_url(&args.api)?,
         token: token.to_owned(),
     };
-    let out = match &args.command {
+    let body = api.call(request(&args.command)).await?;
+    for w in body["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", w.as_str().unwrap_or_default());
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
+    } else {
+        print!("{}", summary(&args.command, &body));
+    }
+    Ok(())
+}
+
+/// One API call: method, path, query, JSON body.
+struct Call {
+    method: Method,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    body: Option<Value>,
+}
+
+/// The API call a subcommand makes.
+fn request(command: &LeasesCommand) -> Call {
+    let put = |path: &str, body: Value| Call {
+        method: Method::PUT,
+        path: path.to_owned(),
+        query: Vec::new(),
+        body: Some(body),
+    };
+    match command {
         LeasesCommand::List {
             identity,
             template,
             database,
-        } => {
-            let mut query = Vec::new();
-            for (k, v) in [
+        } => Call {
+            method: Method::GET,
+            path: "/v1/rolemint/leases".into(),
+            query: [
                 ("identity", identity),
                 ("template", template),
                 ("database", database),
-            ] {
-                if let Some(v) = v {
-                    query.push((k, v.as_str()));
-                }
-            }
-            let body = api.get("/v1/rolemint/leases", &query).await?;
-            Output::new(args.json, body, |b| lease_table(&b["data"]["leases"]))
-        }
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.clone()?)))
+            .collect(),
+            body: None,
+        },
         LeasesCommand::Lookup { lease_id } => {
-            let body = api
-                .send(
-                    Method::PUT,
-                    "/v1/sys/leases/lookup",
-                    json!({ "lease_id": lease_id }),
-                )
-                .await?;
-            Output::new(args.json, body, |b| lease_details(&b["data"]))
+            put("/v1/sys/leases/lookup", json!({ "lease_id": lease_id }))
         }
         LeasesCommand::Renew {
             lease_id,
             increment,
-        } => {
-            let body = api
-                .send(
-                    Method::PUT,
-                    "/v1/sys/leases/renew",
-                    json!({ "lease_id": lease_id, "increment": increment }),
-                )
-                .await?;
-            for w in body["warnings"].as_array().into_iter().flatten() {
-                eprintln!("warning: {}", w.as_str().unwrap_or_default());
-            }
-            Output::new(args.json, body, |b| {
-                format!(
-                    "renewed {} for {}s\n",
-                    b["lease_id"].as_str().unwrap_or(""),
-                    b["lease_duration"]
-                )
-            })
-        }
-        LeasesCommand::Revoke { lease_id, no_wait } => {
-            let body = api
-                .send(
-                    Method::PUT,
-                    "/v1/sys/leases/revoke",
-                    json!({ "lease_id": lease_id, "sync": !no_wait }),
-                )
-                .await?;
-            let verb = if *no_wait {
-                "revocation started"
-            } else {
-                "revoked"
-            };
-            Output::new(args.json, body, |_| format!("{verb}: {lease_id}\n"))
-        }
-        LeasesCommand::RevokePrefix { prefix } => {
-            let path = format!(
+        } => put(
+            "/v1/sys/leases/renew",
+            json!({ "lease_id": lease_id, "increment": increment }),
+        ),
+        LeasesCommand::Revoke { lease_id, no_wait } => put(
+            "/v1/sys/leases/revoke",
+            json!({ "lease_id": lease_id, "sync": !no_wait }),
+        ),
+        LeasesCommand::RevokePrefix { prefix } => put(
+            &format!(
                 "/v1/sys/leases/revoke-prefix/{}",
                 prefix.trim_start_matches('/')
-            );
-            let body = api.send(Method::PUT, &path, json!({})).await?;
-            Output::new(args.json, body, |_| {
-                format!("revoked every lease under {prefix}\n")
-            })
+            ),
+            json!({}),
+        ),
+        LeasesCommand::RevokeIdentity { identity } => put(
+            "/v1/rolemint/leases/revoke",
+            json!({ "identity": identity }),
+        ),
+    }
+}
+
+/// What a subcommand prints for a successful answer.
+fn summary(command: &LeasesCommand, body: &Value) -> String {
+    match command {
+        LeasesCommand::List { .. } => lease_table(&body["data"]["leases"]),
+        LeasesCommand::Lookup { .. } => lease_details(&body["data"]),
+        LeasesCommand::Renew { lease_id, .. } => {
+            format!("renewed {lease_id} for {}s\n", body["lease_duration"])
+        }
+        LeasesCommand::Revoke {
+            lease_id,
+            no_wait: true,
+        } => format!("revocation started: {lease_id}\n"),
+        LeasesCommand::Revoke { lease_id, .. } => format!("revoked: {lease_id}\n"),
+        LeasesCommand::RevokePrefix { prefix } => {
+            format!("revoked every lease under {prefix}\n")
         }
         LeasesCommand::RevokeIdentity { identity } => {
-            let body = api
-                .send(
-                    Method::PUT,
-                    "/v1/rolemint/leases/revoke",
-                    json!({ "identity": identity }),
-                )
-                .await?;
-            Output::new(args.json, body, |b| {
-                format!("revoked {} lease(s) of {identity}\n", b["revoked"])
-            })
+            format!("revoked {} lease(s) of {identity}\n", body["revoked"])
         }
-    };
-    print!("{}", out.0);
-    Ok(())
+    }
 }
 
 /// Runs `rolemint health`: exit 0 when `/healthz` (or `/readyz`) is 200.
@@ -203,21 +208,6 @@ pub async fn health(api: ApiArgs, ready: bool, insecure: bool) -> anyhow::Result
     Ok(())
 }
 
-struct Output(String);
-
-impl Output {
-    fn new(json: bool, body: Value, table: impl FnOnce(&Value) -> String) -> Output {
-        if json {
-            Output(format!(
-                "{}\n",
-                serde_json::to_string_pretty(&body).unwrap_or_default()
-            ))
-        } else {
-            Output(table(&body))
-        }
-    }
-}
-
 struct Api {
     http: reqwest::Client,
     base: String,
@@ -225,20 +215,16 @@ struct Api {
 }
 
 impl Api {
-    async fn get(&self, path: &str, query: &[(&str, &str)]) -> anyhow::Result<Value> {
-        let mut url = reqwest::Url::parse(&format!("{}{path}", self.base))
+    async fn call(&self, call: Call) -> anyhow::Result<Value> {
+        let mut url = reqwest::Url::parse(&format!("{}{}", self.base, call.path))
             .with_context(|| format!("{}: not a URL", self.base))?;
-        if !query.is_empty() {
-            url.query_pairs_mut().extend_pairs(query);
+        if !call.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&call.query);
         }
-        self.finish(self.http.get(url)).await
-    }
-
-    async fn send(&self, method: Method, path: &str, body: Value) -> anyhow::Result<Value> {
-        let req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .json(&body);
+        let mut req = self.http.request(call.method, url);
+        if let Some(body) = &call.body {
+            req = req.json(body);
+        }
         self.finish(req).await
     }
 
