@@ -30,6 +30,13 @@ RUN apt-get update \
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin rolemint
 COPY --from=build /usr/local/bin/rolemint /usr/local/bin/rolemint
 USER rolemint:rolemint
-EXPOSE 6432
+EXPOSE 6432 8200
+# Liveness through the admin listener's /healthz, with rolemint itself as the
+# HTTP client (the image has no curl). Needs `[admin] listen` in the config;
+# the address is read from it (0.0.0.0 is probed as 127.0.0.1). --insecure:
+# the probe may hit an HTTPS listener whose certificate names the service,
+# not localhost; it sends no token.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["rolemint", "health", "--config", "/etc/rolemint/rolemint.toml", "--insecure"]
 ENTRYPOINT ["rolemint"]
 CMD ["serve", "--config", "/etc/rolemint/rolemint.toml"]

@@ -50,6 +50,8 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     if let Err(e) = crate::tls::backend_client_config(&config.backend) {
         report.fail(format!("backend TLS: {e}"));
     }
+    check_admin(config, &mut report);
+    check_audit(config, &mut report);
     match Verifier::from_config(&config.auth) {
         Ok(_) => report.ok("token verification key"),
         Err(e) => report.fail(format!("token verification: {e}")),
@@ -126,6 +128,79 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         }
     }
     finish(report)
+}
+
+/// `[admin]`: the address (parsed and validated with the config), its TLS
+/// files, and whether operators can authenticate.
+fn check_admin(config: &Config, report: &mut Report) {
+    let a = &config.admin;
+    let Some(listen) = a.listen else {
+        report.warn(
+            "admin listener: off (no [admin] listen): no /healthz, /readyz, /metrics or lease API",
+        );
+        return;
+    };
+    match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => match crate::tls::server_config(cert, key) {
+            Ok(_) => report.ok(&format!("admin listener: https://{listen}")),
+            Err(e) => report.fail(format!("admin listener TLS: {e}")),
+        },
+        _ if listen.ip().is_loopback() => {
+            report.ok(&format!("admin listener: http://{listen} (loopback)"))
+        }
+        _ => report.warn(&format!(
+            "admin listener: http://{listen} in plaintext (allow_plaintext = true): the operator token crosses the network unencrypted"
+        )),
+    }
+    match &a.operator_token_sha256 {
+        Some(hash) if crate::admin::auth::OperatorToken::from_hex(hash).is_some() => {
+            report.ok("admin operator token: SHA-256 configured")
+        }
+        Some(_) => report.fail(
+            "admin.operator_token_sha256 is not 64 hex digits (`rolemint token --operator` prints one)"
+                .into(),
+        ),
+        None => report.warn(
+            "admin: no operator_token_sha256: the lease API answers 403 to everyone",
+        ),
+    }
+}
+
+/// `[audit]`: the file can be appended to (or its directory can hold it).
+fn check_audit(config: &Config, report: &mut Report) {
+    let Some(path) = &config.audit.path else {
+        report.warn("audit log: off (no [audit] path)");
+        return;
+    };
+    if path.as_os_str() == "stdout" {
+        report.ok("audit log: stdout");
+        return;
+    }
+    match audit_writable(path) {
+        Ok(()) => report.ok(&format!("audit log: {} is writable", path.display())),
+        Err(e) => report.fail(format!("audit log: {}: {e}", path.display())),
+    }
+}
+
+/// Whether `path` exists and opens for appending, or its directory lets
+/// rolemint create it; nothing is created or written here.
+fn audit_writable(path: &std::path::Path) -> Result<(), String> {
+    if path.exists() {
+        return std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(|e| format!("cannot append: {e}"));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!("directory {} does not exist", dir.display()));
+    }
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK)
+        .map_err(|e| format!("cannot create it in {}: {e}", dir.display()))
 }
 
 fn finish(report: Report) -> anyhow::Result<()> {

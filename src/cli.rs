@@ -1,4 +1,4 @@
-//! The command line: `serve`, `dev`, `token`, `keygen`, `check`.
+//! The command line: `serve`, `dev`, `token`, `keygen`, `check`, `leases`, `health`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -88,5 +88,19 @@ pub enum Command {
     Check {
         #[arg(long, short, env = "ROLEMINT_CONFIG")]
         config: PathBuf,
+    },
+    /// List, look up, renew and revoke leases through the admin API.
+    Leases(crate::leases_cli::LeasesArgs),
+    /// Probe the admin listener: exit 0 when /healthz (or /readyz) is 200
+    /// (the container HEALTHCHECK).
+    Health {
+        #[command(flatten)]
+        api: crate::leases_cli::ApiArgs,
+        /// Probe /readyz instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+        /// Accept any certificate (a probe over loopback sends no token).
+        #[arg(long)]
+        insecure: bool,
     },
 }

@@ -47,6 +47,12 @@ pub struct Config {
     pub mint: MintConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The admin HTTP listener (health, metrics, lease API); off by default.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// The JSON audit log; off by default.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Role templates by name: the `user` a client connects as.
     pub roles: BTreeMap<String, RoleTemplate>,
 }
@@ -82,6 +88,58 @@ pub struct ProxyConfig {
     /// Tokens from identity providers carrying many groups can be large.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP listener; unset: no listener.
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain and key for HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address. The operator token
+    /// travels in a header, so this is for a network you trust (a pod's
+    /// own interface behind a mesh, say).
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// Hex SHA-256 of the operators' bearer token; unset: the lease API
+    /// answers 403 to everyone.
+    pub operator_token_sha256: Option<String>,
+    /// The same hash, read from a file (a mounted Secret).
+    pub operator_token_sha256_file: Option<PathBuf>,
+    /// Longest an admin request may take before it is answered 503.
+    #[serde(default = "default_admin_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_admin_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Admin HTTP connections open at once; more wait to be accepted.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            allow_plaintext: false,
+            operator_token_sha256: None,
+            operator_token_sha256_file: None,
+            request_timeout: default_admin_request_timeout(),
+            max_body_bytes: default_admin_max_body_bytes(),
+            max_connections: default_admin_max_connections(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A file appended to, or `"stdout"`; unset: no audit log.
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -362,6 +420,15 @@ fn default_revoke_error_after() -> Duration {
 fn default_max_token_bytes() -> usize {
     64 * 1024
 }
+fn default_admin_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_admin_max_body_bytes() -> usize {
+    64 * 1024
+}
+fn default_admin_max_connections() -> usize {
+    256
+}
 fn default_pg_port() -> u16 {
     5432
 }
@@ -457,6 +524,13 @@ impl Config {
         rebase(&mut self.backend.tls_ca_file);
         rebase(&mut self.backend.admin_password_file);
         rebase(&mut self.auth.hs256_secret_file);
+        rebase(&mut self.admin.tls_cert);
+        rebase(&mut self.admin.tls_key);
+        if let Some(path) = &self.audit.path {
+            if path.as_os_str() != "stdout" {
+                rebase(&mut self.audit.path);
+            }
+        }
 
         let b = &mut self.backend;
         let sources = [
@@ -505,6 +579,18 @@ impl Config {
                 i.hs256_secret = Some(read_secret_file(file)?);
             }
         }
+
+        rebase(&mut self.admin.operator_token_sha256_file);
+        let admin = &mut self.admin;
+        if let Some(file) = &admin.operator_token_sha256_file {
+            if admin.operator_token_sha256.is_some() {
+                return Err(invalid(
+                    "admin: set only one of operator_token_sha256, operator_token_sha256_file",
+                ));
+            }
+            let hash = read_secret_file(file)?;
+            admin.operator_token_sha256 = Some(hash.expose().trim().to_owned());
+        }
         Ok(())
     }
 
@@ -540,6 +626,15 @@ impl Config {
             return Err(invalid("backend: tls = \"verify-full\" needs tls_ca_file"));
         }
         crate::identity::validate_config(&self.auth).map_err(invalid)?;
+        self.validate_admin()?;
+        if self
+            .audit
+            .path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid("audit.path is empty (a file path or \"stdout\")"));
+        }
         let m = &self.mint;
         if !m.name_template.contains("{{random}}") {
             return Err(invalid(
@@ -607,6 +702,42 @@ impl Config {
                 check_placeholders(&format!("roles.{name}.revocation_statements"), s, &["name"])?;
             }
             crate::policy::validate_template(t).map_err(|e| ctx(&e))?;
+        }
+        Ok(())
+    }
+
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        let a = &self.admin;
+        if a.tls_cert.is_some() != a.tls_key.is_some() {
+            return Err(invalid("admin: tls_cert and tls_key go together"));
+        }
+        if let Some(listen) = a.listen {
+            if a.tls_cert.is_none() && !a.allow_plaintext && !listen.ip().is_loopback() {
+                return Err(invalid(format!(
+                    "admin: listen = \"{listen}\" is not loopback and there is no tls_cert/tls_key: \
+                     the operator token would cross the network in plaintext (set allow_plaintext = true to accept that)"
+                )));
+            }
+        }
+        if let Some(hash) = &a.operator_token_sha256 {
+            if hash.len() != 64 || !hash.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    "admin.operator_token_sha256 must be 64 hex digits (the SHA-256 of the token; `rolemint token --operator` prints one)",
+                ));
+            }
+        }
+        if a.request_timeout.is_zero() || a.request_timeout > Duration::from_secs(600) {
+            return Err(invalid(
+                "admin.request_timeout must be positive and at most 10m",
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&a.max_body_bytes) {
+            return Err(invalid(
+                "admin.max_body_bytes must be between 1024 and 16777216",
+            ));
+        }
+        if !(1..=65_536).contains(&a.max_connections) {
+            return Err(invalid("admin.max_connections must be between 1 and 65536"));
         }
         Ok(())
     }
@@ -734,6 +865,12 @@ creation_statements = [
         for t in c.roles.values() {
             crate::policy::validate_template(t).unwrap();
         }
+        // The example's operator token hash is that of "change-me".
+        let hash = c.admin.operator_token_sha256.as_deref().unwrap();
+        assert_eq!(hash, crate::admin::auth::sha256_hex("change-me"));
+        assert_eq!(c.admin.request_timeout, default_admin_request_timeout());
+        assert_eq!(c.admin.max_body_bytes, default_admin_max_body_bytes());
+        assert_eq!(c.admin.max_connections, default_admin_max_connections());
     }
 
     #[test]
@@ -775,6 +912,39 @@ creation_statements = [
             .unwrap_err()
             .to_string()
             .contains("only one"));
+    }
+
+    #[test]
+    fn admin_and_audit_are_off_by_default_and_checked_when_set() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert!(c.admin.listen.is_none() && c.audit.path.is_none());
+
+        let with = |admin: &str| {
+            Config::parse(&format!("{EXAMPLE}\n[admin]\n{admin}\n"))
+                .unwrap()
+                .validate()
+        };
+        with("listen = \"127.0.0.1:8200\"").unwrap();
+        let err = with("listen = \"0.0.0.0:8200\"").unwrap_err();
+        assert!(err.to_string().contains("plaintext"), "{err}");
+        with("listen = \"0.0.0.0:8200\"\nallow_plaintext = true").unwrap();
+        let err = with("operator_token_sha256 = \"abc\"").unwrap_err();
+        assert!(err.to_string().contains("64 hex"), "{err}");
+        with(&format!("operator_token_sha256 = \"{}\"", "a".repeat(64))).unwrap();
+        assert!(with("tls_cert = \"c.pem\"").is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rolemint.toml");
+        std::fs::write(
+            &path,
+            format!("{EXAMPLE}\n[audit]\npath = \"audit.jsonl\"\n"),
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.audit.path.unwrap(), dir.path().join("audit.jsonl"));
+        std::fs::write(&path, format!("{EXAMPLE}\n[audit]\npath = \"stdout\"\n")).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.audit.path.unwrap(), PathBuf::from("stdout"));
     }
 
     #[test]

@@ -29,6 +29,9 @@ use crate::pgcluster::{self, ClusterOptions, Demo, TempCluster};
 use crate::secret::Secret;
 use crate::server::Server;
 
+/// Where the admin listener goes (or the next free port).
+const ADMIN_PORT: u16 = 8200;
+
 /// How many ports above `--port` are tried when it is busy.
 const PORT_SEARCH: u16 = 20;
 
@@ -135,14 +138,25 @@ async fn serve(
     demo: &Demo,
 ) -> anyhow::Result<()> {
     let port = pick_port(args.port)?;
+    let admin_port = pick_port(if args.port == 0 { 0 } else { ADMIN_PORT })?;
+    let operator_token = crate::admin::auth::new_operator_token()
+        .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+    let admin = DevAdmin {
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port)),
+        operator_token_sha256: crate::admin::auth::sha256_hex(operator_token.expose()),
+    };
     let backend = DevBackend {
         host: cluster.host(),
         port: cluster.port(),
         admin_user: &demo.admin_user,
         admin_password: &demo.admin_password,
     };
-    let config_path =
-        write_dev_files(dir, SocketAddr::from((Ipv4Addr::LOCALHOST, port)), &backend)?;
+    let config_path = write_dev_files(
+        dir,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        &backend,
+        &admin,
+    )?;
     let config =
         Config::load(&config_path).with_context(|| format!("loading {}", config_path.display()))?;
 
@@ -150,12 +164,16 @@ async fn serve(
         .await
         .context("starting the proxy")?;
     let addr = server.local_addr();
+    let admin_addr = server.admin_addr();
     let token = crate::identity::issue(&config.auth, &args.subject, &[], TOKEN_TTL)
         .context("signing a token")?;
 
     let shutdown = CancellationToken::new();
     let mut proxy = tokio::spawn(server.run(shutdown.clone()));
     print_banner(&config_path, addr, cluster, &args.subject, &token);
+    if let Some(admin_addr) = admin_addr {
+        print_admin_banner(admin_addr, &operator_token);
+    }
 
     tokio::select! {
         _ = crate::signal::terminated() => {}
@@ -193,6 +211,12 @@ fn pick_port(first: u16) -> anyhow::Result<u16> {
         })
 }
 
+/// The dev config's `[admin]`: on loopback, with a fresh operator token.
+struct DevAdmin {
+    listen: SocketAddr,
+    operator_token_sha256: String,
+}
+
 /// Where the dev config's `[backend]` points.
 struct DevBackend<'a> {
     host: &'a str,
@@ -207,6 +231,7 @@ fn write_dev_files(
     dir: &Path,
     listen: SocketAddr,
     backend: &DevBackend<'_>,
+    admin: &DevAdmin,
 ) -> anyhow::Result<PathBuf> {
     write_self_signed_cert(dir)?;
 
@@ -216,7 +241,11 @@ fn write_dev_files(
     let hs256_secret = Secret::new(base64::engine::general_purpose::STANDARD.encode(key));
 
     let path = dir.join(CONFIG_FILE);
-    write_file(&path, &render_config(listen, backend, &hs256_secret), 0o600)?;
+    write_file(
+        &path,
+        &render_config(listen, backend, &hs256_secret, admin),
+        0o600,
+    )?;
     Ok(path)
 }
 
@@ -255,7 +284,12 @@ fn toml_str(s: &str) -> String {
 }
 
 /// The dev config: every key commented, as in `config/`.
-fn render_config(listen: SocketAddr, backend: &DevBackend<'_>, hs256_secret: &Secret) -> String {
+fn render_config(
+    listen: SocketAddr,
+    backend: &DevBackend<'_>,
+    hs256_secret: &Secret,
+    admin: &DevAdmin,
+) -> String {
     format!(
         r#"# Written by `rolemint dev`, and rewritten by every run: the PostgreSQL it
 # points at is a throwaway cluster that is deleted when `rolemint dev` stops.
@@ -293,6 +327,12 @@ audience = "rolemint"
 #   rolemint token --config THIS_FILE --sub alice
 hs256_secret = {hs256_secret}
 
+[admin]
+# Health, metrics and the lease API, on loopback (plain HTTP).
+listen = {admin_listen}
+# SHA-256 of the operator token printed at startup (made for this run).
+operator_token_sha256 = {admin_hash}
+
 {templates}"#,
         listen = toml_str(&listen.to_string()),
         cert = toml_str(CERT_FILE),
@@ -303,8 +343,23 @@ hs256_secret = {hs256_secret}
         admin_user = toml_str(backend.admin_user),
         admin_password = toml_str(backend.admin_password.expose()),
         hs256_secret = toml_str(hs256_secret.expose()),
+        admin_listen = toml_str(&admin.listen.to_string()),
+        admin_hash = toml_str(&admin.operator_token_sha256),
         templates = pgcluster::demo_templates_toml(),
     )
+}
+
+fn print_admin_banner(addr: SocketAddr, operator_token: &Secret) {
+    let token = operator_token.expose();
+    println!(
+        r#"Admin API (health, metrics, leases) on http://{addr}:
+
+  export ROLEMINT_ADDR=http://{addr}
+  export ROLEMINT_TOKEN={token}
+  rolemint leases list
+  curl -s -H "X-Vault-Token: $ROLEMINT_TOKEN" $ROLEMINT_ADDR/v1/rolemint/leases
+"#
+    );
 }
 
 fn print_banner(
@@ -352,6 +407,13 @@ mod tests {
     const DOCKER_TOML: &str = include_str!("../config/docker.toml");
     const DOCKER_COMPOSE: &str = include_str!("../docker-compose.yml");
 
+    fn dev_admin() -> DevAdmin {
+        DevAdmin {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8200)),
+            operator_token_sha256: crate::admin::auth::sha256_hex("t"),
+        }
+    }
+
     #[test]
     fn the_dev_config_loads() {
         let dir = tempfile::tempdir().unwrap();
@@ -363,7 +425,7 @@ mod tests {
             admin_password: &password,
         };
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 6432));
-        let path = write_dev_files(dir.path(), listen, &backend).unwrap();
+        let path = write_dev_files(dir.path(), listen, &backend, &dev_admin()).unwrap();
         let config = Config::load(&path).unwrap();
 
         assert_eq!(config.proxy.listen, listen);
@@ -377,6 +439,11 @@ mod tests {
         assert_eq!(config.auth.issuer.as_deref(), Some("rolemint-dev"));
         assert_eq!(config.auth.audience.as_deref(), Some("rolemint"));
         assert!(config.auth.hs256_secret.as_ref().unwrap().expose().len() >= 32);
+        assert_eq!(config.admin.listen, Some(dev_admin().listen));
+        assert_eq!(
+            config.admin.operator_token_sha256,
+            Some(dev_admin().operator_token_sha256)
+        );
         assert_eq!(
             config.roles.keys().collect::<Vec<_>>(),
             ["readonly", "readwrite"]
@@ -431,6 +498,7 @@ mod tests {
                 admin_password: &Secret::new("p"),
             },
             &Secret::new("k".repeat(32)),
+            &dev_admin(),
         ))
         .unwrap();
         assert_eq!(format!("{:?}", config.roles), format!("{:?}", demo.roles));

@@ -9,9 +9,9 @@
 //!
 //! Follow one connection from `main.rs`:
 //!
-//! - [`cli`]: the command line (`serve`, `dev`, `token`, `keygen`, `check`;
-//!   `token --static/--operator/--key` and `keygen` live in the binary's
-//!   `token.rs`).
+//! - [`cli`]: the command line (`serve`, `dev`, `token`, `keygen`, `check`,
+//!   `leases`, `health`; `token --static/--operator/--key` and `keygen` live
+//!   in the binary's `token.rs`).
 //! - [`config`]: the TOML config, its defaults and validation.
 //! - [`server`]: the accept loop, the connection limit, graceful shutdown.
 //! - [`state`]: [`state::Shared`], what every session shares.
@@ -36,6 +36,13 @@
 //! - [`reaper`]: the sweep of `rolemint_managed` (startup and periodic) that
 //!   drops orphaned and expired roles, whoever minted them.
 //! - [`cancel`]: rolemint's cancel keys mapped to the backends'.
+//! - [`admin`]: the admin HTTP listener: `/healthz`, `/readyz`, `/metrics`
+//!   and the lease API in Vault's shape, over a [`admin::leases::LeaseDirectory`].
+//! - [`metrics`]: every Prometheus metric, described once, and the typed
+//!   functions that record them.
+//! - [`audit`]: the JSON-lines audit log of every decision and lease event.
+//! - [`leases_cli`]: `rolemint leases ...` and `rolemint health`, clients
+//!   of the admin API.
 //! - [`tls`]: rustls for clients and the backend, and the stream type.
 //! - [`error`]: what a client may be told, with its SQLSTATE.
 //! - [`secret`]: a string that never prints.
@@ -48,6 +55,8 @@
 //! - [`failpoint`]: test-only pauses at named points of a session (debug
 //!   builds only).
 
+pub mod admin;
+pub mod audit;
 pub mod cancel;
 pub mod check;
 pub mod cli;
@@ -57,7 +66,9 @@ pub mod error;
 pub mod failpoint;
 pub mod identity;
 pub mod lease;
+pub mod leases_cli;
 pub mod logging;
+pub mod metrics;
 pub mod mint;
 pub mod pgcluster;
 pub mod policy;

@@ -42,6 +42,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let server = rolemint::server::Server::bind(config).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
+            tokio::spawn(reopen_audit_on_hangup(server.audit()));
             server.run(shutdown).await
         }
         Command::Dev { dir, port, sub } => {
@@ -52,6 +53,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 subject: sub,
             })
             .await
+        }
+        Command::Token { operator: true, .. } => {
+            let token = rolemint::admin::auth::new_operator_token().context("making a token")?;
+            println!("# [admin] operator_token_sha256 (put this in the config):");
+            println!("# {}", rolemint::admin::auth::sha256_hex(token.expose()));
+            println!("# the operator token (ROLEMINT_TOKEN; shown once, stored nowhere):");
+            println!("{}", token.expose());
+            Ok(())
         }
         Command::Token {
             config,
@@ -94,6 +103,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             println!("config: ok");
             rolemint::check::run(&config).await
+        }
+        Command::Leases(args) => rolemint::leases_cli::run(args).await,
+        Command::Health {
+            api,
+            ready,
+            insecure,
+        } => rolemint::leases_cli::health(api, ready, insecure).await,
+    }
+}
+
+/// Reopens the audit log on every SIGHUP, so logrotate can move it away.
+async fn reopen_audit_on_hangup(audit: rolemint::audit::Audit) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; the audit log will not be reopened");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match audit.reopen().await {
+            Ok(()) => tracing::info!("SIGHUP: audit log reopened"),
+            Err(e) => tracing::error!("SIGHUP: {e}"),
         }
     }
 }

@@ -41,6 +41,10 @@ const SESSIONS_AFTER_END: Duration = Duration::from_secs(15);
 pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
+    /// The admin HTTP listener, when `[admin] listen` is set.
+    admin: Option<crate::admin::AdminListener>,
+    /// The audit log (`[audit] path`), shared with the admin API.
+    audit: crate::audit::Audit,
 }
 
 impl Server {
@@ -68,6 +72,7 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.proxy.listen))?;
         let revoker = Revoker::start(Arc::clone(&minter), &config);
+        let (admin, audit) = crate::admin::wiring::bind(&config).await?;
         let shared = Arc::new(Shared {
             config,
             client_tls,
@@ -79,7 +84,12 @@ impl Server {
             cancels: Arc::new(CancelMap::default()),
             shutdown: CancellationToken::new(),
         });
-        Ok(Server { shared, listener })
+        Ok(Server {
+            shared,
+            listener,
+            admin,
+            audit,
+        })
     }
 
     /// The address actually bound (port 0 resolves here).
@@ -89,6 +99,16 @@ impl Server {
             .unwrap_or(self.shared.config.proxy.listen)
     }
 
+    /// The admin listener's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr())
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> crate::audit::Audit {
+        self.audit.clone()
+    }
+
     /// The shared state, for tests and the admin API.
     pub fn shared(&self) -> Arc<Shared> {
         Arc::clone(&self.shared)
@@ -96,7 +116,13 @@ impl Server {
 
     /// Serves until `shutdown` is cancelled, then drains and revokes.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Server { shared, listener } = self;
+        let Server {
+            shared,
+            listener,
+            admin,
+            audit,
+        } = self;
+        let admin = crate::admin::wiring::start(admin, &shared, audit, &shutdown);
         let sessions = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(shared.config.proxy.max_connections));
         let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
@@ -187,6 +213,7 @@ impl Server {
         shared.revoker.stop();
         expiry_stop.cancel();
         let _ = expiry.await;
+        admin.stop().await;
         tracing::info!("rolemint stopped");
         Ok(())
     }

@@ -122,6 +122,47 @@ creation_statements = [
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("broken.toml"));
+
+    // [admin] and [audit]: a listener with an operator hash passes; an audit
+    // file in a directory that does not exist fails, by name.
+    let admin_dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\noperator_token_sha256 = \"{}\"\n\n[audit]\npath = \"missing/audit.jsonl\"\n",
+        "ab".repeat(32)
+    );
+    let config = write_config(admin_dir.path(), &cluster, &demo, &extra);
+    let out = Command::new(ROLEMINT)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("ok    admin listener: http://127.0.0.1:0 (loopback)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok    admin operator token: SHA-256 configured"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL  audit log: ") && stdout.contains("missing/audit.jsonl: directory"),
+        "{stdout}"
+    );
+    std::fs::create_dir(admin_dir.path().join("missing")).unwrap();
+    let out = Command::new(ROLEMINT)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("audit.jsonl is writable"), "{stdout}");
+    assert!(
+        !admin_dir.path().join("missing/audit.jsonl").exists(),
+        "check created the audit file"
+    );
 }
 
 /// Runs a pasted command line with `sh -c`; its stdout, after checking it
@@ -181,7 +222,12 @@ fn dev_prints_working_command_lines_and_cleans_up_on_ctrl_c() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut psql_line = None;
     let mut pgbench_line = None;
-    while psql_line.is_none() || pgbench_line.is_none() {
+    let (mut admin_addr, mut admin_token) = (None, None);
+    while psql_line.is_none()
+        || pgbench_line.is_none()
+        || admin_addr.is_none()
+        || admin_token.is_none()
+    {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx
             .recv_timeout(left)
@@ -191,6 +237,10 @@ fn dev_prints_working_command_lines_and_cleans_up_on_ctrl_c() {
             psql_line = Some(line);
         } else if line.contains("pgbench ") {
             pgbench_line = Some(line);
+        } else if let Some(addr) = line.strip_prefix("export ROLEMINT_ADDR=") {
+            admin_addr = Some(addr.to_owned());
+        } else if let Some(token) = line.strip_prefix("export ROLEMINT_TOKEN=") {
+            admin_token = Some(token.to_owned());
         }
     }
     let psql_line = psql_line.unwrap();
@@ -205,6 +255,33 @@ fn dev_prints_working_command_lines_and_cleans_up_on_ctrl_c() {
     // The pgbench line too, shortened.
     let text = shell(&pgbench_line.replace("-T 10", "-T 2"));
     assert!(text.contains("tps = "), "{text}");
+
+    // The admin listener is on, and the printed operator token is accepted.
+    let (admin_addr, admin_token) = (admin_addr.unwrap(), admin_token.unwrap());
+    let health = Command::new(ROLEMINT)
+        .args(["health", "--ready", "--addr", &admin_addr])
+        .output()
+        .unwrap();
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    let leases = Command::new(ROLEMINT)
+        .args(["leases", "list"])
+        .env("ROLEMINT_ADDR", &admin_addr)
+        .env("ROLEMINT_TOKEN", &admin_token)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&leases.stderr);
+    assert!(!stderr.contains("permission denied"), "{stderr}");
+    let refused = Command::new(ROLEMINT)
+        .args(["leases", "list"])
+        .env("ROLEMINT_ADDR", &admin_addr)
+        .env("ROLEMINT_TOKEN", "not-the-token")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("permission denied"));
 
     // Ctrl-C: everything it started stops.
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);

@@ -349,6 +349,40 @@ impl Minter {
         Ok(())
     }
 
+    /// Proves an admin connection to `database` works now: a pooled one
+    /// (discarded if it broke) or a new one, and a `SELECT 1` on it. For
+    /// the admin listener's `/readyz`.
+    pub async fn ping(&self, database: &str) -> Result<(), MintError> {
+        let mut conn = self.pool.get(database).await?;
+        conn.batch("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// How many roles are members of `rolemint_managed` now: the
+    /// `rolemint_managed_roles` gauge, which shows a catalog that grows
+    /// (revocations failing, the reaper not keeping up). Members holding
+    /// ADMIN OPTION are the admin role itself (PostgreSQL 16 grants a
+    /// created role to its creator that way), never a minted role.
+    pub async fn managed_role_count(&self) -> Result<u64, MintError> {
+        let mut conn = self.pool.get(&self.admin_database).await?;
+        let sql = format!(
+            "SELECT pg_catalog.count(*) FROM pg_catalog.pg_auth_members m \
+             JOIN pg_catalog.pg_roles g ON g.oid = m.roleid \
+             WHERE g.rolname = {} AND NOT m.admin_option",
+            postgres_protocol::escape::escape_literal(MARKER_ROLE)
+        );
+        let rows = conn.batch(&sql).await?;
+        rows.iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => row.get(0).and_then(|n| n.parse().ok()),
+                _ => None,
+            })
+            .ok_or_else(|| MintError::Backend {
+                database: self.admin_database.clone(),
+                message: "counting managed roles returned no number".into(),
+            })
+    }
+
     /// Creates the role for one session. See the module doc.
     pub async fn mint(&self, req: &MintRequest<'_>) -> Result<MintedRole, MintError> {
         let prepared = self.render_mint(req)?;

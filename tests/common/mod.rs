@@ -58,6 +58,8 @@ pub struct Harness {
     pub cluster: TempCluster,
     pub demo: Demo,
     pub addr: SocketAddr,
+    /// The admin listener's address, when the config turns it on.
+    pub admin_addr: Option<SocketAddr>,
     pub config: Config,
     pub shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -130,6 +132,7 @@ impl Harness {
         config.validate().expect("test config is valid");
         let server = Server::bind(config.clone()).await.expect("bind rolemint");
         let addr = server.local_addr();
+        let admin_addr = server.admin_addr();
         let shared = server.shared();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
@@ -137,6 +140,7 @@ impl Harness {
             cluster,
             demo,
             addr,
+            admin_addr,
             config,
             shared,
             shutdown,
