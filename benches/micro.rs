@@ -74,7 +74,8 @@ hs256_secret = "bench-secret-0123456789abcdef0123456789"
 fn scram_login(password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
     let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
     let first = String::from_utf8(scram.message().to_vec()).expect("ascii");
-    let nonce = first.rsplit("r=").next().expect("client nonce");
+    // The nonce may hold "r=" itself, never a comma.
+    let (_, nonce) = first.split_once(",r=").expect("client nonce");
     let server_first = format!(
         "r={nonce}serverpart,s={},i={iterations}",
         base64::engine::general_purpose::STANDARD.encode(salt)

@@ -6,6 +6,12 @@
 //! only thing watched is where backend messages begin and end, so that when
 //! a lease ends mid-session the client gets a whole FATAL ErrorResponse
 //! instead of half a DataRow followed by garbage.
+//!
+//! The splice stays in user space, also for two plaintext legs. A BPF
+//! sockmap could forward in the kernel, but removing a socket from the map
+//! purges what the kernel still holds for it, so a lease could not end at a
+//! message boundary without losing bytes; and it needs CAP_BPF and
+//! CAP_NET_ADMIN, which a proxy should not run with.
 
 use std::io;
 use std::pin::Pin;
