@@ -8,10 +8,11 @@
 //! instead of half a DataRow followed by garbage.
 //!
 //! The splice stays in user space, also for two plaintext legs. A BPF
-//! sockmap could forward in the kernel, but removing a socket from the map
-//! purges what the kernel still holds for it, so a lease could not end at a
-//! message boundary without losing bytes; and it needs CAP_BPF and
-//! CAP_NET_ADMIN, which a proxy should not run with.
+//! sockmap could forward in the kernel, but then rolemint never sees the
+//! bytes: ending a lease at a backend message boundary would need a stream
+//! parser program that frames PostgreSQL messages and a proven hand-back of
+//! both sockets to user space without losing what the kernel still queues,
+//! and it needs CAP_BPF and CAP_NET_ADMIN, which a proxy should not hold.
 
 use std::io;
 use std::pin::Pin;
