@@ -25,6 +25,9 @@
 //! `/usr/sbin` it is measured too, otherwise its rows are skipped with a note
 //! (`apt-get install pgbouncer`; `.ci/run` installs it).
 //!
+//! 1,000 idle sessions hold ~2,000 sockets in the proxy and 1,000 in the
+//! bench: raise `ulimit -n` first where the soft limit is 1024.
+//!
 //! # What runs
 //!
 //! One throwaway cluster (`TempCluster`, demo schema, pgbench scale 1, TLS
