@@ -10,11 +10,11 @@
 //!   server-first in, client-final out, which is where the PBKDF2 runs), at
 //!   `mint.scram_iterations`' default (16) and at PostgreSQL's 4096, to show
 //!   what the setting buys;
-//! - `relay/*`: `session::relay::splice` over in-memory pipes, a pgbench
+//! - `relay/*`: `session::relay::splice_until` over in-memory pipes, a pgbench
 //!   select-only round trip (query up, reply down), one session.
 
 use std::hint::black_box;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::{BufMut, BytesMut};
@@ -22,7 +22,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use rolemint::config::AuthConfig;
 use rolemint::identity::Verifier;
-use rolemint::lease::Lease;
 use rolemint::session::{relay, wire};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -127,17 +126,14 @@ fn relay_loop(c: &mut Criterion) {
             runtime.block_on(async {
                 let (client, mut client_peer) = tokio::io::duplex(64 * 1024);
                 let (backend, mut backend_peer) = tokio::io::duplex(64 * 1024);
-                let lease = Lease::new(
-                    "database/sessions/bench/x".into(),
-                    "r".into(),
-                    "readonly".into(),
-                    "appdb".into(),
-                    "bench".into(),
-                    SystemTime::now() + Duration::from_secs(3600),
-                );
-                let relay = tokio::spawn(async move {
-                    relay::splice(client, backend, wire::Framer::default(), &lease).await
-                });
+                // A lease that never ends: the client's close ends the splice.
+                let never = std::future::pending();
+                let relay = tokio::spawn(relay::splice_until(
+                    client,
+                    backend,
+                    wire::Framer::default(),
+                    never,
+                ));
                 let (q, r) = (query.clone(), reply.clone());
                 let server = tokio::spawn(async move {
                     let mut buf = vec![0; q.len()];

@@ -14,6 +14,7 @@
 //! both sockets to user space without losing what the kernel still queues,
 //! and it needs CAP_BPF and CAP_NET_ADMIN, which a proxy should not hold.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -27,7 +28,7 @@ use super::wire::{self, Framer};
 use crate::cancel::BackendKey;
 use crate::error::ClientError;
 use crate::lease::{EndReason, Lease};
-use crate::tls::ClientStream;
+use crate::tls::{BackendStream, ClientStream};
 
 /// Client-to-backend buffer. pgbench's queries are well under 1 KiB and
 /// PostgreSQL itself reads in 8 KiB chunks; a larger buffer only adds idle
@@ -88,6 +89,17 @@ pub async fn forward_startup(
 }
 
 /// Splices until either side closes or the lease ends.
+pub async fn splice(
+    client: ClientStream,
+    backend: BackendStream,
+    framer: Framer,
+    lease: &Lease,
+) -> (End, Traffic) {
+    splice_until(client, backend, framer, lease.ended()).await
+}
+
+/// Splices until either side closes or `ended` resolves with the reason the
+/// session must end.
 ///
 /// One future drives both directions over the two whole streams: no
 /// `split` (whose halves take a lock on every poll), no task per direction
@@ -95,17 +107,17 @@ pub async fn forward_startup(
 /// in one call, and flushes only when there is nothing more to read.
 ///
 /// Generic over the streams so the same loop runs over in-memory pipes in
-/// the relay's micro-benchmark; sessions pass [`ClientStream`] and
-/// [`crate::tls::BackendStream`].
-pub async fn splice<C, B>(
+/// tests and in the relay's micro-benchmark.
+pub async fn splice_until<C, B, E>(
     mut client: C,
     mut backend: B,
     framer: Framer,
-    lease: &Lease,
+    ended: E,
 ) -> (End, Traffic)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
+    E: Future<Output = EndReason>,
 {
     let mut up = Pump::new(UP_BUFFER, None);
     let mut down = Pump::new(DOWN_BUFFER, Some(framer));
@@ -113,7 +125,7 @@ where
     let end = tokio::select! {
         // Biased: a lease that ended wins over traffic that keeps coming.
         biased;
-        reason = lease.ended() => {
+        reason = ended => {
             let tell = async {
                 if down.finish_message(&mut backend, &mut client).await? {
                     let mut out = BytesMut::new();
@@ -314,10 +326,9 @@ impl Pump {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::lease::EndReason;
 
     #[tokio::test]
     async fn pump_copies_and_counts() {
@@ -350,26 +361,14 @@ mod tests {
         assert_eq!(&tx[..], &stream[..first_len]);
     }
 
-    fn lease() -> Lease {
-        Lease::new(
-            "database/sessions/t/x".into(),
-            "r".into(),
-            "t".into(),
-            "d".into(),
-            "i".into(),
-            SystemTime::now() + Duration::from_secs(3600),
-        )
-    }
-
     /// Both directions through one `splice`, each way a different size,
     /// counted exactly; the client's close ends it.
     #[tokio::test]
     async fn splice_relays_both_ways_and_counts() {
         let (client, mut client_peer) = tokio::io::duplex(4096);
         let (backend, mut backend_peer) = tokio::io::duplex(4096);
-        let lease = lease();
-        let relay =
-            tokio::spawn(async move { splice(client, backend, Framer::default(), &lease).await });
+        let never = std::future::pending();
+        let relay = tokio::spawn(splice_until(client, backend, Framer::default(), never));
         let mut reply = BytesMut::new();
         for i in 0..500 {
             wire::error_response("NOTICE", "00000", &format!("row {i}"), &mut reply);
@@ -403,20 +402,28 @@ mod tests {
     async fn ended_lease_finishes_the_message_then_sends_fatal() {
         let (client, mut client_peer) = tokio::io::duplex(4096);
         let (backend, mut backend_peer) = tokio::io::duplex(4096);
-        let lease = std::sync::Arc::new(lease());
-        let relay = {
+        let lease = CancellationToken::new();
+        let ended = {
             let lease = lease.clone();
-            tokio::spawn(async move { splice(client, backend, Framer::default(), &lease).await })
+            async move {
+                lease.cancelled().await;
+                EndReason::Expired
+            }
         };
+        let relay = tokio::spawn(splice_until(client, backend, Framer::default(), ended));
         let mut message = BytesMut::new();
         wire::error_response("NOTICE", "00000", "half of me comes later", &mut message);
         backend_peer.write_all(&message[..7]).await.unwrap();
         let mut first = [0; 7];
         client_peer.read_exact(&mut first).await.unwrap();
-        lease.end(EndReason::Expired);
+        lease.cancel();
         backend_peer.write_all(&message[7..]).await.unwrap();
         let mut rest = Vec::new();
-        client_peer.read_to_end(&mut rest).await.unwrap();
+        // Bounded: a relay that ignored the lease would leave this open.
+        tokio::time::timeout(Duration::from_secs(10), client_peer.read_to_end(&mut rest))
+            .await
+            .expect("the relay closes the client after the FATAL")
+            .unwrap();
         assert_eq!(&rest[..message.len() - 7], &message[7..]);
         let fatal = &rest[message.len() - 7..];
         assert_eq!(fatal[0], b'E');
