@@ -8,7 +8,7 @@
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -53,9 +53,36 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// Stateful TLS sessions remembered for resumption by clients that do not
+/// take tickets (TLS 1.2 without the ticket extension). About 200 bytes
+/// each: a bounded ~1 MiB at most.
+const SESSION_CACHE_ENTRIES: usize = 4096;
+/// TLS 1.3 tickets sent after each full handshake. A client that resumes
+/// needs one per reconnect and gets a fresh one each time; libpq never
+/// resumes, so every ticket beyond the first is an encryption and a write
+/// wasted on every connection (rustls sends 2 by default).
+const TLS13_TICKETS: usize = 1;
+
+/// The key that seals session tickets: one per process, so reloading the
+/// certificate (SIGHUP) does not invalidate the tickets clients hold.
+/// aws-lc-rs's ticketer rotates its own keys (every 6 hours).
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, TlsError> {
+    static TICKETER: OnceLock<Arc<dyn rustls::server::ProducesTickets>> = OnceLock::new();
+    if let Some(t) = TICKETER.get() {
+        return Ok(t.clone());
+    }
+    let made = rustls::crypto::aws_lc_rs::Ticketer::new()
+        .map_err(|e| TlsError::Config(format!("cannot make a session ticket key: {e}")))?;
+    Ok(TICKETER.get_or_init(|| made).clone())
+}
+
 /// Server config for client connections: certificate chain and key from PEM
 /// files, ALPN `postgresql` offered (direct TLS needs it; SSLRequest clients
 /// may send none).
+///
+/// Session resumption is on, for reconnect storms: a client that kept a
+/// ticket (or a TLS 1.2 session id) skips the certificate signature and the
+/// key exchange's public-key work on its next connection.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     install_crypto_provider();
     let pem_err = |path: &Path, e: &dyn std::fmt::Display| TlsError::Pem {
@@ -75,6 +102,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .with_single_cert(certs, key_der)
         .map_err(|e| TlsError::Config(format!("certificate and key do not fit: {e}")))?;
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    config.ticketer = ticketer()?;
+    config.send_tls13_tickets = TLS13_TICKETS;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     Ok(Arc::new(config))
 }
 
@@ -255,5 +285,72 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
             MaybeTls::Plain(s) => s.is_write_vectored(),
             MaybeTls::Tls(s) => s.is_write_vectored(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// One TLS connection over an in-memory pipe; how its handshake went.
+    async fn connect(
+        server: Arc<rustls::ServerConfig>,
+        client: Arc<rustls::ClientConfig>,
+    ) -> rustls::HandshakeKind {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let accept = async move {
+            let mut tls = tokio_rustls::TlsAcceptor::from(server)
+                .accept(server_io)
+                .await
+                .unwrap();
+            // Application data after the tickets, so the client reads them.
+            tls.write_all(b"x").await.unwrap();
+            tls.flush().await.unwrap();
+            tls
+        };
+        let connect = async move {
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(client)
+                .connect(name, client_io)
+                .await
+                .unwrap();
+            let mut byte = [0; 1];
+            tls.read_exact(&mut byte).await.unwrap();
+            tls.get_ref().1.handshake_kind().unwrap()
+        };
+        let (_server, kind) = tokio::join!(accept, connect);
+        kind
+    }
+
+    #[tokio::test]
+    async fn a_returning_client_resumes_its_session() {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        crate::dev::write_self_signed_cert(dir.path()).unwrap();
+        let server =
+            server_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
+        let client = Arc::new(
+            rustls::ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoCertificateVerification::new()))
+                .with_no_client_auth(),
+        );
+        assert_eq!(
+            connect(server.clone(), client.clone()).await,
+            rustls::HandshakeKind::Full
+        );
+        assert_eq!(
+            connect(server.clone(), client.clone()).await,
+            rustls::HandshakeKind::Resumed
+        );
+        // A reloaded certificate keeps the ticket key.
+        let reloaded =
+            server_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
+        assert_eq!(
+            connect(reloaded, client).await,
+            rustls::HandshakeKind::Resumed
+        );
     }
 }
