@@ -14,7 +14,8 @@
 //! - [`server`]: the accept loop, the connection limit, graceful shutdown,
 //!   and [`server::Shared`], what every session shares.
 //! - [`session`]: one connection, top to bottom: [`session::handshake`]
-//!   (encryption, startup, token), [`session::backend`] (logging in to
+//!   (encryption, startup, token), [`session::params`] (the startup
+//!   parameters allowed through to the backend), [`session::backend`] (logging in to
 //!   PostgreSQL as the minted role with SCRAM), [`session::relay`] (startup
 //!   forwarding with the BackendKeyData swapped, then the splice), and
 //!   [`session::wire`] (the few messages rolemint encodes and decodes).
