@@ -15,7 +15,8 @@
 //!   and [`server::Shared`], what every session shares.
 //! - [`session`]: one connection, top to bottom: [`session::handshake`]
 //!   (encryption, startup, token), [`session::params`] (the startup
-//!   parameters allowed through to the backend), [`session::backend`] (logging in to
+//!   parameters allowed through to the backend), [`session::login`] (the
+//!   login as a state machine over backend messages), [`session::backend`] (logging in to
 //!   PostgreSQL as the minted role with SCRAM), [`session::relay`] (startup
 //!   forwarding with the BackendKeyData swapped, then the splice), and
 //!   [`session::wire`] (the few messages rolemint encodes and decodes).

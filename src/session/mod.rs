@@ -7,11 +7,13 @@
 //!
 //! [`run`] is the whole story; each step lives in its own file:
 //! [`handshake`] (encryption, startup, token), [`params`] (the startup
-//! parameters allowed through), [`backend`] (login as the minted role), [`relay`] (startup forwarding, splice) and [`wire`] (the
+//! parameters allowed through), [`backend`] and [`login`] (login as the
+//! minted role: the sockets, and the state machine over the messages), [`relay`] (startup forwarding, splice) and [`wire`] (the
 //! messages rolemint encodes and decodes itself).
 
 pub mod backend;
 pub mod handshake;
+pub mod login;
 pub mod params;
 pub mod relay;
 pub mod wire;
