@@ -64,6 +64,9 @@ impl Server {
             _ => None,
         };
         let backend_tls = crate::tls::backend_client_config(&config.backend)?;
+        if let Some(warning) = crate::check::backend_tls_warning(&config.backend) {
+            tracing::warn!("{warning}");
+        }
         let verifier = Verifier::from_config(&config.auth)?;
         let minter = Minter::new(&config)?;
         minter.prepare().await.with_context(|| {
