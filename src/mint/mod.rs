@@ -31,6 +31,7 @@ use crate::config::{Config, RoleTemplate};
 use crate::identity::Identity;
 use crate::secret::Secret;
 
+mod auth_guard;
 mod names;
 mod pg_tls;
 mod pool;
