@@ -187,7 +187,8 @@ mod tests {
         (0..=stream.len())
             .map(|split| {
                 let mut w = Watch::default();
-                w.feed(&stream[..split]).and_then(|()| w.feed(&stream[split..]))
+                w.feed(&stream[..split])
+                    .and_then(|()| w.feed(&stream[split..]))
             })
             .collect()
     }

@@ -33,9 +33,9 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use super::auth_guard::{Guarded, GuardedConnect};
 use super::pg_tls::MakeRustlsConnect;
-use tokio_postgres::tls::MakeTlsConnect;
 use super::MintError;
 use crate::config::{BackendConfig, BackendTls};
+use tokio_postgres::tls::MakeTlsConnect;
 
 /// Idle admin connections, per database.
 pub struct AdminPool {
