@@ -23,14 +23,16 @@
 //! - [`identity`]: token in, [`identity::Identity`] out (HS256 JWTs).
 //! - [`policy`]: identity × template × database → allowed or not, and why.
 //! - [`mint`]: role names, SCRAM verifiers, template rendering, the admin
-//!   connection pool, and the SQL that creates and drops roles.
+//!   connection pool (which never answers a cleartext or MD5 password
+//!   request), and the SQL that creates and drops roles.
 //! - [`lease`]: live leases, their deadlines, revocation with retry.
 //! - [`cancel`]: rolemint's cancel keys mapped to the backends'.
 //! - [`tls`]: rustls for clients and the backend, and the stream type.
 //! - [`error`]: what a client may be told, with its SQLSTATE.
 //! - [`secret`]: a string that never prints.
 //! - [`logging`]: the tracing subscriber and its filter.
-//! - [`check`]: `rolemint check`, the preflight of a config and backend.
+//! - [`check`]: `rolemint check`, the preflight of a config and backend,
+//!   pg_hba.conf's confinement of minted roles included.
 //! - [`pgcluster`]: a throwaway PostgreSQL cluster, used by `rolemint dev`
 //!   and by the tests.
 //! - [`dev`]: `rolemint dev`.

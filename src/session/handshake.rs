@@ -15,7 +15,7 @@
 //! rustls) when the splice starts reading.
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -91,7 +91,8 @@ pub struct Startup {
 }
 
 impl Startup {
-    fn from_params(minor: u16, params: Vec<(String, String)>) -> Result<Startup, ClientError> {
+    /// Sorts a startup packet's parameters (sans IO; public for fuzzing).
+    pub fn from_params(minor: u16, params: Vec<(String, String)>) -> Result<Startup, ClientError> {
         let mut template = None;
         let mut database = None;
         let mut forward = Vec::with_capacity(params.len());
@@ -222,7 +223,7 @@ async fn write_byte(tcp: &mut TcpStream, b: u8) -> Result<(), Refused> {
 
 /// Reads one startup packet exactly; the outer error is I/O, the inner one a
 /// protocol error the client should be told about.
-async fn read_startup_packet<S: AsyncRead + Unpin>(
+pub async fn read_startup_packet<S: AsyncRead + Unpin>(
     stream: &mut S,
 ) -> std::io::Result<Result<StartupPacket, ClientError>> {
     let mut len = [0u8; 4];
@@ -241,8 +242,8 @@ const TOKEN_INITIAL_CAPACITY: usize = 4096;
 
 /// Asks for the password (after a NegotiateProtocolVersion when the client
 /// asked for more than 3.0) and reads the token, at most `max_bytes` long.
-pub async fn read_token(
-    stream: &mut ClientStream,
+pub async fn read_token<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     startup: &Startup,
     max_bytes: usize,
 ) -> Result<Secret, (ClientError, String)> {

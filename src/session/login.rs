@@ -138,6 +138,14 @@ impl<'a> Flow<'a> {
     }
 
     fn advance(&mut self, frame: &[u8]) -> Result<Step, LoginError> {
+        // One whole message, its length word true: the parser would
+        // otherwise reserve whatever length a frame claims.
+        let claimed = frame
+            .get(1..5)
+            .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize);
+        if claimed.is_none() || claimed != frame.len().checked_sub(1) {
+            return Err(LoginError::protocol("malformed message length"));
+        }
         let mut buf = BytesMut::from(frame);
         let message = match Message::parse(&mut buf) {
             Ok(Some(message)) if buf.is_empty() => message,
@@ -586,6 +594,15 @@ mod tests {
         *state ^= *state >> 7;
         *state ^= *state << 17;
         *state
+    }
+
+    #[test]
+    fn a_frame_claiming_more_than_it_holds_is_refused_without_allocating() {
+        let password = Secret::new(PASSWORD);
+        let mut flow = Flow::new("v-alice", &password, false);
+        let e = flow.step(&[b'R', 0x4c, 0, 0, 0, 0, 0, 0, 0]).err().unwrap();
+        assert!(e.to_string().contains("length"), "{e}");
+        assert!(flow.step(&[]).is_err());
     }
 
     #[test]
