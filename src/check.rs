@@ -10,9 +10,16 @@
 
 use std::time::SystemTime;
 
-use crate::config::Config;
+use crate::config::{BackendConfig, BackendTls, Config};
 use crate::identity::{Identity, Verifier};
-use crate::mint::{MintRequest, Minter};
+use crate::mint::{HbaRule, MintRequest, Minter};
+
+/// The marker role every minted role is a member of, as pg_hba.conf names
+/// its members.
+const MANAGED_GROUP: &str = "+rolemint_managed";
+/// Credential roles of the Vault-compatible door: members of both groups,
+/// they log in directly, so a line for them may come first.
+const DIRECT_GROUP: &str = "+rolemint_direct";
 
 /// What went wrong, one line each.
 #[derive(Debug, Default)]
@@ -52,6 +59,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     }
     check_admin(config, &mut report);
     check_audit(config, &mut report);
+    if let Some(warning) = backend_tls_warning(&config.backend) {
+        report.warn(&warning);
+    }
     match Verifier::from_config(&config.auth) {
         Ok(_) => report.ok("token verification key"),
         Err(e) => report.fail(format!("token verification: {e}")),
@@ -97,6 +107,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             b.admin_user
         ));
     }
+    check_hba(&minter, &mut report).await;
     match minter.prepare().await {
         Ok(()) if facts.marker_exists => report.ok("marker role rolemint_managed exists"),
         Ok(()) => report.ok("marker role rolemint_managed created"),
@@ -203,6 +214,103 @@ fn audit_writable(path: &std::path::Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create it in {}: {e}", dir.display()))
 }
 
+/// A loud warning when the admin password and the minted roles' SCRAM
+/// exchanges cross a network without a verified TLS connection; `None` for
+/// a loopback backend or `verify-full`.
+pub fn backend_tls_warning(backend: &BackendConfig) -> Option<String> {
+    let loopback = backend.host == "localhost"
+        || backend
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let how = match backend.tls {
+        _ if loopback => return None,
+        BackendTls::VerifyFull => return None,
+        BackendTls::Disable => "without TLS",
+        BackendTls::Require => "with TLS but without verifying its certificate",
+    };
+    Some(format!(
+        "backend {} is not on this machine and is reached {how}: anyone on the path can read \
+         the sessions, and pose as the server to the admin connection; set backend.tls = \"verify-full\"",
+        backend.host
+    ))
+}
+
+/// pg_hba.conf must let members of rolemint_managed log in only from
+/// rolemint's address: otherwise a session that gave its role a password
+/// (`ALTER ROLE CURRENT_USER PASSWORD ...`) can log in around the proxy
+/// until its VALID UNTIL.
+async fn check_hba(minter: &Minter, report: &mut Report) {
+    match minter.hba_rules().await {
+        Ok((Some(address), rules)) => match hba_confines_managed_roles(&rules, &address) {
+            Ok(()) => report.ok(&format!(
+                "pg_hba.conf: members of rolemint_managed log in only from {address}"
+            )),
+            Err(problem) => report.fail(format!(
+                "pg_hba.conf: {problem}. Minted roles must log in only from rolemint's address; \
+                 put these lines before any other that matches them:\n\
+                 \thost all {DIRECT_GROUP} all scram-sha-256\n\
+                 \thost all {MANAGED_GROUP} {address}/32 scram-sha-256\n\
+                 \thost all {MANAGED_GROUP} all reject"
+            )),
+        },
+        Ok((None, _)) => {
+            report.fail("pg_hba.conf: no rules readable (pg_hba_file_rules is empty)".to_owned())
+        }
+        Err(e) => report.fail(format!(
+            "pg_hba.conf: cannot read pg_hba_file_rules ({e}); as a superuser run \
+             GRANT SELECT ON pg_catalog.pg_hba_file_rules TO <admin>; \
+             GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO <admin>;"
+        )),
+    }
+}
+
+/// Walks the rules as PostgreSQL would for a minted role (first match
+/// wins): every line that can match it and lets it in must be for exactly
+/// `rolemint_addr`, until a `reject` for every address ends the search.
+/// Lines naming the role by name cannot match a minted role (its name is
+/// fresh); lines for `+rolemint_direct` only match credential roles.
+pub fn hba_confines_managed_roles(rules: &[HbaRule], rolemint_addr: &str) -> Result<(), String> {
+    let mut local_closed = false;
+    for rule in rules {
+        let matches = rule.users.iter().any(|u| u == "all" || u == MANAGED_GROUP);
+        if !matches || rule.users.iter().any(|u| u == DIRECT_GROUP) {
+            continue;
+        }
+        let line = rule.line;
+        let everywhere = rule.address.as_deref() == Some("all");
+        match (rule.kind.as_str(), rule.method.as_str()) {
+            ("local", "reject") => local_closed = true,
+            ("local", _) if local_closed => {}
+            ("local", method) => {
+                return Err(format!(
+                    "line {line} lets them log in over the Unix socket ({method})"
+                ))
+            }
+            (_, "reject") if everywhere => return Ok(()),
+            (_, "reject") => {}
+            (_, _) if is_exactly(rule, rolemint_addr) => {}
+            (_, method) => {
+                let from = rule.address.as_deref().unwrap_or("anywhere");
+                return Err(format!(
+                    "line {line} lets them log in from {from} ({method})"
+                ));
+            }
+        }
+    }
+    // No line matches the rest: PostgreSQL refuses them.
+    Ok(())
+}
+
+/// The line is for one address, and it is `addr`.
+fn is_exactly(rule: &HbaRule, addr: &str) -> bool {
+    let single = matches!(
+        rule.netmask.as_deref(),
+        Some("255.255.255.255") | Some("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+    );
+    single && rule.address.as_deref() == Some(addr)
+}
+
 fn finish(report: Report) -> anyhow::Result<()> {
     match report.failures.len() {
         0 => {
@@ -210,5 +318,93 @@ fn finish(report: Report) -> anyhow::Result<()> {
             Ok(())
         }
         n => anyhow::bail!("{n} check(s) failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(line: u32, kind: &str, users: &str, address: Option<&str>, method: &str) -> HbaRule {
+        let netmask = match address {
+            Some(a) if a.contains(':') => Some("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+            Some("all") | None => None,
+            Some(_) => Some("255.255.255.255"),
+        };
+        HbaRule {
+            line,
+            kind: kind.into(),
+            users: users.split(',').map(str::to_owned).collect(),
+            address: address.map(str::to_owned),
+            netmask: netmask.map(str::to_owned),
+            method: method.into(),
+        }
+    }
+
+    fn recommended() -> Vec<HbaRule> {
+        vec![
+            rule(1, "local", "+rolemint_managed", None, "reject"),
+            rule(2, "local", "all", None, "scram-sha-256"),
+            rule(3, "host", "+rolemint_direct", Some("all"), "scram-sha-256"),
+            rule(
+                4,
+                "host",
+                "+rolemint_managed",
+                Some("10.0.0.5"),
+                "scram-sha-256",
+            ),
+            rule(5, "host", "+rolemint_managed", Some("all"), "reject"),
+            rule(6, "host", "all", Some("all"), "scram-sha-256"),
+        ]
+    }
+
+    #[test]
+    fn the_recommended_lines_pass() {
+        assert_eq!(
+            hba_confines_managed_roles(&recommended(), "10.0.0.5"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_wider_line_before_the_reject_fails() {
+        let mut rules = recommended();
+        rules.insert(0, rule(0, "host", "all", Some("all"), "scram-sha-256"));
+        let e = hba_confines_managed_roles(&rules, "10.0.0.5").unwrap_err();
+        assert!(e.contains("line 0"), "{e}");
+        // The same lines, seen from another rolemint address.
+        let e = hba_confines_managed_roles(&recommended(), "10.0.0.6").unwrap_err();
+        assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn no_reject_line_fails_when_a_later_line_lets_them_in() {
+        let rules = vec![
+            rule(
+                1,
+                "host",
+                "+rolemint_managed",
+                Some("10.0.0.5"),
+                "scram-sha-256",
+            ),
+            rule(2, "host", "all", Some("all"), "scram-sha-256"),
+        ];
+        assert!(hba_confines_managed_roles(&rules, "10.0.0.5").is_err());
+        let unix = vec![rule(1, "local", "all", None, "peer")];
+        assert!(hba_confines_managed_roles(&unix, "10.0.0.5").is_err());
+    }
+
+    #[test]
+    fn remote_backends_without_verified_tls_are_warned_about() {
+        let mut backend: BackendConfig =
+            toml::from_str("host = \"db.example.com\"\nadmin_user = \"a\"").unwrap();
+        assert!(backend_tls_warning(&backend).is_some());
+        backend.tls = BackendTls::Require;
+        assert!(backend_tls_warning(&backend).is_some());
+        backend.tls = BackendTls::VerifyFull;
+        assert!(backend_tls_warning(&backend).is_none());
+        backend.tls = BackendTls::Disable;
+        backend.host = "127.0.0.1".into();
+        assert!(backend_tls_warning(&backend).is_none());
     }
 }

@@ -72,7 +72,13 @@ pub struct ProxyConfig {
     /// Sessions open at once; one more gets SQLSTATE 53300.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Time a client has from TCP connect to sending its token.
+    /// Connections still in the handshake (before their token is checked)
+    /// at once; more are closed at accept. Kept apart from
+    /// `max_connections` so that idle sockets cannot take session slots.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Time a client has from TCP connect to sending its token: one
+    /// deadline for the whole handshake.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// On SIGTERM / Ctrl-C: how long running sessions may go on before they
@@ -405,6 +411,9 @@ impl Default for MintConfig {
 fn default_max_connections() -> usize {
     1000
 }
+fn default_max_handshakes() -> usize {
+    256
+}
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(15)
 }
@@ -607,6 +616,9 @@ impl Config {
         }
         if p.max_connections == 0 {
             return Err(invalid("proxy.max_connections must be at least 1"));
+        }
+        if p.max_handshakes == 0 {
+            return Err(invalid("proxy.max_handshakes must be at least 1"));
         }
         if !(1024..=1024 * 1024).contains(&p.max_token_bytes) {
             return Err(invalid(

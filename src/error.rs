@@ -55,6 +55,10 @@ pub enum ClientError {
     /// The client sent a startup without `user`.
     #[error("no PostgreSQL user name specified in startup packet")]
     NoUser,
+    /// A startup parameter (or `options` setting) not on the allowlist of
+    /// `session::params`: PostgreSQL would apply it as the minted role.
+    #[error("rolemint does not pass the setting \"{0}\" to the database")]
+    ParameterNotAllowed(String),
     /// A startup parameter we refuse (replication connections).
     #[error("{0}")]
     Unsupported(&'static str),
@@ -79,6 +83,7 @@ impl ClientError {
             ClientError::UnsupportedProtocol(..) => "0A000",
             ClientError::NoUser => "28000",
             ClientError::Unsupported(_) => "0A000",
+            ClientError::ParameterNotAllowed(_) => "42501",
         }
     }
 
@@ -101,6 +106,7 @@ impl ClientError {
             ClientError::UnsupportedProtocol(..) => "unsupported_protocol",
             ClientError::NoUser => "no_user",
             ClientError::Unsupported(_) => "unsupported",
+            ClientError::ParameterNotAllowed(_) => "parameter_not_allowed",
         }
     }
 }

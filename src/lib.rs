@@ -16,7 +16,9 @@
 //! - [`server`]: the accept loop, the connection limit, graceful shutdown.
 //! - [`state`]: [`state::Shared`], what every session shares.
 //! - [`session`]: one connection, top to bottom: [`session::handshake`]
-//!   (encryption, startup, token), [`session::backend`] (logging in to
+//!   (encryption, startup, token), [`session::params`] (the startup
+//!   parameters allowed through to the backend), [`session::login`] (the
+//!   login as a state machine over backend messages), [`session::backend`] (logging in to
 //!   PostgreSQL as the minted role with SCRAM), [`session::relay`] (startup
 //!   forwarding with the BackendKeyData swapped, then the splice), and
 //!   [`session::wire`] (the few messages rolemint encodes and decodes).
@@ -28,8 +30,9 @@
 //!   (allow lists, deny by default); the lease cap at the token's expiry;
 //!   the session settings rendered from claims.
 //! - [`mint`]: role names, SCRAM verifiers, template rendering, the admin
-//!   connection pool, and the SQL that creates, renews and drops roles
-//!   (owned objects handed to the template's owner).
+//!   connection pool (which never answers a cleartext or MD5 password
+//!   request), and the SQL that creates, renews and drops roles (owned
+//!   objects handed to the template's owner).
 //! - [`lease`]: the registry of live leases: deadlines, lookup, renew.
 //! - [`revoke`]: the revocation service: every role handed to it is
 //!   dropped (or retained, and said so), retried until it is.
@@ -47,7 +50,8 @@
 //! - [`error`]: what a client may be told, with its SQLSTATE.
 //! - [`secret`]: a string that never prints.
 //! - [`logging`]: the tracing subscriber and its filter.
-//! - [`check`]: `rolemint check`, the preflight of a config and backend.
+//! - [`check`]: `rolemint check`, the preflight of a config and backend,
+//!   pg_hba.conf's confinement of minted roles included.
 //! - [`pgcluster`]: a throwaway PostgreSQL cluster, used by `rolemint dev`
 //!   and by the tests.
 //! - [`dev`]: `rolemint dev`.

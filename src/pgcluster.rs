@@ -75,6 +75,27 @@ pub const DEMO_ADMIN_USER: &str = "rolemint_admin";
 /// provisions the Docker setup; there the admin password comes from the
 /// environment (`\getenv`), here the line is replaced by a `\set` with a
 /// SCRAM verifier (see [`provision_demo`]).
+/// The cluster's pg_hba.conf: the lines `rolemint check` asks for.
+///
+/// Every connection proves a password: a method without one would hide every
+/// authentication bug in rolemint. And a minted role (a member of
+/// `rolemint_managed`) logs in only from rolemint's address, 127.0.0.1 here:
+/// a session that gave its role a password (`ALTER ROLE CURRENT_USER
+/// PASSWORD ...`) cannot use it around the proxy. Credential roles of the
+/// Vault-compatible door are members of `rolemint_direct` too and log in
+/// from anywhere; the first matching line wins. Any other address on the
+/// loopback network (127.0.0.2, ...) plays "elsewhere" in the tests.
+pub const HBA: &str = "\
+# Written by rolemint's TempCluster (src/pgcluster.rs).
+# TYPE  DATABASE  USER               ADDRESS        METHOD
+local   all       +rolemint_managed                 reject
+local   all       all                               scram-sha-256
+host    all       +rolemint_direct   all            scram-sha-256
+host    all       +rolemint_managed  127.0.0.1/32   scram-sha-256
+host    all       +rolemint_managed  all            reject
+host    all       all                127.0.0.0/8    scram-sha-256
+";
+
 const DEMO_SQL: &str = include_str!("../docker/initdb/10-rolemint-demo.sql");
 
 /// The line of [`DEMO_SQL`] that [`provision_demo`] replaces.
@@ -458,16 +479,8 @@ impl TempCluster {
             .and_then(|mut f| f.write_all(conf.as_bytes()))
             .map_err(io_error(format!("cannot write {}", conf_path.display())))?;
 
-        let hba = "\
-# Written by rolemint's TempCluster (src/pgcluster.rs).
-# Every connection proves a password: a method without one would hide
-# every authentication bug in rolemint.
-# TYPE  DATABASE  USER  ADDRESS        METHOD
-local   all       all                  scram-sha-256
-host    all       all   127.0.0.1/32   scram-sha-256
-";
         let hba_path = self.data_dir.join("pg_hba.conf");
-        fs::write(&hba_path, hba).map_err(io_error(format!("cannot write {}", hba_path.display())))
+        fs::write(&hba_path, HBA).map_err(io_error(format!("cannot write {}", hba_path.display())))
     }
 
     /// Starts the postmaster on a free port, retrying on a port taken in the
@@ -1089,10 +1102,11 @@ mod tests {
         let method = cluster
             .psql_as_superuser(
                 "postgres",
-                "SELECT auth_method FROM pg_hba_file_rules WHERE type = 'host';",
+                "SELECT string_agg(DISTINCT auth_method, ',') FROM pg_hba_file_rules \
+                 WHERE error IS NULL;",
             )
             .unwrap();
-        assert_eq!(method, "scram-sha-256");
+        assert_eq!(method, "reject,scram-sha-256");
 
         // A wrong password is refused: the cluster really asks for one.
         let mut wrong = cluster.superuser_client(cluster.psql(), "postgres");

@@ -28,10 +28,6 @@ use crate::mint::Minter;
 use crate::revoke::Revoker;
 use crate::state::Shared;
 
-/// Refusal tasks allowed at once beyond `max_connections`: enough to tell
-/// a burst of clients why, bounded so a flood cannot grow memory.
-const MAX_REFUSALS_IN_FLIGHT: usize = 64;
-
 /// Longest wait, once sessions have been told their leases ended at
 /// shutdown, for them to close (each is bounded by its own short write
 /// timeouts; this is the backstop).
@@ -59,6 +55,9 @@ impl Server {
             _ => None,
         };
         let backend_tls = crate::tls::backend_client_config(&config.backend)?;
+        if let Some(warning) = crate::check::backend_tls_warning(&config.backend) {
+            tracing::warn!("{warning}");
+        }
         let verifier = Verifier::from_config(&config.auth)?;
         verifier.start_refresh();
         let minter = Arc::new(Minter::new(&config)?);
@@ -125,7 +124,7 @@ impl Server {
         let admin = crate::admin::wiring::start(admin, &shared, audit, &shutdown);
         let sessions = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(shared.config.proxy.max_connections));
-        let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
+        let handshakes = Arc::new(Semaphore::new(shared.config.proxy.max_handshakes));
         // TTLs keep running while sessions drain, so the expiry task has its own stop.
         let expiry_stop = CancellationToken::new();
         let expiry = tokio::spawn(Arc::clone(&shared.leases).run_expiry(expiry_stop.clone()));
@@ -148,23 +147,17 @@ impl Server {
                     }
                 },
             };
-            let permit = match Arc::clone(&limit).try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => match Arc::clone(&refusals).try_acquire_owned() {
-                    // Told why by the session; the refusal permit lives as
-                    // long as that takes.
-                    Ok(refusal) => {
-                        let shared = Arc::clone(&shared);
-                        sessions.spawn(async move {
-                            crate::session::run(shared, tcp, peer, None).await;
-                            drop(refusal);
-                        });
-                        continue;
-                    }
-                    Err(_) => continue, // dropped: the flood gets a closed socket
-                },
+            // A connection in its handshake holds a handshake permit, not a
+            // session slot: over the limit, the flood gets a closed socket.
+            let Ok(handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
+                tracing::debug!(%peer, "too many handshakes in flight: connection closed");
+                continue;
             };
-            sessions.spawn(crate::session::run(Arc::clone(&shared), tcp, peer, permit));
+            let limits = crate::session::Admission {
+                handshake,
+                sessions: Arc::clone(&limit),
+            };
+            sessions.spawn(crate::session::run(Arc::clone(&shared), tcp, peer, limits));
         }
 
         drop(listener);

@@ -22,6 +22,10 @@ CREATE ROLE rolemint_admin WITH LOGIN CREATEROLE PASSWORD :'admin_password';
 -- To end a lease's sessions (pg_terminate_backend) before its role is dropped:
 -- DROP ROLE does not end them.
 GRANT pg_signal_backend TO rolemint_admin;
+-- So that `rolemint check` can verify that pg_hba.conf lets minted roles log
+-- in only from rolemint's address (the view is superuser-only by default).
+GRANT SELECT ON pg_catalog.pg_hba_file_rules TO rolemint_admin;
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO rolemint_admin;
 
 -- Group roles the templates grant to minted roles. Nobody logs in as them.
 CREATE ROLE app_read NOLOGIN;

@@ -38,6 +38,7 @@ use crate::identity::Identity;
 use crate::lease::{Lease, LeaseKind};
 use crate::secret::Secret;
 
+mod auth_guard;
 mod names;
 mod pg_tls;
 mod pool;
@@ -288,6 +289,21 @@ pub struct AdminFacts {
     pub marker_exists: bool,
 }
 
+/// One line of pg_hba.conf as the server reads it (`pg_hba_file_rules`),
+/// for `rolemint check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HbaRule {
+    pub line: u32,
+    /// `local`, `host`, `hostssl`, ...
+    pub kind: String,
+    /// The user column: `all`, `+group` or role names.
+    pub users: Vec<String>,
+    /// `all`, an address, a host name, `samehost`, ...; `None` for `local`.
+    pub address: Option<String>,
+    pub netmask: Option<String>,
+    pub method: String,
+}
+
 /// Creates and drops roles as the admin user.
 #[derive(Debug)]
 pub struct Minter {
@@ -497,6 +513,34 @@ impl Minter {
             signal_backend: flag(3),
             marker_exists: flag(4),
         })
+    }
+
+    /// pg_hba.conf's valid lines in order, and the admin connection's
+    /// address as the server sees it (rolemint's address).
+    pub async fn hba_rules(&self) -> Result<(Option<String>, Vec<HbaRule>), MintError> {
+        let mut conn = self.pool.get(&self.admin_database).await?;
+        let messages = conn.batch(sql::HBA_RULES).await?;
+        let mut address = None;
+        let mut rules = Vec::new();
+        for row in messages.iter().filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        }) {
+            address = row.get(6).map(str::to_owned);
+            let text = |i: usize| row.get(i).map(str::to_owned);
+            rules.push(HbaRule {
+                line: row.get(0).and_then(|l| l.parse().ok()).unwrap_or(0),
+                kind: text(1).unwrap_or_default(),
+                users: row
+                    .get(2)
+                    .map(|u| u.split('\n').map(str::to_owned).collect())
+                    .unwrap_or_default(),
+                address: text(3),
+                netmask: text(4),
+                method: text(5).unwrap_or_default(),
+            });
+        }
+        Ok((address, rules))
     }
 
     /// Name, credentials, expiry, the statement batch of one mint and the

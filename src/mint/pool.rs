@@ -15,6 +15,12 @@
 //! statement batch by `mint.statement_timeout` on our side *and* as the
 //! session's `statement_timeout` on the server's side, so a statement we
 //! gave up on does not run on forever.
+//!
+//! The admin password never crosses the wire in a form an eavesdropper can
+//! use: unless `backend.allow_weak_auth` is set, every admin login reads
+//! the server's messages through [`super::auth_guard`], which ends the
+//! connection before tokio-postgres can answer a cleartext or MD5 password
+//! request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,9 +31,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
+use super::auth_guard::{Guarded, GuardedConnect};
 use super::pg_tls::MakeRustlsConnect;
 use super::MintError;
 use crate::config::{BackendConfig, BackendTls};
+use tokio_postgres::tls::MakeTlsConnect;
 
 /// Idle admin connections, per database.
 pub struct AdminPool {
@@ -43,6 +51,11 @@ pub struct AdminPool {
     statement_timeout: Duration,
     /// Run once on every new connection.
     session_setup: String,
+    /// Where to connect (the `base` config holds them too, but
+    /// `connect_raw` takes an open socket).
+    addr: (String, u16),
+    /// `backend.allow_weak_auth`: when false, logins go through the guard.
+    allow_weak_auth: bool,
 }
 
 impl std::fmt::Debug for AdminPool {
@@ -107,6 +120,8 @@ impl AdminPool {
             connect_timeout: backend.connect_timeout,
             statement_timeout,
             session_setup,
+            addr: (backend.host.clone(), backend.port),
+            allow_weak_auth: backend.allow_weak_auth,
         })
     }
 
@@ -170,12 +185,29 @@ impl AdminPool {
         let mut config = self.base.clone();
         config.dbname(database);
         let connecting = async {
-            match &self.tls {
-                None => spawn_connection(config.connect(NoTls).await?),
-                Some(tls) => {
-                    spawn_connection(config.connect(MakeRustlsConnect::new(tls.clone())).await?)
-                }
+            if self.allow_weak_auth {
+                return match &self.tls {
+                    None => Ok(spawn_connection(config.connect(NoTls).await?)?),
+                    Some(tls) => Ok(spawn_connection(
+                        config.connect(MakeRustlsConnect::new(tls.clone())).await?,
+                    )?),
+                };
             }
+            let tcp = tokio::net::TcpStream::connect((self.addr.0.as_str(), self.addr.1))
+                .await
+                .map_err(GuardedConnectError::Io)?;
+            crate::tls::tune_tcp(&tcp);
+            Ok(match &self.tls {
+                None => spawn_connection(config.connect_raw(Guarded::new(tcp), NoTls).await?)?,
+                Some(tls) => {
+                    let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
+                        &mut MakeRustlsConnect::new(tls.clone()),
+                        &self.addr.0,
+                    )
+                    .map_err(GuardedConnectError::Io)?;
+                    spawn_connection(config.connect_raw(tcp, GuardedConnect(tls)).await?)?
+                }
+            })
         };
         let client = match tokio::time::timeout(self.connect_timeout, connecting).await {
             Err(_) => {
@@ -185,7 +217,15 @@ impl AdminPool {
                     after: self.connect_timeout,
                 })
             }
-            Ok(Err(e)) => return Err(MintError::connect(database, &e)),
+            Ok(Err(GuardedConnectError::Postgres(e))) => {
+                return Err(MintError::connect(database, &e))
+            }
+            Ok(Err(GuardedConnectError::Io(e))) => {
+                return Err(MintError::Backend {
+                    database: database.to_owned(),
+                    message: format!("connecting as admin: {e}"),
+                })
+            }
             Ok(Ok(c)) => c,
         };
         match tokio::time::timeout(
@@ -221,6 +261,18 @@ impl AdminPool {
         if let Some(db) = self.lock_databases().get_mut(database) {
             db.idle.push(client);
         }
+    }
+}
+
+/// Why an admin connection could not be opened.
+enum GuardedConnectError {
+    Io(std::io::Error),
+    Postgres(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for GuardedConnectError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        GuardedConnectError::Postgres(e)
     }
 }
 

@@ -199,6 +199,13 @@ pub fn admin_facts() -> String {
     )
 }
 
+/// pg_hba.conf's valid lines, each with the admin connection's own address
+/// (user names joined by newlines, which a role name cannot hold unquoted).
+pub const HBA_RULES: &str = "SELECT r.line_number, r.type, \
+       pg_catalog.array_to_string(r.user_name, E'\\n'), r.address, r.netmask, \
+       r.auth_method, pg_catalog.host(pg_catalog.inet_client_addr()) \
+  FROM pg_catalog.pg_hba_file_rules r WHERE r.error IS NULL ORDER BY r.line_number";
+
 /// One row (`1`) if the role exists.
 pub fn role_exists(role: &str) -> String {
     format!(

@@ -15,7 +15,7 @@
 //! rustls) when the splice starts reading.
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -35,8 +35,13 @@ pub enum Hello {
         stream: ClientStream,
         startup: Startup,
     },
-    /// A cancel request for the session holding this key.
-    Cancel { process_id: i32, secret_key: i32 },
+    /// A cancel request for the session holding this key, with the stream
+    /// it came on (closed once the cancel is forwarded).
+    Cancel {
+        stream: ClientStream,
+        process_id: i32,
+        secret_key: i32,
+    },
 }
 
 /// A handshake that failed. With a stream, the client is still there and is
@@ -76,8 +81,9 @@ pub struct Startup {
     pub template: String,
     /// The target database (`database`, defaulting to `user`).
     pub database: String,
-    /// Everything else (application_name, client_encoding, options, ...),
-    /// forwarded to the backend as sent.
+    /// The allowed session settings (application_name, client_encoding,
+    /// options with `-c` settings, ...; see [`super::params`]), forwarded to
+    /// the backend.
     pub forward: Vec<(String, String)>,
     /// The client asked for protocol 3.x with x > 0, or for `_pq_.` options:
     /// it is owed a NegotiateProtocolVersion naming the options refused.
@@ -85,7 +91,8 @@ pub struct Startup {
 }
 
 impl Startup {
-    fn from_params(minor: u16, params: Vec<(String, String)>) -> Result<Startup, ClientError> {
+    /// Sorts a startup packet's parameters (sans IO; public for fuzzing).
+    pub fn from_params(minor: u16, params: Vec<(String, String)>) -> Result<Startup, ClientError> {
         let mut template = None;
         let mut database = None;
         let mut forward = Vec::with_capacity(params.len());
@@ -94,16 +101,11 @@ impl Startup {
             match name.as_str() {
                 "user" => template = Some(value),
                 "database" => database = Some(value),
-                "replication" if !matches!(value.as_str(), "false" | "off" | "no" | "0") => {
-                    return Err(ClientError::Unsupported(
-                        "replication connections are not supported by rolemint",
-                    ))
-                }
                 // Protocol options: none is supported. They are refused to
                 // the client (NegotiateProtocolVersion) and never sent on,
                 // so the backend speaks plain 3.0 through the splice.
                 n if n.starts_with("_pq_.") => unrecognized.push(name),
-                _ => forward.push((name, value)),
+                _ => forward.extend(super::params::filter(&name, &value)?),
             }
         }
         let template = template
@@ -178,6 +180,7 @@ pub async fn accept(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Hello, 
                 secret_key,
             } => {
                 return Ok(Hello::Cancel {
+                    stream,
                     process_id,
                     secret_key,
                 })
@@ -220,7 +223,7 @@ async fn write_byte(tcp: &mut TcpStream, b: u8) -> Result<(), Refused> {
 
 /// Reads one startup packet exactly; the outer error is I/O, the inner one a
 /// protocol error the client should be told about.
-async fn read_startup_packet<S: AsyncRead + Unpin>(
+pub async fn read_startup_packet<S: AsyncRead + Unpin>(
     stream: &mut S,
 ) -> std::io::Result<Result<StartupPacket, ClientError>> {
     let mut len = [0u8; 4];
@@ -234,10 +237,13 @@ async fn read_startup_packet<S: AsyncRead + Unpin>(
     Ok(wire::parse_startup_packet(&body))
 }
 
+/// What a token buffer starts with; typical JWTs fit.
+const TOKEN_INITIAL_CAPACITY: usize = 4096;
+
 /// Asks for the password (after a NegotiateProtocolVersion when the client
 /// asked for more than 3.0) and reads the token, at most `max_bytes` long.
-pub async fn read_token(
-    stream: &mut ClientStream,
+pub async fn read_token<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     startup: &Startup,
     max_bytes: usize,
 ) -> Result<Secret, (ClientError, String)> {
@@ -266,8 +272,19 @@ pub async fn read_token(
         let e = ClientError::Protocol("password message too long or malformed");
         return Err((e, format!("password message of {len} bytes")));
     }
-    let mut body = vec![0u8; len - 4];
-    stream.read_exact(&mut body).await.map_err(io)?;
+    // The buffer grows with the bytes that arrive, not with the length the
+    // peer announced: a client that claims a megabyte and sends nothing costs
+    // nothing.
+    let want = len - 4;
+    let mut body = Vec::with_capacity(want.min(TOKEN_INITIAL_CAPACITY));
+    (&mut *stream)
+        .take(want as u64)
+        .read_to_end(&mut body)
+        .await
+        .map_err(io)?;
+    if body.len() < want {
+        return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     let token = wire::parse_password(&body).map_err(|e| (e.clone(), e.to_string()))?;
     Ok(Secret::new(token))
 }

@@ -11,12 +11,15 @@
 //! it is done, and shutdown waits for the revoker.
 //!
 //! [`run`] is the whole story; each step lives in its own file:
-//! [`handshake`] (encryption, startup, token), [`backend`] (login as the
-//! minted role), [`relay`] (startup forwarding, splice) and [`wire`] (the
+//! [`handshake`] (encryption, startup, token), [`params`] (the startup
+//! parameters allowed through), [`backend`] and [`login`] (login as the
+//! minted role: the sockets, and the state machine over the messages), [`relay`] (startup forwarding, splice) and [`wire`] (the
 //! messages rolemint encodes and decodes itself).
 
 pub mod backend;
 pub mod handshake;
+pub mod login;
+pub mod params;
 pub mod relay;
 pub mod wire;
 
@@ -25,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::handshake::{Hello, Refused};
 use self::relay::End;
@@ -36,37 +39,76 @@ use crate::revoke::Why;
 use crate::state::Shared;
 use crate::tls::ClientStream;
 
-/// Serves one accepted connection until it is done. `permit` is `None` when
-/// the connection limit was reached: the client then learns so with
-/// SQLSTATE 53300 once it has said who it is, like PostgreSQL does.
-pub async fn run(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    permit: Option<OwnedSemaphorePermit>,
-) {
+/// The two limits a connection passes through.
+pub struct Admission {
+    /// Held from accept until the token has been read: handshakes in flight
+    /// are bounded by `proxy.max_handshakes`, apart from sessions.
+    pub handshake: OwnedSemaphorePermit,
+    /// Session slots (`proxy.max_connections`): one is taken only once the
+    /// client has said who it is, so idle sockets never hold one.
+    pub sessions: Arc<Semaphore>,
+}
+
+/// Serves one accepted connection until it is done. A client past the
+/// session limit learns so with SQLSTATE 53300 once it has said who it is,
+/// like PostgreSQL does.
+pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, admission: Admission) {
     crate::tls::tune_tcp(&tcp);
-    let deadline = shared.config.proxy.handshake_timeout;
-    let hello =
-        match tokio::time::timeout(deadline, handshake::accept(tcp, shared.client_tls.as_ref()))
-            .await
-        {
-            Ok(Ok(hello)) => hello,
-            Ok(Err(refused)) => return refuse(refused, peer).await,
-            Err(_) => {
-                tracing::debug!(%peer, "handshake timed out");
-                return;
-            }
-        };
+    // One deadline for the whole handshake, token included: a client that
+    // trickles bytes cannot reset it by finishing one step.
+    let deadline = tokio::time::Instant::now() + shared.config.proxy.handshake_timeout;
+    let accept = handshake::accept(tcp, shared.client_tls.as_ref());
+    let hello = match tokio::time::timeout_at(deadline, accept).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(refused)) => return refuse(refused, peer).await,
+        Err(_) => {
+            tracing::debug!(%peer, "handshake timed out");
+            return;
+        }
+    };
     match hello {
         Hello::Cancel {
+            stream,
             process_id,
             secret_key,
-        } => cancel(&shared, process_id, secret_key, peer).await,
-        Hello::Startup { stream, startup } => match permit {
-            Some(permit) => session(shared, stream, startup, peer, permit).await,
-            None => refuse_with(stream, ClientError::TooManyConnections, peer, "").await,
-        },
+        } => cancel(&shared, stream, process_id, secret_key, peer).await,
+        Hello::Startup { stream, startup } => {
+            let Ok(permit) = Arc::clone(&admission.sessions).try_acquire_owned() else {
+                return refuse_with(stream, ClientError::TooManyConnections, peer, "").await;
+            };
+            let handshake = Handshake {
+                permit: admission.handshake,
+                deadline,
+            };
+            session(shared, stream, startup, peer, permit, handshake).await
+        }
+    }
+}
+
+/// What is left of the handshake once the startup packet is in.
+struct Handshake {
+    permit: OwnedSemaphorePermit,
+    deadline: tokio::time::Instant,
+}
+
+/// A client-supplied string (a startup parameter, a claim, a backend's
+/// message) on its way into a log line: control characters and backslashes
+/// are escaped, so a `\n` in a value cannot forge a second line.
+pub struct LogSafe<'a>(pub &'a str);
+
+impl std::fmt::Display for LogSafe<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            if c == '\\' || c.is_control() {
+                for e in c.escape_default() {
+                    f.write_char(e)?;
+                }
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -76,6 +118,7 @@ async fn session(
     startup: handshake::Startup,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    handshake: Handshake,
 ) {
     let config = &shared.config;
     let template = startup.template.as_str();
@@ -87,16 +130,14 @@ async fn session(
         return refuse_with(stream, ClientError::TlsRequired, peer, "").await;
     }
 
-    let token = match tokio::time::timeout(
-        config.proxy.handshake_timeout,
-        handshake::read_token(&mut stream, &startup, config.proxy.max_token_bytes),
-    )
-    .await
-    {
+    let read_token = handshake::read_token(&mut stream, &startup, config.proxy.max_token_bytes);
+    let token = match tokio::time::timeout_at(handshake.deadline, read_token).await {
         Ok(Ok(token)) => token,
         Ok(Err((error, detail))) => return refuse_with(stream, error, peer, &detail).await,
-        Err(_) => return tracing::debug!(%peer, "timed out waiting for the token"),
+        Err(_) => return tracing::debug!(%peer, "handshake timed out waiting for the token"),
     };
+    // The handshake is over: the next client may start one.
+    drop(handshake.permit);
     // Every reason gets the same 28P01; the reason goes to the log only.
     let verified = shared
         .verifier
@@ -171,7 +212,7 @@ async fn session(
     }));
     let lease = &registered.lease;
     tracing::info!(
-        lease = %lease.id, role = %lease.role, identity = %lease.identity,
+        lease = %lease.id, role = %lease.role, identity = %LogSafe(&lease.identity),
         template = %lease.template, database, %peer,
         mint_ms = started.elapsed().as_millis() as u64,
         "lease minted"
@@ -282,7 +323,8 @@ async fn connect_and_splice(
     let mut login = match tokio::time::timeout(2 * backend_config.connect_timeout, login).await {
         Ok(Ok(login)) => login,
         Ok(Err(e)) => {
-            tracing::warn!(lease = %lease.id, role, "backend login failed: {e}");
+            let e = e.to_string();
+            tracing::warn!(lease = %lease.id, role, "backend login failed: {}", LogSafe(&e));
             relay::send_fatal(&mut stream, &ClientError::BackendUnavailable).await;
             return failed;
         }
@@ -304,28 +346,47 @@ async fn connect_and_splice(
     relay::splice(stream, login.stream, framer, lease).await
 }
 
-/// Forwards a CancelRequest whose key is ours; ignores any other.
-async fn cancel(shared: &Shared, process_id: i32, secret_key: i32, peer: SocketAddr) {
-    let Some(key) = shared.cancels.lookup(process_id, secret_key) else {
-        tracing::debug!(%peer, "cancel request with an unknown key ignored");
-        return;
-    };
-    let config = &shared.config.backend;
-    if let Err(e) = backend::cancel(config, shared.backend_tls.as_ref(), key).await {
-        tracing::warn!(%peer, "forwarding cancel request failed: {e}");
+/// Forwards a CancelRequest whose key is ours (any other is ignored, as
+/// PostgreSQL does), then closes the client's connection. A cancel that came
+/// inside TLS (libpq 17 sends it so) is closed with close_notify: libpq
+/// reads an EOF without it as an SSL error and reports the cancel failed.
+async fn cancel(
+    shared: &Shared,
+    mut stream: ClientStream,
+    process_id: i32,
+    secret_key: i32,
+    peer: SocketAddr,
+) {
+    match shared.cancels.lookup(process_id, secret_key) {
+        None => tracing::debug!(%peer, "cancel request with an unknown key ignored"),
+        Some(key) => {
+            let config = &shared.config.backend;
+            if let Err(e) = backend::cancel(config, shared.backend_tls.as_ref(), key).await {
+                tracing::warn!(%peer, "forwarding cancel request failed: {e}");
+            }
+        }
+    }
+    // Bounded: a client that does not read cannot hold the task.
+    let close = tokio::io::AsyncWriteExt::shutdown(&mut stream);
+    if let Err(e) = tokio::time::timeout(CLOSE_TIMEOUT, close).await {
+        tracing::debug!(%peer, "closing a cancel connection: {e}");
     }
 }
+
+/// Longest wait to close a connection cleanly (TLS close_notify).
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn refuse(refused: Refused, peer: SocketAddr) {
     match refused.stream {
         Some(stream) => refuse_with(stream, refused.error, peer, &refused.detail).await,
-        None => tracing::debug!(%peer, "handshake failed: {}", refused.detail),
+        None => tracing::debug!(%peer, "handshake failed: {}", LogSafe(&refused.detail)),
     }
 }
 
 /// Sends the client its error, and logs the reason with the detail the
 /// client is not told.
 async fn refuse_with(mut stream: ClientStream, error: ClientError, peer: SocketAddr, detail: &str) {
+    let detail = LogSafe(detail);
     tracing::info!(%peer, sqlstate = error.sqlstate(), kind = error.kind(), "refused: {detail}");
     relay::send_fatal(&mut stream, &error).await;
 }

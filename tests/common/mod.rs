@@ -29,6 +29,8 @@ pub struct Options {
     pub extra_toml: String,
     /// `proxy.max_connections`.
     pub max_connections: usize,
+    /// `proxy.max_handshakes`.
+    pub max_handshakes: usize,
     /// `backend.admin_pool_size`.
     pub admin_pool_size: usize,
     /// The PostgreSQL cluster; by default it logs every statement, so tests
@@ -45,6 +47,7 @@ impl Default for Options {
             allow_plaintext: true,
             extra_toml: String::new(),
             max_connections: 100,
+            max_handshakes: 256,
             admin_pool_size: 8,
             cluster: ClusterOptions::default()
                 .setting("log_statement", "all")
@@ -341,6 +344,7 @@ tls_cert = "cert.pem"
 tls_key = "key.pem"
 allow_plaintext = {plain}
 max_connections = {max_connections}
+max_handshakes = {max_handshakes}
 handshake_timeout = "5s"
 shutdown_grace = "2s"
 
@@ -363,6 +367,7 @@ hs256_secret = "{secret}"
 "#,
         plain = options.allow_plaintext,
         max_connections = options.max_connections,
+        max_handshakes = options.max_handshakes,
         admin_pool_size = options.admin_pool_size,
         port = cluster.port(),
         admin = demo.admin_user,
