@@ -82,6 +82,7 @@ impl Server {
             leases: Arc::new(Leases::default()),
             cancels: Arc::new(CancelMap::default()),
             shutdown: CancellationToken::new(),
+            minting: Default::default(),
         });
         Ok(Server {
             shared,

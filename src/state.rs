@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use dashmap::DashSet;
+
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -36,12 +38,40 @@ pub struct Shared {
     pub cancels: Arc<CancelMap>,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
+    /// Roles whose mint is in flight on this instance: committed, perhaps,
+    /// but not yet registered as a lease. The reaper must not take them for
+    /// orphans (a mint slowed by a busy server can outlast a short
+    /// `reap_grace`). At most one entry per session slot.
+    pub minting: DashSet<String>,
 }
 
 impl Shared {
     /// Whether a live lease of this instance holds `role`: the question the
     /// reaper asks before it sweeps a role with no backend.
     pub fn holds_role(&self, role: &str) -> bool {
-        self.leases.holds_role(role) || self.revoker.is_pending(role)
+        self.minting.contains(role) || self.leases.holds_role(role) || self.revoker.is_pending(role)
+    }
+
+    /// Marks `role` as being minted here until the returned guard drops
+    /// (after the lease is registered, or the failed mint handed to the
+    /// revoker).
+    pub fn minting(&self, role: &str) -> Minting<'_> {
+        self.minting.insert(role.to_owned());
+        Minting {
+            shared: self,
+            role: role.to_owned(),
+        }
+    }
+}
+
+/// See [`Shared::minting`].
+pub struct Minting<'a> {
+    shared: &'a Shared,
+    role: String,
+}
+
+impl Drop for Minting<'_> {
+    fn drop(&mut self) {
+        self.shared.minting.remove(&self.role);
     }
 }

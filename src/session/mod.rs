@@ -186,6 +186,7 @@ async fn session(
             return refuse_with(stream, ClientError::MintFailed, peer, &detail).await;
         }
     };
+    let minting = shared.minting(&prepared.role.name);
     let created = tokio::time::timeout(
         config.admin_operation_timeout(),
         shared.minter.create(&prepared),
@@ -210,6 +211,7 @@ async fn session(
         issued_at: SystemTime::now(),
         expires_at: minted.expires_at,
     }));
+    drop(minting);
     let lease = &registered.lease;
     tracing::info!(
         lease = %lease.id, role = %lease.role, identity = %LogSafe(&lease.identity),
