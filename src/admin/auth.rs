@@ -94,25 +94,15 @@ impl OperatorToken {
     }
 }
 
-/// A fresh operator token: 256 random bits, URL-safe base64, with a
-/// `rmo_` prefix so a leaked one is recognisable in a secret scanner.
-pub fn new_operator_token() -> Result<crate::secret::Secret, aws_lc_rs::error::Unspecified> {
-    use base64::Engine as _;
-    let mut bytes = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut bytes)?;
-    Ok(crate::secret::Secret::new(format!(
-        "rmo_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )))
+/// A fresh operator token: `rmo_` and 256 random bits (the same maker as
+/// static tokens, `rolemint token --operator`).
+pub fn new_operator_token() -> Result<crate::secret::Secret, String> {
+    crate::identity::keygen::random_token("rmo_")
 }
 
 /// Hex SHA-256 of `token`: what `operator_token_sha256` holds.
 pub fn sha256_hex(token: &str) -> String {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::identity::keygen::sha256_hex(&crate::secret::Secret::new(token))
 }
 
 /// The token a request presents, if any: `X-Vault-Token` first (Vault
