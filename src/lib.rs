@@ -30,6 +30,9 @@
 //! - [`mint`]: role names, SCRAM verifiers, template rendering, the admin
 //!   connection pool, and the SQL that creates, renews and drops roles
 //!   (owned objects handed to the template's owner).
+//! - [`creds`]: credential leases (the Vault-compatible `creds` endpoint):
+//!   minted like a session's role plus `rolemint_direct`, registered, and
+//!   handed to the revoker when they expire or are revoked.
 //! - [`lease`]: the registry of live leases: deadlines, lookup, renew.
 //! - [`revoke`]: the revocation service: every role handed to it is
 //!   dropped (or retained, and said so), retried until it is.
@@ -37,7 +40,9 @@
 //!   drops orphaned and expired roles, whoever minted them.
 //! - [`cancel`]: rolemint's cancel keys mapped to the backends'.
 //! - [`admin`]: the admin HTTP listener: `/healthz`, `/readyz`, `/metrics`
-//!   and the lease API in Vault's shape, over a [`admin::leases::LeaseDirectory`].
+//!   and the lease API in Vault's shape, over a [`admin::leases::LeaseDirectory`];
+//!   and the Vault-compatible door ([`admin::door`]): login and client
+//!   tokens, `database/creds` and `database/roles`, `sys/health`.
 //! - [`metrics`]: every Prometheus metric, described once, and the typed
 //!   functions that record them.
 //! - [`audit`]: the JSON-lines audit log of every decision and lease event.
@@ -61,6 +66,7 @@ pub mod cancel;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod creds;
 pub mod dev;
 pub mod error;
 pub mod failpoint;
