@@ -593,6 +593,9 @@ async fn python_hvac_logs_in_reads_connects_renews_and_revokes() {
         .expect("the example prints the username")
         .to_owned();
     assert!(user.starts_with("v-system_serviceaccount"), "{user}");
-    assert!(!role_exists(&h, &user).await, "the revoked role is still there");
+    assert!(
+        !role_exists(&h, &user).await,
+        "the revoked role is still there"
+    );
     assert!(h.managed_roles().await.is_empty());
 }
