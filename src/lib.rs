@@ -10,7 +10,7 @@
 //! Follow one connection from `main.rs`:
 //!
 //! - [`cli`]: the command line (`serve`, `dev`, `token`, `keygen`, `check`,
-//!   `leases`, `health`; `token --static/--operator/--key` and `keygen` live
+//!   `leases`, `health`, `rotate-admin`; `token --static/--operator/--key` and `keygen` live
 //!   in the binary's `token.rs`).
 //! - [`config`]: the TOML config, its defaults and validation.
 //! - [`server`]: the accept loop, the connection limit, graceful shutdown.
@@ -36,6 +36,8 @@
 //! - [`lease`]: the registry of live leases: deadlines, lookup, renew.
 //! - [`revoke`]: the revocation service: every role handed to it is
 //!   dropped (or retained, and said so), retried until it is.
+//! - [`rotate`]: root rotation: a new random admin password, set as a
+//!   SCRAM verifier and written atomically to `backend.admin_password_file`.
 //! - [`reaper`]: the sweep of `rolemint_managed` (startup and periodic) that
 //!   drops orphaned and expired roles, whoever minted them.
 //! - [`cancel`]: rolemint's cancel keys mapped to the backends'.
@@ -80,6 +82,7 @@ pub mod pgcluster;
 pub mod policy;
 pub mod reaper;
 pub mod revoke;
+pub mod rotate;
 pub mod secret;
 pub mod server;
 pub mod session;

@@ -599,3 +599,129 @@ async fn python_hvac_logs_in_reads_connects_renews_and_revokes() {
     );
     assert!(h.managed_roles().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_root_moves_the_admin_onto_a_new_password_without_failing_a_session() {
+    let (h, admin) = with_vault().await;
+    // The harness's password is inline: refused, saying why.
+    let url = format!("http://{admin}/v1/database/rotate-root/appdb");
+    let (s, _, _, body) = call("POST", url.clone(), Some(OPERATOR_TOKEN), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(body["errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("admin_password_file"));
+    let alice = h.token("alice");
+    assert_eq!(
+        call("POST", url, Some(alice.expose()), None).await.0,
+        StatusCode::FORBIDDEN,
+        "a workload rotated root"
+    );
+
+    // The same cluster, with the password in a file.
+    let dir = tempfile::tempdir().unwrap();
+    common::write_self_signed_cert(dir.path());
+    let file = dir.path().join("admin-password");
+    let old = h.demo.admin_password.expose().to_owned();
+    std::fs::write(&file, &old).unwrap();
+    let text = common::config_toml(
+        &h.cluster,
+        &h.demo,
+        &Options {
+            extra_toml: admin_toml("127.0.0.1:0"),
+            ..Options::default()
+        },
+    )
+    .replace(
+        &format!("admin_password = \"{old}\""),
+        &format!("admin_password_file = \"{}\"", file.display()),
+    );
+    let mut config = rolemint::config::Config::parse(&text).unwrap();
+    config.resolve(dir.path()).unwrap();
+    config.validate().unwrap();
+    let server = rolemint::server::Server::bind(config.clone())
+        .await
+        .unwrap();
+    let (proxy, admin) = (server.local_addr(), server.admin_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server.run(stop.clone()));
+    let session = |token: String| {
+        common::connect_owned(format!(
+            "host=127.0.0.1 port={} user=readonly dbname=appdb password={token} sslmode=disable",
+            proxy.port()
+        ))
+    };
+    let before = session(alice.expose().to_owned()).await.expect("session");
+
+    let url = format!("http://{admin}/v1/database/rotate-root/appdb");
+    let (s, _, _, body) = call("POST", url, Some(OPERATOR_TOKEN), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+    let new = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert_ne!(new, old);
+    assert!(new.len() >= 43);
+    assert!(!dir.path().join("admin-password.rotating").exists());
+    let admin_login = |password: String| {
+        common::connect_owned(format!(
+            "host=127.0.0.1 port={} user={} dbname=postgres password={password} sslmode=disable",
+            h.cluster.port(),
+            h.demo.admin_user
+        ))
+    };
+    assert!(
+        admin_login(old.clone()).await.is_err(),
+        "the old password still works"
+    );
+    admin_login(new.clone())
+        .await
+        .expect("the new password works");
+
+    // The session in flight is untouched; with every admin connection
+    // gone, a new session mints over a connection made with the new
+    // password.
+    before
+        .simple_query("SELECT 1")
+        .await
+        .expect("in-flight session");
+    h.superuser()
+        .await
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            &[&h.demo.admin_user],
+        )
+        .await
+        .unwrap();
+    // (An idle pooled connection that was killed may fail one mint first;
+    // a new connection with a stale password would fail every one.)
+    let carol = h.token("carol").expose().to_owned();
+    let minted_after = wait_until(Duration::from_secs(10), || async {
+        match session(carol.clone()).await {
+            Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(
+        minted_after,
+        "no session could be minted after the rotation"
+    );
+    drop(before);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    // `rolemint rotate-admin` does the same from the command line.
+    let config_path = dir.path().join("rolemint.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rolemint"))
+        .args(["rotate-admin", "--config"])
+        .arg(&config_path)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let newer = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert_ne!(newer, new);
+    admin_login(newer).await.expect("the CLI's password works");
+    assert!(admin_login(new).await.is_err());
+    // Secrets stay out of the output.
+    assert!(!common::output_text(&out).contains(&old));
+}

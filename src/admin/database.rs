@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::door::{door, require_workload};
@@ -154,4 +154,34 @@ fn read_only(method: &Method) -> ApiError {
          SIGHUP); they cannot be written over HTTP"
     };
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, what)
+}
+
+/// `POST /v1/<mount>/rotate-root/<database>` (operators): a new random
+/// admin password, as `rolemint rotate-admin` sets it. 204 when done; 400
+/// when the config keeps the password where it cannot be rewritten.
+pub async fn rotate_root(
+    State(state): State<Arc<AdminState>>,
+    Path(database): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.authenticate(&headers)?.require_operator()?;
+    let door = door(&state)?;
+    if !state.databases.iter().any(|d| *d == database) {
+        return Err(ApiError::bad_request(format!(
+            "unknown database: {}",
+            database.chars().take(MAX_NAME_BYTES).collect::<String>()
+        )));
+    }
+    let shared = &door.shared;
+    match crate::rotate::rotate_admin(&shared.minter, &shared.config.backend).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(e) if e.is_refusal() => Err(ApiError::bad_request(e.to_string())),
+        Err(e) => {
+            tracing::error!("rotate-root: {e}");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rotating the admin password failed; see rolemint's log",
+            ))
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! GET  /v1/auth/token/lookup-self          login.rs     200 / 403
 //! GET  /v1/<db mount>/creds/<template>     database.rs  mint a credential lease
 //! GET|LIST /v1/<db mount>/roles[/<name>]   database.rs  templates, as Vault shows roles
+//! POST /v1/<db mount>/rotate-root/<db>     database.rs  new admin password (operators)
 //! GET|HEAD /v1/sys/health                  here         Vault's health shape
 //! ```
 //!
@@ -113,6 +114,10 @@ pub fn routes(state: &AdminState) -> Router<Arc<AdminState>> {
         .route(&format!("/v1/{db}/roles"), any(roles_list))
         .route(&format!("/v1/{db}/roles/"), any(roles_list))
         .route(&format!("/v1/{db}/roles/{{name}}"), any(role))
+        .route(
+            &format!("/v1/{db}/rotate-root/{{database}}"),
+            post(rotate_root).put(rotate_root),
+        )
 }
 
 /// `GET|HEAD /v1/sys/health`: what Vault clients and load balancers probe.

@@ -32,7 +32,9 @@ use crate::config::{BackendConfig, BackendTls};
 /// Idle admin connections, per database.
 pub struct AdminPool {
     /// Host, port, user, password, TLS mode; the database is set per connect.
-    base: tokio_postgres::Config,
+    /// Behind a lock because root rotation changes the password: open
+    /// connections stay logged in, new ones use the new password.
+    base: std::sync::RwLock<tokio_postgres::Config>,
     /// rustls config when `backend.tls` is not `disable`.
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Per database: idle connections, and permits for all of them.
@@ -100,7 +102,7 @@ impl AdminPool {
             "SET synchronous_commit = off; SET application_name = 'rolemint'; SET statement_timeout = '{ms}ms'; SET search_path = pg_catalog"
         );
         Ok(AdminPool {
-            base,
+            base: std::sync::RwLock::new(base),
             tls,
             databases: Mutex::new(HashMap::new()),
             size: backend.admin_pool_size.max(1),
@@ -108,6 +110,14 @@ impl AdminPool {
             statement_timeout,
             session_setup,
         })
+    }
+
+    /// The password new admin connections log in with (after a rotation).
+    pub fn set_password(&self, password: &str) {
+        self.base
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .password(password);
     }
 
     /// An admin connection to `database`: an idle one if any, else a new one
@@ -167,7 +177,7 @@ impl AdminPool {
     /// A new admin connection to `database`, outside the pool's bound and
     /// never returned to it (the reaper's sweep holds one for its lock).
     pub(super) async fn connect(&self, database: &str) -> Result<Client, MintError> {
-        let mut config = self.base.clone();
+        let mut config = self.base.read().unwrap_or_else(|e| e.into_inner()).clone();
         config.dbname(database);
         let connecting = async {
             match &self.tls {
