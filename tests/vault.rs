@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{wait_until, Harness, Options};
@@ -724,4 +725,150 @@ async fn rotate_root_moves_the_admin_onto_a_new_password_without_failing_a_sessi
     assert!(admin_login(new).await.is_err());
     // Secrets stay out of the output.
     assert!(!common::output_text(&out).contains(&old));
+}
+
+/// Ready, always (the scoping test needs no backend probe).
+struct Ready;
+
+impl rolemint::admin::health::Probe for Ready {
+    fn ping<'a>(&'a self, _: &'a str) -> rolemint::admin::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn managed_roles(&self) -> rolemint::admin::BoxFuture<'_, Result<u64, String>> {
+        Box::pin(async { Ok(0) })
+    }
+}
+
+fn creds_lease(id: &str, identity: &str) -> rolemint::admin::leases::LeaseView {
+    let now = std::time::SystemTime::now();
+    rolemint::admin::leases::LeaseView {
+        id: id.into(),
+        issue_time: now,
+        expire_time: now + Duration::from_secs(3600),
+        last_renewal: None,
+        renewable: true,
+        ttl: 3600,
+        identity: identity.into(),
+        role: format!("v-{identity}-readonly-1"),
+        template: "readonly".into(),
+        database: "appdb".into(),
+        client_addr: None,
+        bytes_in: 0,
+        bytes_out: 0,
+        instance: "test".into(),
+        kind: rolemint::admin::leases::LeaseKind::Creds,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_tokens_act_on_their_own_leases_only() {
+    use rolemint::admin::{door::VaultDoor, memory::MemoryDirectory, AdminListener, AdminState};
+    use rolemint::audit::{Audit, RevokedBy};
+    let (h, _) = with_vault().await;
+    let directory = Arc::new(MemoryDirectory::default());
+    let hour = Duration::from_secs(3600);
+    let (mine, theirs) = (
+        "database/creds/readonly/alice1",
+        "database/creds/readonly/bob1",
+    );
+    directory.insert(creds_lease(mine, "alice"), hour, 2 * hour);
+    directory.insert(creds_lease(theirs, "bob"), hour, 2 * hour);
+    let state = AdminState {
+        operator: rolemint::admin::auth::OperatorToken::from_hex(&sha256_hex(OPERATOR_TOKEN)),
+        directory: directory.clone(),
+        probe: Arc::new(Ready),
+        databases: vec!["appdb".into()],
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        audit: Audit::disabled(),
+        request_timeout: Duration::from_secs(10),
+        ready_timeout: Duration::from_secs(5),
+        max_body_bytes: 65536,
+        vault: Some(Arc::new(VaultDoor::new(Arc::clone(&h.shared)))),
+    };
+    let listener = AdminListener::bind("127.0.0.1:0".parse().unwrap(), None, 16)
+        .await
+        .unwrap();
+    let api = listener.local_addr();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(rolemint::admin::serve(listener, state, stop.clone()));
+
+    // A client token from a login, as hvac holds it.
+    let (_, body) = login(api, "jwt", h.token("alice").expose()).await;
+    let alice = body["auth"]["client_token"].as_str().unwrap().to_owned();
+    let base = format!("http://{api}/v1/sys/leases");
+
+    let (s, _, _, body) = call(
+        "LIST",
+        format!("{base}/lookup/database/creds/readonly/"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body["data"]["keys"], json!(["alice1"]));
+    let (s, _, _, body) = call(
+        "PUT",
+        format!("{base}/lookup"),
+        Some(&alice),
+        Some(json!({"lease_id": theirs})),
+    )
+    .await;
+    assert_eq!(
+        (s, &body["errors"][0]),
+        (StatusCode::BAD_REQUEST, &json!("lease not found"))
+    );
+    let (s, _, _, body) = call(
+        "PUT",
+        format!("{base}/lookup"),
+        Some(&alice),
+        Some(json!({"lease_id": mine})),
+    )
+    .await;
+    assert_eq!((s, &body["data"]["id"]), (StatusCode::OK, &json!(mine)));
+
+    // Renew: own lease, `"increment": null` is the default TTL; not bob's.
+    let (s, _, _, body) = call(
+        "PUT",
+        format!("{base}/renew"),
+        Some(&alice),
+        Some(json!({"lease_id": mine, "increment": null})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["lease_id"], mine);
+    let (s, _, _, _) = call("PUT", format!("{base}/renew/{theirs}"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // Revoke: bob's is "not found", so 204, and stays; her own goes, by
+    // a workload; revoke-prefix is for operators.
+    let (s, _, _, _) = call("PUT", format!("{base}/revoke/{theirs}"), Some(&alice), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(directory.live().contains(&theirs.to_owned()));
+    let (s, _, _, _) = call(
+        "PUT",
+        format!("{base}/revoke"),
+        Some(&alice),
+        Some(json!({"lease_id": mine, "sync": false})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert!(!directory.live().contains(&mine.to_owned()));
+    assert_eq!(directory.revoked_by(mine), Some(RevokedBy::Workload));
+    let (s, _, _, _) = call(
+        "PUT",
+        format!("{base}/revoke-prefix/database/creds"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(directory.live().contains(&theirs.to_owned()));
+
+    // rolemint's own list: hers only; the operator sees all.
+    let list = format!("http://{api}/v1/rolemint/leases");
+    let (_, _, _, body) = call("GET", list.clone(), Some(&alice), None).await;
+    assert_eq!(body["data"]["leases"].as_array().unwrap().len(), 0);
+    let (_, _, _, body) = call("GET", list, Some(OPERATOR_TOKEN), None).await;
+    assert_eq!(body["data"]["leases"][0]["id"], theirs);
+    stop.cancel();
 }
