@@ -166,7 +166,7 @@ pub async fn rotate_root(
 ) -> Result<Response, ApiError> {
     state.authenticate(&headers)?.require_operator()?;
     let door = door(&state)?;
-    if !state.databases.iter().any(|d| *d == database) {
+    if !state.databases.contains(&database) {
         return Err(ApiError::bad_request(format!(
             "unknown database: {}",
             database.chars().take(MAX_NAME_BYTES).collect::<String>()

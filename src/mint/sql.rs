@@ -346,6 +346,8 @@ mod tests {
         let sql = prepare();
         assert!(sql.contains("IF NOT EXISTS"));
         assert!(sql.contains("CREATE ROLE \"rolemint_managed\" NOLOGIN"));
+        assert!(sql.contains("CREATE ROLE \"rolemint_direct\" NOLOGIN"));
+        assert!(sql.starts_with("BEGIN;") && sql.ends_with("COMMIT"));
         assert!(sql.contains("duplicate_object OR unique_violation"));
     }
 }
