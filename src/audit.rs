@@ -63,6 +63,8 @@ pub enum RevokedBy {
     Ttl,
     /// An operator, through the lease API.
     Operator,
+    /// A workload, its own lease, through the Vault-compatible API.
+    Workload,
     /// rolemint shut down.
     Shutdown,
     /// The reaper found the role orphaned.

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `dev`, `token`, `keygen`, `check`, `leases`, `health`.
+//! The command line: `serve`, `dev`, `token`, `keygen`, `check`, `leases`, `health`,
+//! `rotate-admin`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -102,5 +103,14 @@ pub enum Command {
         /// Accept any certificate (a probe over loopback sends no token).
         #[arg(long)]
         insecure: bool,
+    },
+    /// Set a new random password for the admin role (as a SCRAM verifier)
+    /// and write it to `backend.admin_password_file`, as Vault's
+    /// rotate-root does. A running rolemint picks it up on restart (or use
+    /// `POST /v1/database/rotate-root/<db>` on it instead).
+    RotateAdmin {
+        /// The TOML config file.
+        #[arg(long)]
+        config: PathBuf,
     },
 }

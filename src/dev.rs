@@ -173,6 +173,9 @@ async fn serve(
     print_banner(&config_path, addr, cluster, &args.subject, &token);
     if let Some(admin_addr) = admin_addr {
         print_admin_banner(admin_addr, &operator_token);
+        if config.vault.enabled {
+            print_vault_banner(admin_addr, &token);
+        }
     }
 
     tokio::select! {
@@ -358,6 +361,20 @@ fn print_admin_banner(addr: SocketAddr, operator_token: &Secret) {
   export ROLEMINT_TOKEN={token}
   rolemint leases list
   curl -s -H "X-Vault-Token: $ROLEMINT_TOKEN" $ROLEMINT_ADDR/v1/rolemint/leases
+"#
+    );
+}
+
+/// The Vault-compatible door: what a program written for Vault's database
+/// secrets engine needs in its environment, and the same by hand.
+fn print_vault_banner(addr: SocketAddr, token: &Secret) {
+    let token = token.expose();
+    println!(
+        r#"Vault-compatible API (programs written for Vault run unchanged):
+
+  export VAULT_ADDR=http://{addr}
+  export VAULT_TOKEN={token}
+  curl -s -H "X-Vault-Token: $VAULT_TOKEN" $VAULT_ADDR/v1/database/creds/readonly
 "#
     );
 }

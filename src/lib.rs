@@ -10,7 +10,7 @@
 //! Follow one connection from `main.rs`:
 //!
 //! - [`cli`]: the command line (`serve`, `dev`, `token`, `keygen`, `check`,
-//!   `leases`, `health`; `token --static/--operator/--key` and `keygen` live
+//!   `leases`, `health`, `rotate-admin`; `token --static/--operator/--key` and `keygen` live
 //!   in the binary's `token.rs`).
 //! - [`config`]: the TOML config, its defaults and validation.
 //! - [`server`]: the accept loop, the connection limit, graceful shutdown.
@@ -33,14 +33,21 @@
 //!   connection pool (which never answers a cleartext or MD5 password
 //!   request), and the SQL that creates, renews and drops roles (owned
 //!   objects handed to the template's owner).
+//! - [`creds`]: credential leases (the Vault-compatible `creds` endpoint):
+//!   minted like a session's role plus `rolemint_direct`, registered, and
+//!   handed to the revoker when they expire or are revoked.
 //! - [`lease`]: the registry of live leases: deadlines, lookup, renew.
 //! - [`revoke`]: the revocation service: every role handed to it is
 //!   dropped (or retained, and said so), retried until it is.
+//! - [`rotate`]: root rotation: a new random admin password, set as a
+//!   SCRAM verifier and written atomically to `backend.admin_password_file`.
 //! - [`reaper`]: the sweep of `rolemint_managed` (startup and periodic) that
 //!   drops orphaned and expired roles, whoever minted them.
 //! - [`cancel`]: rolemint's cancel keys mapped to the backends'.
 //! - [`admin`]: the admin HTTP listener: `/healthz`, `/readyz`, `/metrics`
-//!   and the lease API in Vault's shape, over a [`admin::leases::LeaseDirectory`].
+//!   and the lease API in Vault's shape, over a [`admin::leases::LeaseDirectory`];
+//!   and the Vault-compatible door ([`admin::door`]): login and client
+//!   tokens, `database/creds` and `database/roles`, `sys/health`.
 //! - [`metrics`]: every Prometheus metric, described once, and the typed
 //!   functions that record them.
 //! - [`audit`]: the JSON-lines audit log of every decision and lease event.
@@ -65,6 +72,7 @@ pub mod cancel;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod creds;
 pub mod dev;
 pub mod error;
 pub mod failpoint;
@@ -78,6 +86,7 @@ pub mod pgcluster;
 pub mod policy;
 pub mod reaper;
 pub mod revoke;
+pub mod rotate;
 pub mod secret;
 pub mod server;
 pub mod session;

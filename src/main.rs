@@ -102,6 +102,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ready,
             insecure,
         } => rolemint::leases_cli::health(api, ready, insecure).await,
+        Command::RotateAdmin { config } => {
+            rolemint::logging::init(LogFormat::Text);
+            let config = Config::load(&config)?;
+            rolemint::rotate::password_file(&config.backend)?;
+            let minter = rolemint::mint::Minter::new(&config)?;
+            rolemint::rotate::rotate_admin(&minter, &config.backend).await?;
+            println!(
+                "admin password rotated; new password in {}",
+                config
+                    .backend
+                    .admin_password_file
+                    .as_deref()
+                    .unwrap_or_else(|| std::path::Path::new("?"))
+                    .display()
+            );
+            Ok(())
+        }
     }
 }
 

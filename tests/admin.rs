@@ -262,6 +262,7 @@ async fn api_with_directory() -> (SocketAddr, Arc<MemoryDirectory>, Cancellation
         request_timeout: Duration::from_secs(10),
         ready_timeout: Duration::from_secs(5),
         max_body_bytes: 65536,
+        vault: None,
     };
     let listener = AdminListener::bind("127.0.0.1:0".parse().unwrap(), None, 16)
         .await

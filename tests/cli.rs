@@ -223,10 +223,12 @@ fn dev_prints_working_command_lines_and_cleans_up_on_ctrl_c() {
     let mut psql_line = None;
     let mut pgbench_line = None;
     let (mut admin_addr, mut admin_token) = (None, None);
+    let mut vault_lines: Vec<String> = Vec::new();
     while psql_line.is_none()
         || pgbench_line.is_none()
         || admin_addr.is_none()
         || admin_token.is_none()
+        || vault_lines.len() < 3
     {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx
@@ -241,6 +243,8 @@ fn dev_prints_working_command_lines_and_cleans_up_on_ctrl_c() {
             admin_addr = Some(addr.to_owned());
         } else if let Some(token) = line.strip_prefix("export ROLEMINT_TOKEN=") {
             admin_token = Some(token.to_owned());
+        } else if line.starts_with("export VAULT_") || line.contains("/v1/database/creds/") {
+            vault_lines.push(line);
         }
     }
     let psql_line = psql_line.unwrap();
@@ -282,6 +286,16 @@ fn dev_prints_working_command_lines_and_cleans_up_on_ctrl_c() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&refused.stderr).contains("permission denied"));
+
+    // The Vault lines work as pasted: credentials for a direct login.
+    let text = shell(&vault_lines.join("\n"));
+    let creds: serde_json::Value = serde_json::from_str(&text).expect(&text);
+    assert!(
+        creds["data"]["username"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("v-dana-readonly-")),
+        "{text}"
+    );
 
     // Ctrl-C: everything it started stops.
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);

@@ -245,7 +245,7 @@ impl LeaseDirectory for Detached {
 }
 
 /// Vault's `LIST` method.
-fn is_list(method: &Method, query: &ListQuery) -> bool {
+pub(crate) fn is_list(method: &Method, query: &ListQuery) -> bool {
     method.as_str() == "LIST" || (method == Method::GET && query.list.as_deref() == Some("true"))
 }
 
@@ -485,10 +485,12 @@ async fn revoke_lease(
         Err(e) => return Err(e),
         Ok(_) => {}
     }
-    state
-        .directory
-        .revoke(id, RevokedBy::Operator, sync)
-        .await?;
+    let by = if caller.is_operator() {
+        RevokedBy::Operator
+    } else {
+        RevokedBy::Workload
+    };
+    state.directory.revoke(id, by, sync).await?;
     Ok(no_content(sync))
 }
 
@@ -587,7 +589,7 @@ fn bounded(s: &str) -> Result<(), ApiError> {
 
 /// A JSON body, or the type's default for an empty one (Vault's clients
 /// send none for some calls); 400 / 413 with the errors shape otherwise.
-fn parse_body<T: DeserializeOwned + Default>(
+pub(crate) fn parse_body<T: DeserializeOwned + Default>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     let body = body.map_err(|rejection| {

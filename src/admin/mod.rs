@@ -6,6 +6,7 @@
 //!        ├─ /healthz /readyz /metrics             health.rs  (no token)
 //!        ├─ /v1/sys/leases/...                     leases.rs  (Vault's shape)
 //!        ├─ /v1/rolemint/leases[/revoke]           leases.rs  (rolemint's own)
+//!        ├─ /v1/auth/.., /v1/database/.., /v1/sys/health   door.rs (Vault-compatible)
 //!        └─ anything else: 404 / 405 as {"errors": [...]}   vault.rs
 //! ```
 //!
@@ -18,9 +19,13 @@
 //! [`leases::LeaseDirectory`] behind the API.
 
 pub mod auth;
+pub mod database;
+pub mod door;
 pub mod health;
 pub mod leases;
+pub mod login;
 pub mod memory;
+pub mod tokens;
 pub mod vault;
 pub mod wiring;
 
@@ -90,6 +95,8 @@ pub struct AdminState {
     pub request_timeout: Duration,
     pub ready_timeout: Duration,
     pub max_body_bytes: usize,
+    /// The Vault-compatible routes (`[vault]`); `None`: off.
+    pub vault: Option<Arc<door::VaultDoor>>,
 }
 
 impl AdminState {
@@ -115,12 +122,21 @@ impl AdminState {
             request_timeout: config.admin.request_timeout,
             ready_timeout: health::ready_timeout(config),
             max_body_bytes: config.admin.max_body_bytes,
+            vault: None,
         }
     }
 
-    /// The caller of a request, or 403.
+    /// The caller of a request, or 403: the operator, or (with the Vault
+    /// routes on) a workload by its client token, identity JWT or static
+    /// token.
     pub fn authenticate(&self, headers: &axum::http::HeaderMap) -> Result<auth::Caller, ApiError> {
-        auth::authenticate(self.operator.as_ref(), headers)
+        auth::authenticate(self.operator.as_ref(), headers).or_else(|denied| {
+            self.vault
+                .as_ref()
+                .and_then(|door| auth::presented_token(headers).and_then(|t| door.identity(t)))
+                .map(|identity| door::workload(&identity))
+                .ok_or(denied)
+        })
     }
 
     /// Writes an audit line before the action it reports is acknowledged.
@@ -154,6 +170,7 @@ pub fn databases(config: &Config) -> Vec<String> {
 /// The routes, with their limits and observation.
 pub fn router(state: Arc<AdminState>) -> Router {
     use leases::*;
+    let vault = door::routes(&state);
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -180,6 +197,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/v1/rolemint/leases/revoke",
             post(revoke_selected).put(revoke_selected),
         )
+        .merge(vault)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))

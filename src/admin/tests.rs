@@ -94,6 +94,7 @@ async fn start(databases: &[&str]) -> Api {
         request_timeout: Duration::from_secs(10),
         ready_timeout: Duration::from_secs(5),
         max_body_bytes: 4096,
+        vault: None,
     };
     let listener = AdminListener::bind("127.0.0.1:0".parse().unwrap(), None, 16)
         .await

@@ -70,6 +70,31 @@ pub fn lease_envelope(lease_id: &str, lease_duration: u64, warnings: Vec<String>
     })
 }
 
+/// A login answer: the token and what it may do, in `auth`.
+pub fn auth_envelope(auth: impl Serialize) -> Response {
+    ok(Envelope {
+        auth: Some(to_value(auth)),
+        ..Envelope::default()
+    })
+}
+
+/// A credentials answer: `data` with the lease it belongs to. The body
+/// holds a password, so no cache, proxy or browser may keep it.
+pub fn secret_envelope(lease_id: &str, lease_duration: u64, data: impl Serialize) -> Response {
+    let mut response = ok(Envelope {
+        lease_id: lease_id.to_owned(),
+        renewable: true,
+        lease_duration,
+        data: Some(to_value(data)),
+        ..Envelope::default()
+    });
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
 /// Vault's fields, all present in every answer, as Vault sends them.
 #[derive(Debug, Default, Serialize)]
 struct Envelope {

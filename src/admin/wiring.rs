@@ -60,13 +60,16 @@ pub fn start(
 ) -> Running {
     let stop = CancellationToken::new();
     let task = admin.map(|listener| {
-        let state = AdminState::from_config(
+        let mut state = AdminState::from_config(
             &shared.config,
             Arc::new(SharedProbe(Arc::clone(shared))),
             directory(shared),
             audit,
             shutdown.clone(),
         );
+        if shared.config.vault.enabled {
+            state.vault = Some(Arc::new(super::door::VaultDoor::new(Arc::clone(shared))));
+        }
         tokio::spawn(super::serve(listener, state, stop.clone()))
     });
     Running { stop, task }

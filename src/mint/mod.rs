@@ -51,7 +51,7 @@ mod template;
 pub use names::{is_valid_role_name, sanitize as sanitize_name_part, MAX_NAME_BYTES};
 pub use reap_sql::{ManagedRole, Sweep, MAX_ROLES_PER_SWEEP, SWEEP_LOCK_KEY};
 pub use revoke::{Outcome, Target};
-pub use sql::{LeaseComment, MARKER_ROLE};
+pub use sql::{LeaseComment, DIRECT_MARKER_ROLE, MARKER_ROLE};
 pub use template::TemplateError;
 
 /// Longest `pg_terminate_backend` wait per backend during a revoke.
@@ -423,6 +423,25 @@ impl Minter {
         conn.batch(prepared.batch.expose()).await?;
         tracing::debug!(role = %prepared.role.name, database = %prepared.database, "role minted");
         Ok(())
+    }
+
+    /// Sets the admin role's own password to `verifier` (a SCRAM-SHA-256
+    /// verifier: the password itself never reaches PostgreSQL), on the admin
+    /// database. Root rotation; see `rotate.rs`.
+    pub async fn set_admin_verifier(&self, verifier: &Secret) -> Result<(), MintError> {
+        let mut conn = self.pool.get(&self.admin_database).await?;
+        let sql = format!(
+            "ALTER ROLE CURRENT_USER PASSWORD {}",
+            postgres_protocol::escape::escape_literal(verifier.expose())
+        );
+        conn.batch(&sql).await?;
+        Ok(())
+    }
+
+    /// New admin connections log in with `password` from now on; those
+    /// open stay as they are (PostgreSQL checks a password at login only).
+    pub fn use_admin_password(&self, password: &Secret) {
+        self.pool.set_password(password.expose());
     }
 
     /// `mint.statement_timeout`.

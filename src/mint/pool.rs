@@ -40,7 +40,9 @@ use tokio_postgres::tls::MakeTlsConnect;
 /// Idle admin connections, per database.
 pub struct AdminPool {
     /// Host, port, user, password, TLS mode; the database is set per connect.
-    base: tokio_postgres::Config,
+    /// Behind a lock because root rotation changes the password: open
+    /// connections stay logged in, new ones use the new password.
+    base: std::sync::RwLock<tokio_postgres::Config>,
     /// rustls config when `backend.tls` is not `disable`.
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Per database: idle connections, and permits for all of them.
@@ -113,7 +115,7 @@ impl AdminPool {
             "SET synchronous_commit = off; SET application_name = 'rolemint'; SET statement_timeout = '{ms}ms'; SET search_path = pg_catalog"
         );
         Ok(AdminPool {
-            base,
+            base: std::sync::RwLock::new(base),
             tls,
             databases: Mutex::new(HashMap::new()),
             size: backend.admin_pool_size.max(1),
@@ -123,6 +125,14 @@ impl AdminPool {
             addr: (backend.host.clone(), backend.port),
             allow_weak_auth: backend.allow_weak_auth,
         })
+    }
+
+    /// The password new admin connections log in with (after a rotation).
+    pub fn set_password(&self, password: &str) {
+        self.base
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .password(password);
     }
 
     /// An admin connection to `database`: an idle one if any, else a new one
@@ -182,7 +192,7 @@ impl AdminPool {
     /// A new admin connection to `database`, outside the pool's bound and
     /// never returned to it (the reaper's sweep holds one for its lock).
     pub(super) async fn connect(&self, database: &str) -> Result<Client, MintError> {
-        let mut config = self.base.clone();
+        let mut config = self.base.read().unwrap_or_else(|e| e.into_inner()).clone();
         config.dbname(database);
         let connecting = async {
             if self.allow_weak_auth {

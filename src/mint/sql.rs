@@ -68,18 +68,31 @@ fn default_kind() -> String {
     "session".into()
 }
 
-/// Creates the marker role if it does not exist. Idempotent and safe when
+/// NOLOGIN marker of credential roles (handed out over the Vault-compatible
+/// API), granted besides [`MARKER_ROLE`]: they log in to PostgreSQL
+/// directly, and pg_hba tells them apart from proxied roles by it
+/// (`host all +rolemint_direct all scram-sha-256` before the
+/// `+rolemint_managed` lines).
+pub const DIRECT_MARKER_ROLE: &str = "rolemint_direct";
+
+/// Creates the marker roles if they do not exist. Idempotent and safe when
 /// two instances start at once: the loser of a `CREATE ROLE` race gets
 /// `duplicate_object` (or `unique_violation` on pg_authid's index), which is
 /// caught.
 pub fn prepare() -> String {
-    let ident = escape_identifier(MARKER_ROLE);
-    let lit = escape_literal(MARKER_ROLE);
-    let comment =
-        escape_literal("rolemint: marker of roles minted by rolemint (NOLOGIN, no privileges)");
-    format!(
-        "BEGIN;
-DO $rolemint$
+    let mut sql = String::from("BEGIN;\n");
+    for (marker, what) in [
+        (MARKER_ROLE, "marker of roles minted by rolemint"),
+        (
+            DIRECT_MARKER_ROLE,
+            "marker of rolemint credential roles that log in directly",
+        ),
+    ] {
+        let ident = escape_identifier(marker);
+        let lit = escape_literal(marker);
+        let comment = escape_literal(&format!("rolemint: {what} (NOLOGIN, no privileges)"));
+        sql.push_str(&format!(
+            "DO $rolemint$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {lit}) THEN
     CREATE ROLE {ident} NOLOGIN;
@@ -88,8 +101,11 @@ BEGIN
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END
 $rolemint$;
-COMMIT"
-    )
+"
+        ));
+    }
+    sql.push_str("COMMIT");
+    sql
 }
 
 /// How a mint batch ends: `Commit` for a session, `Rollback` for the dry
@@ -337,6 +353,8 @@ mod tests {
         let sql = prepare();
         assert!(sql.contains("IF NOT EXISTS"));
         assert!(sql.contains("CREATE ROLE \"rolemint_managed\" NOLOGIN"));
+        assert!(sql.contains("CREATE ROLE \"rolemint_direct\" NOLOGIN"));
+        assert!(sql.starts_with("BEGIN;") && sql.ends_with("COMMIT"));
         assert!(sql.contains("duplicate_object OR unique_violation"));
     }
 }
