@@ -125,7 +125,10 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     let checks: [(&'static str, bool); 8] = [
         ("proxy.listen", a.listen != b.listen),
-        ("proxy.max_connections", a.max_connections != b.max_connections),
+        (
+            "proxy.max_connections",
+            a.max_connections != b.max_connections,
+        ),
         (
             "proxy.shutdown_grace / shutdown_revoke_timeout",
             a.shutdown_grace != b.shutdown_grace

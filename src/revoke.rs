@@ -774,7 +774,10 @@ impl Worker {
         let now = Instant::now();
         let (pending, oldest) = {
             let pending = lock(&self.books.pending);
-            let oldest = pending.values().min().map(|since| now.duration_since(*since));
+            let oldest = pending
+                .values()
+                .min()
+                .map(|since| now.duration_since(*since));
             (pending.len(), oldest.unwrap_or_default())
         };
         crate::metrics::set_revocations_pending(pending, oldest);

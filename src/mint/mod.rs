@@ -41,15 +41,15 @@ use crate::secret::Secret;
 mod names;
 mod pg_tls;
 mod pool;
-mod revoke;
 mod reap_sql;
+mod revoke;
 mod scram;
 mod sql;
 mod template;
 
 pub use names::{is_valid_role_name, sanitize as sanitize_name_part, MAX_NAME_BYTES};
-pub use revoke::{Outcome, Target};
 pub use reap_sql::{ManagedRole, Sweep, MAX_ROLES_PER_SWEEP, SWEEP_LOCK_KEY};
+pub use revoke::{Outcome, Target};
 pub use sql::{LeaseComment, MARKER_ROLE};
 pub use template::TemplateError;
 

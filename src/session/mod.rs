@@ -64,18 +64,20 @@ pub async fn run(
     crate::tls::tune_tcp(&tcp);
     let runtime = shared.runtime();
     let deadline = runtime.config.proxy.handshake_timeout;
-    let hello =
-        match tokio::time::timeout(deadline, handshake::accept(tcp, runtime.client_tls.as_ref()))
-            .await
-        {
-            Ok(Ok(hello)) => hello,
-            Ok(Err(refused)) => return refuse(&shared, refused, peer).await,
-            Err(_) => {
-                tracing::debug!(%peer, "handshake timed out");
-                crate::metrics::connection(ConnectionResult::ProtocolError);
-                return;
-            }
-        };
+    let hello = match tokio::time::timeout(
+        deadline,
+        handshake::accept(tcp, runtime.client_tls.as_ref()),
+    )
+    .await
+    {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(refused)) => return refuse(&shared, refused, peer).await,
+        Err(_) => {
+            tracing::debug!(%peer, "handshake timed out");
+            crate::metrics::connection(ConnectionResult::ProtocolError);
+            return;
+        }
+    };
     match hello {
         Hello::Cancel {
             process_id,
@@ -163,7 +165,10 @@ async fn authorize_and_mint(
         }
         Err(_) => {
             crate::metrics::auth(false, "timeout");
-            return Err((ClientError::BadToken, "timed out waiting for the token".into()));
+            return Err((
+                ClientError::BadToken,
+                "timed out waiting for the token".into(),
+            ));
         }
     };
     // Every reason gets the same 28P01; the reason goes to the log only.
@@ -492,7 +497,11 @@ async fn cancel(shared: &Shared, process_id: i32, secret_key: i32, peer: SocketA
     };
     let config = &shared.config.backend;
     let result = backend::cancel(config, shared.backend_tls.as_ref(), key).await;
-    crate::metrics::cancel_request(if result.is_ok() { "forwarded" } else { "failed" });
+    crate::metrics::cancel_request(if result.is_ok() {
+        "forwarded"
+    } else {
+        "failed"
+    });
     if let Err(e) = result {
         tracing::warn!(%peer, "forwarding cancel request failed: {e}");
     }
