@@ -694,3 +694,86 @@ async fn sighup_swaps_certificates_and_templates_and_keeps_the_old_config_when_b
     assert!(gone, "{old_role} was not revoked");
     serve.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tries_every_issuer_and_warns_about_an_owner_the_admin_cannot_use() {
+    let (cluster, demo) = cluster().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    common::write_self_signed_cert(dir.path());
+    // Nothing listens there: the JWKS fetch fails at once.
+    let closed = free_port();
+    let extra = format!(
+        r#"
+[[auth.issuers]]
+name = "unreachable"
+issuer = "https://idp.test"
+audiences = ["rolemint"]
+algorithms = ["RS256"]
+jwks_url = "https://127.0.0.1:{closed}/jwks"
+
+[roles.handed]
+databases = ["appdb"]
+allow_identities = ["*"]
+default_ttl = "1h"
+max_ttl = "1h"
+owner = "no_such_owner"
+creation_statements = [
+  "CREATE ROLE \"{{{{name}}}}\" WITH LOGIN PASSWORD '{{{{password}}}}' VALID UNTIL '{{{{expiration}}}}'",
+]
+"#
+    );
+    let text = common::config_toml(
+        &cluster,
+        &demo,
+        &Options {
+            extra_toml: extra,
+            ..Options::default()
+        },
+    );
+    let path = dir.path().join("rolemint.toml");
+    std::fs::write(&path, text).expect("write config");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rolemint"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .await
+        .expect("rolemint check runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("ok    issuer local: keys loaded"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL  issuer unreachable: GET https://127.0.0.1:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("warn  template handed: owner \"no_such_owner\" does not exist"),
+        "{stdout}"
+    );
+    // The role does exist once created, and the admin is not a member yet.
+    let su = connect_owned(cluster.superuser_conn_string("appdb"))
+        .await
+        .expect("superuser connects");
+    su.batch_execute("CREATE ROLE no_such_owner NOLOGIN")
+        .await
+        .expect("create the owner");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rolemint"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .await
+        .expect("rolemint check runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "warn  template handed: the admin cannot REASSIGN OWNED to owner \"no_such_owner\": \
+             GRANT \"no_such_owner\" TO \"{}\";",
+            demo.admin_user
+        )),
+        "{stdout}"
+    );
+}
