@@ -168,6 +168,8 @@ hs256_secret = "0123456789abcdef0123456789abcdef"
 
 [roles.readonly]
 databases = ["appdb"]
+default_ttl = "1h"
+max_ttl = "1h"
 creation_statements = ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'"]
 "#;
 
