@@ -2,11 +2,13 @@
 //! the exact fix for what is missing.
 //!
 //! The config has been loaded and validated by the time this runs. Then:
-//! TLS files, the token key, the admin connection, the admin's privileges,
+//! TLS files, the token keys and every issuer's JWKS (fetched once), the
+//! `[admin]` and `[audit]` sections, the admin connection, the admin's privileges,
 //! the marker role (created if missing, as `serve` would), and for every
 //! template and database a dry-run mint: the template's statements, the
 //! marker grant and the lease comment run exactly as for a session, and are
-//! rolled back. A template that would fail for every client fails here.
+//! rolled back; each template `owner` must be a role the admin may
+//! `REASSIGN OWNED` to (a warning otherwise). A template that would fail for every client fails here.
 
 use std::time::SystemTime;
 
@@ -62,10 +64,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     if let Some(warning) = backend_tls_warning(&config.backend) {
         report.warn(&warning);
     }
-    match Verifier::from_config(&config.auth) {
-        Ok(_) => report.ok("token verification key"),
-        Err(e) => report.fail(format!("token verification: {e}")),
-    }
+    check_issuers(config, &mut report).await;
 
     let minter = match Minter::new(config) {
         Ok(m) => m,
@@ -114,6 +113,8 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         Err(e) => report.fail(format!("marker role rolemint_managed: {e}")),
     }
 
+    check_owners(config, &minter, &mut report).await;
+
     let identity = Identity {
         subject: "rolemint-check".into(),
         groups: Vec::new(),
@@ -139,6 +140,47 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         }
     }
     finish(report)
+}
+
+/// `[auth]`: the keys load, and each issuer's JWKS URL answers with a
+/// usable key set, tried once (a failing URL is a failure: sessions of that
+/// issuer would all be refused until it answers).
+async fn check_issuers(config: &Config, report: &mut Report) {
+    let verifier = match Verifier::from_config(&config.auth) {
+        Ok(v) => v,
+        Err(e) => return report.fail(format!("token verification: {e}")),
+    };
+    report.ok("token verification keys load");
+    for (name, result) in verifier.probe_issuers().await {
+        match result {
+            Ok(what) => report.ok(&format!("issuer {name}: {what}")),
+            Err(e) => report.fail(format!("issuer {name}: {e}")),
+        }
+    }
+}
+
+/// Every template `owner` exists and the admin may `REASSIGN OWNED` to it;
+/// otherwise a revocation of a role that owns objects fails and retries
+/// forever. A warning, not a failure: roles that own nothing still go.
+async fn check_owners(config: &Config, minter: &Minter, report: &mut Report) {
+    let admin = &config.backend.admin_user;
+    for (name, template) in &config.roles {
+        let Some(owner) = &template.owner else {
+            continue;
+        };
+        match minter.may_reassign_to(owner).await {
+            Ok(Some(true)) => report.ok(&format!("template {name}: owner \"{owner}\"")),
+            Ok(Some(false)) => report.warn(&format!(
+                "template {name}: the admin cannot REASSIGN OWNED to owner \"{owner}\": \
+                 GRANT \"{owner}\" TO \"{admin}\";"
+            )),
+            Ok(None) => report.warn(&format!(
+                "template {name}: owner \"{owner}\" does not exist; revoking a role that owns \
+                 objects will fail until it does"
+            )),
+            Err(e) => report.warn(&format!("template {name}: owner \"{owner}\": {e}")),
+        }
+    }
 }
 
 /// `[admin]`: the address (parsed and validated with the config), its TLS

@@ -14,7 +14,11 @@
 //!   in the binary's `token.rs`).
 //! - [`config`]: the TOML config, its defaults and validation.
 //! - [`server`]: the accept loop, the connection limit, graceful shutdown.
-//! - [`state`]: [`state::Shared`], what every session shares.
+//! - [`state`]: [`state::Shared`], what every session shares, and
+//!   [`state::Runtime`], the part of it a reload swaps.
+//! - [`reload`]: SIGHUP: re-read the config, build the new runtime
+//!   (templates, policy, issuers, certificates) and swap it, or keep the
+//!   old one.
 //! - [`session`]: one connection, top to bottom: [`session::handshake`]
 //!   (encryption, startup, token), [`session::params`] (the startup
 //!   parameters allowed through to the backend), [`session::login`] (the
@@ -85,6 +89,7 @@ pub mod mint;
 pub mod pgcluster;
 pub mod policy;
 pub mod reaper;
+pub mod reload;
 pub mod revoke;
 pub mod rotate;
 pub mod secret;

@@ -36,13 +36,17 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => {
-            let config = Config::load(&config)?;
+        Command::Serve { config: path } => {
+            let config = Config::load(&path)?;
             rolemint::logging::init(config.log.format);
+            // Before anything can report ready: SIGHUP's default action
+            // ends the process.
+            let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("listening for SIGHUP")?;
             let server = rolemint::server::Server::bind(config).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
-            tokio::spawn(reopen_audit_on_hangup(server.audit()));
+            tokio::spawn(reload_on_hangup(hangups, server.shared(), path));
             server.run(shutdown).await
         }
         Command::Dev { dir, port, sub } => {
@@ -122,18 +126,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Reopens the audit log on every SIGHUP, so logrotate can move it away.
-async fn reopen_audit_on_hangup(audit: rolemint::audit::Audit) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; the audit log will not be reopened");
-        return;
-    };
+/// Reloads the config (and reopens the audit log) on every SIGHUP; the
+/// reload logs and counts its own outcome.
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    shared: std::sync::Arc<rolemint::state::Shared>,
+    path: std::path::PathBuf,
+) {
     while hangups.recv().await.is_some() {
-        match audit.reopen().await {
-            Ok(()) => tracing::info!("SIGHUP: audit log reopened"),
-            Err(e) => tracing::error!("SIGHUP: {e}"),
-        }
+        tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+        let _ = rolemint::reload::reload(&shared, &path).await;
     }
 }
 

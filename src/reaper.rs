@@ -151,6 +151,8 @@ struct CommentFields {
     lease_id: Option<String>,
     template: Option<String>,
     database: Option<String>,
+    /// The instance that minted it.
+    instance: Option<String>,
     /// RFC 3339, when the lease records its issue time.
     issued_at: Option<String>,
     /// `session` or `creds`.
@@ -180,6 +182,10 @@ impl CommentFields {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Orphan {
     pub role: String,
+    /// The lease id from the role's comment, when it has one.
+    pub lease_id: Option<String>,
+    /// The instance that minted it, from the comment.
+    pub instance: Option<String>,
     /// The lease's database; `None` when the comment does not say.
     pub database: Option<String>,
     /// The lease's template; `None` when the comment does not say.
@@ -292,6 +298,8 @@ where
             }
             let orphan = Orphan {
                 role: role.name.clone(),
+                lease_id: comment.lease_id,
+                instance: comment.instance,
                 database: comment.database,
                 template: comment.template,
                 cause,
@@ -323,10 +331,17 @@ where
                 _ = stop.cancelled() => return,
                 outcome = self.sweep(minter) => match outcome {
                     Ok(r) if r.skipped => {}
-                    Ok(r) if r.revoked + r.failed > 0 => tracing::info!(
-                        seen = r.seen, revoked = r.revoked, failed = r.failed, "reaper: sweep done"
-                    ),
-                    Ok(r) => tracing::debug!(seen = r.seen, "reaper: sweep done"),
+                    Ok(r) if r.revoked + r.failed > 0 => {
+                        crate::metrics::reaper_run();
+                        crate::metrics::roles_reaped(r.revoked as u64);
+                        tracing::info!(
+                            seen = r.seen, revoked = r.revoked, failed = r.failed, "reaper: sweep done"
+                        );
+                    }
+                    Ok(r) => {
+                        crate::metrics::reaper_run();
+                        tracing::debug!(seen = r.seen, "reaper: sweep done");
+                    }
                     Err(e) => tracing::warn!("reaper: sweep failed, next in {interval:?}: {e}"),
                 },
             }
@@ -379,12 +394,29 @@ async fn revoke_orphan(shared: &Shared, orphan: &Orphan) -> Result<(), MintError
         .database
         .as_deref()
         .unwrap_or(&shared.config.backend.admin_database);
-    shared.revoker.schedule(
-        &orphan.role,
-        database,
-        orphan.template.as_deref(),
-        Why::Reaper,
-    );
+    // Said before the revoker has it: the revoker's own `lease.revoked`
+    // (by reaper) follows once the role is gone.
+    shared.audit.record(crate::audit::Event::LeaseReaped {
+        lease_id: orphan.lease_id.clone(),
+        role: orphan.role.clone(),
+        reason: orphan.cause.as_str().to_owned(),
+        instance: orphan.instance.clone(),
+    });
+    match &orphan.lease_id {
+        Some(lease_id) => shared.revoker.schedule_lease(
+            lease_id,
+            &orphan.role,
+            database,
+            orphan.template.as_deref(),
+            Why::Reaper,
+        ),
+        None => shared.revoker.schedule(
+            &orphan.role,
+            database,
+            orphan.template.as_deref(),
+            Why::Reaper,
+        ),
+    }
     Ok(())
 }
 

@@ -28,6 +28,23 @@
 //! job finds "no such role" at first, so it is confirmed only once the
 //! batch can no longer land (its *settle time*), re-checking meanwhile.
 //!
+//! Every settled job is written to the audit log (`lease.revoked` with who
+//! revoked it, `lease.retained`) and counted in
+//! `rolemint_revocations_total{result}`; failing attempts are audited as
+//! `lease.revoke_failed` at the same moments they are logged (the 1st,
+//! 2nd, 4th, 8th... attempt), so a backend that is down for an hour does
+//! not flood the log. The pending count, the oldest pending age and the
+//! retained count are published as gauges at least once a second while
+//! anything is pending.
+//!
+//! Templates after a reload: the service keeps every template it was ever
+//! given, newest definition first ([`Revoker::update_templates`]). A role
+//! minted from a template that a reload removed is still revoked with that
+//! template's `owner` and revocation statements, so its objects go to the
+//! owner as the operator wrote when it was minted, instead of the role
+//! being retained. The map only grows with template names an operator
+//! configured, so it stays as small as the configs were.
+//!
 //! The queue is accounted rather than bounded: one entry per role (a role
 //! scheduled twice is one job), and roles exist only as fast as sessions
 //! mint them, within `proxy.max_connections`.
@@ -36,11 +53,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{Audit, Event, RevokedBy};
 use crate::config::{Config, RoleTemplate};
 use crate::lease::EndReason;
 use crate::mint::{MintError, Minter, Outcome, Target};
@@ -58,6 +77,12 @@ const MAX_BATCH: usize = 32;
 pub const RETAINED_RECHECK: Duration = Duration::from_secs(15 * 60);
 /// Retained roles remembered (the count goes on beyond it).
 const MAX_RETAINED_LISTED: usize = 10_000;
+/// While anything is pending, the gauges are refreshed at least this often
+/// (the oldest pending age grows without any event).
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// Every template the service knows, by name (see the module doc).
+type Templates = Arc<ArcSwap<BTreeMap<String, RoleTemplate>>>;
 
 /// Why a role is being revoked: for the log and, later, the audit trail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +102,19 @@ pub enum Why {
 }
 
 impl Why {
+    /// Who revoked, for the audit log; `None` for a failed mint (no lease
+    /// was ever handed out, so none is revoked).
+    pub fn revoked_by(self) -> Option<RevokedBy> {
+        match self {
+            Why::SessionEnded => Some(RevokedBy::Client),
+            Why::Expired => Some(RevokedBy::Ttl),
+            Why::Revoked => Some(RevokedBy::Operator),
+            Why::Shutdown => Some(RevokedBy::Shutdown),
+            Why::Reaper => Some(RevokedBy::Reaper),
+            Why::MintFailed => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Why::SessionEnded => "session_ended",
@@ -140,6 +178,7 @@ pub struct Revoker {
     pending_count: watch::Receiver<usize>,
     pending_tx: Arc<watch::Sender<usize>>,
     stop: CancellationToken,
+    templates: Templates,
 }
 
 impl std::fmt::Debug for Revoker {
@@ -155,14 +194,21 @@ impl Revoker {
     /// `owner` and `revocation_statements`); a role whose template is not
     /// there (removed since) gets the default revocation, without an owner.
     pub fn start(minter: Arc<Minter>, config: &Config) -> Revoker {
+        Revoker::start_audited(minter, config, Audit::disabled())
+    }
+
+    /// [`Revoker::start`], writing what it does to `audit`.
+    pub fn start_audited(minter: Arc<Minter>, config: &Config, audit: Audit) -> Revoker {
         let (tx, rx) = mpsc::unbounded_channel();
+        let templates: Templates = Arc::new(ArcSwap::from_pointee(config.roles.clone()));
         let (pending_tx, pending_count) = watch::channel(0);
         let books = Arc::new(Books::default());
         let pending_tx = Arc::new(pending_tx);
         let stop = CancellationToken::new();
         let worker = Worker {
             minter,
-            templates: config.roles.clone(),
+            templates: Arc::clone(&templates),
+            audit,
             error_after: config.mint.revoke_error_after,
             round_timeout: config.admin_operation_timeout() * 4,
             books: Arc::clone(&books),
@@ -179,7 +225,40 @@ impl Revoker {
             pending_count,
             pending_tx,
             stop,
+            templates,
         }
+    }
+
+    /// Takes the templates of a reloaded config: a template that is there
+    /// now wins, one that was removed is kept (see the module doc).
+    pub fn update_templates(&self, roles: &BTreeMap<String, RoleTemplate>) {
+        self.templates.rcu(|known| {
+            let mut merged = BTreeMap::clone(known);
+            for (name, template) in roles {
+                merged.insert(name.clone(), template.clone());
+            }
+            merged
+        });
+    }
+
+    /// Like [`Revoker::schedule`], for the role of a known lease: its id
+    /// goes into the audit lines.
+    pub fn schedule_lease(
+        &self,
+        lease_id: &str,
+        role: &str,
+        database: &str,
+        template: Option<&str>,
+        why: Why,
+    ) {
+        self.submit(Submit {
+            lease_id: Some(lease_id),
+            role,
+            database,
+            template,
+            why,
+            settle: Duration::ZERO,
+        });
     }
 
     /// Hands `role` (minted for `database` from `template`) to the service.
@@ -189,7 +268,14 @@ impl Revoker {
     /// statements apply; `None` or an unknown name means the default
     /// revocation without an owner.
     pub fn schedule(&self, role: &str, database: &str, template: Option<&str>, why: Why) {
-        self.submit(role, database, template, why, Duration::ZERO);
+        self.submit(Submit {
+            lease_id: None,
+            role,
+            database,
+            template,
+            why,
+            settle: Duration::ZERO,
+        });
     }
 
     /// Like [`Revoker::schedule`], for a role whose mint failed: finding no
@@ -201,17 +287,25 @@ impl Revoker {
         template: Option<&str>,
         settle: Duration,
     ) {
-        self.submit(role, database, template, Why::MintFailed, settle);
+        self.submit(Submit {
+            lease_id: None,
+            role,
+            database,
+            template,
+            why: Why::MintFailed,
+            settle,
+        });
     }
 
-    fn submit(
-        &self,
-        role: &str,
-        database: &str,
-        template: Option<&str>,
-        why: Why,
-        settle: Duration,
-    ) {
+    fn submit(&self, s: Submit<'_>) {
+        let Submit {
+            lease_id,
+            role,
+            database,
+            template,
+            why,
+            settle,
+        } = s;
         let now = Instant::now();
         if let Some(r) = lock(&self.books.retained).roles.get(role) {
             if now.duration_since(r.since) < RETAINED_RECHECK {
@@ -225,6 +319,7 @@ impl Revoker {
             self.pending_tx.send_replace(pending.len());
         }
         let job = Job {
+            lease_id: lease_id.map(str::to_owned),
             role: role.to_owned(),
             database: database.to_owned(),
             template: template.map(str::to_owned),
@@ -302,9 +397,21 @@ impl Drop for Revoker {
     }
 }
 
+/// What [`Revoker::submit`] is given.
+struct Submit<'a> {
+    lease_id: Option<&'a str>,
+    role: &'a str,
+    database: &'a str,
+    template: Option<&'a str>,
+    why: Why,
+    settle: Duration,
+}
+
 /// One role to revoke, and how its attempts went.
 #[derive(Debug)]
 struct Job {
+    /// The lease the role was minted for, when the scheduler knew it.
+    lease_id: Option<String>,
     role: String,
     database: String,
     template: Option<String>,
@@ -334,7 +441,8 @@ type RoundResult = (
 
 struct Worker {
     minter: Arc<Minter>,
-    templates: BTreeMap<String, RoleTemplate>,
+    templates: Templates,
+    audit: Audit,
     error_after: Duration,
     /// Outer bound of one round trip's task (the pool bounds each step).
     round_timeout: Duration,
@@ -354,7 +462,13 @@ impl Worker {
         loop {
             self.start_due(Instant::now());
             self.publish();
-            let next = self.next_due();
+            // While anything is pending, wake at least every
+            // PUBLISH_EVERY so the oldest-pending gauge keeps growing.
+            let next = match self.next_due() {
+                Some(due) => Some(due.min(Instant::now() + PUBLISH_EVERY)),
+                None if self.jobs.is_empty() => None,
+                None => Some(Instant::now() + PUBLISH_EVERY),
+            };
             tokio::select! {
                 _ = stop.cancelled() => break,
                 job = rx.recv() => match job {
@@ -410,6 +524,7 @@ impl Worker {
     }
 
     fn start_due(&mut self, now: Instant) {
+        let templates = self.templates.load();
         let mut by_db: HashMap<String, Vec<String>> = HashMap::new();
         for job in self.jobs.values() {
             if !job.in_flight && job.next <= now && !self.busy.contains(&job.database) {
@@ -424,7 +539,7 @@ impl Worker {
                 .iter()
                 .map(|role| {
                     let job = &self.jobs[role];
-                    let template = job.template.as_deref().and_then(|t| self.templates.get(t));
+                    let template = job.template.as_deref().and_then(|t| templates.get(t));
                     Target {
                         role: role.clone(),
                         owner: template.and_then(|t| t.owner.clone()),
@@ -517,6 +632,14 @@ impl Worker {
             Ok(done @ (Outcome::Dropped | Outcome::Gone)) => {
                 let job = self.complete(role);
                 let dropped = job.dropped || done == Outcome::Dropped;
+                crate::metrics::revocation(crate::metrics::Outcome::Ok);
+                if let Some(by) = job.why.revoked_by() {
+                    self.audit.record(Event::LeaseRevoked {
+                        lease_id: job.lease_id.clone().unwrap_or_default(),
+                        role: role.to_owned(),
+                        by,
+                    });
+                }
                 tracing::info!(
                     role,
                     database = %job.database,
@@ -535,6 +658,14 @@ impl Worker {
                     why = job.why.as_str(),
                     "role retained: left NOLOGIN with its objects, because it {reason} and its template names no owner; an operator decides"
                 );
+                // Not dropped: for an alert, that is a failure an operator
+                // must look at.
+                crate::metrics::revocation(crate::metrics::Outcome::Failed);
+                self.audit.record(Event::LeaseRetained {
+                    lease_id: job.lease_id.clone().unwrap_or_default(),
+                    role: role.to_owned(),
+                    detail: format!("{reason}; its template names no owner"),
+                });
                 let mut retained = lock(&self.books.retained);
                 retained.total += 1;
                 if retained.roles.len() < MAX_RETAINED_LISTED {
@@ -556,6 +687,14 @@ impl Worker {
                     database = %job.database,
                     "refusing to revoke a role that is not a member of rolemint_managed"
                 );
+                crate::metrics::revocation(crate::metrics::Outcome::Failed);
+                self.audit.record(Event::LeaseRevokeFailed {
+                    lease_id: job.lease_id.unwrap_or_default(),
+                    role: role.to_owned(),
+                    attempt: job.attempts,
+                    error: "not a member of rolemint_managed; refused".into(),
+                    retrying: false,
+                });
             }
             Ok(Outcome::Elsewhere(dbs)) => {
                 let e = MintError::OwnsObjects {
@@ -563,13 +702,29 @@ impl Worker {
                     database: job.database.clone(),
                     detail: format!("still has objects or privileges in {}", dbs.join(", ")),
                 };
-                Self::failed(job, &e, self.error_after, now);
+                Self::failed(job, &e, self.error_after, now, &self.audit);
             }
-            Err(e) => Self::failed(job, &e, self.error_after, now),
+            Err(e) => Self::failed(job, &e, self.error_after, now, &self.audit),
         }
     }
 
-    fn failed(job: &mut Job, error: &MintError, error_after: Duration, now: Instant) {
+    fn failed(
+        job: &mut Job,
+        error: &MintError,
+        error_after: Duration,
+        now: Instant,
+        audit: &Audit,
+    ) {
+        crate::metrics::revocation(crate::metrics::Outcome::Retry);
+        if job.attempts.is_power_of_two() {
+            audit.record(Event::LeaseRevokeFailed {
+                lease_id: job.lease_id.clone().unwrap_or_default(),
+                role: job.role.clone(),
+                attempt: job.attempts,
+                error: error.to_string(),
+                retrying: true,
+            });
+        }
         let since = *job.failing_since.get_or_insert(now);
         job.next = now + job.delay;
         let retry_in = job.delay;
@@ -616,6 +771,17 @@ impl Worker {
             .values()
             .filter(|j| j.failing_since.is_some())
             .count();
+        let now = Instant::now();
+        let (pending, oldest) = {
+            let pending = lock(&self.books.pending);
+            let oldest = pending
+                .values()
+                .min()
+                .map(|since| now.duration_since(*since));
+            (pending.len(), oldest.unwrap_or_default())
+        };
+        crate::metrics::set_revocations_pending(pending, oldest);
+        crate::metrics::roles_retained(lock(&self.books.retained).roles.len());
     }
 }
 

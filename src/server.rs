@@ -14,19 +14,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cancel::CancelMap;
 use crate::config::Config;
-use crate::identity::Verifier;
 use crate::lease::{EndReason, Leases};
 use crate::mint::Minter;
 use crate::revoke::Revoker;
-use crate::state::Shared;
+use crate::state::{Runtime, Shared};
 
 /// Longest wait, once sessions have been told their leases ended at
 /// shutdown, for them to close (each is bounded by its own short write
@@ -48,18 +47,11 @@ impl Server {
     /// backend (creates the marker role if missing).
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         crate::tls::install_crypto_provider();
-        let client_tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
-            (Some(cert), Some(key)) => {
-                Some(TlsAcceptor::from(crate::tls::server_config(cert, key)?))
-            }
-            _ => None,
-        };
+        let runtime = Runtime::build(config.clone())?;
         let backend_tls = crate::tls::backend_client_config(&config.backend)?;
         if let Some(warning) = crate::check::backend_tls_warning(&config.backend) {
             tracing::warn!("{warning}");
         }
-        let verifier = Verifier::from_config(&config.auth)?;
-        verifier.start_refresh();
         let minter = Arc::new(Minter::new(&config)?);
         minter.prepare().await.with_context(|| {
             format!(
@@ -70,17 +62,18 @@ impl Server {
         let listener = TcpListener::bind(config.proxy.listen)
             .await
             .with_context(|| format!("binding {}", config.proxy.listen))?;
-        let revoker = Revoker::start(Arc::clone(&minter), &config);
         let (admin, audit) = crate::admin::wiring::bind(&config).await?;
+        let revoker = Revoker::start_audited(Arc::clone(&minter), &config, audit.clone());
+        runtime.start();
         let shared = Arc::new(Shared {
             config,
-            client_tls,
+            runtime: ArcSwap::from_pointee(runtime),
             backend_tls,
-            verifier,
             minter,
             revoker,
             leases: Arc::new(Leases::default()),
             cancels: Arc::new(CancelMap::default()),
+            audit: audit.clone(),
             shutdown: CancellationToken::new(),
             minting: Default::default(),
         });
@@ -186,7 +179,8 @@ impl Server {
                 // Those sessions hand their roles over as they go; these
                 // are their roles, in case they do not get that far.
                 for lease in shared.leases.list() {
-                    shared.revoker.schedule(
+                    shared.revoker.schedule_lease(
+                        &lease.id,
                         &lease.role,
                         &lease.database,
                         Some(&lease.template),

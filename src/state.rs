@@ -1,17 +1,26 @@
 //! What every session shares: the config, TLS, the token verifier, the
-//! minter, the lease registry, the revoker and the cancel keys.
+//! minter, the lease registry, the revoker, the cancel keys and the audit
+//! log.
 //!
 //! It lives apart from the accept loop (`server`) and from the sessions
 //! (`session`) so that neither of those needs the other: the server builds
 //! a [`Shared`] and hands it to each session it spawns.
+//!
+//! What SIGHUP may change (templates, policy, issuers and keys, static
+//! tokens, client certificates) is one [`Runtime`] behind an [`ArcSwap`]:
+//! a session takes it once, at its start, and keeps that view to the end of
+//! its handshake, so a reload never changes a session half-way (see
+//! `reload`).
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use dashmap::DashSet;
 
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::Audit;
 use crate::cancel::CancelMap;
 use crate::config::Config;
 use crate::identity::Verifier;
@@ -19,15 +28,52 @@ use crate::lease::Leases;
 use crate::mint::Minter;
 use crate::revoke::Revoker;
 
-/// What every session shares.
-pub struct Shared {
+/// What a reload replaces as one piece.
+pub struct Runtime {
+    /// The config as last loaded; its templates and `[auth]` are current.
     pub config: Config,
     /// TLS for clients; `None` when only plaintext is configured.
     pub client_tls: Option<TlsAcceptor>,
+    /// Checks identity tokens. Dropping it (when the last session that
+    /// took this runtime lets go) stops its JWKS refresh tasks.
+    pub verifier: Verifier,
+}
+
+impl Runtime {
+    /// Builds everything a reload swaps: certificates and keys are read
+    /// here, so a bad file fails the build and nothing is swapped. Touches
+    /// no network; call [`Runtime::start`] once it is in use.
+    pub fn build(config: Config) -> anyhow::Result<Runtime> {
+        let client_tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(TlsAcceptor::from(crate::tls::server_config(cert, key)?))
+            }
+            _ => None,
+        };
+        let verifier = Verifier::from_config(&config.auth)?;
+        Ok(Runtime {
+            config,
+            client_tls,
+            verifier,
+        })
+    }
+
+    /// Starts the verifier's JWKS refresh tasks (needs a tokio runtime).
+    pub fn start(&self) {
+        self.verifier.start_refresh();
+    }
+}
+
+/// What every session shares.
+pub struct Shared {
+    /// The config the server started with: the settings that need a
+    /// restart (listen address, backend, admin pool, timeouts, `[mint]`).
+    /// Templates and `[auth]` are read from [`Shared::runtime`] instead.
+    pub config: Config,
+    /// What SIGHUP reloads; take it with [`Shared::runtime`].
+    pub runtime: ArcSwap<Runtime>,
     /// TLS for backend connections; `None` for plaintext.
     pub backend_tls: Option<Arc<rustls::ClientConfig>>,
-    /// Checks identity tokens.
-    pub verifier: Verifier,
     /// Creates, renews and drops roles over the admin pool.
     pub minter: Arc<Minter>,
     /// Live leases and their deadlines.
@@ -36,6 +82,8 @@ pub struct Shared {
     pub revoker: Revoker,
     /// Client-facing cancel keys.
     pub cancels: Arc<CancelMap>,
+    /// The audit log (`[audit] path`); a disabled one writes nothing.
+    pub audit: Audit,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
     /// Roles whose mint is in flight on this instance: committed, perhaps,
@@ -46,6 +94,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The current runtime (templates, policy, verifier, client TLS).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
     /// Whether a live lease of this instance holds `role`: the question the
     /// reaper asks before it sweeps a role with no backend.
     pub fn holds_role(&self, role: &str) -> bool {

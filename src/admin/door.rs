@@ -60,7 +60,7 @@ impl VaultDoor {
         if is_client_token(token) {
             return self.tokens.lookup(token);
         }
-        self.shared.verifier.verify(token).ok()
+        self.shared.runtime().verifier.verify(token).ok()
     }
 }
 

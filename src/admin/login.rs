@@ -57,7 +57,12 @@ pub async fn login(
     if jwt.len() > shared.config.proxy.max_token_bytes {
         return Err(ApiError::bad_request("jwt too long"));
     }
-    let identity = match shared.verifier.authenticate_from(client.ip(), &jwt).await {
+    let identity = match shared
+        .runtime()
+        .verifier
+        .authenticate_from(client.ip(), &jwt)
+        .await
+    {
         Ok(identity) => identity,
         Err(e) => {
             crate::metrics::auth(false, e.reason());

@@ -97,6 +97,12 @@ impl RemoteJwks {
         }
     }
 
+    /// One fetch now, for `rolemint check`: the number of keys, or why
+    /// none could be had.
+    pub(super) async fn probe(&self) -> Result<usize, String> {
+        self.fetch().await.map_err(|e| e.to_string())
+    }
+
     /// The refresh loop; ends when `stop` is cancelled.
     pub(super) async fn run(this: Arc<RemoteJwks>, stop: CancellationToken) {
         let mut retry = FIRST_RETRY;

@@ -261,6 +261,24 @@ impl Verifier {
         }
     }
 
+    /// For `rolemint check`: every issuer by name, with what its keys
+    /// came to: a JWKS URL (or discovery) is fetched once now; keys from
+    /// files and secrets were read when the verifier was built.
+    pub async fn probe_issuers(&self) -> Vec<(String, Result<String, String>)> {
+        let mut out = Vec::new();
+        for issuer in &self.issuers {
+            let result = match issuer.remote() {
+                Some(remote) => remote
+                    .probe()
+                    .await
+                    .map(|n| format!("JWKS fetched, {n} key(s)")),
+                None => Ok("keys loaded".to_owned()),
+            };
+            out.push((issuer.name().to_owned(), result));
+        }
+        out
+    }
+
     /// Verifies `token` with the keys at hand, without any network.
     pub fn verify(&self, token: &str) -> Result<Identity, IdentityError> {
         if token.is_empty() {

@@ -511,6 +511,23 @@ impl Minter {
     }
 
     /// What the admin role may do, as `rolemint check` reports it.
+    /// Whether the admin has the privileges of `owner`, which `REASSIGN
+    /// OWNED ... TO owner` needs (for `rolemint check`); `None` when no
+    /// role of that name exists.
+    pub async fn may_reassign_to(&self, owner: &str) -> Result<Option<bool>, MintError> {
+        let mut conn = self.pool.get(&self.admin_database).await?;
+        let sql = format!(
+            "SELECT pg_catalog.pg_has_role(current_user, r.oid, 'USAGE') \
+             FROM pg_catalog.pg_roles r WHERE r.rolname = {}",
+            postgres_protocol::escape::escape_literal(owner)
+        );
+        let rows = conn.batch(&sql).await?;
+        Ok(rows.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0) == Some("t")),
+            _ => None,
+        }))
+    }
+
     pub async fn admin_facts(&self) -> Result<AdminFacts, MintError> {
         let mut conn = self.pool.get(&self.admin_database).await?;
         let rows = conn.batch(&sql::admin_facts()).await?;

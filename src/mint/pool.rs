@@ -180,13 +180,30 @@ impl AdminPool {
         client: Client,
         permit: OwnedSemaphorePermit,
     ) -> PooledClient<'_> {
-        PooledClient {
+        let loaned = PooledClient {
             pool: self,
             database: database.to_owned(),
             client: Some(client),
             busy: false,
             _permit: permit,
-        }
+        };
+        self.publish(database, 0);
+        loaned
+    }
+
+    /// Sets `rolemint_admin_pool_connections{database,state}` from the
+    /// pool's books. `leaving` counts loans whose permit is still held but
+    /// that are being returned (a `PooledClient` in its `Drop`).
+    fn publish(&self, database: &str, leaving: usize) {
+        let (idle, busy) = match self.lock_databases().get(database) {
+            Some(db) => {
+                let loaned = self.size.saturating_sub(db.permits.available_permits());
+                (db.idle.len(), loaned.saturating_sub(leaving))
+            }
+            None => (0, 0),
+        };
+        crate::metrics::admin_pool(database, "idle", idle);
+        crate::metrics::admin_pool(database, "busy", busy);
     }
 
     /// A new admin connection to `database`, outside the pool's bound and
@@ -397,5 +414,7 @@ impl Drop for PooledClient<'_> {
                 self.pool.put_back(&self.database, client);
             }
         }
+        // The permit is released after this body; this loan no longer counts.
+        self.pool.publish(&self.database, 1);
     }
 }

@@ -10,6 +10,19 @@
 //! A session never waits for its revocation: the revoker retries it until
 //! it is done, and shutdown waits for the revoker.
 //!
+//! Every decision is counted (`rolemint_connections_total{result}`,
+//! `rolemint_auth_total{result,reason}`, the mint, login and connect
+//! histograms, `rolemint_sessions_active{template}`, relay bytes) and
+//! written to the audit log where it is made: `connection.refused`,
+//! `auth.failed`, `auth.ok`, `lease.minted`, `session.ended`. The revoker
+//! writes what happens to the role afterwards.
+//!
+//! A session takes the reloadable [`Runtime`] once, before its handshake,
+//! and lets go of it once its role is minted: a reload never changes the
+//! certificate, verifier or template a session is half-way through, and
+//! a session that runs for hours does not keep a replaced verifier (and
+//! its JWKS refresh) alive.
+//!
 //! [`run`] is the whole story; each step lives in its own file:
 //! [`handshake`] (encryption, startup, token), [`params`] (the startup
 //! parameters allowed through), [`backend`] and [`login`] (login as the
@@ -32,11 +45,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::handshake::{Hello, Refused};
 use self::relay::End;
+use crate::audit::Event;
 use crate::error::ClientError;
-use crate::lease::{self, Lease, LeaseKind, NewLease};
+use crate::lease::{self, EndReason, Lease, LeaseKind, NewLease};
+use crate::metrics::{ConnectionResult, Direction};
 use crate::mint::{MintError, MintRequest};
 use crate::revoke::Why;
-use crate::state::Shared;
+use crate::state::{Runtime, Shared};
 use crate::tls::ClientStream;
 
 /// The two limits a connection passes through.
@@ -53,16 +68,19 @@ pub struct Admission {
 /// session limit learns so with SQLSTATE 53300 once it has said who it is,
 /// like PostgreSQL does.
 pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, admission: Admission) {
+    let accepted = Instant::now();
     crate::tls::tune_tcp(&tcp);
+    let runtime = shared.runtime();
     // One deadline for the whole handshake, token included: a client that
     // trickles bytes cannot reset it by finishing one step.
-    let deadline = tokio::time::Instant::now() + shared.config.proxy.handshake_timeout;
-    let accept = handshake::accept(tcp, shared.client_tls.as_ref());
+    let deadline = tokio::time::Instant::now() + runtime.config.proxy.handshake_timeout;
+    let accept = handshake::accept(tcp, runtime.client_tls.as_ref());
     let hello = match tokio::time::timeout_at(deadline, accept).await {
         Ok(Ok(hello)) => hello,
-        Ok(Err(refused)) => return refuse(refused, peer).await,
+        Ok(Err(refused)) => return refuse(&shared, refused, peer).await,
         Err(_) => {
             tracing::debug!(%peer, "handshake timed out");
+            crate::metrics::connection(ConnectionResult::ProtocolError);
             return;
         }
     };
@@ -74,13 +92,18 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, admissio
         } => cancel(&shared, stream, process_id, secret_key, peer).await,
         Hello::Startup { stream, startup } => {
             let Ok(permit) = Arc::clone(&admission.sessions).try_acquire_owned() else {
-                return refuse_with(stream, ClientError::TooManyConnections, peer, "").await;
+                return refuse_early(&shared, stream, ClientError::TooManyConnections, peer).await;
             };
             let handshake = Handshake {
                 permit: admission.handshake,
                 deadline,
             };
-            session(shared, stream, startup, peer, permit, handshake).await
+            let started = Started {
+                peer,
+                accepted,
+                permit,
+            };
+            session(shared, runtime, stream, startup, started, handshake).await
         }
     }
 }
@@ -112,58 +135,133 @@ impl std::fmt::Display for LogSafe<'_> {
     }
 }
 
+/// What a session carries from its accept.
+struct Started {
+    peer: SocketAddr,
+    /// When the connection was accepted: the start of
+    /// `rolemint_connect_duration_seconds`.
+    accepted: Instant,
+    /// Its slot under `proxy.max_connections`.
+    permit: OwnedSemaphorePermit,
+}
+
+/// A role minted for a session, and what it takes to log in as it.
+struct Minted {
+    registered: lease::Registered,
+    password: crate::secret::Secret,
+}
+
 async fn session(
     shared: Arc<Shared>,
+    runtime: Arc<Runtime>,
     mut stream: ClientStream,
     startup: handshake::Startup,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    started: Started,
     handshake: Handshake,
 ) {
-    let config = &shared.config;
+    let peer = started.peer;
+    if shared.shutdown.is_cancelled() {
+        return refuse_early(&shared, stream, ClientError::ShuttingDown, peer).await;
+    }
+    if !stream.is_tls() && !runtime.config.proxy.allow_plaintext {
+        return refuse_early(&shared, stream, ClientError::TlsRequired, peer).await;
+    }
+    let minted =
+        match authorize_and_mint(&shared, &runtime, &mut stream, &startup, peer, handshake).await {
+            Ok(minted) => minted,
+            Err((error, detail)) => {
+                crate::metrics::connection(ConnectionResult::Refused);
+                return refuse_with(stream, error, peer, &detail).await;
+            }
+        };
+    // From here on the session needs only what it minted.
+    drop(runtime);
+    serve_lease(&shared, stream, &startup, minted, started).await;
+}
+
+/// The token, the policy and the mint: a registered lease, or what to tell
+/// the client (and the log). Counts and audits each decision.
+async fn authorize_and_mint(
+    shared: &Shared,
+    runtime: &Runtime,
+    stream: &mut ClientStream,
+    startup: &handshake::Startup,
+    peer: SocketAddr,
+    handshake: Handshake,
+) -> Result<Minted, (ClientError, String)> {
+    let config = &runtime.config;
     let template = startup.template.as_str();
     let database = startup.database.as_str();
-    if shared.shutdown.is_cancelled() {
-        return refuse_with(stream, ClientError::ShuttingDown, peer, "").await;
-    }
-    if !stream.is_tls() && !config.proxy.allow_plaintext {
-        return refuse_with(stream, ClientError::TlsRequired, peer, "").await;
-    }
 
-    let read_token = handshake::read_token(&mut stream, &startup, config.proxy.max_token_bytes);
+    let read_token = handshake::read_token(stream, startup, config.proxy.max_token_bytes);
     let token = match tokio::time::timeout_at(handshake.deadline, read_token).await {
         Ok(Ok(token)) => token,
-        Ok(Err((error, detail))) => return refuse_with(stream, error, peer, &detail).await,
-        Err(_) => return tracing::debug!(%peer, "handshake timed out waiting for the token"),
+        Ok(Err((error, detail))) => {
+            crate::metrics::auth(false, "no_token");
+            return Err((error, detail));
+        }
+        Err(_) => {
+            crate::metrics::auth(false, "timeout");
+            return Err((
+                ClientError::BadToken,
+                "handshake timed out waiting for the token".into(),
+            ));
+        }
     };
     // The handshake is over: the next client may start one.
     drop(handshake.permit);
     // Every reason gets the same 28P01; the reason goes to the log only.
-    let verified = shared
+    let verified = runtime
         .verifier
         .authenticate_from(peer.ip(), token.expose())
         .await;
     drop(token);
+    let failed = |reason: String, identity: Option<&crate::identity::Identity>| Event::AuthFailed {
+        reason,
+        issuer: identity.map(|i| i.issuer.clone()),
+        identity: identity.map(|i| i.subject.clone()),
+        client_addr: peer.to_string(),
+        template: template.to_owned(),
+        database: database.to_owned(),
+    };
     let identity = match verified {
         Ok(identity) => identity,
         Err(reason) => {
+            // The verifier's messages name a check, never a claim value.
+            crate::metrics::auth(false, reason.reason());
+            shared
+                .audit
+                .record(failed(format!("{}: {reason}", reason.reason()), None));
             let detail = format!(
                 "template={template} database={database}: reason={}: {reason}",
                 reason.reason()
             );
-            return refuse_with(stream, ClientError::BadToken, peer, &detail).await;
+            return Err((ClientError::BadToken, detail));
         }
     };
     let grant = match crate::policy::authorize(config, &identity, template, database) {
         Ok(grant) => grant,
         Err(refusal) => {
+            crate::metrics::auth(false, refusal.error.kind());
+            shared.audit.record(failed(
+                format!("{}: {}", refusal.error.kind(), refusal.rule),
+                Some(&identity),
+            ));
             let detail = format!(
                 "identity={:?} issuer={} template={template}: {}",
                 identity.subject, identity.issuer, refusal.rule
             );
-            return refuse_with(stream, refusal.error, peer, &detail).await;
+            return Err((refusal.error, detail));
         }
     };
+    crate::metrics::auth(true, "ok");
+    shared.audit.record(Event::AuthOk {
+        identity: identity.subject.clone(),
+        issuer: Some(identity.issuer.clone()),
+        client_addr: peer.to_string(),
+        template: template.to_owned(),
+        database: database.to_owned(),
+    });
     tracing::debug!(
         identity = ?identity.subject, issuer = %identity.issuer, template,
         rule = %grant.rule, "policy allowed"
@@ -183,21 +281,24 @@ async fn session(
         Ok(prepared) => prepared,
         Err(e) => {
             let detail = format!("lease={lease_id}: mint refused: {e}");
-            return refuse_with(stream, ClientError::MintFailed, peer, &detail).await;
+            return Err((ClientError::MintFailed, detail));
         }
     };
     let minting = shared.minting(&prepared.role.name);
     let created = tokio::time::timeout(
-        config.admin_operation_timeout(),
+        shared.config.admin_operation_timeout(),
         shared.minter.create(&prepared),
     )
     .await;
-    if let Err(error) = mint_outcome(&shared, &prepared, grant.template_name, created) {
+    if matches!(created, Ok(Ok(()))) {
+        crate::metrics::mint_duration(started.elapsed());
+    }
+    if let Err(error) = mint_outcome(shared, &prepared, grant.template_name, created) {
         let detail = format!(
             "lease={lease_id} identity={}: mint failed",
             identity.subject
         );
-        return refuse_with(stream, error, peer, &detail).await;
+        return Err((error, detail));
     }
     let minted = prepared.role;
     let registered = shared.leases.register(Lease::new(NewLease {
@@ -219,37 +320,108 @@ async fn session(
         mint_ms = started.elapsed().as_millis() as u64,
         "lease minted"
     );
+    shared.audit.record(Event::LeaseMinted {
+        lease_id: lease.id.clone(),
+        role: lease.role.clone(),
+        identity: lease.identity.clone(),
+        groups: lease.groups.clone(),
+        template: lease.template.clone(),
+        database: lease.database.clone(),
+        expire_time: humantime::format_rfc3339_seconds(minted.expires_at).to_string(),
+        client_addr: Some(peer.to_string()),
+    });
+    Ok(Minted {
+        registered,
+        password: minted.password,
+    })
+}
 
+/// Logs in as the minted role, splices until the session ends, and hands
+/// the role to the revoker.
+async fn serve_lease(
+    shared: &Shared,
+    stream: ClientStream,
+    startup: &handshake::Startup,
+    minted: Minted,
+    started: Started,
+) {
+    let Minted {
+        registered,
+        password,
+    } = minted;
+    let lease = &registered.lease;
     crate::failpoint::hit(crate::failpoint::AFTER_MINT).await;
-    let (end, traffic) = connect_and_splice(
-        &shared,
-        stream,
-        &startup,
-        &minted.name,
-        &minted.password,
-        lease,
-    )
-    .await;
-    drop(minted);
+    let (end, traffic) =
+        connect_and_splice(shared, stream, startup, &password, lease, started.accepted).await;
+    drop(password);
     lease.set_traffic(traffic.client_to_backend, traffic.backend_to_client);
+    crate::metrics::relay_bytes(Direction::ClientToBackend, traffic.client_to_backend);
+    crate::metrics::relay_bytes(Direction::BackendToClient, traffic.backend_to_client);
     // The session is over: its slot is free while the role is revoked.
-    drop(permit);
+    drop(started.permit);
     let why = match end {
         End::Lease(reason) => Why::from(reason),
         _ => lease.end_reason().map_or(Why::SessionEnded, Why::from),
     };
-    shared
-        .revoker
-        .schedule(&lease.role, &lease.database, Some(&lease.template), why);
+    let duration = lease
+        .issued_at
+        .elapsed()
+        .unwrap_or_else(|_| started.accepted.elapsed());
+    shared.audit.record(Event::SessionEnded {
+        lease_id: lease.id.clone(),
+        role: lease.role.clone(),
+        identity: lease.identity.clone(),
+        reason: end_reason(&end, why).to_owned(),
+        duration_seconds: duration.as_secs_f64(),
+        bytes_in: traffic.client_to_backend,
+        bytes_out: traffic.backend_to_client,
+    });
+    shared.revoker.schedule_lease(
+        &lease.id,
+        &lease.role,
+        &lease.database,
+        Some(&lease.template),
+        why,
+    );
     tracing::info!(
         lease = %lease.id, role = %lease.role, end = ?end,
         bytes_in = traffic.client_to_backend, bytes_out = traffic.backend_to_client,
-        duration_ms = started.elapsed().as_millis() as u64,
+        duration_ms = duration.as_millis() as u64,
         "session ended; role handed to the revoker"
     );
     // Only now does the registry forget the lease: until the revoker has
     // it, the role counts as held (the reaper asks).
     drop(registered);
+}
+
+/// `session.ended`'s reason: `client`, `ttl`, `revoked`, `shutdown`,
+/// `backend` or `error`.
+fn end_reason(end: &End, why: Why) -> &'static str {
+    match (end, why) {
+        (End::Lease(EndReason::Expired), _) | (_, Why::Expired) => "ttl",
+        (End::Lease(EndReason::Revoked), _) | (_, Why::Revoked) => "revoked",
+        (End::Lease(EndReason::Shutdown), _) | (_, Why::Shutdown) => "shutdown",
+        (End::ClientClosed, _) => "client",
+        (End::BackendClosed, _) => "backend",
+        _ => "error",
+    }
+}
+
+/// Keeps `rolemint_sessions_active{template}` true on every way out of a
+/// splice, a panic included.
+struct ActiveSession<'a>(&'a str);
+
+impl<'a> ActiveSession<'a> {
+    fn start(template: &'a str) -> ActiveSession<'a> {
+        crate::metrics::session_started(template);
+        ActiveSession(template)
+    }
+}
+
+impl Drop for ActiveSession<'_> {
+    fn drop(&mut self) {
+        crate::metrics::session_ended(self.0);
+    }
 }
 
 /// What a mint's outcome means for the client; on any failure the role's
@@ -304,12 +476,14 @@ async fn connect_and_splice(
     shared: &Shared,
     mut stream: ClientStream,
     startup: &handshake::Startup,
-    role: &str,
     password: &crate::secret::Secret,
     lease: &Lease,
+    accepted: Instant,
 ) -> (End, relay::Traffic) {
     let failed = (End::Failed, relay::Traffic::default());
+    let role = lease.role.as_str();
     let backend_config = &shared.config.backend;
+    let login_started = Instant::now();
     let login = async {
         let conn = backend::connect(backend_config, shared.backend_tls.as_ref()).await?;
         backend::login(
@@ -327,24 +501,32 @@ async fn connect_and_splice(
         Ok(Err(e)) => {
             let e = e.to_string();
             tracing::warn!(lease = %lease.id, role, "backend login failed: {}", LogSafe(&e));
+            crate::metrics::connection(ConnectionResult::Refused);
             relay::send_fatal(&mut stream, &ClientError::BackendUnavailable).await;
             return failed;
         }
         Err(_) => {
             tracing::warn!(lease = %lease.id, role, "backend login timed out");
+            crate::metrics::connection(ConnectionResult::Refused);
             relay::send_fatal(&mut stream, &ClientError::BackendUnavailable).await;
             return failed;
         }
     };
+    crate::metrics::backend_login_duration(login_started.elapsed());
     crate::failpoint::hit(crate::failpoint::AFTER_LOGIN).await;
     let cancel_key = shared.cancels.register(login.key);
     let framer = match relay::forward_startup(&mut stream, &mut login, cancel_key.key).await {
         Ok(framer) => framer,
         Err(e) => {
             tracing::debug!(lease = %lease.id, "client went away during startup: {e}");
+            crate::metrics::connection(ConnectionResult::ProtocolError);
             return failed;
         }
     };
+    // The client has its first ReadyForQuery.
+    crate::metrics::connection(ConnectionResult::Ok);
+    crate::metrics::connect_duration(accepted.elapsed());
+    let _active = ActiveSession::start(&lease.template);
     relay::splice(stream, login.stream, framer, lease).await
 }
 
@@ -360,11 +542,18 @@ async fn cancel(
     peer: SocketAddr,
 ) {
     match shared.cancels.lookup(process_id, secret_key) {
-        None => tracing::debug!(%peer, "cancel request with an unknown key ignored"),
+        None => {
+            tracing::debug!(%peer, "cancel request with an unknown key ignored");
+            crate::metrics::cancel_request("unknown");
+        }
         Some(key) => {
             let config = &shared.config.backend;
-            if let Err(e) = backend::cancel(config, shared.backend_tls.as_ref(), key).await {
-                tracing::warn!(%peer, "forwarding cancel request failed: {e}");
+            match backend::cancel(config, shared.backend_tls.as_ref(), key).await {
+                Ok(()) => crate::metrics::cancel_request("forwarded"),
+                Err(e) => {
+                    crate::metrics::cancel_request("failed");
+                    tracing::warn!(%peer, "forwarding cancel request failed: {e}");
+                }
             }
         }
     }
@@ -378,11 +567,37 @@ async fn cancel(
 /// Longest wait to close a connection cleanly (TLS close_notify).
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn refuse(refused: Refused, peer: SocketAddr) {
+/// A handshake that failed: counted as a protocol error; audited when the
+/// client is still there to be told (a bare TCP probe is not an event).
+async fn refuse(shared: &Shared, refused: Refused, peer: SocketAddr) {
+    crate::metrics::connection(ConnectionResult::ProtocolError);
     match refused.stream {
-        Some(stream) => refuse_with(stream, refused.error, peer, &refused.detail).await,
+        Some(stream) => {
+            shared.audit.record(Event::ConnectionRefused {
+                client_addr: peer.to_string(),
+                reason: "protocol".into(),
+            });
+            refuse_with(stream, refused.error, peer, &refused.detail).await
+        }
         None => tracing::debug!(%peer, "handshake failed: {}", LogSafe(&refused.detail)),
     }
+}
+
+/// Turns a connection away before its token is read: counted, audited as
+/// `connection.refused`, and told why.
+async fn refuse_early(shared: &Shared, stream: ClientStream, error: ClientError, peer: SocketAddr) {
+    let result = match error {
+        ClientError::TooManyConnections => ConnectionResult::TooMany,
+        ClientError::ShuttingDown => ConnectionResult::ShuttingDown,
+        ClientError::TlsRequired => ConnectionResult::TlsRequired,
+        _ => ConnectionResult::Refused,
+    };
+    crate::metrics::connection(result);
+    shared.audit.record(Event::ConnectionRefused {
+        client_addr: peer.to_string(),
+        reason: error.kind().to_owned(),
+    });
+    refuse_with(stream, error, peer, "").await
 }
 
 /// Sends the client its error, and logs the reason with the detail the
