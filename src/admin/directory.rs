@@ -75,7 +75,7 @@ impl RegistryDirectory {
             .catalog_lease(id)
             .await
             .map_err(backend_error)?;
-        Ok(remote.map(Found::Remote))
+        Ok(remote.map(|r| Found::Remote(Box::new(r))))
     }
 
     /// `(default_ttl, max_ttl)` of a template of the running config.
@@ -210,7 +210,7 @@ impl RegistryDirectory {
                 let renewed = CatalogLease {
                     valid_until: Some(expiry),
                     comment,
-                    ..remote
+                    ..*remote
                 };
                 let mut view = self.remote_view(&renewed);
                 view.last_renewal = Some(now);
@@ -281,11 +281,13 @@ impl RegistryDirectory {
                 }
             }
             Found::Remote(remote) => {
-                let c = remote.comment;
-                self.schedule(&remote.role, &c.database, &c.template);
+                let CatalogLease {
+                    role, comment: c, ..
+                } = *remote;
+                self.schedule(&role, &c.database, &c.template);
                 Revocation {
                     id: c.lease_id,
-                    role: remote.role,
+                    role,
                     database: c.database,
                     template: c.template,
                     handed: true,
@@ -306,7 +308,7 @@ enum Found {
     /// Held by this instance.
     Local(Arc<Lease>),
     /// Only in the catalog: another instance's, or ours from before.
-    Remote(CatalogLease),
+    Remote(Box<CatalogLease>),
 }
 
 impl Found {
