@@ -260,7 +260,26 @@ async fn revoking_an_identity_ends_its_sessions_and_no_one_elses() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    drop(alice);
+
+    // `"sync": false`: 202 at once, and the revocation still happens.
+    let alice_id = leases[0]["id"].as_str().unwrap().to_owned();
+    let query = sleep_on(alice);
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            sleeping_backends(&h).await == 1
+        })
+        .await
+    );
+    let (status, _) = api(
+        admin,
+        "PUT",
+        "/v1/sys/leases/revoke",
+        Some(json!({"lease_id": alice_id, "sync": false})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let err = query.await.unwrap().expect_err("revoked");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57P01"), "{err:?}");
     assert!(h
         .wait_no_managed_roles(Duration::from_secs(10))
         .await

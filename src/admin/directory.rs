@@ -137,7 +137,9 @@ impl RegistryDirectory {
         }
     }
 
-    async fn list_leases(&self, filter: LeaseFilter) -> Result<Vec<LeaseView>, LeaseApiError> {
+    /// Every live lease matching `filter`: the catalog's, with this
+    /// instance's own taken from the registry.
+    async fn matching(&self, filter: &LeaseFilter) -> Result<Vec<Found>, LeaseApiError> {
         let catalog = CatalogFilter {
             lease_id: None,
             prefix: filter.prefix.clone(),
@@ -152,16 +154,16 @@ impl RegistryDirectory {
             .await
             .map_err(backend_error)?;
         Ok(found
-            .iter()
+            .into_iter()
             .filter_map(
                 |remote| match self.shared.leases.get(&remote.comment.lease_id) {
                     // Ours, and over: not a lease any more.
                     Some(local) if local.end_reason().is_some() => None,
-                    Some(local) => Some(self.local_view(&local)),
-                    None => Some(self.remote_view(remote)),
+                    Some(local) => Some(Found::Local(local)),
+                    None => Some(Found::Remote(Box::new(remote))),
                 },
             )
-            .filter(|view| filter.matches(view))
+            .filter(|f| filter.matches(&f.view(self)))
             .collect())
     }
 
@@ -385,7 +387,10 @@ fn backend_error(e: MintError) -> LeaseApiError {
 
 impl LeaseDirectory for RegistryDirectory {
     fn list(&self, filter: LeaseFilter) -> DirFuture<'_, Vec<LeaseView>> {
-        Box::pin(self.list_leases(filter))
+        Box::pin(async move {
+            let found = self.matching(&filter).await?;
+            Ok(found.iter().map(|f| f.view(self)).collect())
+        })
     }
 
     fn lookup(&self, lease_id: String) -> DirFuture<'_, Option<LeaseView>> {
@@ -412,14 +417,7 @@ impl LeaseDirectory for RegistryDirectory {
         sync: bool,
     ) -> DirFuture<'_, usize> {
         Box::pin(async move {
-            let views = self.list_leases(filter).await?;
-            let mut found = Vec::with_capacity(views.len());
-            for view in views {
-                // Each is read again: listing shows, acting needs the lease.
-                if let Some(f) = self.find(&view.id).await? {
-                    found.push(f);
-                }
-            }
+            let found = self.matching(&filter).await?;
             self.revoke_all(found, by, sync).await
         })
     }
