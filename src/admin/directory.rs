@@ -328,12 +328,15 @@ struct Revocation {
     role: String,
     database: String,
     template: String,
-    /// The role is with the revoker (or a session of ours will hand it).
+    /// This directory gave the role to the revoker itself (credentials,
+    /// another instance's lease, or a session that did not hand it over in
+    /// time); otherwise the session does.
     handed: bool,
 }
 
-/// Waits up to `within` until every revocation is settled: the lease has
-/// left the registry and the revoker no longer holds the role. A session
+/// Waits up to `within` until every revocation is settled: the revoker no
+/// longer holds the role (and a session of ours has left the registry,
+/// which it does after handing its role over). A session
 /// that has not handed its role over within [`HANDOVER`] gets it revoked
 /// under it. Returns how many are still under way.
 async fn settle(shared: Arc<Shared>, mut left: Vec<Revocation>, within: Duration) -> usize {
@@ -349,7 +352,11 @@ async fn settle(shared: Arc<Shared>, mut left: Vec<Revocation>, within: Duration
                     .schedule(&r.role, &r.database, Some(&r.template), Why::Revoked);
                 r.handed = true;
             }
-            here || shared.revoker.is_pending(&r.role)
+            // A role this directory handed over is settled once the revoker
+            // is done with it, whatever became of its holder; a session's,
+            // once the session has handed it over (leaving the registry
+            // after) and the revoker is done.
+            shared.revoker.is_pending(&r.role) || (here && !r.handed)
         });
         if left.is_empty() || elapsed >= within {
             return left.len();
