@@ -93,7 +93,9 @@ impl Credentials {
         let permit = Arc::clone(&self.live)
             .try_acquire_owned()
             .map_err(|_| CredsError::TooMany)?;
-        let config = &shared.config;
+        // Templates and policy as reloaded (SIGHUP), like a session's.
+        let runtime = shared.runtime();
+        let config = &runtime.config;
         let database = config
             .template(template)
             .and_then(|t| t.databases.first())

@@ -49,7 +49,9 @@
 //!   drops orphaned and expired roles, whoever minted them.
 //! - [`cancel`]: rolemint's cancel keys mapped to the backends'.
 //! - [`admin`]: the admin HTTP listener: `/healthz`, `/readyz`, `/metrics`
-//!   and the lease API in Vault's shape, over a [`admin::leases::LeaseDirectory`];
+//!   and the lease API in Vault's shape, over a [`admin::leases::LeaseDirectory`]:
+//!   [`admin::directory`] acts on the leases of every instance, read from
+//!   the catalog (`mint::catalog`), and on this instance's live sessions;
 //!   and the Vault-compatible door ([`admin::door`]): login and client
 //!   tokens, `database/creds` and `database/roles`, `sys/health`.
 //! - [`metrics`]: every Prometheus metric, described once, and the typed

@@ -102,7 +102,8 @@ pub async fn roles_list(
     }
     let door = door(&state)?;
     any_caller(&state, &headers)?;
-    let keys: Vec<&String> = door.shared.config.roles.keys().collect();
+    let runtime = door.shared.runtime();
+    let keys: Vec<&String> = runtime.config.roles.keys().collect();
     if keys.is_empty() {
         return Err(ApiError::empty_list());
     }
@@ -121,8 +122,8 @@ pub async fn role(
     }
     let door = door(&state)?;
     any_caller(&state, &headers)?;
-    let template = door
-        .shared
+    let runtime = door.shared.runtime();
+    let template = runtime
         .config
         .template(&name)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown role: {name}")))?;

@@ -99,7 +99,7 @@ pub async fn login(
         template: String::new(),
         database: String::new(),
     });
-    let policies = templates_allowed(&shared.config, &identity);
+    let policies = templates_allowed(&shared.runtime().config, &identity);
     Ok(auth_envelope(json!({
         "client_token": token.expose(),
         "accessor": "",
@@ -162,7 +162,7 @@ pub async fn lookup_self(
         .unwrap_or_default();
     Ok(envelope(json!({
         "display_name": identity.subject,
-        "policies": templates_allowed(&door.shared.config, &identity),
+        "policies": templates_allowed(&door.shared.runtime().config, &identity),
         "meta": { "identity": identity.subject, "issuer": identity.issuer },
         "expire_time": humantime::format_rfc3339_seconds(identity.expires_at).to_string(),
         "ttl": ttl.as_secs(),

@@ -16,10 +16,13 @@
 //! drain `/readyz` answers 503 and `/metrics` keeps working.
 //!
 //! Who may do what is [`auth::Caller`]'s business; what a lease is, the
-//! [`leases::LeaseDirectory`] behind the API.
+//! [`leases::LeaseDirectory`] behind the API: on a running server
+//! [`directory::RegistryDirectory`] (this instance's lease registry and
+//! every instance's leases in the catalog), in tests [`memory`].
 
 pub mod auth;
 pub mod database;
+pub mod directory;
 pub mod door;
 pub mod health;
 pub mod leases;

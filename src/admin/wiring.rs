@@ -7,8 +7,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+use super::directory::RegistryDirectory;
 use super::health::Probe;
-use super::leases::{Detached, LeaseDirectory};
+use super::leases::LeaseDirectory;
 use super::{AdminListener, AdminState, BoxFuture};
 use crate::audit::{Audit, Target};
 use crate::config::Config;
@@ -63,7 +64,7 @@ pub fn start(
         let mut state = AdminState::from_config(
             &shared.config,
             Arc::new(SharedProbe(Arc::clone(shared))),
-            directory(shared),
+            directory(shared, audit.clone()),
             audit,
             shutdown.clone(),
         );
@@ -75,11 +76,10 @@ pub fn start(
     Running { stop, task }
 }
 
-/// The lease directory the API acts on. The lease registry does not
-/// implement [`LeaseDirectory`] yet; until it does, the lease routes answer
-/// 503 and health and metrics work.
-fn directory(_shared: &Arc<Shared>) -> Arc<dyn LeaseDirectory> {
-    Arc::new(Detached)
+/// The lease directory the API acts on: this instance's registry and the
+/// catalog of every instance. `audit` takes its `lease.revoked` lines.
+pub fn directory(shared: &Arc<Shared>, audit: Audit) -> Arc<dyn LeaseDirectory> {
+    Arc::new(RegistryDirectory::new(Arc::clone(shared), audit))
 }
 
 /// Readiness through the server's admin pool.

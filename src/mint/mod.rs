@@ -26,6 +26,8 @@
 //! their backends, hand owned objects to the template's `owner`, drop), many
 //! per round trip; [`Minter::renew`] moves a role's `VALID UNTIL`. Both are
 //! idempotent and refuse roles that are not members of `rolemint_managed`.
+//! [`Minter::catalog_leases`] reads every live lease of every instance
+//! back from the catalog (`catalog.rs`).
 
 use std::num::NonZeroU32;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,6 +41,7 @@ use crate::lease::{Lease, LeaseKind};
 use crate::secret::Secret;
 
 mod auth_guard;
+mod catalog;
 mod names;
 mod pg_tls;
 mod pool;
@@ -48,6 +51,7 @@ mod scram;
 mod sql;
 mod template;
 
+pub use catalog::{CatalogFilter, CatalogLease, MAX_CATALOG_LEASES};
 pub use names::{is_valid_role_name, sanitize as sanitize_name_part, MAX_NAME_BYTES};
 pub use reap_sql::{ManagedRole, Sweep, MAX_ROLES_PER_SWEEP, SWEEP_LOCK_KEY};
 pub use revoke::{Outcome, Target};
