@@ -53,6 +53,9 @@ pub struct Config {
     /// The JSON audit log; off by default.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// What the instances of one deployment share; off by default.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// Role templates by name: the `user` a client connects as.
     pub roles: BTreeMap<String, RoleTemplate>,
 }
@@ -134,6 +137,24 @@ impl Default for AdminConfig {
         }
     }
 }
+
+/// `[cluster]`: what the instances behind one load balancer share, besides
+/// the database.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Keys the MAC in the cancel keys clients get, so that any instance
+    /// can verify a CancelRequest for a session another instance holds.
+    /// Unset: cancel keys are known only to the instance that issued them.
+    pub secret: Option<Secret>,
+    /// The same, read from a file (a mounted Kubernetes Secret).
+    pub secret_file: Option<PathBuf>,
+}
+
+/// The shortest cluster secret accepted: a MAC key should be as strong as
+/// the MAC (SHA-256), and a short one could be guessed offline from one
+/// observed cancel key.
+pub const MIN_CLUSTER_SECRET_BYTES: usize = 32;
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -580,6 +601,15 @@ impl Config {
             }
         }
 
+        rebase(&mut self.cluster.secret_file);
+        let c = &mut self.cluster;
+        if let Some(file) = &c.secret_file {
+            if c.secret.is_some() {
+                return Err(invalid("cluster: set only one of secret, secret_file"));
+            }
+            c.secret = Some(read_secret_file(file)?);
+        }
+
         rebase(&mut self.admin.operator_token_sha256_file);
         let admin = &mut self.admin;
         if let Some(file) = &admin.operator_token_sha256_file {
@@ -627,6 +657,13 @@ impl Config {
         }
         crate::identity::validate_config(&self.auth).map_err(invalid)?;
         self.validate_admin()?;
+        if let Some(secret) = &self.cluster.secret {
+            if secret.expose().len() < MIN_CLUSTER_SECRET_BYTES {
+                return Err(invalid(format!(
+                    "cluster.secret must be at least {MIN_CLUSTER_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+                )));
+            }
+        }
         if self
             .audit
             .path

@@ -379,9 +379,12 @@ async fn revoke_orphan(shared: &Shared, orphan: &Orphan) -> Result<(), MintError
         .database
         .as_deref()
         .unwrap_or(&shared.config.backend.admin_database);
-    shared
-        .revoker
-        .schedule(&orphan.role, database, orphan.template.as_deref(), Why::Reaper);
+    shared.revoker.schedule(
+        &orphan.role,
+        database,
+        orphan.template.as_deref(),
+        Why::Reaper,
+    );
     Ok(())
 }
 

@@ -38,18 +38,19 @@ use crate::identity::Identity;
 use crate::lease::{Lease, LeaseKind};
 use crate::secret::Secret;
 
+mod cluster_sql;
 mod names;
 mod pg_tls;
 mod pool;
-mod revoke;
 mod reap_sql;
+mod revoke;
 mod scram;
 mod sql;
 mod template;
 
 pub use names::{is_valid_role_name, sanitize as sanitize_name_part, MAX_NAME_BYTES};
-pub use revoke::{Outcome, Target};
 pub use reap_sql::{ManagedRole, Sweep, MAX_ROLES_PER_SWEEP, SWEEP_LOCK_KEY};
+pub use revoke::{Outcome, Target};
 pub use sql::{LeaseComment, MARKER_ROLE};
 pub use template::TemplateError;
 

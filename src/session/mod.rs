@@ -293,7 +293,7 @@ async fn connect_and_splice(
         }
     };
     crate::failpoint::hit(crate::failpoint::AFTER_LOGIN).await;
-    let cancel_key = shared.cancels.register(login.key);
+    let cancel_key = shared.cancels.issue(login.key, role);
     let framer = match relay::forward_startup(&mut stream, &mut login, cancel_key.key).await {
         Ok(framer) => framer,
         Err(e) => {
@@ -304,15 +304,47 @@ async fn connect_and_splice(
     relay::splice(stream, login.stream, framer, lease).await
 }
 
-/// Forwards a CancelRequest whose key is ours; ignores any other.
+/// Forwards a CancelRequest whose key this instance issued; in a cluster,
+/// verifies any other key against the database and cancels through the
+/// admin pool; ignores anything else, silently, as PostgreSQL does.
 async fn cancel(shared: &Shared, process_id: i32, secret_key: i32, peer: SocketAddr) {
-    let Some(key) = shared.cancels.lookup(process_id, secret_key) else {
+    if let Some(key) = shared.cancels.lookup(process_id, secret_key) {
+        let config = &shared.config.backend;
+        if let Err(e) = backend::cancel(config, shared.backend_tls.as_ref(), key).await {
+            tracing::warn!(%peer, "forwarding cancel request failed: {e}");
+        }
+        return;
+    }
+    let Some(cluster) = shared.cancels.cluster() else {
         tracing::debug!(%peer, "cancel request with an unknown key ignored");
         return;
     };
-    let config = &shared.config.backend;
-    if let Err(e) = backend::cancel(config, shared.backend_tls.as_ref(), key).await {
-        tracing::warn!(%peer, "forwarding cancel request failed: {e}");
+    // Each check costs a query and is a guess at a 32-bit secret: an
+    // address that keeps guessing wrong is no longer asked about.
+    if process_id <= 0 || !shared.cancels.may_verify(peer.ip()) {
+        tracing::debug!(%peer, "cancel request ignored (invalid pid or rate limited)");
+        return;
+    }
+    let minter = &shared.minter;
+    let verify_and_cancel = async {
+        let Some(role) = minter.minted_backend_role(process_id).await? else {
+            return Ok(None);
+        };
+        if !cluster.verify(process_id, &role, secret_key) {
+            return Ok(None);
+        }
+        minter.cancel_backend(process_id, &role).await.map(Some)
+    };
+    match tokio::time::timeout(shared.config.admin_operation_timeout(), verify_and_cancel).await {
+        Ok(Ok(Some(signalled))) => {
+            tracing::debug!(%peer, process_id, signalled, "cluster cancel key verified")
+        }
+        Ok(Ok(None)) => {
+            shared.cancels.verify_failed(peer.ip());
+            tracing::debug!(%peer, "cancel request with an unknown key ignored");
+        }
+        Ok(Err(e)) => tracing::warn!(%peer, "cancelling through the admin pool failed: {e}"),
+        Err(_) => tracing::warn!(%peer, "cancelling through the admin pool timed out"),
     }
 }
 
