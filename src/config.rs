@@ -911,6 +911,27 @@ creation_statements = [
     }
 
     #[test]
+    fn the_cluster_secret_comes_from_a_file_once_and_is_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "c".repeat(MIN_CLUSTER_SECRET_BYTES);
+        std::fs::write(dir.path().join("cluster.key"), format!("{long}\n")).unwrap();
+        let from_file = format!("{EXAMPLE}\n[cluster]\nsecret_file = \"cluster.key\"\n");
+        let mut c = Config::parse(&from_file).unwrap();
+        c.resolve(dir.path()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cluster.secret.as_ref().map(Secret::expose), Some(long.as_str()));
+
+        let both = format!("{from_file}secret = \"{long}\"\n");
+        let err = Config::parse(&both).unwrap().resolve(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("only one"), "{err}");
+
+        let short = format!("{EXAMPLE}\n[cluster]\nsecret = \"short\"\n");
+        let err = Config::parse(&short).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+        assert!(!err.to_string().contains("short\""), "the secret is not echoed");
+    }
+
+    #[test]
     fn secrets_come_from_files_and_the_environment() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("admin.pw"), "from-file\n").unwrap();
