@@ -919,16 +919,25 @@ creation_statements = [
         let mut c = Config::parse(&from_file).unwrap();
         c.resolve(dir.path()).unwrap();
         c.validate().unwrap();
-        assert_eq!(c.cluster.secret.as_ref().map(Secret::expose), Some(long.as_str()));
+        assert_eq!(
+            c.cluster.secret.as_ref().map(Secret::expose),
+            Some(long.as_str())
+        );
 
         let both = format!("{from_file}secret = \"{long}\"\n");
-        let err = Config::parse(&both).unwrap().resolve(dir.path()).unwrap_err();
+        let err = Config::parse(&both)
+            .unwrap()
+            .resolve(dir.path())
+            .unwrap_err();
         assert!(err.to_string().contains("only one"), "{err}");
 
         let short = format!("{EXAMPLE}\n[cluster]\nsecret = \"short\"\n");
         let err = Config::parse(&short).unwrap().validate().unwrap_err();
         assert!(err.to_string().contains("at least 32 bytes"), "{err}");
-        assert!(!err.to_string().contains("short\""), "the secret is not echoed");
+        assert!(
+            !err.to_string().contains("short\""),
+            "the secret is not echoed"
+        );
     }
 
     #[test]

@@ -19,11 +19,13 @@ use super::{MintError, Minter};
 impl Minter {
     /// The role backend `pid` is logged in as, if it is a role rolemint
     /// minted (any instance's); `None` for any other backend or none.
-    /// Reads only `pid` and `usename`, which every role may see.
+    /// Reads only `pid` and `usename`, which every role may see (most other
+    /// columns, `backend_type` and `backend_start` included, are NULL for
+    /// other roles' backends unless the reader has `pg_read_all_stats`).
     pub async fn minted_backend_role(&self, pid: i32) -> Result<Option<String>, MintError> {
         let sql = format!(
             "SELECT a.usename FROM pg_catalog.pg_stat_activity a \
-             WHERE a.pid = {pid} AND a.backend_type = 'client backend' AND {minted}",
+             WHERE a.pid = {pid} AND {minted}",
             minted = minted_role("a.usesysid"),
         );
         let mut conn = self.pool.get(&self.admin_database).await?;
