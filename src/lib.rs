@@ -29,13 +29,19 @@
 //!   the session settings rendered from claims.
 //! - [`mint`]: role names, SCRAM verifiers, template rendering, the admin
 //!   connection pool, and the SQL that creates, renews and drops roles
-//!   (owned objects handed to the template's owner).
-//! - [`lease`]: the registry of live leases: deadlines, lookup, renew.
+//!   (owned objects handed to the template's owner), and what one instance
+//!   asks about another's sessions (a backend's minted role, its cancel, a
+//!   lease's recorded expiry).
+//! - [`lease`]: the registry of live leases: deadlines, lookup, renew; a
+//!   deadline re-reads the expiry from the catalog before it ends a lease.
 //! - [`revoke`]: the revocation service: every role handed to it is
 //!   dropped (or retained, and said so), retried until it is.
 //! - [`reaper`]: the sweep of `rolemint_managed` (startup and periodic) that
 //!   drops orphaned and expired roles, whoever minted them.
-//! - [`cancel`]: rolemint's cancel keys mapped to the backends'.
+//! - [`cancel`]: rolemint's cancel keys mapped to the backends'; with
+//!   `[cluster] secret`, keys any instance verifies (the backend's pid and
+//!   a MAC over it and the session's role) and cancels through its admin
+//!   pool.
 //! - [`admin`]: the admin HTTP listener: `/healthz`, `/readyz`, `/metrics`
 //!   and the lease API in Vault's shape, over a [`admin::leases::LeaseDirectory`].
 //! - [`metrics`]: every Prometheus metric, described once, and the typed
