@@ -449,7 +449,7 @@ async fn admin_password_changed_underneath_revocations_fail_loudly_then_a_restar
 
     let logged = wait_until(REAP_WITHIN, || async {
         let log = a.log();
-        log.contains("revoke failed") && log.contains("password authentication failed")
+        log.contains("revocation failed") && log.contains("password authentication failed")
     })
     .await;
     assert!(logged, "revocation failures not logged:\n{}", a.log());
