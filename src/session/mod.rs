@@ -304,17 +304,25 @@ async fn connect_and_splice(
     relay::splice(stream, login.stream, framer, lease).await
 }
 
-/// Forwards a CancelRequest whose key this instance issued; in a cluster,
-/// verifies any other key against the database and cancels through the
-/// admin pool; ignores anything else, silently, as PostgreSQL does.
+/// Forwards a CancelRequest whose key is ours; any other goes to
+/// [`cancel_elsewhere`] (a session another instance holds), or is ignored.
 async fn cancel(shared: &Shared, process_id: i32, secret_key: i32, peer: SocketAddr) {
-    if let Some(key) = shared.cancels.lookup(process_id, secret_key) {
-        let config = &shared.config.backend;
-        if let Err(e) = backend::cancel(config, shared.backend_tls.as_ref(), key).await {
-            tracing::warn!(%peer, "forwarding cancel request failed: {e}");
+    match shared.cancels.lookup(process_id, secret_key) {
+        None => cancel_elsewhere(shared, process_id, secret_key, peer).await,
+        Some(key) => {
+            let config = &shared.config.backend;
+            if let Err(e) = backend::cancel(config, shared.backend_tls.as_ref(), key).await {
+                tracing::warn!(%peer, "forwarding cancel request failed: {e}");
+            }
         }
-        return;
     }
+}
+
+/// A key this instance did not issue: in a cluster, verifies it against the
+/// database and cancels through the admin pool (see [`crate::cancel`]);
+/// otherwise, or when it does not verify, ignores it silently, as
+/// PostgreSQL does.
+async fn cancel_elsewhere(shared: &Shared, process_id: i32, secret_key: i32, peer: SocketAddr) {
     let Some(cluster) = shared.cancels.cluster() else {
         tracing::debug!(%peer, "cancel request with an unknown key ignored");
         return;
