@@ -19,7 +19,10 @@ use tokio::net::TcpStream;
 const CLUSTER_SECRET: &str = "cluster-secret-for-tests-0123456789abcdef";
 
 /// The TOML every instance appends: the shared secret, a fast reaper, and
-/// a template with a short TTL; `instance` names it in lease comments.
+/// a template with a short TTL; `instance` names it in lease comments. The
+/// grace is longer than a mint and a login take on a loaded machine (the
+/// lease comment's issue time is in whole seconds), so no instance reaps a
+/// role another has minted and is about to log in with.
 fn extra(instance: &str) -> String {
     format!(
         r#"
@@ -29,7 +32,7 @@ secret = "{CLUSTER_SECRET}"
 [mint]
 instance = "{instance}"
 reap_interval = "1s"
-reap_grace = "3s"
+reap_grace = "5s"
 
 [roles.short]
 databases = ["appdb"]
