@@ -17,6 +17,7 @@ fn creating_template(name: &str, extra: &str) -> String {
     format!(
         r#"
 [roles.{name}]
+allow_identities = ["*"]
 databases = ["appdb"]
 default_ttl = "1h"
 max_ttl = "24h"
@@ -153,6 +154,7 @@ async fn custom_revocation_statements_still_end_running_queries() {
     let h = harness_with(
         r#"
 [roles.custom]
+allow_identities = ["*"]
 databases = ["appdb"]
 default_ttl = "2s"
 max_ttl = "1h"
@@ -203,6 +205,7 @@ async fn a_mint_that_commits_after_its_timeout_leaves_no_role() {
 statement_timeout = "1s"
 
 [roles.slow]
+allow_identities = ["*"]
 databases = ["appdb"]
 default_ttl = "1h"
 max_ttl = "24h"
@@ -313,6 +316,7 @@ async fn renewal_moves_valid_until_the_comment_and_the_deadline() {
     let h = harness_with(
         r#"
 [roles.brief]
+allow_identities = ["*"]
 databases = ["appdb"]
 default_ttl = "3s"
 max_ttl = "1h"
