@@ -54,14 +54,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Token { operator: true, .. } => {
-            let token = rolemint::admin::auth::new_operator_token().context("making a token")?;
-            println!("# [admin] operator_token_sha256 (put this in the config):");
-            println!("# {}", rolemint::admin::auth::sha256_hex(token.expose()));
-            println!("# the operator token (ROLEMINT_TOKEN; shown once, stored nowhere):");
-            println!("{}", token.expose());
-            Ok(())
-        }
         Command::Token {
             config,
             sub,
