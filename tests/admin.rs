@@ -448,7 +448,11 @@ fn token_operator_prints_a_token_and_its_hash() {
     let lines: Vec<&str> = stdout.lines().collect();
     let token = lines.last().unwrap();
     assert!(token.starts_with("rmo_") && token.len() > 40, "{stdout}");
-    let hash = lines[1].trim_start_matches("# ");
+    let hash = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("operator_token_sha256 = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no operator_token_sha256 line:\n{stdout}"));
     assert_eq!(hash, sha256_hex(token));
     assert!(OperatorToken::from_hex(hash).unwrap().matches(token));
 }
