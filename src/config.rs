@@ -56,6 +56,9 @@ pub struct Config {
     /// The Vault-compatible routes on the admin listener.
     #[serde(default)]
     pub vault: VaultConfig,
+    /// What the instances of one deployment share; off by default.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// Role templates by name: the `user` a client connects as.
     pub roles: BTreeMap<String, RoleTemplate>,
 }
@@ -235,6 +238,23 @@ impl VaultConfig {
         Ok(())
     }
 }
+/// `[cluster]`: what the instances behind one load balancer share, besides
+/// the database.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Keys the MAC in the cancel keys clients get, so that any instance
+    /// can verify a CancelRequest for a session another instance holds.
+    /// Unset: cancel keys are known only to the instance that issued them.
+    pub secret: Option<Secret>,
+    /// The same, read from a file (a mounted Kubernetes Secret).
+    pub secret_file: Option<PathBuf>,
+}
+
+/// The shortest cluster secret accepted: a MAC key should be as strong as
+/// the MAC (SHA-256), and a short one could be guessed offline from one
+/// observed cancel key.
+pub const MIN_CLUSTER_SECRET_BYTES: usize = 32;
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -684,6 +704,15 @@ impl Config {
             }
         }
 
+        rebase(&mut self.cluster.secret_file);
+        let c = &mut self.cluster;
+        if let Some(file) = &c.secret_file {
+            if c.secret.is_some() {
+                return Err(invalid("cluster: set only one of secret, secret_file"));
+            }
+            c.secret = Some(read_secret_file(file)?);
+        }
+
         rebase(&mut self.admin.operator_token_sha256_file);
         let admin = &mut self.admin;
         if let Some(file) = &admin.operator_token_sha256_file {
@@ -735,6 +764,13 @@ impl Config {
         crate::identity::validate_config(&self.auth).map_err(invalid)?;
         self.validate_admin()?;
         self.vault.validate()?;
+        if let Some(secret) = &self.cluster.secret {
+            if secret.expose().len() < MIN_CLUSTER_SECRET_BYTES {
+                return Err(invalid(format!(
+                    "cluster.secret must be at least {MIN_CLUSTER_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+                )));
+            }
+        }
         if self
             .audit
             .path
@@ -979,6 +1015,36 @@ creation_statements = [
         assert_eq!(c.admin.request_timeout, default_admin_request_timeout());
         assert_eq!(c.admin.max_body_bytes, default_admin_max_body_bytes());
         assert_eq!(c.admin.max_connections, default_admin_max_connections());
+    }
+
+    #[test]
+    fn the_cluster_secret_comes_from_a_file_once_and_is_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "c".repeat(MIN_CLUSTER_SECRET_BYTES);
+        std::fs::write(dir.path().join("cluster.key"), format!("{long}\n")).unwrap();
+        let from_file = format!("{EXAMPLE}\n[cluster]\nsecret_file = \"cluster.key\"\n");
+        let mut c = Config::parse(&from_file).unwrap();
+        c.resolve(dir.path()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.cluster.secret.as_ref().map(Secret::expose),
+            Some(long.as_str())
+        );
+
+        let both = format!("{from_file}secret = \"{long}\"\n");
+        let err = Config::parse(&both)
+            .unwrap()
+            .resolve(dir.path())
+            .unwrap_err();
+        assert!(err.to_string().contains("only one"), "{err}");
+
+        let short = format!("{EXAMPLE}\n[cluster]\nsecret = \"short\"\n");
+        let err = Config::parse(&short).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+        assert!(
+            !err.to_string().contains("short\""),
+            "the secret is not echoed"
+        );
     }
 
     #[test]

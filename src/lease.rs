@@ -17,8 +17,9 @@
 //! not the number of sessions of the last hour.
 
 use std::collections::HashMap;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Poll;
@@ -400,6 +401,12 @@ impl Leases {
         self.lock().deadlines.len()
     }
 
+    /// Whether a lease whose deadline fired has a deadline again (renewed
+    /// since).
+    fn rearmed(&self, id: &str) -> bool {
+        self.lock().map.get(id).is_some_and(|e| e.key.is_some())
+    }
+
     /// The next lease whose deadline has passed, waiting for it.
     async fn next_expired(&self) -> Arc<Lease> {
         poll_fn(|cx| {
@@ -423,17 +430,71 @@ impl Leases {
 
     /// The expiry task: ends leases as their deadlines pass, until `stop`.
     pub async fn run_expiry(self: Arc<Self>, stop: CancellationToken) {
+        self.run_expiry_checked(None, stop).await
+    }
+
+    /// [`Leases::run_expiry`], asking `recorded` for the expiry the
+    /// database holds before ending a lease at its deadline: another
+    /// instance may have renewed it (the catalog is the record, and
+    /// renewals through any instance's lease API write it). A later expiry
+    /// re-arms the deadline; anything else (the same expiry, the role gone,
+    /// the database unreachable) ends the lease, so the local deadline is
+    /// never extended without the database saying so.
+    ///
+    /// The checks run beside the loop, one per lease at its deadline, so a
+    /// slow database does not hold up the others; there are never more of
+    /// them than live leases, and `recorded` bounds each with a timeout.
+    pub async fn run_expiry_checked(
+        self: Arc<Self>,
+        recorded: Option<RecordedExpiry>,
+        stop: CancellationToken,
+    ) {
+        let mut checks = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
-                lease = self.next_expired() => {
-                    tracing::info!(lease = %lease.id, role = %lease.role, "lease TTL reached");
-                    lease.end(EndReason::Expired);
+                lease = self.next_expired() => match &recorded {
+                    Some(read) => {
+                        let read = read(Arc::clone(&lease));
+                        checks.spawn(async move { (lease, read.await) });
+                    }
+                    None => self.settle_expiry(&lease, None),
+                },
+                Some(Ok((lease, recorded))) = checks.join_next(), if !checks.is_empty() => {
+                    self.settle_expiry(&lease, recorded);
                 }
                 _ = stop.cancelled() => return,
             }
         }
     }
+
+    /// Ends a lease whose deadline passed, unless it has a later expiry now:
+    /// `recorded` (from the database), or a renewal through this instance
+    /// that landed while the database was being asked (that renewal already
+    /// re-armed the deadline).
+    fn settle_expiry(&self, lease: &Arc<Lease>, recorded: Option<SystemTime>) {
+        if self.rearmed(&lease.id) {
+            return;
+        }
+        if let Some(expiry) = recorded.filter(|t| *t > SystemTime::now()) {
+            if self.renew(&lease.id, expiry).is_ok() {
+                tracing::info!(
+                    lease = %lease.id, role = %lease.role,
+                    expires_at = %humantime::format_rfc3339_seconds(expiry),
+                    "lease renewed in the database (by another instance): deadline re-armed"
+                );
+                return;
+            }
+        }
+        tracing::info!(lease = %lease.id, role = %lease.role, "lease TTL reached");
+        lease.end(EndReason::Expired);
+    }
 }
+
+/// Reads a lease's expiry as the database records it: `None` when the
+/// role is gone, or the database could not say in time.
+pub type RecordedExpiry = Arc<
+    dyn Fn(Arc<Lease>) -> Pin<Box<dyn Future<Output = Option<SystemTime>> + Send>> + Send + Sync,
+>;
 
 #[cfg(test)]
 mod tests {
@@ -564,5 +625,37 @@ mod tests {
         assert!(c.starts_with("database/creds/readonly/"));
         assert_eq!(LeaseKind::of_lease_id(&c), LeaseKind::Creds);
         assert_eq!(LeaseKind::of_lease_id(&a), LeaseKind::Session);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_renewed_in_the_database_is_re_armed_once_then_ends() {
+        use std::sync::atomic::AtomicUsize;
+        let leases = Arc::new(Leases::default());
+        let stop = CancellationToken::new();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
+        // First read: another instance renewed it by an hour; then the role
+        // is gone (no recorded expiry).
+        let recorded: RecordedExpiry = Arc::new(move |_lease| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move { (n == 0).then(|| SystemTime::now() + Duration::from_secs(3600)) })
+        });
+        let task =
+            tokio::spawn(Arc::clone(&leases).run_expiry_checked(Some(recorded), stop.clone()));
+        let l = leases.register(lease("t", Duration::ZERO));
+        tokio::time::timeout(Duration::from_secs(1), async {
+            while asked.load(Ordering::SeqCst) == 0 || leases.deadlines_len() == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the deadline fired and was re-armed");
+        assert_eq!(l.lease.end_reason(), None, "renewed elsewhere: still live");
+        assert!(l.lease.last_renewal().is_some());
+        tokio::time::advance(Duration::from_secs(3601)).await;
+        assert_eq!(l.lease.ended().await, EndReason::Expired);
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        stop.cancel();
+        task.await.unwrap();
     }
 }

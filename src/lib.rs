@@ -36,18 +36,24 @@
 //! - [`mint`]: role names, SCRAM verifiers, template rendering, the admin
 //!   connection pool (which never answers a cleartext or MD5 password
 //!   request), and the SQL that creates, renews and drops roles (owned
-//!   objects handed to the template's owner).
+//!   objects handed to the template's owner), and what one instance asks
+//!   about another's sessions (a backend's minted role, its cancel, a
+//!   lease's recorded expiry).
 //! - [`creds`]: credential leases (the Vault-compatible `creds` endpoint):
 //!   minted like a session's role plus `rolemint_direct`, registered, and
 //!   handed to the revoker when they expire or are revoked.
-//! - [`lease`]: the registry of live leases: deadlines, lookup, renew.
+//! - [`lease`]: the registry of live leases: deadlines, lookup, renew; a
+//!   deadline re-reads the expiry from the catalog before it ends a lease.
 //! - [`revoke`]: the revocation service: every role handed to it is
 //!   dropped (or retained, and said so), retried until it is.
 //! - [`rotate`]: root rotation: a new random admin password, set as a
 //!   SCRAM verifier and written atomically to `backend.admin_password_file`.
 //! - [`reaper`]: the sweep of `rolemint_managed` (startup and periodic) that
 //!   drops orphaned and expired roles, whoever minted them.
-//! - [`cancel`]: rolemint's cancel keys mapped to the backends'.
+//! - [`cancel`]: rolemint's cancel keys mapped to the backends'; with
+//!   `[cluster] secret`, keys any instance verifies (the backend's pid and
+//!   a MAC over it and the session's role) and cancels through its admin
+//!   pool.
 //! - [`admin`]: the admin HTTP listener: `/healthz`, `/readyz`, `/metrics`
 //!   and the lease API in Vault's shape, over a [`admin::leases::LeaseDirectory`]:
 //!   [`admin::directory`] acts on the leases of every instance, read from

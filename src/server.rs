@@ -65,6 +65,7 @@ impl Server {
         let (admin, audit) = crate::admin::wiring::bind(&config).await?;
         let revoker = Revoker::start_audited(Arc::clone(&minter), &config, audit.clone());
         runtime.start();
+        let cancels = Arc::new(CancelMap::new(&config));
         let shared = Arc::new(Shared {
             config,
             runtime: ArcSwap::from_pointee(runtime),
@@ -72,7 +73,7 @@ impl Server {
             minter,
             revoker,
             leases: Arc::new(Leases::default()),
-            cancels: Arc::new(CancelMap::default()),
+            cancels,
             audit: audit.clone(),
             shutdown: CancellationToken::new(),
             minting: Default::default(),
@@ -121,7 +122,10 @@ impl Server {
         let handshakes = Arc::new(Semaphore::new(shared.config.proxy.max_handshakes));
         // TTLs keep running while sessions drain, so the expiry task has its own stop.
         let expiry_stop = CancellationToken::new();
-        let expiry = tokio::spawn(Arc::clone(&shared.leases).run_expiry(expiry_stop.clone()));
+        let expiry = tokio::spawn(
+            Arc::clone(&shared.leases)
+                .run_expiry_checked(Some(recorded_expiry(&shared)), expiry_stop.clone()),
+        );
         tokio::spawn(crate::reaper::run(Arc::clone(&shared), expiry_stop.clone()));
         tracing::info!(listen = %listener.local_addr()?, "rolemint accepting connections");
 
@@ -205,4 +209,29 @@ impl Server {
         tracing::info!("rolemint stopped");
         Ok(())
     }
+}
+
+/// How the expiry task reads a lease's expiry from the catalog before it
+/// ends the lease: another instance may have renewed it. Bounded by the
+/// admin operation timeout; an error or timeout reads as "no later expiry",
+/// so the lease ends on time.
+fn recorded_expiry(shared: &Arc<Shared>) -> crate::lease::RecordedExpiry {
+    let minter = Arc::clone(&shared.minter);
+    let timeout = shared.config.admin_operation_timeout();
+    Arc::new(move |lease| {
+        let minter = Arc::clone(&minter);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, minter.recorded_expiry(&lease.role)).await {
+                Ok(Ok(expiry)) => expiry,
+                Ok(Err(e)) => {
+                    tracing::warn!(lease = %lease.id, "reading the lease's recorded expiry failed: {e}");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(lease = %lease.id, "reading the lease's recorded expiry timed out");
+                    None
+                }
+            }
+        })
+    })
 }

@@ -136,8 +136,12 @@ for path in sys.argv[1:]:
                 assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", path
                 assert c["lifecycle"]["preStop"], path
                 assert doc["spec"]["replicas"] == 3, path
+                items = [i["key"] for v in spec["volumes"] if "secret" in v
+                         for i in v["secret"].get("items", [])]
+                assert "cluster-secret" in items, path
             if doc["kind"] == "ConfigMap":
                 assert "[admin]" in doc["data"]["rolemint.toml"], path
+                assert "[cluster]" in doc["data"]["rolemint.toml"], path
 print("ok")
 "#;
     let out = Command::new(&python)

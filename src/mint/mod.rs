@@ -42,6 +42,7 @@ use crate::secret::Secret;
 
 mod auth_guard;
 mod catalog;
+mod cluster_sql;
 mod names;
 mod pg_tls;
 mod pool;

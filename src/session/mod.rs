@@ -514,7 +514,7 @@ async fn connect_and_splice(
     };
     crate::metrics::backend_login_duration(login_started.elapsed());
     crate::failpoint::hit(crate::failpoint::AFTER_LOGIN).await;
-    let cancel_key = shared.cancels.register(login.key);
+    let cancel_key = shared.cancels.issue(login.key, role);
     let framer = match relay::forward_startup(&mut stream, &mut login, cancel_key.key).await {
         Ok(framer) => framer,
         Err(e) => {
@@ -542,10 +542,7 @@ async fn cancel(
     peer: SocketAddr,
 ) {
     match shared.cancels.lookup(process_id, secret_key) {
-        None => {
-            tracing::debug!(%peer, "cancel request with an unknown key ignored");
-            crate::metrics::cancel_request("unknown");
-        }
+        None => cancel_elsewhere(shared, process_id, secret_key, peer).await,
         Some(key) => {
             let config = &shared.config.backend;
             match backend::cancel(config, shared.backend_tls.as_ref(), key).await {
@@ -561,6 +558,54 @@ async fn cancel(
     let close = tokio::io::AsyncWriteExt::shutdown(&mut stream);
     if let Err(e) = tokio::time::timeout(CLOSE_TIMEOUT, close).await {
         tracing::debug!(%peer, "closing a cancel connection: {e}");
+    }
+}
+
+/// A key this instance did not issue: in a cluster, verifies it against the
+/// database and cancels through the admin pool (see [`crate::cancel`]);
+/// otherwise, or when it does not verify, ignores it silently, as
+/// PostgreSQL does.
+async fn cancel_elsewhere(shared: &Shared, process_id: i32, secret_key: i32, peer: SocketAddr) {
+    let Some(cluster) = shared.cancels.cluster() else {
+        tracing::debug!(%peer, "cancel request with an unknown key ignored");
+        crate::metrics::cancel_request("unknown");
+        return;
+    };
+    // Each check costs a query and is a guess at a 32-bit secret: an
+    // address that keeps guessing wrong is no longer asked about.
+    if process_id <= 0 || !shared.cancels.may_verify(peer.ip()) {
+        tracing::debug!(%peer, "cancel request ignored (invalid pid or rate limited)");
+        crate::metrics::cancel_request("unknown");
+        return;
+    }
+    let minter = &shared.minter;
+    let verify_and_cancel = async {
+        let Some(role) = minter.minted_backend_role(process_id).await? else {
+            return Ok(None);
+        };
+        if !cluster.verify(process_id, &role, secret_key) {
+            return Ok(None);
+        }
+        minter.cancel_backend(process_id, &role).await.map(Some)
+    };
+    match tokio::time::timeout(shared.config.admin_operation_timeout(), verify_and_cancel).await {
+        Ok(Ok(Some(signalled))) => {
+            crate::metrics::cancel_request("forwarded");
+            tracing::debug!(%peer, process_id, signalled, "cluster cancel key verified")
+        }
+        Ok(Ok(None)) => {
+            crate::metrics::cancel_request("unknown");
+            shared.cancels.verify_failed(peer.ip());
+            tracing::debug!(%peer, "cancel request with an unknown key ignored");
+        }
+        Ok(Err(e)) => {
+            crate::metrics::cancel_request("failed");
+            tracing::warn!(%peer, "cancelling through the admin pool failed: {e}")
+        }
+        Err(_) => {
+            crate::metrics::cancel_request("failed");
+            tracing::warn!(%peer, "cancelling through the admin pool timed out")
+        }
     }
 }
 
