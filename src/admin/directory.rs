@@ -30,7 +30,7 @@ use super::leases::{
     renewal, DirFuture, LeaseApiError, LeaseDirectory, LeaseFilter, LeaseKind as ViewKind,
     LeaseView, Renewed,
 };
-use crate::audit::{Audit, Event, RevokedBy};
+use crate::audit::RevokedBy;
 use crate::lease::{EndReason, Lease, LeaseKind};
 use crate::mint::{CatalogFilter, CatalogLease, LeaseComment, MintError};
 use crate::revoke::Why;
@@ -47,18 +47,15 @@ const HANDOVER: Duration = Duration::from_secs(5);
 /// The directory over the server's shared state.
 pub struct RegistryDirectory {
     shared: Arc<Shared>,
-    /// Where `lease.revoked` lines go, written before a revoke is answered.
-    audit: Audit,
     /// Longest wait of a synchronous revoke.
     wait: Duration,
 }
 
 impl RegistryDirectory {
-    pub fn new(shared: Arc<Shared>, audit: Audit) -> RegistryDirectory {
+    pub fn new(shared: Arc<Shared>) -> RegistryDirectory {
         let wait = shared.config.admin.request_timeout * 3 / 4;
         RegistryDirectory {
             shared,
-            audit,
             wait: wait.max(Duration::from_secs(1)),
         }
     }
@@ -229,25 +226,19 @@ impl RegistryDirectory {
     }
 
     /// Begins revoking each lease, then (with `sync`) waits until all are
-    /// settled; the audit lines are on disk before this returns.
+    /// settled. The `lease.revoked` line of each is the revoker's, written
+    /// once the role is gone; with `sync` that is before this returns, and
+    /// the request's own `admin.request` line (written durably, after it in
+    /// the same queue) is on disk before the answer. The caller (`by`) is in
+    /// that `admin.request` line.
     async fn revoke_all(
         &self,
         found: Vec<Found>,
-        by: RevokedBy,
+        _by: RevokedBy,
         sync: bool,
     ) -> Result<usize, LeaseApiError> {
         let started: Vec<Revocation> = found.into_iter().map(|f| self.start(f)).collect();
         let count = started.len();
-        for r in &started {
-            let line = Event::LeaseRevoked {
-                lease_id: r.id.clone(),
-                role: r.role.clone(),
-                by,
-            };
-            if let Err(e) = self.audit.record_durable(line).await {
-                return Err(LeaseApiError::Internal(format!("audit: {e}")));
-            }
-        }
         let settle = settle(Arc::clone(&self.shared), started, self.wait);
         if !sync {
             // Bounded by `self.wait`; it only re-hands a stuck session's

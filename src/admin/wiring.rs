@@ -64,7 +64,7 @@ pub fn start(
         let mut state = AdminState::from_config(
             &shared.config,
             Arc::new(SharedProbe(Arc::clone(shared))),
-            directory(shared, audit.clone()),
+            directory(shared),
             audit,
             shutdown.clone(),
         );
@@ -77,9 +77,9 @@ pub fn start(
 }
 
 /// The lease directory the API acts on: this instance's registry and the
-/// catalog of every instance. `audit` takes its `lease.revoked` lines.
-pub fn directory(shared: &Arc<Shared>, audit: Audit) -> Arc<dyn LeaseDirectory> {
-    Arc::new(RegistryDirectory::new(Arc::clone(shared), audit))
+/// catalog of every instance.
+pub fn directory(shared: &Arc<Shared>) -> Arc<dyn LeaseDirectory> {
+    Arc::new(RegistryDirectory::new(Arc::clone(shared)))
 }
 
 /// Readiness through the server's admin pool.
