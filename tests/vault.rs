@@ -555,7 +555,6 @@ mod service_account {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "renew_lease and revoke_lease need the registry-backed LeaseDirectory (src/admin/directory.rs)"]
 async fn python_hvac_logs_in_reads_connects_renews_and_revokes() {
     let Some(python) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
