@@ -10,8 +10,8 @@
 //! Follow one connection from `main.rs`:
 //!
 //! - [`cli`]: the command line (`serve`, `dev`, `token`, `keygen`, `check`,
-//!   `leases`, `health`, `rotate-admin`; `token --static/--operator/--key` and `keygen` live
-//!   in the binary's `token.rs`).
+//!   `leases`, `health`, `rotate-admin`; `token --static/--operator/--key`
+//!   and `keygen` live in the binary's `token.rs`).
 //! - [`config`]: the TOML config, its defaults and validation.
 //! - [`server`]: the accept loop, the connection limit, graceful shutdown.
 //! - [`state`]: [`state::Shared`], what every session shares, and
@@ -22,8 +22,9 @@
 //! - [`session`]: one connection, top to bottom: [`session::handshake`]
 //!   (encryption, startup, token), [`session::params`] (the startup
 //!   parameters allowed through to the backend), [`session::login`] (the
-//!   login as a state machine over backend messages), [`session::backend`] (logging in to
-//!   PostgreSQL as the minted role with SCRAM), [`session::relay`] (startup
+//!   login as a state machine over backend messages), [`session::backend`]
+//!   (the sockets of logging in to PostgreSQL as the minted role with
+//!   SCRAM), [`session::relay`] (startup
 //!   forwarding with the BackendKeyData swapped, then the splice), and
 //!   [`session::wire`] (the few messages rolemint encodes and decodes).
 //! - [`identity`]: token in, [`identity::Identity`] out: issuers routed by
