@@ -61,6 +61,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     }
     check_admin(config, &mut report);
     check_audit(config, &mut report);
+    check_cluster(config, &mut report);
     if let Some(warning) = backend_tls_warning(&config.backend) {
         report.warn(&warning);
     }
@@ -220,6 +221,22 @@ fn check_admin(config: &Config, report: &mut Report) {
 }
 
 /// `[audit]`: the file can be appended to (or its directory can hold it).
+/// `[cluster]`: whether a CancelRequest that reaches another instance than
+/// its session's can be verified there (the secret's length is checked with
+/// the config).
+fn check_cluster(config: &Config, report: &mut Report) {
+    if config.cluster.secret.is_some() {
+        report.ok(
+            "cluster secret: set; every instance sharing it verifies any instance's cancel keys",
+        );
+    } else {
+        report.warn(
+            "cluster: no [cluster] secret: a cancel request works only on the instance that holds \
+             the session (fine for one instance; behind a load balancer, set the same secret on all)",
+        );
+    }
+}
+
 fn check_audit(config: &Config, report: &mut Report) {
     let Some(path) = &config.audit.path else {
         report.warn("audit log: off (no [audit] path)");
