@@ -490,11 +490,7 @@ async fn python_requests_reads_credentials_with_a_vault_token_header() {
 /// A Kubernetes-style service-account token, RS256, and the JWKS file that
 /// verifies it.
 mod service_account {
-    use aws_lc_rs::encoding::AsDer;
-    use aws_lc_rs::signature::KeyPair as _;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine as _;
-    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use jsonwebtoken::{Algorithm, Header};
     use serde_json::json;
 
     pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -502,16 +498,8 @@ mod service_account {
 
     /// (the signed token, the JWKS JSON).
     pub fn token_and_jwks() -> (String, String) {
-        let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-        let pkcs8 = kp.as_der().unwrap();
-        let public = kp.public_key();
-        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
-        let jwks = json!({"keys": [{
-            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": "sa-1",
-            "n": b64(public.modulus().big_endian_without_leading_zero()),
-            "e": b64(public.exponent().big_endian_without_leading_zero()),
-        }]});
-        let key = EncodingKey::from_rsa_der(&pkcs8_to_pkcs1(pkcs8.as_ref()));
+        let key = super::common::keys::rsa();
+        let jwks = json!({"keys": [super::common::keys::rsa_jwk(&key, "sa-1")]});
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -523,34 +511,8 @@ mod service_account {
         });
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some("sa-1".into());
-        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        let token = jsonwebtoken::encode(&header, &claims, &key.signing).unwrap();
         (token, jwks.to_string())
-    }
-
-    /// One DER TLV: (tag, value, rest).
-    fn tlv(input: &[u8]) -> (u8, &[u8], &[u8]) {
-        let (tag, first) = (input[0], input[1]);
-        let (len, rest) = if first < 0x80 {
-            (first as usize, &input[2..])
-        } else {
-            let n = (first & 0x7f) as usize;
-            let len = input[2..2 + n]
-                .iter()
-                .fold(0usize, |a, b| (a << 8) | *b as usize);
-            (len, &input[2 + n..])
-        };
-        (tag, &rest[..len], &rest[len..])
-    }
-
-    /// The PKCS#1 RSAPrivateKey inside a PKCS#8 PrivateKeyInfo (what
-    /// jsonwebtoken's `from_rsa_der` signs with).
-    fn pkcs8_to_pkcs1(pkcs8: &[u8]) -> Vec<u8> {
-        let (_, seq, _) = tlv(pkcs8);
-        let (_, _version, rest) = tlv(seq);
-        let (_, _alg, rest) = tlv(rest);
-        let (tag, key, _) = tlv(rest);
-        assert_eq!(tag, 0x04);
-        key.to_vec()
     }
 }
 
