@@ -219,31 +219,6 @@ pub trait LeaseDirectory: Send + Sync + 'static {
     ) -> DirFuture<'_, usize>;
 }
 
-/// A directory that answers 503: the listener runs (health, metrics) but
-/// no lease registry is attached to it.
-#[derive(Debug, Default)]
-pub struct Detached;
-
-const DETACHED: &str = "the lease API is not attached to a lease registry";
-
-impl LeaseDirectory for Detached {
-    fn list(&self, _: LeaseFilter) -> DirFuture<'_, Vec<LeaseView>> {
-        Box::pin(async { Err(LeaseApiError::Unavailable(DETACHED.into())) })
-    }
-    fn lookup(&self, _: String) -> DirFuture<'_, Option<LeaseView>> {
-        Box::pin(async { Err(LeaseApiError::Unavailable(DETACHED.into())) })
-    }
-    fn renew(&self, _: String, _: Option<Duration>) -> DirFuture<'_, Renewed> {
-        Box::pin(async { Err(LeaseApiError::Unavailable(DETACHED.into())) })
-    }
-    fn revoke(&self, _: String, _: RevokedBy, _: bool) -> DirFuture<'_, bool> {
-        Box::pin(async { Err(LeaseApiError::Unavailable(DETACHED.into())) })
-    }
-    fn revoke_matching(&self, _: LeaseFilter, _: RevokedBy, _: bool) -> DirFuture<'_, usize> {
-        Box::pin(async { Err(LeaseApiError::Unavailable(DETACHED.into())) })
-    }
-}
-
 /// Vault's `LIST` method.
 pub(crate) fn is_list(method: &Method, query: &ListQuery) -> bool {
     method.as_str() == "LIST" || (method == Method::GET && query.list.as_deref() == Some("true"))
