@@ -630,9 +630,9 @@ impl Worker {
                 job.delay = (job.delay * 2).min(MAX_SETTLE_CHECK);
             }
             Ok(done @ (Outcome::Dropped | Outcome::Gone)) => {
-                let job = self.complete(role);
-                let dropped = job.dropped || done == Outcome::Dropped;
-                crate::metrics::revocation(crate::metrics::Outcome::Ok);
+                // Queued while the role is still pending: a synchronous
+                // revoke waiting for it to settle answers only after its
+                // line is in the audit queue.
                 if let Some(by) = job.why.revoked_by() {
                     self.audit.record(Event::LeaseRevoked {
                         lease_id: job.lease_id.clone().unwrap_or_default(),
@@ -640,6 +640,9 @@ impl Worker {
                         by,
                     });
                 }
+                let job = self.complete(role);
+                let dropped = job.dropped || done == Outcome::Dropped;
+                crate::metrics::revocation(crate::metrics::Outcome::Ok);
                 tracing::info!(
                     role,
                     database = %job.database,
