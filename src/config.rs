@@ -503,6 +503,21 @@ pub struct RoleTemplate {
     /// `{{identity}}` and `{{groups}}`.
     #[serde(default)]
     pub session_settings: BTreeMap<String, String>,
+    /// Roles minted ahead, per database of the template, each with a
+    /// backend already logged in as it (see `warm_pool.rs`): a session
+    /// that finds one skips the mint and the login. 0 (the default) turns
+    /// the pool off; at most [`MAX_WARM_POOL`] per template and database.
+    #[serde(default)]
+    pub warm_pool: usize,
+    /// The name template of pooled roles. They are minted before any
+    /// client is known, so it may not use `{{identity}}`; default
+    /// [`DEFAULT_WARM_NAME_TEMPLATE`].
+    pub warm_name_template: Option<String>,
+    /// How long a pooled role waits to be claimed before it is revoked and
+    /// replaced (its `VALID UNTIL` is a little later, so PostgreSQL itself
+    /// refuses it after that even if rolemint dies).
+    #[serde(default = "default_warm_lifetime", with = "humantime_serde")]
+    pub warm_lifetime: Duration,
     /// `allow_identities` and `allow_groups` compiled, on first use (see
     /// `policy.rs`): once per loaded config, not once per connection.
     #[serde(skip)]
@@ -589,6 +604,27 @@ fn default_failure_per_minute() -> u32 {
 fn default_failure_max_addresses() -> usize {
     10_000
 }
+/// Most pooled roles per template and database: each holds a backend
+/// connection, which counts against PostgreSQL's `max_connections`.
+pub const MAX_WARM_POOL: usize = 1000;
+
+/// The name template of pooled roles when `warm_name_template` is unset:
+/// `mint.name_template` without the identity, which is not known yet.
+pub const DEFAULT_WARM_NAME_TEMPLATE: &str = "v-{{template}}-{{random}}-{{unix_time}}";
+
+fn default_warm_lifetime() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+
+impl RoleTemplate {
+    /// The name template of this template's pooled roles.
+    pub fn warm_name_template(&self) -> &str {
+        self.warm_name_template
+            .as_deref()
+            .unwrap_or(DEFAULT_WARM_NAME_TEMPLATE)
+    }
+}
+
 pub fn default_name_template() -> String {
     "v-{{identity}}-{{template}}-{{random}}-{{unix_time}}".into()
 }
@@ -846,6 +882,7 @@ impl Config {
                 check_placeholders(&format!("roles.{name}.revocation_statements"), s, &["name"])?;
             }
             crate::policy::validate_template(t).map_err(|e| ctx(&e))?;
+            validate_warm_pool(name, t)?;
         }
         Ok(())
     }
@@ -896,6 +933,78 @@ impl Config {
     pub fn template(&self, name: &str) -> Option<&RoleTemplate> {
         self.roles.get(name)
     }
+}
+
+/// A template's warm pool: bounded, and renderable before any identity is
+/// known. Its roles are minted ahead of every client, so neither their
+/// names nor their `session_settings` (an `ALTER ROLE .. SET`, in force
+/// from the pooled backend's login) may depend on who claims them.
+fn validate_warm_pool(name: &str, t: &RoleTemplate) -> Result<(), ConfigError> {
+    let ctx = |msg: String| invalid(format!("roles.{name}: {msg}"));
+    if t.warm_pool > MAX_WARM_POOL {
+        return Err(ctx(format!(
+            "warm_pool may be at most {MAX_WARM_POOL} (per database)"
+        )));
+    }
+    if t.warm_pool.saturating_mul(t.databases.len()) > MAX_WARM_POOL {
+        return Err(ctx(format!(
+            "warm_pool x databases may be at most {MAX_WARM_POOL} pooled backends"
+        )));
+    }
+    if t.warm_lifetime < Duration::from_secs(10) || t.warm_lifetime > Duration::from_secs(24 * 3600)
+    {
+        return Err(ctx("warm_lifetime must be between 10s and 24h".into()));
+    }
+    let names = t.warm_name_template();
+    if uses_placeholder(names, "identity") {
+        return Err(ctx(format!(
+            "warm_name_template {names:?} uses {{{{identity}}}}, but pooled roles are minted \
+             before any identity is known: use {{{{template}}}}, {{{{random}}}}, {{{{unix_time}}}} \
+             (the default is {DEFAULT_WARM_NAME_TEMPLATE:?})"
+        )));
+    }
+    if !names.contains("{{random}}") {
+        return Err(ctx(
+            "warm_name_template must contain {{random}}: two roles must never collide".into(),
+        ));
+    }
+    check_placeholders(
+        &format!("roles.{name}.warm_name_template"),
+        names,
+        &["template", "random", "unix_time"],
+    )?;
+    if t.warm_pool > 0 {
+        for (setting, value) in &t.session_settings {
+            if ["identity", "groups", "issuer"]
+                .iter()
+                .any(|k| uses_placeholder(value, k))
+            {
+                return Err(ctx(format!(
+                    "session_settings.{setting} depends on the identity ({value:?}), but a \
+                     warm_pool role's settings are fixed before any identity is known: set \
+                     warm_pool = 0 or use only {{{{template}}}} in session_settings"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `text` has a `{{key}}` placeholder (spaces inside allowed, as
+/// the renderers allow them).
+fn uses_placeholder(text: &str, key: &str) -> bool {
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return false;
+        };
+        if after[..end].trim() == key {
+            return true;
+        }
+        rest = &after[end + 2..];
+    }
+    false
 }
 
 /// Rejects `{{x}}` placeholders other than the allowed ones.
@@ -974,6 +1083,72 @@ creation_statements = [
             Config::parse(&text),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    fn with_warm(extra: &str) -> Result<Config, ConfigError> {
+        let text = EXAMPLE.replace(
+            "[roles.readonly]\n",
+            &format!("[roles.readonly]\n{extra}\n"),
+        );
+        let c = Config::parse(&text)?;
+        c.validate().map(|()| c)
+    }
+
+    #[test]
+    fn warm_pool_defaults_off_and_takes_a_name_without_identity() {
+        let c = example();
+        assert_eq!(c.roles["readonly"].warm_pool, 0);
+        let c = with_warm("warm_pool = 2").unwrap();
+        let t = &c.roles["readonly"];
+        assert_eq!(t.warm_pool, 2);
+        assert_eq!(t.warm_name_template(), DEFAULT_WARM_NAME_TEMPLATE);
+        assert_eq!(t.warm_lifetime, Duration::from_secs(600));
+        // The default mint.name_template has {{identity}}: it is not used.
+        assert!(c.mint.name_template.contains("{{identity}}"));
+        let c = with_warm("warm_pool = 1\nwarm_name_template = \"p-{{random}}\"").unwrap();
+        assert_eq!(c.roles["readonly"].warm_name_template(), "p-{{random}}");
+    }
+
+    #[test]
+    fn warm_pool_refuses_identity_in_names_and_settings() {
+        for name in ["v-{{identity}}-{{random}}", "v-{{ identity }}-{{random}}"] {
+            let err = with_warm(&format!("warm_pool = 2\nwarm_name_template = \"{name}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("roles.readonly"), "{err}");
+            assert!(
+                err.contains("{{identity}}") && err.contains("before any identity is known"),
+                "{err}"
+            );
+        }
+        let err = with_warm("warm_pool = 2\nwarm_name_template = \"v-{{template}}\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("{{random}}"), "{err}");
+        for key in ["identity", "groups", "issuer"] {
+            let extra =
+                format!("warm_pool = 1\nsession_settings = {{ \"app.who\" = \"{{{{{key}}}}}\" }}");
+            let err = with_warm(&extra).unwrap_err().to_string();
+            assert!(
+                err.contains("session_settings.app.who depends on the identity"),
+                "{err}"
+            );
+            // Without a pool the same settings are fine.
+            let extra = format!("session_settings = {{ \"app.who\" = \"{{{{{key}}}}}\" }}");
+            with_warm(&extra).unwrap();
+        }
+        with_warm("warm_pool = 1\nsession_settings = { \"app.t\" = \"{{template}}\" }").unwrap();
+    }
+
+    #[test]
+    fn warm_pool_is_bounded() {
+        with_warm("warm_pool = 1000").unwrap();
+        let err = with_warm("warm_pool = 1001").unwrap_err().to_string();
+        assert!(err.contains("at most 1000"), "{err}");
+        let err = with_warm("warm_pool = 1\nwarm_lifetime = \"1s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("warm_lifetime"), "{err}");
     }
 
     #[test]

@@ -107,3 +107,4 @@ pub mod session;
 pub mod signal;
 pub mod state;
 pub mod tls;
+pub mod warm_pool;

@@ -56,6 +56,8 @@ pub const BUILD_INFO: &str = "rolemint_build_info";
 pub const ADMIN_REQUESTS: &str = "rolemint_admin_requests_total";
 pub const AUDIT_LINES_DROPPED: &str = "rolemint_audit_lines_dropped_total";
 pub const AUDIT_WRITE_ERRORS: &str = "rolemint_audit_write_errors_total";
+pub const WARM_POOL_READY: &str = "rolemint_warm_pool_ready";
+pub const WARM_POOL_CLAIMS: &str = "rolemint_warm_pool_claims_total";
 
 /// Every metric rolemint exports. The README's table and the Grafana
 /// dashboard are checked against this list.
@@ -81,6 +83,8 @@ pub const ALL: &[Described] = &[
     d(ADMIN_REQUESTS, Kind::Counter, None, "Admin HTTP requests, by route template and status code."),
     d(AUDIT_LINES_DROPPED, Kind::Counter, None, "Audit lines dropped because the writer fell behind (the queue was full)."),
     d(AUDIT_WRITE_ERRORS, Kind::Counter, None, "Audit lines that could not be written (disk full, file removed)."),
+    d(WARM_POOL_READY, Kind::Gauge, None, "Pooled roles ready to be claimed (logged in, idle), by role template."),
+    d(WARM_POOL_CLAIMS, Kind::Counter, None, "Sessions of a pooled template, by template and result (hit, miss: the pool was empty, fallback: the entry could not be used)."),
 ];
 
 const fn d(name: &'static str, kind: Kind, unit: Option<Unit>, help: &'static str) -> Described {
@@ -248,6 +252,19 @@ pub fn session_started(template: &str) {
 pub fn session_ended(template: &str) {
     installed();
     metrics::gauge!(SESSIONS_ACTIVE, "template" => template.to_owned()).decrement(1.0);
+}
+
+/// Ready entries of a pooled template (see `warm_pool.rs`).
+pub fn warm_pool_ready(template: &str, n: usize) {
+    installed();
+    metrics::gauge!(WARM_POOL_READY, "template" => template.to_owned()).set(n as f64);
+}
+
+/// A session of a pooled template: `hit`, `miss` or `fallback`.
+pub fn warm_pool_claim(template: &str, result: &'static str) {
+    installed();
+    metrics::counter!(WARM_POOL_CLAIMS, "template" => template.to_owned(), "result" => result)
+        .increment(1);
 }
 
 pub fn revocation(result: Outcome) {

@@ -99,6 +99,9 @@ pub enum Why {
     MintFailed,
     /// The reaper found it orphaned.
     Reaper,
+    /// A pooled role (`warm_pool.rs`) no session claimed: past its pool
+    /// lifetime, its backend gone, or rolemint shutting down.
+    Unclaimed,
 }
 
 impl Why {
@@ -111,7 +114,7 @@ impl Why {
             Why::Revoked => Some(RevokedBy::Operator),
             Why::Shutdown => Some(RevokedBy::Shutdown),
             Why::Reaper => Some(RevokedBy::Reaper),
-            Why::MintFailed => None,
+            Why::MintFailed | Why::Unclaimed => None,
         }
     }
 
@@ -123,6 +126,7 @@ impl Why {
             Why::Shutdown => "shutdown",
             Why::MintFailed => "mint_failed",
             Why::Reaper => "reaper",
+            Why::Unclaimed => "warm_pool_unclaimed",
         }
     }
 }

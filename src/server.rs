@@ -77,6 +77,7 @@ impl Server {
             audit: audit.clone(),
             shutdown: CancellationToken::new(),
             minting: Default::default(),
+            warm: Default::default(),
         });
         Ok(Server {
             shared,
@@ -127,6 +128,9 @@ impl Server {
                 .run_expiry_checked(Some(recorded_expiry(&shared)), expiry_stop.clone()),
         );
         tokio::spawn(crate::reaper::run(Arc::clone(&shared), expiry_stop.clone()));
+        // Stops with the shared shutdown token, handing every unclaimed
+        // pooled role to the revoker; awaited before the revoker drains.
+        let warm = tokio::spawn(run_warm_pool(Arc::clone(&shared)));
         tracing::info!(listen = %listener.local_addr()?, "rolemint accepting connections");
 
         let mut backoff = Duration::from_millis(10);
@@ -193,6 +197,14 @@ impl Server {
                 }
             }
         }
+        // Bounded inside (its fills have their own timeouts); this is the
+        // backstop.
+        if tokio::time::timeout(SESSIONS_AFTER_END * 4, warm)
+            .await
+            .is_err()
+        {
+            tracing::warn!("warm pool did not stop in time; the reaper drops what it left");
+        }
         let within = shared.config.proxy.shutdown_revoke_timeout;
         let left = shared.revoker.drain(within).await;
         if left > 0 {
@@ -209,6 +221,23 @@ impl Server {
         tracing::info!("rolemint stopped");
         Ok(())
     }
+}
+
+/// The warm pool's filler (`warm_pool.rs`) over this server's state, with
+/// the templates read from the current runtime at every round.
+async fn run_warm_pool(shared: Arc<Shared>) {
+    let wants = || crate::warm_pool::wants(&shared.runtime().config);
+    crate::warm_pool::Filler {
+        pool: &shared.warm,
+        minter: &shared.minter,
+        revoker: &shared.revoker,
+        config: &shared.config,
+        backend_tls: shared.backend_tls.as_ref(),
+        wants: &wants,
+        stop: &shared.shutdown,
+    }
+    .run()
+    .await
 }
 
 /// How the expiry task reads a lease's expiry from the catalog before it

@@ -27,6 +27,7 @@ use crate::identity::Verifier;
 use crate::lease::Leases;
 use crate::mint::Minter;
 use crate::revoke::Revoker;
+use crate::warm_pool::WarmPool;
 
 /// What a reload replaces as one piece.
 pub struct Runtime {
@@ -91,6 +92,9 @@ pub struct Shared {
     /// orphans (a mint slowed by a busy server can outlast a short
     /// `reap_grace`). At most one entry per session slot.
     pub minting: DashSet<String>,
+    /// Roles minted ahead with their backends logged in, for templates with
+    /// `warm_pool > 0`; filled by `warm_pool::Filler`, claimed by sessions.
+    pub warm: WarmPool,
 }
 
 impl Shared {
@@ -102,7 +106,10 @@ impl Shared {
     /// Whether a live lease of this instance holds `role`: the question the
     /// reaper asks before it sweeps a role with no backend.
     pub fn holds_role(&self, role: &str) -> bool {
-        self.minting.contains(role) || self.leases.holds_role(role) || self.revoker.is_pending(role)
+        self.minting.contains(role)
+            || self.leases.holds_role(role)
+            || self.revoker.is_pending(role)
+            || self.warm.holds(role)
     }
 
     /// Marks `role` as being minted here until the returned guard drops

@@ -53,11 +53,18 @@ mod sql;
 mod template;
 
 pub use catalog::{CatalogFilter, CatalogLease, MAX_CATALOG_LEASES};
-pub use names::{is_valid_role_name, sanitize as sanitize_name_part, MAX_NAME_BYTES};
+pub use names::{is_valid_role_name, sanitize as sanitize_name_part, NameTemplate, MAX_NAME_BYTES};
 pub use reap_sql::{ManagedRole, Sweep, MAX_ROLES_PER_SWEEP, SWEEP_LOCK_KEY};
 pub use revoke::{Outcome, Target};
 pub use sql::{LeaseComment, DIRECT_MARKER_ROLE, MARKER_ROLE};
 pub use template::TemplateError;
+
+/// The lease-id prefix of a pooled role's comment, until a session claims
+/// it (`database/warm/<template>/<random>`): not a lease anyone holds.
+pub const WARM_LEASE_PREFIX: &str = "database/warm/";
+
+/// The `kind` of a pooled role's lease comment, until a session claims it.
+pub const WARM_KIND: &str = "warm";
 
 /// Longest `pg_terminate_backend` wait per backend during a revoke.
 const MAX_TERMINATE_WAIT: Duration = Duration::from_secs(5);
@@ -422,6 +429,86 @@ impl Minter {
         })
     }
 
+    /// A pooled role of `template` for `database` (see `warm_pool.rs`):
+    /// rendered like a session's, named by `names` (no identity), its
+    /// `VALID UNTIL` `valid_for` from now and its comment marked
+    /// [`WARM_KIND`] under a [`WARM_LEASE_PREFIX`] id. Its session settings
+    /// are rendered for no identity: config validation refuses a pooled
+    /// template whose settings use one.
+    pub fn render_warm(
+        &self,
+        template_name: &str,
+        template: &RoleTemplate,
+        database: &str,
+        valid_for: Duration,
+        names: &NameTemplate,
+    ) -> Result<PreparedMint, MintError> {
+        let nobody = Identity {
+            subject: String::new(),
+            groups: Vec::new(),
+            expires_at: SystemTime::now() + valid_for,
+            issuer: String::new(),
+        };
+        let lease_id = crate::lease::new_lease_id(LeaseKind::Session, template_name).replacen(
+            "database/sessions/",
+            WARM_LEASE_PREFIX,
+            1,
+        );
+        let req = MintRequest {
+            identity: &nobody,
+            template_name,
+            template,
+            database,
+            ttl: valid_for,
+            lease_id: &lease_id,
+        };
+        let (role, batch, statements) =
+            self.render_as(&req, sql::Finish::Commit, names, WARM_KIND)?;
+        Ok(PreparedMint {
+            role,
+            database: database.to_owned(),
+            batch: Secret::new(batch),
+            statements,
+        })
+    }
+
+    /// Once a pooled role's backend has logged in: `NOLOGIN PASSWORD
+    /// NULL`, so nobody (rolemint included) logs in as it again.
+    pub async fn seal_warm(&self, role: &str, database: &str) -> Result<(), MintError> {
+        if !is_valid_role_name(role) {
+            return Err(MintError::InvalidRoleName(role.to_owned()));
+        }
+        let mut conn = self.pool.get(database).await?;
+        conn.batch(&sql::seal_warm(role)).await.map(drop)
+    }
+
+    /// Binds a pooled role to the session that claimed it, in one round
+    /// trip: `LOGIN` (it has no password), `VALID UNTIL` `expires_at`, the
+    /// session's lease comment. Refuses a role that is not managed.
+    pub async fn claim_warm(
+        &self,
+        role: &str,
+        database: &str,
+        expires_at: SystemTime,
+        comment: &LeaseComment,
+    ) -> Result<(), MintError> {
+        if !is_valid_role_name(role) {
+            return Err(MintError::InvalidRoleName(role.to_owned()));
+        }
+        let mut conn = self.pool.get(database).await?;
+        match conn
+            .batch(&sql::claim_warm(role, &rfc3339(expires_at), comment))
+            .await
+        {
+            Err(e) if e.sqlstate() == Some(sql::NOT_MANAGED_SQLSTATE) => {
+                Err(MintError::NotManaged {
+                    role: role.to_owned(),
+                })
+            }
+            other => other.map(drop),
+        }
+    }
+
     /// Runs a rendered mint: one round trip, one commit.
     pub async fn create(&self, prepared: &PreparedMint) -> Result<(), MintError> {
         let mut conn = self.pool.get(&prepared.database).await?;
@@ -591,6 +678,18 @@ impl Minter {
         req: &MintRequest<'_>,
         finish: sql::Finish,
     ) -> Result<(MintedRole, String, usize), MintError> {
+        let kind = LeaseKind::of_lease_id(req.lease_id).comment_word();
+        self.render_as(req, finish, &self.names, kind)
+    }
+
+    /// [`Minter::render`] with the name template and comment kind given.
+    fn render_as(
+        &self,
+        req: &MintRequest<'_>,
+        finish: sql::Finish,
+        names: &NameTemplate,
+        kind: &str,
+    ) -> Result<(MintedRole, String, usize), MintError> {
         if req.ttl.as_secs() == 0 {
             return Err(MintError::Config(
                 "lease TTL must be at least one second".into(),
@@ -600,8 +699,7 @@ impl Minter {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let name = self
-            .names
+        let name = names
             .render(&req.identity.subject, req.template_name, now, &self.rng)
             .map_err(|_| MintError::Random)?;
         let creds =
@@ -633,9 +731,7 @@ impl Minter {
             expires_at: expiration,
             instance: self.instance.clone(),
             issued_at: rfc3339(UNIX_EPOCH + Duration::from_secs(now)),
-            kind: LeaseKind::of_lease_id(req.lease_id)
-                .comment_word()
-                .to_owned(),
+            kind: kind.to_owned(),
         };
         let batch = sql::mint_batch(&statements, &name, &comment, finish);
         // The template's, SET LOCAL, the marker grant, the comment, and the

@@ -176,6 +176,31 @@ pub fn role_settings(role: &str, settings: &[(String, String)]) -> Result<Vec<St
 /// raises [`NOT_MANAGED_SQLSTATE`] for a foreign role, and `undefined_object`
 /// for a role that is gone).
 pub fn renew(role: &str, valid_until: &str, comment: &LeaseComment) -> String {
+    rebind(role, "", valid_until, comment)
+}
+
+/// Binds a pooled role to the session that claimed it: [`renew`]'s guarded
+/// transaction, which also gives the role `LOGIN` back. Its password was
+/// removed when it was pooled (see [`seal_warm`]), so that lets nobody log
+/// in with a password: it only makes the lease live again for the catalog
+/// (`catalog.rs`: a live lease can log in; revocation begins with NOLOGIN).
+pub fn claim_warm(role: &str, valid_until: &str, comment: &LeaseComment) -> String {
+    rebind(role, "LOGIN ", valid_until, comment)
+}
+
+/// A pooled role, once its backend has logged in: nobody may log in as it
+/// again. `NOLOGIN` refuses every new login (the backend already in is not
+/// affected), `PASSWORD NULL` drops the verifier too.
+pub fn seal_warm(role: &str) -> String {
+    format!(
+        "BEGIN;\nALTER ROLE {} NOLOGIN PASSWORD NULL;\nCOMMIT",
+        escape_identifier(role)
+    )
+}
+
+/// The guarded `ALTER ROLE .. VALID UNTIL` and comment of [`renew`] and
+/// [`claim_warm`]; `extra` is `""` or an option word followed by a space.
+fn rebind(role: &str, extra: &str, valid_until: &str, comment: &LeaseComment) -> String {
     let ident = escape_identifier(role);
     let lit = escape_literal(role);
     let json = serde_json::to_string(comment).expect("a struct of strings serializes");
@@ -193,7 +218,7 @@ BEGIN
   END IF;
 END
 $rolemint$;
-ALTER ROLE {ident} VALID UNTIL {until};
+ALTER ROLE {ident} {extra}VALID UNTIL {until};
 COMMENT ON ROLE {ident} IS {comment};
 COMMIT",
         minted = minted_role("r"),
@@ -338,6 +363,25 @@ mod tests {
         assert!(sql[comment..].contains("E'{"));
         assert!(guard < alter && alter < comment);
         assert!(sql.ends_with("COMMIT"));
+    }
+
+    #[test]
+    fn warm_roles_are_sealed_then_bound_with_the_guard() {
+        let sql = seal_warm("v-w-abc");
+        assert_eq!(
+            sql,
+            "BEGIN;\nALTER ROLE \"v-w-abc\" NOLOGIN PASSWORD NULL;\nCOMMIT"
+        );
+        let sql = claim_warm("v-w-abc", "2026-11-22T11:00:00Z", &comment());
+        assert!(sql.contains(NOT_MANAGED_SQLSTATE), "{sql}");
+        assert!(
+            sql.contains("ALTER ROLE \"v-w-abc\" LOGIN VALID UNTIL '2026-11-22T11:00:00Z';"),
+            "{sql}"
+        );
+        assert!(sql.contains("o''brien"), "{sql}");
+        assert!(sql.starts_with("BEGIN;") && sql.ends_with("COMMIT"));
+        // renew is unchanged: no LOGIN.
+        assert!(!renew("v-a", "x", &comment()).contains("LOGIN"));
     }
 
     #[test]

@@ -63,6 +63,13 @@ pub struct Login {
     pub leftover: BytesMut,
 }
 
+// The backend's cancel key is a secret: Debug names nothing.
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login").finish_non_exhaustive()
+    }
+}
+
 /// Opens a TCP connection to the backend, with TLS when configured.
 pub async fn connect(
     config: &BackendConfig,
@@ -167,6 +174,85 @@ pub async fn login(
     }
 }
 
+/// Runs `sql` (one simple query of `SET`s) on a logged-in backend that is
+/// idle at ReadyForQuery, and folds what it answers into `login` as if the
+/// settings had been startup parameters: each ParameterStatus replaces the
+/// one of the same name in `login.startup` (the client hears each setting
+/// once, with its final value), notices are kept, and the new
+/// ReadyForQuery replaces the old. For a pooled backend claimed by a
+/// session (`warm_pool.rs`), whose client sent startup parameters the
+/// pooled login could not know.
+///
+/// An ErrorResponse is an error: the caller discards the backend.
+pub async fn apply_settings(login: &mut Login, sql: &str) -> Result<(), BackendError> {
+    let mut out = BytesMut::new();
+    frontend::query(sql, &mut out)?;
+    login.stream.write_all(&out).await?;
+    login.stream.flush().await?;
+    let mut reader = MessageReader {
+        buf: std::mem::take(&mut login.leftover),
+    };
+    loop {
+        let frame = reader.next(&mut login.stream).await?;
+        match frame[0] {
+            b'C' => {}
+            b'S' => fold_parameter_status(&mut login.startup, &frame),
+            b'N' if login.startup.len() + frame.len() <= login::MAX_STARTUP_BYTES => {
+                login.startup.extend_from_slice(&frame)
+            }
+            b'N' => {}
+            b'E' => {
+                let text = String::from_utf8_lossy(&frame[5..]).replace('\0', " ");
+                return Err(BackendError::Protocol(format!(
+                    "applying startup parameters: {}",
+                    text.trim()
+                )));
+            }
+            b'Z' => {
+                login.ready = frame;
+                login.leftover = reader.buf;
+                return Ok(());
+            }
+            other => {
+                return Err(BackendError::Protocol(format!(
+                    "unexpected message {:?} answering SET",
+                    char::from(other)
+                )))
+            }
+        }
+    }
+}
+
+/// The parameter name of a ParameterStatus message (tag, length, name NUL
+/// value NUL).
+fn parameter_name(message: &[u8]) -> Option<&[u8]> {
+    let body = message.get(5..)?;
+    body.iter().position(|&b| b == 0).map(|end| &body[..end])
+}
+
+/// Appends ParameterStatus `message` to `startup`, dropping an earlier one
+/// of the same parameter (sans IO).
+pub fn fold_parameter_status(startup: &mut BytesMut, message: &[u8]) {
+    let Some(name) = parameter_name(message) else {
+        return;
+    };
+    let mut kept = BytesMut::with_capacity(startup.len() + message.len());
+    let mut rest = &startup[..];
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let Some(one) = rest.get(..len + 1) else {
+            break;
+        };
+        if !(one[0] == b'S' && parameter_name(one) == Some(name)) {
+            kept.extend_from_slice(one);
+        }
+        rest = &rest[len + 1..];
+    }
+    kept.extend_from_slice(rest);
+    kept.extend_from_slice(message);
+    *startup = kept;
+}
+
 /// Reads whole messages into one buffer, with large reads.
 #[derive(Default)]
 struct MessageReader {
@@ -193,5 +279,36 @@ impl MessageReader {
                 return Err(BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str, value: &str) -> Vec<u8> {
+        let body = format!("{name}\0{value}\0");
+        let mut m = vec![b'S'];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body.as_bytes());
+        m
+    }
+
+    #[test]
+    fn a_later_parameter_status_replaces_the_earlier_one() {
+        let mut startup = BytesMut::new();
+        startup.extend_from_slice(&status("application_name", ""));
+        startup.extend_from_slice(&status("TimeZone", "UTC"));
+        fold_parameter_status(&mut startup, &status("application_name", "pgbench"));
+        let mut want = status("TimeZone", "UTC");
+        want.extend_from_slice(&status("application_name", "pgbench"));
+        assert_eq!(&startup[..], &want[..]);
+        // A new parameter is appended; nothing else changes.
+        fold_parameter_status(&mut startup, &status("DateStyle", "ISO"));
+        want.extend_from_slice(&status("DateStyle", "ISO"));
+        assert_eq!(&startup[..], &want[..]);
+        // A malformed message is ignored.
+        fold_parameter_status(&mut startup, b"S\0\0");
+        assert_eq!(&startup[..], &want[..]);
     }
 }

@@ -34,6 +34,7 @@ pub mod handshake;
 pub mod login;
 pub mod params;
 pub mod relay;
+mod warm;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -149,6 +150,8 @@ struct Started {
 struct Minted {
     registered: lease::Registered,
     password: crate::secret::Secret,
+    /// A backend already logged in as the role: the warm pool's (`warm.rs`).
+    warm: Option<Box<backend::Login>>,
 }
 
 async fn session(
@@ -266,6 +269,9 @@ async fn authorize_and_mint(
         identity = ?identity.subject, issuer = %identity.issuer, template,
         rule = %grant.rule, "policy allowed"
     );
+    if let Some(minted) = warm::claim(shared, &identity, &grant, startup, peer).await {
+        return Ok(minted);
+    }
 
     let started = Instant::now();
     let lease_id = lease::new_lease_id(LeaseKind::Session, grant.template_name);
@@ -333,6 +339,7 @@ async fn authorize_and_mint(
     Ok(Minted {
         registered,
         password: minted.password,
+        warm: None,
     })
 }
 
@@ -348,11 +355,20 @@ async fn serve_lease(
     let Minted {
         registered,
         password,
+        warm,
     } = minted;
     let lease = &registered.lease;
     crate::failpoint::hit(crate::failpoint::AFTER_MINT).await;
-    let (end, traffic) =
-        connect_and_splice(shared, stream, startup, &password, lease, started.accepted).await;
+    let (end, traffic) = connect_and_splice(
+        shared,
+        stream,
+        startup,
+        &password,
+        warm,
+        lease,
+        started.accepted,
+    )
+    .await;
     drop(password);
     lease.set_traffic(traffic.client_to_backend, traffic.backend_to_client);
     crate::metrics::relay_bytes(Direction::ClientToBackend, traffic.client_to_backend);
@@ -477,6 +493,7 @@ async fn connect_and_splice(
     mut stream: ClientStream,
     startup: &handshake::Startup,
     password: &crate::secret::Secret,
+    warm: Option<Box<backend::Login>>,
     lease: &Lease,
     accepted: Instant,
 ) -> (End, relay::Traffic) {
@@ -484,7 +501,11 @@ async fn connect_and_splice(
     let role = lease.role.as_str();
     let backend_config = &shared.config.backend;
     let login_started = Instant::now();
+    let warm_hit = warm.is_some();
     let login = async {
+        if let Some(login) = warm {
+            return Ok(*login);
+        }
         let conn = backend::connect(backend_config, shared.backend_tls.as_ref()).await?;
         backend::login(
             conn,
@@ -512,7 +533,9 @@ async fn connect_and_splice(
             return failed;
         }
     };
-    crate::metrics::backend_login_duration(login_started.elapsed());
+    if !warm_hit {
+        crate::metrics::backend_login_duration(login_started.elapsed());
+    }
     crate::failpoint::hit(crate::failpoint::AFTER_LOGIN).await;
     let cancel_key = shared.cancels.issue(login.key, role);
     let framer = match relay::forward_startup(&mut stream, &mut login, cancel_key.key).await {
