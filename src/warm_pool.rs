@@ -351,10 +351,10 @@ pub async fn claim(
 async fn is_dead(stream: &mut BackendStream) -> bool {
     let mut byte = [0u8; 1];
     // A timeout of zero polls the read once before its deadline.
-    !matches!(
-        tokio::time::timeout(Duration::ZERO, stream.read(&mut byte)).await,
-        Err(_)
-    )
+    // Pending (an error of the timeout) is the one answer of a live one.
+    tokio::time::timeout(Duration::ZERO, stream.read(&mut byte))
+        .await
+        .is_ok()
 }
 
 /// How a fill ended: the entry, or what to tell the revoker.
