@@ -505,7 +505,7 @@ async fn a_hostile_backend_gets_no_password_and_a_clear_error() {
             false,
         )
         .await;
-        let e = result.err().expect("refused");
+        let e = result.expect_err("refused");
         assert!(e.to_string().contains(expected), "{expected}: {e}");
         let after = backend.await.unwrap();
         assert!(
