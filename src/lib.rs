@@ -51,6 +51,11 @@
 //!   SCRAM verifier and written atomically to `backend.admin_password_file`.
 //! - [`reaper`]: the sweep of `rolemint_managed` (startup and periodic) that
 //!   drops orphaned and expired roles, whoever minted them.
+//! - [`warm_pool`]: `[roles.NAME] warm_pool = N`: roles minted ahead with a
+//!   backend logged in as each (NOLOGIN, no password, until claimed), the
+//!   filler that keeps N per template and database, and the claim that
+//!   binds one to a session in one admin round trip
+//!   ([`session`]'s `warm.rs` falls back to a mint when it cannot).
 //! - [`cancel`]: rolemint's cancel keys mapped to the backends'; with
 //!   `[cluster] secret`, keys any instance verifies (the backend's pid and
 //!   a MAC over it and the session's role) and cancels through its admin
