@@ -4,7 +4,9 @@
 //!
 //! - `startup/*`: decoding a StartupMessage and a PasswordMessage
 //!   (`session::wire`), as every connection does;
-//! - `token/verify_hs256`: verifying an HS256 token (`identity::Verifier`);
+//! - `token/verify_hs256`: verifying an HS256 token seen for the first
+//!   time (`identity::Verifier`), and `token/verify_hs256_cached` the same
+//!   token again, from the verification cache;
 //! - `scram/client_first_to_final_*`: the client side of a SCRAM login to
 //!   the backend (`postgres_protocol`'s `ScramSha256`: client-first,
 //!   server-first in, client-final out, which is where the PBKDF2 runs), at
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::{BufMut, BytesMut};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use rolemint::config::AuthConfig;
 use rolemint::identity::Verifier;
@@ -63,7 +65,21 @@ hs256_secret = "bench-secret-0123456789abcdef0123456789"
     let groups = vec!["team-a".to_owned(), "team-b".to_owned()];
     let token = rolemint::identity::issue(&auth, "alice", &groups, Duration::from_secs(3600))
         .expect("token");
+    // A new verifier per iteration: its cache is empty, so this is the
+    // full check of a token seen for the first time.
     c.bench_function("token/verify_hs256", |b| {
+        b.iter_batched(
+            || Verifier::from_config(&auth).expect("verifier"),
+            |fresh| {
+                let ok = fresh.verify(black_box(token.expose())).is_ok();
+                (fresh, ok)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // The same token again: answered by the verification cache.
+    assert!(verifier.verify(token.expose()).is_ok());
+    c.bench_function("token/verify_hs256_cached", |b| {
         b.iter(|| verifier.verify(black_box(token.expose())).is_ok())
     });
 }

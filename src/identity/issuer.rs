@@ -212,16 +212,22 @@ impl Issuer {
         self.rules.issuer.as_deref() == iss
     }
 
-    /// Verifies `token` with this issuer's keys only.
-    pub(super) fn verify(&self, token: &str) -> Result<Identity, IdentityError> {
+    /// The keys at hand: a new `Arc` after every JWKS refresh, which is
+    /// how the token cache tells a key set from its successor.
+    pub(super) fn key_set(&self) -> Arc<Vec<Key>> {
+        match &self.keys {
+            Keys::Fixed(keys) => Arc::clone(keys),
+            Keys::Remote(remote) => remote.keys(),
+        }
+    }
+
+    /// Verifies `token` with `keys`, an [`Issuer::key_set`] of this
+    /// issuer: with this issuer's keys only.
+    pub(super) fn verify_with(&self, token: &str, keys: &[Key]) -> Result<Identity, IdentityError> {
         let (alg, kid) = jwt::header(token)?;
         if !self.algorithms.contains(&alg) {
             return Err(IdentityError::WrongAlgorithm);
         }
-        let keys = match &self.keys {
-            Keys::Fixed(keys) => Arc::clone(keys),
-            Keys::Remote(remote) => remote.keys(),
-        };
         let fitting: Vec<&Key> = keys.iter().filter(|k| k.fits(alg)).collect();
         let candidates: Vec<&Key> = fitting
             .iter()

@@ -18,6 +18,8 @@
 //! - `jwks.rs`: JWKS fetched over HTTPS (or found by OIDC discovery),
 //!   cached and refreshed in the background.
 //! - `static_tokens.rs`: tokens known by their SHA-256 only.
+//! - `cache.rs`: JWTs verified before, remembered by hash until their
+//!   `exp` while their issuer's key set is unchanged.
 //! - `failures.rs`: failed authentications rate limited per client address.
 //! - `keygen.rs`: Ed25519 key pairs and random tokens for `rolemint keygen`
 //!   and `rolemint token`.
@@ -36,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::AuthConfig;
 use crate::secret::Secret;
 
+mod cache;
 mod failures;
 mod issuer;
 mod jwks;
@@ -200,6 +203,8 @@ pub struct Verifier {
     statics: static_tokens::StaticTokens,
     /// Failed authentications per client address.
     pub failures: FailureLimiter,
+    /// JWTs verified before, until their `exp` (see `cache.rs`).
+    cache: cache::TokenCache,
     /// Stops the JWKS refresh tasks when the verifier is dropped.
     stop: CancellationToken,
 }
@@ -245,6 +250,7 @@ impl Verifier {
             issuers,
             statics,
             failures: FailureLimiter::new(&auth.failure_rate),
+            cache: cache::TokenCache::default(),
             stop: CancellationToken::new(),
         })
     }
@@ -287,8 +293,23 @@ impl Verifier {
         if !token.contains('.') {
             return self.statics.verify(token);
         }
-        let issuer = self.route(token)?;
-        issuer.verify(token)
+        let now = SystemTime::now();
+        let key_set = |i: usize| self.issuers.get(i).map(|i| i.key_set());
+        if let Some(identity) = self.cache.get(token, now, key_set) {
+            return Ok(identity);
+        }
+        let (index, issuer) = self.route(token)?;
+        // Taken before the check: if a refresh swaps the keys meanwhile,
+        // the entry names the older set and is not used again.
+        let keys = issuer.key_set();
+        let identity = issuer.verify_with(token, &keys)?;
+        self.cache.put(token, &identity, index, keys, now);
+        Ok(identity)
+    }
+
+    /// Tokens remembered by the verification cache now.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.len()
     }
 
     /// Verifies `token` as a session does: like [`Verifier::verify`], but
@@ -331,11 +352,12 @@ impl Verifier {
     }
 
     /// The issuer a JWT names in its (unverified) `iss`.
-    fn route(&self, token: &str) -> Result<&issuer::Issuer, IdentityError> {
+    fn route(&self, token: &str) -> Result<(usize, &issuer::Issuer), IdentityError> {
         let iss = jwt::peek_issuer(token)?;
         self.issuers
             .iter()
-            .find(|i| i.accepts_iss(iss.as_deref()))
+            .enumerate()
+            .find(|(_, i)| i.accepts_iss(iss.as_deref()))
             .ok_or(IdentityError::WrongIssuer)
     }
 }
