@@ -198,7 +198,10 @@ async fn after_a_sigkill_the_next_proxy_reaps_the_pooled_roles() {
         .await;
     let filled = wait_until(FILL_WITHIN, || async {
         let rows = pooled(&h).await;
-        rows.len() >= 2 && rows.iter().all(|(_, login, _, backends)| !login && *backends == 1)
+        rows.len() >= 2
+            && rows
+                .iter()
+                .all(|(_, login, _, backends)| !login && *backends == 1)
     })
     .await;
     assert!(filled, "not filled: {:?}\n{}", pooled(&h).await, a.log());
