@@ -198,7 +198,24 @@ enum Kind {
     Direct,
     PgBouncer,
     Rolemint,
+    /// rolemint with a warm pool on the template (`readonly_pool`).
+    RolemintPool,
 }
+
+/// The pooled template of the `rolemint+pool` target: the demo's readonly,
+/// with roles minted and logged in ahead.
+const POOL_TEMPLATE: &str = r#"
+[roles.readonly_pool]
+databases = ["appdb"]
+allow_identities = ["*"]
+default_ttl = "1h"
+max_ttl = "24h"
+warm_pool = 16
+creation_statements = [
+  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+  "GRANT app_read TO \"{{name}}\"",
+]
+"#;
 
 struct Target {
     name: &'static str,
@@ -212,7 +229,14 @@ impl Target {
         match self.kind {
             Kind::Direct | Kind::PgBouncer => BENCH_ROLE,
             Kind::Rolemint => workload.template(),
+            Kind::RolemintPool => "readonly_pool",
         }
+    }
+
+    /// Whether this target runs `workload`: the pool only changes how a
+    /// session starts, so it runs the churn only.
+    fn runs(&self, workload: Workload) -> bool {
+        self.kind != Kind::RolemintPool || workload == Workload::Churn
     }
 
     fn tls(&self) -> bool {
@@ -279,7 +303,13 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
     let total = settings.seconds * (settings.runs as u64) * 20 + 3600;
     let token = rolemint::identity::issue(&h.config.auth, "bench", &[], Duration::from_secs(total))
         .context("issuing a token")?;
-    let proxy = Proxy::start(&h, &options(settings, &cluster_tls)).await?;
+    // The pool is the proxy's only: the harness's in-process server
+    // (which the bench does not use) must not hold pooled backends too.
+    let proxy_options = Options {
+        extra_toml: POOL_TEMPLATE.to_owned(),
+        ..options(settings, &cluster_tls)
+    };
+    let proxy = Proxy::start(&h, &proxy_options).await?;
 
     let mut notes = Vec::new();
     let bouncer = match PgBouncer::find() {
@@ -306,7 +336,7 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
         proxy.port,
     );
     let secret_of = |t: &Target| {
-        if t.kind == Kind::Rolemint {
+        if matches!(t.kind, Kind::Rolemint | Kind::RolemintPool) {
             &token
         } else {
             &password
@@ -342,7 +372,7 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
 
     let mut series: Vec<Series> = Vec::new();
     for workload in Workload::ALL {
-        for target in &targets {
+        for target in targets.iter().filter(|t| t.runs(workload)) {
             series.push(Series {
                 workload,
                 target: target.name,
@@ -422,8 +452,9 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
     } else {
         None
     };
-    // Every session is closed: every role must go, without a restart.
-    let roles_left = h.wait_no_managed_roles(ROLE_DROP_WAIT).await.len();
+    // Every session is closed: every session's role must go, without a
+    // restart (the pool's unclaimed roles stay until shutdown).
+    let roles_left = session_roles_left(&h, ROLE_DROP_WAIT).await?;
     let stopped = proxy.stop().await;
 
     let report = Report {
@@ -489,6 +520,32 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+/// Minted roles that are not waiting in a warm pool, once none is left or
+/// `within` has passed: the roles of sessions that have ended.
+async fn session_roles_left(h: &Harness, within: Duration) -> anyhow::Result<usize> {
+    let su = h.superuser().await;
+    let count = || async {
+        let row = su
+            .query_one(
+                "SELECT count(*) FROM pg_roles r JOIN pg_auth_members m ON m.member = r.oid \
+                 JOIN pg_roles g ON g.oid = m.roleid WHERE g.rolname = 'rolemint_managed' \
+                 AND NOT m.admin_option AND r.rolname LIKE 'v-%' \
+                 AND coalesce(shobj_description(r.oid, 'pg_authid'), '') NOT LIKE '%\"kind\":\"warm\"%'",
+                &[],
+            )
+            .await?;
+        anyhow::Ok(row.get::<_, i64>(0))
+    };
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = count().await?;
+        if left == 0 || std::time::Instant::now() > deadline {
+            return Ok(left as usize);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn targets(pg_port: u16, bouncer_port: Option<u16>, proxy_port: u16) -> Vec<Target> {
     let mut targets = vec![
         Target {
@@ -515,6 +572,12 @@ fn targets(pg_port: u16, bouncer_port: Option<u16>, proxy_port: u16) -> Vec<Targ
     targets.push(Target {
         name: "rolemint",
         kind: Kind::Rolemint,
+        port: proxy_port,
+        sslmode: "disable",
+    });
+    targets.push(Target {
+        name: "rolemint+pool",
+        kind: Kind::RolemintPool,
         port: proxy_port,
         sslmode: "disable",
     });

@@ -278,6 +278,16 @@ impl Report<'_> {
             (Kind::Rolemint, false),
             (Kind::PgBouncer, false),
         );
+        let churn_pool = self.ratio(
+            Workload::Churn,
+            (Kind::RolemintPool, false),
+            (Kind::Direct, false),
+        );
+        let churn_pool_b = self.ratio(
+            Workload::Churn,
+            (Kind::RolemintPool, false),
+            (Kind::PgBouncer, false),
+        );
         let added = self.added_latency(false);
         println!();
         println!("targets:");
@@ -301,6 +311,13 @@ impl Report<'_> {
             x(churn_b),
             verdict(churn_b.map(|r| r >= CHURN_VS_PGBOUNCER)),
             self.roles_left,
+        );
+        println!(
+            "     with a warm pool: {} vs direct (>= {CHURN_VS_DIRECT:.1}x: {}), {} vs pgbouncer (>= {CHURN_VS_PGBOUNCER:.1}x: {})",
+            x(churn_pool),
+            verdict(churn_pool.map(|r| r >= CHURN_VS_DIRECT)),
+            x(churn_pool_b),
+            verdict(churn_pool_b.map(|r| r >= CHURN_VS_PGBOUNCER)),
         );
         match added {
             Some((p50, p99)) => println!(
