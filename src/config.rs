@@ -100,6 +100,12 @@ pub struct ProxyConfig {
     /// Tokens from identity providers carrying many groups can be large.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// Forward the bytes of sessions whose two legs are plaintext TCP in
+    /// the kernel (a BPF sockmap, see `sockmap/`): nothing of their steady
+    /// state crosses into user space. Needs CAP_BPF and CAP_NET_ADMIN;
+    /// without them rolemint warns and relays in user space. Read at start.
+    #[serde(default)]
+    pub kernel_splice: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -110,6 +110,7 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod signal;
+pub mod sockmap;
 pub mod state;
 pub mod tls;
 pub mod warm_pool;

@@ -58,6 +58,7 @@ pub const AUDIT_LINES_DROPPED: &str = "rolemint_audit_lines_dropped_total";
 pub const AUDIT_WRITE_ERRORS: &str = "rolemint_audit_write_errors_total";
 pub const WARM_POOL_READY: &str = "rolemint_warm_pool_ready";
 pub const WARM_POOL_CLAIMS: &str = "rolemint_warm_pool_claims_total";
+pub const KERNEL_SPLICED: &str = "rolemint_kernel_spliced_sessions_total";
 
 /// Every metric rolemint exports. The README's table and the Grafana
 /// dashboard are checked against this list.
@@ -84,6 +85,7 @@ pub const ALL: &[Described] = &[
     d(AUDIT_LINES_DROPPED, Kind::Counter, None, "Audit lines dropped because the writer fell behind (the queue was full)."),
     d(AUDIT_WRITE_ERRORS, Kind::Counter, None, "Audit lines that could not be written (disk full, file removed)."),
     d(WARM_POOL_READY, Kind::Gauge, None, "Pooled roles ready to be claimed (logged in, idle), by role template."),
+    d(KERNEL_SPLICED, Kind::Counter, None, "Sessions whose bytes the kernel forwarded (proxy.kernel_splice), by template."),
     d(WARM_POOL_CLAIMS, Kind::Counter, None, "Sessions of a pooled template, by template and result (hit, miss: the pool was empty, fallback: the entry could not be used)."),
 ];
 
@@ -261,6 +263,11 @@ pub fn warm_pool_ready(template: &str, n: usize) {
 }
 
 /// A session of a pooled template: `hit`, `miss` or `fallback`.
+pub fn kernel_spliced(template: &str) {
+    installed();
+    metrics::counter!(KERNEL_SPLICED, "template" => template.to_owned()).increment(1);
+}
+
 pub fn warm_pool_claim(template: &str, result: &'static str) {
     installed();
     metrics::counter!(WARM_POOL_CLAIMS, "template" => template.to_owned(), "result" => result)

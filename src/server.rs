@@ -42,6 +42,24 @@ pub struct Server {
     audit: crate::audit::Audit,
 }
 
+/// The sockmap of `proxy.kernel_splice`, or why sessions stay in user space.
+fn kernel_splice(config: &Config) -> Option<crate::sockmap::Sockmap> {
+    if !config.proxy.kernel_splice {
+        return None;
+    }
+    let sessions = u32::try_from(config.proxy.max_connections).unwrap_or(u32::MAX);
+    match crate::sockmap::Sockmap::new(sessions) {
+        Ok(map) => {
+            tracing::info!("kernel splice on: plaintext sessions are forwarded by a BPF sockmap");
+            Some(map)
+        }
+        Err(e) => {
+            tracing::warn!("kernel_splice is set, but {e}; sessions are relayed in user space");
+            None
+        }
+    }
+}
+
 impl Server {
     /// Binds `proxy.listen`, loads TLS material and keys, and prepares the
     /// backend (creates the marker role if missing).
@@ -66,6 +84,7 @@ impl Server {
         let revoker = Revoker::start_audited(Arc::clone(&minter), &config, audit.clone());
         runtime.start();
         let cancels = Arc::new(CancelMap::new(&config));
+        let sockmap = kernel_splice(&config);
         let shared = Arc::new(Shared {
             config,
             runtime: ArcSwap::from_pointee(runtime),
@@ -78,6 +97,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             minting: Default::default(),
             warm: Default::default(),
+            sockmap,
         });
         Ok(Server {
             shared,

@@ -95,6 +95,9 @@ pub struct Shared {
     /// Roles minted ahead with their backends logged in, for templates with
     /// `warm_pool > 0`; filled by `warm_pool::Filler`, claimed by sessions.
     pub warm: WarmPool,
+    /// The kernel splice, when `proxy.kernel_splice` is on and BPF is
+    /// permitted here.
+    pub sockmap: Option<crate::sockmap::Sockmap>,
 }
 
 impl Shared {

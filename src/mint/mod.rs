@@ -509,6 +509,25 @@ impl Minter {
         }
     }
 
+    /// Ends one session's backend (`pg_terminate_backend`), if `pid` is
+    /// still a backend of `role`: PostgreSQL then sends the client its own
+    /// FATAL (57P01) at a message boundary. The kernel splice ends a lease
+    /// this way, since rolemint does not see that session's bytes.
+    pub async fn terminate_session(
+        &self,
+        role: &str,
+        database: &str,
+        pid: i32,
+    ) -> Result<(), MintError> {
+        if !is_valid_role_name(role) {
+            return Err(MintError::InvalidRoleName(role.to_owned()));
+        }
+        let mut conn = self.pool.get(database).await?;
+        conn.batch(&sql::terminate_session(role, pid))
+            .await
+            .map(drop)
+    }
+
     /// Runs a rendered mint: one round trip, one commit.
     pub async fn create(&self, prepared: &PreparedMint) -> Result<(), MintError> {
         let mut conn = self.pool.get(&prepared.database).await?;

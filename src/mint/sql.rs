@@ -188,6 +188,16 @@ pub fn claim_warm(role: &str, valid_until: &str, comment: &LeaseComment) -> Stri
     rebind(role, "LOGIN ", valid_until, comment)
 }
 
+/// Terminates backend `pid` if it is a session of `role` (a pid may have
+/// been reused by another backend since).
+pub fn terminate_session(role: &str, pid: i32) -> String {
+    format!(
+        "SELECT pg_catalog.pg_terminate_backend(a.pid) FROM pg_catalog.pg_stat_activity a \
+         WHERE a.pid = {pid} AND a.usename = {}",
+        escape_literal(role)
+    )
+}
+
 /// A pooled role, once its backend has logged in: nobody may log in as it
 /// again. `NOLOGIN` refuses every new login (the backend already in is not
 /// affected), `PASSWORD NULL` drops the verifier too.

@@ -31,6 +31,7 @@
 
 pub mod backend;
 pub mod handshake;
+mod kernel;
 pub mod login;
 pub mod params;
 pub mod relay;
@@ -538,8 +539,19 @@ async fn connect_and_splice(
     }
     crate::failpoint::hit(crate::failpoint::AFTER_LOGIN).await;
     let cancel_key = shared.cancels.issue(login.key, role);
+    // Into the kernel before the client can send anything more: it waits
+    // for its first ReadyForQuery.
+    let mut kernel = shared
+        .sockmap
+        .as_ref()
+        .and_then(|map| kernel::begin(map, &stream, &login.stream, login.leftover.len()));
     let framer = match relay::forward_startup(&mut stream, &mut login, cancel_key.key).await {
-        Ok(framer) => framer,
+        Ok((framer, written)) => {
+            if let Some(k) = kernel.as_mut() {
+                k.wrote_to_client(written);
+            }
+            framer
+        }
         Err(e) => {
             tracing::debug!(lease = %lease.id, "client went away during startup: {e}");
             crate::metrics::connection(ConnectionResult::ProtocolError);
@@ -550,7 +562,13 @@ async fn connect_and_splice(
     crate::metrics::connection(ConnectionResult::Ok);
     crate::metrics::connect_duration(accepted.elapsed());
     let _active = ActiveSession::start(&lease.template);
-    relay::splice(stream, login.stream, framer, lease).await
+    match kernel {
+        Some(k) => {
+            k.run(shared, stream, login.stream, lease, login.key.process_id)
+                .await
+        }
+        None => relay::splice(stream, login.stream, framer, lease).await,
+    }
 }
 
 /// Forwards a CancelRequest whose key is ours (any other is ignored, as

@@ -73,7 +73,7 @@ pub async fn forward_startup(
     client: &mut ClientStream,
     login: &mut Login,
     our_key: BackendKey,
-) -> io::Result<Framer> {
+) -> io::Result<(Framer, usize)> {
     let mut out = BytesMut::with_capacity(login.startup.len() + 64 + login.leftover.len());
     wire::auth_ok(&mut out);
     out.extend_from_slice(&login.startup);
@@ -85,7 +85,7 @@ pub async fn forward_startup(
     login.leftover.clear();
     client.write_all(&out).await?;
     client.flush().await?;
-    Ok(framer)
+    Ok((framer, out.len()))
 }
 
 /// Splices until either side closes or the lease ends.

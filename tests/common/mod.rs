@@ -41,6 +41,8 @@ pub struct Options {
     /// Capture rolemint's log in memory (see [`captured_log`]); off for
     /// benchmarks.
     pub capture_log: bool,
+    /// `proxy.kernel_splice`.
+    pub kernel_splice: bool,
 }
 
 impl Default for Options {
@@ -55,6 +57,7 @@ impl Default for Options {
                 .setting("log_statement", "all")
                 .setting("log_connections", "on"),
             capture_log: true,
+            kernel_splice: false,
         }
     }
 }
@@ -349,6 +352,7 @@ max_connections = {max_connections}
 max_handshakes = {max_handshakes}
 handshake_timeout = "5s"
 shutdown_grace = "2s"
+kernel_splice = {kernel_splice}
 
 [backend]
 host = "127.0.0.1"
@@ -368,6 +372,7 @@ hs256_secret = "{secret}"
 {extra}
 "#,
         plain = options.allow_plaintext,
+        kernel_splice = options.kernel_splice,
         max_connections = options.max_connections,
         max_handshakes = options.max_handshakes,
         admin_pool_size = options.admin_pool_size,
