@@ -10,6 +10,11 @@
 # --- build ------------------------------------------------------------------
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# libbpf (the kernel splice's loader) is compiled from source by the
+# libbpf-sys crate and needs libelf's and zlib's headers.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libelf-dev zlib1g-dev pkg-config \
+ && rm -rf /var/lib/apt/lists/*
 COPY . .
 # The caches keep downloaded crates and compiled dependencies between builds;
 # the binary is copied out because the target cache is not part of the image.

@@ -200,6 +200,8 @@ enum Kind {
     Rolemint,
     /// rolemint with a warm pool on the template (`readonly_pool`).
     RolemintPool,
+    /// rolemint with `kernel_splice` (its own process).
+    RolemintKernel,
 }
 
 /// The pooled template of the `rolemint+pool` target: the demo's readonly,
@@ -228,7 +230,7 @@ impl Target {
     fn user(&self, workload: Workload) -> &'static str {
         match self.kind {
             Kind::Direct | Kind::PgBouncer => BENCH_ROLE,
-            Kind::Rolemint => workload.template(),
+            Kind::Rolemint | Kind::RolemintKernel => workload.template(),
             Kind::RolemintPool => "readonly_pool",
         }
     }
@@ -236,7 +238,12 @@ impl Target {
     /// Whether this target runs `workload`: the pool only changes how a
     /// session starts, so it runs the churn only.
     fn runs(&self, workload: Workload) -> bool {
-        self.kind != Kind::RolemintPool || workload == Workload::Churn
+        match self.kind {
+            Kind::RolemintPool => workload == Workload::Churn,
+            // The splice changes the steady state only.
+            Kind::RolemintKernel => workload != Workload::Churn,
+            _ => true,
+        }
     }
 
     fn tls(&self) -> bool {
@@ -310,8 +317,22 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
         ..options(settings, &cluster_tls)
     };
     let proxy = Proxy::start(&h, &proxy_options).await?;
+    let kernel_proxy = Proxy::start(
+        &h,
+        &Options {
+            kernel_splice: true,
+            ..options(settings, &cluster_tls)
+        },
+    )
+    .await?;
 
     let mut notes = Vec::new();
+    if kernel_proxy.log().contains("kernel_splice is set, but") {
+        notes.push(
+            "rolemint+kernel: BPF is not permitted here; its rows are the user-space relay"
+                .to_owned(),
+        );
+    }
     let bouncer = match PgBouncer::find() {
         None => {
             notes.push(
@@ -334,9 +355,13 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
         h.cluster.port(),
         bouncer.as_ref().map(|b| b.port),
         proxy.port,
+        kernel_proxy.port,
     );
     let secret_of = |t: &Target| {
-        if matches!(t.kind, Kind::Rolemint | Kind::RolemintPool) {
+        if matches!(
+            t.kind,
+            Kind::Rolemint | Kind::RolemintPool | Kind::RolemintKernel
+        ) {
             &token
         } else {
             &password
@@ -456,6 +481,7 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
     // restart (the pool's unclaimed roles stay until shutdown).
     let roles_left = session_roles_left(&h, ROLE_DROP_WAIT).await?;
     let stopped = proxy.stop().await;
+    let kernel_stopped = kernel_proxy.stop().await;
 
     let report = Report {
         series: &series,
@@ -504,7 +530,10 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
             ROLE_DROP_WAIT.as_secs()
         );
     }
-    if let Err(e) = stopped {
+    for e in [stopped, kernel_stopped]
+        .into_iter()
+        .filter_map(Result::err)
+    {
         ok = false;
         println!("error: {e:#}");
     }
@@ -546,7 +575,12 @@ async fn session_roles_left(h: &Harness, within: Duration) -> anyhow::Result<usi
     }
 }
 
-fn targets(pg_port: u16, bouncer_port: Option<u16>, proxy_port: u16) -> Vec<Target> {
+fn targets(
+    pg_port: u16,
+    bouncer_port: Option<u16>,
+    proxy_port: u16,
+    kernel_port: u16,
+) -> Vec<Target> {
     let mut targets = vec![
         Target {
             name: "direct",
@@ -573,6 +607,12 @@ fn targets(pg_port: u16, bouncer_port: Option<u16>, proxy_port: u16) -> Vec<Targ
         name: "rolemint",
         kind: Kind::Rolemint,
         port: proxy_port,
+        sslmode: "disable",
+    });
+    targets.push(Target {
+        name: "rolemint+kernel",
+        kind: Kind::RolemintKernel,
+        port: kernel_port,
         sslmode: "disable",
     });
     targets.push(Target {

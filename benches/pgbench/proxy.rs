@@ -92,6 +92,11 @@ impl Proxy {
             .ok_or_else(|| anyhow!("no VmRSS in /proc/{}/status", self.pid))
     }
 
+    /// What the proxy logged so far (warnings and errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("rolemint.log")).unwrap_or_default()
+    }
+
     /// SIGTERM (drain, revoke every lease), then a bounded wait.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         let pid = nix::unistd::Pid::from_raw(self.pid as i32);

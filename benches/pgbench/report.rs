@@ -95,8 +95,8 @@ impl Report<'_> {
     }
 
     /// p50 / p99 of rolemint minus direct's, µs, at one client.
-    fn added_latency(&self, tls: bool) -> Option<(f64, f64)> {
-        let ours = self.find(Workload::Latency, Kind::Rolemint, tls)?;
+    fn added_latency(&self, kind: Kind, tls: bool) -> Option<(f64, f64)> {
+        let ours = self.find(Workload::Latency, kind, tls)?;
         let base = self.find(Workload::Latency, Kind::Direct, tls)?;
         Some((ours.p50()? - base.p50()?, ours.p99()? - base.p99()?))
     }
@@ -278,6 +278,15 @@ impl Report<'_> {
             (Kind::Rolemint, false),
             (Kind::PgBouncer, false),
         );
+        let kernel = |w| {
+            (
+                self.ratio(w, (Kind::RolemintKernel, false), (Kind::Direct, false)),
+                self.ratio(w, (Kind::RolemintKernel, false), (Kind::PgBouncer, false)),
+            )
+        };
+        let (sel_k, sel_k_b) = kernel(Workload::SelectOnly);
+        let (tpcb_k, _) = kernel(Workload::TpcB);
+        let added_k = self.added_latency(Kind::RolemintKernel, false);
         let churn_pool = self.ratio(
             Workload::Churn,
             (Kind::RolemintPool, false),
@@ -288,7 +297,7 @@ impl Report<'_> {
             (Kind::RolemintPool, false),
             (Kind::PgBouncer, false),
         );
-        let added = self.added_latency(false);
+        let added = self.added_latency(Kind::Rolemint, false);
         println!();
         println!("targets:");
         println!(
@@ -300,9 +309,18 @@ impl Report<'_> {
             x(sel_tls),
         );
         println!(
-            "  2. tpc-b: {} vs direct (>= {TPCB_VS_DIRECT:.2}x: {})",
+            "     kernel splice: {} vs direct (>= {SELECT_VS_DIRECT:.2}x: {}), {} vs pgbouncer (>= {SELECT_VS_PGBOUNCER:.2}x: {})",
+            x(sel_k),
+            verdict(sel_k.map(|r| r >= SELECT_VS_DIRECT)),
+            x(sel_k_b),
+            verdict(sel_k_b.map(|r| r >= SELECT_VS_PGBOUNCER)),
+        );
+        println!(
+            "  2. tpc-b: {} vs direct (>= {TPCB_VS_DIRECT:.2}x: {}); kernel splice {} ({})",
             x(tpcb),
-            verdict(tpcb.map(|r| r >= TPCB_VS_DIRECT))
+            verdict(tpcb.map(|r| r >= TPCB_VS_DIRECT)),
+            x(tpcb_k),
+            verdict(tpcb_k.map(|r| r >= TPCB_VS_DIRECT)),
         );
         println!(
             "  3. churn: {} vs direct (>= {CHURN_VS_DIRECT:.1}x: {}), {} vs pgbouncer (>= {CHURN_VS_PGBOUNCER:.1}x: {}), {} roles left",
@@ -326,6 +344,13 @@ impl Report<'_> {
                 verdict(Some(p99 <= ADDED_P99_US)),
             ),
             None => println!("  4. added latency: not measured"),
+        }
+        if let Some((p50, p99)) = added_k {
+            println!(
+                "     kernel splice: p50 {p50:+.0} µs ({}), p99 {p99:+.0} µs ({})",
+                verdict(Some(p50 <= ADDED_P50_US)),
+                verdict(Some(p99 <= ADDED_P99_US)),
+            );
         }
         let idle = self.idle.map(IdleMemory::per_session_kib);
         let growth = self.churn.map(ChurnMemory::growth_kib);
@@ -383,8 +408,9 @@ impl Report<'_> {
                 "growth_kib": c.growth_kib(),
             })),
             "roles_left": self.roles_left,
-            "added_latency_us": self.added_latency(false).map(|(p50, p99)| json!({"p50": p50, "p99": p99})),
-            "added_latency_tls_us": self.added_latency(true).map(|(p50, p99)| json!({"p50": p50, "p99": p99})),
+            "added_latency_us": self.added_latency(Kind::Rolemint, false).map(|(p50, p99)| json!({"p50": p50, "p99": p99})),
+            "added_latency_tls_us": self.added_latency(Kind::Rolemint, true).map(|(p50, p99)| json!({"p50": p50, "p99": p99})),
+            "added_latency_kernel_us": self.added_latency(Kind::RolemintKernel, false).map(|(p50, p99)| json!({"p50": p50, "p99": p99})),
         })
     }
 }
