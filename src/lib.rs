@@ -25,12 +25,18 @@
 //!   login as a state machine over backend messages), [`session::backend`]
 //!   (the sockets of logging in to PostgreSQL as the minted role with
 //!   SCRAM), [`session::relay`] (startup
-//!   forwarding with the BackendKeyData swapped, then the splice), and
-//!   [`session::wire`] (the few messages rolemint encodes and decodes).
+//!   forwarding with the BackendKeyData swapped, then the splice in user
+//!   space), its `kernel.rs` (a plaintext session handed to the kernel
+//!   splice), and [`session::wire`] (the few messages rolemint encodes and
+//!   decodes).
+//! - [`sockmap`]: the kernel splice (`proxy.kernel_splice`): a BPF
+//!   sockhash and a 13-instruction `sk_skb` verdict program loaded through
+//!   libbpf, and the hang-up watch that does not wake for traffic.
 //! - [`identity`]: token in, [`identity::Identity`] out: issuers routed by
 //!   `iss` (HMAC, RSA, EC, Ed25519 keys from PEM files, JWKS files or JWKS
-//!   URLs fetched over HTTPS), static tokens known by their hash, and the
-//!   per-address limit on failed authentications.
+//!   URLs fetched over HTTPS), static tokens known by their hash, verified
+//!   JWTs cached by hash until `exp`, and the per-address limit on failed
+//!   authentications.
 //! - [`policy`]: identity × template × database → allowed or not, and why
 //!   (allow lists, deny by default); the lease cap at the token's expiry;
 //!   the session settings rendered from claims.

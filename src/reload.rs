@@ -123,8 +123,9 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     let (a, b) = (&running.proxy, &new.proxy);
     let mut changed = Vec::new();
-    let checks: [(&'static str, bool); 8] = [
+    let checks: [(&'static str, bool); 9] = [
         ("proxy.listen", a.listen != b.listen),
+        ("proxy.kernel_splice", a.kernel_splice != b.kernel_splice),
         (
             "proxy.max_connections",
             a.max_connections != b.max_connections,

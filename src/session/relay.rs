@@ -7,12 +7,12 @@
 //! a lease ends mid-session the client gets a whole FATAL ErrorResponse
 //! instead of half a DataRow followed by garbage.
 //!
-//! The splice stays in user space, also for two plaintext legs. A BPF
-//! sockmap could forward in the kernel, but then rolemint never sees the
-//! bytes: ending a lease at a backend message boundary would need a stream
-//! parser program that frames PostgreSQL messages and a proven hand-back of
-//! both sockets to user space without losing what the kernel still queues,
-//! and it needs CAP_BPF and CAP_NET_ADMIN, which a proxy should not hold.
+//! This is the relay of every TLS session, and of every session when
+//! `proxy.kernel_splice` is off or BPF is not permitted. With it on, a
+//! session whose two legs are plaintext is forwarded by the kernel instead
+//! (`kernel.rs`); rolemint then never sees its bytes, so a lease that ends
+//! there is ended by PostgreSQL (`pg_terminate_backend`), which sends the
+//! client its own FATAL at a message boundary.
 
 use std::future::Future;
 use std::io;
