@@ -18,6 +18,11 @@
 //! | `ROLEMINT_BENCH_IDLE` | 1000 | idle sessions held open for RSS per session |
 //! | `ROLEMINT_BENCH_CHURN` | 10000 | sessions opened and closed for RSS over churn |
 //! | `ROLEMINT_BENCH_JSON` | `target/bench/pgbench.json` | where the results go as JSON |
+//! | `ROLEMINT_BENCH_WORKLOADS` | all | comma-separated workloads to run (`select-only,tpc-b,churn,latency`) |
+//! | `ROLEMINT_BENCH_TARGETS` | all | comma-separated targets to run (`direct,pgbouncer,rolemint+kernel`, ...) |
+//!
+//! The two filters are for profiling one row (`perf record` beside it);
+//! a filtered run prints `n/a` for the ratios it has no baseline for.
 //!
 //! It needs what the integration tests need: PostgreSQL's `initdb`,
 //! `postgres` and `pgbench` (see `rolemint::pgcluster::find_binaries`).
@@ -30,7 +35,7 @@
 //!
 //! # What runs
 //!
-//! One throwaway cluster (`TempCluster`, demo schema, pgbench scale 1, TLS
+//! One throwaway cluster (`TempCluster`, demo schema, pgbench scale 8, TLS
 //! on with a self-signed certificate), and rolemint as its own `rolemint
 //! serve` process (the release binary, so its RSS is its own). Workloads:
 //!
@@ -101,6 +106,8 @@ use report::{Connects, Report, Series};
 const DATABASE: &str = pgcluster::DEMO_DATABASE;
 /// The static role of the `direct` and `pgbouncer` targets.
 const BENCH_ROLE: &str = "bench_direct";
+/// pgbench's scale factor: at least the client count of the TPC-B row.
+const TPCB_SCALE: u32 = 8;
 /// How long minted roles may take to be dropped after the last session.
 const ROLE_DROP_WAIT: Duration = Duration::from_secs(60);
 
@@ -112,6 +119,10 @@ struct Settings {
     idle: usize,
     churn: usize,
     json: PathBuf,
+    /// Workload keys to run; empty: all.
+    workloads: Vec<String>,
+    /// Target names to run; empty: all.
+    targets: Vec<String>,
 }
 
 impl Settings {
@@ -125,6 +136,14 @@ impl Settings {
                     .map_err(|_| anyhow!("{name} must be a whole number, not {v:?}")),
             }
         }
+        fn list(name: &str) -> Vec<String> {
+            std::env::var(name)
+                .unwrap_or_default()
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        }
         let target_dir = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
@@ -137,6 +156,8 @@ impl Settings {
             json: std::env::var_os("ROLEMINT_BENCH_JSON")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| target_dir.join("bench").join("pgbench.json")),
+            workloads: list("ROLEMINT_BENCH_WORKLOADS"),
+            targets: list("ROLEMINT_BENCH_TARGETS"),
         })
     }
 }
@@ -307,6 +328,11 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
     .await
     .context("creating the bench role")?;
 
+    // One branch per client (pgbench's own advice): at scale 1 all eight
+    // TPC-B clients queue on one branch row, and the row would measure
+    // that lock (and how long each round trip holds it), not throughput.
+    pgcluster::init_pgbench_tables(&h.cluster, TPCB_SCALE).context("pgbench -i")?;
+
     let total = settings.seconds * (settings.runs as u64) * 20 + 3600;
     let token = rolemint::identity::issue(&h.config.auth, "bench", &[], Duration::from_secs(total))
         .context("issuing a token")?;
@@ -351,12 +377,15 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
             }
         },
     };
-    let targets = targets(
+    let targets: Vec<Target> = targets(
         h.cluster.port(),
         bouncer.as_ref().map(|b| b.port),
         proxy.port,
         kernel_proxy.port,
-    );
+    )
+    .into_iter()
+    .filter(|t| settings.targets.is_empty() || settings.targets.iter().any(|n| n == t.name))
+    .collect();
     let secret_of = |t: &Target| {
         if matches!(
             t.kind,
@@ -396,7 +425,10 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
     }
 
     let mut series: Vec<Series> = Vec::new();
-    for workload in Workload::ALL {
+    let chosen = |w: Workload| {
+        settings.workloads.is_empty() || settings.workloads.iter().any(|k| k == w.key())
+    };
+    for workload in Workload::ALL.into_iter().filter(|w| chosen(*w)) {
         for target in targets.iter().filter(|t| t.runs(workload)) {
             series.push(Series {
                 workload,

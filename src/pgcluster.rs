@@ -1011,21 +1011,28 @@ pub fn provision_demo(cluster: &TempCluster) -> Result<Demo, ClusterError> {
     );
     let sql = DEMO_SQL.replacen(DEMO_SQL_GETENV, &set_password, 1);
     cluster.psql_as_superuser("postgres", &sql)?;
-
-    // pgbench's tables, created as app_owner so that app_owner owns them and
-    // its default privileges give app_read SELECT.
-    let mut pgbench = cluster.superuser_client(cluster.pgbench(), DEMO_DATABASE);
-    pgbench
-        .args(["-i", "-s", "1", "-q", DEMO_DATABASE])
-        .env("PGOPTIONS", "-c role=app_owner");
-    run_capturing(pgbench, None, "pgbench -i")?;
-    cluster.psql_as_superuser(DEMO_DATABASE, DEMO_GRANTS_SQL)?;
+    init_pgbench_tables(cluster, 1)?;
 
     Ok(Demo {
         admin_user: DEMO_ADMIN_USER.into(),
         admin_password,
         database: DEMO_DATABASE.into(),
     })
+}
+
+/// (Re)creates the demo's pgbench tables at `scale` (100,000 accounts and
+/// one branch per unit), as app_owner so that app_owner owns them, and lets
+/// app_read read them. The bench raises the scale to its client count, as
+/// pgbench's documentation asks, so TPC-B measures transactions rather
+/// than contention on one branch row.
+pub fn init_pgbench_tables(cluster: &TempCluster, scale: u32) -> Result<(), ClusterError> {
+    let mut pgbench = cluster.superuser_client(cluster.pgbench(), DEMO_DATABASE);
+    pgbench
+        .args(["-i", "-s", &scale.to_string(), "-q", DEMO_DATABASE])
+        .env("PGOPTIONS", "-c role=app_owner");
+    run_capturing(pgbench, None, "pgbench -i")?;
+    cluster.psql_as_superuser(DEMO_DATABASE, DEMO_GRANTS_SQL)?;
+    Ok(())
 }
 
 /// The demo's role templates, as commented TOML (`[roles.readonly]`,

@@ -18,12 +18,14 @@
 //!    `REASSIGN OWNED` / `DROP OWNED` act on the current database only;
 //! 6. `DROP ROLE`.
 //!
-//! Several roles share one simple-query string: each role's work is a `DO`
-//! block that catches its own errors (a subtransaction), so one role's
+//! Several roles share one simple-query string: a `DO` block loops over
+//! them (compiled and planned once per batch, not once per role); each
+//! role's work catches its own errors (a subtransaction), so one role's
 //! failure neither skips nor undoes the others, and writes its outcome into
 //! a transaction-local setting (`rolemint.outcome_N`) that the last
 //! statement of the string reads back as one row. Names reach the SQL as
-//! checked role names, quoted with `escape_identifier` / `escape_literal`.
+//! checked role names in `escape_literal` array elements, and become
+//! identifiers inside it through `format('%I')`.
 //!
 //! A template's own `revocation_statements` run after steps 1–3, which
 //! rolemint always does itself, one role per round trip (they are the
@@ -70,82 +72,85 @@ const OF_R: &str = "s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass A
 const THIS_DB: &str =
     "(SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())";
 
-/// Step 2 for every role in `roles`: one committed transaction of NOLOGIN
-/// for the managed ones that exist. Foreign roles are left alone here and
-/// reported by the per-role blocks; so is a role whose NOLOGIN fails (each
-/// is its own subtransaction, so one such role cannot hold up the others).
-fn nologin_all(roles: &[&str]) -> String {
-    let mut sql = String::from("BEGIN;\nDO $rolemint$\nBEGIN\n");
-    for role in roles {
-        sql.push_str(&format!(
-            "  IF {minted} THEN
-    BEGIN
-      ALTER ROLE {ident} NOLOGIN;
-    EXCEPTION WHEN OTHERS THEN NULL;
-    END;
-  END IF;
-",
-            minted = minted_role(&format!(
-                "(SELECT oid FROM pg_catalog.pg_roles WHERE rolname = {})",
-                escape_literal(role)
-            )),
-            ident = escape_identifier(role),
-        ));
-    }
-    sql.push_str("END\n$rolemint$;\nCOMMIT;\n");
-    sql
+/// The backends of role `r`, as `a.pid`: `pg_stat_get_activity` itself,
+/// the function under the `pg_stat_activity` view, without the view's two
+/// joins to plan.
+const BACKENDS_OF_R: &str = "pg_catalog.pg_stat_get_activity(NULL) a WHERE a.usesysid = r";
+
+/// `values` as a SQL `text[]` literal, each element escaped (`NULL` for
+/// `None`).
+fn text_array<'a>(values: impl Iterator<Item = Option<&'a str>>) -> String {
+    let items: Vec<String> = values
+        .map(|v| v.map_or_else(|| "NULL".to_owned(), escape_literal))
+        .collect();
+    format!("ARRAY[{}]::pg_catalog.text[]", items.join(", "))
 }
 
-/// Steps 1 and 3–6 for one role, as a `DO` block writing its outcome to
-/// `rolemint.outcome_{index}`. With `drop_role` false (another database's
-/// share of the work) the block deals with this database's objects and
-/// privileges and stops short of `DROP ROLE`.
-fn role_block(index: usize, target: &Target, terminate_wait_ms: u64, drop_role: bool) -> String {
-    let ident = escape_identifier(&target.role);
-    let lit = escape_literal(&target.role);
-    let objects = match &target.owner {
-        // Reassign first: after it the role owns nothing here, so DROP OWNED
-        // only revokes its privileges.
-        Some(owner) => format!(
-            "IF EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend s
-                  WHERE {OF_R} AND s.dbid IN (0, {THIS_DB})) THEN
-        GRANT {ident} TO CURRENT_USER;
-        REASSIGN OWNED BY {ident} TO {owner};
-        DROP OWNED BY {ident};
-      END IF;",
-            owner = escape_identifier(owner),
-        ),
-        // No owner: owning anything anywhere retains the role; otherwise
-        // what is left here are privileges, which DROP OWNED revokes
-        // without dropping anything anybody made.
-        None => format!(
-            "SELECT pg_catalog.string_agg(DISTINCT COALESCE(d.datname::text, '(shared)'), ', ') INTO owned
-        FROM pg_catalog.pg_shdepend s
-        LEFT JOIN pg_catalog.pg_database d ON d.oid = s.dbid
-       WHERE {OF_R} AND s.deptype = 'o';
-      IF owned IS NOT NULL THEN
-        outcome := 'retained:owns objects in ' || owned;
-      ELSIF EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend s
-                     WHERE {OF_R} AND s.dbid IN (0, {THIS_DB})) THEN
-        GRANT {ident} TO CURRENT_USER;
-        DROP OWNED BY {ident};
-      END IF;"
-        ),
-    };
+/// Step 2 for every role in `roles`: one committed transaction of NOLOGIN
+/// for the managed ones that exist. Foreign roles are left alone here and
+/// reported by the per-role step; so is a role whose NOLOGIN fails (each is
+/// its own subtransaction, so one such role cannot hold up the others).
+///
+/// One loop over the names, not a block per role: PL/pgSQL compiles a `DO`
+/// block on every run, and plans each of its queries once per run when the
+/// plans are generic (`plan_cache_mode`; by default the first five runs of
+/// a query with variables are planned anew each time). The loop's
+/// iterations then reuse those plans. Under connection churn that compile
+/// and planning was most of what revoking a role cost PostgreSQL.
+fn nologin_all(roles: &[&str]) -> String {
+    format!(
+        "BEGIN;
+SET LOCAL plan_cache_mode = force_generic_plan;
+DO $rolemint$
+DECLARE
+  rname pg_catalog.text;
+  r oid;
+BEGIN
+  FOREACH rname IN ARRAY {names} LOOP
+    SELECT oid INTO r FROM pg_catalog.pg_roles WHERE rolname = rname;
+    IF r IS NOT NULL AND {minted} THEN
+      BEGIN
+        EXECUTE pg_catalog.format('ALTER ROLE %I NOLOGIN', rname);
+      EXCEPTION WHEN OTHERS THEN NULL;
+      END;
+    END IF;
+  END LOOP;
+END
+$rolemint$;
+COMMIT;
+",
+        names = text_array(roles.iter().map(|r| Some(*r))),
+        minted = minted_role("r"),
+    )
+}
+
+/// Steps 1 and 3–6 for every target, one loop iteration each, writing
+/// role `i`'s outcome to `rolemint.outcome_{i}`. Each iteration's work is
+/// its own subtransaction, so one role's failure neither skips nor undoes
+/// the others. With `drop_role` false (another database's share of the
+/// work) an iteration deals with this database's objects and privileges
+/// and stops short of `DROP ROLE`.
+///
+/// Without an owner, a role that owns anything anywhere is retained;
+/// otherwise what is left here are privileges, which `DROP OWNED` revokes
+/// without dropping anything anybody made. With an owner, `REASSIGN OWNED`
+/// comes first: after it the role owns nothing here, so `DROP OWNED` only
+/// revokes its privileges.
+fn roles_loop(targets: &[Target], terminate_wait_ms: u64, drop_role: bool) -> String {
     let finish = if drop_role {
         format!(
             "IF outcome IS NULL THEN
-        SELECT pg_catalog.json_agg(DISTINCT d.datname)::text INTO elsewhere
-          FROM pg_catalog.pg_shdepend s
-          JOIN pg_catalog.pg_database d ON d.oid = s.dbid
-         WHERE {OF_R} AND d.datname <> pg_catalog.current_database();
-        IF elsewhere IS NOT NULL THEN
-          outcome := 'elsewhere:' || elsewhere;
-        ELSE
-          DROP ROLE {ident};
-          outcome := 'dropped';
-        END IF;
-      END IF;"
+          SELECT pg_catalog.json_agg(DISTINCT d.datname)::pg_catalog.text INTO elsewhere
+            FROM pg_catalog.pg_shdepend s
+            JOIN pg_catalog.pg_database d ON d.oid = s.dbid
+           WHERE {OF_R} AND d.datname <> pg_catalog.current_database();
+          IF elsewhere IS NOT NULL THEN
+            outcome := 'elsewhere:' || elsewhere;
+          ELSE
+            EXECUTE pg_catalog.format('DROP ROLE %I', rname);
+            outcome := 'dropped';
+          END IF;
+        END IF;"
         )
     } else {
         "IF outcome IS NULL THEN outcome := 'dropped'; END IF;".to_owned()
@@ -153,44 +158,74 @@ fn role_block(index: usize, target: &Target, terminate_wait_ms: u64, drop_role: 
     format!(
         "DO $rolemint$
 DECLARE
+  names pg_catalog.text[] := {names};
+  owners pg_catalog.text[] := {owners};
+  rname pg_catalog.text;
+  rowner pg_catalog.text;
   r oid;
-  outcome text;
-  owned text;
-  elsewhere text;
+  outcome pg_catalog.text;
+  owned pg_catalog.text;
+  elsewhere pg_catalog.text;
 BEGIN
-  SELECT oid INTO r FROM pg_catalog.pg_roles WHERE rolname = {lit};
-  IF r IS NULL THEN
-    outcome := 'gone';
-  ELSIF NOT {minted} THEN
-    outcome := 'not_managed';
-  ELSE
-    BEGIN
-      PERFORM pg_catalog.pg_terminate_backend(a.pid, {terminate_wait_ms})
-         FROM pg_catalog.pg_stat_activity a WHERE a.usesysid = r;
-      {objects}
-      {finish}
-    EXCEPTION WHEN OTHERS THEN
-      outcome := 'error:' || SQLSTATE || ':' || SQLERRM;
-    END;
-  END IF;
-  PERFORM pg_catalog.set_config('rolemint.outcome_{index}', outcome, true);
+  FOR i IN 1 .. pg_catalog.array_length(names, 1) LOOP
+    rname := names[i];
+    rowner := owners[i];
+    outcome := NULL;
+    owned := NULL;
+    elsewhere := NULL;
+    SELECT oid INTO r FROM pg_catalog.pg_roles WHERE rolname = rname;
+    IF r IS NULL THEN
+      outcome := 'gone';
+    ELSIF NOT {minted} THEN
+      outcome := 'not_managed';
+    ELSE
+      BEGIN
+        PERFORM pg_catalog.pg_terminate_backend(a.pid, {terminate_wait_ms})
+           FROM {BACKENDS_OF_R};
+        IF rowner IS NOT NULL THEN
+          IF EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend s
+                      WHERE {OF_R} AND s.dbid IN (0, {THIS_DB})) THEN
+            EXECUTE pg_catalog.format('GRANT %I TO CURRENT_USER', rname);
+            EXECUTE pg_catalog.format('REASSIGN OWNED BY %I TO %I', rname, rowner);
+            EXECUTE pg_catalog.format('DROP OWNED BY %I', rname);
+          END IF;
+        ELSE
+          SELECT pg_catalog.string_agg(DISTINCT COALESCE(d.datname::pg_catalog.text, '(shared)'), ', ') INTO owned
+            FROM pg_catalog.pg_shdepend s
+            LEFT JOIN pg_catalog.pg_database d ON d.oid = s.dbid
+           WHERE {OF_R} AND s.deptype = 'o';
+          IF owned IS NOT NULL THEN
+            outcome := 'retained:owns objects in ' || owned;
+          ELSIF EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend s
+                         WHERE {OF_R} AND s.dbid IN (0, {THIS_DB})) THEN
+            EXECUTE pg_catalog.format('GRANT %I TO CURRENT_USER', rname);
+            EXECUTE pg_catalog.format('DROP OWNED BY %I', rname);
+          END IF;
+        END IF;
+        {finish}
+      EXCEPTION WHEN OTHERS THEN
+        outcome := 'error:' || SQLSTATE || ':' || SQLERRM;
+      END;
+    END IF;
+    PERFORM pg_catalog.set_config('rolemint.outcome_' || (i - 1), outcome, true);
+  END LOOP;
 END
 $rolemint$;
 ",
+        names = text_array(targets.iter().map(|t| Some(t.role.as_str()))),
+        owners = text_array(targets.iter().map(|t| t.owner.as_deref())),
         minted = minted_role("r"),
     )
 }
 
 /// The batch revoking `targets` in one database (default revocation only):
-/// NOLOGIN for all, committed; then one block per role and the row of
+/// NOLOGIN for all, committed; then the per-role loop and the row of
 /// outcomes, in a second transaction.
 pub fn batch(targets: &[Target], terminate_wait_ms: u64, drop_role: bool) -> String {
     let roles: Vec<&str> = targets.iter().map(|t| t.role.as_str()).collect();
     let mut sql = nologin_all(&roles);
-    sql.push_str("BEGIN;\n");
-    for (i, target) in targets.iter().enumerate() {
-        sql.push_str(&role_block(i, target, terminate_wait_ms, drop_role));
-    }
+    sql.push_str("BEGIN;\nSET LOCAL plan_cache_mode = force_generic_plan;\n");
+    sql.push_str(&roles_loop(targets, terminate_wait_ms, drop_role));
     sql.push_str(&outcomes_query(targets.len()));
     sql.push_str(";\nCOMMIT");
     sql
@@ -226,7 +261,7 @@ END
 $rolemint$;
 COMMIT;
 SELECT pg_catalog.pg_terminate_backend(a.pid, {terminate_wait_ms})
-  FROM pg_catalog.pg_stat_activity a
+  FROM pg_catalog.pg_stat_get_activity(NULL) a
  WHERE a.usesysid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = {lit});
 ",
         minted = minted_role("r"),
@@ -485,33 +520,57 @@ mod tests {
             5000,
             true,
         );
-        let nologin = sql.find("ALTER ROLE \"v-a-1\" NOLOGIN").unwrap();
+        // The names and owners as escaped array elements, in order.
+        assert!(
+            sql.contains("ARRAY['v-a-1', 'v-b-2']::pg_catalog.text[]"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("ARRAY['app_owner', NULL]::pg_catalog.text[]"),
+            "{sql}"
+        );
+        // NOLOGIN for all, committed, before anything else.
+        let nologin = sql.find("'ALTER ROLE %I NOLOGIN', rname").unwrap();
         let commit = sql.find("COMMIT;").unwrap();
         let terminate = sql.find("pg_terminate_backend(a.pid, 5000)").unwrap();
         let reassign = sql
-            .find("REASSIGN OWNED BY \"v-a-1\" TO \"app_owner\"")
+            .find("'REASSIGN OWNED BY %I TO %I', rname, rowner")
             .unwrap();
-        let drop_owned = sql.find("DROP OWNED BY \"v-a-1\"").unwrap();
-        let drop = sql.find("DROP ROLE \"v-a-1\"").unwrap();
+        let drop_owned = sql.find("'DROP OWNED BY %I', rname").unwrap();
+        let drop = sql.find("'DROP ROLE %I', rname").unwrap();
         assert!(nologin < commit && commit < terminate);
         assert!(terminate < reassign && reassign < drop_owned && drop_owned < drop);
-        // The role without an owner is retained when it owns anything, and
-        // never reassigned.
-        let b = &sql[sql.find("rolname = 'v-b-2';").unwrap()..];
-        assert!(!b.contains("REASSIGN"));
-        let retained = b.find("retained:owns objects").unwrap();
-        assert!(retained < b.find("DROP OWNED BY \"v-b-2\"").unwrap());
-        assert!(sql.contains("set_config('rolemint.outcome_0'"));
-        assert!(sql.contains("set_config('rolemint.outcome_1'"));
+        // Without an owner: retained when it owns anything, never
+        // reassigned, and DROP OWNED only after that check.
+        let no_owner = &sql[sql
+            .find("ELSE\n          SELECT pg_catalog.string_agg")
+            .unwrap()..];
+        let retained = no_owner.find("retained:owns objects").unwrap();
+        assert!(!no_owner[..retained].contains("REASSIGN"));
+        assert!(retained < no_owner.find("'DROP OWNED BY %I', rname").unwrap());
+        assert!(sql.contains("set_config('rolemint.outcome_' || (i - 1), outcome, true)"));
         assert!(sql.ends_with(
             "SELECT pg_catalog.current_setting('rolemint.outcome_0', true), pg_catalog.current_setting('rolemint.outcome_1', true);\nCOMMIT"
         ));
-        // Every table rolemint reads is schema-qualified.
-        for word in ["pg_shdepend", "pg_roles", "pg_database", "pg_stat_activity"] {
+        // Every table and function rolemint reads is schema-qualified.
+        for word in [
+            "pg_shdepend",
+            "pg_roles",
+            "pg_database",
+            "pg_stat_get_activity",
+            "format(",
+        ] {
             assert!(!sql.contains(&format!(" {word}")), "unqualified {word}");
         }
         let elsewhere = batch(&[target("v-a-1", None)], 10, false);
         assert!(!elsewhere.contains("DROP ROLE"));
+    }
+
+    /// A name that would break out of a literal stays inside its element.
+    #[test]
+    fn names_are_escaped_literals() {
+        let sql = batch(&[target("v-x'); DROP TABLE t; --", None)], 10, true);
+        assert!(sql.contains("ARRAY['v-x''); DROP TABLE t; --']"), "{sql}");
     }
 
     #[test]
