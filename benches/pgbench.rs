@@ -20,6 +20,7 @@
 //! | `ROLEMINT_BENCH_JSON` | `target/bench/pgbench.json` | where the results go as JSON |
 //! | `ROLEMINT_BENCH_WORKLOADS` | all | comma-separated workloads to run (`select-only,tpc-b,churn,latency`) |
 //! | `ROLEMINT_BENCH_TARGETS` | all | comma-separated targets to run (`direct,pgbouncer,rolemint+kernel`, ...) |
+//! | `ROLEMINT_BENCH_PROXY_LOG` | `warn` | the proxies' `ROLEMINT_LOG`; when set, their logs are kept in `target/bench/` |
 //!
 //! The two filters are for profiling one row (`perf record` beside it);
 //! a filtered run prints `n/a` for the ratios it has no baseline for.
@@ -144,9 +145,6 @@ impl Settings {
                 .filter(|s| !s.is_empty())
                 .collect()
         }
-        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
         Ok(Settings {
             seconds: number("ROLEMINT_BENCH_SECONDS", 10)?.max(1),
             runs: number("ROLEMINT_BENCH_RUNS", 3)?.max(1) as usize,
@@ -155,7 +153,7 @@ impl Settings {
             churn: number("ROLEMINT_BENCH_CHURN", 10_000)? as usize,
             json: std::env::var_os("ROLEMINT_BENCH_JSON")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| target_dir.join("bench").join("pgbench.json")),
+                .unwrap_or_else(|| bench_dir().join("pgbench.json")),
             workloads: list("ROLEMINT_BENCH_WORKLOADS"),
             targets: list("ROLEMINT_BENCH_TARGETS"),
         })
@@ -706,6 +704,14 @@ async fn reset_tables(su: &tokio_postgres::Client) -> anyhow::Result<()> {
             .with_context(|| sql.to_owned())?;
     }
     Ok(())
+}
+
+/// `target/bench` (under `CARGO_TARGET_DIR` when set): what a run leaves.
+fn bench_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join("bench")
 }
 
 fn write_json(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {

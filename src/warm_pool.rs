@@ -55,11 +55,13 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Wake, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postgres_protocol::escape::{escape_identifier, escape_literal};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -305,7 +307,7 @@ pub async fn claim(
     mut entry: Entry,
     c: &Claim<'_>,
 ) -> Result<Claimed, ClaimError> {
-    if is_dead(&mut entry.login.stream).await {
+    if is_dead(&mut entry.login.stream) {
         return Err(ClaimError::Dead);
     }
     let now = SystemTime::now()
@@ -347,14 +349,20 @@ pub async fn claim(
 
 /// Whether an idle pooled backend has said anything or closed: it never
 /// should (a FATAL from `pg_terminate_backend`, a server shutting down, an
-/// EOF), so either means it is done. Never waits.
-async fn is_dead(stream: &mut BackendStream) -> bool {
+/// EOF), so either means it is done. One poll of a one-byte read, with a
+/// waker that does nothing: it never waits and needs no task of its own.
+/// A live backend's read is pending; whatever else comes back (a byte, EOF,
+/// an error) ends the entry.
+fn is_dead(stream: &mut BackendStream) -> bool {
+    struct Ignore;
+    impl Wake for Ignore {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = Waker::from(Arc::new(Ignore));
+    let mut cx = Context::from_waker(&waker);
     let mut byte = [0u8; 1];
-    // A timeout of zero polls the read once before its deadline.
-    // Pending (an error of the timeout) is the one answer of a live one.
-    tokio::time::timeout(Duration::ZERO, stream.read(&mut byte))
-        .await
-        .is_ok()
+    let mut buf = ReadBuf::new(&mut byte);
+    !Pin::new(stream).poll_read(&mut cx, &mut buf).is_pending()
 }
 
 /// How a fill ended: the entry, or what to tell the revoker.
@@ -411,7 +419,7 @@ impl Filler<'_> {
                 break;
             }
             let wants = (self.wants)();
-            self.retire(&wants).await;
+            self.retire(&wants);
             self.publish(&wants, &mut published);
             let now = Instant::now();
             for want in &wants {
@@ -545,7 +553,12 @@ impl Filler<'_> {
 
     /// Takes out of the pool every entry that must go (too old, its
     /// template gone, shrunk or changed, its backend dead) and revokes it.
-    async fn retire(&self, wants: &[Want]) {
+    ///
+    /// All of it under the pool's lock and without an await: the entries
+    /// never leave the pool while they are looked at, so a claim meanwhile
+    /// finds them (probing outside the lock emptied the pool for a moment
+    /// after every claim, and under churn most connections then missed).
+    fn retire(&self, wants: &[Want]) {
         let now = Instant::now();
         let mut out: Vec<(Entry, &'static str)> = Vec::new();
         {
@@ -560,7 +573,14 @@ impl Filler<'_> {
                             out.push((entry, "template changed"))
                         }
                         Some(_) if entry.retire_at <= now => out.push((entry, "lifetime over")),
-                        Some(_) => kept.push_back(entry),
+                        Some(_) => {
+                            let mut entry = entry;
+                            if is_dead(&mut entry.login.stream) {
+                                out.push((entry, "backend gone"));
+                            } else {
+                                kept.push_back(entry);
+                            }
+                        }
                     }
                 }
                 // Over the size (a reload shrank it): the oldest go.
@@ -573,29 +593,6 @@ impl Filler<'_> {
                 *queue = kept;
             }
             state.ready.retain(|_, q| !q.is_empty());
-        }
-        // Probe the rest outside the lock, one entry at a time: each probe
-        // is one poll and never waits.
-        let keys: Vec<Key> = self.pool.lock().ready.keys().cloned().collect();
-        for key in keys {
-            let taken = self.pool.lock().ready.remove(&key).unwrap_or_default();
-            let mut alive = VecDeque::with_capacity(taken.len());
-            for mut entry in taken {
-                if is_dead(&mut entry.login.stream).await {
-                    out.push((entry, "backend gone"));
-                } else {
-                    alive.push_back(entry);
-                }
-            }
-            if !alive.is_empty() {
-                let mut state = self.pool.lock();
-                let queue = state.ready.entry(key).or_default();
-                // Claims may have taken entries meanwhile, never added:
-                // the probed ones are still the oldest.
-                for entry in alive.into_iter().rev() {
-                    queue.push_front(entry);
-                }
-            }
         }
         for (entry, why) in out {
             self.retire_entry(entry, why);

@@ -219,3 +219,30 @@ async fn after_a_sigkill_the_next_proxy_reaps_the_pooled_roles() {
         b.log()
     );
 }
+
+/// Sessions one right after the other, as a client's reconnect loop opens
+/// them: each is served from the pool while the pool has roles, however
+/// busy the filler is replacing the ones just claimed (a filler that took
+/// the pool's entries out to look at them made most of these mint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_sessions_are_all_served_from_a_full_pool() {
+    let h = Harness::with(Options {
+        extra_toml: WARM.replace("warm_pool = 2", "warm_pool = 4"),
+        ..Options::default()
+    })
+    .await;
+    let ready = wait_ready(&h, 4).await;
+    for i in 0..4 {
+        let client = h.session("warm", "erin").await;
+        let user: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .expect("query")
+            .get(0);
+        assert!(
+            ready.contains(&user),
+            "session {i} ran as {user}, not one of the pooled {ready:?}"
+        );
+        drop(client);
+    }
+}

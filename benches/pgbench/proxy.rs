@@ -44,7 +44,7 @@ impl Proxy {
             .arg("serve")
             .arg("--config")
             .arg(&config)
-            .env("ROLEMINT_LOG", "warn")
+            .env("ROLEMINT_LOG", log_filter())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -97,8 +97,21 @@ impl Proxy {
         std::fs::read_to_string(self.dir.path().join("rolemint.log")).unwrap_or_default()
     }
 
-    /// SIGTERM (drain, revoke every lease), then a bounded wait.
+    /// SIGTERM (drain, revoke every lease), then a bounded wait. With
+    /// `ROLEMINT_BENCH_PROXY_LOG` set the log is kept, as
+    /// `target/bench/rolemint-PORT.log`.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        let stopped = self.stop_inner().await;
+        if std::env::var_os("ROLEMINT_BENCH_PROXY_LOG").is_some() {
+            let kept = super::bench_dir().join(format!("rolemint-{}.log", self.port));
+            std::fs::create_dir_all(super::bench_dir())?;
+            std::fs::copy(self.dir.path().join("rolemint.log"), &kept)?;
+            eprintln!("proxy log kept: {}", kept.display());
+        }
+        stopped
+    }
+
+    async fn stop_inner(&mut self) -> anyhow::Result<()> {
         let pid = nix::unistd::Pid::from_raw(self.pid as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
@@ -119,6 +132,12 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The proxy's `ROLEMINT_LOG`: `warn`, or `ROLEMINT_BENCH_PROXY_LOG` (to
+/// read what a profiled row did, e.g. `rolemint=debug`).
+fn log_filter() -> String {
+    std::env::var("ROLEMINT_BENCH_PROXY_LOG").unwrap_or_else(|_| "warn".to_owned())
 }
 
 /// A plaintext tokio-postgres connection to `port`; the client is usable

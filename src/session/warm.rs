@@ -33,10 +33,12 @@ pub(super) async fn claim(
         return None;
     }
     if !crate::warm_pool::can_claim(&startup.forward) {
+        tracing::debug!(template, "warm pool not used: the client sent options");
         crate::metrics::warm_pool_claim(template, "fallback");
         return None;
     }
     let Some(entry) = shared.warm.take(template, database) else {
+        tracing::debug!(template, database, "warm pool empty: minting");
         crate::metrics::warm_pool_claim(template, "miss");
         return None;
     };
