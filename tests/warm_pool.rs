@@ -246,3 +246,67 @@ async fn back_to_back_sessions_are_all_served_from_a_full_pool() {
         drop(client);
     }
 }
+
+/// The claim's guard (plain SQL, no PL/pgSQL on the connect path) binds a
+/// managed role and refuses any other, leaving it as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_binds_a_managed_role_and_refuses_a_foreign_one() {
+    let h = Harness::start().await;
+    let su = h.superuser().await;
+    su.batch_execute(
+        "CREATE ROLE \"v-claim-ours\" NOLOGIN; GRANT rolemint_managed TO \"v-claim-ours\"; \
+         CREATE ROLE \"v-claim-foreign\" NOLOGIN;",
+    )
+    .await
+    .unwrap();
+    let comment = |role: &str| rolemint::mint::LeaseComment {
+        lease_id: format!("database/sessions/warm/{role}"),
+        identity: "erin".into(),
+        template: "warm".into(),
+        database: "appdb".into(),
+        expires_at: "2030-01-01T00:00:00Z".into(),
+        instance: "test".into(),
+        issued_at: "2029-12-31T23:00:00Z".into(),
+        kind: "session".into(),
+    };
+    let until = std::time::UNIX_EPOCH + Duration::from_secs(1_893_456_000);
+    let minter = &h.shared.minter;
+    minter
+        .claim_warm("v-claim-ours", "appdb", until, &comment("v-claim-ours"))
+        .await
+        .expect("a managed role is bound");
+    let refused = minter
+        .claim_warm(
+            "v-claim-foreign",
+            "appdb",
+            until,
+            &comment("v-claim-foreign"),
+        )
+        .await
+        .expect_err("a foreign role is refused");
+    assert!(refused.to_string().contains("not managed"), "{refused}");
+    let gone = minter
+        .claim_warm("v-claim-gone", "appdb", until, &comment("v-claim-gone"))
+        .await;
+    assert!(gone.is_err(), "a role that is gone cannot be bound");
+    let rows = su
+        .query(
+            "SELECT rolname::text, rolcanlogin, rolvaliduntil IS NOT NULL, \
+             shobj_description(oid, 'pg_authid') IS NOT NULL \
+             FROM pg_roles WHERE rolname LIKE 'v-claim-%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, bool, bool, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("v-claim-foreign".into(), false, false, false),
+            ("v-claim-ours".into(), true, true, true),
+        ]
+    );
+}

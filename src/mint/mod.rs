@@ -484,7 +484,8 @@ impl Minter {
 
     /// Binds a pooled role to the session that claimed it, in one round
     /// trip: `LOGIN` (it has no password), `VALID UNTIL` `expires_at`, the
-    /// session's lease comment. Refuses a role that is not managed.
+    /// session's lease comment. Refuses a role that is not managed (an
+    /// SQL error: the claim falls back to a mint).
     pub async fn claim_warm(
         &self,
         role: &str,
@@ -496,17 +497,9 @@ impl Minter {
             return Err(MintError::InvalidRoleName(role.to_owned()));
         }
         let mut conn = self.pool.get(database).await?;
-        match conn
-            .batch(&sql::claim_warm(role, &rfc3339(expires_at), comment))
+        conn.batch(&sql::claim_warm(role, &rfc3339(expires_at), comment))
             .await
-        {
-            Err(e) if e.sqlstate() == Some(sql::NOT_MANAGED_SQLSTATE) => {
-                Err(MintError::NotManaged {
-                    role: role.to_owned(),
-                })
-            }
-            other => other.map(drop),
-        }
+            .map(drop)
     }
 
     /// Ends one session's backend (`pg_terminate_backend`), if `pid` is
