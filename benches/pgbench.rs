@@ -58,7 +58,9 @@
 //!
 //! Latency percentiles are exact, from pgbench's per-transaction log (`-l`);
 //! connect latency is a tokio-postgres loop, one connection at a time, TCP
-//! connect to the first ReadyForQuery (plaintext targets). Memory is VmRSS of
+//! connect to the first ReadyForQuery; TLS targets over rustls twice, with
+//! full handshakes (as libpq makes them) and with the client resuming its
+//! session (PostgreSQL turns resumption off; rolemint issues tickets). Memory is VmRSS of
 //! the proxy process, before and after `ROLEMINT_BENCH_IDLE` idle sessions,
 //! then sampled every tenth of `ROLEMINT_BENCH_CHURN` sessions that connect,
 //! run `SELECT 1` and close, 8 at a time.
@@ -476,19 +478,45 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
 
     let mut connects = Vec::new();
     if settings.connects > 0 {
-        for target in targets.iter().filter(|t| !t.tls()) {
-            eprintln!("connect latency against {} ...", target.name);
-            let user = target.user(Workload::SelectOnly);
-            let mut samples =
-                proxy::connect_latencies(target.port, user, secret_of(target), settings.connects)
-                    .await
-                    .with_context(|| format!("connect latency against {}", target.name))?;
-            connects.push(Connects {
-                target: target.name,
-                count: samples.len(),
-                p50_us: runner::percentile(&mut samples, 0.50).unwrap_or(0.0),
-                p99_us: runner::percentile(&mut samples, 0.99).unwrap_or(0.0),
-            });
+        for target in &targets {
+            // TLS targets twice: full handshakes (as libpq makes them) and
+            // with the client resuming its session. PostgreSQL turns
+            // resumption off, so only rolemint's row can differ.
+            let ca = match target.kind {
+                Kind::Direct => cluster_tls.cert.clone(),
+                _ => proxy.cert(),
+            };
+            let modes: &[(Option<bool>, &str)] = if target.tls() {
+                &[
+                    (Some(false), " (full handshakes)"),
+                    (Some(true), " (resumed)"),
+                ]
+            } else {
+                &[(None, "")]
+            };
+            for (resume, how) in modes {
+                let tls = resume
+                    .map(|resume| proxy::tls_client(&ca, resume))
+                    .transpose()?;
+                let name = format!("{}{how}", target.name);
+                eprintln!("connect latency against {name} ...");
+                let user = target.user(Workload::SelectOnly);
+                let mut samples = proxy::connect_latencies(
+                    target.port,
+                    user,
+                    secret_of(target),
+                    settings.connects,
+                    tls.as_ref(),
+                )
+                .await
+                .with_context(|| format!("connect latency against {name}"))?;
+                connects.push(Connects {
+                    target: name,
+                    count: samples.len(),
+                    p50_us: runner::percentile(&mut samples, 0.50).unwrap_or(0.0),
+                    p99_us: runner::percentile(&mut samples, 0.99).unwrap_or(0.0),
+                });
+            }
         }
     }
     if let Some(b) = bouncer {

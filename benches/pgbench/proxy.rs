@@ -92,6 +92,11 @@ impl Proxy {
             .ok_or_else(|| anyhow!("no VmRSS in /proc/{}/status", self.pid))
     }
 
+    /// The proxy's self-signed certificate (PEM), for a client to trust.
+    pub fn cert(&self) -> std::path::PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
     /// What the proxy logged so far (warnings and errors).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("rolemint.log")).unwrap_or_default()
@@ -140,21 +145,55 @@ fn log_filter() -> String {
     std::env::var("ROLEMINT_BENCH_PROXY_LOG").unwrap_or_else(|_| "warn".to_owned())
 }
 
-/// A plaintext tokio-postgres connection to `port`; the client is usable
-/// (and the first ReadyForQuery received) when this returns.
+/// A tokio-postgres connection to `port`, plaintext or (with `tls`)
+/// `sslmode=require` over rustls; the client is usable (and the first
+/// ReadyForQuery received) when this returns.
 pub async fn connect(
     port: u16,
     user: &str,
     secret: &Secret,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<tokio_postgres::Client> {
+    let sslmode = if tls.is_some() { "require" } else { "disable" };
     let conn = format!(
-        "host=127.0.0.1 port={port} user={user} dbname={DATABASE} sslmode=disable connect_timeout=10"
+        "host=127.0.0.1 port={port} user={user} dbname={DATABASE} sslmode={sslmode} connect_timeout=10"
     );
     let mut config: tokio_postgres::Config = conn.parse()?;
     config.password(secret.expose());
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let client = match tls {
+        None => {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            client
+        }
+        Some(tls) => {
+            let make = rolemint::mint::MakeRustlsConnect::new(Arc::clone(tls));
+            let (client, connection) = config.connect(make).await?;
+            tokio::spawn(connection);
+            client
+        }
+    };
     Ok(client)
+}
+
+/// A rustls client trusting the PEM certificate `ca` (the targets' own
+/// self-signed ones). With `resume` it keeps sessions and offers them on
+/// the next connection, as rustls, Go and JDBC clients do; without, every
+/// handshake is a full one, as libpq's are.
+pub fn tls_client(ca: &std::path::Path, resume: bool) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(Arc::new(config))
 }
 
 /// Connect latency, one connection at a time: from the TCP connect to the
@@ -165,11 +204,12 @@ pub async fn connect_latencies(
     user: &str,
     secret: &Secret,
     count: usize,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<Vec<u32>> {
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
         let started = Instant::now();
-        let client = connect(port, user, secret).await?;
+        let client = connect(port, user, secret, tls).await?;
         samples.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
         drop(client);
     }
@@ -204,7 +244,7 @@ pub async fn idle_memory(
         let (port, user, token) = (proxy.port, user.to_owned(), token.clone());
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            connect(port, &user, &token).await
+            connect(port, &user, &token, None).await
         });
     }
     let mut clients = Vec::with_capacity(count);
@@ -260,7 +300,7 @@ pub async fn churn_memory(
             let (port, user, token) = (proxy.port, user.to_owned(), token.clone());
             tasks.spawn(async move {
                 for _ in 0..n {
-                    let client = connect(port, &user, &token).await?;
+                    let client = connect(port, &user, &token, None).await?;
                     client.simple_query("SELECT 1").await?;
                 }
                 anyhow::Ok(())

@@ -66,7 +66,8 @@ impl Series {
 
 /// Connect latency through one target, µs.
 pub struct Connects {
-    pub target: &'static str,
+    /// The target, and for TLS how the handshakes went.
+    pub target: String,
     pub count: usize,
     pub p50_us: f64,
     pub p99_us: f64,
@@ -203,7 +204,7 @@ impl Report<'_> {
         println!("connect latency (TCP connect to first ReadyForQuery, one at a time):");
         for c in self.connects {
             println!(
-                "  {:<12} p50 {:>8.3} ms   p99 {:>8.3} ms   ({} connections)",
+                "  {:<30} p50 {:>8.3} ms   p99 {:>8.3} ms   ({} connections)",
                 c.target,
                 c.p50_us / 1000.0,
                 c.p99_us / 1000.0,

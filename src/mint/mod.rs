@@ -54,6 +54,7 @@ mod template;
 
 pub use catalog::{CatalogFilter, CatalogLease, MAX_CATALOG_LEASES};
 pub use names::{is_valid_role_name, sanitize as sanitize_name_part, NameTemplate, MAX_NAME_BYTES};
+pub use pg_tls::MakeRustlsConnect;
 pub use reap_sql::{ManagedRole, Sweep, MAX_ROLES_PER_SWEEP, SWEEP_LOCK_KEY};
 pub use revoke::{Outcome, Target};
 pub use sql::{LeaseComment, DIRECT_MARKER_ROLE, MARKER_ROLE};
