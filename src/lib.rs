@@ -52,7 +52,9 @@
 //! - [`lease`]: the registry of live leases: deadlines, lookup, renew; a
 //!   deadline re-reads the expiry from the catalog before it ends a lease.
 //! - [`revoke`]: the revocation service: every role handed to it is
-//!   dropped (or retained, and said so), retried until it is.
+//!   dropped (or retained, and said so), retried until it is; the roles of
+//!   one database share a round trip (a role whose session simply ended
+//!   waits up to 20 ms for company).
 //! - [`rotate`]: root rotation: a new random admin password, set as a
 //!   SCRAM verifier and written atomically to `backend.admin_password_file`.
 //! - [`reaper`]: the sweep of `rolemint_managed` (startup and periodic) that
