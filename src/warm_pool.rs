@@ -566,7 +566,7 @@ impl Filler<'_> {
             for (key, queue) in state.ready.iter_mut() {
                 let want = wants.iter().find(|w| &w.key == key);
                 let mut kept = VecDeque::with_capacity(queue.len());
-                for entry in queue.drain(..) {
+                for mut entry in queue.drain(..) {
                     match want {
                         None => out.push((entry, "template no longer pooled")),
                         Some(w) if w.fingerprint != entry.fingerprint => {
@@ -574,7 +574,6 @@ impl Filler<'_> {
                         }
                         Some(_) if entry.retire_at <= now => out.push((entry, "lifetime over")),
                         Some(_) => {
-                            let mut entry = entry;
                             if is_dead(&mut entry.login.stream) {
                                 out.push((entry, "backend gone"));
                             } else {
