@@ -1,4 +1,4 @@
-//! Medians over the runs, the table, the issue's five targets checked
+//! Medians over the runs, the table, the five performance targets checked
 //! against the numbers, and the same as JSON.
 
 use serde_json::{json, Value};
@@ -7,7 +7,7 @@ use super::proxy::{ChurnMemory, IdleMemory};
 use super::runner::Figures;
 use super::{Kind, Workload};
 
-/// The targets, as the issue states them.
+/// The performance targets (select-only, TPC-B, churn, latency, memory).
 const SELECT_VS_DIRECT: f64 = 0.80;
 const SELECT_VS_PGBOUNCER: f64 = 1.30;
 const TPCB_VS_DIRECT: f64 = 0.97;
