@@ -60,10 +60,11 @@
 //! connect latency is a tokio-postgres loop, one connection at a time, TCP
 //! connect to the first ReadyForQuery; TLS targets over rustls twice, with
 //! full handshakes (as libpq makes them) and with the client resuming its
-//! session (PostgreSQL turns resumption off; rolemint issues tickets). Memory is VmRSS of
-//! the proxy process, before and after `ROLEMINT_BENCH_IDLE` idle sessions,
-//! then sampled every tenth of `ROLEMINT_BENCH_CHURN` sessions that connect,
-//! run `SELECT 1` and close, 8 at a time.
+//! session (PostgreSQL turns resumption off; rolemint issues tickets).
+//! Memory is VmRSS of the proxy process, before and after
+//! `ROLEMINT_BENCH_IDLE` idle sessions, then sampled every tenth of
+//! `ROLEMINT_BENCH_CHURN` sessions that connect, run `SELECT 1` and close, 8
+//! at a time.
 //!
 //! # Reading the table
 //!
@@ -76,7 +77,7 @@
 //! 4096-iteration SCRAM derivation in libpq per login where a rolemint client
 //! sends its token and rolemint logs in with `mint.scram_iterations`.
 //!
-//! The five targets of the performance issue are then checked against these
+//! The five performance targets are then checked against these
 //! numbers and printed as met / NOT met. They are not assertions: a loaded or
 //! small machine compresses the differences. The bench fails (exit 1) only
 //! when a run failed, a transaction failed, or a minted role was left behind.
