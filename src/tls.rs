@@ -108,6 +108,21 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
+/// The certificates of the PEM file `ca`, as roots to trust.
+pub fn root_store(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let pem = |e: &dyn std::fmt::Display| TlsError::Pem {
+        path: ca.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| pem(&e))? {
+        roots
+            .add(cert.map_err(|e| pem(&e))?)
+            .map_err(|e| TlsError::Config(format!("bad CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
 /// rustls client config for connections to the backend (admin pool and
 /// minted-role sessions), per `[backend] tls` / `tls_ca_file`. `None` when
 /// the backend is reached in plaintext.
@@ -127,21 +142,8 @@ pub fn backend_client_config(
                     "backend tls = \"verify-full\" needs tls_ca_file".into(),
                 ));
             };
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| TlsError::Pem {
-                path: ca.display().to_string(),
-                message: e.to_string(),
-            })? {
-                let cert = cert.map_err(|e| TlsError::Pem {
-                    path: ca.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                roots
-                    .add(cert)
-                    .map_err(|e| TlsError::Config(format!("bad CA certificate: {e}")))?;
-            }
             rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
+                .with_root_certificates(root_store(ca)?)
                 .with_no_client_auth()
         }
     };

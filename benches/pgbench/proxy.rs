@@ -181,14 +181,8 @@ pub async fn connect(
 /// the next connection, as rustls, Go and JDBC clients do; without, every
 /// handshake is a full one, as libpq's are.
 pub fn tls_client(ca: &std::path::Path, resume: bool) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca)? {
-        roots.add(cert?)?;
-    }
     let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
+        .with_root_certificates(rolemint::tls::root_store(ca)?)
         .with_no_client_auth();
     if !resume {
         config.resumption = rustls::client::Resumption::disabled();
