@@ -138,10 +138,12 @@ pub fn message_with_body(tag: u8, body: &[u8], buf: &mut BytesMut) {
 }
 
 /// NegotiateProtocolVersion (B): rolemint speaks 3.0 and none of the
-/// `_pq_.` protocol options the client asked for.
+/// `_pq_.` protocol options the client asked for. The first field is the
+/// whole version number (major << 16 | minor), as PostgreSQL sends its
+/// `FrontendProtocol`; libpq 18 refuses anything below 3.0 as a downgrade.
 pub fn negotiate_protocol_version(unrecognized: &[String], buf: &mut BytesMut) {
     message(b'v', buf, |b| {
-        b.put_i32(0);
+        b.put_u32(PROTOCOL_3_0);
         b.put_i32(unrecognized.len() as i32);
         for option in unrecognized {
             b.extend_from_slice(option.as_bytes());
@@ -341,7 +343,7 @@ mod tests {
         assert_eq!(minor, 2);
         let mut buf = BytesMut::new();
         negotiate_protocol_version(&["_pq_.x".into()], &mut buf);
-        assert_eq!(&buf[..], b"v\0\0\0\x13\0\0\0\0\0\0\0\x01_pq_.x\0");
+        assert_eq!(&buf[..], b"v\0\0\0\x13\0\x03\0\0\0\0\0\x01_pq_.x\0");
     }
 
     #[test]
