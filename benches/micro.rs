@@ -22,9 +22,9 @@ use base64::Engine as _;
 use bytes::{BufMut, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use rolemint::auth::identity::Verifier;
 use rolemint::config::AuthConfig;
-use rolemint::identity::Verifier;
-use rolemint::session::{relay, wire};
+use rolemint::proxy::session::{relay, wire};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn startup(c: &mut Criterion) {
@@ -63,7 +63,7 @@ hs256_secret = "bench-secret-0123456789abcdef0123456789"
     .expect("auth config");
     let verifier = Verifier::from_config(&auth).expect("verifier");
     let groups = vec!["team-a".to_owned(), "team-b".to_owned()];
-    let token = rolemint::identity::issue(&auth, "alice", &groups, Duration::from_secs(3600))
+    let token = rolemint::auth::identity::issue(&auth, "alice", &groups, Duration::from_secs(3600))
         .expect("token");
     // A new verifier per iteration: its cache is empty, so this is the
     // full check of a token seen for the first time.

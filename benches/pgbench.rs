@@ -26,7 +26,7 @@
 //! a filtered run prints `n/a` for the ratios it has no baseline for.
 //!
 //! It needs what the integration tests need: PostgreSQL's `initdb`,
-//! `postgres` and `pgbench` (see `rolemint::pgcluster::find_binaries`).
+//! `postgres` and `pgbench` (see `rolemint::cli::dev::cluster::find_binaries`).
 //! PgBouncer is optional: when a `pgbouncer` binary is on `PATH` or in
 //! `/usr/sbin` it is measured too, otherwise its rows are skipped with a note
 //! (`apt-get install pgbouncer`; `.ci/run` installs it).
@@ -88,7 +88,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use common::{Harness, Options};
-use rolemint::pgcluster::{self, ClusterOptions};
+use rolemint::cli::dev::cluster::{self, ClusterOptions};
 use rolemint::secret::Secret;
 
 // The integration tests' harness: cluster, demo schema.
@@ -107,7 +107,7 @@ use pgbouncer::PgBouncer;
 use proxy::Proxy;
 use report::{Connects, Report, Series};
 
-const DATABASE: &str = pgcluster::DEMO_DATABASE;
+const DATABASE: &str = cluster::DEMO_DATABASE;
 /// The static role of the `direct` and `pgbouncer` targets.
 const BENCH_ROLE: &str = "bench_direct";
 /// pgbench's scale factor: at least the client count of the TPC-B row.
@@ -332,11 +332,12 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
     // One branch per client (pgbench's own advice): at scale 1 all eight
     // TPC-B clients queue on one branch row, and the row would measure
     // that lock (and how long each round trip holds it), not throughput.
-    pgcluster::init_pgbench_tables(&h.cluster, TPCB_SCALE).context("pgbench -i")?;
+    cluster::init_pgbench_tables(&h.cluster, TPCB_SCALE).context("pgbench -i")?;
 
     let total = settings.seconds * (settings.runs as u64) * 20 + 3600;
-    let token = rolemint::identity::issue(&h.config.auth, "bench", &[], Duration::from_secs(total))
-        .context("issuing a token")?;
+    let token =
+        rolemint::auth::identity::issue(&h.config.auth, "bench", &[], Duration::from_secs(total))
+            .context("issuing a token")?;
     // The pool is the proxy's only: the harness's in-process server
     // (which the bench does not use) must not hold pooled backends too.
     let proxy_options = Options {
@@ -702,7 +703,7 @@ impl ClusterTls {
         let dir = tempfile::Builder::new()
             .prefix("rolemint-bench-pgtls-")
             .tempdir()?;
-        let (cert, key) = rolemint::dev::write_self_signed_cert(dir.path())?;
+        let (cert, key) = rolemint::cli::dev::write_self_signed_cert(dir.path())?;
         if nix::unistd::Uid::effective().is_root() {
             let user = nix::unistd::User::from_name("postgres")?
                 .ok_or_else(|| anyhow!("running as root and there is no postgres user"))?;

@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use rolemint::auth::identity::Identity;
+use rolemint::cli::dev::cluster::{self, ClusterOptions, TempCluster};
 use rolemint::config::Config;
-use rolemint::identity::Identity;
-use rolemint::lease::{new_lease_id, LeaseKind};
-use rolemint::mint::{MintRequest, Minter};
-use rolemint::pgcluster::{self, ClusterOptions, TempCluster};
+use rolemint::lease::registry::{new_lease_id, LeaseKind};
+use rolemint::pg::{MintRequest, Minter};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
 
     let (cluster, demo) = tokio::task::spawn_blocking(|| -> anyhow::Result<_> {
         let cluster = TempCluster::start(ClusterOptions::default())?;
-        let demo = pgcluster::provision_demo(&cluster)?;
+        let demo = cluster::provision_demo(&cluster)?;
         Ok((cluster, demo))
     })
     .await??;
@@ -64,7 +64,7 @@ hs256_secret = "measurement-only-secret-0123456789abcdef"
         port = cluster.port(),
         admin = demo.admin_user,
         password = demo.admin_password.expose(),
-        templates = pgcluster::demo_templates_toml(),
+        templates = cluster::demo_templates_toml(),
     );
     let config = Config::parse(&toml)?;
     config.validate()?;

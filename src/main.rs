@@ -9,8 +9,6 @@ use rolemint::cli::{Cli, Command};
 use rolemint::config::{Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 
-mod token;
-
 fn main() -> ExitCode {
     // Before anything builds a rustls config.
     rolemint::tls::install_crypto_provider();
@@ -38,20 +36,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config: path } => {
             let config = Config::load(&path)?;
-            rolemint::logging::init(config.log.format);
+            rolemint::observe::logging::init(config.log.format);
             // Before anything can report ready: SIGHUP's default action
             // ends the process.
             let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 .context("listening for SIGHUP")?;
-            let server = rolemint::server::Server::bind(config).await?;
+            let server = rolemint::proxy::server::Server::bind(config).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             tokio::spawn(reload_on_hangup(hangups, server.shared(), path));
             server.run(shutdown).await
         }
         Command::Dev { dir, port, sub } => {
-            rolemint::logging::init(LogFormat::Text);
-            rolemint::dev::run(rolemint::dev::DevArgs {
+            rolemint::observe::logging::init(LogFormat::Text);
+            rolemint::cli::dev::run(rolemint::cli::dev::DevArgs {
                 dir,
                 port,
                 subject: sub,
@@ -71,47 +69,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let subject = sub.unwrap_or_default();
             if operator {
-                return token::operator();
+                return rolemint::cli::token::operator();
             }
             if static_token {
-                return token::static_token(&subject, &groups);
+                return rolemint::cli::token::static_token(&subject, &groups);
             }
             if let Some(key) = key {
-                let claims = rolemint::identity::IssueClaims {
+                let claims = rolemint::auth::identity::IssueClaims {
                     subject: &subject,
                     groups: &groups,
                     issuer: issuer.as_deref(),
                     audience: audience.as_deref(),
                     ttl,
                 };
-                return token::signed_with_key(&key, &claims);
+                return rolemint::cli::token::signed_with_key(&key, &claims);
             }
             let config = config.context("--config is required (or --static, --operator, --key)")?;
             let config = Config::load(&config)?;
-            let token = rolemint::identity::issue(&config.auth, &subject, &groups, ttl)
+            let token = rolemint::auth::identity::issue(&config.auth, &subject, &groups, ttl)
                 .context("signing the token")?;
             println!("{}", token.expose());
             Ok(())
         }
-        Command::Keygen { out } => token::keygen(&out),
+        Command::Keygen { out } => rolemint::cli::token::keygen(&out),
         Command::Check { config } => {
-            rolemint::logging::init(LogFormat::Text);
+            rolemint::observe::logging::init(LogFormat::Text);
             let config = Config::load(&config)?;
             println!("config: ok");
-            rolemint::check::run(&config).await
+            rolemint::cli::check::run(&config).await
         }
-        Command::Leases(args) => rolemint::leases_cli::run(args).await,
+        Command::Leases(args) => rolemint::cli::leases::run(args).await,
         Command::Health {
             api,
             ready,
             insecure,
-        } => rolemint::leases_cli::health(api, ready, insecure).await,
+        } => rolemint::cli::leases::health(api, ready, insecure).await,
         Command::RotateAdmin { config } => {
-            rolemint::logging::init(LogFormat::Text);
+            rolemint::observe::logging::init(LogFormat::Text);
             let config = Config::load(&config)?;
-            rolemint::rotate::password_file(&config.backend)?;
-            let minter = rolemint::mint::Minter::new(&config)?;
-            rolemint::rotate::rotate_admin(&minter, &config.backend).await?;
+            rolemint::pg::rotate::password_file(&config.backend)?;
+            let minter = rolemint::pg::Minter::new(&config)?;
+            rolemint::pg::rotate::rotate_admin(&minter, &config.backend).await?;
             println!(
                 "admin password rotated; new password in {}",
                 config
@@ -130,18 +128,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// reload logs and counts its own outcome.
 async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
-    shared: std::sync::Arc<rolemint::state::Shared>,
+    shared: std::sync::Arc<rolemint::runtime::state::Shared>,
     path: std::path::PathBuf,
 ) {
     while hangups.recv().await.is_some() {
         tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
-        let _ = rolemint::reload::reload(&shared, &path).await;
+        let _ = rolemint::runtime::reload::reload(&shared, &path).await;
     }
 }
 
 /// Cancels `shutdown` on SIGTERM or Ctrl-C.
 pub async fn stop_on_signal(shutdown: CancellationToken) {
-    rolemint::signal::terminated().await;
+    rolemint::runtime::signal::terminated().await;
     tracing::info!("signal received: shutting down");
     shutdown.cancel();
 }

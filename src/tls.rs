@@ -330,7 +330,7 @@ mod tests {
     async fn a_returning_client_resumes_its_session() {
         install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
-        crate::dev::write_self_signed_cert(dir.path()).unwrap();
+        crate::cli::dev::write_self_signed_cert(dir.path()).unwrap();
         let server =
             server_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
         let client = Arc::new(

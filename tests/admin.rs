@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use common::{wait_until, Harness, Options};
 use reqwest::StatusCode;
-use rolemint::admin::auth::{sha256_hex, OperatorToken};
-use rolemint::admin::health::Probe;
-use rolemint::admin::leases::{LeaseKind, LeaseView};
-use rolemint::admin::memory::MemoryDirectory;
-use rolemint::admin::{AdminListener, AdminState, BoxFuture};
-use rolemint::audit::{Audit, RevokedBy};
+use rolemint::control::auth::{sha256_hex, OperatorToken};
+use rolemint::control::health::Probe;
+use rolemint::control::leases::{LeaseKind, LeaseView};
+use rolemint::control::memory::MemoryDirectory;
+use rolemint::control::{AdminListener, AdminState, BoxFuture};
+use rolemint::observe::audit::{Audit, RevokedBy};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -269,7 +269,7 @@ async fn api_with_directory() -> (SocketAddr, Arc<MemoryDirectory>, Cancellation
         .unwrap();
     let addr = listener.local_addr();
     let stop = CancellationToken::new();
-    tokio::spawn(rolemint::admin::serve(listener, state, stop.clone()));
+    tokio::spawn(rolemint::control::serve(listener, state, stop.clone()));
     (addr, directory, stop)
 }
 
@@ -460,10 +460,10 @@ fn token_operator_prints_a_token_and_its_hash() {
 
 #[tokio::test]
 async fn sighup_reopens_the_audit_log_after_rotation() {
-    use rolemint::pgcluster::{self, ClusterOptions, TempCluster};
+    use rolemint::cli::dev::cluster::{self, ClusterOptions, TempCluster};
     let (cluster, demo) = tokio::task::spawn_blocking(|| {
         let cluster = TempCluster::start(ClusterOptions::default()).expect("start PostgreSQL");
-        let demo = pgcluster::provision_demo(&cluster).expect("demo");
+        let demo = cluster::provision_demo(&cluster).expect("demo");
         (cluster, demo)
     })
     .await

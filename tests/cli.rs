@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rolemint::pgcluster::{self, ClusterOptions, Demo, TempCluster};
+use rolemint::cli::dev::cluster::{self, ClusterOptions, Demo, TempCluster};
 
 const ROLEMINT: &str = env!("CARGO_BIN_EXE_rolemint");
 
@@ -25,7 +25,7 @@ fn write_config(dir: &Path, cluster: &TempCluster, demo: &Demo, extra: &str) -> 
 
 fn cluster() -> (TempCluster, Demo) {
     let cluster = TempCluster::start(ClusterOptions::default()).expect("start PostgreSQL");
-    let demo = pgcluster::provision_demo(&cluster).expect("demo");
+    let demo = cluster::provision_demo(&cluster).expect("demo");
     (cluster, demo)
 }
 
@@ -48,7 +48,7 @@ fn token_prints_a_verifiable_token_on_its_last_line() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     let token = stdout.lines().last().expect("a line");
     let config = rolemint::config::Config::load(&config).unwrap();
-    let verifier = rolemint::identity::Verifier::from_config(&config.auth).unwrap();
+    let verifier = rolemint::auth::identity::Verifier::from_config(&config.auth).unwrap();
     let identity = verifier.verify(token).expect("the printed token verifies");
     assert_eq!(identity.subject, "alice");
     assert_eq!(identity.groups, vec!["dev".to_string(), "ops".to_string()]);
@@ -346,7 +346,7 @@ fn dev_without_postgresql_binaries_says_how_to_get_them() {
         "{stderr}"
     );
     // And the message for a machine with none at all names the packages.
-    let message = rolemint::pgcluster::ClusterError::not_installed().to_string();
+    let message = rolemint::cli::dev::cluster::ClusterError::not_installed().to_string();
     assert!(
         message.contains("apt-get install -y postgresql"),
         "{message}"

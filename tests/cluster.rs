@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::{output_text, sqlstate, wait_until, Harness, Options, ServeProcess};
-use rolemint::revoke::Why;
+use rolemint::lease::revoker::Why;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -225,9 +225,9 @@ async fn three_instances_share_renew_revoke_cleanup_and_pgbench() {
         )
         .await
         .unwrap();
-    let mut comment: rolemint::mint::LeaseComment =
+    let mut comment: rolemint::pg::LeaseComment =
         serde_json::from_str(comment_row.get::<_, &str>(0)).expect("lease comment is JSON");
-    comment.expires_at = rolemint::mint::rfc3339(renewed_to);
+    comment.expires_at = rolemint::pg::rfc3339(renewed_to);
     assert_eq!(comment.instance, "c");
     h.shared
         .minter

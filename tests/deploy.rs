@@ -198,11 +198,11 @@ fn the_dashboard_charts_exactly_the_exported_metrics() {
     let used: Vec<String> = all.iter().flat_map(|e| metric_names(e)).collect();
     for name in &used {
         assert!(
-            rolemint::metrics::is_described(name),
+            rolemint::observe::metrics::is_described(name),
             "the dashboard uses {name}, which rolemint does not export"
         );
     }
-    for m in rolemint::metrics::ALL {
+    for m in rolemint::observe::metrics::ALL {
         assert!(
             used.iter()
                 .any(|u| u == m.name || u.strip_suffix("_bucket") == Some(m.name)),

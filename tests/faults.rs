@@ -187,7 +187,7 @@ async fn a_second_instance_never_reaps_live_sessions_but_reaps_a_dead_instances_
 async fn churn_of_2000_sessions_and_200_concurrent_logins_leaves_pg_authid_as_it_was() {
     let h = Harness::with(Options {
         max_connections: 300,
-        cluster: rolemint::pgcluster::ClusterOptions {
+        cluster: rolemint::cli::dev::cluster::ClusterOptions {
             max_connections: 300,
             ..Default::default()
         },
@@ -543,7 +543,7 @@ async fn no_sweep_while_another_holds_the_sweep_lock() {
     holder
         .query_one(
             "SELECT pg_advisory_lock($1)",
-            &[&rolemint::mint::SWEEP_LOCK_KEY],
+            &[&rolemint::pg::SWEEP_LOCK_KEY],
         )
         .await
         .expect("take the sweep lock");

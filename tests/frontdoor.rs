@@ -358,7 +358,7 @@ async fn a_minted_role_that_sets_its_own_password_cannot_log_in_around_the_proxy
     drop(from_rolemint);
 
     // `rolemint check` passes on these rules and fails on a wider line.
-    rolemint::check::run(&h.config)
+    rolemint::cli::check::run(&h.config)
         .await
         .expect("check passes on the test cluster's pg_hba.conf");
     let hba_path = h.cluster.data_dir().join("pg_hba.conf");
@@ -374,7 +374,7 @@ async fn a_minted_role_that_sets_its_own_password_cannot_log_in_around_the_proxy
         .await
         .unwrap();
     let failed = common::wait_until(Duration::from_secs(10), || async {
-        rolemint::check::run(&h.config).await.is_err()
+        rolemint::cli::check::run(&h.config).await.is_err()
     })
     .await;
     assert!(
@@ -399,7 +399,7 @@ async fn the_admin_pool_refuses_to_send_its_password_in_clear() {
     let su = h.superuser().await;
     su.batch_execute("SELECT pg_reload_conf()").await.unwrap();
 
-    let minter = rolemint::mint::Minter::new(&h.config).unwrap();
+    let minter = rolemint::pg::Minter::new(&h.config).unwrap();
     let Err(e) = minter.admin_facts().await else {
         panic!("the admin sent its password in clear");
     };
@@ -417,7 +417,7 @@ async fn the_admin_pool_refuses_to_send_its_password_in_clear() {
 
     let mut weak = h.config.clone();
     weak.backend.allow_weak_auth = true;
-    let minter = rolemint::mint::Minter::new(&weak).unwrap();
+    let minter = rolemint::pg::Minter::new(&weak).unwrap();
     minter
         .admin_facts()
         .await
@@ -446,7 +446,7 @@ async fn bytes_after_the_backends_tls_answer_abort_the_connection() {
     ))
     .unwrap();
     let tls = rolemint::tls::backend_client_config(&backend).unwrap();
-    let e = rolemint::session::backend::connect(&backend, tls.as_ref())
+    let e = rolemint::pg::backend::connect(&backend, tls.as_ref())
         .await
         .err()
         .expect("refused");
@@ -496,7 +496,7 @@ async fn a_hostile_backend_gets_no_password_and_a_clear_error() {
     for (reply, expected) in cases {
         let (port, backend) = hostile_backend(reply).await;
         let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let result = rolemint::session::backend::login(
+        let result = rolemint::pg::backend::login(
             rolemint::tls::MaybeTls::Plain(tcp),
             "v-alice-readonly-x",
             &password,

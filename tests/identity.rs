@@ -88,7 +88,7 @@ impl Drop for JwksServer {
 
 impl JwksServer {
     async fn start(dir: &Path, jwks: Value) -> JwksServer {
-        let (cert, key) = rolemint::dev::write_self_signed_cert(dir).unwrap();
+        let (cert, key) = rolemint::cli::dev::write_self_signed_cert(dir).unwrap();
         let tls = rolemint::tls::server_config(&cert, &key).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -413,7 +413,7 @@ async fn ec_ed25519_hmac_kubernetes_and_static_tokens_log_in() {
     let ec = ec_p256();
     let ec_pem = dir.path().join("ec.pem");
     std::fs::write(&ec_pem, &ec.public_pem).unwrap();
-    let ed = rolemint::identity::keygen::ed25519().unwrap();
+    let ed = rolemint::auth::identity::keygen::ed25519().unwrap();
     let ed_jwks = dir.path().join("ed.json");
     std::fs::write(&ed_jwks, &ed.jwks).unwrap();
     let k8s = rsa();
@@ -424,7 +424,7 @@ async fn ec_ed25519_hmac_kubernetes_and_static_tokens_log_in() {
     )
     .unwrap();
     let hmac_secret = "hmac-secret-0123456789abcdef-0123456789";
-    let static_token = rolemint::identity::keygen::random_token("rmt_").unwrap();
+    let static_token = rolemint::auth::identity::keygen::random_token("rmt_").unwrap();
 
     let h = harness(&format!(
         r#"
@@ -466,7 +466,7 @@ sha256 = "{hash}"
         ec_pem = ec_pem.display(),
         ed_jwks = ed_jwks.display(),
         k8s_jwks = k8s_jwks.display(),
-        hash = rolemint::identity::keygen::sha256_hex(&static_token),
+        hash = rolemint::auth::identity::keygen::sha256_hex(&static_token),
     ))
     .await;
 
@@ -482,10 +482,10 @@ sha256 = "{hash}"
         .starts_with("v-erin-readonly-"));
 
     // Ed25519, signed as `rolemint token --key` signs.
-    let token = rolemint::identity::issue_ed25519(
+    let token = rolemint::auth::identity::issue_ed25519(
         ed.private_pem.expose(),
         Some(&ed.kid),
-        &rolemint::identity::IssueClaims {
+        &rolemint::auth::identity::IssueClaims {
             subject: "edna",
             groups: &[],
             issuer: Some("ed-issuer"),
@@ -765,7 +765,7 @@ fn token_and_keygen_commands_print_credentials_the_config_accepts() {
     assert!(!lines.contains(token), "the token itself is not config");
     let config = rolemint::config::Config::parse(&format!("{base}\n{lines}{roles}")).unwrap();
     config.validate().unwrap();
-    let v = rolemint::identity::Verifier::from_config(&config.auth).unwrap();
+    let v = rolemint::auth::identity::Verifier::from_config(&config.auth).unwrap();
     let id = v.verify(token).unwrap();
     assert_eq!((id.subject.as_str(), id.groups.len()), ("ci", 2));
 
@@ -776,7 +776,7 @@ fn token_and_keygen_commands_print_credentials_the_config_accepts() {
         .lines()
         .find(|l| l.starts_with("operator_token_sha256"))
         .unwrap();
-    let expected = rolemint::identity::keygen::sha256_hex(&Secret::new(token));
+    let expected = rolemint::auth::identity::keygen::sha256_hex(&Secret::new(token));
     assert_eq!(hash_line, format!("operator_token_sha256 = \"{expected}\""));
 
     // keygen, then token --key: verified by the JWKS keygen wrote.
@@ -809,7 +809,7 @@ fn token_and_keygen_commands_print_credentials_the_config_accepts() {
     let token = out.lines().last().unwrap();
     let config = rolemint::config::Config::parse(&format!("{base}\n{issuer}{roles}")).unwrap();
     config.validate().unwrap();
-    let v = rolemint::identity::Verifier::from_config(&config.auth).unwrap();
+    let v = rolemint::auth::identity::Verifier::from_config(&config.auth).unwrap();
     assert_eq!(v.verify(token).unwrap().subject, "bob");
     // keygen never overwrites a key.
     let again = std::process::Command::new(bin)

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use common::{output_text, sqlstate, wait_until, Harness, Options};
 use reqwest::{Method, StatusCode};
-use rolemint::admin::auth::sha256_hex;
+use rolemint::control::auth::sha256_hex;
 use rolemint::secret::Secret;
 use serde_json::{json, Value};
 

@@ -143,9 +143,12 @@ async fn without_an_owner_a_role_that_owns_a_table_is_retained_with_its_rows() {
         "the retained role is reported in the log"
     );
     // Scheduling it again (the reaper would) does not queue it again.
-    h.shared
-        .revoker
-        .schedule(&role, "appdb", Some("maker"), rolemint::revoke::Why::Reaper);
+    h.shared.revoker.schedule(
+        &role,
+        "appdb",
+        Some("maker"),
+        rolemint::lease::revoker::Why::Reaper,
+    );
     assert_eq!(h.shared.revoker.pending(), 0);
 }
 
@@ -433,13 +436,13 @@ async fn objects_in_every_database_go_to_the_owner() {
         role,
         "appdb",
         Some("builder"),
-        rolemint::revoke::Why::Reaper,
+        rolemint::lease::revoker::Why::Reaper,
     );
     h.shared.revoker.schedule(
         "v-handmade-builder-ijklmnop-2",
         "appdb",
         Some("builder"),
-        rolemint::revoke::Why::Reaper,
+        rolemint::lease::revoker::Why::Reaper,
     );
     let left = h.wait_no_managed_roles(Duration::from_secs(10)).await;
     assert!(left.is_empty(), "{left:?}");
@@ -475,9 +478,14 @@ async fn a_dropped_database_does_not_stop_a_revocation_and_foreign_roles_are_ref
         "v-orphan-readonly-abcdefgh-1",
         "no_such_database",
         Some("readonly"),
-        rolemint::revoke::Why::Reaper,
+        rolemint::lease::revoker::Why::Reaper,
     );
-    revoker.schedule("v-not-ours", "appdb", None, rolemint::revoke::Why::Reaper);
+    revoker.schedule(
+        "v-not-ours",
+        "appdb",
+        None,
+        rolemint::lease::revoker::Why::Reaper,
+    );
     let settled = || async { revoker.pending() == 0 };
     assert!(wait_until(Duration::from_secs(10), settled).await);
     assert!(!role_exists(&su, "v-orphan-readonly-abcdefgh-1").await);
@@ -509,7 +517,7 @@ async fn shutdown_waits_a_bounded_time_for_revocations_and_says_what_it_leaves()
     let mut config = rolemint::config::Config::parse(&text).unwrap();
     config.resolve(dir.path()).unwrap();
     config.validate().unwrap();
-    let server = rolemint::server::Server::bind(config).await.unwrap();
+    let server = rolemint::proxy::server::Server::bind(config).await.unwrap();
     let addr = server.local_addr();
     let shared = server.shared();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -566,7 +574,7 @@ async fn shutdown_waits_a_bounded_time_for_revocations_and_says_what_it_leaves()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_roles_are_revoked_in_one_round_trip_each_with_its_own_outcome() {
-    use rolemint::mint::{Outcome, Target};
+    use rolemint::pg::{Outcome, Target};
     let h = Harness::start().await;
     let su = h.superuser().await;
     su.batch_execute(

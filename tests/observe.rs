@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{connect_owned, sqlstate, wait_until, Options};
+use rolemint::cli::dev::cluster::{self, ClusterOptions, Demo, TempCluster};
 use rolemint::config::Config;
-use rolemint::pgcluster::{self, ClusterOptions, Demo, TempCluster};
 use rolemint::secret::Secret;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -83,7 +83,7 @@ async fn cluster() -> (TempCluster, Demo) {
     rolemint::tls::install_crypto_provider();
     tokio::task::spawn_blocking(|| {
         let cluster = TempCluster::start(ClusterOptions::default()).expect("start PostgreSQL");
-        let demo = pgcluster::provision_demo(&cluster).expect("provision the demo");
+        let demo = cluster::provision_demo(&cluster).expect("provision the demo");
         (cluster, demo)
     })
     .await
@@ -153,7 +153,7 @@ impl Serve {
     }
 
     fn token(&self, subject: &str) -> Secret {
-        rolemint::identity::issue(&self.config.auth, subject, &[], Duration::from_secs(600))
+        rolemint::auth::identity::issue(&self.config.auth, subject, &[], Duration::from_secs(600))
             .expect("issue token")
     }
 

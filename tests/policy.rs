@@ -77,7 +77,7 @@ async fn harness() -> Harness {
 
 fn token(h: &Harness, subject: &str, groups: &[&str], ttl: Duration) -> Secret {
     let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
-    rolemint::identity::issue(&h.config.auth, subject, &groups, ttl).unwrap()
+    rolemint::auth::identity::issue(&h.config.auth, subject, &groups, ttl).unwrap()
 }
 
 /// A local-issuer token with arbitrary claims (for claims `issue` itself

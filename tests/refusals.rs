@@ -38,7 +38,7 @@ async fn bad_tokens_unknown_templates_and_databases_are_refused_before_minting()
     let garbage = refused(&h, "readonly", "appdb", "not-a-jwt").await;
     assert_eq!(sqlstate(&garbage).as_deref(), Some("28P01"), "{garbage:?}");
 
-    let foreign = rolemint::identity::issue(
+    let foreign = rolemint::auth::identity::issue(
         &rolemint::config::AuthConfig {
             hs256_secret: Some(rolemint::secret::Secret::new(
                 "another-key-0123456789abcdef0123456789",

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{wait_until, Harness, Options};
 use reqwest::{Method, StatusCode};
-use rolemint::admin::auth::sha256_hex;
+use rolemint::control::auth::sha256_hex;
 use serde_json::{json, Value};
 
 const OPERATOR_TOKEN: &str = "rmo_vault-test-operator-token";
@@ -228,7 +228,7 @@ async fn login_then_credentials_that_log_in_to_postgresql_directly() {
     assert!(n > 0);
     // The lease is in the registry, as a credential lease.
     let lease = h.shared.leases.get(lease_id).expect("registered");
-    assert_eq!(lease.kind, rolemint::lease::LeaseKind::Creds);
+    assert_eq!(lease.kind, rolemint::lease::registry::LeaseKind::Creds);
 
     // The identity JWT works as X-Vault-Token directly, too.
     let (s, _, body) = creds(admin, "readonly", jwt.expose()).await;
@@ -601,7 +601,7 @@ async fn rotate_root_moves_the_admin_onto_a_new_password_without_failing_a_sessi
     let mut config = rolemint::config::Config::parse(&text).unwrap();
     config.resolve(dir.path()).unwrap();
     config.validate().unwrap();
-    let server = rolemint::server::Server::bind(config.clone())
+    let server = rolemint::proxy::server::Server::bind(config.clone())
         .await
         .unwrap();
     let (proxy, admin) = (server.local_addr(), server.admin_addr().unwrap());
@@ -691,18 +691,18 @@ async fn rotate_root_moves_the_admin_onto_a_new_password_without_failing_a_sessi
 /// Ready, always (the scoping test needs no backend probe).
 struct Ready;
 
-impl rolemint::admin::health::Probe for Ready {
-    fn ping<'a>(&'a self, _: &'a str) -> rolemint::admin::BoxFuture<'a, Result<(), String>> {
+impl rolemint::control::health::Probe for Ready {
+    fn ping<'a>(&'a self, _: &'a str) -> rolemint::control::BoxFuture<'a, Result<(), String>> {
         Box::pin(async { Ok(()) })
     }
-    fn managed_roles(&self) -> rolemint::admin::BoxFuture<'_, Result<u64, String>> {
+    fn managed_roles(&self) -> rolemint::control::BoxFuture<'_, Result<u64, String>> {
         Box::pin(async { Ok(0) })
     }
 }
 
-fn creds_lease(id: &str, identity: &str) -> rolemint::admin::leases::LeaseView {
+fn creds_lease(id: &str, identity: &str) -> rolemint::control::leases::LeaseView {
     let now = std::time::SystemTime::now();
-    rolemint::admin::leases::LeaseView {
+    rolemint::control::leases::LeaseView {
         id: id.into(),
         issue_time: now,
         expire_time: now + Duration::from_secs(3600),
@@ -717,14 +717,14 @@ fn creds_lease(id: &str, identity: &str) -> rolemint::admin::leases::LeaseView {
         bytes_in: 0,
         bytes_out: 0,
         instance: "test".into(),
-        kind: rolemint::admin::leases::LeaseKind::Creds,
+        kind: rolemint::control::leases::LeaseKind::Creds,
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workload_tokens_act_on_their_own_leases_only() {
-    use rolemint::admin::{door::VaultDoor, memory::MemoryDirectory, AdminListener, AdminState};
-    use rolemint::audit::{Audit, RevokedBy};
+    use rolemint::control::{door::VaultDoor, memory::MemoryDirectory, AdminListener, AdminState};
+    use rolemint::observe::audit::{Audit, RevokedBy};
     let (h, _) = with_vault().await;
     let directory = Arc::new(MemoryDirectory::default());
     let hour = Duration::from_secs(3600);
@@ -735,7 +735,7 @@ async fn workload_tokens_act_on_their_own_leases_only() {
     directory.insert(creds_lease(mine, "alice"), hour, 2 * hour);
     directory.insert(creds_lease(theirs, "bob"), hour, 2 * hour);
     let state = AdminState {
-        operator: rolemint::admin::auth::OperatorToken::from_hex(&sha256_hex(OPERATOR_TOKEN)),
+        operator: rolemint::control::auth::OperatorToken::from_hex(&sha256_hex(OPERATOR_TOKEN)),
         directory: directory.clone(),
         probe: Arc::new(Ready),
         databases: vec!["appdb".into()],
@@ -751,7 +751,7 @@ async fn workload_tokens_act_on_their_own_leases_only() {
         .unwrap();
     let api = listener.local_addr();
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(rolemint::admin::serve(listener, state, stop.clone()));
+    tokio::spawn(rolemint::control::serve(listener, state, stop.clone()));
 
     // A client token from a login, as hvac holds it.
     let (_, body) = login(api, "jwt", h.token("alice").expose()).await;

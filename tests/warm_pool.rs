@@ -259,7 +259,7 @@ async fn a_claim_binds_a_managed_role_and_refuses_a_foreign_one() {
     )
     .await
     .unwrap();
-    let comment = |role: &str| rolemint::mint::LeaseComment {
+    let comment = |role: &str| rolemint::pg::LeaseComment {
         lease_id: format!("database/sessions/warm/{role}"),
         identity: "erin".into(),
         template: "warm".into(),

@@ -167,7 +167,7 @@ pub async fn connect(
             client
         }
         Some(tls) => {
-            let make = rolemint::mint::MakeRustlsConnect::new(Arc::clone(tls));
+            let make = rolemint::pg::MakeRustlsConnect::new(Arc::clone(tls));
             let (client, connection) = config.connect(make).await?;
             tokio::spawn(connection);
             client

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use rolemint::secret::Secret;
-use rolemint::session::login::{Flow, Step};
+use rolemint::pg::backend::flow::{Flow, Step};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, mut rest)) = data.split_first() else {

@@ -8,8 +8,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use libfuzzer_sys::fuzz_target;
-use rolemint::session::handshake::{self, Startup};
-use rolemint::session::wire::StartupPacket;
+use rolemint::proxy::session::handshake::{self, Startup};
+use rolemint::proxy::session::wire::StartupPacket;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A peer in memory: reads from the fuzz input, writes go nowhere.

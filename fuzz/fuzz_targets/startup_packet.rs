@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rolemint::session::handshake::Startup;
-use rolemint::session::{params, wire};
+use rolemint::proxy::session::handshake::Startup;
+use rolemint::proxy::session::{params, wire};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(word) = data.first_chunk::<4>() {

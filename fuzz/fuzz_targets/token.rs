@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use rolemint::config::Config;
-use rolemint::identity::Verifier;
+use rolemint::auth::identity::Verifier;
 
 const CONFIG: &str = r#"
 [proxy]

@@ -16,11 +16,11 @@ use std::process::Output;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use rolemint::cli::dev::cluster::{self, ClusterOptions, Demo, TempCluster};
 use rolemint::config::Config;
-use rolemint::pgcluster::{self, ClusterOptions, Demo, TempCluster};
+use rolemint::proxy::server::Server;
+use rolemint::runtime::state::Shared;
 use rolemint::secret::Secret;
-use rolemint::server::Server;
-use rolemint::state::Shared;
 use tokio_util::sync::CancellationToken;
 
 /// What a harness should look like.
@@ -106,7 +106,7 @@ fn init_logging() {
     ONCE.get_or_init(|| {
         let _ = tracing_subscriber::fmt()
             // Everything at debug, filtered as `rolemint serve` filters it.
-            .with_env_filter(rolemint::logging::filter(Some("debug")))
+            .with_env_filter(rolemint::observe::logging::filter(Some("debug")))
             .with_writer(|| LogWriter)
             .with_ansi(false)
             .try_init();
@@ -126,7 +126,7 @@ impl Harness {
         let cluster_options = options.cluster.clone();
         let (cluster, demo) = tokio::task::spawn_blocking(move || {
             let cluster = TempCluster::start(cluster_options).expect("start PostgreSQL");
-            let demo = pgcluster::provision_demo(&cluster).expect("provision the demo");
+            let demo = cluster::provision_demo(&cluster).expect("provision the demo");
             (cluster, demo)
         })
         .await
@@ -159,7 +159,7 @@ impl Harness {
 
     /// A fresh token for `subject`.
     pub fn token(&self, subject: &str) -> Secret {
-        rolemint::identity::issue(&self.config.auth, subject, &[], Duration::from_secs(600))
+        rolemint::auth::identity::issue(&self.config.auth, subject, &[], Duration::from_secs(600))
             .expect("issue token")
     }
 
@@ -380,7 +380,7 @@ hs256_secret = "{secret}"
         admin = demo.admin_user,
         admin_pw = demo.admin_password.expose(),
         secret = HS256_SECRET,
-        templates = pgcluster::demo_templates_toml(),
+        templates = cluster::demo_templates_toml(),
         extra = options.extra_toml,
     )
 }
@@ -390,7 +390,7 @@ pub const HS256_SECRET: &str = "test-secret-0123456789abcdef0123456789";
 
 /// A self-signed certificate for localhost / 127.0.0.1 in `dir`.
 pub fn write_self_signed_cert(dir: &Path) {
-    rolemint::dev::write_self_signed_cert(dir).expect("write self-signed certificate");
+    rolemint::cli::dev::write_self_signed_cert(dir).expect("write self-signed certificate");
 }
 
 /// The SQLSTATE of a tokio-postgres error, if it carries one.

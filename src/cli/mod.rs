@@ -1,0 +1,121 @@
+//! The command line: `serve`, `dev`, `token`, `keygen`, `check`, `leases`, `health`,
+//! `rotate-admin`.
+
+pub mod check;
+pub mod dev;
+pub mod leases;
+pub mod token;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rolemint",
+    version,
+    about = "A PostgreSQL proxy that mints a short-lived role for every session"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve {
+        /// The TOML config file.
+        #[arg(long, short, env = "ROLEMINT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Start a throwaway PostgreSQL and a proxy in front of it, and print
+    /// ready-to-paste psql and pgbench command lines.
+    Dev {
+        /// Write the config, certificate and key here and keep them on exit
+        /// (default: a temporary directory, removed). The cluster's data is
+        /// deleted on exit either way.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Port for the proxy; the next free one is taken if it is busy.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+        /// Identity of the printed token.
+        #[arg(long, default_value = "alice")]
+        sub: String,
+    },
+    /// Print a token: signed by the config's local issuer key (default),
+    /// signed with an Ed25519 key (`--key`), or a new random static token
+    /// (`--static`) or operator token (`--operator`) with its config lines.
+    Token {
+        /// The config whose local issuer signs (not needed with --static,
+        /// --operator or --key).
+        #[arg(long, short, env = "ROLEMINT_CONFIG")]
+        config: Option<PathBuf>,
+        /// The identity (`sub` claim, or the static token's identity).
+        #[arg(long, required_unless_present = "operator")]
+        sub: Option<String>,
+        /// Groups, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Lifetime of the token.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Print a new random static token and its `[[auth.static_tokens]]`
+        /// lines.
+        #[arg(long = "static", conflicts_with_all = ["operator", "key", "config"])]
+        static_token: bool,
+        /// Print a new random operator token and its `operator_token_sha256`
+        /// line.
+        #[arg(long, conflicts_with_all = ["key", "config", "sub"])]
+        operator: bool,
+        /// Sign with this Ed25519 private key (PKCS#8 PEM, as `rolemint
+        /// keygen` writes it) instead of the config's local issuer.
+        #[arg(long, conflicts_with = "config")]
+        key: Option<PathBuf>,
+        /// The `iss` claim of a token signed with --key.
+        #[arg(long, requires = "key")]
+        issuer: Option<String>,
+        /// The `aud` claim of a token signed with --key.
+        #[arg(long, requires = "key")]
+        audience: Option<String>,
+    },
+    /// Write an Ed25519 key pair (PEM) and its JWKS, for an issuer whose
+    /// tokens `rolemint token --key` signs.
+    Keygen {
+        /// Directory to write `ed25519.key.pem` (private, mode 0600),
+        /// `ed25519.pub.pem` and `jwks.json` to; created if missing.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Validate the config, reach the backend as admin and verify the
+    /// privileges rolemint needs.
+    Check {
+        #[arg(long, short, env = "ROLEMINT_CONFIG")]
+        config: PathBuf,
+    },
+    /// List, look up, renew and revoke leases through the admin API.
+    Leases(crate::cli::leases::LeasesArgs),
+    /// Probe the admin listener: exit 0 when /healthz (or /readyz) is 200
+    /// (the container HEALTHCHECK).
+    Health {
+        #[command(flatten)]
+        api: crate::cli::leases::ApiArgs,
+        /// Probe /readyz instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+        /// Accept any certificate (a probe over loopback sends no token).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Set a new random password for the admin role (as a SCRAM verifier)
+    /// and write it to `backend.admin_password_file`, as Vault's
+    /// rotate-root does. A running rolemint picks it up on restart (or use
+    /// `POST /v1/database/rotate-root/<db>` on it instead).
+    RotateAdmin {
+        /// The TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}

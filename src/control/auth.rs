@@ -1,0 +1,195 @@
+//! Who is calling: the token in `X-Vault-Token` or `Authorization: Bearer`.
+//!
+//! The operator token is stored only as its SHA-256 (`[admin]
+//! operator_token_sha256`), so the config file does not hold a usable
+//! credential. A presented token is hashed and compared in constant time.
+//! A missing, malformed and wrong token all answer the same 403.
+//!
+//! [`Caller`] has room for workloads: the Vault-compatible door lets a
+//! workload act on its own leases, so handlers ask the caller
+//! ([`Caller::may_act_on`]) rather than assuming an operator.
+
+use axum::http::HeaderMap;
+use subtle::ConstantTimeEq as _;
+
+use super::vault::ApiError;
+
+/// Longest token header read; longer is refused before hashing.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// Holds the operator token: may act on every lease.
+    Operator,
+    /// A workload identity (from the Vault-compatible login): may act on
+    /// its own leases only.
+    Workload {
+        identity: String,
+        issuer: Option<String>,
+    },
+}
+
+impl Caller {
+    /// How the audit log names the caller.
+    pub fn label(&self) -> String {
+        match self {
+            Caller::Operator => "operator".into(),
+            Caller::Workload { identity, .. } => format!("workload:{identity}"),
+        }
+    }
+
+    pub fn is_operator(&self) -> bool {
+        matches!(self, Caller::Operator)
+    }
+
+    /// 403 unless an operator.
+    pub fn require_operator(&self) -> Result<(), ApiError> {
+        if self.is_operator() {
+            Ok(())
+        } else {
+            Err(ApiError::permission_denied())
+        }
+    }
+
+    /// Whether this caller may see, renew or revoke a lease of `identity`.
+    pub fn may_act_on(&self, identity: &str) -> bool {
+        match self {
+            Caller::Operator => true,
+            Caller::Workload { identity: own, .. } => own == identity,
+        }
+    }
+}
+
+/// The operator token's SHA-256.
+#[derive(Clone)]
+pub struct OperatorToken {
+    sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for OperatorToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OperatorToken(***)")
+    }
+}
+
+impl OperatorToken {
+    /// From the 64 hex digits of the config (validated there).
+    pub fn from_hex(hex: &str) -> Option<OperatorToken> {
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut sha256 = [0u8; 32];
+        for (i, byte) in sha256.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(OperatorToken { sha256 })
+    }
+
+    /// Whether `token` is the operator token, in time independent of where
+    /// it differs.
+    pub fn matches(&self, token: &str) -> bool {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        bool::from(digest.as_ref().ct_eq(&self.sha256))
+    }
+}
+
+/// A fresh operator token: `rmo_` and 256 random bits (the same maker as
+/// static tokens, `rolemint token --operator`).
+pub fn new_operator_token() -> Result<crate::secret::Secret, String> {
+    crate::auth::identity::keygen::random_token("rmo_")
+}
+
+/// Hex SHA-256 of `token`: what `operator_token_sha256` holds.
+pub fn sha256_hex(token: &str) -> String {
+    crate::auth::identity::keygen::sha256_hex(&crate::secret::Secret::new(token))
+}
+
+/// The token a request presents, if any: `X-Vault-Token` first (Vault
+/// clients), then `Authorization: Bearer`.
+pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    let token = headers
+        .get("x-vault-token")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+        })?
+        .trim();
+    (!token.is_empty() && token.len() <= MAX_TOKEN_BYTES).then_some(token)
+}
+
+/// The caller of a request, or 403.
+pub fn authenticate(
+    operator: Option<&OperatorToken>,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
+    let token = presented_token(headers).ok_or_else(ApiError::permission_denied)?;
+    match operator {
+        Some(op) if op.matches(token) => Ok(Caller::Operator),
+        _ => Err(ApiError::permission_denied()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(name: &str, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn the_operator_token_is_checked_by_hash() {
+        let op = OperatorToken::from_hex(&sha256_hex("s3cret")).unwrap();
+        assert!(op.matches("s3cret"));
+        assert!(!op.matches("s3creT"));
+        let ok = |h: HeaderMap| authenticate(Some(&op), &h);
+        assert_eq!(ok(headers("x-vault-token", "s3cret")), Ok(Caller::Operator));
+        assert_eq!(
+            ok(headers("authorization", "Bearer s3cret")),
+            Ok(Caller::Operator)
+        );
+        let denied = ok(headers("authorization", "Basic s3cret")).unwrap_err();
+        assert_eq!(denied.status, axum::http::StatusCode::FORBIDDEN);
+        assert!(ok(HeaderMap::new()).is_err());
+        assert!(authenticate(None, &headers("x-vault-token", "s3cret")).is_err());
+    }
+
+    #[test]
+    fn sha256_hex_is_the_known_digest() {
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(OperatorToken::from_hex("zz").is_none());
+        assert!(OperatorToken::from_hex(&"g".repeat(64)).is_none());
+        assert_eq!(
+            format!("{:?}", OperatorToken::from_hex(&sha256_hex("x")).unwrap()),
+            "OperatorToken(***)"
+        );
+    }
+
+    #[test]
+    fn workloads_act_on_their_own_leases_only() {
+        let w = Caller::Workload {
+            identity: "alice".into(),
+            issuer: None,
+        };
+        assert!(w.may_act_on("alice") && !w.may_act_on("bob"));
+        assert!(w.require_operator().is_err());
+        assert!(Caller::Operator.may_act_on("bob"));
+        assert_eq!(w.label(), "workload:alice");
+    }
+}

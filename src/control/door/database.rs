@@ -1,0 +1,188 @@
+//! Vault's database secrets mount: `creds/<template>` hands out a username
+//! and password under a lease, `roles` shows the templates as Vault shows
+//! its roles. Templates live in the config file (reloaded on SIGHUP), so
+//! writing a role over HTTP is refused with 405 saying so.
+
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::{door, require_workload};
+use crate::config::RoleTemplate;
+use crate::control::leases::ListQuery;
+use crate::control::vault::{envelope, secret_envelope, ApiError};
+use crate::control::{AdminState, ClientAddr};
+use crate::lease::creds::CredsError;
+use crate::observe::audit::Event;
+
+/// Longest template name accepted in a path.
+const MAX_NAME_BYTES: usize = 128;
+
+/// `GET /v1/<mount>/creds/<template>`: mints a credential lease for the
+/// calling workload. The one answer carrying a password: `no-store`, and
+/// the password reaches no log or audit line.
+pub async fn creds(
+    State(state): State<Arc<AdminState>>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    Path(template): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let door = door(&state)?;
+    let identity = require_workload(&state, &headers)?;
+    if template.len() > MAX_NAME_BYTES {
+        return Err(ApiError::bad_request("role name too long"));
+    }
+    let issued = door
+        .creds
+        .issue(&door.shared, &identity, &template, Some(client))
+        .await
+        .map_err(|e| creds_error(e, &identity.subject, &template))?;
+    state.audit.record(Event::LeaseMinted {
+        lease_id: issued.lease_id.clone(),
+        role: issued.username.clone(),
+        identity: identity.subject.clone(),
+        groups: identity.groups.clone(),
+        template: issued.template.clone(),
+        database: issued.database.clone(),
+        expire_time: crate::pg::rfc3339(issued.expires_at),
+        client_addr: Some(client.to_string()),
+    });
+    tracing::info!(
+        lease = %issued.lease_id, role = %issued.username, identity = %identity.subject,
+        template = %issued.template, database = %issued.database, %client,
+        "credential lease minted"
+    );
+    Ok(secret_envelope(
+        &issued.lease_id,
+        issued.lease_duration.as_secs(),
+        json!({
+            "username": issued.username,
+            "password": issued.password.expose(),
+        }),
+    ))
+}
+
+fn creds_error(e: CredsError, identity: &str, template: &str) -> ApiError {
+    match &e {
+        CredsError::UnknownTemplate(_) => ApiError::bad_request(e.to_string()),
+        CredsError::NotAllowed { rule } => {
+            tracing::info!(identity, template, "credentials refused: {rule}");
+            ApiError::permission_denied()
+        }
+        CredsError::TooMany | CredsError::ShuttingDown => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        CredsError::Mint(detail) => {
+            tracing::warn!(identity, template, "credentials failed: {detail}");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+/// Any caller rolemint accepts: the operator, or a workload.
+fn any_caller(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match state.authenticate(headers) {
+        Ok(_) => Ok(()),
+        Err(_) => require_workload(state, headers).map(drop),
+    }
+}
+
+/// `LIST /v1/<mount>/roles` (or `GET ...?list=true`): the template names.
+pub async fn roles_list(
+    State(state): State<Arc<AdminState>>,
+    method: Method,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !crate::control::leases::is_list(&method, &query) {
+        return Err(read_only(&method));
+    }
+    let door = door(&state)?;
+    any_caller(&state, &headers)?;
+    let runtime = door.shared.runtime();
+    let keys: Vec<&String> = runtime.config.roles.keys().collect();
+    if keys.is_empty() {
+        return Err(ApiError::empty_list());
+    }
+    Ok(envelope(json!({ "keys": keys })))
+}
+
+/// `GET /v1/<mount>/roles/<name>`: one template, in Vault's shape.
+pub async fn role(
+    State(state): State<Arc<AdminState>>,
+    method: Method,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if method != Method::GET {
+        return Err(read_only(&method));
+    }
+    let door = door(&state)?;
+    any_caller(&state, &headers)?;
+    let runtime = door.shared.runtime();
+    let template = runtime
+        .config
+        .template(&name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown role: {name}")))?;
+    Ok(envelope(role_view(template)))
+}
+
+/// A template as Vault shows a database role; TTLs in seconds.
+fn role_view(t: &RoleTemplate) -> serde_json::Value {
+    json!({
+        "db_name": t.databases.first(),
+        "databases": t.databases,
+        "creation_statements": t.creation_statements,
+        "revocation_statements": t.revocation_statements.clone().unwrap_or_default(),
+        "renew_statements": [],
+        "rollback_statements": [],
+        "default_ttl": t.default_ttl.as_secs(),
+        "max_ttl": t.max_ttl.as_secs(),
+        "credential_type": "password",
+        "credential_config": {},
+    })
+}
+
+/// 405 for anything but reading: templates are config, not API state.
+fn read_only(method: &Method) -> ApiError {
+    let what = if *method == Method::GET || *method == Method::HEAD {
+        "unsupported operation"
+    } else {
+        "roles are templates in rolemint's config file ([roles.<name>], reloaded on \
+         SIGHUP); they cannot be written over HTTP"
+    };
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, what)
+}
+
+/// `POST /v1/<mount>/rotate-root/<database>` (operators): a new random
+/// admin password, as `rolemint rotate-admin` sets it. 204 when done; 400
+/// when the config keeps the password where it cannot be rewritten.
+pub async fn rotate_root(
+    State(state): State<Arc<AdminState>>,
+    Path(database): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.authenticate(&headers)?.require_operator()?;
+    let door = door(&state)?;
+    if !state.databases.contains(&database) {
+        return Err(ApiError::bad_request(format!(
+            "unknown database: {}",
+            database.chars().take(MAX_NAME_BYTES).collect::<String>()
+        )));
+    }
+    let shared = &door.shared;
+    match crate::pg::rotate::rotate_admin(&shared.minter, &shared.config.backend).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(e) if e.is_refusal() => Err(ApiError::bad_request(e.to_string())),
+        Err(e) => {
+            tracing::error!("rotate-root: {e}");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rotating the admin password failed; see rolemint's log",
+            ))
+        }
+    }
+}

@@ -1,0 +1,645 @@
+//! The lease API, in Vault's shape, over a [`LeaseDirectory`].
+//!
+//! | request | answer |
+//! |---|---|
+//! | `LIST /v1/sys/leases/lookup/<prefix>` (or `GET ...?list=true`) | `{"data":{"keys":[...]}}`, the next path segment of each lease under the prefix; 404 `{"errors":[]}` when none |
+//! | `PUT /v1/sys/leases/lookup` `{"lease_id"}` | `data{id, issue_time, expire_time, last_renewal, renewable, ttl, ...}`; 400 unknown |
+//! | `PUT /v1/sys/leases/renew` `{"lease_id","increment"}` | 200 with `lease_duration` (a warning when capped at max_ttl); 400 at the cap |
+//! | `PUT /v1/sys/leases/revoke` `{"lease_id","sync"}`, `PUT .../revoke/<id>` | 204 (202 when `"sync": false`); unknown: 204 |
+//! | `PUT /v1/sys/leases/revoke-prefix/<prefix>` | 204 |
+//! | `GET /v1/rolemint/leases?identity=&template=&database=` | `data.leases`, full records |
+//! | `PUT /v1/rolemint/leases/revoke` `{"identity"\|"template"\|"database"}` | `{"revoked": N}` |
+//!
+//! The handlers parse, authorize (an operator acts on every lease, a
+//! workload on its own) and shape answers; the directory behind the trait
+//! owns the leases, their deadlines and revocation (and writes the
+//! `lease.revoked` audit line before a synchronous revoke resolves).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::auth::Caller;
+use super::vault::{envelope, lease_envelope, ApiError};
+use super::AdminState;
+use crate::observe::audit::{Event, RevokedBy};
+
+/// Longest lease id or prefix accepted.
+const MAX_LEASE_ID_BYTES: usize = 512;
+
+/// Most leases one list answer carries; a bound on the response size.
+pub const MAX_LISTED: usize = 10_000;
+
+/// A boxed future, so the directory can sit behind `Arc<dyn ...>`.
+pub type DirFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LeaseApiError>> + Send + 'a>>;
+
+/// What the directory can refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseApiError {
+    #[error("lease not found")]
+    NotFound,
+    #[error("past the max TTL, cannot renew")]
+    PastMaxTtl,
+    #[error("lease is not renewable")]
+    NotRenewable,
+    #[error("{0}")]
+    BadRequest(String),
+    /// The directory cannot answer now (backend down, not wired).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A failure whose detail is for the log, not the caller.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<LeaseApiError> for ApiError {
+    fn from(e: LeaseApiError) -> ApiError {
+        match &e {
+            LeaseApiError::NotFound
+            | LeaseApiError::PastMaxTtl
+            | LeaseApiError::NotRenewable
+            | LeaseApiError::BadRequest(_) => ApiError::bad_request(e.to_string()),
+            LeaseApiError::Unavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            LeaseApiError::Internal(detail) => {
+                tracing::error!("lease API: {detail}");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        }
+    }
+}
+
+/// Kind of lease: a proxied session, or credentials handed out over the
+/// Vault-compatible API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseKind {
+    Session,
+    Creds,
+}
+
+/// One lease as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LeaseView {
+    /// `database/sessions/<template>/<random>` or `database/creds/...`.
+    pub id: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub issue_time: SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub expire_time: SystemTime,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub last_renewal: Option<SystemTime>,
+    pub renewable: bool,
+    /// Seconds left.
+    pub ttl: u64,
+    pub identity: String,
+    pub role: String,
+    pub template: String,
+    pub database: String,
+    pub client_addr: Option<String>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub instance: String,
+    pub kind: LeaseKind,
+}
+
+fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_seconds(*t))
+}
+
+fn rfc3339_opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => rfc3339(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Which leases: every set field must match (all unset: every lease).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseFilter {
+    pub identity: Option<String>,
+    pub template: Option<String>,
+    pub database: Option<String>,
+    /// Lease ids starting with this.
+    #[serde(skip)]
+    pub prefix: Option<String>,
+}
+
+impl LeaseFilter {
+    pub fn matches(&self, lease: &LeaseView) -> bool {
+        let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        eq(&self.identity, &lease.identity)
+            && eq(&self.template, &lease.template)
+            && eq(&self.database, &lease.database)
+            && self
+                .prefix
+                .as_deref()
+                .is_none_or(|p| lease.id.starts_with(p))
+    }
+
+    fn is_unrestricted(&self) -> bool {
+        self.identity.is_none()
+            && self.template.is_none()
+            && self.database.is_none()
+            && self.prefix.is_none()
+    }
+}
+
+/// The outcome of a renewal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Renewed {
+    /// The lease with its new expiry.
+    pub lease: LeaseView,
+    /// The increment asked for (or the template's default TTL).
+    pub requested: Duration,
+    /// What was granted: shorter than `requested` when capped at max_ttl.
+    pub granted: Duration,
+}
+
+/// The new expiry of a renewal: `now + increment`, capped at
+/// `issue_time + max_ttl`. A lease whose expiry already is at the cap (or
+/// past it) cannot be renewed. For directories to share one rule.
+pub fn renewal(
+    issue_time: SystemTime,
+    expire_time: SystemTime,
+    max_ttl: Duration,
+    now: SystemTime,
+    increment: Duration,
+) -> Result<(SystemTime, Duration), LeaseApiError> {
+    let cap = issue_time + max_ttl;
+    // Within a second of the cap counts as at it: expiries are whole
+    // seconds (VALID UNTIL), so a capped lease may sit a fraction below.
+    let at_cap = cap
+        .duration_since(expire_time)
+        .map_or(true, |left| left < Duration::from_secs(1));
+    if at_cap || now >= cap {
+        return Err(LeaseApiError::PastMaxTtl);
+    }
+    if now + increment >= cap {
+        let granted = cap.duration_since(now).unwrap_or_default();
+        return Ok((cap, Duration::from_secs(granted.as_secs())));
+    }
+    Ok((now + increment, increment))
+}
+
+/// The leases rolemint knows, wherever they live. Implemented over the
+/// lease registry (and, in tests, in memory: [`super::memory::MemoryDirectory`]).
+pub trait LeaseDirectory: Send + Sync + 'static {
+    /// Leases matching `filter`, at most [`MAX_LISTED`].
+    fn list(&self, filter: LeaseFilter) -> DirFuture<'_, Vec<LeaseView>>;
+    /// One lease, or `None`.
+    fn lookup(&self, lease_id: String) -> DirFuture<'_, Option<LeaseView>>;
+    /// Moves the lease's deadline (and the role's VALID UNTIL) by
+    /// `increment` from now, `None` meaning the template's default TTL;
+    /// capped as [`renewal`] says.
+    fn renew(&self, lease_id: String, increment: Option<Duration>) -> DirFuture<'_, Renewed>;
+    /// Ends a lease: its session gets 57P01, its backend is terminated, its
+    /// role dropped. With `sync`, resolves once the role is gone and the
+    /// `lease.revoked` audit line is written. `false` when there was no
+    /// such lease.
+    fn revoke(&self, lease_id: String, by: RevokedBy, sync: bool) -> DirFuture<'_, bool>;
+    /// Revokes every lease matching `filter`; how many.
+    fn revoke_matching(
+        &self,
+        filter: LeaseFilter,
+        by: RevokedBy,
+        sync: bool,
+    ) -> DirFuture<'_, usize>;
+}
+
+/// Vault's `LIST` method.
+pub(crate) fn is_list(method: &Method, query: &ListQuery) -> bool {
+    method.as_str() == "LIST" || (method == Method::GET && query.list.as_deref() == Some("true"))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    list: Option<String>,
+}
+
+/// `/v1/sys/leases/lookup` and `/v1/sys/leases/lookup/`: LIST from the
+/// root, or PUT/POST a lookup.
+pub async fn lookup_root(
+    State(state): State<Arc<AdminState>>,
+    method: Method,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if is_list(&method, &query) {
+        return list_keys(&state, &headers, "").await;
+    }
+    if method != Method::PUT && method != Method::POST {
+        return Err(super::method_not_allowed_error());
+    }
+    let caller = state.authenticate(&headers)?;
+    #[derive(Deserialize, Default)]
+    struct Body {
+        lease_id: Option<String>,
+    }
+    let body: Body = parse_body(body)?;
+    let id = lease_id(body.lease_id)?;
+    let lease = find_own(&state, &caller, id).await?;
+    Ok(envelope(lease))
+}
+
+/// `LIST /v1/sys/leases/lookup/<prefix>`.
+pub async fn lookup_prefix(
+    State(state): State<Arc<AdminState>>,
+    method: Method,
+    Query(query): Query<ListQuery>,
+    Path(prefix): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !is_list(&method, &query) {
+        return Err(super::method_not_allowed_error());
+    }
+    bounded(&prefix)?;
+    list_keys(&state, &headers, &prefix).await
+}
+
+async fn list_keys(
+    state: &AdminState,
+    headers: &HeaderMap,
+    prefix: &str,
+) -> Result<Response, ApiError> {
+    let caller = state.authenticate(headers)?;
+    let prefix = match prefix {
+        "" => String::new(),
+        p if p.ends_with('/') => p.to_owned(),
+        p => format!("{p}/"),
+    };
+    let filter = LeaseFilter {
+        prefix: (!prefix.is_empty()).then(|| prefix.clone()),
+        ..LeaseFilter::default()
+    };
+    let leases = state.directory.list(filter).await?;
+    let keys = next_segments(
+        &prefix,
+        leases
+            .iter()
+            .filter(|l| caller.may_act_on(&l.identity))
+            .map(|l| l.id.as_str()),
+    );
+    if keys.is_empty() {
+        return Err(ApiError::empty_list());
+    }
+    Ok(envelope(serde_json::json!({ "keys": keys })))
+}
+
+/// The distinct path segments right after `prefix`, "folders" ending in
+/// `/`, sorted: what Vault's LIST answers.
+pub fn next_segments<'a>(prefix: &str, ids: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut keys = std::collections::BTreeSet::new();
+    for id in ids {
+        let Some(rest) = id.strip_prefix(prefix) else {
+            continue;
+        };
+        match rest.find('/') {
+            Some(i) => keys.insert(rest[..=i].to_owned()),
+            None if !rest.is_empty() => keys.insert(rest.to_owned()),
+            None => false,
+        };
+    }
+    keys.into_iter().collect()
+}
+
+/// Vault's `increment`: seconds as a number, or a duration string
+/// (`"3600"`, `"90m"`, `"1h"`); `null` or absent: the template's default.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Increment {
+    Seconds(u64),
+    Text(String),
+}
+
+fn increment(value: Option<Increment>) -> Result<Option<Duration>, ApiError> {
+    let bad = || ApiError::bad_request("increment must be seconds or a duration such as \"1h\"");
+    match value {
+        None => Ok(None),
+        Some(Increment::Seconds(s)) => Ok(Some(Duration::from_secs(s))),
+        Some(Increment::Text(t)) => {
+            let t = t.trim();
+            if t.len() > 32 {
+                return Err(bad());
+            }
+            if let Ok(s) = t.parse::<u64>() {
+                return Ok(Some(Duration::from_secs(s)));
+            }
+            humantime::parse_duration(t).map(Some).map_err(|_| bad())
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RenewBody {
+    lease_id: Option<String>,
+    increment: Option<Increment>,
+}
+
+/// `PUT /v1/sys/leases/renew`.
+pub async fn renew(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = state.authenticate(&headers)?;
+    let body: RenewBody = parse_body(body)?;
+    let id = lease_id(body.lease_id)?;
+    renew_lease(&state, &caller, id, increment(body.increment)?).await
+}
+
+/// `PUT /v1/sys/leases/renew/<lease_id>`.
+pub async fn renew_path(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = state.authenticate(&headers)?;
+    let body: RenewBody = parse_body(body)?;
+    let id = lease_id(Some(body.lease_id.unwrap_or(id)))?;
+    renew_lease(&state, &caller, id, increment(body.increment)?).await
+}
+
+async fn renew_lease(
+    state: &AdminState,
+    caller: &Caller,
+    id: String,
+    increment: Option<Duration>,
+) -> Result<Response, ApiError> {
+    find_own(state, caller, id.clone()).await?;
+    let renewed = state.directory.renew(id.clone(), increment).await?;
+    let mut warnings = Vec::new();
+    if renewed.granted < renewed.requested {
+        // Vault's own wording, which its clients may look for.
+        warnings.push(format!(
+            "TTL of \"{}s\" exceeded the effective max_ttl of \"{}s\"; TTL value is capped accordingly",
+            renewed.requested.as_secs(),
+            renewed.granted.as_secs()
+        ));
+    }
+    let line = Event::LeaseRenewed {
+        lease_id: id.clone(),
+        role: renewed.lease.role.clone(),
+        expire_time: humantime::format_rfc3339_seconds(renewed.lease.expire_time).to_string(),
+        capped: !warnings.is_empty(),
+        caller: caller.label(),
+    };
+    state.audit_durable(line).await?;
+    Ok(lease_envelope(&id, renewed.granted.as_secs(), warnings))
+}
+
+#[derive(Deserialize)]
+struct RevokeBody {
+    lease_id: Option<String>,
+    #[serde(default = "yes")]
+    sync: bool,
+}
+
+impl Default for RevokeBody {
+    fn default() -> Self {
+        RevokeBody {
+            lease_id: None,
+            sync: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `PUT /v1/sys/leases/revoke`.
+pub async fn revoke(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = state.authenticate(&headers)?;
+    let body: RevokeBody = parse_body(body)?;
+    let id = lease_id(body.lease_id)?;
+    revoke_lease(&state, &caller, id, body.sync).await
+}
+
+/// `PUT /v1/sys/leases/revoke/<lease_id>`.
+pub async fn revoke_path(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = state.authenticate(&headers)?;
+    let body: RevokeBody = parse_body(body)?;
+    let id = lease_id(Some(id))?;
+    revoke_lease(&state, &caller, id, body.sync).await
+}
+
+async fn revoke_lease(
+    state: &AdminState,
+    caller: &Caller,
+    id: String,
+    sync: bool,
+) -> Result<Response, ApiError> {
+    match find_own(state, caller, id.clone()).await {
+        // Revoking what does not exist succeeds, as in Vault: the caller's
+        // goal (no such lease) holds.
+        Err(e) if e.status == StatusCode::BAD_REQUEST => return Ok(no_content(sync)),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    let by = if caller.is_operator() {
+        RevokedBy::Operator
+    } else {
+        RevokedBy::Workload
+    };
+    state.directory.revoke(id, by, sync).await?;
+    Ok(no_content(sync))
+}
+
+fn no_content(sync: bool) -> Response {
+    if sync {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        StatusCode::ACCEPTED.into_response()
+    }
+}
+
+/// `PUT /v1/sys/leases/revoke-prefix/<prefix>` (operators only).
+pub async fn revoke_prefix(
+    State(state): State<Arc<AdminState>>,
+    Path(prefix): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    state.authenticate(&headers)?.require_operator()?;
+    let body: RevokeBody = parse_body(body)?;
+    bounded(&prefix)?;
+    let filter = LeaseFilter {
+        prefix: Some(prefix),
+        ..LeaseFilter::default()
+    };
+    state
+        .directory
+        .revoke_matching(filter, RevokedBy::Operator, body.sync)
+        .await?;
+    Ok(no_content(body.sync))
+}
+
+/// `GET /v1/rolemint/leases?identity=&template=&database=` (operators).
+pub async fn list_full(
+    State(state): State<Arc<AdminState>>,
+    Query(filter): Query<LeaseFilter>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = state.authenticate(&headers)?;
+    let leases: Vec<LeaseView> = state
+        .directory
+        .list(filter)
+        .await?
+        .into_iter()
+        .filter(|l| caller.may_act_on(&l.identity))
+        .take(MAX_LISTED)
+        .collect();
+    Ok(envelope(serde_json::json!({ "leases": leases })))
+}
+
+/// `PUT /v1/rolemint/leases/revoke` `{"identity"|"template"|"database"}`
+/// (operators): everything matching, at once.
+pub async fn revoke_selected(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    state.authenticate(&headers)?.require_operator()?;
+    let filter: LeaseFilter = parse_body(body)?;
+    if filter.is_unrestricted() {
+        return Err(ApiError::bad_request(
+            "name an identity, a template or a database to revoke",
+        ));
+    }
+    let revoked = state
+        .directory
+        .revoke_matching(filter, RevokedBy::Operator, true)
+        .await?;
+    Ok(Json(serde_json::json!({ "revoked": revoked })).into_response())
+}
+
+/// The lease, if it exists and the caller may act on it; 400 otherwise
+/// (a workload is not told that another identity's lease exists).
+async fn find_own(state: &AdminState, caller: &Caller, id: String) -> Result<LeaseView, ApiError> {
+    match state.directory.lookup(id).await? {
+        Some(lease) if caller.may_act_on(&lease.identity) => Ok(lease),
+        _ => Err(LeaseApiError::NotFound.into()),
+    }
+}
+
+fn lease_id(id: Option<String>) -> Result<String, ApiError> {
+    let id = id.unwrap_or_default();
+    if id.is_empty() {
+        return Err(ApiError::bad_request("missing lease ID"));
+    }
+    bounded(&id)?;
+    Ok(id)
+}
+
+fn bounded(s: &str) -> Result<(), ApiError> {
+    if s.len() > MAX_LEASE_ID_BYTES {
+        return Err(ApiError::bad_request("lease ID or prefix too long"));
+    }
+    Ok(())
+}
+
+/// A JSON body, or the type's default for an empty one (Vault's clients
+/// send none for some calls); 400 / 413 with the errors shape otherwise.
+pub(crate) fn parse_body<T: DeserializeOwned + Default>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|rejection| {
+        ApiError::new(rejection.status(), "request body too large or unreadable")
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("failed to parse JSON input: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_capped_at_max_ttl_from_issue() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let hour = Duration::from_secs(3600);
+        // Issued at t0 with max_ttl 2h; at t0+30m asking for 1h: granted.
+        let now = t0 + hour / 2;
+        let (exp, granted) = renewal(t0, t0 + hour, 2 * hour, now, hour).unwrap();
+        assert_eq!((exp, granted), (now + hour, hour));
+        // Asking for 5h: capped at t0+2h, i.e. 1.5h from now.
+        let (exp, granted) = renewal(t0, t0 + hour, 2 * hour, now, 5 * hour).unwrap();
+        assert_eq!(exp, t0 + 2 * hour);
+        assert_eq!(granted, hour + hour / 2);
+        // Already at the cap.
+        assert_eq!(
+            renewal(t0, t0 + 2 * hour, 2 * hour, now, hour),
+            Err(LeaseApiError::PastMaxTtl)
+        );
+    }
+
+    #[test]
+    fn list_keys_are_the_next_segment() {
+        let ids = [
+            "database/sessions/readonly/a1",
+            "database/sessions/readonly/b2",
+            "database/sessions/readwrite/c3",
+            "database/creds/readonly/d4",
+        ];
+        assert_eq!(next_segments("", ids.iter().copied()), ["database/"]);
+        assert_eq!(
+            next_segments("database/", ids.iter().copied()),
+            ["creds/", "sessions/"]
+        );
+        assert_eq!(
+            next_segments("database/sessions/readonly/", ids.iter().copied()),
+            ["a1", "b2"]
+        );
+        assert!(next_segments("other/", ids.iter().copied()).is_empty());
+    }
+
+    #[test]
+    fn increments_are_seconds_or_durations() {
+        let parse = |j: &str| {
+            let b: RenewBody = serde_json::from_str(j).unwrap();
+            increment(b.increment)
+        };
+        assert_eq!(
+            parse(r#"{"increment": 60}"#),
+            Ok(Some(Duration::from_secs(60)))
+        );
+        assert_eq!(
+            parse(r#"{"increment": "90"}"#),
+            Ok(Some(Duration::from_secs(90)))
+        );
+        assert_eq!(
+            parse(r#"{"increment": "1h"}"#),
+            Ok(Some(Duration::from_secs(3600)))
+        );
+        assert_eq!(parse(r#"{"increment": null}"#), Ok(None));
+        assert_eq!(parse(r#"{}"#), Ok(None));
+        assert!(parse(r#"{"increment": "soon"}"#).is_err());
+    }
+}

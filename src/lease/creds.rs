@@ -1,0 +1,219 @@
+//! Credential leases: a username and password handed to a workload that
+//! logs in to PostgreSQL directly (the Vault-compatible
+//! `GET /v1/database/creds/<template>`), rather than through the proxy.
+//!
+//! A credential role is minted exactly as a session's (same template,
+//! policy, `rolemint_managed` marker and lease comment, with kind `creds`),
+//! plus membership of `rolemint_direct`, so pg_hba can let it in from
+//! anywhere while proxied roles are only let in from rolemint's address.
+//!
+//! A credential lease has no session to end it, so it is registered in the
+//! lease registry like a session's (its deadline fires there) and a small
+//! task waits for its end: expiry or revocation hands the role to the
+//! revoker, which terminates the role's backends and drops it. Those tasks
+//! are bounded by `vault.max_credential_leases`.
+//!
+//! At shutdown a credential lease is *not* revoked: as in Vault, the
+//! credentials outlive a restart. The role carries its expiry (`VALID
+//! UNTIL` and the comment), and the reaper of any instance drops it, its
+//! backends terminated, once that has passed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::auth::identity::Identity;
+use crate::lease::registry::{self, EndReason, Lease, LeaseKind, NewLease};
+use crate::lease::revoker::Why;
+use crate::pg::{MintError, MintRequest, DIRECT_MARKER_ROLE};
+use crate::runtime::state::Shared;
+use crate::secret::Secret;
+
+/// Why no credentials were issued. The `Display` text is what the caller
+/// may be told.
+#[derive(Debug, thiserror::Error)]
+pub enum CredsError {
+    #[error("unknown role: {0}")]
+    UnknownTemplate(String),
+    /// The policy refused; the rule is for the log only.
+    #[error("permission denied")]
+    NotAllowed { rule: String },
+    #[error("too many credential leases; try again later")]
+    TooMany,
+    #[error("rolemint is shutting down")]
+    ShuttingDown,
+    /// The mint failed or timed out; the detail is for the log only.
+    #[error("could not create the credentials")]
+    Mint(String),
+}
+
+/// Credentials just minted: the one place a password leaves rolemint.
+#[derive(Debug)]
+pub struct Issued {
+    /// `database/creds/<template>/<random>`.
+    pub lease_id: String,
+    pub username: String,
+    /// 256 random bits; PostgreSQL only ever saw its SCRAM verifier.
+    pub password: Secret,
+    /// The lease's TTL, whole seconds.
+    pub lease_duration: Duration,
+    pub template: String,
+    pub database: String,
+    pub expires_at: SystemTime,
+}
+
+/// Issues credential leases, at most `vault.max_credential_leases` live at
+/// once on this instance.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    live: Arc<Semaphore>,
+}
+
+impl Credentials {
+    pub fn new(max_live: usize) -> Credentials {
+        Credentials {
+            live: Arc::new(Semaphore::new(max_live.max(1))),
+        }
+    }
+
+    /// Mints credentials of `template` for `identity`: policy as for a
+    /// session, on the template's first database.
+    pub async fn issue(
+        &self,
+        shared: &Arc<Shared>,
+        identity: &Identity,
+        template: &str,
+        client_addr: Option<SocketAddr>,
+    ) -> Result<Issued, CredsError> {
+        if shared.shutdown.is_cancelled() {
+            return Err(CredsError::ShuttingDown);
+        }
+        let permit = Arc::clone(&self.live)
+            .try_acquire_owned()
+            .map_err(|_| CredsError::TooMany)?;
+        // Templates and policy as reloaded (SIGHUP), like a session's.
+        let runtime = shared.runtime();
+        let config = &runtime.config;
+        let database = config
+            .template(template)
+            .and_then(|t| t.databases.first())
+            .ok_or_else(|| CredsError::UnknownTemplate(template.to_owned()))?
+            .clone();
+        let grant = crate::auth::policy::authorize(config, identity, template, &database)
+            .map_err(|refusal| CredsError::NotAllowed { rule: refusal.rule })?;
+        let mut direct = grant.template.clone();
+        direct.creation_statements.push(format!(
+            "GRANT {} TO \"{{{{name}}}}\"",
+            postgres_protocol::escape::escape_identifier(DIRECT_MARKER_ROLE)
+        ));
+        let lease_id = registry::new_lease_id(LeaseKind::Creds, grant.template_name);
+        let request = MintRequest {
+            identity,
+            template_name: grant.template_name,
+            template: &direct,
+            database: &database,
+            ttl: grant.ttl,
+            lease_id: &lease_id,
+        };
+        let prepared = shared
+            .minter
+            .render_mint(&request)
+            .map_err(|e| CredsError::Mint(e.to_string()))?;
+        let created = tokio::time::timeout(
+            config.admin_operation_timeout(),
+            shared.minter.create(&prepared),
+        )
+        .await;
+        if let Err(detail) = settle_failed_mint(shared, &prepared, grant.template_name, created) {
+            return Err(CredsError::Mint(detail));
+        }
+        let issued_at = SystemTime::now();
+        let role = prepared.role;
+        let lease = Lease::new(NewLease {
+            id: lease_id.clone(),
+            role: role.name.clone(),
+            template: grant.template_name.to_owned(),
+            database: database.clone(),
+            identity: identity.subject.clone(),
+            groups: identity.groups.clone(),
+            client_addr,
+            issued_at,
+            expires_at: role.expires_at,
+        });
+        watch(Arc::clone(shared), lease, permit);
+        Ok(Issued {
+            lease_id,
+            username: role.name,
+            password: role.password,
+            lease_duration: grant.ttl,
+            template: grant.template_name.to_owned(),
+            database,
+            expires_at: role.expires_at,
+        })
+    }
+}
+
+/// A failed or timed-out mint's role goes to the revoker (it may exist, or
+/// come to exist when a batch we stopped waiting for commits), as a
+/// session's does.
+fn settle_failed_mint(
+    shared: &Shared,
+    prepared: &crate::pg::PreparedMint,
+    template: &str,
+    created: Result<Result<(), MintError>, tokio::time::error::Elapsed>,
+) -> Result<(), String> {
+    let role = &prepared.role.name;
+    let (detail, settle) = match created {
+        Ok(Ok(())) => return Ok(()),
+        // The server answered, or nothing was sent: nothing still runs.
+        Ok(Err(e @ (MintError::Sql { .. } | MintError::Connect { .. }))) => {
+            (e.to_string(), Duration::ZERO)
+        }
+        Ok(Err(e)) => (
+            e.to_string(),
+            prepared.settle_time(shared.minter.statement_timeout()),
+        ),
+        Err(_) => (
+            "mint timed out".to_owned(),
+            prepared.settle_time(shared.minter.statement_timeout()),
+        ),
+    };
+    shared
+        .revoker
+        .schedule_failed_mint(role, prepared.database(), Some(template), settle);
+    Err(format!("role {role}: {detail}"))
+}
+
+/// Registers the lease and waits, on its own task, for it to end: expiry
+/// or revocation hands the role to the revoker; shutdown leaves it to its
+/// `VALID UNTIL` and the reaper. The permit is held until then.
+fn watch(shared: Arc<Shared>, lease: Lease, permit: OwnedSemaphorePermit) {
+    let registered = shared.leases.register(lease);
+    tokio::spawn(async move {
+        let lease = Arc::clone(&registered.lease);
+        let reason = lease.ended().await;
+        match reason {
+            EndReason::Shutdown => tracing::info!(
+                lease = %lease.id, role = %lease.role,
+                "credential lease left to its expiry: it outlives this instance"
+            ),
+            EndReason::Expired | EndReason::Revoked => {
+                shared.revoker.schedule(
+                    &lease.role,
+                    &lease.database,
+                    Some(&lease.template),
+                    Why::from(reason),
+                );
+                tracing::info!(
+                    lease = %lease.id, role = %lease.role, reason = reason.as_str(),
+                    "credential lease ended; role handed to the revoker"
+                );
+            }
+        }
+        // The revoker holds the role now (the reaper asks either).
+        drop(registered);
+        drop(permit);
+    });
+}

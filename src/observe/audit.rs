@@ -1,0 +1,545 @@
+//! The audit log: one JSON object per line, per event, to a file or stdout.
+//!
+//! ```json
+//! {"time":"2026-11-23T11:40:02.118Z","event":"lease.revoked","lease_id":"database/sessions/readonly/k3f9x2ab","role":"v-alice-readonly-k3f9x2ab-1795340000","by":"operator"}
+//! ```
+//!
+//! The events are a typed enum ([`Event`]) whose fields hold no token,
+//! password or verifier: there is no field to put one in.
+//!
+//! Writing: [`Audit::record`] formats the line on the caller's task and
+//! hands it to a bounded queue; one writer thread appends each line to the
+//! file (opened `O_APPEND`, so concurrent writers and rotation tools see
+//! whole lines) and flushes it. Sessions never wait for the disk: when the
+//! queue is full (the disk stalled) the line is dropped and counted in
+//! `rolemint_audit_lines_dropped_total`, because blocking every session on a
+//! slow log would turn a disk problem into an outage. Where the line must be
+//! on disk before the action is acknowledged (a revoke), [`Audit::record_durable`]
+//! waits for room in the queue and for the write itself. [`Audit::reopen`]
+//! (SIGHUP) reopens the path after a log rotation; it goes through the same
+//! queue, so no line is written to the old file after it.
+//!
+//! The writer is a thread rather than a task because file writes block; a
+//! thread needs no runtime, and ends when the last [`Audit`] handle drops.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+/// Lines waiting for the writer. At ~300 bytes a line, 8192 lines bound the
+/// queue to a few MB while absorbing any burst a disk hiccup causes.
+const QUEUE: usize = 8192;
+
+/// Longest wait of [`Audit::record_durable`] for its line to be written.
+const DURABLE_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open the audit log {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the audit log: {0}")]
+    Write(std::io::Error),
+    #[error("the audit writer has stopped")]
+    Stopped,
+    #[error("the audit writer did not write within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Who revoked a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevokedBy {
+    /// The client closed its session.
+    Client,
+    /// The lease's TTL ran out.
+    Ttl,
+    /// An operator, through the lease API.
+    Operator,
+    /// A workload, its own lease, through the Vault-compatible API.
+    Workload,
+    /// rolemint shut down.
+    Shutdown,
+    /// The reaper found the role orphaned.
+    Reaper,
+}
+
+/// One audit event. Serialized with its name in `event`, next to `time`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event")]
+pub enum Event {
+    /// A connection was turned away before its token was read.
+    #[serde(rename = "connection.refused")]
+    ConnectionRefused {
+        client_addr: String,
+        /// `too_many_connections`, `shutting_down`, `tls_required`, `protocol`.
+        reason: String,
+    },
+    /// A token was refused, or a valid identity was not allowed.
+    #[serde(rename = "auth.failed")]
+    AuthFailed {
+        /// Why, in full: which claim failed (the client is never told).
+        reason: String,
+        issuer: Option<String>,
+        identity: Option<String>,
+        client_addr: String,
+        template: String,
+        database: String,
+    },
+    #[serde(rename = "auth.ok")]
+    AuthOk {
+        identity: String,
+        issuer: Option<String>,
+        client_addr: String,
+        template: String,
+        database: String,
+    },
+    #[serde(rename = "lease.minted")]
+    LeaseMinted {
+        lease_id: String,
+        role: String,
+        identity: String,
+        groups: Vec<String>,
+        template: String,
+        database: String,
+        /// RFC 3339.
+        expire_time: String,
+        client_addr: Option<String>,
+    },
+    #[serde(rename = "session.ended")]
+    SessionEnded {
+        lease_id: String,
+        role: String,
+        identity: String,
+        /// `client`, `ttl`, `revoked`, `shutdown`, `backend`, `error`.
+        reason: String,
+        duration_seconds: f64,
+        bytes_in: u64,
+        bytes_out: u64,
+    },
+    #[serde(rename = "lease.renewed")]
+    LeaseRenewed {
+        lease_id: String,
+        role: String,
+        /// The new expiry, RFC 3339.
+        expire_time: String,
+        /// True when the renewal was cut at the template's max_ttl.
+        capped: bool,
+        caller: String,
+    },
+    #[serde(rename = "lease.revoked")]
+    LeaseRevoked {
+        lease_id: String,
+        role: String,
+        by: RevokedBy,
+    },
+    #[serde(rename = "lease.revoke_failed")]
+    LeaseRevokeFailed {
+        lease_id: String,
+        role: String,
+        attempt: u32,
+        error: String,
+        /// Whether it is tried again.
+        retrying: bool,
+    },
+    /// The role owns objects and was left NOLOGIN for an operator.
+    #[serde(rename = "lease.retained")]
+    LeaseRetained {
+        lease_id: String,
+        role: String,
+        detail: String,
+    },
+    #[serde(rename = "lease.reaped")]
+    LeaseReaped {
+        lease_id: Option<String>,
+        role: String,
+        /// `expired` (past VALID UNTIL) or `orphaned` (no session, no lease).
+        reason: String,
+        instance: Option<String>,
+    },
+    #[serde(rename = "admin.request")]
+    AdminRequest {
+        method: String,
+        /// The path without the query string.
+        path: String,
+        status: u16,
+        /// `operator`, `workload:<identity>` or `anonymous`.
+        caller: String,
+        client_addr: String,
+    },
+}
+
+impl Event {
+    /// The event's name as written in `event`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::ConnectionRefused { .. } => "connection.refused",
+            Event::AuthFailed { .. } => "auth.failed",
+            Event::AuthOk { .. } => "auth.ok",
+            Event::LeaseMinted { .. } => "lease.minted",
+            Event::SessionEnded { .. } => "session.ended",
+            Event::LeaseRenewed { .. } => "lease.renewed",
+            Event::LeaseRevoked { .. } => "lease.revoked",
+            Event::LeaseRevokeFailed { .. } => "lease.revoke_failed",
+            Event::LeaseRetained { .. } => "lease.retained",
+            Event::LeaseReaped { .. } => "lease.reaped",
+            Event::AdminRequest { .. } => "admin.request",
+        }
+    }
+}
+
+/// Where lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Stdout,
+    File(PathBuf),
+}
+
+impl Target {
+    /// `"stdout"` or a path.
+    pub fn from_config(path: &Path) -> Target {
+        if path == Path::new("stdout") {
+            Target::Stdout
+        } else {
+            Target::File(path.to_owned())
+        }
+    }
+}
+
+enum Command {
+    Line(String, Option<oneshot::Sender<Result<(), AuditError>>>),
+    Reopen(oneshot::Sender<Result<(), AuditError>>),
+}
+
+/// A handle to the audit log; cheap to clone. A disabled log (no
+/// `[audit] path`) accepts events and writes nothing.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    queue: Option<mpsc::Sender<Command>>,
+}
+
+impl Audit {
+    /// An audit log that writes nothing.
+    pub fn disabled() -> Audit {
+        Audit { queue: None }
+    }
+
+    /// Opens the target (creating a file with mode 0640) and starts the
+    /// writer thread.
+    pub fn open(target: Target) -> Result<Audit, AuditError> {
+        let sink = Sink::open(&target)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("rolemint-audit".into())
+            .spawn(move || writer(target, sink, rx))
+            .map_err(|e| AuditError::Write(std::io::Error::other(e)))?;
+        Ok(Audit { queue: Some(tx) })
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// Queues `event`; never waits. Dropped (and counted) when the queue is
+    /// full.
+    pub fn record(&self, event: Event) {
+        let Some(queue) = &self.queue else { return };
+        let line = format_line(&event, SystemTime::now());
+        match queue.try_send(Command::Line(line, None)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                crate::observe::metrics::audit_line_dropped();
+                tracing::warn!(event = event.name(), "audit queue full: line dropped");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                crate::observe::metrics::audit_line_dropped();
+            }
+        }
+    }
+
+    /// Writes `event` and returns once it is written and flushed (or
+    /// failed): for actions acknowledged only after their audit line.
+    pub async fn record_durable(&self, event: Event) -> Result<(), AuditError> {
+        let Some(queue) = &self.queue else {
+            return Ok(());
+        };
+        let line = format_line(&event, SystemTime::now());
+        let (done, written) = oneshot::channel();
+        let sent = async {
+            queue
+                .send(Command::Line(line, Some(done)))
+                .await
+                .map_err(|_| AuditError::Stopped)?;
+            written.await.map_err(|_| AuditError::Stopped)?
+        };
+        tokio::time::timeout(DURABLE_WAIT, sent)
+            .await
+            .map_err(|_| AuditError::Timeout(DURABLE_WAIT))?
+    }
+
+    /// Reopens the file (after a log rotation moved it away). Lines queued
+    /// before go to the old file, lines after to the new one.
+    pub async fn reopen(&self) -> Result<(), AuditError> {
+        let Some(queue) = &self.queue else {
+            return Ok(());
+        };
+        let (done, reopened) = oneshot::channel();
+        queue
+            .send(Command::Reopen(done))
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        reopened.await.map_err(|_| AuditError::Stopped)?
+    }
+}
+
+/// One line, without the newline: `time` first, then the event.
+pub fn format_line(event: &Event, time: SystemTime) -> String {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        time: String,
+        #[serde(flatten)]
+        event: &'a Event,
+    }
+    let line = Line {
+        time: humantime::format_rfc3339_millis(time).to_string(),
+        event,
+    };
+    // Serializing strings, numbers and a tagged enum cannot fail; should it
+    // ever, the line still says which event it was.
+    serde_json::to_string(&line).unwrap_or_else(|e| {
+        format!(
+            r#"{{"time":"{}","event":"{}","error":"unserializable: {}"}}"#,
+            line.time,
+            event.name(),
+            e.to_string().replace('"', "'")
+        )
+    })
+}
+
+enum Sink {
+    Stdout,
+    File(File),
+}
+
+impl Sink {
+    fn open(target: &Target) -> Result<Sink, AuditError> {
+        match target {
+            Target::Stdout => Ok(Sink::Stdout),
+            Target::File(path) => OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o640)
+                .open(path)
+                .map(Sink::File)
+                .map_err(|source| AuditError::Open {
+                    path: path.clone(),
+                    source,
+                }),
+        }
+    }
+
+    /// One `write` of the whole line: with O_APPEND it lands in one piece.
+    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        match self {
+            Sink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&bytes)?;
+                out.flush()
+            }
+            Sink::File(f) => {
+                f.write_all(&bytes)?;
+                f.flush()
+            }
+        }
+    }
+}
+
+fn writer(target: Target, mut sink: Sink, mut rx: mpsc::Receiver<Command>) {
+    while let Some(command) = rx.blocking_recv() {
+        match command {
+            Command::Line(line, done) => {
+                let result = sink.write_line(&line).map_err(AuditError::Write);
+                if let Err(e) = &result {
+                    crate::observe::metrics::audit_write_error();
+                    tracing::error!("{e}");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+            }
+            Command::Reopen(done) => {
+                let result = Sink::open(&target).map(|new| sink = new);
+                if let Err(e) = &result {
+                    // Keep writing to the old file rather than nowhere.
+                    tracing::error!("{e}; still writing to the previous file");
+                }
+                let _ = done.send(result);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revoked(id: &str) -> Event {
+        Event::LeaseRevoked {
+            lease_id: id.into(),
+            role: "v-alice-readonly-x-1".into(),
+            by: RevokedBy::Operator,
+        }
+    }
+
+    #[test]
+    fn lines_carry_time_and_event_name() {
+        let line = format_line(
+            &revoked("database/sessions/readonly/a"),
+            SystemTime::UNIX_EPOCH,
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["event"], "lease.revoked");
+        assert_eq!(v["by"], "operator");
+        assert_eq!(v["lease_id"], "database/sessions/readonly/a");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn every_event_serializes_under_its_name() {
+        let events = [
+            Event::ConnectionRefused {
+                client_addr: "a".into(),
+                reason: "r".into(),
+            },
+            Event::AuthFailed {
+                reason: "r".into(),
+                issuer: None,
+                identity: None,
+                client_addr: "a".into(),
+                template: "t".into(),
+                database: "d".into(),
+            },
+            Event::AuthOk {
+                identity: "i".into(),
+                issuer: Some("iss".into()),
+                client_addr: "a".into(),
+                template: "t".into(),
+                database: "d".into(),
+            },
+            Event::LeaseMinted {
+                lease_id: "l".into(),
+                role: "r".into(),
+                identity: "i".into(),
+                groups: vec![],
+                template: "t".into(),
+                database: "d".into(),
+                expire_time: "e".into(),
+                client_addr: None,
+            },
+            Event::SessionEnded {
+                lease_id: "l".into(),
+                role: "r".into(),
+                identity: "i".into(),
+                reason: "client".into(),
+                duration_seconds: 1.5,
+                bytes_in: 1,
+                bytes_out: 2,
+            },
+            Event::LeaseRenewed {
+                lease_id: "l".into(),
+                role: "r".into(),
+                expire_time: "e".into(),
+                capped: true,
+                caller: "operator".into(),
+            },
+            revoked("l"),
+            Event::LeaseRevokeFailed {
+                lease_id: "l".into(),
+                role: "r".into(),
+                attempt: 2,
+                error: "e".into(),
+                retrying: true,
+            },
+            Event::LeaseRetained {
+                lease_id: "l".into(),
+                role: "r".into(),
+                detail: "owner of table t".into(),
+            },
+            Event::LeaseReaped {
+                lease_id: None,
+                role: "r".into(),
+                reason: "expired".into(),
+                instance: None,
+            },
+            Event::AdminRequest {
+                method: "GET".into(),
+                path: "/healthz".into(),
+                status: 200,
+                caller: "anonymous".into(),
+                client_addr: "a".into(),
+            },
+        ];
+        for e in &events {
+            let v: serde_json::Value =
+                serde_json::from_str(&format_line(e, SystemTime::now())).unwrap();
+            assert_eq!(v["event"], e.name());
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_appends_and_reopens_after_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, "{\"earlier\":true}\n").unwrap();
+        let audit = Audit::open(Target::File(path.clone())).unwrap();
+        audit.record_durable(revoked("one")).await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[1].contains("\"lease_id\":\"one\""));
+
+        // Rotation: the file is moved away, then the log is reopened.
+        let rotated = dir.path().join("audit.jsonl.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        audit.record(revoked("two")); // still to the old file (same inode)
+        audit.reopen().await.unwrap();
+        audit.record_durable(revoked("three")).await.unwrap();
+        let old = std::fs::read_to_string(&rotated).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            old.contains("\"two\"") && !old.contains("\"three\""),
+            "{old}"
+        );
+        assert_eq!(new.lines().count(), 1, "{new}");
+        assert!(new.contains("\"three\""));
+    }
+
+    #[tokio::test]
+    async fn a_disabled_log_accepts_everything() {
+        let audit = Audit::disabled();
+        audit.record(revoked("x"));
+        audit.record_durable(revoked("y")).await.unwrap();
+        audit.reopen().await.unwrap();
+        assert!(!audit.is_enabled());
+    }
+
+    #[test]
+    fn an_unwritable_path_is_an_error() {
+        let err = Audit::open(Target::File("/nonexistent-dir/audit.jsonl".into())).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent-dir/audit.jsonl"),
+            "{err}"
+        );
+    }
+}

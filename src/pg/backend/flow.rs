@@ -1,0 +1,622 @@
+//! Logging in to PostgreSQL as the minted role, as a state machine over
+//! backend messages, sans IO.
+//!
+//! ```text
+//! Authenticating ─ SASL(SCRAM-SHA-256) ─► Scram ─ SASLContinue ─► Scram ─ SASLFinal ─► ServerProved ─ AuthOk ─┐
+//!        │ cleartext / MD5 (allow_weak_auth only) ─► PasswordSent ─ AuthOk ─────────────────────────────────────┤
+//!        └ AuthOk (allow_weak_auth only) ───────────────────────────────────────────────────────────────────────┤
+//!                                                      Startup ◄─────────────────────────────────────────────────┘
+//!                               ParameterStatus / NoticeResponse / BackendKeyData ... ReadyForQuery ─► Ready
+//! ```
+//!
+//! Messages are parsed with `postgres_protocol::message::backend`; the
+//! cryptography is `postgres_protocol`'s `ScramSha256`. Everything a
+//! malicious or misconfigured backend can do out of order is an error here:
+//! asking for a cleartext or MD5 password, letting the role in without a
+//! password, AuthenticationOk before the server proved it knows the
+//! verifier, a bad server signature, an oversized SCRAM message or iteration
+//! count, an ErrorResponse without a SQLSTATE. The driver in
+//! [`super::backend`] only moves bytes.
+
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::{ErrorResponseBody, Message};
+use postgres_protocol::message::frontend;
+use tokio_postgres::fallible_iterator::FallibleIterator;
+
+use crate::proxy::cancel::BackendKey;
+use crate::secret::Secret;
+
+/// Largest SCRAM message accepted from the backend. A server-first-message
+/// is a nonce, a salt and a count: about a hundred bytes from PostgreSQL.
+pub const MAX_SCRAM_MESSAGE: usize = 1024;
+/// Highest SCRAM iteration count accepted: the most `mint.scram_iterations`
+/// allows. A backend asking for more would make rolemint burn CPU on its
+/// behalf.
+pub const MAX_SCRAM_ITERATIONS: u32 = 100_000;
+/// Most ParameterStatus and NoticeResponse bytes kept for forwarding.
+pub const MAX_STARTUP_BYTES: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("backend error {code}: {message}")]
+    Server { code: String, message: String },
+    #[error("backend asked for {0}, refused (set backend.allow_weak_auth to permit)")]
+    WeakAuth(&'static str),
+    #[error("SCRAM exchange failed: {0}")]
+    Scram(String),
+    #[error("protocol error from backend: {0}")]
+    Protocol(String),
+}
+
+impl LoginError {
+    fn protocol(what: impl Into<String>) -> LoginError {
+        LoginError::Protocol(what.into())
+    }
+}
+
+/// Where the login stands.
+enum State {
+    /// Waiting for the backend's authentication request.
+    Authenticating,
+    /// SCRAM under way: the client-first (and maybe client-final) message sent.
+    Scram(Box<ScramSha256>),
+    /// A cleartext or MD5 password was sent (allow_weak_auth only).
+    PasswordSent,
+    /// SCRAM's server signature verified: the backend knew our verifier.
+    ServerProved,
+    /// Authenticated: startup messages until ReadyForQuery.
+    Startup,
+    /// Ready, or failed: nothing more is accepted.
+    Done,
+}
+
+/// What the driver does next.
+pub enum Step {
+    /// Send these bytes to the backend, then read the next message.
+    Send(BytesMut),
+    /// Read the next message.
+    Read,
+    /// Logged in.
+    Ready(Ready),
+}
+
+/// The end of a successful login.
+pub struct Ready {
+    /// ParameterStatus and NoticeResponse messages, as received, to forward.
+    pub startup: BytesMut,
+    /// The backend's key, for cancel requests.
+    pub key: BackendKey,
+    /// The ReadyForQuery message, forwarded last.
+    pub ready: Bytes,
+}
+
+/// A login in progress.
+pub struct Flow<'a> {
+    user: &'a str,
+    password: &'a Secret,
+    allow_weak_auth: bool,
+    state: State,
+    startup: BytesMut,
+    key: Option<BackendKey>,
+}
+
+impl<'a> Flow<'a> {
+    pub fn new(user: &'a str, password: &'a Secret, allow_weak_auth: bool) -> Flow<'a> {
+        Flow {
+            user,
+            password,
+            allow_weak_auth,
+            state: State::Authenticating,
+            startup: BytesMut::new(),
+            key: None,
+        }
+    }
+
+    /// The StartupMessage that opens the login.
+    pub fn startup_message(
+        &self,
+        database: &str,
+        forward: &[(String, String)],
+    ) -> Result<BytesMut, LoginError> {
+        let mut out = BytesMut::new();
+        let params = [("user", self.user), ("database", database)]
+            .into_iter()
+            .chain(forward.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        frontend::startup_message(params, &mut out)
+            .map_err(|e| LoginError::protocol(format!("startup message: {e}")))?;
+        Ok(out)
+    }
+
+    /// Takes one whole backend message (tag, length and body).
+    pub fn step(&mut self, frame: &[u8]) -> Result<Step, LoginError> {
+        let result = self.advance(frame);
+        if result.is_err() {
+            self.state = State::Done;
+        }
+        result
+    }
+
+    fn advance(&mut self, frame: &[u8]) -> Result<Step, LoginError> {
+        // One whole message, its length word true: the parser would
+        // otherwise reserve whatever length a frame claims.
+        let claimed = frame
+            .get(1..5)
+            .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize);
+        if claimed.is_none() || claimed != frame.len().checked_sub(1) {
+            return Err(LoginError::protocol("malformed message length"));
+        }
+        let mut buf = BytesMut::from(frame);
+        let message = match Message::parse(&mut buf) {
+            Ok(Some(message)) if buf.is_empty() => message,
+            Ok(_) => return Err(LoginError::protocol("malformed message")),
+            Err(e) => return Err(LoginError::protocol(format!("malformed message: {e}"))),
+        };
+        let state = std::mem::replace(&mut self.state, State::Done);
+        match (message, state) {
+            (Message::ErrorResponse(body), _) => Err(server_error(&body)),
+            (Message::AuthenticationOk, state) => self.authenticated(state),
+            (Message::AuthenticationCleartextPassword, State::Authenticating) => {
+                self.weak("a cleartext password")?;
+                self.send_password(self.password.expose().as_bytes())
+            }
+            (Message::AuthenticationMd5Password(body), State::Authenticating) => {
+                self.weak("an MD5 password")?;
+                let hash = postgres_protocol::authentication::md5_hash(
+                    self.user.as_bytes(),
+                    self.password.expose().as_bytes(),
+                    body.salt(),
+                );
+                self.send_password(hash.as_bytes())
+            }
+            (Message::AuthenticationSasl(body), State::Authenticating) => {
+                let mut mechanisms = body.mechanisms();
+                let mut offers_scram = false;
+                while let Some(m) = mechanisms
+                    .next()
+                    .map_err(|e| LoginError::protocol(format!("SASL mechanisms: {e}")))?
+                {
+                    offers_scram |= m == SCRAM_SHA_256;
+                }
+                if !offers_scram {
+                    return Err(LoginError::Scram(
+                        "backend does not offer SCRAM-SHA-256".into(),
+                    ));
+                }
+                let scram = ScramSha256::new(
+                    self.password.expose().as_bytes(),
+                    ChannelBinding::unsupported(),
+                );
+                let mut out = BytesMut::new();
+                frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut out)
+                    .map_err(|e| LoginError::protocol(e.to_string()))?;
+                self.state = State::Scram(Box::new(scram));
+                Ok(Step::Send(out))
+            }
+            (Message::AuthenticationSaslContinue(body), State::Scram(mut scram)) => {
+                check_server_first(body.data())?;
+                scram
+                    .update(body.data())
+                    .map_err(|e| LoginError::Scram(e.to_string()))?;
+                let mut out = BytesMut::new();
+                frontend::sasl_response(scram.message(), &mut out)
+                    .map_err(|e| LoginError::protocol(e.to_string()))?;
+                self.state = State::Scram(scram);
+                Ok(Step::Send(out))
+            }
+            (Message::AuthenticationSaslFinal(body), State::Scram(mut scram)) => {
+                if body.data().len() > MAX_SCRAM_MESSAGE {
+                    return Err(LoginError::Scram("oversized server-final-message".into()));
+                }
+                scram
+                    .finish(body.data())
+                    .map_err(|e| LoginError::Scram(e.to_string()))?;
+                self.state = State::ServerProved;
+                Ok(Step::Read)
+            }
+            (Message::ParameterStatus(_) | Message::NoticeResponse(_), state) => {
+                if self.startup.len() + frame.len() > MAX_STARTUP_BYTES {
+                    return Err(LoginError::protocol("too many startup messages"));
+                }
+                self.startup.extend_from_slice(frame);
+                self.state = state;
+                Ok(Step::Read)
+            }
+            (Message::BackendKeyData(body), State::Startup) if self.key.is_none() => {
+                self.key = Some(BackendKey {
+                    process_id: body.process_id(),
+                    secret_key: body.secret_key(),
+                });
+                self.state = State::Startup;
+                Ok(Step::Read)
+            }
+            (Message::ReadyForQuery(_), State::Startup) => {
+                let key = self.key.take().ok_or_else(|| {
+                    LoginError::protocol("no BackendKeyData before ReadyForQuery")
+                })?;
+                Ok(Step::Ready(Ready {
+                    startup: std::mem::take(&mut self.startup),
+                    key,
+                    ready: Bytes::copy_from_slice(frame),
+                }))
+            }
+            (_, State::Done) => Err(LoginError::protocol("message after the login ended")),
+            _ => Err(LoginError::protocol(format!(
+                "unexpected message {:?} during login",
+                frame.first().map(|t| *t as char).unwrap_or('?')
+            ))),
+        }
+    }
+
+    /// AuthenticationOk: allowed after a verified SCRAM exchange, or after a
+    /// weak method (or none) when the operator allowed it.
+    fn authenticated(&mut self, state: State) -> Result<Step, LoginError> {
+        match state {
+            State::ServerProved | State::PasswordSent => {}
+            State::Authenticating => self.weak("no authentication (trust)")?,
+            // AuthenticationOk before SASLFinal would skip the check that the
+            // server knows the verifier.
+            State::Scram(_) => {
+                return Err(LoginError::Scram(
+                    "authentication ended before the server proved itself".into(),
+                ))
+            }
+            State::Startup | State::Done => {
+                return Err(LoginError::protocol("a second AuthenticationOk"))
+            }
+        }
+        self.state = State::Startup;
+        Ok(Step::Read)
+    }
+
+    fn weak(&self, what: &'static str) -> Result<(), LoginError> {
+        if self.allow_weak_auth {
+            Ok(())
+        } else {
+            Err(LoginError::WeakAuth(what))
+        }
+    }
+
+    fn send_password(&mut self, password: &[u8]) -> Result<Step, LoginError> {
+        let mut out = BytesMut::new();
+        frontend::password_message(password, &mut out)
+            .map_err(|e| LoginError::protocol(e.to_string()))?;
+        self.state = State::PasswordSent;
+        Ok(Step::Send(out))
+    }
+}
+
+/// Bounds a server-first-message before `ScramSha256` works on it: its
+/// size, and the iteration count the client would spend CPU on.
+fn check_server_first(data: &[u8]) -> Result<(), LoginError> {
+    if data.len() > MAX_SCRAM_MESSAGE {
+        return Err(LoginError::Scram("oversized server-first-message".into()));
+    }
+    let iterations = data
+        .split(|b| *b == b',')
+        .find_map(|attr| attr.strip_prefix(b"i="))
+        .and_then(|i| std::str::from_utf8(i).ok())
+        .and_then(|i| i.parse::<u32>().ok());
+    match iterations {
+        Some(i) if (1..=MAX_SCRAM_ITERATIONS).contains(&i) => Ok(()),
+        Some(i) => Err(LoginError::Scram(format!(
+            "iteration count {i} above {MAX_SCRAM_ITERATIONS}"
+        ))),
+        None => Err(LoginError::Scram("no iteration count".into())),
+    }
+}
+
+/// The SQLSTATE and message of an ErrorResponse, for the log. PostgreSQL
+/// always sends a SQLSTATE; a backend that does not is not PostgreSQL.
+fn server_error(body: &ErrorResponseBody) -> LoginError {
+    let mut code = None;
+    let mut message = String::new();
+    let mut fields = body.fields();
+    loop {
+        match fields.next() {
+            Ok(Some(field)) => match field.type_() {
+                b'C' => code = Some(String::from_utf8_lossy(field.value_bytes()).into_owned()),
+                b'M' => message = String::from_utf8_lossy(field.value_bytes()).into_owned(),
+                _ => {}
+            },
+            Ok(None) => break,
+            Err(e) => return LoginError::protocol(format!("malformed ErrorResponse: {e}")),
+        }
+    }
+    match code {
+        Some(code) => LoginError::Server { code, message },
+        None => LoginError::protocol("ErrorResponse without a SQLSTATE"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::{hmac, pbkdf2};
+    use base64::Engine as _;
+    use bytes::BufMut;
+    use std::num::NonZeroU32;
+
+    const PASSWORD: &str = "minted-password";
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn auth(code: i32, rest: &[u8]) -> Vec<u8> {
+        let mut body = code.to_be_bytes().to_vec();
+        body.extend_from_slice(rest);
+        msg(b'R', &body)
+    }
+
+    fn after_auth() -> Vec<Vec<u8>> {
+        let mut key = BytesMut::new();
+        key.put_i32(42);
+        key.put_i32(7);
+        vec![
+            msg(b'S', b"server_version\x0017\x00"),
+            msg(b'K', &key),
+            msg(b'Z', b"I"),
+        ]
+    }
+
+    fn run(flow: &mut Flow<'_>, frames: &[Vec<u8>]) -> Result<Option<Ready>, LoginError> {
+        for frame in frames {
+            if let Step::Ready(ready) = flow.step(frame)? {
+                return Ok(Some(ready));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The server side of SCRAM-SHA-256, enough to drive the client.
+    struct FakeServer {
+        salted: [u8; 32],
+        client_first_bare: String,
+        server_first: String,
+    }
+
+    impl FakeServer {
+        fn first(client_first: &[u8], iterations: u32, nonce_suffix: &str) -> FakeServer {
+            let client_first = std::str::from_utf8(client_first).unwrap();
+            let bare = client_first.strip_prefix("n,,").unwrap().to_owned();
+            let nonce = bare.split(',').find_map(|a| a.strip_prefix("r=")).unwrap();
+            let salt = b"0123456789abcdef";
+            let mut salted = [0u8; 32];
+            pbkdf2::derive(
+                pbkdf2::PBKDF2_HMAC_SHA256,
+                NonZeroU32::new(iterations.max(1)).unwrap(),
+                salt,
+                PASSWORD.as_bytes(),
+                &mut salted,
+            );
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let server_first = format!(
+                "r={nonce}{nonce_suffix},s={},i={iterations}",
+                b64.encode(salt)
+            );
+            FakeServer {
+                salted,
+                client_first_bare: bare,
+                server_first,
+            }
+        }
+
+        fn final_message(&self, client_final: &[u8], tamper: bool) -> String {
+            let client_final = std::str::from_utf8(client_final).unwrap();
+            let without_proof = &client_final[..client_final.find(",p=").unwrap()];
+            let auth_message = format!(
+                "{},{},{}",
+                self.client_first_bare, self.server_first, without_proof
+            );
+            let server_key = hmac::sign(
+                &hmac::Key::new(hmac::HMAC_SHA256, &self.salted),
+                b"Server Key",
+            );
+            let mut signature = hmac::sign(
+                &hmac::Key::new(hmac::HMAC_SHA256, server_key.as_ref()),
+                auth_message.as_bytes(),
+            )
+            .as_ref()
+            .to_vec();
+            if tamper {
+                signature[0] ^= 1;
+            }
+            let b64 = base64::engine::general_purpose::STANDARD;
+            format!("v={}", b64.encode(signature))
+        }
+    }
+
+    /// The body of a SASLInitialResponse or SASLResponse the flow sent.
+    fn sasl_payload(sent: &[u8], initial: bool) -> Vec<u8> {
+        let mut body = &sent[5..];
+        if initial {
+            let nul = body.iter().position(|b| *b == 0).unwrap();
+            body = &body[nul + 1 + 4..];
+        }
+        body.to_vec()
+    }
+
+    fn send(step: Step) -> BytesMut {
+        match step {
+            Step::Send(b) => b,
+            _ => panic!("expected a message to send"),
+        }
+    }
+
+    /// Runs SCRAM to the server-final message; `tamper` spoils the signature.
+    fn scram_login(iterations: u32, nonce_suffix: &str, tamper: bool) -> Result<Ready, LoginError> {
+        let password = Secret::new(PASSWORD);
+        let mut flow = Flow::new("v-alice", &password, false);
+        let first = send(flow.step(&auth(10, b"SCRAM-SHA-256\0\0"))?);
+        let server = FakeServer::first(&sasl_payload(&first, true), iterations, nonce_suffix);
+        let second = send(flow.step(&auth(11, server.server_first.as_bytes()))?);
+        let fin = server.final_message(&sasl_payload(&second, false), tamper);
+        assert!(matches!(flow.step(&auth(12, fin.as_bytes()))?, Step::Read));
+        let mut frames = vec![auth(0, b"")];
+        frames.extend(after_auth());
+        Ok(run(&mut flow, &frames)?.expect("ready"))
+    }
+
+    #[test]
+    fn a_scram_login_reaches_ready_with_the_backend_key() {
+        let ready = scram_login(16, "serverpart", false).unwrap();
+        assert_eq!(
+            ready.key,
+            BackendKey {
+                process_id: 42,
+                secret_key: 7
+            }
+        );
+        assert_eq!(&ready.ready[..], &msg(b'Z', b"I")[..]);
+        assert_eq!(
+            &ready.startup[..],
+            &msg(b'S', b"server_version\x0017\x00")[..]
+        );
+    }
+
+    #[test]
+    fn a_bad_server_signature_is_refused() {
+        let e = scram_login(16, "serverpart", true).err().unwrap();
+        assert!(matches!(e, LoginError::Scram(_)), "{e}");
+    }
+
+    #[test]
+    fn an_oversized_nonce_or_iteration_count_is_refused() {
+        let e = scram_login(16, &"n".repeat(2000), false).err().unwrap();
+        assert!(e.to_string().contains("oversized"), "{e}");
+        let e = scram_login(MAX_SCRAM_ITERATIONS + 1, "x", false)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("iteration count"), "{e}");
+    }
+
+    #[test]
+    fn authentication_ok_before_the_server_proved_itself_is_refused() {
+        let password = Secret::new(PASSWORD);
+        let mut flow = Flow::new("v-alice", &password, false);
+        flow.step(&auth(10, b"SCRAM-SHA-256\0\0")).unwrap();
+        let e = flow.step(&auth(0, b"")).err().unwrap();
+        assert!(e.to_string().contains("proved"), "{e}");
+        // And the flow stays failed.
+        assert!(flow.step(&auth(0, b"")).is_err());
+    }
+
+    #[test]
+    fn weak_methods_are_refused_unless_allowed() {
+        let password = Secret::new(PASSWORD);
+        for (frame, what) in [
+            (auth(3, b""), "cleartext"),
+            (auth(5, b"salt"), "MD5"),
+            (auth(0, b""), "trust"),
+        ] {
+            let mut strict = Flow::new("v-alice", &password, false);
+            let e = strict.step(&frame).err().unwrap();
+            assert!(
+                matches!(e, LoginError::WeakAuth(_)) && e.to_string().contains(what),
+                "{e}"
+            );
+            let mut weak = Flow::new("v-alice", &password, true);
+            let mut frames = vec![frame.clone()];
+            if what != "trust" {
+                assert!(matches!(weak.step(&frame).unwrap(), Step::Send(_)));
+                frames = vec![auth(0, b"")];
+            }
+            frames.extend(after_auth());
+            assert!(run(&mut weak, &frames).unwrap().is_some(), "{what}");
+        }
+    }
+
+    #[test]
+    fn sasl_without_scram_sha_256_is_refused() {
+        let password = Secret::new(PASSWORD);
+        let mut flow = Flow::new("v-alice", &password, false);
+        let e = flow
+            .step(&auth(10, b"SCRAM-SHA-256-PLUS\0\0"))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("does not offer"), "{e}");
+    }
+
+    #[test]
+    fn error_responses_need_a_sqlstate() {
+        let password = Secret::new(PASSWORD);
+        let mut flow = Flow::new("v-alice", &password, false);
+        let e = flow
+            .step(&msg(
+                b'E',
+                b"SFATAL\0C28P01\0Mpassword authentication failed\0\0",
+            ))
+            .err()
+            .unwrap();
+        match e {
+            LoginError::Server { code, message } => {
+                assert_eq!(code, "28P01");
+                assert_eq!(message, "password authentication failed");
+            }
+            e => panic!("{e}"),
+        }
+        let mut flow = Flow::new("v-alice", &password, false);
+        let e = flow
+            .step(&msg(b'E', b"SFATAL\0Mno code\0\0"))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("without a SQLSTATE"), "{e}");
+    }
+
+    #[test]
+    fn out_of_order_and_malformed_messages_are_refused() {
+        let password = Secret::new(PASSWORD);
+        let cases: Vec<Vec<Vec<u8>>> = vec![
+            vec![msg(b'Z', b"I")],                    // ready before auth
+            vec![auth(12, b"v=abc")],                 // SASLFinal without SASL
+            vec![auth(11, b"r=x,s=c2FsdA==,i=1")],    // SASLContinue without SASL
+            vec![auth(7, b"")],                       // GSS
+            vec![msg(b'D', b"\0\0")],                 // a data row
+            vec![msg(b'R', b"\0\0")],                 // short auth
+            vec![msg(b'K', b"\0\0\0\x01\0\0\0\x02")], // key before auth
+        ];
+        for frames in cases {
+            let mut flow = Flow::new("v-alice", &password, false);
+            assert!(run(&mut flow, &frames).is_err(), "{frames:?}");
+        }
+        // ReadyForQuery without a BackendKeyData.
+        let mut weak = Flow::new("v-alice", &password, true);
+        assert!(run(&mut weak, &[auth(0, b""), msg(b'Z', b"I")]).is_err());
+    }
+
+    /// A small deterministic generator: the same inputs on every run.
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn a_frame_claiming_more_than_it_holds_is_refused_without_allocating() {
+        let password = Secret::new(PASSWORD);
+        let mut flow = Flow::new("v-alice", &password, false);
+        let e = flow.step(&[b'R', 0x4c, 0, 0, 0, 0, 0, 0, 0]).err().unwrap();
+        assert!(e.to_string().contains("length"), "{e}");
+        assert!(flow.step(&[]).is_err());
+    }
+
+    #[test]
+    fn arbitrary_frames_never_panic() {
+        let password = Secret::new(PASSWORD);
+        let mut state = 0x1234_5678_9abc_def1;
+        for _ in 0..20_000 {
+            let mut flow = Flow::new("v-alice", &password, xorshift(&mut state) % 2 == 0);
+            for _ in 0..4 {
+                let tag = b"RSKZEN"[(xorshift(&mut state) % 6) as usize];
+                let len = (xorshift(&mut state) % 24) as usize;
+                let body: Vec<u8> = (0..len).map(|_| xorshift(&mut state) as u8).collect();
+                let _ = flow.step(&msg(tag, &body));
+            }
+        }
+    }
+}

@@ -1,0 +1,910 @@
+//! Minting and revoking roles: the part of a session that touches the
+//! backend as admin.
+//!
+//! [`Minter::mint`] turns an [`Identity`] and a [`RoleTemplate`] into a role
+//! that exists now, in one round trip and one commit:
+//! 1. a name (`names.rs`), a 256-bit random password and its SCRAM verifier
+//!    (`scram.rs`), an expiry of now + TTL;
+//! 2. the template's `creation_statements` rendered with those values, each
+//!    checked against a narrow alphabet first (`template.rs`);
+//! 3. `BEGIN; <creation statements>; GRANT rolemint_managed TO role;
+//!    COMMENT ON ROLE role IS '<lease json>'; COMMIT` as a single
+//!    simple-query string (`sql.rs`) on a pooled admin connection to the
+//!    target database (`pool.rs`, TLS via `pg_tls.rs`).
+//!
+//! The plaintext password stays in the returned [`MintedRole`]; PostgreSQL
+//! only ever sees the verifier. The marker membership and the comment make
+//! the database the durable record: the reaper finds every role rolemint
+//! minted, even one whose mint future was dropped half-way.
+//!
+//! [`Minter::create`] is split from rendering ([`Minter::render_mint`]) so
+//! that the caller knows the role's name before any SQL is sent: whatever
+//! happens to the batch (an error, a timeout, a COMMIT that lands after we
+//! stopped waiting), the caller can hand that name to the revoker.
+//!
+//! [`Minter::revoke_batch`] ends roles (`revoke.rs`: NOLOGIN, terminate
+//! their backends, hand owned objects to the template's `owner`, drop), many
+//! per round trip; [`Minter::renew`] moves a role's `VALID UNTIL`. Both are
+//! idempotent and refuse roles that are not members of `rolemint_managed`.
+//! [`Minter::catalog_leases`] reads every live lease of every instance
+//! back from the catalog (`catalog.rs`).
+
+use std::num::NonZeroU32;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::SystemRandom;
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::auth::identity::Identity;
+use crate::config::{Config, RoleTemplate};
+use crate::lease::registry::{Lease, LeaseKind};
+use crate::secret::Secret;
+
+mod auth_guard;
+pub mod backend;
+mod catalog;
+mod cluster_sql;
+mod names;
+mod pg_tls;
+mod pool;
+mod reap_sql;
+mod revoke_sql;
+pub mod rotate;
+mod scram;
+mod sql;
+mod template;
+
+pub use catalog::{CatalogFilter, CatalogLease, MAX_CATALOG_LEASES};
+pub use names::{is_valid_role_name, sanitize as sanitize_name_part, NameTemplate, MAX_NAME_BYTES};
+pub use pg_tls::MakeRustlsConnect;
+pub use reap_sql::{ManagedRole, Sweep, MAX_ROLES_PER_SWEEP, SWEEP_LOCK_KEY};
+pub use revoke_sql::{Outcome, Target};
+pub use sql::{LeaseComment, DIRECT_MARKER_ROLE, MARKER_ROLE};
+pub use template::TemplateError;
+
+/// The lease-id prefix of a pooled role's comment, until a session claims
+/// it (`database/warm/<template>/<random>`): not a lease anyone holds.
+pub const WARM_LEASE_PREFIX: &str = "database/warm/";
+
+/// The `kind` of a pooled role's lease comment, until a session claims it.
+pub const WARM_KIND: &str = "warm";
+
+/// Longest `pg_terminate_backend` wait per backend during a revoke.
+const MAX_TERMINATE_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a mint or a revoke failed. Carries what the log needs (database,
+/// SQLSTATE, server message); never a password or a token. None of this is
+/// for the client: the session maps it to `ClientError::MintFailed` /
+/// `BackendUnavailable`.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// The config cannot work (checked in [`Minter::new`]).
+    #[error("mint configuration: {0}")]
+    Config(String),
+    /// The backend TLS client config could not be built.
+    #[error("backend TLS: {0}")]
+    Tls(String),
+    /// A value or placeholder was refused while rendering a template.
+    #[error("role template: {0}")]
+    Template(#[from] TemplateError),
+    /// `revoke` was given a name outside the role-name alphabet.
+    #[error("invalid role name {0:?}")]
+    InvalidRoleName(String),
+    /// The system CSPRNG failed.
+    #[error("system random number generator failed")]
+    Random,
+    /// Connecting or logging in as admin failed.
+    #[error("cannot connect to database \"{database}\" as admin: {message}")]
+    Connect {
+        database: String,
+        /// Set when the server refused us (bad admin password, no such
+        /// database, too many connections).
+        sqlstate: Option<String>,
+        message: String,
+    },
+    /// A bounded wait ran out.
+    #[error("timed out {what} in database \"{database}\" after {after:?}")]
+    Timeout {
+        what: &'static str,
+        database: String,
+        after: Duration,
+    },
+    /// The server rejected a statement.
+    #[error(
+        "SQL error {sqlstate} in database \"{database}\": {message}{}",
+        detail_suffix(detail)
+    )]
+    Sql {
+        database: String,
+        sqlstate: String,
+        message: String,
+        detail: Option<String>,
+    },
+    /// `DROP ROLE` failed with 2BP01: the role owns objects (or holds
+    /// privileges in another database). It was left NOLOGIN, its sessions
+    /// terminated; an operator decides what happens to the objects.
+    #[error("role \"{role}\" was left NOLOGIN: it owns objects or holds privileges ({database}): {detail}")]
+    OwnsObjects {
+        role: String,
+        database: String,
+        detail: String,
+    },
+    /// The role exists but is not a member of `rolemint_managed`: refused.
+    #[error("role \"{role}\" is not managed by rolemint; refusing to revoke it")]
+    NotManaged { role: String },
+    /// The admin connection failed other than with an SQL error.
+    #[error("admin connection to database \"{database}\": {message}")]
+    Backend { database: String, message: String },
+}
+
+fn detail_suffix(detail: &Option<String>) -> String {
+    detail
+        .as_deref()
+        .map(|d| format!(" ({})", d.replace('\n', "; ")))
+        .unwrap_or_default()
+}
+
+impl MintError {
+    /// Whether trying again later may succeed (network, timeouts, server
+    /// overload or restart, lock and serialization conflicts). Permission,
+    /// syntax and template errors are not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            MintError::Timeout { .. } | MintError::Backend { .. } => true,
+            MintError::Connect { sqlstate, .. } => {
+                sqlstate.as_deref().is_none_or(transient_sqlstate)
+            }
+            MintError::Sql {
+                sqlstate, message, ..
+            } => {
+                transient_sqlstate(sqlstate)
+                    // Two concurrent GRANTs on the same object (templates
+                    // that grant on tables directly) can collide on the
+                    // catalog row.
+                    || (sqlstate == "XX000" && message.contains("tuple concurrently updated"))
+            }
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE, when the server sent one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            MintError::Sql { sqlstate, .. } => Some(sqlstate),
+            MintError::Connect { sqlstate, .. } => sqlstate.as_deref(),
+            MintError::OwnsObjects { .. } => Some("2BP01"),
+            _ => None,
+        }
+    }
+
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MintError::Config(_) => "config",
+            MintError::Tls(_) => "tls",
+            MintError::Template(_) => "template",
+            MintError::InvalidRoleName(_) => "invalid_role_name",
+            MintError::Random => "random",
+            MintError::Connect { .. } => "connect",
+            MintError::Timeout { .. } => "timeout",
+            MintError::Sql { .. } => "sql",
+            MintError::OwnsObjects { .. } => "owns_objects",
+            MintError::NotManaged { .. } => "not_managed",
+            MintError::Backend { .. } => "backend",
+        }
+    }
+
+    fn connect(database: &str, e: &tokio_postgres::Error) -> MintError {
+        MintError::Connect {
+            database: database.to_owned(),
+            sqlstate: e.code().map(|c| c.code().to_owned()),
+            message: error_text(e),
+        }
+    }
+
+    fn query(database: &str, e: &tokio_postgres::Error) -> MintError {
+        match e.as_db_error() {
+            Some(db) => MintError::Sql {
+                database: database.to_owned(),
+                sqlstate: db.code().code().to_owned(),
+                message: db.message().to_owned(),
+                detail: db.detail().map(str::to_owned),
+            },
+            None => MintError::Backend {
+                database: database.to_owned(),
+                message: error_text(e),
+            },
+        }
+    }
+}
+
+/// tokio-postgres' error with its cause chain ("error connecting to server:
+/// Connection refused"). It never contains the connection's password.
+fn error_text(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// SQLSTATE classes worth a retry: 08 connection exception, 40 transaction
+/// rollback (serialization, deadlock), 53 insufficient resources, 57
+/// operator intervention (admin shutdown, cannot connect now, statement
+/// timeout), 58 system error; and 55P03 lock not available.
+fn transient_sqlstate(code: &str) -> bool {
+    ["08", "40", "53", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || code == "55P03"
+}
+
+/// What to mint.
+pub struct MintRequest<'a> {
+    pub identity: &'a Identity,
+    pub template_name: &'a str,
+    pub template: &'a RoleTemplate,
+    pub database: &'a str,
+    pub ttl: Duration,
+    pub lease_id: &'a str,
+}
+
+/// A role that exists in the database now.
+#[derive(Debug, Clone)]
+pub struct MintedRole {
+    pub name: String,
+    /// Plaintext password, kept in memory only for the backend login.
+    pub password: Secret,
+    pub expires_at: SystemTime,
+}
+
+/// A mint rendered and not yet sent: the name is known before any SQL runs.
+#[derive(Debug)]
+pub struct PreparedMint {
+    pub role: MintedRole,
+    database: String,
+    /// The simple-query string (holds the verifier: never logged).
+    batch: Secret,
+    /// Statements in the batch: how long the server may go on running it
+    /// after we stopped waiting is bounded by this many statement timeouts.
+    statements: usize,
+}
+
+impl PreparedMint {
+    /// The database the role is minted in.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The longest the batch can still run on the server after its client
+    /// gave up: the server bounds each statement of a simple query by
+    /// `statement_timeout` separately (PostgreSQL 13+), and does not notice
+    /// a closed connection between them. A revocation of a failed mint is
+    /// confirmed only after this has passed.
+    pub fn settle_time(&self, statement_timeout: Duration) -> Duration {
+        statement_timeout * u32::try_from(self.statements + 2).unwrap_or(u32::MAX)
+    }
+}
+
+/// The admin role's powers, for `rolemint check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminFacts {
+    pub server_version: String,
+    pub superuser: bool,
+    pub create_role: bool,
+    /// Member of pg_signal_backend: may end a lease's sessions.
+    pub signal_backend: bool,
+    /// `rolemint_managed` exists.
+    pub marker_exists: bool,
+}
+
+/// One line of pg_hba.conf as the server reads it (`pg_hba_file_rules`),
+/// for `rolemint check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HbaRule {
+    pub line: u32,
+    /// `local`, `host`, `hostssl`, ...
+    pub kind: String,
+    /// The user column: `all`, `+group` or role names.
+    pub users: Vec<String>,
+    /// `all`, an address, a host name, `samehost`, ...; `None` for `local`.
+    pub address: Option<String>,
+    pub netmask: Option<String>,
+    pub method: String,
+}
+
+/// Creates and drops roles as the admin user.
+#[derive(Debug)]
+pub struct Minter {
+    /// Admin connections, per database.
+    pool: pool::AdminPool,
+    /// `mint.name_template`, parsed and checked once.
+    names: names::NameTemplate,
+    /// `mint.scram_iterations` (see `scram.rs` for why it is low).
+    scram_iterations: NonZeroU32,
+    /// This instance's name in lease comments.
+    instance: String,
+    /// `backend.admin_database`: where `prepare` runs.
+    admin_database: String,
+    /// Per-backend wait of `pg_terminate_backend` on revoke, in ms.
+    terminate_wait_ms: u64,
+    /// `mint.statement_timeout`.
+    statement_timeout: Duration,
+    rng: SystemRandom,
+}
+
+impl Minter {
+    /// Checks the mint settings and builds the admin pool. Connects to
+    /// nothing yet.
+    pub fn new(config: &Config) -> Result<Minter, MintError> {
+        let names =
+            names::NameTemplate::parse(&config.mint.name_template).map_err(MintError::Config)?;
+        let scram_iterations = NonZeroU32::new(config.mint.scram_iterations)
+            .ok_or_else(|| MintError::Config("mint.scram_iterations must be at least 1".into()))?;
+        // `None` when `backend.tls = "disable"`.
+        let tls = crate::tls::backend_client_config(&config.backend)
+            .map_err(|e| MintError::Tls(e.to_string()))?;
+        let statement_timeout = config.mint.statement_timeout;
+        if statement_timeout.is_zero() {
+            return Err(MintError::Config(
+                "mint.statement_timeout must be positive".into(),
+            ));
+        }
+        let pool = pool::AdminPool::new(&config.backend, tls, statement_timeout)?;
+        let terminate_wait = MAX_TERMINATE_WAIT.min(statement_timeout / 2);
+        Ok(Minter {
+            pool,
+            names,
+            scram_iterations,
+            instance: instance_name(config.mint.instance.as_deref()),
+            admin_database: config.backend.admin_database.clone(),
+            terminate_wait_ms: u64::try_from(terminate_wait.as_millis())
+                .unwrap_or(5000)
+                .max(1),
+            statement_timeout,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// Creates the `rolemint_managed` marker role if missing. Run at startup
+    /// (and by `rolemint check`); idempotent and safe to race.
+    pub async fn prepare(&self) -> Result<(), MintError> {
+        let mut conn = self.pool.get(&self.admin_database).await?;
+        conn.batch(&sql::prepare()).await?;
+        Ok(())
+    }
+
+    /// Proves an admin connection to `database` works now: a pooled one
+    /// (discarded if it broke) or a new one, and a `SELECT 1` on it. For
+    /// the admin listener's `/readyz`.
+    pub async fn ping(&self, database: &str) -> Result<(), MintError> {
+        let mut conn = self.pool.get(database).await?;
+        conn.batch("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// How many roles are members of `rolemint_managed` now: the
+    /// `rolemint_managed_roles` gauge, which shows a catalog that grows
+    /// (revocations failing, the reaper not keeping up). Members holding
+    /// ADMIN OPTION are the admin role itself (PostgreSQL 16 grants a
+    /// created role to its creator that way), never a minted role.
+    pub async fn managed_role_count(&self) -> Result<u64, MintError> {
+        let mut conn = self.pool.get(&self.admin_database).await?;
+        let sql = format!(
+            "SELECT pg_catalog.count(*) FROM pg_catalog.pg_auth_members m \
+             JOIN pg_catalog.pg_roles g ON g.oid = m.roleid \
+             WHERE g.rolname = {} AND NOT m.admin_option",
+            postgres_protocol::escape::escape_literal(MARKER_ROLE)
+        );
+        let rows = conn.batch(&sql).await?;
+        rows.iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => row.get(0).and_then(|n| n.parse().ok()),
+                _ => None,
+            })
+            .ok_or_else(|| MintError::Backend {
+                database: self.admin_database.clone(),
+                message: "counting managed roles returned no number".into(),
+            })
+    }
+
+    /// Creates the role for one session. See the module doc.
+    pub async fn mint(&self, req: &MintRequest<'_>) -> Result<MintedRole, MintError> {
+        let prepared = self.render_mint(req)?;
+        self.create(&prepared).await?;
+        Ok(prepared.role)
+    }
+
+    /// Name, credentials, expiry and SQL of a mint, without sending it.
+    pub fn render_mint(&self, req: &MintRequest<'_>) -> Result<PreparedMint, MintError> {
+        let (role, batch, statements) = self.render(req, sql::Finish::Commit)?;
+        Ok(PreparedMint {
+            role,
+            database: req.database.to_owned(),
+            batch: Secret::new(batch),
+            statements,
+        })
+    }
+
+    /// A pooled role of `template` for `database` (see `warm_pool.rs`):
+    /// rendered like a session's, named by `names` (no identity), its
+    /// `VALID UNTIL` `valid_for` from now and its comment marked
+    /// [`WARM_KIND`] under a [`WARM_LEASE_PREFIX`] id. Its session settings
+    /// are rendered for no identity: config validation refuses a pooled
+    /// template whose settings use one.
+    pub fn render_warm(
+        &self,
+        template_name: &str,
+        template: &RoleTemplate,
+        database: &str,
+        valid_for: Duration,
+        names: &NameTemplate,
+    ) -> Result<PreparedMint, MintError> {
+        let nobody = Identity {
+            subject: String::new(),
+            groups: Vec::new(),
+            expires_at: SystemTime::now() + valid_for,
+            issuer: String::new(),
+        };
+        let lease_id = crate::lease::registry::new_lease_id(LeaseKind::Session, template_name)
+            .replacen("database/sessions/", WARM_LEASE_PREFIX, 1);
+        let req = MintRequest {
+            identity: &nobody,
+            template_name,
+            template,
+            database,
+            ttl: valid_for,
+            lease_id: &lease_id,
+        };
+        let (role, batch, statements) =
+            self.render_as(&req, sql::Finish::Commit, names, WARM_KIND)?;
+        Ok(PreparedMint {
+            role,
+            database: database.to_owned(),
+            batch: Secret::new(batch),
+            statements,
+        })
+    }
+
+    /// Once a pooled role's backend has logged in: `NOLOGIN PASSWORD
+    /// NULL`, so nobody (rolemint included) logs in as it again.
+    pub async fn seal_warm(&self, role: &str, database: &str) -> Result<(), MintError> {
+        if !is_valid_role_name(role) {
+            return Err(MintError::InvalidRoleName(role.to_owned()));
+        }
+        let mut conn = self.pool.get(database).await?;
+        conn.batch(&sql::seal_warm(role)).await.map(drop)
+    }
+
+    /// Binds a pooled role to the session that claimed it, in one round
+    /// trip: `LOGIN` (it has no password), `VALID UNTIL` `expires_at`, the
+    /// session's lease comment. Refuses a role that is not managed (an
+    /// SQL error: the claim falls back to a mint).
+    pub async fn claim_warm(
+        &self,
+        role: &str,
+        database: &str,
+        expires_at: SystemTime,
+        comment: &LeaseComment,
+    ) -> Result<(), MintError> {
+        if !is_valid_role_name(role) {
+            return Err(MintError::InvalidRoleName(role.to_owned()));
+        }
+        let mut conn = self.pool.get(database).await?;
+        conn.batch(&sql::claim_warm(role, &rfc3339(expires_at), comment))
+            .await
+            .map(drop)
+    }
+
+    /// Ends one session's backend (`pg_terminate_backend`), if `pid` is
+    /// still a backend of `role`: PostgreSQL then sends the client its own
+    /// FATAL (57P01) at a message boundary. The kernel splice ends a lease
+    /// this way, since rolemint does not see that session's bytes.
+    pub async fn terminate_session(
+        &self,
+        role: &str,
+        database: &str,
+        pid: i32,
+    ) -> Result<(), MintError> {
+        if !is_valid_role_name(role) {
+            return Err(MintError::InvalidRoleName(role.to_owned()));
+        }
+        let mut conn = self.pool.get(database).await?;
+        conn.batch(&sql::terminate_session(role, pid))
+            .await
+            .map(drop)
+    }
+
+    /// Runs a rendered mint: one round trip, one commit.
+    pub async fn create(&self, prepared: &PreparedMint) -> Result<(), MintError> {
+        let mut conn = self.pool.get(&prepared.database).await?;
+        conn.batch(prepared.batch.expose()).await?;
+        tracing::debug!(role = %prepared.role.name, database = %prepared.database, "role minted");
+        Ok(())
+    }
+
+    /// Sets the admin role's own password to `verifier` (a SCRAM-SHA-256
+    /// verifier: the password itself never reaches PostgreSQL), on the admin
+    /// database. Root rotation; see `rotate.rs`.
+    pub async fn set_admin_verifier(&self, verifier: &Secret) -> Result<(), MintError> {
+        let mut conn = self.pool.get(&self.admin_database).await?;
+        let sql = format!(
+            "ALTER ROLE CURRENT_USER PASSWORD {}",
+            postgres_protocol::escape::escape_literal(verifier.expose())
+        );
+        conn.batch(&sql).await?;
+        Ok(())
+    }
+
+    /// New admin connections log in with `password` from now on; those
+    /// open stay as they are (PostgreSQL checks a password at login only).
+    pub fn use_admin_password(&self, password: &Secret) {
+        self.pool.set_password(password.expose());
+    }
+
+    /// `mint.statement_timeout`.
+    pub fn statement_timeout(&self) -> Duration {
+        self.statement_timeout
+    }
+
+    /// This instance's name, as lease comments carry it.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Moves `role`'s `VALID UNTIL` to `new_expiry` and rewrites its lease
+    /// comment, in one transaction. Refuses a role that is not managed.
+    pub async fn renew(
+        &self,
+        role: &str,
+        database: &str,
+        new_expiry: SystemTime,
+        comment: &LeaseComment,
+    ) -> Result<(), MintError> {
+        if !is_valid_role_name(role) {
+            return Err(MintError::InvalidRoleName(role.to_owned()));
+        }
+        let until = rfc3339(new_expiry);
+        let mut conn = self.pool.get(database).await?;
+        match conn.batch(&sql::renew(role, &until, comment)).await {
+            Err(e) if e.sqlstate() == Some(sql::NOT_MANAGED_SQLSTATE) => {
+                Err(MintError::NotManaged {
+                    role: role.to_owned(),
+                })
+            }
+            other => other.map(drop),
+        }
+    }
+
+    /// [`Minter::renew`] for a live lease: its comment is rebuilt from the
+    /// registry's record with the new expiry. The caller then moves the
+    /// registry's deadline (`Leases::renew`).
+    pub async fn renew_lease(
+        &self,
+        lease: &Lease,
+        new_expiry: SystemTime,
+    ) -> Result<(), MintError> {
+        let comment = LeaseComment {
+            lease_id: lease.id.clone(),
+            identity: lease.identity.clone(),
+            template: lease.template.clone(),
+            database: lease.database.clone(),
+            expires_at: rfc3339(new_expiry),
+            instance: self.instance.clone(),
+            issued_at: rfc3339(lease.issued_at),
+            kind: lease.kind.comment_word().to_owned(),
+        };
+        self.renew(&lease.role, &lease.database, new_expiry, &comment)
+            .await
+    }
+
+    /// Runs a mint exactly as a session would, then rolls it back: proves
+    /// the template's statements and grants work for the admin, and leaves
+    /// nothing behind (`rolemint check`).
+    pub async fn dry_run(&self, req: &MintRequest<'_>) -> Result<(), MintError> {
+        let (_, batch, _) = self.render(req, sql::Finish::Rollback)?;
+        let mut conn = self.pool.get(req.database).await?;
+        conn.batch(&batch).await?;
+        Ok(())
+    }
+
+    /// What the admin role may do, as `rolemint check` reports it.
+    /// Whether the admin has the privileges of `owner`, which `REASSIGN
+    /// OWNED ... TO owner` needs (for `rolemint check`); `None` when no
+    /// role of that name exists.
+    pub async fn may_reassign_to(&self, owner: &str) -> Result<Option<bool>, MintError> {
+        let mut conn = self.pool.get(&self.admin_database).await?;
+        let sql = format!(
+            "SELECT pg_catalog.pg_has_role(current_user, r.oid, 'USAGE') \
+             FROM pg_catalog.pg_roles r WHERE r.rolname = {}",
+            postgres_protocol::escape::escape_literal(owner)
+        );
+        let rows = conn.batch(&sql).await?;
+        Ok(rows.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0) == Some("t")),
+            _ => None,
+        }))
+    }
+
+    pub async fn admin_facts(&self) -> Result<AdminFacts, MintError> {
+        let mut conn = self.pool.get(&self.admin_database).await?;
+        let rows = conn.batch(&sql::admin_facts()).await?;
+        let row = rows
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            })
+            .ok_or_else(|| MintError::Backend {
+                database: self.admin_database.clone(),
+                message: "the admin role is not in pg_roles".into(),
+            })?;
+        let flag = |i: usize| row.get(i) == Some("t");
+        Ok(AdminFacts {
+            server_version: row.get(0).unwrap_or("unknown").to_owned(),
+            superuser: flag(1),
+            create_role: flag(2),
+            signal_backend: flag(3),
+            marker_exists: flag(4),
+        })
+    }
+
+    /// pg_hba.conf's valid lines in order, and the admin connection's
+    /// address as the server sees it (rolemint's address).
+    pub async fn hba_rules(&self) -> Result<(Option<String>, Vec<HbaRule>), MintError> {
+        let mut conn = self.pool.get(&self.admin_database).await?;
+        let messages = conn.batch(sql::HBA_RULES).await?;
+        let mut address = None;
+        let mut rules = Vec::new();
+        for row in messages.iter().filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        }) {
+            address = row.get(6).map(str::to_owned);
+            let text = |i: usize| row.get(i).map(str::to_owned);
+            rules.push(HbaRule {
+                line: row.get(0).and_then(|l| l.parse().ok()).unwrap_or(0),
+                kind: text(1).unwrap_or_default(),
+                users: row
+                    .get(2)
+                    .map(|u| u.split('\n').map(str::to_owned).collect())
+                    .unwrap_or_default(),
+                address: text(3),
+                netmask: text(4),
+                method: text(5).unwrap_or_default(),
+            });
+        }
+        Ok((address, rules))
+    }
+
+    /// Name, credentials, expiry, the statement batch of one mint and the
+    /// number of statements in it.
+    fn render(
+        &self,
+        req: &MintRequest<'_>,
+        finish: sql::Finish,
+    ) -> Result<(MintedRole, String, usize), MintError> {
+        let kind = LeaseKind::of_lease_id(req.lease_id).comment_word();
+        self.render_as(req, finish, &self.names, kind)
+    }
+
+    /// [`Minter::render`] with the name template and comment kind given.
+    fn render_as(
+        &self,
+        req: &MintRequest<'_>,
+        finish: sql::Finish,
+        names: &NameTemplate,
+        kind: &str,
+    ) -> Result<(MintedRole, String, usize), MintError> {
+        if req.ttl.as_secs() == 0 {
+            return Err(MintError::Config(
+                "lease TTL must be at least one second".into(),
+            ));
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let name = names
+            .render(&req.identity.subject, req.template_name, now, &self.rng)
+            .map_err(|_| MintError::Random)?;
+        let creds =
+            scram::generate(self.scram_iterations, &self.rng).map_err(|_| MintError::Random)?;
+        // Whole seconds, as VALID UNTIL gets them: the lease and the role
+        // expire at the same instant.
+        let expires_at = UNIX_EPOCH + Duration::from_secs(now.saturating_add(req.ttl.as_secs()));
+        let expiration = rfc3339(expires_at);
+
+        let mut statements = template::render(
+            &req.template.creation_statements,
+            &template::Values {
+                name: &name,
+                password: Some(&creds.verifier),
+                expiration: Some(&expiration),
+            },
+        )?;
+        // The template's session_settings (claims for row-level security
+        // and audit), in the same transaction as the role itself.
+        let settings =
+            crate::auth::policy::session_settings(req.template_name, req.template, req.identity)
+                .map_err(MintError::Config)?;
+        statements.extend(sql::role_settings(&name, &settings).map_err(MintError::Config)?);
+        let comment = LeaseComment {
+            lease_id: req.lease_id.to_owned(),
+            identity: req.identity.subject.clone(),
+            template: req.template_name.to_owned(),
+            database: req.database.to_owned(),
+            expires_at: expiration,
+            instance: self.instance.clone(),
+            issued_at: rfc3339(UNIX_EPOCH + Duration::from_secs(now)),
+            kind: kind.to_owned(),
+        };
+        let batch = sql::mint_batch(&statements, &name, &comment, finish);
+        // The template's, SET LOCAL, the marker grant, the comment, and the
+        // transaction's ends.
+        let count = statements.len() + 5;
+        let minted = MintedRole {
+            name,
+            password: creds.password,
+            expires_at,
+        };
+        Ok((minted, batch, count))
+    }
+
+    /// Ends `role` in `database` now, as the template says (its owner, its
+    /// own statements): one [`Minter::revoke_batch`] of one role. A role
+    /// that no longer exists is success; a retained role (it owns objects
+    /// and the template names no owner) is [`MintError::OwnsObjects`].
+    pub async fn revoke(
+        &self,
+        role: &str,
+        database: &str,
+        template: &RoleTemplate,
+    ) -> Result<(), MintError> {
+        let target = Target {
+            role: role.to_owned(),
+            owner: template.owner.clone(),
+            custom: template.revocation_statements.clone(),
+        };
+        let outcome = self
+            .revoke_batch(database, std::slice::from_ref(&target))
+            .await?
+            .pop()
+            .unwrap_or(Ok(Outcome::Gone))?;
+        match outcome {
+            Outcome::Dropped | Outcome::Gone => Ok(()),
+            Outcome::NotManaged => Err(MintError::NotManaged {
+                role: role.to_owned(),
+            }),
+            Outcome::Retained(detail) => Err(MintError::OwnsObjects {
+                role: role.to_owned(),
+                database: database.to_owned(),
+                detail,
+            }),
+            Outcome::Elsewhere(dbs) => Err(MintError::OwnsObjects {
+                role: role.to_owned(),
+                database: database.to_owned(),
+                detail: format!("objects or privileges in {}", dbs.join(", ")),
+            }),
+        }
+    }
+}
+
+/// RFC 3339 UTC, whole seconds, as `VALID UNTIL` and lease comments take it.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// `mint.instance`, else the host name, else "rolemint".
+fn instance_name(configured: Option<&str>) -> String {
+    let clean = |s: String| {
+        let s = s.trim().to_owned();
+        (!s.is_empty() && s.len() <= 255).then_some(s)
+    };
+    configured
+        .map(str::to_owned)
+        .and_then(clean)
+        .or_else(|| std::env::var("HOSTNAME").ok().and_then(clean))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .and_then(clean)
+        })
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .and_then(clean)
+        })
+        .unwrap_or_else(|| "rolemint".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        crate::config::tests::example()
+    }
+
+    #[test]
+    fn new_checks_the_name_template() {
+        let mut c = config();
+        Minter::new(&c).unwrap();
+        c.mint.name_template = "v-{{identity}}".into();
+        assert_eq!(Minter::new(&c).unwrap_err().kind(), "config");
+        c.mint.name_template = "V-{{random}}".into();
+        assert_eq!(Minter::new(&c).unwrap_err().kind(), "config");
+    }
+
+    #[test]
+    fn debug_shows_no_admin_password() {
+        let mut c = config();
+        c.backend.admin_password = Some(Secret::new("s3cret-admin-password"));
+        let m = Minter::new(&c).unwrap();
+        let dbg = format!("{m:?}");
+        assert!(!dbg.contains("s3cret-admin-password"), "{dbg}");
+    }
+
+    #[test]
+    fn transient_errors_are_classified() {
+        let sql = |code: &str, message: &str| MintError::Sql {
+            database: "appdb".into(),
+            sqlstate: code.into(),
+            message: message.into(),
+            detail: None,
+        };
+        assert!(sql("40001", "could not serialize").is_transient());
+        assert!(sql("57P03", "the database system is starting up").is_transient());
+        assert!(sql("57014", "canceling statement due to statement timeout").is_transient());
+        assert!(sql("53300", "too many connections").is_transient());
+        assert!(sql("XX000", "tuple concurrently updated").is_transient());
+        assert!(!sql("XX000", "cache lookup failed").is_transient());
+        assert!(!sql("42501", "permission denied").is_transient());
+        assert!(!sql("42601", "syntax error").is_transient());
+        assert!(!sql("42704", "role \"app_read\" does not exist").is_transient());
+        let connect = |code: Option<&str>| MintError::Connect {
+            database: "appdb".into(),
+            sqlstate: code.map(Into::into),
+            message: "x".into(),
+        };
+        assert!(connect(None).is_transient());
+        assert!(!connect(Some("28P01")).is_transient());
+        assert!(!connect(Some("3D000")).is_transient());
+        assert!(MintError::Timeout {
+            what: "x",
+            database: "d".into(),
+            after: Duration::from_secs(1)
+        }
+        .is_transient());
+        assert!(!MintError::OwnsObjects {
+            role: "r".into(),
+            database: "d".into(),
+            detail: "owner of table t".into()
+        }
+        .is_transient());
+
+        let e = MintError::Sql {
+            database: "appdb".into(),
+            sqlstate: "2BP01".into(),
+            message: "role cannot be dropped".into(),
+            detail: Some("owner of table t\nprivileges for table u".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "SQL error 2BP01 in database \"appdb\": role cannot be dropped (owner of table t; privileges for table u)"
+        );
+    }
+
+    #[test]
+    fn instance_name_prefers_the_config() {
+        assert_eq!(instance_name(Some("node-a")), "node-a");
+        assert!(!instance_name(None).is_empty());
+        assert!(!instance_name(Some("  ")).is_empty());
+    }
+}

@@ -1,0 +1,168 @@
+//! Root rotation: a fresh random password for rolemint's own admin role
+//! (`POST /v1/database/rotate-root/<db>`, `rolemint rotate-admin`), as
+//! Vault's `rotate-root` does for its database connection.
+//!
+//! The new password must survive a restart, so it is only possible when
+//! the config reads it from `backend.admin_password_file`: an inline
+//! password would be lost with the process, and rolemint cannot write an
+//! environment variable. The order keeps a crash at any point recoverable:
+//!
+//! 1. write the new password to `<file>.rotating` (mode 0600, synced);
+//! 2. `ALTER ROLE CURRENT_USER PASSWORD '<SCRAM verifier>'` (PostgreSQL
+//!    never sees the password itself);
+//! 3. rename `<file>.rotating` over the file and sync the directory;
+//! 4. new admin connections use the new password. Open ones stay logged in
+//!    (PostgreSQL checks a password at login only), so no session in flight
+//!    fails.
+//!
+//! A crash between 2 and 3 leaves the new password in `<file>.rotating`
+//! for an operator to move into place; the error says so.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::config::BackendConfig;
+use crate::pg::{MintError, Minter};
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    /// The password does not come from a file rolemint can rewrite.
+    #[error("{0}")]
+    NotFromFile(&'static str),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("setting the admin password: {0}")]
+    Backend(#[from] MintError),
+    #[error(
+        "the admin password was changed but {file} could not be replaced ({source}); \
+         the new password is in {pending}: move it there before restarting"
+    )]
+    Rename {
+        file: PathBuf,
+        pending: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no random bytes")]
+    Random,
+}
+
+impl RotateError {
+    /// Whether the caller asked for something the config cannot do (400),
+    /// rather than something failing (500).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, RotateError::NotFromFile(_))
+    }
+}
+
+/// The file the admin password lives in, or why rotation is refused.
+pub fn password_file(backend: &BackendConfig) -> Result<&Path, RotateError> {
+    if let Some(file) = &backend.admin_password_file {
+        return Ok(file);
+    }
+    if backend.admin_password_env.is_some() {
+        return Err(RotateError::NotFromFile(
+            "the admin password comes from an environment variable (backend.admin_password_env), \
+             which rolemint cannot rewrite; use backend.admin_password_file to rotate it",
+        ));
+    }
+    Err(RotateError::NotFromFile(
+        "the admin password is inline in the config (backend.admin_password), where a new one \
+         would be lost on restart; use backend.admin_password_file to rotate it",
+    ))
+}
+
+/// Rotates the admin password as the module doc says.
+pub async fn rotate_admin(minter: &Minter, backend: &BackendConfig) -> Result<(), RotateError> {
+    let file = password_file(backend)?;
+    let password = new_password()?;
+    let verifier = Secret::new(postgres_protocol::password::scram_sha_256(
+        password.expose().as_bytes(),
+    ));
+    let pending = pending_path(file);
+    write_synced(&pending, password.expose()).map_err(|source| RotateError::Write {
+        path: pending.clone(),
+        source,
+    })?;
+    if let Err(e) = minter.set_admin_verifier(&verifier).await {
+        let _ = std::fs::remove_file(&pending);
+        return Err(e.into());
+    }
+    minter.use_admin_password(&password);
+    std::fs::rename(&pending, file)
+        .and_then(|()| sync_dir(file))
+        .map_err(|source| RotateError::Rename {
+            file: file.to_owned(),
+            pending: pending.clone(),
+            source,
+        })?;
+    tracing::info!(file = %file.display(), "admin password rotated");
+    Ok(())
+}
+
+/// 256 random bits, base64url: the same strength as a minted role's.
+fn new_password() -> Result<Secret, RotateError> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| RotateError::Random)?;
+    Ok(Secret::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+    ))
+}
+
+fn pending_path(file: &Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".rotating");
+    file.with_file_name(name)
+}
+
+fn write_synced(path: &Path, contents: &str) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+/// Makes the rename durable.
+fn sync_dir(file: &Path) -> std::io::Result<()> {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_password_file_can_be_rotated() {
+        let mut b: BackendConfig = toml::from_str(
+            "host = \"h\"\nport = 5432\nadmin_user = \"a\"\nadmin_database = \"postgres\"",
+        )
+        .unwrap();
+        let why = password_file(&b).unwrap_err();
+        assert!(why.is_refusal() && why.to_string().contains("inline"));
+        b.admin_password_env = Some("PW".into());
+        assert!(password_file(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("environment variable"));
+        b.admin_password_file = Some("/etc/rolemint/admin".into());
+        assert_eq!(password_file(&b).unwrap(), Path::new("/etc/rolemint/admin"));
+        assert_eq!(
+            pending_path(Path::new("/etc/rolemint/admin")),
+            Path::new("/etc/rolemint/admin.rotating")
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! What every session shares: the config, TLS, the token verifier, the
+//! minter, the lease registry, the revoker, the cancel keys and the audit
+//! log.
+//!
+//! It lives apart from the accept loop (`server`) and from the sessions
+//! (`session`) so that neither of those needs the other: the server builds
+//! a [`Shared`] and hands it to each session it spawns.
+//!
+//! What SIGHUP may change (templates, policy, issuers and keys, static
+//! tokens, client certificates) is one [`Runtime`] behind an [`ArcSwap`]:
+//! a session takes it once, at its start, and keeps that view to the end of
+//! its handshake, so a reload never changes a session half-way (see
+//! `reload`).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dashmap::DashSet;
+
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::identity::Verifier;
+use crate::config::Config;
+use crate::lease::registry::Leases;
+use crate::lease::revoker::Revoker;
+use crate::lease::warm_pool::WarmPool;
+use crate::observe::audit::Audit;
+use crate::pg::Minter;
+use crate::proxy::cancel::CancelMap;
+
+/// What a reload replaces as one piece.
+pub struct Runtime {
+    /// The config as last loaded; its templates and `[auth]` are current.
+    pub config: Config,
+    /// TLS for clients; `None` when only plaintext is configured.
+    pub client_tls: Option<TlsAcceptor>,
+    /// Checks identity tokens. Dropping it (when the last session that
+    /// took this runtime lets go) stops its JWKS refresh tasks.
+    pub verifier: Verifier,
+}
+
+impl Runtime {
+    /// Builds everything a reload swaps: certificates and keys are read
+    /// here, so a bad file fails the build and nothing is swapped. Touches
+    /// no network; call [`Runtime::start`] once it is in use.
+    pub fn build(config: Config) -> anyhow::Result<Runtime> {
+        let client_tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(TlsAcceptor::from(crate::tls::server_config(cert, key)?))
+            }
+            _ => None,
+        };
+        let verifier = Verifier::from_config(&config.auth)?;
+        Ok(Runtime {
+            config,
+            client_tls,
+            verifier,
+        })
+    }
+
+    /// Starts the verifier's JWKS refresh tasks (needs a tokio runtime).
+    pub fn start(&self) {
+        self.verifier.start_refresh();
+    }
+}
+
+/// What every session shares.
+pub struct Shared {
+    /// The config the server started with: the settings that need a
+    /// restart (listen address, backend, admin pool, timeouts, `[mint]`).
+    /// Templates and `[auth]` are read from [`Shared::runtime`] instead.
+    pub config: Config,
+    /// What SIGHUP reloads; take it with [`Shared::runtime`].
+    pub runtime: ArcSwap<Runtime>,
+    /// TLS for backend connections; `None` for plaintext.
+    pub backend_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Creates, renews and drops roles over the admin pool.
+    pub minter: Arc<Minter>,
+    /// Live leases and their deadlines.
+    pub leases: Arc<Leases>,
+    /// Where every role goes when its lease is over; retries until done.
+    pub revoker: Revoker,
+    /// Client-facing cancel keys.
+    pub cancels: Arc<CancelMap>,
+    /// The audit log (`[audit] path`); a disabled one writes nothing.
+    pub audit: Audit,
+    /// Cancelled when the server begins to shut down.
+    pub shutdown: CancellationToken,
+    /// Roles whose mint is in flight on this instance: committed, perhaps,
+    /// but not yet registered as a lease. The reaper must not take them for
+    /// orphans (a mint slowed by a busy server can outlast a short
+    /// `reap_grace`). At most one entry per session slot.
+    pub minting: DashSet<String>,
+    /// Roles minted ahead with their backends logged in, for templates with
+    /// `warm_pool > 0`; filled by `warm_pool::Filler`, claimed by sessions.
+    pub warm: WarmPool,
+    /// The kernel splice, when `proxy.kernel_splice` is on and BPF is
+    /// permitted here.
+    pub sockmap: Option<crate::proxy::sockmap::Sockmap>,
+}
+
+impl Shared {
+    /// The current runtime (templates, policy, verifier, client TLS).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Whether a live lease of this instance holds `role`: the question the
+    /// reaper asks before it sweeps a role with no backend.
+    pub fn holds_role(&self, role: &str) -> bool {
+        self.minting.contains(role)
+            || self.leases.holds_role(role)
+            || self.revoker.is_pending(role)
+            || self.warm.holds(role)
+    }
+
+    /// Marks `role` as being minted here until the returned guard drops
+    /// (after the lease is registered, or the failed mint handed to the
+    /// revoker).
+    pub fn minting(&self, role: &str) -> Minting<'_> {
+        self.minting.insert(role.to_owned());
+        Minting {
+            shared: self,
+            role: role.to_owned(),
+        }
+    }
+}
+
+/// See [`Shared::minting`].
+pub struct Minting<'a> {
+    shared: &'a Shared,
+    role: String,
+}
+
+impl Drop for Minting<'_> {
+    fn drop(&mut self) {
+        self.shared.minting.remove(&self.role);
+    }
+}
