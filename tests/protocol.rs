@@ -101,3 +101,22 @@ async fn libpq_18_asking_for_the_latest_protocol_connects() {
         .await
         .is_empty());
 }
+
+/// `scripts/pg-matrix` names the major version it means to test
+/// (`ROLEMINT_TEST_PG_MAJOR`): the harness's cluster must be that version,
+/// so a matrix run never passes on the wrong server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_matrix_version_is_the_server_the_harness_starts() {
+    let h = Harness::start().await;
+    let su = h.superuser().await;
+    let num: i32 = su
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    eprintln!("server_version_num {num}");
+    assert!(num >= 140_000, "{num}");
+    if let Ok(major) = std::env::var("ROLEMINT_TEST_PG_MAJOR") {
+        assert_eq!(num / 10_000, major.parse::<i32>().unwrap(), "{num}");
+    }
+}
