@@ -56,7 +56,7 @@ pub enum ClientError {
     #[error("no PostgreSQL user name specified in startup packet")]
     NoUser,
     /// A startup parameter (or `options` setting) not on the allowlist of
-    /// `session::params`: PostgreSQL would apply it as the minted role.
+    /// `pg::backend::params`: PostgreSQL would apply it as the minted role.
     #[error("rolemint does not pass the setting \"{0}\" to the database")]
     ParameterNotAllowed(String),
     /// A startup parameter we refuse (replication connections).

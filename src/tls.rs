@@ -156,6 +156,28 @@ pub fn backend_server_name(host: &str) -> Result<ServerName<'static>, TlsError> 
         .map_err(|_| TlsError::Config(format!("backend host {host:?} is not a valid TLS name")))
 }
 
+/// A loud warning when the admin password and the minted roles' SCRAM
+/// exchanges cross a network without a verified TLS connection; `None` for
+/// a loopback backend or `verify-full`.
+pub fn backend_tls_warning(backend: &BackendConfig) -> Option<String> {
+    let loopback = backend.host == "localhost"
+        || backend
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let how = match backend.tls {
+        _ if loopback => return None,
+        BackendTls::VerifyFull => return None,
+        BackendTls::Disable => "without TLS",
+        BackendTls::Require => "with TLS but without verifying its certificate",
+    };
+    Some(format!(
+        "backend {} is not on this machine and is reached {how}: anyone on the path can read \
+         the sessions, and pose as the server to the admin connection; set backend.tls = \"verify-full\"",
+        backend.host
+    ))
+}
+
 /// `sslmode=require` semantics: encrypt, but accept any certificate. The
 /// handshake signature is still checked, so the session key is bound to the
 /// certificate the server presented.
@@ -295,6 +317,20 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    #[test]
+    fn remote_backends_without_verified_tls_are_warned_about() {
+        let mut backend: BackendConfig =
+            toml::from_str("host = \"db.example.com\"\nadmin_user = \"a\"").unwrap();
+        assert!(backend_tls_warning(&backend).is_some());
+        backend.tls = BackendTls::Require;
+        assert!(backend_tls_warning(&backend).is_some());
+        backend.tls = BackendTls::VerifyFull;
+        assert!(backend_tls_warning(&backend).is_none());
+        backend.tls = BackendTls::Disable;
+        backend.host = "127.0.0.1".into();
+        assert!(backend_tls_warning(&backend).is_none());
+    }
 
     /// One TLS connection over an in-memory pipe; how its handshake went.
     async fn connect(

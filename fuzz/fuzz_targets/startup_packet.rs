@@ -4,7 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use rolemint::proxy::session::handshake::Startup;
-use rolemint::proxy::session::{params, wire};
+use rolemint::pg::backend::params;
+use rolemint::proxy::session::wire;
 
 fuzz_target!(|data: &[u8]| {
     if let Some(word) = data.first_chunk::<4>() {

@@ -13,7 +13,7 @@
 use std::time::SystemTime;
 
 use crate::auth::identity::{Identity, Verifier};
-use crate::config::{BackendConfig, BackendTls, Config};
+use crate::config::Config;
 use crate::pg::{HbaRule, MintRequest, Minter};
 
 /// The marker role every minted role is a member of, as pg_hba.conf names
@@ -62,7 +62,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     check_admin(config, &mut report);
     check_audit(config, &mut report);
     check_cluster(config, &mut report);
-    if let Some(warning) = backend_tls_warning(&config.backend) {
+    if let Some(warning) = crate::tls::backend_tls_warning(&config.backend) {
         report.warn(&warning);
     }
     check_issuers(config, &mut report).await;
@@ -273,28 +273,6 @@ fn audit_writable(path: &std::path::Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create it in {}: {e}", dir.display()))
 }
 
-/// A loud warning when the admin password and the minted roles' SCRAM
-/// exchanges cross a network without a verified TLS connection; `None` for
-/// a loopback backend or `verify-full`.
-pub fn backend_tls_warning(backend: &BackendConfig) -> Option<String> {
-    let loopback = backend.host == "localhost"
-        || backend
-            .host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    let how = match backend.tls {
-        _ if loopback => return None,
-        BackendTls::VerifyFull => return None,
-        BackendTls::Disable => "without TLS",
-        BackendTls::Require => "with TLS but without verifying its certificate",
-    };
-    Some(format!(
-        "backend {} is not on this machine and is reached {how}: anyone on the path can read \
-         the sessions, and pose as the server to the admin connection; set backend.tls = \"verify-full\"",
-        backend.host
-    ))
-}
-
 /// pg_hba.conf must let members of rolemint_managed log in only from
 /// rolemint's address: otherwise a session that gave its role a password
 /// (`ALTER ROLE CURRENT_USER PASSWORD ...`) can log in around the proxy
@@ -451,19 +429,5 @@ mod tests {
         assert!(hba_confines_managed_roles(&rules, "10.0.0.5").is_err());
         let unix = vec![rule(1, "local", "all", None, "peer")];
         assert!(hba_confines_managed_roles(&unix, "10.0.0.5").is_err());
-    }
-
-    #[test]
-    fn remote_backends_without_verified_tls_are_warned_about() {
-        let mut backend: BackendConfig =
-            toml::from_str("host = \"db.example.com\"\nadmin_user = \"a\"").unwrap();
-        assert!(backend_tls_warning(&backend).is_some());
-        backend.tls = BackendTls::Require;
-        assert!(backend_tls_warning(&backend).is_some());
-        backend.tls = BackendTls::VerifyFull;
-        assert!(backend_tls_warning(&backend).is_none());
-        backend.tls = BackendTls::Disable;
-        backend.host = "127.0.0.1".into();
-        assert!(backend_tls_warning(&backend).is_none());
     }
 }

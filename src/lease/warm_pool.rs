@@ -247,7 +247,7 @@ fn fingerprint(t: &RoleTemplate) -> u64 {
 pub fn can_claim(forward: &[(String, String)]) -> bool {
     forward
         .iter()
-        .all(|(name, _)| name != "options" && crate::proxy::session::params::is_allowed(name))
+        .all(|(name, _)| name != "options" && crate::pg::backend::params::is_allowed(name))
 }
 
 /// The `SET` batch of a client's startup parameters; `None` when there are
@@ -256,7 +256,7 @@ pub fn can_claim(forward: &[(String, String)]) -> bool {
 pub fn settings_sql(forward: &[(String, String)]) -> Option<String> {
     let sql: Vec<String> = forward
         .iter()
-        .filter(|(name, _)| name != "options" && crate::proxy::session::params::is_allowed(name))
+        .filter(|(name, _)| name != "options" && crate::pg::backend::params::is_allowed(name))
         .map(|(name, value)| {
             format!(
                 "SET {} = {}",

@@ -57,24 +57,8 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::identity::FailureLimiter;
 use crate::config::Config;
+use crate::pg::backend::BackendKey;
 use crate::secret::Secret;
-
-/// Where a cancel for one session goes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct BackendKey {
-    pub process_id: i32,
-    pub secret_key: i32,
-}
-
-impl std::fmt::Debug for BackendKey {
-    // By hand: the secret is what makes a cancel request genuine.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackendKey")
-            .field("process_id", &self.process_id)
-            .field("secret_key", &"***")
-            .finish()
-    }
-}
 
 /// The MAC key shared by every instance of a deployment.
 pub struct ClusterKey {

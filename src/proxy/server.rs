@@ -67,7 +67,7 @@ impl Server {
         crate::tls::install_crypto_provider();
         let runtime = Runtime::build(config.clone())?;
         let backend_tls = crate::tls::backend_client_config(&config.backend)?;
-        if let Some(warning) = crate::cli::check::backend_tls_warning(&config.backend) {
+        if let Some(warning) = crate::tls::backend_tls_warning(&config.backend) {
             tracing::warn!("{warning}");
         }
         let minter = Arc::new(Minter::new(&config)?);

@@ -24,7 +24,7 @@ use postgres_protocol::message::backend::{ErrorResponseBody, Message};
 use postgres_protocol::message::frontend;
 use tokio_postgres::fallible_iterator::FallibleIterator;
 
-use crate::proxy::cancel::BackendKey;
+use super::BackendKey;
 use crate::secret::Secret;
 
 /// Largest SCRAM message accepted from the backend. A server-first-message

@@ -10,6 +10,7 @@
 //! can forward it with the BackendKeyData swapped.
 
 pub mod flow;
+pub mod params;
 
 use std::time::Duration;
 
@@ -20,9 +21,25 @@ use tokio::net::TcpStream;
 
 use self::flow::{LoginError, Step};
 use crate::config::BackendConfig;
-use crate::proxy::cancel::BackendKey;
 use crate::secret::Secret;
 use crate::tls::{backend_server_name, BackendStream, MaybeTls};
+
+/// Where a cancel for one session goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct BackendKey {
+    pub process_id: i32,
+    pub secret_key: i32,
+}
+
+impl std::fmt::Debug for BackendKey {
+    // By hand: the secret is what makes a cancel request genuine.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendKey")
+            .field("process_id", &self.process_id)
+            .field("secret_key", &"***")
+            .finish()
+    }
+}
 
 /// Largest message accepted from the backend before the splice; startup
 /// messages are small, a megabyte is generous.

@@ -105,7 +105,7 @@ impl Startup {
                 // the client (NegotiateProtocolVersion) and never sent on,
                 // so the backend speaks plain 3.0 through the splice.
                 n if n.starts_with("_pq_.") => unrecognized.push(name),
-                _ => forward.extend(super::params::filter(&name, &value)?),
+                _ => forward.extend(crate::pg::backend::params::filter(&name, &value)?),
             }
         }
         let template = template

@@ -31,7 +31,6 @@
 
 pub mod handshake;
 mod kernel;
-pub mod params;
 pub mod relay;
 mod warm;
 pub mod wire;

@@ -26,8 +26,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use super::wire::{self, Framer};
 use crate::error::ClientError;
 use crate::lease::registry::{EndReason, Lease};
+use crate::pg::backend::BackendKey;
 use crate::pg::backend::Login;
-use crate::proxy::cancel::BackendKey;
 use crate::tls::{BackendStream, ClientStream};
 
 /// Client-to-backend buffer. pgbench's queries are well under 1 KiB and
