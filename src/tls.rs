@@ -62,6 +62,16 @@ const SESSION_CACHE_ENTRIES: usize = 4096;
 /// resumes, so every ticket beyond the first is an encryption and a write
 /// wasted on every connection (rustls sends 2 by default).
 const TLS13_TICKETS: usize = 1;
+/// The most plaintext one TLS record to a client carries: 8 KiB, as
+/// PostgreSQL's own records (it encrypts its 8 KiB send buffer a write at a
+/// time). libpq 18.0 (bundled by psycopg 3.3.4) reads into 8 KiB of free
+/// buffer and then waits on the socket; a 16 KiB record (rustls's default)
+/// leaves its tail inside OpenSSL, unseen by a client that polls the socket,
+/// which then waits forever for the end of a response that already arrived.
+pub const MAX_RECORD_PLAINTEXT: usize = 8 * 1024;
+/// A TLS record's header (type, version, length), which rustls counts in
+/// `max_fragment_size`.
+const RECORD_HEADER: usize = 5;
 
 /// The key that seals session tickets: one per process, so reloading the
 /// certificate (SIGHUP) does not invalidate the tickets clients hold.
@@ -104,6 +114,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     config.ticketer = ticketer()?;
     config.send_tls13_tickets = TLS13_TICKETS;
+    config.max_fragment_size = Some(MAX_RECORD_PLAINTEXT + RECORD_HEADER);
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     Ok(Arc::new(config))
 }
@@ -360,6 +371,113 @@ mod tests {
         };
         let (_server, kind) = tokio::join!(accept, connect);
         kind
+    }
+
+    /// Records every byte written through it.
+    struct Tap<T> {
+        inner: T,
+        written: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl<T: AsyncRead + Unpin> AsyncRead for Tap<T> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<T: AsyncWrite + Unpin> AsyncWrite for Tap<T> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+            self.written.lock().unwrap().extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// The lengths of the TLS records in `wire`, in order.
+    fn record_lengths(mut wire: &[u8]) -> Vec<usize> {
+        let mut lengths = Vec::new();
+        while wire.len() >= RECORD_HEADER {
+            let len = u16::from_be_bytes([wire[3], wire[4]]) as usize;
+            lengths.push(len);
+            wire = &wire[(RECORD_HEADER + len).min(wire.len())..];
+        }
+        lengths
+    }
+
+    /// libpq 18.0 reads a TLS record into 8 KiB of free buffer and then
+    /// waits on the socket, so a larger record's tail stays inside OpenSSL
+    /// and psycopg 3.3.4 waits forever for a response that has arrived.
+    /// What the relay writes in 16 KiB bursts must leave in records of at
+    /// most 8 KiB of plaintext, as PostgreSQL's own do.
+    #[tokio::test]
+    async fn records_to_clients_carry_at_most_8_kib_of_plaintext() {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        crate::dev::write_self_signed_cert(dir.path()).unwrap();
+        let server =
+            server_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
+        let client = Arc::new(
+            rustls::ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoCertificateVerification::new()))
+                .with_no_client_auth(),
+        );
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tapped = Tap {
+            inner: server_io,
+            written: Arc::clone(&written),
+        };
+        let response: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let serve = async {
+            let mut tls = tokio_rustls::TlsAcceptor::from(server)
+                .accept(tapped)
+                .await
+                .unwrap();
+            let handshake_bytes = written.lock().unwrap().len();
+            for chunk in response.chunks(16 * 1024) {
+                tls.write_all(chunk).await.unwrap();
+            }
+            tls.flush().await.unwrap();
+            (tls, handshake_bytes)
+        };
+        let read = async {
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(client)
+                .connect(name, client_io)
+                .await
+                .unwrap();
+            let mut got = vec![0; response.len()];
+            tls.read_exact(&mut got).await.unwrap();
+            got
+        };
+        let ((_tls, handshake_bytes), got) = tokio::join!(serve, read);
+        assert_eq!(got, response);
+        let written = written.lock().unwrap();
+        let lengths = record_lengths(&written[handshake_bytes..]);
+        // Ciphertext is the plaintext plus at most 256 bytes (RFC 8446 5.2).
+        let largest = lengths.iter().copied().max().unwrap();
+        assert!(
+            largest <= MAX_RECORD_PLAINTEXT + 256,
+            "a record of {largest} bytes: {lengths:?}"
+        );
+        assert!(lengths.len() >= response.len() / MAX_RECORD_PLAINTEXT);
     }
 
     #[tokio::test]
