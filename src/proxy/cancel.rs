@@ -6,16 +6,21 @@
 //! bytes cannot be guessed one at a time from response timing; a wrong or
 //! unknown key is ignored silently, as PostgreSQL does.
 //!
+//! The process id is always the backend's own: applications compare it with
+//! `pg_backend_pid()`, join `pg_stat_activity` on it, and recognise their
+//! own `NOTIFY`s by it (psycopg2's `get_backend_pid()`, JDBC's
+//! `PGConnection.getBackendPID()`). Only the secret half is rolemint's.
+//!
 //! # One instance
 //!
-//! Without `[cluster] secret` the pair is random and only the instance that
-//! issued it knows it ([`CancelMap`]): a CancelRequest that a load balancer
-//! sends to another instance cancels nothing.
+//! Without `[cluster] secret` the secret is random and only the instance
+//! that issued it knows it ([`CancelMap`]): a CancelRequest that a load
+//! balancer sends to another instance cancels nothing.
 //!
 //! # Many instances
 //!
-//! With `[cluster] secret` the pair is the backend's real process id and a
-//! MAC ([`ClusterKey`]): HMAC-SHA-256, keyed by the secret every instance
+//! With `[cluster] secret` the secret is a MAC ([`ClusterKey`]):
+//! HMAC-SHA-256, keyed by the secret every instance
 //! shares, over the process id and the name of the role the backend is
 //! logged in as, cut to the 32 bits a protocol 3.0 key has. Any instance
 //! verifies a key without shared memory: it asks PostgreSQL which role
@@ -51,7 +56,6 @@ use std::sync::Arc;
 
 use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use subtle::ConstantTimeEq;
 
@@ -99,13 +103,24 @@ impl ClusterKey {
     }
 }
 
+/// A random cancel secret, from the system's generator.
+fn random_secret() -> i32 {
+    let mut bytes = [0u8; 4];
+    // The system RNG failing is not something a proxy can recover from;
+    // PostgreSQL itself refuses connections then.
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("system random number generator failed");
+    i32::from_be_bytes(bytes)
+}
+
 struct Registered {
     secret_key: i32,
     backend: BackendKey,
 }
 
-/// The cancel keys this instance handed out, by the process id the client
-/// was given; and, in a cluster, the key that verifies everyone else's.
+/// The cancel keys this instance handed out, by the backend's process id;
+/// and, in a cluster, the key that verifies everyone else's.
 pub struct CancelMap {
     map: DashMap<i32, Registered>,
     /// `[cluster] secret`; `None` on a single instance.
@@ -134,8 +149,8 @@ pub struct CancelKey {
 
 impl Drop for CancelKey {
     fn drop(&mut self) {
-        // Only our own entry: in a cluster the map is keyed by real pids, and
-        // a reused pid may already carry a newer session's key.
+        // Only our own entry: the map is keyed by real pids, and a reused
+        // pid may already carry a newer session's key.
         self.map.map.remove_if(&self.key.process_id, |_, r| {
             r.secret_key == self.key.secret_key
         });
@@ -158,57 +173,29 @@ impl CancelMap {
     }
 
     /// The client-facing key for the backend `backend` logged in as
-    /// `role`: the real pid and its MAC in a cluster, a random pair
-    /// otherwise.
+    /// `role`: the backend's real pid, with the MAC of (pid, role) as the
+    /// secret in a cluster and a random secret otherwise.
     pub fn issue(self: &Arc<Self>, backend: BackendKey, role: &str) -> CancelKey {
-        let Some(cluster) = &self.cluster else {
-            return self.register(backend);
+        let secret_key = match &self.cluster {
+            Some(cluster) => cluster.secret_for(backend.process_id, role),
+            None => random_secret(),
         };
         let key = BackendKey {
             process_id: backend.process_id,
-            secret_key: cluster.secret_for(backend.process_id, role),
+            secret_key,
         };
-        // The pid is the backend's: live backends have distinct pids, so an
-        // occupied slot is a session whose backend is gone.
+        // Live backends have distinct pids, so an occupied slot is a session
+        // whose backend is gone (its key's drop removes only its own entry).
         self.map.insert(
             key.process_id,
             Registered {
-                secret_key: key.secret_key,
+                secret_key,
                 backend,
             },
         );
         CancelKey {
             map: Arc::clone(self),
             key,
-        }
-    }
-
-    /// Mints a fresh random client-facing key for a session's backend key.
-    pub fn register(self: &Arc<Self>, backend: BackendKey) -> CancelKey {
-        let rng = SystemRandom::new();
-        loop {
-            let mut bytes = [0u8; 8];
-            // The system RNG failing is not something a proxy can recover
-            // from; PostgreSQL itself refuses connections then.
-            rng.fill(&mut bytes)
-                .expect("system random number generator failed");
-            // Positive, like a real process id, and never 0.
-            let process_id =
-                (i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & i32::MAX).max(1);
-            let secret_key = i32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-            if let Entry::Vacant(slot) = self.map.entry(process_id) {
-                slot.insert(Registered {
-                    secret_key,
-                    backend,
-                });
-                return CancelKey {
-                    map: Arc::clone(self),
-                    key: BackendKey {
-                        process_id,
-                        secret_key,
-                    },
-                };
-            }
         }
     }
 
@@ -261,32 +248,35 @@ mod tests {
             process_id: 4242,
             secret_key: 99,
         };
-        let key = map.register(backend);
-        assert!(key.key.process_id > 0);
-        assert_eq!(
-            map.lookup(key.key.process_id, key.key.secret_key),
-            Some(backend)
-        );
-        assert_eq!(
-            map.lookup(key.key.process_id, key.key.secret_key.wrapping_add(1)),
-            None
-        );
-        assert_eq!(map.lookup(backend.process_id, backend.secret_key), None);
-        let pid = key.key.process_id;
+        let key = map.issue(backend, "v-alice-readonly-abc-1");
+        assert_eq!(key.key.process_id, 4242, "the backend's own pid");
+        assert_eq!(map.lookup(4242, key.key.secret_key), Some(backend));
+        assert_eq!(map.lookup(4242, key.key.secret_key.wrapping_add(1)), None);
         drop(key);
         assert!(map.is_empty());
-        assert_eq!(map.lookup(pid, 0), None);
+        assert_eq!(map.lookup(4242, 0), None);
     }
 
     #[test]
-    fn keys_are_distinct() {
+    fn secrets_are_random_per_session_and_not_the_backends() {
         let map = Arc::new(CancelMap::default());
-        let backend = BackendKey {
-            process_id: 1,
-            secret_key: 1,
-        };
-        let keys: Vec<_> = (0..1000).map(|_| map.register(backend)).collect();
+        let keys: Vec<_> = (1..=1000)
+            .map(|pid| {
+                let backend = BackendKey {
+                    process_id: pid,
+                    secret_key: 7,
+                };
+                map.issue(backend, "v-role")
+            })
+            .collect();
         assert_eq!(map.len(), keys.len());
+        let secrets: std::collections::HashSet<i32> =
+            keys.iter().map(|k| k.key.secret_key).collect();
+        // 1,000 draws of 32 bits: one collision has odds of ~1 in 8,600.
+        assert!(secrets.len() >= keys.len() - 1, "{}", secrets.len());
+        assert!(keys
+            .iter()
+            .all(|k| map.lookup(k.key.process_id, 7).is_none()));
     }
 
     #[test]
