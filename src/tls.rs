@@ -429,7 +429,7 @@ mod tests {
     async fn records_to_clients_carry_at_most_8_kib_of_plaintext() {
         install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
-        crate::dev::write_self_signed_cert(dir.path()).unwrap();
+        crate::cli::dev::write_self_signed_cert(dir.path()).unwrap();
         let server =
             server_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
         let client = Arc::new(
