@@ -195,7 +195,7 @@ pub fn renewal(
 }
 
 /// The leases rolemint knows, wherever they live. Implemented over the
-/// lease registry (and, in tests, in memory: [`super::memory::MemoryDirectory`]).
+/// lease registry (and, in tests, in memory: `memory.rs`).
 pub trait LeaseDirectory: Send + Sync + 'static {
     /// Leases matching `filter`, at most [`MAX_LISTED`].
     fn list(&self, filter: LeaseFilter) -> DirFuture<'_, Vec<LeaseView>>;

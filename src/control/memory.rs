@@ -1,6 +1,10 @@
 //! A lease directory in memory: leases that are records only, with no
 //! session or role behind them. It backs the lease API's own tests and the
 //! `rolemint leases` command's, and shows what a directory must do.
+//!
+//! Test scaffolding: compiled only for this crate's tests (`cfg(test)`, or
+//! the `testkit` feature that its dev-dependency on itself turns on), never
+//! into `cargo build` or a release binary.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -25,6 +25,7 @@ pub mod directory;
 pub mod door;
 pub mod health;
 pub mod leases;
+#[cfg(any(test, feature = "testkit"))]
 pub mod memory;
 pub mod vault;
 pub mod wiring;
