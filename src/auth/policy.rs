@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::auth::identity::Identity;
+use crate::config::placeholder;
 use crate::config::{Config, RoleTemplate};
 use crate::error::ClientError;
 
@@ -27,6 +28,9 @@ use crate::error::ClientError;
 pub const MAX_SETTING_VALUE_BYTES: usize = 8192;
 /// Most session settings per template.
 const MAX_SETTINGS: usize = 32;
+
+/// The placeholders a session setting may use.
+const SETTING_KEYS: &[&str] = &["identity", "groups", "template", "issuer"];
 
 /// A session the policy allows.
 #[derive(Debug)]
@@ -62,21 +66,8 @@ pub fn validate_template(t: &RoleTemplate) -> Result<(), String> {
                  ([a-z_][a-z0-9_]*.[a-z0-9_.]*, e.g. rolemint.identity)"
             ));
         }
-        let mut rest = value.as_str();
-        while let Some(start) = rest.find("{{") {
-            let after = &rest[start + 2..];
-            let end = after
-                .find("}}")
-                .ok_or_else(|| format!("session_settings.{name}: unclosed '{{{{'"))?;
-            let key = after[..end].trim();
-            if !["identity", "groups", "template", "issuer"].contains(&key) {
-                return Err(format!(
-                    "session_settings.{name}: unknown placeholder {{{{{key}}}}} \
-                     (known: identity, groups, template, issuer)"
-                ));
-            }
-            rest = &after[end + 2..];
-        }
+        placeholder::check(value, SETTING_KEYS)
+            .map_err(|e| format!("session_settings.{name}: {e}"))?;
     }
     Ok(())
 }
@@ -213,17 +204,21 @@ pub fn session_settings(
     t: &RoleTemplate,
     identity: &Identity,
 ) -> Result<Vec<(String, String)>, String> {
+    let groups = identity.groups.join(",");
     t.session_settings
         .iter()
         .map(|(name, value)| {
             if !is_setting_name(name) {
                 return Err(format!("session setting name {name:?} refused"));
             }
-            let value = value
-                .replace("{{identity}}", &identity.subject)
-                .replace("{{groups}}", &identity.groups.join(","))
-                .replace("{{template}}", template_name)
-                .replace("{{issuer}}", &identity.issuer);
+            let value = placeholder::render(value, |key| match key {
+                "identity" => Some(identity.subject.as_str()),
+                "groups" => Some(groups.as_str()),
+                "template" => Some(template_name),
+                "issuer" => Some(identity.issuer.as_str()),
+                _ => None,
+            })
+            .map_err(|e| format!("session setting {name}: {e}"))?;
             if value.len() > MAX_SETTING_VALUE_BYTES || value.contains('\0') {
                 return Err(format!(
                     "session setting {name}: value longer than {MAX_SETTING_VALUE_BYTES} bytes or has NUL"
@@ -345,5 +340,22 @@ mod tests {
             "[roles.readonly]\nsession_settings = { \"role\" = \"{{identity}}\" }\n",
         );
         assert!(Config::parse(&text).unwrap().validate().is_err());
+    }
+
+    #[test]
+    fn claims_are_rendered_once_and_spaced_placeholders_render() {
+        let c = config(
+            "allow_identities = [\"*\"]\nsession_settings = { \"rolemint.identity\" = \"{{ identity }}\", \"rolemint.groups\" = \"{{groups}}\" }",
+        );
+        let t = &c.roles["readonly"];
+        // A subject that looks like a placeholder is a value, not a template.
+        let s = session_settings("readonly", t, &who("{{groups}}", &["{{template}}"])).unwrap();
+        assert_eq!(
+            s,
+            [
+                ("rolemint.groups".to_string(), "{{template}}".to_string()),
+                ("rolemint.identity".to_string(), "{{groups}}".to_string())
+            ]
+        );
     }
 }

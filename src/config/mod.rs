@@ -16,6 +16,8 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
+pub mod placeholder;
+
 /// Longest duration any TTL may be configured to; a guard against typos such
 /// as `"3650d"` that would make a minted role effectively permanent.
 const MAX_CONFIGURABLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -822,7 +824,7 @@ impl Config {
             return Err(invalid("audit.path is empty (a file path or \"stdout\")"));
         }
         let m = &self.mint;
-        if !m.name_template.contains("{{random}}") {
+        if !placeholder::uses(&m.name_template, "random") {
             return Err(invalid(
                 "mint.name_template must contain {{random}}: two sessions must never collide",
             ));
@@ -873,15 +875,18 @@ impl Config {
             if t.max_ttl > MAX_CONFIGURABLE_TTL {
                 return Err(ctx("max_ttl may be at most 7 days"));
             }
-            if !t.creation_statements.iter().any(|s| s.contains("{{name}}")) {
+            if !t
+                .creation_statements
+                .iter()
+                .any(|s| placeholder::uses(s, "name"))
+            {
                 return Err(ctx("creation_statements must create the role {{name}}"));
             }
-            let placeholders = ["name", "password", "expiration"];
             for s in &t.creation_statements {
                 check_placeholders(
                     &format!("roles.{name}.creation_statements"),
                     s,
-                    &placeholders,
+                    &["name", "password", "expiration"],
                 )?;
             }
             for s in t.revocation_statements.iter().flatten() {
@@ -962,14 +967,14 @@ fn validate_warm_pool(name: &str, t: &RoleTemplate) -> Result<(), ConfigError> {
         return Err(ctx("warm_lifetime must be between 10s and 24h".into()));
     }
     let names = t.warm_name_template();
-    if uses_placeholder(names, "identity") {
+    if placeholder::uses(names, "identity") {
         return Err(ctx(format!(
             "warm_name_template {names:?} uses {{{{identity}}}}, but pooled roles are minted \
              before any identity is known: use {{{{template}}}}, {{{{random}}}}, {{{{unix_time}}}} \
              (the default is {DEFAULT_WARM_NAME_TEMPLATE:?})"
         )));
     }
-    if !names.contains("{{random}}") {
+    if !placeholder::uses(names, "random") {
         return Err(ctx(
             "warm_name_template must contain {{random}}: two roles must never collide".into(),
         ));
@@ -983,7 +988,7 @@ fn validate_warm_pool(name: &str, t: &RoleTemplate) -> Result<(), ConfigError> {
         for (setting, value) in &t.session_settings {
             if ["identity", "groups", "issuer"]
                 .iter()
-                .any(|k| uses_placeholder(value, k))
+                .any(|k| placeholder::uses(value, k))
             {
                 return Err(ctx(format!(
                     "session_settings.{setting} depends on the identity ({value:?}), but a \
@@ -996,41 +1001,14 @@ fn validate_warm_pool(name: &str, t: &RoleTemplate) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Whether `text` has a `{{key}}` placeholder (spaces inside allowed, as
-/// the renderers allow them).
-fn uses_placeholder(text: &str, key: &str) -> bool {
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            return false;
-        };
-        if after[..end].trim() == key {
-            return true;
-        }
-        rest = &after[end + 2..];
-    }
-    false
-}
-
-/// Rejects `{{x}}` placeholders other than the allowed ones.
-fn check_placeholders(what: &str, text: &str, allowed: &[&str]) -> Result<(), ConfigError> {
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            return Err(invalid(format!("{what}: unclosed '{{{{'")));
-        };
-        let key = after[..end].trim();
-        if !allowed.contains(&key) {
-            return Err(invalid(format!(
-                "{what}: unknown placeholder {{{{{key}}}}} (known: {})",
-                allowed.join(", ")
-            )));
-        }
-        rest = &after[end + 2..];
-    }
-    Ok(())
+/// Rejects a malformed text and `{{x}}` placeholders other than the
+/// allowed ones.
+fn check_placeholders(
+    what: &str,
+    text: &str,
+    allowed: &'static [&'static str],
+) -> Result<(), ConfigError> {
+    placeholder::check(text, allowed).map_err(|e| invalid(format!("{what}: {e}")))
 }
 
 fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
@@ -1155,6 +1133,25 @@ creation_statements = [
             .unwrap_err()
             .to_string();
         assert!(err.contains("warm_lifetime"), "{err}");
+    }
+
+    #[test]
+    fn spaced_placeholders_load_wherever_they_render() {
+        // `{{ key }}` is `{{key}}` in every text that has placeholders, so
+        // a config that loads renders as written.
+        let text = EXAMPLE
+            .replace("{{name}}", "{{ name }}")
+            .replace("{{expiration}}", "{{ expiration }}")
+            .replace(
+                "[roles.readonly]\n",
+                "[roles.readonly]\nwarm_pool = 1\nwarm_name_template = \"p-{{ random }}\"\n",
+            );
+        let mut c = Config::parse(&text).unwrap();
+        c.mint.name_template = "v-{{ identity }}-{{ random }}".into();
+        c.validate().unwrap();
+        c.mint.name_template = "v-{{ identity }}".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("must contain {{random}}"), "{err}");
     }
 
     #[test]

@@ -24,6 +24,8 @@
 
 use aws_lc_rs::rand::SecureRandom;
 
+use crate::config::placeholder;
+
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1).
 pub const MAX_NAME_BYTES: usize = 63;
 /// Length of the `{{random}}` part.
@@ -63,30 +65,20 @@ impl NameTemplate {
     /// present, literal text in `[a-z0-9_-]`, and room for the fixed parts.
     pub fn parse(text: &str) -> Result<NameTemplate, String> {
         let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(start) = rest.find("{{") {
-            if start > 0 {
-                parts.push(Part::Literal(rest[..start].to_owned()));
-            }
-            let after = &rest[start + 2..];
-            let end = after
-                .find("}}")
-                .ok_or("mint.name_template: unclosed '{{'")?;
-            parts.push(match after[..end].trim() {
-                "identity" => Part::Identity,
-                "template" => Part::Template,
-                "random" => Part::Random,
-                "unix_time" => Part::UnixTime,
-                other => {
+        for part in placeholder::parts(text) {
+            let part = part.map_err(|e| format!("mint.name_template: {e}"))?;
+            parts.push(match part {
+                placeholder::Part::Text(text) => Part::Literal(text.to_owned()),
+                placeholder::Part::Key("identity") => Part::Identity,
+                placeholder::Part::Key("template") => Part::Template,
+                placeholder::Part::Key("random") => Part::Random,
+                placeholder::Part::Key("unix_time") => Part::UnixTime,
+                placeholder::Part::Key(other) => {
                     return Err(format!(
                         "mint.name_template: unknown placeholder {{{{{other}}}}}"
                     ))
                 }
             });
-            rest = &after[end + 2..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_owned()));
         }
         for p in &parts {
             if let Part::Literal(l) = p {

@@ -14,6 +14,7 @@
 //! - expiration: `[0-9TZ:-]` (RFC 3339 UTC, whole seconds)
 
 use super::names::is_valid_role_name;
+use crate::config::placeholder::{self, PlaceholderError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
@@ -76,24 +77,18 @@ pub fn render(statements: &[String], values: &Values<'_>) -> Result<Vec<String>,
 }
 
 fn render_one(text: &str, values: &Values<'_>) -> Result<String, TemplateError> {
-    let mut out = String::with_capacity(text.len() + 128);
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or(TemplateError::Unclosed)?;
-        let key = after[..end].trim();
-        let value = match key {
-            "name" => Some(values.name),
-            "password" => values.password,
-            "expiration" => values.expiration,
-            _ => None,
-        };
-        out.push_str(value.ok_or_else(|| TemplateError::Unavailable(key.to_owned()))?);
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    placeholder::render(text, |key| match key {
+        "name" => Some(values.name),
+        "password" => values.password,
+        "expiration" => values.expiration,
+        _ => None,
+    })
+    .map_err(|e| match e {
+        PlaceholderError::Unclosed => TemplateError::Unclosed,
+        PlaceholderError::Unavailable(key) | PlaceholderError::Unknown { key, .. } => {
+            TemplateError::Unavailable(key)
+        }
+    })
 }
 
 #[cfg(test)]
