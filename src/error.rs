@@ -13,6 +13,17 @@ pub enum ClientError {
     /// logged, never sent: telling which check failed helps an attacker.
     #[error("password authentication failed: invalid or expired token")]
     BadToken,
+    /// The client's address failed to authenticate too often lately: its
+    /// attempts are refused without looking at the token, so this says
+    /// nothing about whether the token was valid. Clients behind one NAT
+    /// share the address, and so the wait.
+    #[error("too many failed attempts from this address; retry in {0} s")]
+    RateLimited(u64),
+    /// The user name is a live credential lease's role and the password is
+    /// no token: credentials from the Vault-compatible API log in to
+    /// PostgreSQL directly, at the address given.
+    #[error("password authentication failed: this is a credential lease's password; connect to PostgreSQL directly at {0}, not through rolemint")]
+    CredentialLease(String),
     /// The token is fine but names no template we know.
     #[error("role template \"{0}\" does not exist")]
     UnknownTemplate(String),
@@ -68,7 +79,9 @@ impl ClientError {
     /// The SQLSTATE of the ErrorResponse.
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            ClientError::BadToken => "28P01",
+            ClientError::BadToken
+            | ClientError::RateLimited(_)
+            | ClientError::CredentialLease(_) => "28P01",
             ClientError::UnknownTemplate(_) | ClientError::TemplateNotAllowed(_) => "28000",
             ClientError::TlsRequired => "28000",
             ClientError::DatabaseNotAllowed { .. } => "3D000",
@@ -91,6 +104,8 @@ impl ClientError {
     pub fn kind(&self) -> &'static str {
         match self {
             ClientError::BadToken => "bad_token",
+            ClientError::RateLimited(_) => "rate_limited",
+            ClientError::CredentialLease(_) => "credential_lease",
             ClientError::UnknownTemplate(_) => "unknown_template",
             ClientError::TemplateNotAllowed(_) => "template_not_allowed",
             ClientError::DatabaseNotAllowed { .. } => "database_not_allowed",

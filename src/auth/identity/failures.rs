@@ -2,8 +2,9 @@
 //!
 //! A token bucket per address: `burst` failures at once, `per_minute`
 //! earned back. While an address's bucket is empty its attempts are
-//! refused without looking at the token (28P01, the same answer as a bad
-//! token, so the limit tells a guesser nothing new). Other addresses are
+//! refused without looking at the token: 28P01 saying so and when to retry
+//! (given before the token is read, it tells a guesser nothing about the
+//! token). Clients behind one NAT share an address, and a bucket. Other addresses are
 //! never slowed: nothing here sleeps, and the lock is held for a map
 //! lookup only.
 //!
@@ -65,6 +66,19 @@ impl FailureLimiter {
         bucket.tokens >= 1.0
     }
 
+    /// How long `peer` must wait before its next attempt is looked at;
+    /// `None` when it may try now. What a refused client is told.
+    pub fn retry_after(&self, peer: IpAddr) -> Option<std::time::Duration> {
+        if self.may_try(peer) {
+            return None;
+        }
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let missing = 1.0 - buckets.get(&peer).map_or(1.0, |b| b.tokens);
+        Some(std::time::Duration::from_secs_f64(
+            missing.max(0.0) / self.per_second,
+        ))
+    }
+
     /// Counts one failure against `peer`.
     pub fn failed(&self, peer: IpAddr) {
         let now = Instant::now();
@@ -117,6 +131,10 @@ mod tests {
         }
         assert!(!l.may_try(a));
         assert!(l.may_try(b));
+        // One failure a minute is earned back: the wait is under a minute.
+        let wait = l.retry_after(a).expect("limited");
+        assert!(wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(60));
+        assert_eq!(l.retry_after(b), None);
     }
 
     #[test]

@@ -552,8 +552,19 @@ mod tests {
             let err = v.verify(token).unwrap_err();
             assert_eq!(err.reason(), "malformed", "{token:?}: {err}");
         }
-        // Without a dot it is taken for a static token, and no such one
-        // exists.
+        // Without a dot and no static tokens configured it is simply not
+        // a JWT; with some, it is taken for a static token that is not one.
+        let err = v.verify("garbage").unwrap_err();
+        assert_eq!(err.reason(), "malformed", "{err}");
+        let mut with_statics = auth();
+        with_statics
+            .static_tokens
+            .push(crate::config::StaticTokenConfig {
+                identity: "ci".into(),
+                groups: vec![],
+                sha256: super::super::static_tokens::sha256_hex("rmt_other"),
+            });
+        let v = Verifier::from_config(&with_statics).unwrap();
         let err = v.verify("garbage").unwrap_err();
         assert_eq!(err.reason(), "unknown_static_token");
     }

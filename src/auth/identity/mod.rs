@@ -118,9 +118,10 @@ pub enum IdentityError {
     /// The groups claim is present but unusable.
     #[error("invalid groups claim \"{claim}\": {reason}")]
     InvalidGroups { claim: String, reason: &'static str },
-    /// The client address failed too often lately.
+    /// The client address failed too often lately; it may try again in
+    /// `retry_after_secs`.
     #[error("too many failed authentications from this address")]
-    RateLimited,
+    RateLimited { retry_after_secs: u64 },
     /// No usable key is configured, or signing failed.
     #[error("no usable key: {0}")]
     Key(String),
@@ -143,7 +144,7 @@ impl IdentityError {
             IdentityError::MissingClaim(_) => "missing_claim",
             IdentityError::InvalidIdentity { .. } => "invalid_identity",
             IdentityError::InvalidGroups { .. } => "invalid_groups",
-            IdentityError::RateLimited => "rate_limited",
+            IdentityError::RateLimited { .. } => "rate_limited",
             IdentityError::Key(_) => "key",
         }
     }
@@ -291,6 +292,11 @@ impl Verifier {
             return Err(IdentityError::Malformed("empty token"));
         }
         if !token.contains('.') {
+            // Without static tokens there is nothing it could be: say what
+            // it is not, rather than name a kind of token nobody set up.
+            if self.statics.len() == 0 {
+                return Err(IdentityError::Malformed("not a JWT"));
+            }
             return self.statics.verify(token);
         }
         let now = SystemTime::now();
@@ -341,8 +347,9 @@ impl Verifier {
         peer: IpAddr,
         token: &str,
     ) -> Result<Identity, IdentityError> {
-        if !self.failures.may_try(peer) {
-            return Err(IdentityError::RateLimited);
+        if let Some(wait) = self.failures.retry_after(peer) {
+            let retry_after_secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            return Err(IdentityError::RateLimited { retry_after_secs });
         }
         let result = self.authenticate(token).await;
         if result.is_err() {

@@ -235,11 +235,15 @@ async fn authorize_and_mint(
             shared
                 .audit
                 .record(failed(format!("{}: {reason}", reason.reason()), None));
-            let detail = format!(
+            let mut detail = format!(
                 "template={template} database={database}: reason={}: {reason}",
                 reason.reason()
             );
-            return Err((ClientError::BadToken, detail));
+            let error = client_error(shared, &reason, template);
+            if let ClientError::CredentialLease(_) = &error {
+                detail.push_str(&format!("; {error}"));
+            }
+            return Err((error, detail));
         }
     };
     let grant = match crate::auth::policy::authorize(config, &identity, template, database) {
@@ -646,6 +650,35 @@ async fn cancel_elsewhere(shared: &Shared, process_id: i32, secret_key: i32, pee
             crate::observe::metrics::cancel_request("failed");
             tracing::warn!(%peer, "cancelling through the admin pool timed out")
         }
+    }
+}
+
+/// What a client whose token failed is told: that it is rate limited (and
+/// for how long), that it sent a credential lease's password to the proxy
+/// door, or only that the token is bad.
+fn client_error(
+    shared: &Shared,
+    reason: &crate::identity::IdentityError,
+    user: &str,
+) -> ClientError {
+    use crate::identity::IdentityError;
+    match reason {
+        IdentityError::RateLimited { retry_after_secs } => {
+            ClientError::RateLimited(*retry_after_secs)
+        }
+        // Not token-shaped, and the user name is a live credential role of
+        // this instance: a password from the Vault-compatible door.
+        IdentityError::Malformed(_) | IdentityError::UnknownStaticToken
+            if shared
+                .leases
+                .list()
+                .iter()
+                .any(|l| l.kind == LeaseKind::Creds && l.role == user) =>
+        {
+            let b = &shared.config.backend;
+            ClientError::CredentialLease(format!("{}:{}", b.host, b.port))
+        }
+        _ => ClientError::BadToken,
     }
 }
 
