@@ -235,7 +235,7 @@ fn dev_prints_working_command_lines_and_cleans_up_on_ctrl_c() {
             .recv_timeout(left)
             .expect("rolemint dev printed its command lines");
         let line = line.trim().to_owned();
-        if line.starts_with("psql ") {
+        if line.starts_with("psql ") && psql_line.is_none() {
             psql_line = Some(line);
         } else if line.contains("pgbench ") {
             pgbench_line = Some(line);

@@ -10,6 +10,7 @@
 //! rolled back; each template `owner` must be a role the admin may
 //! `REASSIGN OWNED` to (a warning otherwise). A template that would fail for every client fails here.
 
+use std::path::Path;
 use std::time::SystemTime;
 
 use crate::auth::identity::{Identity, Verifier};
@@ -42,11 +43,46 @@ impl Report {
     }
 }
 
-/// Runs every check; an error when any failed.
+/// Loads the config at `path` and runs every check. A secret file that
+/// cannot be read does not stop the list: each is a failure, the checks
+/// that need no backend still run, and the backend is left alone (its
+/// password may be the missing one).
+pub async fn run_file(path: &Path) -> anyhow::Result<()> {
+    let (config, problems) = Config::load_checking(path)?;
+    if problems.is_empty() {
+        return run(&config).await;
+    }
+    let mut report = Report::default();
+    for problem in problems {
+        report.fail(format!("config: {problem}"));
+    }
+    check_local(&config, &mut report).await;
+    finish(report)
+}
+
+/// Runs every check on a loaded config; an error when any failed.
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let mut report = Report::default();
     report.ok(&format!("config: {} role template(s)", config.roles.len()));
+    check_local(config, &mut report).await;
+    let minter = match Minter::new(config) {
+        Ok(m) => m,
+        Err(e) => {
+            report.fail(format!("mint settings: {e}"));
+            return finish(report);
+        }
+    };
+    if check_admin_role(config, &minter, &mut report).await {
+        check_hba(&minter, &mut report).await;
+        check_owners(config, &minter, &mut report).await;
+        check_templates(config, &minter, &mut report).await;
+    }
+    finish(report)
+}
 
+/// What needs no backend: certificates, `[admin]`, `[audit]`, `[cluster]`,
+/// the backend's TLS mode, the issuers' keys.
+async fn check_local(config: &Config, report: &mut Report) {
     match (&config.proxy.tls_cert, &config.proxy.tls_key) {
         (Some(cert), Some(key)) => match crate::tls::server_config(cert, key) {
             Ok(_) => report.ok(&format!("client TLS: {}", cert.display())),
@@ -59,21 +95,18 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     if let Err(e) = crate::tls::backend_client_config(&config.backend) {
         report.fail(format!("backend TLS: {e}"));
     }
-    check_admin(config, &mut report);
-    check_audit(config, &mut report);
-    check_cluster(config, &mut report);
+    check_admin(config, report);
+    check_audit(config, report);
+    check_cluster(config, report);
     if let Some(warning) = crate::tls::backend_tls_warning(&config.backend) {
         report.warn(&warning);
     }
-    check_issuers(config, &mut report).await;
+    check_issuers(config, report).await;
+}
 
-    let minter = match Minter::new(config) {
-        Ok(m) => m,
-        Err(e) => {
-            report.fail(format!("mint settings: {e}"));
-            return finish(report);
-        }
-    };
+/// The admin connection, its privileges and the marker role; false when
+/// the backend cannot be reached (nothing further can be checked).
+async fn check_admin_role(config: &Config, minter: &Minter, report: &mut Report) -> bool {
     let b = &config.backend;
     let facts = match minter.admin_facts().await {
         Ok(facts) => facts,
@@ -82,7 +115,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
                 "backend: cannot connect to {}:{} database \"{}\" as \"{}\": {e}",
                 b.host, b.port, b.admin_database, b.admin_user
             ));
-            return finish(report);
+            return false;
         }
     };
     report.ok(&format!(
@@ -107,15 +140,16 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             b.admin_user
         ));
     }
-    check_hba(&minter, &mut report).await;
     match minter.prepare().await {
         Ok(()) if facts.marker_exists => report.ok("marker role rolemint_managed exists"),
         Ok(()) => report.ok("marker role rolemint_managed created"),
         Err(e) => report.fail(format!("marker role rolemint_managed: {e}")),
     }
+    true
+}
 
-    check_owners(config, &minter, &mut report).await;
-
+/// A dry-run mint of every template in every database it lists.
+async fn check_templates(config: &Config, minter: &Minter, report: &mut Report) {
     let identity = Identity {
         subject: "rolemint-check".into(),
         groups: Vec::new(),
@@ -140,7 +174,6 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             }
         }
     }
-    finish(report)
 }
 
 /// `[auth]`: the keys load, and each issuer's JWKS URL answers with a

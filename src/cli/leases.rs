@@ -17,17 +17,18 @@ use serde_json::{json, Value};
 /// Longest wait for an answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Where the admin API is and how to reach it.
+/// Where the admin API is and how to reach it. Global, so that they go
+/// before or after the subcommand (`leases list --addr ...`).
 #[derive(Debug, Args)]
 pub struct ApiArgs {
     /// The admin API, e.g. http://127.0.0.1:8200.
-    #[arg(long, env = "ROLEMINT_ADDR")]
+    #[arg(long, env = "ROLEMINT_ADDR", global = true)]
     pub addr: Option<String>,
     /// A rolemint config whose `[admin] listen` gives the address.
-    #[arg(long, short, env = "ROLEMINT_CONFIG")]
+    #[arg(long, short, env = "ROLEMINT_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// PEM CA certificate to verify an HTTPS admin listener with.
-    #[arg(long, env = "ROLEMINT_CACERT")]
+    #[arg(long, env = "ROLEMINT_CACERT", global = true)]
     pub ca_cert: Option<PathBuf>,
 }
 
@@ -35,8 +36,9 @@ pub struct ApiArgs {
 pub struct LeasesArgs {
     #[command(flatten)]
     pub api: ApiArgs,
-    /// The operator token.
-    #[arg(long, env = "ROLEMINT_TOKEN", hide_env_values = true)]
+    /// An operator token (every lease), or a workload's token from the
+    /// Vault-compatible login (its own leases only).
+    #[arg(long, env = "ROLEMINT_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// Print the server's JSON instead of a table.
     #[arg(long, global = true)]
@@ -49,17 +51,24 @@ pub struct LeasesArgs {
 pub enum LeasesCommand {
     /// List live leases, optionally filtered.
     List {
+        /// Only the leases of this identity (the token's `sub`).
         #[arg(long)]
         identity: Option<String>,
+        /// Only the leases minted from this role template.
         #[arg(long)]
         template: Option<String>,
+        /// Only the leases in this database.
         #[arg(long)]
         database: Option<String>,
     },
     /// Show one lease.
-    Lookup { lease_id: String },
+    Lookup {
+        /// The lease id, e.g. database/sessions/readonly/<random>.
+        lease_id: String,
+    },
     /// Extend a lease (capped at its template's max_ttl from issue).
     Renew {
+        /// The lease id, e.g. database/sessions/readonly/<random>.
         lease_id: String,
         /// Seconds or a duration such as "30m"; default: the template's default_ttl.
         #[arg(long)]
@@ -67,15 +76,22 @@ pub enum LeasesCommand {
     },
     /// End a lease now: its session gets 57P01, its role is dropped.
     Revoke {
+        /// The lease id, e.g. database/sessions/readonly/<random>.
         lease_id: String,
         /// Return once the revocation has started, not when it is done.
         #[arg(long)]
         no_wait: bool,
     },
     /// End every lease whose id starts with PREFIX.
-    RevokePrefix { prefix: String },
+    RevokePrefix {
+        /// A lease id prefix, e.g. database/sessions/readonly/.
+        prefix: String,
+    },
     /// End every lease of one identity.
-    RevokeIdentity { identity: String },
+    RevokeIdentity {
+        /// The identity (the token's `sub`).
+        identity: String,
+    },
 }
 
 /// Runs `rolemint leases ...`.
@@ -90,6 +106,13 @@ pub async fn run(args: LeasesArgs) -> anyhow::Result<()> {
         base: base_url(&args.api)?,
         token: token.to_owned(),
     };
+    if let LeasesCommand::Revoke { lease_id, .. } = &args.command {
+        // The API answers 204 for a lease that does not exist, as Vault
+        // does; an operator who mistyped must not believe access was cut.
+        if !api.lease_exists(lease_id).await? {
+            bail!("no such lease: {lease_id} (nothing was revoked)");
+        }
+    }
     let body = api.call(request(&args.command)).await?;
     for w in body["warnings"].as_array().into_iter().flatten() {
         eprintln!("warning: {}", w.as_str().unwrap_or_default());
@@ -228,6 +251,22 @@ impl Api {
         self.finish(req).await
     }
 
+    /// Whether a lookup finds `lease_id` (400 is the API's "invalid lease").
+    async fn lease_exists(&self, lease_id: &str) -> anyhow::Result<bool> {
+        let url = format!("{}/v1/sys/leases/lookup", self.base);
+        let req = self.http.put(url).json(&json!({ "lease_id": lease_id }));
+        match self.finish(req).await {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.downcast_ref::<Refused>()
+                    .is_some_and(|r| r.status == StatusCode::BAD_REQUEST) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn finish(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let resp = req
             .header("X-Vault-Token", &self.token)
@@ -242,10 +281,22 @@ impl Api {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if !status.is_success() {
-            bail!("{status}: {}", error_text(&body));
+            return Err(Refused {
+                status,
+                message: error_text(&body),
+            }
+            .into());
         }
         Ok(body)
     }
+}
+
+/// An error answer of the API.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {message}")]
+struct Refused {
+    status: StatusCode,
+    message: String,
 }
 
 /// The `errors` of an answer, joined; the body itself when it has none.

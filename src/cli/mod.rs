@@ -48,39 +48,7 @@ pub enum Command {
     /// Print a token: signed by the config's local issuer key (default),
     /// signed with an Ed25519 key (`--key`), or a new random static token
     /// (`--static`) or operator token (`--operator`) with its config lines.
-    Token {
-        /// The config whose local issuer signs (not needed with --static,
-        /// --operator or --key).
-        #[arg(long, short, env = "ROLEMINT_CONFIG")]
-        config: Option<PathBuf>,
-        /// The identity (`sub` claim, or the static token's identity).
-        #[arg(long, required_unless_present = "operator")]
-        sub: Option<String>,
-        /// Groups, comma separated.
-        #[arg(long, value_delimiter = ',')]
-        groups: Vec<String>,
-        /// Lifetime of the token.
-        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
-        ttl: Duration,
-        /// Print a new random static token and its `[[auth.static_tokens]]`
-        /// lines.
-        #[arg(long = "static", conflicts_with_all = ["operator", "key", "config"])]
-        static_token: bool,
-        /// Print a new random operator token and its `operator_token_sha256`
-        /// line.
-        #[arg(long, conflicts_with_all = ["key", "config", "sub"])]
-        operator: bool,
-        /// Sign with this Ed25519 private key (PKCS#8 PEM, as `rolemint
-        /// keygen` writes it) instead of the config's local issuer.
-        #[arg(long, conflicts_with = "config")]
-        key: Option<PathBuf>,
-        /// The `iss` claim of a token signed with --key.
-        #[arg(long, requires = "key")]
-        issuer: Option<String>,
-        /// The `aud` claim of a token signed with --key.
-        #[arg(long, requires = "key")]
-        audience: Option<String>,
-    },
+    Token(TokenArgs),
     /// Write an Ed25519 key pair (PEM) and its JWKS, for an issuer whose
     /// tokens `rolemint token --key` signs.
     Keygen {
@@ -92,6 +60,7 @@ pub enum Command {
     /// Validate the config, reach the backend as admin and verify the
     /// privileges rolemint needs.
     Check {
+        /// The TOML config file to check (as `serve` would load it).
         #[arg(long, short, env = "ROLEMINT_CONFIG")]
         config: PathBuf,
     },
@@ -115,7 +84,62 @@ pub enum Command {
     /// `POST /v1/database/rotate-root/<db>` on it instead).
     RotateAdmin {
         /// The TOML config file.
-        #[arg(long)]
+        #[arg(long, short, env = "ROLEMINT_CONFIG")]
         config: PathBuf,
     },
+}
+
+/// `rolemint token`: what the token is for and who signs it.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// The config whose local issuer signs (not needed with --static,
+    /// --operator or --key).
+    #[arg(long, short, env = "ROLEMINT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The identity (`sub` claim, or the static token's identity).
+    #[arg(long, required_unless_present = "operator")]
+    pub sub: Option<String>,
+    /// Groups, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Vec<String>,
+    /// Lifetime of a signed token (its `exp`). rolemint accepts a token up
+    /// to `auth.leeway` (default 30s) past its `exp`, for clock skew, so a
+    /// `--ttl 1s` token still connects for about 30 s. Static and operator
+    /// tokens do not expire.
+    #[arg(
+        long,
+        default_value = "15m",
+        value_parser = humantime::parse_duration,
+        conflicts_with_all = ["static_token", "operator"]
+    )]
+    pub ttl: Duration,
+    /// Print a new random static token and its `[[auth.static_tokens]]`
+    /// lines.
+    #[arg(long = "static", conflicts_with_all = ["operator", "key", "config"])]
+    pub static_token: bool,
+    /// Print a new random operator token and its `operator_token_sha256`
+    /// line.
+    #[arg(long, conflicts_with_all = ["key", "config", "sub"])]
+    pub operator: bool,
+    /// Sign with this Ed25519 private key (PKCS#8 PEM, as `rolemint
+    /// keygen` writes it) instead of the config's local issuer.
+    #[arg(long, conflicts_with = "config")]
+    pub key: Option<PathBuf>,
+    /// The `iss` claim of a token signed with --key.
+    #[arg(long, requires = "key")]
+    pub issuer: Option<String>,
+    /// The `aud` claim of a token signed with --key.
+    #[arg(long, requires = "key")]
+    pub audience: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
 }

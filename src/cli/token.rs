@@ -54,6 +54,10 @@ pub fn keygen(out: &Path) -> anyhow::Result<()> {
 
     let files = keygen::ed25519().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // Absolute: paths in a config resolve against the config file's
+    // directory, not the one `keygen` ran in, so the printed lines paste
+    // into any config.
+    let out = &std::path::absolute(out).with_context(|| format!("resolving {}", out.display()))?;
     let private = out.join("ed25519.key.pem");
     // create_new: never overwrite a key someone may depend on; 0600: the
     // signing key is a secret.

@@ -24,10 +24,12 @@ const MAX_CONFIGURABLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    /// Not `source`: the message holds the OS error already, and a chain
+    /// printed with `{:#}` would say it twice.
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -652,9 +654,22 @@ fn default_reap_grace() -> Duration {
 impl Config {
     /// Reads, parses, resolves secrets and relative paths, and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let (config, mut problems) = Config::load_checking(path)?;
+        match problems.is_empty() {
+            true => Ok(config),
+            false => Err(problems.swap_remove(0)),
+        }
+    }
+
+    /// [`Config::load`] for `rolemint check`: a file that does not read or
+    /// parse is an error, but every secret that cannot be resolved is
+    /// returned as a problem (the secret left unset) and the rest is still
+    /// resolved, so that all of them are reported at once. Validation runs
+    /// only when there is no such problem (an unset secret would fail it).
+    pub fn load_checking(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let mut config = Config::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
@@ -664,9 +679,11 @@ impl Config {
             other => other,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        config.resolve(base)?;
-        config.validate()?;
-        Ok(config)
+        let mut problems = config.resolve_all(base);
+        if problems.is_empty() {
+            problems.extend(config.validate().err());
+        }
+        Ok((config, problems))
     }
 
     /// Parses TOML text without touching the file system.
@@ -680,6 +697,27 @@ impl Config {
     /// Makes relative paths absolute against `base` and reads the secrets
     /// that live in files or the environment.
     pub fn resolve(&mut self, base: &Path) -> Result<(), ConfigError> {
+        match self.resolve_all(base).into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Config::resolve`], going on past a secret that cannot be read:
+    /// every problem, in the order of the file.
+    fn resolve_all(&mut self, base: &Path) -> Vec<ConfigError> {
+        self.rebase_paths(base);
+        let mut problems = Vec::new();
+        let mut note = |r: Result<(), ConfigError>| problems.extend(r.err());
+        note(self.backend.resolve_password());
+        note(self.auth.resolve_secrets());
+        note(self.cluster.resolve_secret());
+        note(self.admin.resolve_operator_hash());
+        problems
+    }
+
+    /// Every relative path, made relative to the config file's directory.
+    fn rebase_paths(&mut self, base: &Path) {
         let rebase = |p: &mut Option<PathBuf>| {
             if let Some(path) = p {
                 if path.is_relative() {
@@ -694,81 +732,19 @@ impl Config {
         rebase(&mut self.auth.hs256_secret_file);
         rebase(&mut self.admin.tls_cert);
         rebase(&mut self.admin.tls_key);
+        rebase(&mut self.admin.operator_token_sha256_file);
+        rebase(&mut self.cluster.secret_file);
         if let Some(path) = &self.audit.path {
             if path.as_os_str() != "stdout" {
                 rebase(&mut self.audit.path);
             }
         }
-
-        let b = &mut self.backend;
-        let sources = [
-            b.admin_password.is_some(),
-            b.admin_password_file.is_some(),
-            b.admin_password_env.is_some(),
-        ];
-        if sources.iter().filter(|s| **s).count() > 1 {
-            return Err(invalid(
-                "backend: set only one of admin_password, admin_password_file, admin_password_env",
-            ));
-        }
-        if let Some(file) = &b.admin_password_file {
-            b.admin_password = Some(read_secret_file(file)?);
-        }
-        if let Some(var) = &b.admin_password_env {
-            let value = std::env::var(var).map_err(|_| {
-                invalid(format!(
-                    "backend.admin_password_env: environment variable {var} is not set"
-                ))
-            })?;
-            b.admin_password = Some(Secret::new(value));
-        }
-
-        let a = &mut self.auth;
-        if a.hs256_secret.is_some() && a.hs256_secret_file.is_some() {
-            return Err(invalid(
-                "auth: set only one of hs256_secret, hs256_secret_file",
-            ));
-        }
-        if let Some(file) = &a.hs256_secret_file {
-            a.hs256_secret = Some(read_secret_file(file)?);
-        }
-        for i in &mut a.issuers {
+        for i in &mut self.auth.issuers {
             rebase(&mut i.jwks_file);
             rebase(&mut i.public_key_file);
             rebase(&mut i.hs256_secret_file);
             rebase(&mut i.jwks_ca_file);
-            if i.hs256_secret.is_some() && i.hs256_secret_file.is_some() {
-                return Err(invalid(format!(
-                    "auth.issuers \"{}\": set only one of hs256_secret, hs256_secret_file",
-                    i.name
-                )));
-            }
-            if let Some(file) = &i.hs256_secret_file {
-                i.hs256_secret = Some(read_secret_file(file)?);
-            }
         }
-
-        rebase(&mut self.cluster.secret_file);
-        let c = &mut self.cluster;
-        if let Some(file) = &c.secret_file {
-            if c.secret.is_some() {
-                return Err(invalid("cluster: set only one of secret, secret_file"));
-            }
-            c.secret = Some(read_secret_file(file)?);
-        }
-
-        rebase(&mut self.admin.operator_token_sha256_file);
-        let admin = &mut self.admin;
-        if let Some(file) = &admin.operator_token_sha256_file {
-            if admin.operator_token_sha256.is_some() {
-                return Err(invalid(
-                    "admin: set only one of operator_token_sha256, operator_token_sha256_file",
-                ));
-            }
-            let hash = read_secret_file(file)?;
-            admin.operator_token_sha256 = Some(hash.expose().trim().to_owned());
-        }
-        Ok(())
     }
 
     /// Checks what the types cannot: combinations, ranges, placeholders.
@@ -1011,10 +987,91 @@ fn check_placeholders(
     placeholder::check(text, allowed).map_err(|e| invalid(format!("{what}: {e}")))
 }
 
+impl BackendConfig {
+    /// `admin_password`, from the one place it is set.
+    fn resolve_password(&mut self) -> Result<(), ConfigError> {
+        let sources = [
+            self.admin_password.is_some(),
+            self.admin_password_file.is_some(),
+            self.admin_password_env.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err(invalid(
+                "backend: set only one of admin_password, admin_password_file, admin_password_env",
+            ));
+        }
+        if let Some(file) = &self.admin_password_file {
+            self.admin_password = Some(read_secret_file(file)?);
+        }
+        if let Some(var) = &self.admin_password_env {
+            let value = std::env::var(var).map_err(|_| {
+                invalid(format!(
+                    "backend.admin_password_env: environment variable {var} is not set"
+                ))
+            })?;
+            self.admin_password = Some(Secret::new(value));
+        }
+        Ok(())
+    }
+}
+
+impl AuthConfig {
+    /// The local issuer's and every issuer's HS256 secret files.
+    fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        if self.hs256_secret.is_some() && self.hs256_secret_file.is_some() {
+            return Err(invalid(
+                "auth: set only one of hs256_secret, hs256_secret_file",
+            ));
+        }
+        if let Some(file) = &self.hs256_secret_file {
+            self.hs256_secret = Some(read_secret_file(file)?);
+        }
+        for i in &mut self.issuers {
+            if i.hs256_secret.is_some() && i.hs256_secret_file.is_some() {
+                return Err(invalid(format!(
+                    "auth.issuers \"{}\": set only one of hs256_secret, hs256_secret_file",
+                    i.name
+                )));
+            }
+            if let Some(file) = &i.hs256_secret_file {
+                i.hs256_secret = Some(read_secret_file(file)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ClusterConfig {
+    fn resolve_secret(&mut self) -> Result<(), ConfigError> {
+        if let Some(file) = &self.secret_file {
+            if self.secret.is_some() {
+                return Err(invalid("cluster: set only one of secret, secret_file"));
+            }
+            self.secret = Some(read_secret_file(file)?);
+        }
+        Ok(())
+    }
+}
+
+impl AdminConfig {
+    fn resolve_operator_hash(&mut self) -> Result<(), ConfigError> {
+        if let Some(file) = &self.operator_token_sha256_file {
+            if self.operator_token_sha256.is_some() {
+                return Err(invalid(
+                    "admin: set only one of operator_token_sha256, operator_token_sha256_file",
+                ));
+            }
+            let hash = read_secret_file(file)?;
+            self.operator_token_sha256 = Some(hash.expose().trim().to_owned());
+        }
+        Ok(())
+    }
+}
+
 fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     Ok(Secret::new(text.trim_end_matches(['\n', '\r'])))
 }

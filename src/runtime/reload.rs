@@ -58,6 +58,21 @@ pub struct Reloaded {
     pub needs_restart: Vec<&'static str>,
 }
 
+/// Reloads the config (and reopens the audit log) on every SIGHUP, for
+/// `serve` and `dev` alike; each reload logs and counts its own outcome.
+/// `hangups` is made by the caller before it reports ready: SIGHUP's
+/// default action ends the process.
+pub async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    shared: Arc<Shared>,
+    path: std::path::PathBuf,
+) {
+    while hangups.recv().await.is_some() {
+        tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+        let _ = reload(&shared, &path).await;
+    }
+}
+
 /// Reloads from `path` and reopens the audit log; logs and counts the
 /// outcome. The old runtime stays when the new config is refused.
 pub async fn reload(shared: &Shared, path: &Path) -> Result<Reloaded, ReloadError> {

@@ -49,6 +49,7 @@ const REVOKE_WAIT: Duration = Duration::from_secs(70);
 
 /// The file names inside the dev directory.
 const CONFIG_FILE: &str = "rolemint.toml";
+const PREV_CONFIG_FILE: &str = "rolemint.toml.prev";
 const CERT_FILE: &str = "cert.pem";
 const KEY_FILE: &str = "key.pem";
 
@@ -170,13 +171,23 @@ async fn serve(
     let token = crate::auth::identity::issue(&config.auth, &args.subject, &[], TOKEN_TTL)
         .context("signing a token")?;
 
+    // As `serve` does: the banner invites editing the config, and
+    // SIGHUP's default action would end the process with the cluster
+    // deleted under it.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("listening for SIGHUP")?;
+    tokio::spawn(crate::runtime::reload::reload_on_hangup(
+        hangups,
+        server.shared(),
+        config_path.clone(),
+    ));
     let shutdown = CancellationToken::new();
     let mut proxy = tokio::spawn(server.run(shutdown.clone()));
     print_banner(&config_path, addr, cluster, &args.subject, &token);
     if let Some(admin_addr) = admin_addr {
         print_admin_banner(admin_addr, &operator_token);
         if config.vault.enabled {
-            print_vault_banner(admin_addr, &token);
+            print_vault_banner(admin_addr, &token, cluster);
         }
     }
 
@@ -230,8 +241,10 @@ struct DevBackend<'a> {
     admin_password: &'a Secret,
 }
 
-/// Writes the certificate, key and `rolemint.toml` into `dir` (replacing
-/// earlier ones) and returns the config's path.
+/// Writes the certificate, key and `rolemint.toml` into `dir` and returns
+/// the config's path. An earlier `rolemint.toml` (perhaps edited) cannot
+/// serve this run (the cluster, its port and passwords are new): it is
+/// kept as `rolemint.toml.prev`, and said so.
 fn write_dev_files(
     dir: &Path,
     listen: SocketAddr,
@@ -246,6 +259,17 @@ fn write_dev_files(
     let hs256_secret = Secret::new(base64::engine::general_purpose::STANDARD.encode(key));
 
     let path = dir.join(CONFIG_FILE);
+    if path.exists() {
+        let prev = dir.join(PREV_CONFIG_FILE);
+        std::fs::rename(&path, &prev)
+            .with_context(|| format!("moving {} to {}", path.display(), prev.display()))?;
+        tracing::warn!(
+            "{} is rewritten for this run (new cluster, port and secrets); \
+             the earlier one, with any edits, is kept as {}",
+            path.display(),
+            prev.display()
+        );
+    }
     write_file(
         &path,
         &render_config(listen, backend, &hs256_secret, admin),
@@ -369,7 +393,7 @@ fn print_admin_banner(addr: SocketAddr, operator_token: &Secret) {
 
 /// The Vault-compatible door: what a program written for Vault's database
 /// secrets engine needs in its environment, and the same by hand.
-fn print_vault_banner(addr: SocketAddr, token: &Secret) {
+fn print_vault_banner(addr: SocketAddr, token: &Secret, cluster: &TempCluster) {
     let token = token.expose();
     println!(
         r#"Vault-compatible API (programs written for Vault run unchanged):
@@ -377,7 +401,13 @@ fn print_vault_banner(addr: SocketAddr, token: &Secret) {
   export VAULT_ADDR=http://{addr}
   export VAULT_TOKEN={token}
   curl -s -H "X-Vault-Token: $VAULT_TOKEN" $VAULT_ADDR/v1/database/creds/readonly
-"#
+
+Its username and password log in to PostgreSQL directly, not through the proxy:
+
+  psql "host={pg_host} port={pg_port} dbname=appdb user=USERNAME password=PASSWORD"
+"#,
+        pg_host = cluster.host(),
+        pg_port = cluster.port(),
     );
 }
 
@@ -411,11 +441,14 @@ A fresh token:
 
   rolemint token --config {config} --sub {subject}
 
-Ctrl-C stops the proxy (revoking every lease) and PostgreSQL.
+Edit the config and `kill -HUP {pid}` to reload it, as with `rolemint serve`.
+Ctrl-C ends every session and revokes its lease (credential leases are left to
+expire, as with `serve`), then stops PostgreSQL and deletes its data.
 "#,
         pg_host = cluster.host(),
         pg_port = cluster.port(),
         pg_dir = cluster.dir().display(),
+        pid = std::process::id(),
     );
 }
 
@@ -479,6 +512,28 @@ mod tests {
         assert_eq!(mode(CONFIG_FILE), 0o600);
         let cert = std::fs::read_to_string(dir.path().join(CERT_FILE)).unwrap();
         assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+
+    #[test]
+    fn a_rerun_keeps_the_earlier_config_as_prev() {
+        let dir = tempfile::tempdir().unwrap();
+        let password = Secret::new("p");
+        let backend = DevBackend {
+            host: "127.0.0.1",
+            port: 54321,
+            admin_user: "rolemint_admin",
+            admin_password: &password,
+        };
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 6432));
+        let path = write_dev_files(dir.path(), listen, &backend, &dev_admin()).unwrap();
+        let edited = format!("{}\n# my edit\n", std::fs::read_to_string(&path).unwrap());
+        std::fs::write(&path, &edited).unwrap();
+        write_dev_files(dir.path(), listen, &backend, &dev_admin()).unwrap();
+        let prev = std::fs::read_to_string(dir.path().join(PREV_CONFIG_FILE)).unwrap();
+        assert_eq!(prev, edited, "the edit is kept");
+        assert!(!std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("# my edit"));
     }
 
     #[test]

@@ -658,10 +658,10 @@ async fn cancel_elsewhere(shared: &Shared, process_id: i32, secret_key: i32, pee
 /// door, or only that the token is bad.
 fn client_error(
     shared: &Shared,
-    reason: &crate::identity::IdentityError,
+    reason: &crate::auth::identity::IdentityError,
     user: &str,
 ) -> ClientError {
-    use crate::identity::IdentityError;
+    use crate::auth::identity::IdentityError;
     match reason {
         IdentityError::RateLimited { retry_after_secs } => {
             ClientError::RateLimited(*retry_after_secs)
