@@ -18,10 +18,11 @@
 //!   run to their expiry, and their roles are revoked with the removed
 //!   template's `owner` and statements (the revoker keeps every template it
 //!   was given, see `revoke`).
-//! - settings bound at start: the listen address, `max_connections`, the
-//!   shutdown timings, `[backend]` (the admin pool), `[mint]`, `[admin]`,
-//!   `[audit] path` and `[log]`. When they differ, the reload logs which
-//!   ones "need a restart" and applies the rest.
+//! - settings bound at start: the listen address, `max_connections`,
+//!   `kernel_splice`, the shutdown timings, `[backend]` (the admin pool),
+//!   `[mint]`, `[admin]`, `[audit] path`, `[log]`, `[cluster]` and
+//!   `[vault]`. When they differ, the reload logs which ones "need a
+//!   restart" and applies the rest.
 //!
 //! The old runtime is dropped when the last session that took it has
 //! minted its role; dropping its verifier stops the JWKS refresh tasks of
@@ -138,7 +139,7 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     let (a, b) = (&running.proxy, &new.proxy);
     let mut changed = Vec::new();
-    let checks: [(&'static str, bool); 9] = [
+    let checks: [(&'static str, bool); 11] = [
         ("proxy.listen", a.listen != b.listen),
         ("proxy.kernel_splice", a.kernel_splice != b.kernel_splice),
         (
@@ -155,6 +156,9 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
         ("admin", differs(&running.admin, &new.admin)),
         ("audit", differs(&running.audit, &new.audit)),
         ("log", differs(&running.log, &new.log)),
+        // The cancel keys and the Vault door are built once, at start.
+        ("cluster", differs(&running.cluster, &new.cluster)),
+        ("vault", differs(&running.vault, &new.vault)),
     ];
     for (name, differs) in checks {
         if differs {
@@ -211,5 +215,10 @@ creation_statements = ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password
                 .replace("port = 5432", "port = 5433"),
         );
         assert_eq!(needs_restart(&running, &new), ["proxy.listen", "backend"]);
+        let new = parse(&format!(
+            "{BASE}\n[cluster]\nsecret = \"{}\"\n\n[vault]\nenabled = false\n",
+            "s".repeat(32)
+        ));
+        assert_eq!(needs_restart(&running, &new), ["cluster", "vault"]);
     }
 }
