@@ -165,6 +165,88 @@ creation_statements = [
     );
 }
 
+/// Runs `rolemint check`; (success, stdout).
+fn check(config: &Path) -> (bool, String) {
+    let out = Command::new(ROLEMINT)
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// PostgreSQL 16 lets a CREATEROLE admin grant only roles it holds WITH
+/// ADMIN OPTION. A marker role a superuser created beforehand and a role a
+/// template grants, neither granted to the admin: on 16+ `rolemint check`
+/// fails and names the exact statement for each; after running them it
+/// passes. On 14 and 15 CREATEROLE is enough and check passes as it is.
+#[test]
+fn check_names_the_admin_option_a_server_16_needs_and_the_statement_that_adds_it() {
+    let (cluster, demo) = cluster();
+    cluster
+        .psql_as_superuser(
+            "postgres",
+            "CREATE ROLE rolemint_direct NOLOGIN; CREATE ROLE app_extra NOLOGIN;",
+        )
+        .unwrap();
+    let version: u32 = cluster
+        .psql_as_superuser("postgres", "SHOW server_version_num")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &cluster,
+        &demo,
+        r#"
+[roles.extra]
+databases = ["appdb"]
+default_ttl = "1h"
+max_ttl = "1h"
+creation_statements = [
+  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+  "GRANT app_extra TO \"{{name}}\"",
+]
+"#,
+    );
+    let marker_fix = r#"GRANT "rolemint_direct" TO "rolemint_admin" WITH ADMIN OPTION;"#;
+    let grant_fix = r#"GRANT "app_extra" TO "rolemint_admin" WITH ADMIN OPTION;"#;
+    let (ok, stdout) = check(&config);
+    eprintln!("{stdout}");
+    if version < 160_000 {
+        assert!(ok, "{version}: {stdout}");
+        assert!(!stdout.contains("ADMIN OPTION"), "{version}: {stdout}");
+        return;
+    }
+    assert!(!ok, "{version}: {stdout}");
+    let fails: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(fails.len(), 2, "{stdout}");
+    assert!(
+        fails[0].contains("marker role \"rolemint_direct\"") && fails[0].ends_with(marker_fix),
+        "{stdout}"
+    );
+    assert!(
+        fails[1].starts_with("FAIL  template extra in database appdb")
+            && fails[1].ends_with(grant_fix),
+        "{stdout}"
+    );
+    // The statements, as check printed them, are the whole fix.
+    cluster
+        .psql_as_superuser("postgres", &format!("{marker_fix} {grant_fix}"))
+        .unwrap();
+    let (ok, stdout) = check(&config);
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains("ok    template extra in database appdb: dry-run mint"),
+        "{stdout}"
+    );
+}
+
 /// Runs a pasted command line with `sh -c`; its stdout, after checking it
 /// succeeded.
 fn shell(line: &str) -> String {

@@ -277,14 +277,16 @@ async fn session_user(client: &tokio_postgres::Client) -> String {
 async fn metrics_and_audit_follow_every_session_and_revocation() {
     let (cluster, demo) = cluster().await;
     // An orphan from a crashed instance, past its VALID UNTIL: the startup
-    // sweep reaps it.
+    // sweep reaps it. That instance had created the marker role, as the
+    // admin (so the admin holds it WITH ADMIN OPTION on PostgreSQL 16+).
     let orphan = "v-orphan-readonly-abcdefgh-1";
     {
         let su = connect_owned(cluster.superuser_conn_string("appdb"))
             .await
             .expect("superuser connects");
         su.batch_execute(&format!(
-            r#"CREATE ROLE "{orphan}" LOGIN VALID UNTIL '2000-01-01' IN ROLE rolemint_managed;
+            r#"SET ROLE rolemint_admin; CREATE ROLE rolemint_managed NOLOGIN; RESET ROLE;
+               CREATE ROLE "{orphan}" LOGIN VALID UNTIL '2000-01-01' IN ROLE rolemint_managed;
                COMMENT ON ROLE "{orphan}" IS
                  '{{"lease_id":"database/sessions/readonly/abcdefgh","template":"readonly","database":"appdb"}}';"#
         ))

@@ -18,6 +18,8 @@
   DO $$ BEGIN RAISE EXCEPTION 'ROLEMINT_ADMIN_PASSWORD is not set: it is the password of rolemint_admin'; END $$;
 \endif
 
+-- Exactly the grants README.md's "The admin role" block asks for, no more:
+-- the tests run every version with this admin (no superuser).
 CREATE ROLE rolemint_admin WITH LOGIN CREATEROLE PASSWORD :'admin_password';
 -- To end a lease's sessions (pg_terminate_backend) before its role is dropped:
 -- DROP ROLE does not end them.
@@ -30,12 +32,11 @@ GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO rolemint_admin;
 -- Group roles the templates grant to minted roles. Nobody logs in as them.
 CREATE ROLE app_read NOLOGIN;
 CREATE ROLE app_owner NOLOGIN;
--- The marker every minted role is a member of: the database itself records
--- which roles rolemint made, so a restarted instance finds its orphans.
-CREATE ROLE rolemint_managed NOLOGIN;
 -- WITH ADMIN OPTION: since PostgreSQL 16, CREATEROLE alone does not allow
--- granting roles one did not create.
-GRANT app_read, app_owner, rolemint_managed TO rolemint_admin WITH ADMIN OPTION;
+-- granting roles one did not create. The marker roles (rolemint_managed,
+-- rolemint_direct) are not created here: rolemint creates them at startup,
+-- and as their creator holds them WITH ADMIN OPTION on 16+.
+GRANT app_read, app_owner TO rolemint_admin WITH ADMIN OPTION;
 
 CREATE DATABASE appdb;
 GRANT CONNECT, TEMPORARY ON DATABASE appdb TO app_read, app_owner;

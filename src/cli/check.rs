@@ -15,7 +15,9 @@ use std::time::SystemTime;
 
 use crate::auth::identity::{Identity, Verifier};
 use crate::config::Config;
-use crate::pg::{HbaRule, MintRequest, Minter};
+use postgres_protocol::escape::escape_identifier;
+
+use crate::pg::{AdminFacts, HbaRule, MintError, MintRequest, Minter, ADMIN_OPTION_NEEDED_FROM};
 
 /// The marker role every minted role is a member of, as pg_hba.conf names
 /// its members.
@@ -72,10 +74,10 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             return finish(report);
         }
     };
-    if check_admin_role(config, &minter, &mut report).await {
+    if let Some(facts) = check_admin_role(config, &minter, &mut report).await {
         check_hba(&minter, &mut report).await;
-        check_owners(config, &minter, &mut report).await;
-        check_templates(config, &minter, &mut report).await;
+        check_owners(config, &minter, &facts, &mut report).await;
+        check_templates(config, &minter, &facts, &mut report).await;
     }
     finish(report)
 }
@@ -104,9 +106,13 @@ async fn check_local(config: &Config, report: &mut Report) {
     check_issuers(config, report).await;
 }
 
-/// The admin connection, its privileges and the marker role; false when
+/// The admin connection, its privileges and the marker role; `None` when
 /// the backend cannot be reached (nothing further can be checked).
-async fn check_admin_role(config: &Config, minter: &Minter, report: &mut Report) -> bool {
+async fn check_admin_role(
+    config: &Config,
+    minter: &Minter,
+    report: &mut Report,
+) -> Option<AdminFacts> {
     let b = &config.backend;
     let facts = match minter.admin_facts().await {
         Ok(facts) => facts,
@@ -115,7 +121,7 @@ async fn check_admin_role(config: &Config, minter: &Minter, report: &mut Report)
                 "backend: cannot connect to {}:{} database \"{}\" as \"{}\": {e}",
                 b.host, b.port, b.admin_database, b.admin_user
             ));
-            return false;
+            return None;
         }
     };
     report.ok(&format!(
@@ -140,16 +146,69 @@ async fn check_admin_role(config: &Config, minter: &Minter, report: &mut Report)
             b.admin_user
         ));
     }
+    check_marker_admin_option(&facts, &b.admin_user, report);
     match minter.prepare().await {
         Ok(()) if facts.marker_exists => report.ok("marker role rolemint_managed exists"),
         Ok(()) => report.ok("marker role rolemint_managed created"),
         Err(e) => report.fail(format!("marker role rolemint_managed: {e}")),
     }
-    true
+    Some(facts)
+}
+
+/// PostgreSQL 16+: granting a marker role to a minted role needs ADMIN
+/// OPTION on it. The admin has it on markers it created itself (`serve`
+/// creates them); a marker a superuser created beforehand must be granted.
+/// Before 16, CREATEROLE alone could grant it.
+fn check_marker_admin_option(facts: &AdminFacts, admin: &str, report: &mut Report) {
+    if facts.superuser || facts.server_version_num < ADMIN_OPTION_NEEDED_FROM {
+        return;
+    }
+    for marker in &facts.markers_without_admin_option {
+        report.fail(format!(
+            "admin cannot grant the marker role \"{marker}\" (PostgreSQL 16+ needs ADMIN OPTION \
+             on it); as a superuser: GRANT {} TO {} WITH ADMIN OPTION;",
+            escape_identifier(marker),
+            escape_identifier(admin)
+        ));
+    }
+}
+
+/// The statement that lets the admin grant the role a template's `GRANT`
+/// was refused on: PostgreSQL 16+ refuses with 42501 "permission denied to
+/// grant role "x"" when the admin lacks ADMIN OPTION on it. Empty for any
+/// other error.
+fn grant_fix(error: &MintError, facts: &AdminFacts, admin: &str) -> String {
+    let MintError::Sql {
+        sqlstate, message, ..
+    } = error
+    else {
+        return String::new();
+    };
+    let role = message
+        .strip_prefix("permission denied to grant role \"")
+        .and_then(|rest| rest.strip_suffix('"'));
+    match role {
+        Some(role)
+            if sqlstate == "42501" && facts.server_version_num >= ADMIN_OPTION_NEEDED_FROM =>
+        {
+            format!(
+                "; as a superuser (or a holder of its ADMIN OPTION): GRANT {} TO {} WITH ADMIN OPTION;",
+                escape_identifier(role),
+                escape_identifier(admin)
+            )
+        }
+        _ => String::new(),
+    }
 }
 
 /// A dry-run mint of every template in every database it lists.
-async fn check_templates(config: &Config, minter: &Minter, report: &mut Report) {
+async fn check_templates(
+    config: &Config,
+    minter: &Minter,
+    facts: &AdminFacts,
+    report: &mut Report,
+) {
+    let admin = &config.backend.admin_user;
     let identity = Identity {
         subject: "rolemint-check".into(),
         groups: Vec::new(),
@@ -170,7 +229,10 @@ async fn check_templates(config: &Config, minter: &Minter, report: &mut Report) 
                 Ok(()) => report.ok(&format!(
                     "template {name} in database {database}: dry-run mint"
                 )),
-                Err(e) => report.fail(format!("template {name} in database {database}: {e}")),
+                Err(e) => report.fail(format!(
+                    "template {name} in database {database}: {e}{}",
+                    grant_fix(&e, facts, admin)
+                )),
             }
         }
     }
@@ -196,8 +258,16 @@ async fn check_issuers(config: &Config, report: &mut Report) {
 /// Every template `owner` exists and the admin may `REASSIGN OWNED` to it;
 /// otherwise a revocation of a role that owns objects fails and retries
 /// forever. A warning, not a failure: roles that own nothing still go.
-async fn check_owners(config: &Config, minter: &Minter, report: &mut Report) {
+async fn check_owners(config: &Config, minter: &Minter, facts: &AdminFacts, report: &mut Report) {
     let admin = &config.backend.admin_user;
+    // PostgreSQL 16+: REASSIGN needs the owner's privileges through an
+    // INHERIT membership; a membership granted WITH INHERIT FALSE (or to a
+    // NOINHERIT admin) is not enough, and a plain re-GRANT does not change it.
+    let inherit = if facts.server_version_num >= ADMIN_OPTION_NEEDED_FROM {
+        " WITH INHERIT TRUE"
+    } else {
+        ""
+    };
     for (name, template) in &config.roles {
         let Some(owner) = &template.owner else {
             continue;
@@ -206,7 +276,9 @@ async fn check_owners(config: &Config, minter: &Minter, report: &mut Report) {
             Ok(Some(true)) => report.ok(&format!("template {name}: owner \"{owner}\"")),
             Ok(Some(false)) => report.warn(&format!(
                 "template {name}: the admin cannot REASSIGN OWNED to owner \"{owner}\": \
-                 GRANT \"{owner}\" TO \"{admin}\";"
+                 GRANT {} TO {}{inherit};",
+                escape_identifier(owner),
+                escape_identifier(admin)
             )),
             Ok(None) => report.warn(&format!(
                 "template {name}: owner \"{owner}\" does not exist; revoking a role that owns \

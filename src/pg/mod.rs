@@ -302,7 +302,18 @@ pub struct AdminFacts {
     pub signal_backend: bool,
     /// `rolemint_managed` exists.
     pub marker_exists: bool,
+    /// `server_version_num` (150004, 180001): what the server demands of a
+    /// CREATEROLE admin changed in 16.
+    pub server_version_num: u32,
+    /// Marker roles that exist and that the admin does not hold WITH ADMIN
+    /// OPTION (created beforehand by someone else, and not granted).
+    pub markers_without_admin_option: Vec<String>,
 }
+
+/// PostgreSQL 16: a CREATEROLE role may grant, alter and drop only the
+/// roles it holds WITH ADMIN OPTION (it gets that on the roles it creates).
+/// Before 16, CREATEROLE alone could grant any non-superuser role.
+pub const ADMIN_OPTION_NEEDED_FROM: u32 = 160_000;
 
 /// One line of pg_hba.conf as the server reads it (`pg_hba_file_rules`),
 /// for `rolemint check`.
@@ -652,6 +663,11 @@ impl Minter {
             create_role: flag(2),
             signal_backend: flag(3),
             marker_exists: flag(4),
+            server_version_num: row.get(5).and_then(|v| v.parse().ok()).unwrap_or(0),
+            markers_without_admin_option: row
+                .get(6)
+                .map(|v| v.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
         })
     }
 

@@ -256,14 +256,23 @@ pub fn seal_warm(role: &str) -> String {
 }
 
 /// One row about the admin role: server version, superuser, CREATEROLE,
-/// member of pg_signal_backend, marker role present (`t`/`f` each).
+/// member of pg_signal_backend, marker role present (`t`/`f` each),
+/// `server_version_num`, and the marker roles that exist but that the admin
+/// holds without ADMIN OPTION (comma-separated; PostgreSQL 16+ needs it to
+/// grant them, see `rolemint check`).
 pub fn admin_facts() -> String {
     format!(
         "SELECT pg_catalog.current_setting('server_version'), r.rolsuper, r.rolcreaterole,
        pg_catalog.pg_has_role(r.oid, 'pg_signal_backend', 'MEMBER'),
-       EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {marker})
+       EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {marker}),
+       pg_catalog.current_setting('server_version_num'),
+       (SELECT pg_catalog.string_agg(m.rolname, ',' ORDER BY m.rolname)
+          FROM pg_catalog.pg_roles m
+         WHERE m.rolname IN ({marker}, {direct})
+           AND NOT pg_catalog.pg_has_role(r.oid, m.oid, 'MEMBER WITH ADMIN OPTION'))
   FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER",
         marker = escape_literal(MARKER_ROLE),
+        direct = escape_literal(DIRECT_MARKER_ROLE),
     )
 }
 

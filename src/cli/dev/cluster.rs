@@ -991,9 +991,10 @@ pub struct Demo {
 ///
 /// - `rolemint_admin`: LOGIN CREATEROLE with a random password, member of
 ///   `pg_signal_backend` (to end a lease's sessions);
-/// - `app_read`, `app_owner`: NOLOGIN group roles the templates grant, and
-///   the marker role `rolemint_managed`, all granted to `rolemint_admin` WITH
-///   ADMIN OPTION (PostgreSQL 16 requires it to grant them on);
+/// - `app_read`, `app_owner`: NOLOGIN group roles the templates grant, both
+///   granted to `rolemint_admin` WITH ADMIN OPTION (PostgreSQL 16 requires
+///   it to grant them on); exactly README's admin grants, so the tests prove
+///   them. The marker roles are rolemint's to create at startup;
 /// - database `appdb` with `public.accounts` and the pgbench tables (scale 1),
 ///   all owned by `app_owner` and readable by `app_read`.
 ///
@@ -1167,14 +1168,14 @@ mod tests {
                 "SELECT rolcreaterole, pg_has_role('pg_signal_backend', 'MEMBER'), \
                  pg_has_role('app_read', 'USAGE WITH ADMIN OPTION'), \
                  pg_has_role('app_owner', 'USAGE WITH ADMIN OPTION'), \
-                 pg_has_role('rolemint_managed', 'USAGE WITH ADMIN OPTION') \
+                 rolsuper \
                  FROM pg_roles WHERE rolname = current_user",
             )
             .env("PGPASSWORD", demo.admin_password.expose())
             .env_remove("PGOPTIONS");
         assert_eq!(
             run_capturing(admin, None, "psql as admin").unwrap().trim(),
-            "t|t|t|t|t"
+            "t|t|t|t|f"
         );
 
         let owners = cluster
