@@ -781,6 +781,7 @@ impl Config {
         if b.tls == BackendTls::VerifyFull && b.tls_ca_file.is_none() {
             return Err(invalid("backend: tls = \"verify-full\" needs tls_ca_file"));
         }
+        self.check_durations()?;
         crate::auth::identity::validate_config(&self.auth).map_err(invalid)?;
         self.validate_admin()?;
         self.vault.validate()?;
@@ -908,6 +909,32 @@ impl Config {
             return Err(invalid("admin.max_connections must be between 1 and 65536"));
         }
         Ok(())
+    }
+
+    /// Every duration of the config at most [`MAX_CONFIGURABLE_TTL`]:
+    /// deadlines are `now + duration`, and a number near `u64::MAX` seconds
+    /// (which humantime reads without complaint) would overflow the clock
+    /// where it is added, far from the config that caused it.
+    fn check_durations(&self) -> Result<(), ConfigError> {
+        let (p, b, m) = (&self.proxy, &self.backend, &self.mint);
+        let mut all = vec![
+            ("proxy.handshake_timeout", p.handshake_timeout),
+            ("proxy.shutdown_grace", p.shutdown_grace),
+            ("proxy.shutdown_revoke_timeout", p.shutdown_revoke_timeout),
+            ("backend.connect_timeout", b.connect_timeout),
+            ("auth.leeway", self.auth.leeway),
+            ("vault.client_token_ttl", self.vault.client_token_ttl),
+            ("mint.statement_timeout", m.statement_timeout),
+            ("mint.revoke_error_after", m.revoke_error_after),
+        ];
+        for i in &self.auth.issuers {
+            all.push(("auth.issuers.jwks_refresh", i.jwks_refresh));
+            all.push(("auth.issuers.max_token_lifetime", i.max_token_lifetime));
+        }
+        match all.into_iter().find(|(_, d)| *d > MAX_CONFIGURABLE_TTL) {
+            Some((key, _)) => Err(invalid(format!("{key} may be at most 7 days"))),
+            None => Ok(()),
+        }
     }
 
     /// Longest a mint or revoke may take as a whole: a fresh admin
@@ -1107,6 +1134,16 @@ creation_statements = [
   "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
 ]
 "#;
+
+    #[test]
+    fn a_duration_past_the_clock_is_refused_at_load() {
+        let huge = EXAMPLE.replace(
+            "allow_plaintext = true",
+            "allow_plaintext = true\nhandshake_timeout = \"500000000000years\"",
+        );
+        let err = Config::parse(&huge).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("proxy.handshake_timeout"), "{err}");
+    }
 
     #[test]
     fn parses_and_validates_a_minimal_config() {

@@ -37,6 +37,12 @@ use crate::observe::audit::{Event, RevokedBy};
 /// Longest lease id or prefix accepted.
 const MAX_LEASE_ID_BYTES: usize = 512;
 
+/// Largest `increment` a renewal may ask for. Every lease is capped at its
+/// template's `max_ttl` (at most 7 days) anyway; past this bound the number
+/// is nonsense, and near `u64::MAX` seconds `now + increment` would
+/// overflow the clock.
+pub const MAX_INCREMENT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Most leases one list answer carries; a bound on the response size.
 pub const MAX_LISTED: usize = 10_000;
 
@@ -178,7 +184,9 @@ pub fn renewal(
     now: SystemTime,
     increment: Duration,
 ) -> Result<(SystemTime, Duration), LeaseApiError> {
-    let cap = issue_time + max_ttl;
+    let cap = issue_time
+        .checked_add(max_ttl)
+        .ok_or_else(|| LeaseApiError::BadRequest("max_ttl out of range".into()))?;
     // Within a second of the cap counts as at it: expiries are whole
     // seconds (VALID UNTIL), so a capped lease may sit a fraction below.
     let at_cap = cap
@@ -187,11 +195,14 @@ pub fn renewal(
     if at_cap || now >= cap {
         return Err(LeaseApiError::PastMaxTtl);
     }
-    if now + increment >= cap {
-        let granted = cap.duration_since(now).unwrap_or_default();
-        return Ok((cap, Duration::from_secs(granted.as_secs())));
+    match now.checked_add(increment) {
+        Some(expiry) if expiry < cap => Ok((expiry, increment)),
+        // At or past the cap, or beyond what the clock can hold: capped.
+        _ => {
+            let granted = cap.duration_since(now).unwrap_or_default();
+            Ok((cap, Duration::from_secs(granted.as_secs())))
+        }
     }
-    Ok((now + increment, increment))
 }
 
 /// The leases rolemint knows, wherever they live. Implemented over the
@@ -325,22 +336,30 @@ enum Increment {
     Text(String),
 }
 
+/// A request's `increment`, at most [`MAX_INCREMENT`] (400 beyond it).
 fn increment(value: Option<Increment>) -> Result<Option<Duration>, ApiError> {
     let bad = || ApiError::bad_request("increment must be seconds or a duration such as \"1h\"");
-    match value {
-        None => Ok(None),
-        Some(Increment::Seconds(s)) => Ok(Some(Duration::from_secs(s))),
+    let asked = match value {
+        None => return Ok(None),
+        Some(Increment::Seconds(s)) => Duration::from_secs(s),
         Some(Increment::Text(t)) => {
             let t = t.trim();
             if t.len() > 32 {
                 return Err(bad());
             }
-            if let Ok(s) = t.parse::<u64>() {
-                return Ok(Some(Duration::from_secs(s)));
+            match t.parse::<u64>() {
+                Ok(s) => Duration::from_secs(s),
+                Err(_) => humantime::parse_duration(t).map_err(|_| bad())?,
             }
-            humantime::parse_duration(t).map(Some).map_err(|_| bad())
         }
+    };
+    if asked > MAX_INCREMENT {
+        return Err(ApiError::bad_request(format!(
+            "increment must be at most {}s",
+            MAX_INCREMENT.as_secs()
+        )));
     }
+    Ok(Some(asked))
 }
 
 #[derive(Deserialize, Default)]
@@ -641,5 +660,20 @@ mod tests {
         assert_eq!(parse(r#"{"increment": null}"#), Ok(None));
         assert_eq!(parse(r#"{}"#), Ok(None));
         assert!(parse(r#"{"increment": "soon"}"#).is_err());
+        // Numbers past any TTL are refused, not added to the clock.
+        assert!(parse(r#"{"increment": 18446744073709551615}"#).is_err());
+        assert!(parse(r#"{"increment": "18446744073709551615"}"#).is_err());
+        assert!(parse(r#"{"increment": "500000000000y"}"#).is_err());
+        assert!(parse(r#"{"increment": 315360000}"#).is_ok());
+    }
+
+    #[test]
+    fn renewal_never_overflows_the_clock() {
+        let t0 = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        let huge = Duration::from_secs(u64::MAX);
+        let (exp, _) = renewal(t0, t0 + hour, 2 * hour, t0, huge).unwrap();
+        assert_eq!(exp, t0 + 2 * hour);
+        assert!(renewal(t0, t0 + hour, huge, t0, hour).is_err());
     }
 }

@@ -182,7 +182,9 @@ fn parse_row(
     }
     let valid_until = valid_until
         .and_then(|s| s.parse::<i64>().ok())
-        .map(|secs| UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)));
+        .and_then(|secs| {
+            UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+        });
     Some(CatalogLease {
         role: role?.to_owned(),
         valid_until,
