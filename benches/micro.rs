@@ -149,6 +149,7 @@ fn relay_loop(c: &mut Criterion) {
                     backend,
                     wire::Framer::default(),
                     never,
+                    None,
                 ));
                 let (q, r) = (query.clone(), reply.clone());
                 let server = tokio::spawn(async move {

@@ -343,6 +343,7 @@ fn check_cluster(config: &Config, report: &mut Report) {
 }
 
 fn check_audit(config: &Config, report: &mut Report) {
+    check_statement_audit(config, report);
     let Some(path) = &config.audit.path else {
         report.warn("audit log: off (no [audit] path)");
         return;
@@ -354,6 +355,27 @@ fn check_audit(config: &Config, report: &mut Report) {
     match audit_writable(path) {
         Ok(()) => report.ok(&format!("audit log: {} is writable", path.display())),
         Err(e) => report.fail(format!("audit log: {}: {e}", path.display())),
+    }
+}
+
+/// Templates whose statements are audited: their sessions never use the
+/// kernel splice, and their lines need an audit log to go to.
+fn check_statement_audit(config: &Config, report: &mut Report) {
+    for (name, template) in &config.roles {
+        if !template.audit_queries {
+            continue;
+        }
+        if config.audit.path.is_none() {
+            report.fail(format!(
+                "template {name}: audit_queries = true, but there is no [audit] path to write the statements to"
+            ));
+        } else if config.proxy.kernel_splice {
+            report.ok(&format!(
+                "template {name}: statements audited; its sessions use the user-space relay, not the kernel splice"
+            ));
+        } else {
+            report.ok(&format!("template {name}: statements audited"));
+        }
     }
 }
 

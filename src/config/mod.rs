@@ -528,6 +528,16 @@ pub struct RoleTemplate {
     /// refuses it after that even if rolemint dies).
     #[serde(default = "default_warm_lifetime", with = "humantime_serde")]
     pub warm_lifetime: Duration,
+    /// Write every statement of this template's sessions to the audit log
+    /// (`session.statement`: each simple Query and each Parse, in order).
+    /// Such sessions always use the user-space relay, never the kernel
+    /// splice, which would not show rolemint their bytes.
+    #[serde(default)]
+    pub audit_queries: bool,
+    /// With `audit_queries`, also write the values of every Bind. Off by
+    /// default: parameter values are where personal data and secrets are.
+    #[serde(default)]
+    pub audit_parameters: bool,
     /// `allow_identities` and `allow_groups` compiled, on first use (see
     /// `policy.rs`): once per loaded config, not once per connection.
     #[serde(skip)]

@@ -113,6 +113,32 @@ pub enum Event {
         expire_time: String,
         client_addr: Option<String>,
     },
+    /// A statement of a session whose template audits them
+    /// (`audit_queries`): a simple Query, a Parse, or (`audit_parameters`)
+    /// the values of a Bind, in the order the client sent them.
+    #[serde(rename = "session.statement")]
+    SessionStatement {
+        lease_id: String,
+        role: String,
+        identity: String,
+        template: String,
+        database: String,
+        /// 1, 2, 3, ... within the session.
+        seq: u64,
+        /// `query`, `parse` or `bind`.
+        kind: &'static str,
+        /// The prepared statement's name (parse, bind); "" is the unnamed one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// The SQL text (query, parse), at most 16 KiB of it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        statement: Option<String>,
+        /// Bind values (only with `audit_parameters`): text, `\\x` hex, or null.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        params: Option<Vec<Option<String>>>,
+        /// The message was longer than what is written here.
+        truncated: bool,
+    },
     #[serde(rename = "session.ended")]
     SessionEnded {
         lease_id: String,
@@ -184,6 +210,7 @@ impl Event {
             Event::AuthFailed { .. } => "auth.failed",
             Event::AuthOk { .. } => "auth.ok",
             Event::LeaseMinted { .. } => "lease.minted",
+            Event::SessionStatement { .. } => "session.statement",
             Event::SessionEnded { .. } => "session.ended",
             Event::LeaseRenewed { .. } => "lease.renewed",
             Event::LeaseRevoked { .. } => "lease.revoked",

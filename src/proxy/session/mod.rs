@@ -32,6 +32,7 @@
 pub mod handshake;
 mod kernel;
 pub mod relay;
+pub mod statements;
 mod warm;
 pub mod wire;
 
@@ -542,11 +543,14 @@ async fn connect_and_splice(
     }
     crate::failpoint::hit(crate::failpoint::AFTER_LOGIN).await;
     let cancel_key = shared.cancels.issue(login.key, role);
+    let audited = statement_audit(shared, lease);
     // Into the kernel before the client can send anything more: it waits
-    // for its first ReadyForQuery.
+    // for its first ReadyForQuery. Not a session whose statements are
+    // audited: the kernel would never show rolemint its bytes.
     let mut kernel = shared
         .sockmap
         .as_ref()
+        .filter(|_| audited.is_none())
         .and_then(|map| kernel::begin(map, &stream, &login.stream, login.leftover.len()));
     let framer = match relay::forward_startup(&mut stream, &mut login, cancel_key.key).await {
         Ok((framer, written)) => {
@@ -570,8 +574,40 @@ async fn connect_and_splice(
             k.run(shared, stream, login.stream, lease, login.key.process_id)
                 .await
         }
-        None => relay::splice(stream, login.stream, framer, lease).await,
+        None => relay::splice(stream, login.stream, framer, lease, audited).await,
     }
+}
+
+/// The statement audit of `lease`'s session, when its template asks for
+/// one (`audit_queries`): each statement becomes a `session.statement`
+/// line. Read from the current runtime, as the template is right after
+/// the mint.
+fn statement_audit<'a>(shared: &'a Shared, lease: &'a Lease) -> Option<relay::Audited<'a>> {
+    let runtime = shared.runtime();
+    let template = runtime.config.template(&lease.template)?;
+    if !template.audit_queries {
+        return None;
+    }
+    let tap = statements::StatementTap::new(template.audit_parameters);
+    let sink = move |s: statements::Statement| {
+        shared.audit.record(Event::SessionStatement {
+            lease_id: lease.id.clone(),
+            role: lease.role.clone(),
+            identity: lease.identity.clone(),
+            template: lease.template.clone(),
+            database: lease.database.clone(),
+            seq: s.seq,
+            kind: s.kind.as_str(),
+            name: s.name,
+            statement: s.text,
+            params: s.params,
+            truncated: s.truncated,
+        });
+    };
+    Some(relay::Audited {
+        tap,
+        sink: Box::new(sink),
+    })
 }
 
 /// Forwards a CancelRequest whose key is ours (any other is ignored, as

@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use super::statements::{Statement, StatementTap};
 use super::wire::{self, Framer};
 use crate::error::ClientError;
 use crate::lease::registry::{EndReason, Lease};
@@ -88,14 +89,22 @@ pub async fn forward_startup(
     Ok((framer, out.len()))
 }
 
+/// The statements of a session whose template audits them: the tap that
+/// finds them in the client's messages and where each one goes.
+pub struct Audited<'a> {
+    pub tap: StatementTap,
+    pub sink: Box<dyn FnMut(Statement) + Send + 'a>,
+}
+
 /// Splices until either side closes or the lease ends.
 pub async fn splice(
     client: ClientStream,
     backend: BackendStream,
     framer: Framer,
     lease: &Lease,
+    audited: Option<Audited<'_>>,
 ) -> (End, Traffic) {
-    splice_until(client, backend, framer, lease.ended()).await
+    splice_until(client, backend, framer, lease.ended(), audited).await
 }
 
 /// Splices until either side closes or `ended` resolves with the reason the
@@ -108,18 +117,25 @@ pub async fn splice(
 ///
 /// Generic over the streams so the same loop runs over in-memory pipes in
 /// tests and in the relay's micro-benchmark.
+///
+/// With `audited`, the client's messages are followed too (the same
+/// framing as the backend's), and each statement is handed to the audit
+/// once forwarded. A client stream that cannot be split into messages ends
+/// such a session with 08P01: nothing after it could be audited.
 pub async fn splice_until<C, B, E>(
     mut client: C,
     mut backend: B,
     framer: Framer,
     ended: E,
+    audited: Option<Audited<'_>>,
 ) -> (End, Traffic)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
     E: Future<Output = EndReason>,
 {
-    let mut up = Pump::new(UP_BUFFER, None);
+    let mut up = Pump::new(UP_BUFFER, audited.is_some().then(Framer::default));
+    up.audited = audited;
     let mut down = Pump::new(DOWN_BUFFER, Some(framer));
 
     let end = tokio::select! {
@@ -150,6 +166,12 @@ where
                 let _ = tokio::time::timeout(FINISH_TIMEOUT, client.shutdown()).await;
                 End::BackendClosed
             }
+            Err(e) if e.get_ref().is_some_and(|inner| inner.is::<MalformedClientMessage>()) => {
+                // An audited client's stream lost its framing.
+                send_fatal(&mut client, &ClientError::Protocol("malformed message")).await;
+                let _ = backend.shutdown().await;
+                End::Failed
+            }
             Err(_) => End::Failed,
         },
     };
@@ -159,6 +181,11 @@ where
     };
     (end, traffic)
 }
+
+/// An audited client sent a message whose length word is below 4.
+#[derive(Debug, thiserror::Error)]
+#[error("a client message with a length below 4")]
+struct MalformedClientMessage;
 
 /// Which side closed first.
 enum Closed {
@@ -170,8 +197,8 @@ enum Closed {
 /// everything before it delivered) or failed.
 fn poll_both<C, B>(
     cx: &mut Context<'_>,
-    up: &mut Pump,
-    down: &mut Pump,
+    up: &mut Pump<'_>,
+    down: &mut Pump<'_>,
     client: &mut C,
     backend: &mut B,
 ) -> Poll<io::Result<Closed>>
@@ -209,7 +236,7 @@ pub async fn send_fatal<W: AsyncWrite + Unpin>(stream: &mut W, error: &ClientErr
 /// allocation, no parsing beyond the framer's few comparisons per backend
 /// message. A live counter (an `AtomicU64` per direction) can be updated
 /// where `bytes` is, once per write.
-struct Pump {
+struct Pump<'a> {
     buf: Box<[u8]>,
     /// Read but not yet written: `buf[start..end]`.
     start: usize,
@@ -217,17 +244,20 @@ struct Pump {
     /// Bytes were written since the last flush (TLS may hold them back).
     unflushed: bool,
     framer: Option<Framer>,
+    /// The client's direction of an audited session.
+    audited: Option<Audited<'a>>,
     bytes: u64,
 }
 
-impl Pump {
-    fn new(size: usize, framer: Option<Framer>) -> Pump {
+impl Pump<'_> {
+    fn new<'a>(size: usize, framer: Option<Framer>) -> Pump<'a> {
         Pump {
             buf: vec![0; size].into_boxed_slice(),
             start: 0,
             end: 0,
             unflushed: false,
             framer,
+            audited: None,
             bytes: 0,
         }
     }
@@ -283,8 +313,19 @@ impl Pump {
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        if let Some(framer) = &mut self.framer {
-            framer.advance(&self.buf[self.start..self.start + n]);
+        let sent = &self.buf[self.start..self.start + n];
+        match (&mut self.framer, &mut self.audited) {
+            (Some(framer), Some(audited)) => {
+                framer.advance_with(sent, |piece| audited.tap.see(piece));
+                for statement in audited.tap.take() {
+                    (audited.sink)(statement);
+                }
+                if framer.is_lost() {
+                    return Err(io::Error::other(MalformedClientMessage));
+                }
+            }
+            (Some(framer), None) => framer.advance(sent),
+            (None, _) => {}
         }
         self.start += n;
         self.bytes += n as u64;
@@ -368,7 +409,13 @@ mod tests {
         let (client, mut client_peer) = tokio::io::duplex(4096);
         let (backend, mut backend_peer) = tokio::io::duplex(4096);
         let never = std::future::pending();
-        let relay = tokio::spawn(splice_until(client, backend, Framer::default(), never));
+        let relay = tokio::spawn(splice_until(
+            client,
+            backend,
+            Framer::default(),
+            never,
+            None,
+        ));
         let mut reply = BytesMut::new();
         for i in 0..500 {
             wire::error_response("NOTICE", "00000", &format!("row {i}"), &mut reply);
@@ -396,6 +443,53 @@ mod tests {
         assert_eq!(traffic.backend_to_client, reply.len() as u64);
     }
 
+    /// An audited session hands each statement to its sink once it is
+    /// forwarded, and a client message that cannot be framed ends the
+    /// session with 08P01 (what follows could not be audited).
+    #[tokio::test]
+    async fn an_audited_session_reports_statements_and_refuses_a_broken_frame() {
+        let (client, mut client_peer) = tokio::io::duplex(4096);
+        let (backend, mut backend_peer) = tokio::io::duplex(4096);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink_seen = std::sync::Arc::clone(&seen);
+        let audited = Audited {
+            tap: StatementTap::new(false),
+            sink: Box::new(move |s: Statement| sink_seen.lock().unwrap().push(s.text)),
+        };
+        let never = std::future::pending();
+        let relay = tokio::spawn(splice_until(
+            client,
+            backend,
+            Framer::default(),
+            never,
+            Some(audited),
+        ));
+        let mut query = BytesMut::new();
+        wire::message_with_body(b'Q', b"SELECT 1\0", &mut query);
+        client_peer.write_all(&query).await.unwrap();
+        let mut at_backend = vec![0; query.len()];
+        backend_peer.read_exact(&mut at_backend).await.unwrap();
+        assert_eq!(at_backend, &query[..]);
+        // A length word of 2: no message is that short.
+        client_peer.write_all(&[b'Q', 0, 0, 0, 2]).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            client_peer.read_to_end(&mut answer),
+        )
+        .await
+        .expect("the relay closes the client")
+        .unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.first() == Some(&b'E') && text.contains("08P01"),
+            "{text}"
+        );
+        let (end, _) = relay.await.unwrap();
+        assert_eq!(end, End::Failed);
+        assert_eq!(*seen.lock().unwrap(), [Some("SELECT 1".to_owned())]);
+    }
+
     /// A lease that ends while a backend message is half through: the
     /// client gets the rest of that message, then the FATAL 57P01.
     #[tokio::test]
@@ -410,7 +504,13 @@ mod tests {
                 EndReason::Expired
             }
         };
-        let relay = tokio::spawn(splice_until(client, backend, Framer::default(), ended));
+        let relay = tokio::spawn(splice_until(
+            client,
+            backend,
+            Framer::default(),
+            ended,
+            None,
+        ));
         let mut message = BytesMut::new();
         wire::error_response("NOTICE", "00000", "half of me comes later", &mut message);
         backend_peer.write_all(&message[..7]).await.unwrap();

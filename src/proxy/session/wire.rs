@@ -194,9 +194,11 @@ pub fn error_response(severity: &str, code: &str, text: &str, buf: &mut BytesMut
     });
 }
 
-/// Tracks message boundaries in a stream of backend messages as bytes pass
+/// Tracks message boundaries in a stream of protocol messages as bytes pass
 /// through, so that rolemint can inject a message (the lease-expired FATAL)
-/// without cutting one in half. It costs a few comparisons per message.
+/// without cutting one in half, and, for a session whose statements are
+/// audited, show the audit each client message as it goes by
+/// ([`Framer::advance_with`]). It costs a few comparisons per message.
 #[derive(Debug, Default, Clone)]
 pub struct Framer {
     header: [u8; 5],
@@ -207,12 +209,28 @@ pub struct Framer {
     lost: bool,
 }
 
+/// A part of a message, as [`Framer::advance_with`] passes over it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// A message begins: its type byte and the length of its body.
+    Start { tag: u8, body_len: usize },
+    /// Some of the current message's body.
+    Body(&'a [u8]),
+}
+
 impl Framer {
     /// Feeds bytes that were forwarded.
-    pub fn advance(&mut self, mut data: &[u8]) {
+    pub fn advance(&mut self, data: &[u8]) {
+        self.advance_with(data, |_| {});
+    }
+
+    /// Feeds bytes that were forwarded, showing `seen` every message start
+    /// and every piece of body among them, in order.
+    pub fn advance_with(&mut self, mut data: &[u8], mut seen: impl FnMut(Piece<'_>)) {
         while !data.is_empty() && !self.lost {
             if self.remaining > 0 {
                 let n = self.remaining.min(data.len());
+                seen(Piece::Body(&data[..n]));
                 self.remaining -= n;
                 data = &data[n..];
                 continue;
@@ -230,11 +248,23 @@ impl Framer {
                 ]) as usize;
                 self.header_len = 0;
                 match len.checked_sub(4) {
-                    Some(body) => self.remaining = body,
+                    Some(body_len) => {
+                        self.remaining = body_len;
+                        seen(Piece::Start {
+                            tag: self.header[0],
+                            body_len,
+                        });
+                    }
                     None => self.lost = true,
                 }
             }
         }
+    }
+
+    /// True once a length word below 4 went by: what follows cannot be
+    /// split into messages.
+    pub fn is_lost(&self) -> bool {
+        self.lost
     }
 
     /// True between two messages.
