@@ -3,7 +3,7 @@
 //! instance mints and drops in the one database they share.
 //!
 //! Starts a throwaway cluster (as the tests do), then runs `--workers`
-//! concurrent loops, each minting a role through the [`Minter`] (one round
+//! concurrent loops, each minting a role through the [`AdminClient`] (one round
 //! trip, one commit) and revoking it (NOLOGIN, terminate, drop: one round
 //! trip, one commit), for `--seconds`. No client logs in: this is the
 //! database's share of a session's cost, not the proxy's.
@@ -20,7 +20,7 @@ use rolemint::auth::identity::Identity;
 use rolemint::cli::dev::cluster::{self, ClusterOptions, TempCluster};
 use rolemint::config::Config;
 use rolemint::lease::registry::{new_lease_id, LeaseKind};
-use rolemint::pg::{MintRequest, Minter};
+use rolemint::pg::{AdminClient, MintRequest};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -68,8 +68,8 @@ hs256_secret = "measurement-only-secret-0123456789abcdef"
     );
     let config = Config::parse(&toml)?;
     config.validate()?;
-    let minter = Arc::new(Minter::new(&config)?);
-    minter.prepare().await?;
+    let admin_client = Arc::new(AdminClient::new(&config)?);
+    admin_client.prepare().await?;
     let template = Arc::new(config.roles["readonly"].clone());
     let identity = Arc::new(Identity {
         subject: "bench".into(),
@@ -83,8 +83,8 @@ hs256_secret = "measurement-only-secret-0123456789abcdef"
     let until = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for _ in 0..workers {
-        let (minter, template, identity, done) = (
-            Arc::clone(&minter),
+        let (admin_client, template, identity, done) = (
+            Arc::clone(&admin_client),
             Arc::clone(&template),
             Arc::clone(&identity),
             Arc::clone(&done),
@@ -100,8 +100,8 @@ hs256_secret = "measurement-only-secret-0123456789abcdef"
                     ttl: Duration::from_secs(3600),
                     lease_id: &lease_id,
                 };
-                let role = minter.mint(&request).await?;
-                minter.revoke(&role.name, "appdb", &template).await?;
+                let role = admin_client.mint(&request).await?;
+                admin_client.revoke(&role.name, "appdb", &template).await?;
                 done.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())

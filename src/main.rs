@@ -138,8 +138,8 @@ async fn rotate_admin(path: &Path) -> anyhow::Result<()> {
     rolemint::observe::logging::init(LogFormat::Text);
     let config = Config::load(path)?;
     rolemint::pg::rotate::password_file(&config.backend)?;
-    let minter = rolemint::pg::Minter::new(&config)?;
-    rolemint::pg::rotate::rotate_admin(&minter, &config.backend).await?;
+    let admin_client = rolemint::pg::AdminClient::new(&config)?;
+    rolemint::pg::rotate::rotate_admin(&admin_client, &config.backend).await?;
     let file = config.backend.admin_password_file.as_deref();
     println!(
         "admin password rotated; new password in {}",

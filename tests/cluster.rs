@@ -230,7 +230,7 @@ async fn three_instances_share_renew_revoke_cleanup_and_pgbench() {
     comment.expires_at = rolemint::pg::rfc3339(renewed_to);
     assert_eq!(comment.instance, "c");
     h.shared
-        .minter
+        .admin_client
         .renew(&short.role, "appdb", renewed_to, &comment)
         .await
         .expect("A renews C's lease in the catalog");

@@ -399,8 +399,8 @@ async fn the_admin_pool_refuses_to_send_its_password_in_clear() {
     let su = h.superuser().await;
     su.batch_execute("SELECT pg_reload_conf()").await.unwrap();
 
-    let minter = rolemint::pg::Minter::new(&h.config).unwrap();
-    let Err(e) = minter.admin_facts().await else {
+    let admin_client = rolemint::pg::AdminClient::new(&h.config).unwrap();
+    let Err(e) = admin_client.admin_facts().await else {
         panic!("the admin sent its password in clear");
     };
     assert!(e.to_string().contains("cleartext password"), "{e}");
@@ -417,8 +417,8 @@ async fn the_admin_pool_refuses_to_send_its_password_in_clear() {
 
     let mut weak = h.config.clone();
     weak.backend.allow_weak_auth = true;
-    let minter = rolemint::pg::Minter::new(&weak).unwrap();
-    minter
+    let admin_client = rolemint::pg::AdminClient::new(&weak).unwrap();
+    admin_client
         .admin_facts()
         .await
         .expect("allow_weak_auth lets the admin in with a cleartext password");

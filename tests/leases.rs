@@ -347,7 +347,7 @@ creation_statements = [
 
     let new_expiry = SystemTime::now() + Duration::from_secs(120);
     h.shared
-        .minter
+        .admin_client
         .renew_lease(lease, new_expiry)
         .await
         .expect("renewed in PostgreSQL");
@@ -599,7 +599,7 @@ async fn several_roles_are_revoked_in_one_round_trip_each_with_its_own_outcome()
     ];
     let outcomes: Vec<Outcome> = h
         .shared
-        .minter
+        .admin_client
         .revoke_batch("appdb", &targets)
         .await
         .expect("the batch ran")

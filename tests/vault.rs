@@ -717,7 +717,7 @@ fn creds_lease(id: &str, identity: &str) -> rolemint::control::leases::LeaseView
         bytes_in: 0,
         bytes_out: 0,
         instance: "test".into(),
-        kind: rolemint::control::leases::LeaseKind::Creds,
+        kind: rolemint::lease::registry::LeaseKind::Creds,
     }
 }
 

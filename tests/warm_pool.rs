@@ -270,12 +270,12 @@ async fn a_claim_binds_a_managed_role_and_refuses_a_foreign_one() {
         kind: "session".into(),
     };
     let until = std::time::UNIX_EPOCH + Duration::from_secs(1_893_456_000);
-    let minter = &h.shared.minter;
-    minter
+    let admin_client = &h.shared.admin_client;
+    admin_client
         .claim_warm("v-claim-ours", "appdb", until, &comment("v-claim-ours"))
         .await
         .expect("a managed role is bound");
-    let refused = minter
+    let refused = admin_client
         .claim_warm(
             "v-claim-foreign",
             "appdb",
@@ -285,7 +285,7 @@ async fn a_claim_binds_a_managed_role_and_refuses_a_foreign_one() {
         .await
         .expect_err("a foreign role is refused");
     assert!(refused.to_string().contains("not managed"), "{refused}");
-    let gone = minter
+    let gone = admin_client
         .claim_warm("v-claim-gone", "appdb", until, &comment("v-claim-gone"))
         .await;
     assert!(gone.is_err(), "a role that is gone cannot be bound");

@@ -17,7 +17,9 @@ use crate::auth::identity::{Identity, Verifier};
 use crate::config::Config;
 use postgres_protocol::escape::escape_identifier;
 
-use crate::pg::{AdminFacts, HbaRule, MintError, MintRequest, Minter, ADMIN_OPTION_NEEDED_FROM};
+use crate::pg::{
+    AdminClient, AdminFacts, HbaRule, MintError, MintRequest, ADMIN_OPTION_NEEDED_FROM,
+};
 
 /// The marker role every minted role is a member of, as pg_hba.conf names
 /// its members.
@@ -67,17 +69,17 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let mut report = Report::default();
     report.ok(&format!("config: {} role template(s)", config.roles.len()));
     check_local(config, &mut report).await;
-    let minter = match Minter::new(config) {
+    let admin_client = match AdminClient::new(config) {
         Ok(m) => m,
         Err(e) => {
             report.fail(format!("mint settings: {e}"));
             return finish(report);
         }
     };
-    if let Some(facts) = check_admin_role(config, &minter, &mut report).await {
-        check_hba(&minter, &mut report).await;
-        check_owners(config, &minter, &facts, &mut report).await;
-        check_templates(config, &minter, &facts, &mut report).await;
+    if let Some(facts) = check_admin_role(config, &admin_client, &mut report).await {
+        check_hba(&admin_client, &mut report).await;
+        check_owners(config, &admin_client, &facts, &mut report).await;
+        check_templates(config, &admin_client, &facts, &mut report).await;
     }
     finish(report)
 }
@@ -110,11 +112,11 @@ async fn check_local(config: &Config, report: &mut Report) {
 /// the backend cannot be reached (nothing further can be checked).
 async fn check_admin_role(
     config: &Config,
-    minter: &Minter,
+    admin_client: &AdminClient,
     report: &mut Report,
 ) -> Option<AdminFacts> {
     let b = &config.backend;
-    let facts = match minter.admin_facts().await {
+    let facts = match admin_client.admin_facts().await {
         Ok(facts) => facts,
         Err(e) => {
             report.fail(format!(
@@ -147,7 +149,7 @@ async fn check_admin_role(
         ));
     }
     check_marker_admin_option(&facts, &b.admin_user, report);
-    match minter.prepare().await {
+    match admin_client.prepare().await {
         Ok(()) if facts.marker_exists => report.ok("marker role rolemint_managed exists"),
         Ok(()) => report.ok("marker role rolemint_managed created"),
         Err(e) => report.fail(format!("marker role rolemint_managed: {e}")),
@@ -204,7 +206,7 @@ fn grant_fix(error: &MintError, facts: &AdminFacts, admin: &str) -> String {
 /// A dry-run mint of every template in every database it lists.
 async fn check_templates(
     config: &Config,
-    minter: &Minter,
+    admin_client: &AdminClient,
     facts: &AdminFacts,
     report: &mut Report,
 ) {
@@ -225,7 +227,7 @@ async fn check_templates(
                 ttl: template.default_ttl,
                 lease_id: "check",
             };
-            match minter.dry_run(&request).await {
+            match admin_client.dry_run(&request).await {
                 Ok(()) => report.ok(&format!(
                     "template {name} in database {database}: dry-run mint"
                 )),
@@ -258,7 +260,12 @@ async fn check_issuers(config: &Config, report: &mut Report) {
 /// Every template `owner` exists and the admin may `REASSIGN OWNED` to it;
 /// otherwise a revocation of a role that owns objects fails and retries
 /// forever. A warning, not a failure: roles that own nothing still go.
-async fn check_owners(config: &Config, minter: &Minter, facts: &AdminFacts, report: &mut Report) {
+async fn check_owners(
+    config: &Config,
+    admin_client: &AdminClient,
+    facts: &AdminFacts,
+    report: &mut Report,
+) {
     let admin = &config.backend.admin_user;
     // PostgreSQL 16+: REASSIGN needs the owner's privileges through an
     // INHERIT membership; a membership granted WITH INHERIT FALSE (or to a
@@ -272,7 +279,7 @@ async fn check_owners(config: &Config, minter: &Minter, facts: &AdminFacts, repo
         let Some(owner) = &template.owner else {
             continue;
         };
-        match minter.may_reassign_to(owner).await {
+        match admin_client.may_reassign_to(owner).await {
             Ok(Some(true)) => report.ok(&format!("template {name}: owner \"{owner}\"")),
             Ok(Some(false)) => report.warn(&format!(
                 "template {name}: the admin cannot REASSIGN OWNED to owner \"{owner}\": \
@@ -404,8 +411,8 @@ fn audit_writable(path: &std::path::Path) -> Result<(), String> {
 /// rolemint's address: otherwise a session that gave its role a password
 /// (`ALTER ROLE CURRENT_USER PASSWORD ...`) can log in around the proxy
 /// until its VALID UNTIL.
-async fn check_hba(minter: &Minter, report: &mut Report) {
-    match minter.hba_rules().await {
+async fn check_hba(admin_client: &AdminClient, report: &mut Report) {
+    match admin_client.hba_rules().await {
         Ok((Some(address), rules)) => match hba_confines_managed_roles(&rules, &address) {
             Ok(()) => report.ok(&format!(
                 "pg_hba.conf: members of rolemint_managed log in only from {address}"

@@ -27,8 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use super::leases::{
-    renewal, DirFuture, LeaseApiError, LeaseDirectory, LeaseFilter, LeaseKind as ViewKind,
-    LeaseView, Renewed,
+    renewal, DirFuture, LeaseApiError, LeaseDirectory, LeaseFilter, LeaseView, Renewed,
 };
 use crate::lease::registry::{EndReason, Lease, LeaseKind};
 use crate::lease::revoker::Why;
@@ -68,7 +67,7 @@ impl RegistryDirectory {
         }
         let remote = self
             .shared
-            .minter
+            .admin_client
             .catalog_lease(id)
             .await
             .map_err(backend_error)?;
@@ -100,11 +99,8 @@ impl RegistryDirectory {
             client_addr: lease.client_addr.map(|a| a.to_string()),
             bytes_in: lease.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
             bytes_out: lease.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
-            instance: self.shared.minter.instance().to_owned(),
-            kind: match lease.kind {
-                LeaseKind::Session => ViewKind::Session,
-                LeaseKind::Creds => ViewKind::Creds,
-            },
+            instance: self.shared.admin_client.instance().to_owned(),
+            kind: lease.kind,
         }
     }
 
@@ -128,9 +124,9 @@ impl RegistryDirectory {
             bytes_out: 0,
             instance: c.instance.clone(),
             kind: if c.kind == LeaseKind::Creds.comment_word() {
-                ViewKind::Creds
+                LeaseKind::Creds
             } else {
-                ViewKind::Session
+                LeaseKind::Session
             },
         }
     }
@@ -147,7 +143,7 @@ impl RegistryDirectory {
         };
         let found = self
             .shared
-            .minter
+            .admin_client
             .catalog_leases(&catalog)
             .await
             .map_err(backend_error)?;
@@ -183,10 +179,10 @@ impl RegistryDirectory {
         // Whole seconds, as VALID UNTIL keeps it: the registry and the role
         // expire at the same instant.
         let expiry = whole_seconds(expiry);
-        let minter = &self.shared.minter;
+        let admin_client = &self.shared.admin_client;
         let lease = match found {
             Found::Local(lease) => {
-                minter
+                admin_client
                     .renew_lease(&lease, expiry)
                     .await
                     .map_err(backend_error)?;
@@ -203,7 +199,7 @@ impl RegistryDirectory {
                     expires_at: crate::pg::rfc3339(expiry),
                     ..remote.comment.clone()
                 };
-                minter
+                admin_client
                     .renew(&remote.role, &remote.comment.database, expiry, &comment)
                     .await
                     .map_err(backend_error)?;

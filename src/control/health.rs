@@ -29,7 +29,7 @@ pub trait Probe: Send + Sync + 'static {
     fn managed_roles(&self) -> BoxFuture<'_, Result<u64, String>>;
 }
 
-impl Probe for crate::pg::Minter {
+impl Probe for crate::pg::AdminClient {
     fn ping<'a>(&'a self, database: &'a str) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move { self.ping(database).await.map_err(|e| e.to_string()) })
     }

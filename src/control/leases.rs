@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::auth::Caller;
 use super::vault::{envelope, lease_envelope, ApiError};
 use super::AdminState;
+use crate::lease::registry::LeaseKind;
 use crate::observe::audit::{Event, RevokedBy};
 
 /// Longest lease id or prefix accepted.
@@ -84,15 +85,6 @@ impl From<LeaseApiError> for ApiError {
             }
         }
     }
-}
-
-/// Kind of lease: a proxied session, or credentials handed out over the
-/// Vault-compatible API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LeaseKind {
-    Session,
-    Creds,
 }
 
 /// One lease as the API shows it.

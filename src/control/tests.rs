@@ -9,9 +9,10 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::health::Probe;
-use super::leases::{LeaseKind, LeaseView};
+use super::leases::LeaseView;
 use super::memory::MemoryDirectory;
 use super::*;
+use crate::lease::registry::LeaseKind;
 use crate::observe::audit::{Audit, RevokedBy, Target};
 
 const TOKEN: &str = "operator-test-token";

@@ -87,9 +87,9 @@ struct SharedProbe(Arc<Shared>);
 
 impl Probe for SharedProbe {
     fn ping<'a>(&'a self, database: &'a str) -> BoxFuture<'a, Result<(), String>> {
-        Probe::ping(&*self.0.minter, database)
+        Probe::ping(&*self.0.admin_client, database)
     }
     fn managed_roles(&self) -> BoxFuture<'_, Result<u64, String>> {
-        Probe::managed_roles(&*self.0.minter)
+        Probe::managed_roles(&*self.0.admin_client)
     }
 }

@@ -118,12 +118,12 @@ impl Credentials {
             lease_id: &lease_id,
         };
         let prepared = shared
-            .minter
+            .admin_client
             .render_mint(&request)
             .map_err(|e| CredsError::Mint(e.to_string()))?;
         let created = tokio::time::timeout(
             config.admin_operation_timeout(),
-            shared.minter.create(&prepared),
+            shared.admin_client.create(&prepared),
         )
         .await;
         if let Err(detail) = settle_failed_mint(shared, &prepared, grant.template_name, created) {
@@ -173,11 +173,11 @@ fn settle_failed_mint(
         }
         Ok(Err(e)) => (
             e.to_string(),
-            prepared.settle_time(shared.minter.statement_timeout()),
+            prepared.settle_time(shared.admin_client.statement_timeout()),
         ),
         Err(_) => (
             "mint timed out".to_owned(),
-            prepared.settle_time(shared.minter.statement_timeout()),
+            prepared.settle_time(shared.admin_client.statement_timeout()),
         ),
     };
     shared

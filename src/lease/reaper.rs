@@ -53,7 +53,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::lease::revoker::Why;
-use crate::pg::{is_valid_role_name, ManagedRole, MintError, Minter};
+use crate::pg::{is_valid_role_name, AdminClient, ManagedRole, MintError};
 use crate::runtime::state::Shared;
 
 /// What the sweep decided about one role.
@@ -262,8 +262,8 @@ where
     }
 
     /// One sweep (see the module doc).
-    pub async fn sweep(&mut self, minter: &Minter) -> Result<SweepReport, MintError> {
-        let Some(sweep) = minter.begin_sweep().await? else {
+    pub async fn sweep(&mut self, admin_client: &AdminClient) -> Result<SweepReport, MintError> {
+        let Some(sweep) = admin_client.begin_sweep().await? else {
             tracing::debug!("reaper: another instance is sweeping");
             return Ok(SweepReport {
                 skipped: true,
@@ -325,11 +325,16 @@ where
     }
 
     /// Sweeps now and every `interval` until `stop`.
-    pub async fn run(mut self, minter: &Minter, interval: Duration, stop: CancellationToken) {
+    pub async fn run(
+        mut self,
+        admin_client: &AdminClient,
+        interval: Duration,
+        stop: CancellationToken,
+    ) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                outcome = self.sweep(minter) => match outcome {
+                outcome = self.sweep(admin_client) => match outcome {
                     Ok(r) if r.skipped => {}
                     Ok(r) if r.revoked + r.failed > 0 => {
                         crate::observe::metrics::reaper_run();
@@ -379,7 +384,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         async move { revoke_orphan(&shared, &orphan).await }
     };
     Reaper::new(grace, is_held, revoke)
-        .run(&shared.minter, interval, stop)
+        .run(&shared.admin_client, interval, stop)
         .await;
 }
 

@@ -4,7 +4,7 @@
 //! A lease is one minted role and whoever uses it (a proxied session, or
 //! credentials handed out over the API). The registry knows their deadlines,
 //! looks them up, lists them, renews them and ends them; it runs no SQL and
-//! knows neither the config nor the minter. Ending a lease only signals its
+//! knows neither the config nor the admin client. Ending a lease only signals its
 //! holder (through a `CancellationToken`): the session tells its client why,
 //! closes both connections and hands the role to the revoker, so revocation
 //! lives in one place whatever ended the session.
@@ -62,8 +62,9 @@ impl EndReason {
     }
 }
 
-/// Who holds a lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who holds a lease. Serialized (in the lease API) as its comment word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LeaseKind {
     /// A session proxied by rolemint: `database/sessions/...`.
     Session,

@@ -4,7 +4,7 @@
 //! Sessions, the mint path and the reaper call [`Revoker::schedule`] and go
 //! on: nobody waits for a revocation on the connect path. One task owns the
 //! queue. Each round it takes the due jobs, groups them by database and
-//! runs each group as one round trip ([`Minter::revoke_batch`]); groups of
+//! runs each group as one round trip ([`AdminClient::revoke_batch`]); groups of
 //! different databases run side by side, one at a time per database.
 //!
 //! What a job can come to:
@@ -62,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, RoleTemplate};
 use crate::lease::registry::EndReason;
 use crate::observe::audit::{Audit, Event, RevokedBy};
-use crate::pg::{MintError, Minter, Outcome, Target};
+use crate::pg::{AdminClient, MintError, Outcome, Target};
 
 /// First retry delay of a failing job; doubled on every failure.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -207,12 +207,12 @@ impl Revoker {
     /// Starts the service's task. Templates are read from `config` (their
     /// `owner` and `revocation_statements`); a role whose template is not
     /// there (removed since) gets the default revocation, without an owner.
-    pub fn start(minter: Arc<Minter>, config: &Config) -> Revoker {
-        Revoker::start_audited(minter, config, Audit::disabled())
+    pub fn start(admin_client: Arc<AdminClient>, config: &Config) -> Revoker {
+        Revoker::start_audited(admin_client, config, Audit::disabled())
     }
 
     /// [`Revoker::start`], writing what it does to `audit`.
-    pub fn start_audited(minter: Arc<Minter>, config: &Config, audit: Audit) -> Revoker {
+    pub fn start_audited(admin_client: Arc<AdminClient>, config: &Config, audit: Audit) -> Revoker {
         let (tx, rx) = mpsc::unbounded_channel();
         let templates: Templates = Arc::new(ArcSwap::from_pointee(config.roles.clone()));
         let (pending_tx, pending_count) = watch::channel(0);
@@ -220,7 +220,7 @@ impl Revoker {
         let pending_tx = Arc::new(pending_tx);
         let stop = CancellationToken::new();
         let worker = Worker {
-            minter,
+            admin_client,
             templates: Arc::clone(&templates),
             audit,
             error_after: config.mint.revoke_error_after,
@@ -457,7 +457,7 @@ type RoundResult = (
 );
 
 struct Worker {
-    minter: Arc<Minter>,
+    admin_client: Arc<AdminClient>,
     templates: Templates,
     audit: Audit,
     error_after: Duration,
@@ -590,22 +590,24 @@ impl Worker {
                 }
             }
             self.busy.insert(database.clone());
-            let minter = Arc::clone(&self.minter);
+            let admin_client = Arc::clone(&self.admin_client);
             let round_timeout = self.round_timeout;
             let db = database.clone();
             let names = roles.clone();
             let handle = self.inflight.spawn(async move {
-                let result =
-                    match tokio::time::timeout(round_timeout, minter.revoke_batch(&db, &targets))
-                        .await
-                    {
-                        Ok(result) => result,
-                        Err(_) => Err(MintError::Timeout {
-                            what: "revoking roles",
-                            database: db.clone(),
-                            after: round_timeout,
-                        }),
-                    };
+                let result = match tokio::time::timeout(
+                    round_timeout,
+                    admin_client.revoke_batch(&db, &targets),
+                )
+                .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(MintError::Timeout {
+                        what: "revoking roles",
+                        database: db.clone(),
+                        after: round_timeout,
+                    }),
+                };
                 (db, names, result)
             });
             self.inflight_ids.insert(handle.id(), (database, roles));
@@ -678,7 +680,7 @@ impl Worker {
                 }
                 let job = self.complete(role);
                 let dropped = job.dropped || done == Outcome::Dropped;
-                crate::observe::metrics::revocation(crate::observe::metrics::Outcome::Ok);
+                crate::observe::metrics::revocation(crate::observe::metrics::RevocationResult::Ok);
                 tracing::info!(
                     role,
                     database = %job.database,
@@ -699,7 +701,9 @@ impl Worker {
                 );
                 // Not dropped: for an alert, that is a failure an operator
                 // must look at.
-                crate::observe::metrics::revocation(crate::observe::metrics::Outcome::Failed);
+                crate::observe::metrics::revocation(
+                    crate::observe::metrics::RevocationResult::Failed,
+                );
                 self.audit.record(Event::LeaseRetained {
                     lease_id: job.lease_id.clone().unwrap_or_default(),
                     role: role.to_owned(),
@@ -726,7 +730,9 @@ impl Worker {
                     database = %job.database,
                     "refusing to revoke a role that is not a member of rolemint_managed"
                 );
-                crate::observe::metrics::revocation(crate::observe::metrics::Outcome::Failed);
+                crate::observe::metrics::revocation(
+                    crate::observe::metrics::RevocationResult::Failed,
+                );
                 self.audit.record(Event::LeaseRevokeFailed {
                     lease_id: job.lease_id.unwrap_or_default(),
                     role: role.to_owned(),
@@ -754,7 +760,7 @@ impl Worker {
         now: Instant,
         audit: &Audit,
     ) {
-        crate::observe::metrics::revocation(crate::observe::metrics::Outcome::Retry);
+        crate::observe::metrics::revocation(crate::observe::metrics::RevocationResult::Retry);
         if job.attempts.is_power_of_two() {
             audit.record(Event::LeaseRevokeFailed {
                 lease_id: job.lease_id.clone().unwrap_or_default(),

@@ -70,7 +70,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, RoleTemplate};
 use crate::lease::revoker::{Revoker, Why};
 use crate::pg::backend::{self, BackendError, Login};
-use crate::pg::{LeaseComment, MintError, Minter, NameTemplate, PreparedMint};
+use crate::pg::{AdminClient, LeaseComment, MintError, NameTemplate, PreparedMint};
 use crate::tls::BackendStream;
 
 /// Fills in flight at once, all templates together (each holds an admin
@@ -303,7 +303,7 @@ pub struct Claimed {
 /// side. The caller bounds it and, on any error, hands the role to the
 /// revoker.
 pub async fn claim(
-    minter: &Minter,
+    admin_client: &AdminClient,
     mut entry: Entry,
     c: &Claim<'_>,
 ) -> Result<Claimed, ClaimError> {
@@ -323,13 +323,13 @@ pub async fn claim(
         template: entry.key.template.clone(),
         database: entry.key.database.clone(),
         expires_at: crate::pg::rfc3339(expires_at),
-        instance: minter.instance().to_owned(),
+        instance: admin_client.instance().to_owned(),
         issued_at: crate::pg::rfc3339(issued_at),
         kind: crate::lease::registry::LeaseKind::of_lease_id(c.lease_id)
             .comment_word()
             .to_owned(),
     };
-    let bind = minter.claim_warm(&entry.role, &entry.key.database, expires_at, &comment);
+    let bind = admin_client.claim_warm(&entry.role, &entry.key.database, expires_at, &comment);
     let settings = async {
         match settings_sql(c.forward) {
             Some(sql) => backend::apply_settings(&mut entry.login, &sql).await,
@@ -384,7 +384,7 @@ enum Filled {
 /// never needs the server's state type.
 pub struct Filler<'a> {
     pub pool: &'a WarmPool,
-    pub minter: &'a Arc<Minter>,
+    pub admin_client: &'a Arc<AdminClient>,
     pub revoker: &'a Revoker,
     /// The config the server started with: backend and timeouts.
     pub config: &'a Config,
@@ -466,7 +466,7 @@ impl Filler<'_> {
         let names = NameTemplate::parse(want.template.warm_name_template())
             .map_err(|e| MintError::Config(format!("roles.{}: {e}", want.key.template)))?;
         let margin = MIN_EXPIRY_MARGIN.max(2 * self.config.admin_operation_timeout());
-        let prepared = self.minter.render_warm(
+        let prepared = self.admin_client.render_warm(
             &want.key.template,
             &want.template,
             &want.key.database,
@@ -474,13 +474,13 @@ impl Filler<'_> {
             &names,
         )?;
         let role = prepared.role.name.clone();
-        let settle = prepared.settle_time(self.minter.statement_timeout());
+        let settle = prepared.settle_time(self.admin_client.statement_timeout());
         self.pool
             .lock()
             .filling
             .insert(role.clone(), want.key.clone());
         let job = Fill {
-            minter: Arc::clone(self.minter),
+            admin_client: Arc::clone(self.admin_client),
             backend: self.config.backend.clone(),
             backend_tls: self.backend_tls.cloned(),
             mint_timeout: self.config.admin_operation_timeout(),
@@ -695,7 +695,7 @@ fn fail(backoff: &mut HashMap<Key, Backoff>, key: &Key, error: &str) {
 
 /// One fill, on its own task: what it needs, owned.
 struct Fill {
-    minter: Arc<Minter>,
+    admin_client: Arc<AdminClient>,
     backend: crate::config::BackendConfig,
     backend_tls: Option<Arc<rustls::ClientConfig>>,
     mint_timeout: Duration,
@@ -707,8 +707,8 @@ struct Fill {
 impl Fill {
     /// Mint, log in, seal: each step bounded.
     async fn run(self, prepared: PreparedMint) -> Filled {
-        let settle = prepared.settle_time(self.minter.statement_timeout());
-        match tokio::time::timeout(self.mint_timeout, self.minter.create(&prepared)).await {
+        let settle = prepared.settle_time(self.admin_client.statement_timeout());
+        match tokio::time::timeout(self.mint_timeout, self.admin_client.create(&prepared)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 return Filled::MintFailed {
@@ -751,7 +751,7 @@ impl Fill {
         };
         // The password is not needed again, by anyone.
         drop(prepared);
-        let seal = self.minter.seal_warm(&role, &self.key.database);
+        let seal = self.admin_client.seal_warm(&role, &self.key.database);
         match tokio::time::timeout(self.mint_timeout, seal).await {
             Ok(Ok(())) => Filled::Ready(Entry {
                 role,

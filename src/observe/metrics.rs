@@ -185,18 +185,18 @@ impl ConnectionResult {
 
 /// `ok`, `retry` (a transient failure, tried again) or `failed` (for good).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum RevocationResult {
     Ok,
     Retry,
     Failed,
 }
 
-impl Outcome {
+impl RevocationResult {
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Ok => "ok",
-            Outcome::Retry => "retry",
-            Outcome::Failed => "failed",
+            RevocationResult::Ok => "ok",
+            RevocationResult::Retry => "retry",
+            RevocationResult::Failed => "failed",
         }
     }
 }
@@ -274,7 +274,7 @@ pub fn warm_pool_claim(template: &str, result: &'static str) {
         .increment(1);
 }
 
-pub fn revocation(result: Outcome) {
+pub fn revocation(result: RevocationResult) {
     installed();
     metrics::counter!(REVOCATIONS, "result" => result.as_str()).increment(1);
 }

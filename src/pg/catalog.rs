@@ -25,7 +25,7 @@ use postgres_protocol::escape::escape_literal;
 use tokio_postgres::SimpleQueryMessage;
 
 use super::sql::{minted_role, LeaseComment};
-use super::{MintError, Minter};
+use super::{AdminClient, MintError};
 
 /// Most leases one catalog read returns: bounds the memory of a listing
 /// (the same bound as one reaper sweep).
@@ -86,7 +86,7 @@ impl CatalogLease {
     }
 }
 
-impl Minter {
+impl AdminClient {
     /// The live leases matching `filter`, from the catalog (all instances),
     /// at most [`MAX_CATALOG_LEASES`], ordered by role name. One statement
     /// on an admin connection, bounded by `mint.statement_timeout`.

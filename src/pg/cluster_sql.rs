@@ -14,9 +14,9 @@ use tokio_postgres::SimpleQueryMessage;
 
 use super::names::is_valid_role_name;
 use super::sql::minted_role;
-use super::{MintError, Minter};
+use super::{AdminClient, MintError};
 
-impl Minter {
+impl AdminClient {
     /// The role backend `pid` is logged in as, if it is a role rolemint
     /// minted (any instance's); `None` for any other backend or none.
     /// Reads only `pid` and `usename`, which every role may see (most other

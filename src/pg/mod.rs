@@ -1,7 +1,7 @@
 //! Minting and revoking roles: the part of a session that touches the
 //! backend as admin.
 //!
-//! [`Minter::mint`] turns an [`Identity`] and a [`RoleTemplate`] into a role
+//! [`AdminClient::mint`] turns an [`Identity`] and a [`RoleTemplate`] into a role
 //! that exists now, in one round trip and one commit:
 //! 1. a name (`names.rs`), a 256-bit random password and its SCRAM verifier
 //!    (`scram.rs`), an expiry of now + TTL;
@@ -17,16 +17,16 @@
 //! the database the durable record: the reaper finds every role rolemint
 //! minted, even one whose mint future was dropped half-way.
 //!
-//! [`Minter::create`] is split from rendering ([`Minter::render_mint`]) so
+//! [`AdminClient::create`] is split from rendering ([`AdminClient::render_mint`]) so
 //! that the caller knows the role's name before any SQL is sent: whatever
 //! happens to the batch (an error, a timeout, a COMMIT that lands after we
 //! stopped waiting), the caller can hand that name to the revoker.
 //!
-//! [`Minter::revoke_batch`] ends roles (`revoke.rs`: NOLOGIN, terminate
+//! [`AdminClient::revoke_batch`] ends roles (`revoke.rs`: NOLOGIN, terminate
 //! their backends, hand owned objects to the template's `owner`, drop), many
-//! per round trip; [`Minter::renew`] moves a role's `VALID UNTIL`. Both are
+//! per round trip; [`AdminClient::renew`] moves a role's `VALID UNTIL`. Both are
 //! idempotent and refuse roles that are not members of `rolemint_managed`.
-//! [`Minter::catalog_leases`] reads every live lease of every instance
+//! [`AdminClient::catalog_leases`] reads every live lease of every instance
 //! back from the catalog (`catalog.rs`).
 
 use std::num::NonZeroU32;
@@ -78,7 +78,7 @@ const MAX_TERMINATE_WAIT: Duration = Duration::from_secs(5);
 /// `BackendUnavailable`.
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
-    /// The config cannot work (checked in [`Minter::new`]).
+    /// The config cannot work (checked in [`AdminClient::new`]).
     #[error("mint configuration: {0}")]
     Config(String),
     /// The backend TLS client config could not be built.
@@ -332,7 +332,7 @@ pub struct HbaRule {
 
 /// Creates and drops roles as the admin user.
 #[derive(Debug)]
-pub struct Minter {
+pub struct AdminClient {
     /// Admin connections, per database.
     pool: pool::AdminPool,
     /// `mint.name_template`, parsed and checked once.
@@ -350,10 +350,10 @@ pub struct Minter {
     rng: SystemRandom,
 }
 
-impl Minter {
+impl AdminClient {
     /// Checks the mint settings and builds the admin pool. Connects to
     /// nothing yet.
-    pub fn new(config: &Config) -> Result<Minter, MintError> {
+    pub fn new(config: &Config) -> Result<AdminClient, MintError> {
         let names =
             names::NameTemplate::parse(&config.mint.name_template).map_err(MintError::Config)?;
         let scram_iterations = NonZeroU32::new(config.mint.scram_iterations)
@@ -369,7 +369,7 @@ impl Minter {
         }
         let pool = pool::AdminPool::new(&config.backend, tls, statement_timeout)?;
         let terminate_wait = MAX_TERMINATE_WAIT.min(statement_timeout / 2);
-        Ok(Minter {
+        Ok(AdminClient {
             pool,
             names,
             scram_iterations,
@@ -593,7 +593,7 @@ impl Minter {
         }
     }
 
-    /// [`Minter::renew`] for a live lease: its comment is rebuilt from the
+    /// [`AdminClient::renew`] for a live lease: its comment is rebuilt from the
     /// registry's record with the new expiry. The caller then moves the
     /// registry's deadline (`Leases::renew`).
     pub async fn renew_lease(
@@ -710,7 +710,7 @@ impl Minter {
         self.render_as(req, finish, &self.names, kind)
     }
 
-    /// [`Minter::render`] with the name template and comment kind given.
+    /// [`AdminClient::render`] with the name template and comment kind given.
     fn render_as(
         &self,
         req: &MintRequest<'_>,
@@ -774,7 +774,7 @@ impl Minter {
     }
 
     /// Ends `role` in `database` now, as the template says (its owner, its
-    /// own statements): one [`Minter::revoke_batch`] of one role. A role
+    /// own statements): one [`AdminClient::revoke_batch`] of one role. A role
     /// that no longer exists is success; a retained role (it owns objects
     /// and the template names no owner) is [`MintError::OwnsObjects`].
     pub async fn revoke(
@@ -851,18 +851,18 @@ mod tests {
     #[test]
     fn new_checks_the_name_template() {
         let mut c = config();
-        Minter::new(&c).unwrap();
+        AdminClient::new(&c).unwrap();
         c.mint.name_template = "v-{{identity}}".into();
-        assert_eq!(Minter::new(&c).unwrap_err().kind(), "config");
+        assert_eq!(AdminClient::new(&c).unwrap_err().kind(), "config");
         c.mint.name_template = "V-{{random}}".into();
-        assert_eq!(Minter::new(&c).unwrap_err().kind(), "config");
+        assert_eq!(AdminClient::new(&c).unwrap_err().kind(), "config");
     }
 
     #[test]
     fn debug_shows_no_admin_password() {
         let mut c = config();
         c.backend.admin_password = Some(Secret::new("s3cret-admin-password"));
-        let m = Minter::new(&c).unwrap();
+        let m = AdminClient::new(&c).unwrap();
         let dbg = format!("{m:?}");
         assert!(!dbg.contains("s3cret-admin-password"), "{dbg}");
     }

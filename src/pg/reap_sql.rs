@@ -13,7 +13,7 @@ use std::time::Duration;
 use postgres_protocol::escape::escape_literal;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::{MintError, Minter};
+use super::{AdminClient, MintError};
 
 /// The `pg_try_advisory_lock` key of the sweep: the bytes of "rolemint" as
 /// a big-endian 64-bit integer (0x726f6c656d696e74 = 8245928625621790324).
@@ -50,7 +50,7 @@ pub struct Sweep {
     terminate_wait_ms: u64,
 }
 
-impl Minter {
+impl AdminClient {
     /// Opens the sweep's own connection and takes the sweep lock; `None`
     /// when another instance holds it (it is sweeping now).
     pub async fn begin_sweep(&self) -> Result<Option<Sweep>, MintError> {

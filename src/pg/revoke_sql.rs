@@ -35,7 +35,7 @@ use postgres_protocol::escape::{escape_identifier, escape_literal};
 use tokio_postgres::SimpleQueryMessage;
 
 use super::sql::{minted_role, NOT_MANAGED_SQLSTATE};
-use super::{template, MintError, Minter};
+use super::{template, AdminClient, MintError};
 
 /// What to revoke.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,7 +335,7 @@ fn parse_outcome(database: &str, role: &str, text: &str) -> Result<Outcome, Mint
     }
 }
 
-impl Minter {
+impl AdminClient {
     /// Revokes `targets` in `database`: the default revocation for all of
     /// them in one round trip, then, for those that need it, the other
     /// databases they own objects or hold privileges in, and a template's

@@ -22,7 +22,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::config::BackendConfig;
-use crate::pg::{MintError, Minter};
+use crate::pg::{AdminClient, MintError};
 use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +76,10 @@ pub fn password_file(backend: &BackendConfig) -> Result<&Path, RotateError> {
 }
 
 /// Rotates the admin password as the module doc says.
-pub async fn rotate_admin(minter: &Minter, backend: &BackendConfig) -> Result<(), RotateError> {
+pub async fn rotate_admin(
+    admin_client: &AdminClient,
+    backend: &BackendConfig,
+) -> Result<(), RotateError> {
     let file = password_file(backend)?;
     let password = new_password()?;
     let verifier = Secret::new(postgres_protocol::password::scram_sha_256(
@@ -87,11 +90,11 @@ pub async fn rotate_admin(minter: &Minter, backend: &BackendConfig) -> Result<()
         path: pending.clone(),
         source,
     })?;
-    if let Err(e) = minter.set_admin_verifier(&verifier).await {
+    if let Err(e) = admin_client.set_admin_verifier(&verifier).await {
         let _ = std::fs::remove_file(&pending);
         return Err(e.into());
     }
-    minter.use_admin_password(&password);
+    admin_client.use_admin_password(&password);
     std::fs::rename(&pending, file)
         .and_then(|()| sync_dir(file))
         .map_err(|source| RotateError::Rename {

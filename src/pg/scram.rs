@@ -39,16 +39,16 @@ pub const PASSWORD_BYTES: usize = 32;
 pub const SALT_BYTES: usize = 16;
 
 /// A fresh password and the verifier to give PostgreSQL.
-pub struct Credentials {
+pub struct RolePassword {
     /// The plaintext, for the backend login only.
     pub password: Secret,
     /// `SCRAM-SHA-256$...`: safe to put in SQL and in PostgreSQL's logs.
     pub verifier: String,
 }
 
-impl std::fmt::Debug for Credentials {
+impl std::fmt::Debug for RolePassword {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
+        f.debug_struct("RolePassword")
             .field("password", &self.password)
             .field("verifier", &self.verifier)
             .finish()
@@ -59,14 +59,14 @@ impl std::fmt::Debug for Credentials {
 pub fn generate(
     iterations: NonZeroU32,
     rng: &dyn SecureRandom,
-) -> Result<Credentials, aws_lc_rs::error::Unspecified> {
+) -> Result<RolePassword, aws_lc_rs::error::Unspecified> {
     let mut raw = [0u8; PASSWORD_BYTES];
     rng.fill(&mut raw)?;
     let password = URL_SAFE_NO_PAD.encode(raw);
     let mut salt = [0u8; SALT_BYTES];
     rng.fill(&mut salt)?;
     let verifier = verifier(password.as_bytes(), &salt, iterations);
-    Ok(Credentials {
+    Ok(RolePassword {
         password: Secret::new(password),
         verifier,
     })

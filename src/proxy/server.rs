@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::lease::registry::{EndReason, Leases};
 use crate::lease::revoker::Revoker;
-use crate::pg::Minter;
+use crate::pg::AdminClient;
 use crate::proxy::cancel::CancelMap;
 use crate::runtime::state::{Runtime, Shared};
 
@@ -70,8 +70,8 @@ impl Server {
         if let Some(warning) = crate::tls::backend_tls_warning(&config.backend) {
             tracing::warn!("{warning}");
         }
-        let minter = Arc::new(Minter::new(&config)?);
-        minter.prepare().await.with_context(|| {
+        let admin_client = Arc::new(AdminClient::new(&config)?);
+        admin_client.prepare().await.with_context(|| {
             format!(
                 "preparing the backend at {}:{} as {}",
                 config.backend.host, config.backend.port, config.backend.admin_user
@@ -81,7 +81,7 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.proxy.listen))?;
         let (admin, audit) = crate::control::wiring::bind(&config).await?;
-        let revoker = Revoker::start_audited(Arc::clone(&minter), &config, audit.clone());
+        let revoker = Revoker::start_audited(Arc::clone(&admin_client), &config, audit.clone());
         runtime.start();
         let cancels = Arc::new(CancelMap::new(&config));
         let sockmap = kernel_splice(&config);
@@ -89,7 +89,7 @@ impl Server {
             config,
             runtime: ArcSwap::from_pointee(runtime),
             backend_tls,
-            minter,
+            admin_client,
             revoker,
             leases: Arc::new(Leases::default()),
             cancels,
@@ -257,7 +257,7 @@ async fn run_warm_pool(shared: Arc<Shared>) {
     let wants = || crate::lease::warm_pool::wants(&shared.runtime().config);
     crate::lease::warm_pool::Filler {
         pool: &shared.warm,
-        minter: &shared.minter,
+        admin_client: &shared.admin_client,
         revoker: &shared.revoker,
         config: &shared.config,
         backend_tls: shared.backend_tls.as_ref(),
@@ -273,12 +273,12 @@ async fn run_warm_pool(shared: Arc<Shared>) {
 /// admin operation timeout; an error or timeout reads as "no later expiry",
 /// so the lease ends on time.
 fn recorded_expiry(shared: &Arc<Shared>) -> crate::lease::registry::RecordedExpiry {
-    let minter = Arc::clone(&shared.minter);
+    let admin_client = Arc::clone(&shared.admin_client);
     let timeout = shared.config.admin_operation_timeout();
     Arc::new(move |lease| {
-        let minter = Arc::clone(&minter);
+        let admin_client = Arc::clone(&admin_client);
         Box::pin(async move {
-            match tokio::time::timeout(timeout, minter.recorded_expiry(&lease.role)).await {
+            match tokio::time::timeout(timeout, admin_client.recorded_expiry(&lease.role)).await {
                 Ok(Ok(expiry)) => expiry,
                 Ok(Err(e)) => {
                     tracing::warn!(lease = %lease.id, "reading the lease's recorded expiry failed: {e}");

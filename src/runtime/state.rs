@@ -1,5 +1,5 @@
 //! What every session shares: the config, TLS, the token verifier, the
-//! minter, the lease registry, the revoker, the cancel keys and the audit
+//! admin-database client, the lease registry, the revoker, the cancel keys and the audit
 //! log.
 //!
 //! It lives apart from the accept loop (`server`) and from the sessions
@@ -26,7 +26,7 @@ use crate::lease::registry::Leases;
 use crate::lease::revoker::Revoker;
 use crate::lease::warm_pool::WarmPool;
 use crate::observe::audit::Audit;
-use crate::pg::Minter;
+use crate::pg::AdminClient;
 use crate::proxy::cancel::CancelMap;
 
 /// What a reload replaces as one piece.
@@ -76,7 +76,7 @@ pub struct Shared {
     /// TLS for backend connections; `None` for plaintext.
     pub backend_tls: Option<Arc<rustls::ClientConfig>>,
     /// Creates, renews and drops roles over the admin pool.
-    pub minter: Arc<Minter>,
+    pub admin_client: Arc<AdminClient>,
     /// Live leases and their deadlines.
     pub leases: Arc<Leases>,
     /// Where every role goes when its lease is over; retries until done.

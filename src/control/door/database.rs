@@ -174,7 +174,7 @@ pub async fn rotate_root(
         )));
     }
     let shared = &door.shared;
-    match crate::pg::rotate::rotate_admin(&shared.minter, &shared.config.backend).await {
+    match crate::pg::rotate::rotate_admin(&shared.admin_client, &shared.config.backend).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(e) if e.is_refusal() => Err(ApiError::bad_request(e.to_string())),
         Err(e) => {

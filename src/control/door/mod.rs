@@ -39,7 +39,7 @@ use crate::runtime::state::Shared;
 
 /// What the Vault routes share.
 pub struct VaultDoor {
-    /// The server's state: config, token verifier, minter, leases, revoker.
+    /// The server's state: config, token verifier, admin client, leases, revoker.
     pub shared: Arc<Shared>,
     /// Client tokens handed out by logins.
     pub tokens: ClientTokens,

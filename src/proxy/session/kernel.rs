@@ -110,7 +110,7 @@ impl Splice<'_> {
             reason = lease.ended() => {
                 let finish = async {
                     if let Err(e) = shared
-                        .minter
+                        .admin_client
                         .terminate_session(&lease.role, &lease.database, backend_pid)
                         .await
                     {

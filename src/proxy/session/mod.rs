@@ -288,7 +288,7 @@ async fn authorize_and_mint(
         ttl: grant.ttl,
         lease_id: &lease_id,
     };
-    let prepared = match shared.minter.render_mint(&request) {
+    let prepared = match shared.admin_client.render_mint(&request) {
         Ok(prepared) => prepared,
         Err(e) => {
             let detail = format!("lease={lease_id}: mint refused: {e}");
@@ -298,7 +298,7 @@ async fn authorize_and_mint(
     let minting = shared.minting(&prepared.role.name);
     let created = tokio::time::timeout(
         shared.config.admin_operation_timeout(),
-        shared.minter.create(&prepared),
+        shared.admin_client.create(&prepared),
     )
     .await;
     if matches!(created, Ok(Ok(()))) {
@@ -455,7 +455,7 @@ fn mint_outcome(
     created: Result<Result<(), MintError>, tokio::time::error::Elapsed>,
 ) -> Result<(), ClientError> {
     let role = &prepared.role.name;
-    let settle = prepared.settle_time(shared.minter.statement_timeout());
+    let settle = prepared.settle_time(shared.admin_client.statement_timeout());
     let (error, settle) = match created {
         Ok(Ok(())) => return Ok(()),
         // The server answered (the batch is over, rolled back), or the
@@ -658,15 +658,18 @@ async fn cancel_elsewhere(shared: &Shared, process_id: i32, secret_key: i32, pee
         crate::observe::metrics::cancel_request("unknown");
         return;
     }
-    let minter = &shared.minter;
+    let admin_client = &shared.admin_client;
     let verify_and_cancel = async {
-        let Some(role) = minter.minted_backend_role(process_id).await? else {
+        let Some(role) = admin_client.minted_backend_role(process_id).await? else {
             return Ok(None);
         };
         if !cluster.verify(process_id, &role, secret_key) {
             return Ok(None);
         }
-        minter.cancel_backend(process_id, &role).await.map(Some)
+        admin_client
+            .cancel_backend(process_id, &role)
+            .await
+            .map(Some)
     };
     match tokio::time::timeout(shared.config.admin_operation_timeout(), verify_and_cancel).await {
         Ok(Ok(Some(signalled))) => {

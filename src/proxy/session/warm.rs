@@ -53,7 +53,7 @@ pub(super) async fn claim(
         ttl: grant.ttl,
         forward: &startup.forward,
     };
-    let claim = crate::lease::warm_pool::claim(&shared.minter, entry, &request);
+    let claim = crate::lease::warm_pool::claim(&shared.admin_client, entry, &request);
     let claimed = match tokio::time::timeout(shared.config.admin_operation_timeout(), claim).await {
         Ok(Ok(claimed)) => claimed,
         Ok(Err(e)) => return fall_back(shared, &role, template, database, &e.to_string()),
