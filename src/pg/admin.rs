@@ -1,5 +1,6 @@
-//! Minting and revoking roles: the part of a session that touches the
-//! backend as admin.
+//! [`AdminClient`], the client of the admin database: minting and
+//! revoking roles, the part of a session that touches the backend as
+//! admin.
 //!
 //! [`AdminClient::mint`] turns an [`Identity`] and a [`RoleTemplate`] into a role
 //! that exists now, in one round trip and one commit:
@@ -40,27 +41,11 @@ use crate::config::{Config, RoleTemplate};
 use crate::lease::registry::{Lease, LeaseKind};
 use crate::secret::Secret;
 
-mod auth_guard;
-pub mod backend;
-mod catalog;
-mod cluster_sql;
-mod names;
-mod pg_tls;
-mod pool;
-mod reap_sql;
-mod revoke_sql;
-pub mod rotate;
-mod scram;
-mod sql;
-mod template;
-
-pub use catalog::{CatalogFilter, CatalogLease, MAX_CATALOG_LEASES};
-pub use names::{is_valid_role_name, sanitize as sanitize_name_part, NameTemplate, MAX_NAME_BYTES};
-pub use pg_tls::MakeRustlsConnect;
-pub use reap_sql::{ManagedRole, Sweep, MAX_ROLES_PER_SWEEP, SWEEP_LOCK_KEY};
-pub use revoke_sql::{Outcome, Target};
-pub use sql::{LeaseComment, DIRECT_MARKER_ROLE, MARKER_ROLE};
-pub use template::TemplateError;
+use super::names::{is_valid_role_name, NameTemplate};
+use super::revoke_sql::{Outcome, Target};
+use super::sql::{LeaseComment, MARKER_ROLE};
+use super::template::TemplateError;
+use super::{names, pool, scram, sql, template};
 
 /// The lease-id prefix of a pooled role's comment, until a session claims
 /// it (`database/warm/<template>/<random>`): not a lease anyone holds.
@@ -194,7 +179,7 @@ impl MintError {
         }
     }
 
-    fn connect(database: &str, e: &tokio_postgres::Error) -> MintError {
+    pub(super) fn connect(database: &str, e: &tokio_postgres::Error) -> MintError {
         MintError::Connect {
             database: database.to_owned(),
             sqlstate: e.code().map(|c| c.code().to_owned()),
@@ -202,7 +187,7 @@ impl MintError {
         }
     }
 
-    fn query(database: &str, e: &tokio_postgres::Error) -> MintError {
+    pub(super) fn query(database: &str, e: &tokio_postgres::Error) -> MintError {
         match e.as_db_error() {
             Some(db) => MintError::Sql {
                 database: database.to_owned(),
@@ -334,20 +319,20 @@ pub struct HbaRule {
 #[derive(Debug)]
 pub struct AdminClient {
     /// Admin connections, per database.
-    pool: pool::AdminPool,
+    pub(super) pool: pool::AdminPool,
     /// `mint.name_template`, parsed and checked once.
-    names: names::NameTemplate,
+    pub(super) names: names::NameTemplate,
     /// `mint.scram_iterations` (see `scram.rs` for why it is low).
-    scram_iterations: NonZeroU32,
+    pub(super) scram_iterations: NonZeroU32,
     /// This instance's name in lease comments.
-    instance: String,
+    pub(super) instance: String,
     /// `backend.admin_database`: where `prepare` runs.
-    admin_database: String,
+    pub(super) admin_database: String,
     /// Per-backend wait of `pg_terminate_backend` on revoke, in ms.
-    terminate_wait_ms: u64,
+    pub(super) terminate_wait_ms: u64,
     /// `mint.statement_timeout`.
-    statement_timeout: Duration,
-    rng: SystemRandom,
+    pub(super) statement_timeout: Duration,
+    pub(super) rng: SystemRandom,
 }
 
 impl AdminClient {

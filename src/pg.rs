@@ -1,0 +1,44 @@
+//! PostgreSQL as rolemint speaks to it: the admin-database client
+//! ([`AdminClient`] in `admin.rs`: mint, renew, revoke, catalog reads,
+//! cluster cancels), its connection pool (`pool.rs`, which never answers a
+//! cleartext or MD5 password request: `auth_guard.rs`; TLS: `pg_tls.rs`),
+//! the SQL text it sends (`sql.rs`, `revoke_sql.rs`, `reap_sql.rs`,
+//! `cluster_sql.rs`, `catalog.rs`), role names (`names.rs`), passwords and
+//! SCRAM verifiers (`scram.rs`), template statements (`template.rs`), root
+//! rotation (`rotate.rs`), and the backend login as a minted role
+//! ([`backend`]: the sans-IO flow, the sockets, the startup parameters a
+//! client may pass).
+//!
+//! It owns every byte rolemint sends to PostgreSQL as admin and every
+//! backend login. It must not know about sessions, the lease registry's
+//! deadlines, HTTP or the proxy: callers above (`lease/`, `proxy/`,
+//! `control/`) decide when; this folder only says how. (Today it still
+//! reads `lease::registry` for lease ids and kinds; see
+//! `tests/module_graph.rs`.)
+
+mod admin;
+mod auth_guard;
+pub mod backend;
+mod catalog;
+mod cluster_sql;
+mod names;
+mod pg_tls;
+mod pool;
+mod reap_sql;
+mod revoke_sql;
+pub mod rotate;
+mod scram;
+mod sql;
+mod template;
+
+pub use admin::{
+    rfc3339, AdminClient, AdminFacts, HbaRule, MintError, MintRequest, MintedRole, PreparedMint,
+    ADMIN_OPTION_NEEDED_FROM, WARM_KIND, WARM_LEASE_PREFIX,
+};
+pub use catalog::{CatalogFilter, CatalogLease, MAX_CATALOG_LEASES};
+pub use names::{is_valid_role_name, sanitize as sanitize_name_part, NameTemplate, MAX_NAME_BYTES};
+pub use pg_tls::MakeRustlsConnect;
+pub use reap_sql::{ManagedRole, Sweep, MAX_ROLES_PER_SWEEP, SWEEP_LOCK_KEY};
+pub use revoke_sql::{Outcome, Target};
+pub use sql::{LeaseComment, DIRECT_MARKER_ROLE, MARKER_ROLE};
+pub use template::TemplateError;
