@@ -7,90 +7,75 @@
 //!
 //! # Map of the crate
 //!
-//! Follow one connection from `main.rs`:
+//! Folders by story; each folder's `mod.rs` says what it owns and what it
+//! must not touch. Follow one connection from `main.rs`:
 //!
-//! - [`cli`]: the command line (`serve`, `dev`, `token`, `keygen`, `check`,
-//!   `leases`, `health`, `rotate-admin`; `token --static/--operator/--key`
-//!   and `keygen` live in the binary's `token.rs`).
-//! - [`config`]: the TOML config, its defaults and validation.
-//! - [`server`]: the accept loop, the connection limit, graceful shutdown.
-//! - [`state`]: [`state::Shared`], what every session shares, and
-//!   [`state::Runtime`], the part of it a reload swaps.
-//! - [`reload`]: SIGHUP: re-read the config, build the new runtime
-//!   (templates, policy, issuers, certificates) and swap it, or keep the
-//!   old one.
-//! - [`session`]: one connection, top to bottom: [`session::handshake`]
-//!   (encryption, startup, token), [`session::params`] (the startup
-//!   parameters allowed through to the backend), [`session::login`] (the
-//!   login as a state machine over backend messages), [`session::backend`]
-//!   (the sockets of logging in to PostgreSQL as the minted role with
-//!   SCRAM), [`session::relay`] (startup
-//!   forwarding with the BackendKeyData swapped, then the splice in user
-//!   space), its `kernel.rs` (a plaintext session handed to the kernel
-//!   splice), and [`session::wire`] (the few messages rolemint encodes and
-//!   decodes).
-//! - [`sockmap`]: the kernel splice (`proxy.kernel_splice`): a BPF
-//!   sockhash and a 13-instruction `sk_skb` verdict program loaded through
-//!   libbpf, and the hang-up watch that does not wake for traffic.
-//! - [`identity`]: token in, [`identity::Identity`] out: issuers routed by
-//!   `iss` (HMAC, RSA, EC, Ed25519 keys from PEM files, JWKS files or JWKS
-//!   URLs fetched over HTTPS), static tokens known by their hash, verified
-//!   JWTs cached by hash until `exp`, and the per-address limit on failed
-//!   authentications.
-//! - [`policy`]: identity × template × database → allowed or not, and why
-//!   (allow lists, deny by default); the lease cap at the token's expiry;
-//!   the session settings rendered from claims.
-//! - [`mint`]: role names, SCRAM verifiers, template rendering, the admin
-//!   connection pool (which never answers a cleartext or MD5 password
-//!   request), and the SQL that creates, renews and drops roles (owned
-//!   objects handed to the template's owner), and what one instance asks
-//!   about another's sessions (a backend's minted role, its cancel, a
-//!   lease's recorded expiry).
-//! - [`creds`]: credential leases (the Vault-compatible `creds` endpoint):
-//!   minted like a session's role plus `rolemint_direct`, registered, and
-//!   handed to the revoker when they expire or are revoked.
-//! - [`lease`]: the registry of live leases: deadlines, lookup, renew; a
-//!   deadline re-reads the expiry from the catalog before it ends a lease.
-//! - [`revoke`]: the revocation service: every role handed to it is
-//!   dropped (or retained, and said so), retried until it is; the roles of
-//!   one database share a round trip (a role whose session simply ended
-//!   waits up to 20 ms for company).
-//! - [`rotate`]: root rotation: a new random admin password, set as a
-//!   SCRAM verifier and written atomically to `backend.admin_password_file`.
-//! - [`reaper`]: the sweep of `rolemint_managed` (startup and periodic) that
-//!   drops orphaned and expired roles, whoever minted them.
-//! - [`warm_pool`]: `[roles.NAME] warm_pool = N`: roles minted ahead with a
-//!   backend logged in as each (NOLOGIN, no password, until claimed), the
-//!   filler that keeps N per template and database, and the claim that
-//!   binds one to a session in one admin round trip
-//!   ([`session`]'s `warm.rs` falls back to a mint when it cannot).
-//! - [`cancel`]: rolemint's cancel keys mapped to the backends'; with
-//!   `[cluster] secret`, keys any instance verifies (the backend's pid and
-//!   a MAC over it and the session's role) and cancels through its admin
-//!   pool.
-//! - [`admin`]: the admin HTTP listener: `/healthz`, `/readyz`, `/metrics`
-//!   and the lease API in Vault's shape, over a [`admin::leases::LeaseDirectory`]:
-//!   [`admin::directory`] acts on the leases of every instance, read from
-//!   the catalog (`mint::catalog`), and on this instance's live sessions;
-//!   and the Vault-compatible door ([`admin::door`]): login and client
-//!   tokens, `database/creds` and `database/roles`, `sys/health`.
-//! - [`metrics`]: every Prometheus metric, described once, and the typed
-//!   functions that record them.
-//! - [`audit`]: the JSON-lines audit log of every decision and lease event.
-//! - [`leases_cli`]: `rolemint leases ...` and `rolemint health`, clients
-//!   of the admin API.
-//! - [`tls`]: rustls for clients and the backend, and the stream type.
-//! - [`error`]: what a client may be told, with its SQLSTATE.
-//! - [`secret`]: a string that never prints.
-//! - [`logging`]: the tracing subscriber and its filter.
-//! - [`check`]: `rolemint check`, the preflight of a config and backend,
-//!   pg_hba.conf's confinement of minted roles included.
-//! - [`pgcluster`]: a throwaway PostgreSQL cluster, used by `rolemint dev`
-//!   and by the tests.
-//! - [`dev`]: `rolemint dev`.
-//! - [`signal`]: SIGTERM / Ctrl-C.
-//! - [`failpoint`]: test-only pauses at named points of a session (debug
-//!   builds only).
+//! - [`cli`]: the subcommands. `cli/mod.rs` is the command line itself;
+//!   [`cli::check`] the preflight of a config and backend (pg_hba.conf's
+//!   confinement of minted roles included); [`cli::dev`] `rolemint dev`,
+//!   with [`cli::dev::cluster`] the throwaway PostgreSQL cluster it runs
+//!   (the tests use it too); [`cli::leases`] `rolemint leases` and
+//!   `health`, clients of the admin API; [`cli::token`] `token` and
+//!   `keygen`.
+//! - [`config`]: the TOML config, its defaults and validation, and
+//!   [`config::placeholder`], the one parser and renderer of `{{...}}`.
+//! - [`proxy`]: the data path. [`proxy::server`] the accept loop, the
+//!   connection limit, graceful shutdown (and the start of every
+//!   background task); [`proxy::session`] one connection, top to bottom:
+//!   [`proxy::session::handshake`] (encryption, startup, token),
+//!   authorize and acquire (mint, or a warm role: `warm.rs`),
+//!   [`proxy::session::relay`] (startup forwarding with the
+//!   BackendKeyData swapped, then the splice in user space), `kernel.rs`
+//!   (a plaintext session handed to the kernel splice),
+//!   [`proxy::session::wire`] (the few messages rolemint encodes and
+//!   decodes); [`proxy::cancel`] cancel keys (with `[cluster] secret`,
+//!   keys any instance verifies); [`proxy::sockmap`] the kernel splice
+//!   (`proxy.kernel_splice`: a BPF sockhash and an `sk_skb` verdict
+//!   program, and the hang-up watch).
+//! - [`auth`]: [`auth::identity`], token in, identity out (issuers routed
+//!   by `iss`, keys from PEM and JWKS, static tokens, the verified-token
+//!   cache, the per-address failure limiter); [`auth::policy`], identity x
+//!   template x database -> allowed or not, the lease cap at the token's
+//!   expiry, the session settings rendered from claims.
+//! - [`lease`]: the whole life of a lease. [`lease::registry`] the live
+//!   leases (deadlines, lookup, renew); [`lease::revoker`] where every
+//!   role goes when its lease is over (retried until dropped, one round
+//!   trip per database); [`lease::reaper`] the sweep of
+//!   `rolemint_managed` for orphaned and expired roles;
+//!   [`lease::warm_pool`] roles minted ahead with a backend logged in;
+//!   [`lease::creds`] credential leases (Vault's `creds`).
+//! - [`pg`]: PostgreSQL as rolemint speaks to it. [`pg::AdminClient`]
+//!   (`admin.rs`), the admin-database client: mint, renew, revoke,
+//!   catalog reads, cluster cancels, over a pool that never answers a
+//!   cleartext or MD5 password request; the SQL text; role names, SCRAM
+//!   verifiers, template statements; [`pg::rotate`] root rotation; and
+//!   [`pg::backend`], the login as a minted role ([`pg::backend::flow`]
+//!   the sans-IO state machine, [`pg::backend::params`] the startup
+//!   parameters a client may pass through).
+//! - [`control`]: the admin HTTP listener (`/healthz`, `/readyz`,
+//!   `/metrics`, the lease API in Vault's shape over a
+//!   [`control::leases::LeaseDirectory`], [`control::directory`] acting
+//!   on the leases of every instance) and the Vault-compatible door
+//!   ([`control::door`]: login and client tokens, `database/creds` and
+//!   `database/roles`, `sys/health`).
+//! - [`observe`]: [`observe::audit`] the JSON-lines audit log,
+//!   [`observe::metrics`] every Prometheus metric described once,
+//!   [`observe::logging`] the tracing subscriber.
+//! - [`runtime`]: [`runtime::state`] what every session shares
+//!   ([`runtime::state::Shared`]) and the part a reload swaps
+//!   ([`runtime::state::Runtime`]); [`runtime::reload`] SIGHUP;
+//!   [`runtime::signal`] SIGTERM / Ctrl-C.
+//! - At the top, used by every folder and using none: [`tls`] (rustls for
+//!   clients, the backend and the admin listener, and the stream type),
+//!   [`error`] (what a client may be told, with its SQLSTATE), [`secret`]
+//!   (a string that never prints), [`failpoint`] (test-only pauses,
+//!   compiled to nothing in release builds).
+//!
+//! Imports go down this list, roughly: `cli` -> `proxy` -> `control` ->
+//! `runtime` -> `lease` -> `pg` -> `auth` -> `observe`, `tls` -> `config`
+//! -> the leaves. `tests/module_graph.rs` fails on any module import
+//! circle; the few edges that still close one are listed there, each with
+//! what breaks it.
 
 pub mod auth;
 pub mod cli;

@@ -1,5 +1,11 @@
 //! The command line: `serve`, `dev`, `token`, `keygen`, `check`, `leases`, `health`,
 //! `rotate-admin`.
+//!
+//! The folder holds every subcommand: [`check`] (preflight), [`dev`]
+//! (`rolemint dev` and its throwaway cluster, [`dev::cluster`]), [`leases`]
+//! (`leases` and `health`, clients of the admin API), [`token`] (`token`
+//! and `keygen`). It is the top of the crate: it may use any folder, and
+//! nothing below may use it.
 
 pub mod check;
 pub mod dev;

@@ -6,6 +6,14 @@
 //! humantime strings (`"90s"`, `"15m"`, `"1h"`). Relative paths are taken
 //! relative to the config file's own directory, so a config and its certs can
 //! move together. `config/rolemint.example.toml` documents every key.
+//!
+//! The folder owns the config's shape, defaults and validation, and
+//! [`placeholder`], the one parser of `{{...}}`. It must not open sockets
+//! or build running services (the verifier, the admin client, TLS): those
+//! are built from it, by `runtime::state::Runtime::build` and the server.
+//! (Validation still calls `auth` to compile issuers and allow lists; see
+//! `tests/module_graph.rs`.) This file is over 700 lines because it is the
+//! schema: one struct per TOML table, each with its defaults and checks.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -18,7 +18,11 @@
 //! Who may do what is [`auth::Caller`]'s business; what a lease is, the
 //! [`leases::LeaseDirectory`] behind the API: on a running server
 //! [`directory::RegistryDirectory`] (this instance's lease registry and
-//! every instance's leases in the catalog), in tests [`memory`].
+//! every instance's leases in the catalog), in tests `memory.rs`.
+//!
+//! The folder owns the HTTP side: routes, callers, Vault's JSON shapes.
+//! It must not run SQL or end leases itself: it asks `lease` (the
+//! registry, the revoker, credential leases) and `pg` (the catalog).
 
 pub mod auth;
 pub mod directory;

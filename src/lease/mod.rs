@@ -1,5 +1,15 @@
-//! The whole life of a lease: the registry, the revoker, the reaper, the
-//! warm pool and credential leases.
+//! The whole life of a lease: [`registry`] (live leases, deadlines,
+//! renew), [`revoker`] (every role whose lease is over, dropped or
+//! retained, retried until done), [`reaper`] (the sweep of
+//! `rolemint_managed` for orphaned and expired roles), [`warm_pool`]
+//! (roles minted ahead with a backend logged in) and [`creds`]
+//! (credential leases for Vault's `creds`).
+//!
+//! Owns when a role is minted ahead, registered, renewed and ended. The SQL
+//! it runs is `pg`'s ([`crate::pg::AdminClient`]); it must not speak the
+//! wire protocol to clients, serve HTTP or read the config file. (The
+//! reaper and credential leases still take the whole
+//! [`crate::runtime::state::Shared`]; see `tests/module_graph.rs`.)
 
 pub mod creds;
 pub mod reaper;

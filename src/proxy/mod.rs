@@ -1,5 +1,11 @@
-//! The proxy: the accept loop, one client session top to bottom, cancel
-//! requests and the kernel splice.
+//! The data path: [`server`] (the accept loop, the connection limit,
+//! graceful shutdown, and the start of the background tasks), [`session`]
+//! (one client connection top to bottom), [`cancel`] (cancel keys, local
+//! and cluster-wide) and [`sockmap`] (the kernel splice).
+//!
+//! Owns every byte between a client and rolemint. Must not build SQL or
+//! decide policy: it asks `auth` whether, `lease`/`pg` for a role, and
+//! splices.
 
 pub mod cancel;
 pub mod server;

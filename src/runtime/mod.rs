@@ -1,5 +1,10 @@
-//! The running process: what every session shares, SIGHUP reload, and
-//! termination signals.
+//! The running process: [`state`] (what every session shares, and the
+//! part SIGHUP swaps), [`reload`] (SIGHUP: re-read, rebuild, swap or keep
+//! the old one) and [`signal`] (SIGTERM / Ctrl-C).
+//!
+//! Owns the wiring of the shared services, not their behaviour: it must
+//! not mint, revoke or serve anything itself. (`Shared` still holds the
+//! proxy's cancel keys and kernel splice; see `tests/module_graph.rs`.)
 
 pub mod reload;
 pub mod signal;

@@ -16,7 +16,7 @@
 //! password, AuthenticationOk before the server proved it knows the
 //! verifier, a bad server signature, an oversized SCRAM message or iteration
 //! count, an ErrorResponse without a SQLSTATE. The driver in
-//! [`super::backend`] only moves bytes.
+//! [`super`] (`pg/backend/mod.rs`) only moves bytes.
 
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};

@@ -82,7 +82,7 @@ pub struct Startup {
     /// The target database (`database`, defaulting to `user`).
     pub database: String,
     /// The allowed session settings (application_name, client_encoding,
-    /// options with `-c` settings, ...; see [`super::params`]), forwarded to
+    /// options with `-c` settings, ...; see [`crate::pg::backend::params`]), forwarded to
     /// the backend.
     pub forward: Vec<(String, String)>,
     /// The client asked for protocol 3.x with x > 0, or for `_pq_.` options:

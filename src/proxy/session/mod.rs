@@ -24,10 +24,11 @@
 //! its JWKS refresh) alive.
 //!
 //! [`run`] is the whole story; each step lives in its own file:
-//! [`handshake`] (encryption, startup, token), [`params`] (the startup
-//! parameters allowed through), [`backend`] and [`login`] (login as the
-//! minted role: the sockets, and the state machine over the messages), [`relay`] (startup forwarding, splice) and [`wire`] (the
-//! messages rolemint encodes and decodes itself).
+//! [`handshake`] (encryption, startup, token; the startup parameters
+//! allowed through are [`crate::pg::backend::params`]), the login as the
+//! minted role ([`crate::pg::backend`]: the sockets, and the state machine
+//! over the messages), [`relay`] (startup forwarding, splice) and [`wire`]
+//! (the messages rolemint encodes and decodes itself).
 
 pub mod handshake;
 mod kernel;
