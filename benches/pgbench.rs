@@ -19,7 +19,7 @@
 //! | `ROLEMINT_BENCH_CHURN` | 10000 | sessions opened and closed for RSS over churn |
 //! | `ROLEMINT_BENCH_JSON` | `target/bench/pgbench.json` | where the results go as JSON |
 //! | `ROLEMINT_BENCH_WORKLOADS` | all | comma-separated workloads to run (`select-only,tpc-b,churn,latency`) |
-//! | `ROLEMINT_BENCH_TARGETS` | all | comma-separated targets to run (`direct,pgbouncer,rolemint+kernel`, ...) |
+//! | `ROLEMINT_BENCH_TARGETS` | all | comma-separated targets to run (`direct,pgbouncer,rolemint+kernel,rolemint+audit`, ...) |
 //! | `ROLEMINT_BENCH_PROXY_LOG` | `warn` | the proxies' `ROLEMINT_LOG`; when set, their logs are kept in `target/bench/` |
 //!
 //! The two filters are for profiling one row (`perf record` beside it);
@@ -224,6 +224,9 @@ enum Kind {
     RolemintPool,
     /// rolemint with `kernel_splice` (its own process).
     RolemintKernel,
+    /// rolemint with every statement audited (`readonly_audit`,
+    /// `readwrite_audit`): the cost of `audit_queries`.
+    RolemintAudit,
 }
 
 /// The pooled template of the `rolemint+pool` target: the demo's readonly,
@@ -241,6 +244,33 @@ creation_statements = [
 ]
 "#;
 
+/// The demo's templates with `audit_queries = true`, for the
+/// `rolemint+audit` target; its proxy writes them to a file.
+const AUDIT_TEMPLATES: &str = r#"
+[roles.readonly_audit]
+databases = ["appdb"]
+allow_identities = ["*"]
+default_ttl = "1h"
+max_ttl = "24h"
+audit_queries = true
+creation_statements = [
+  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+  "GRANT app_read TO \"{{name}}\"",
+]
+
+[roles.readwrite_audit]
+databases = ["appdb"]
+allow_identities = ["*"]
+default_ttl = "1h"
+max_ttl = "24h"
+audit_queries = true
+creation_statements = [
+  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+  "GRANT app_owner TO \"{{name}}\"",
+  "ALTER ROLE \"{{name}}\" SET role = 'app_owner'",
+]
+"#;
+
 struct Target {
     name: &'static str,
     kind: Kind,
@@ -254,6 +284,10 @@ impl Target {
             Kind::Direct | Kind::PgBouncer => BENCH_ROLE,
             Kind::Rolemint | Kind::RolemintKernel => workload.template(),
             Kind::RolemintPool => "readonly_pool",
+            Kind::RolemintAudit => match workload {
+                Workload::TpcB => "readwrite_audit",
+                _ => "readonly_audit",
+            },
         }
     }
 
@@ -264,6 +298,8 @@ impl Target {
             Kind::RolemintPool => workload == Workload::Churn,
             // The splice changes the steady state only.
             Kind::RolemintKernel => workload != Workload::Churn,
+            // The audit is a steady-state cost of each statement.
+            Kind::RolemintAudit => matches!(workload, Workload::SelectOnly | Workload::TpcB),
             _ => true,
         }
     }
@@ -340,8 +376,12 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
             .context("issuing a token")?;
     // The pool is the proxy's only: the harness's in-process server
     // (which the bench does not use) must not hold pooled backends too.
+    let audit_dir = tempfile::tempdir().context("a directory for the audit log")?;
     let proxy_options = Options {
-        extra_toml: POOL_TEMPLATE.to_owned(),
+        extra_toml: format!(
+            "{POOL_TEMPLATE}{AUDIT_TEMPLATES}\n[audit]\npath = \"{}\"\n",
+            audit_dir.path().join("audit.jsonl").display()
+        ),
         ..options(settings, &cluster_tls)
     };
     let proxy = Proxy::start(&h, &proxy_options).await?;
@@ -391,7 +431,7 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
     let secret_of = |t: &Target| {
         if matches!(
             t.kind,
-            Kind::Rolemint | Kind::RolemintPool | Kind::RolemintKernel
+            Kind::Rolemint | Kind::RolemintPool | Kind::RolemintKernel | Kind::RolemintAudit
         ) {
             &token
         } else {
@@ -678,6 +718,12 @@ fn targets(
     targets.push(Target {
         name: "rolemint+pool",
         kind: Kind::RolemintPool,
+        port: proxy_port,
+        sslmode: "disable",
+    });
+    targets.push(Target {
+        name: "rolemint+audit",
+        kind: Kind::RolemintAudit,
         port: proxy_port,
         sslmode: "disable",
     });
