@@ -113,7 +113,11 @@ pub async fn run(args: LeasesArgs) -> anyhow::Result<()> {
             bail!("no such lease: {lease_id} (nothing was revoked)");
         }
     }
-    let body = api.call(request(&args.command)).await?;
+    let call = request(&args.command);
+    let body = match args.command {
+        LeasesCommand::List { .. } => api.call_every_page(call).await?,
+        _ => api.call(call).await?,
+    };
     for w in body["warnings"].as_array().into_iter().flatten() {
         eprintln!("warning: {}", w.as_str().unwrap_or_default());
     }
@@ -129,6 +133,7 @@ pub async fn run(args: LeasesArgs) -> anyhow::Result<()> {
 }
 
 /// One API call: method, path, query, JSON body.
+#[derive(Clone)]
 struct Call {
     method: Method,
     path: String,
@@ -264,6 +269,24 @@ impl Api {
                 Ok(false)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// A listing of `/v1/rolemint/leases`, every page of it (following
+    /// `next`), as one answer.
+    async fn call_every_page(&self, call: Call) -> anyhow::Result<Value> {
+        let mut leases = Vec::new();
+        let mut page = call.clone();
+        loop {
+            let body = self.call(page.clone()).await?;
+            if let Some(more) = body["data"]["leases"].as_array() {
+                leases.extend(more.iter().cloned());
+            }
+            let Some(next) = body["data"]["next"].as_str() else {
+                return Ok(json!({ "data": { "leases": leases } }));
+            };
+            page = call.clone();
+            page.query.push(("after", next.to_owned()));
         }
     }
 

@@ -14,6 +14,16 @@
 //! | credentials here | the same | ended in the registry, and the role handed to the revoker |
 //! | another instance's | `VALID UNTIL` and comment (that instance re-reads the expiry before it ends the session) | the role handed to this revoker: NOLOGIN, its backends terminated wherever they are (the client gets the backend's 57P01), dropped |
 //!
+//! Lists and mass revocations read the catalog a page at a time
+//! ([`CATALOG_PAGE`] leases, keyset by role name) and go on to the last
+//! page: there is no bound past which leases are silently left out. A
+//! mass revocation (`revoke-prefix`, revoke by identity, template or
+//! database) runs in a task of its own, so it reaches the last page even if
+//! its caller stops waiting; it waits for each page to be settled before
+//! it reads the next, so it holds one page of leases, and the revoker's
+//! queue about one page, however many match. At most [`MAX_MASS_REVOKES`]
+//! run at once.
+//!
 //! A synchronous revoke waits until the revoker has settled the role, a
 //! bounded time (three quarters of `admin.request_timeout`, so the caller
 //! hears this directory's answer rather than the listener's timeout). The
@@ -21,18 +31,21 @@
 //! per-role notification, and a few checks a second cost nothing next to
 //! the `DROP ROLE` being waited for.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::leases::{
-    renewal, DirFuture, LeaseApiError, LeaseDirectory, LeaseFilter, LeaseView, Renewed,
+    renewal, DirFuture, LeaseApiError, LeaseDirectory, LeaseFilter, LeasePage, LeaseView,
+    PageRequest, Renewed,
 };
 use crate::lease::registry::{EndReason, Lease, LeaseKind};
 use crate::lease::revoker::Why;
 use crate::observe::audit::RevokedBy;
-use crate::pg::{CatalogFilter, CatalogLease, LeaseComment, MintError};
+use crate::pg::{CatalogFilter, CatalogLease, LeaseComment, MintError, CATALOG_PAGE};
 use crate::runtime::state::Shared;
 
 /// How often a synchronous revoke checks whether it is done.
@@ -43,11 +56,19 @@ const POLL: Duration = Duration::from_millis(25);
 /// itself (terminating the backend under the session).
 const HANDOVER: Duration = Duration::from_secs(5);
 
+/// Mass revocations running at once; one more is refused with 503. Each
+/// holds a page of leases, and they share one revoker: more at once would
+/// not finish sooner.
+pub const MAX_MASS_REVOKES: usize = 4;
+
 /// The directory over the server's shared state.
+#[derive(Clone)]
 pub struct RegistryDirectory {
     shared: Arc<Shared>,
     /// Longest wait of a synchronous revoke.
     wait: Duration,
+    /// Permits of the mass revocations under way ([`MAX_MASS_REVOKES`]).
+    mass_revokes: Arc<Semaphore>,
 }
 
 impl RegistryDirectory {
@@ -56,6 +77,7 @@ impl RegistryDirectory {
         RegistryDirectory {
             shared,
             wait: wait.max(Duration::from_secs(1)),
+            mass_revokes: Arc::new(Semaphore::new(MAX_MASS_REVOKES)),
         }
     }
 
@@ -131,9 +153,15 @@ impl RegistryDirectory {
         }
     }
 
-    /// Every live lease matching `filter`: the catalog's, with this
-    /// instance's own taken from the registry.
-    async fn matching(&self, filter: &LeaseFilter) -> Result<Vec<Found>, LeaseApiError> {
+    /// A page of the live leases matching `filter`, after the role named
+    /// `after`: the catalog's, with this instance's own taken from the
+    /// registry; and the marker of the next page.
+    async fn page(
+        &self,
+        filter: &LeaseFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Found>, Option<String>), LeaseApiError> {
         let catalog = CatalogFilter {
             lease_id: None,
             prefix: filter.prefix.clone(),
@@ -141,13 +169,14 @@ impl RegistryDirectory {
             template: filter.template.clone(),
             database: filter.database.clone(),
         };
-        let found = self
+        let page = self
             .shared
             .admin_client
-            .catalog_leases(&catalog)
+            .catalog_page(&catalog, after, limit)
             .await
             .map_err(backend_error)?;
-        Ok(found
+        let found = page
+            .leases
             .into_iter()
             .filter_map(
                 |remote| match self.shared.leases.get(&remote.comment.lease_id) {
@@ -158,7 +187,84 @@ impl RegistryDirectory {
                 },
             )
             .filter(|f| filter.matches(&f.view(self)))
-            .collect())
+            .collect();
+        Ok((found, page.next))
+    }
+
+    /// Revokes every lease matching `filter`, a page at a time, each page
+    /// settled (or waited for as long as a synchronous revoke waits) before
+    /// the next is read; counts the leases begun in `begun`. Ends with an
+    /// error when a page could not be read, or when some revocation was
+    /// still under way after its wait (the revoker goes on with it).
+    async fn revoke_pages(
+        self,
+        filter: LeaseFilter,
+        begun: Arc<AtomicUsize>,
+        _permit: OwnedSemaphorePermit,
+    ) -> Result<usize, LeaseApiError> {
+        let mut after: Option<String> = None;
+        let mut unsettled = 0;
+        loop {
+            if self.shared.shutdown.is_cancelled() {
+                return Err(LeaseApiError::Unavailable(
+                    "rolemint is shutting down; revoke again on another instance".into(),
+                ));
+            }
+            let (found, next) = self.page(&filter, after.as_deref(), CATALOG_PAGE).await?;
+            let started: Vec<Revocation> = found.into_iter().map(|f| self.start(f)).collect();
+            begun.fetch_add(started.len(), Ordering::Relaxed);
+            unsettled += settle(Arc::clone(&self.shared), started, self.wait).await;
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let total = begun.load(Ordering::Relaxed);
+        if unsettled > 0 {
+            return Err(LeaseApiError::Unavailable(format!(
+                "{unsettled} of {total} revocation(s) still under way; they are retried until done"
+            )));
+        }
+        Ok(total)
+    }
+
+    /// Starts [`Self::revoke_pages`] in a task of its own and, with
+    /// `sync`, waits for it up to `self.wait`.
+    async fn revoke_every(&self, filter: LeaseFilter, sync: bool) -> Result<usize, LeaseApiError> {
+        let permit = Arc::clone(&self.mass_revokes)
+            .try_acquire_owned()
+            .map_err(|_| {
+                LeaseApiError::Unavailable(format!(
+                    "{MAX_MASS_REVOKES} mass revocations are under way; try again when one has finished"
+                ))
+            })?;
+        let begun = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let (dir, begun) = (self.clone(), Arc::clone(&begun));
+            async move {
+                let what = format!("{filter:?}");
+                let result = dir.revoke_pages(filter, begun, permit).await;
+                match &result {
+                    Ok(n) => tracing::info!(filter = %what, revoked = n, "mass revocation done"),
+                    Err(e) => tracing::warn!(filter = %what, "mass revocation: {e}"),
+                }
+                result
+            }
+        });
+        if !sync {
+            return Ok(begun.load(Ordering::Relaxed));
+        }
+        match tokio::time::timeout(self.wait, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(LeaseApiError::Internal(format!(
+                "mass revocation task: {join}"
+            ))),
+            Err(_) => Err(LeaseApiError::Unavailable(format!(
+                "{} lease(s) revoked or being revoked after {}s; the revocation goes on until every matching lease is revoked",
+                begun.load(Ordering::Relaxed),
+                self.wait.as_secs()
+            ))),
+        }
     }
 
     async fn renew_lease(
@@ -381,10 +487,15 @@ fn backend_error(e: MintError) -> LeaseApiError {
 }
 
 impl LeaseDirectory for RegistryDirectory {
-    fn list(&self, filter: LeaseFilter) -> DirFuture<'_, Vec<LeaseView>> {
+    fn list(&self, filter: LeaseFilter, page: PageRequest) -> DirFuture<'_, LeasePage> {
         Box::pin(async move {
-            let found = self.matching(&filter).await?;
-            Ok(found.iter().map(|f| f.view(self)).collect())
+            let (found, next) = self
+                .page(&filter, page.after.as_deref(), page.limit)
+                .await?;
+            Ok(LeasePage {
+                leases: found.iter().map(|f| f.view(self)).collect(),
+                next,
+            })
         })
     }
 
@@ -408,13 +519,10 @@ impl LeaseDirectory for RegistryDirectory {
     fn revoke_matching(
         &self,
         filter: LeaseFilter,
-        by: RevokedBy,
+        _by: RevokedBy,
         sync: bool,
     ) -> DirFuture<'_, usize> {
-        Box::pin(async move {
-            let found = self.matching(&filter).await?;
-            self.revoke_all(found, by, sync).await
-        })
+        Box::pin(self.revoke_every(filter, sync))
     }
 }
 

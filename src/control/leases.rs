@@ -2,19 +2,20 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `LIST /v1/sys/leases/lookup/<prefix>` (or `GET ...?list=true`) | `{"data":{"keys":[...]}}`, the next path segment of each lease under the prefix; 404 `{"errors":[]}` when none |
+//! | `LIST /v1/sys/leases/lookup/<prefix>` (or `GET ...?list=true`) | `{"data":{"keys":[...]}}`, the next path segment of every lease under the prefix (all of them, read a page at a time); 404 `{"errors":[]}` when none |
 //! | `PUT /v1/sys/leases/lookup` `{"lease_id"}` | `data{id, issue_time, expire_time, last_renewal, renewable, ttl, ...}`; 400 unknown |
 //! | `PUT /v1/sys/leases/renew` `{"lease_id","increment"}` | 200 with `lease_duration` (a warning when capped at max_ttl); 400 at the cap |
 //! | `PUT /v1/sys/leases/revoke` `{"lease_id","sync"}`, `PUT .../revoke/<id>` | 204 (202 when `"sync": false`); unknown: 204 |
-//! | `PUT /v1/sys/leases/revoke-prefix/<prefix>` | 204 |
-//! | `GET /v1/rolemint/leases?identity=&template=&database=` | `data.leases`, full records |
-//! | `PUT /v1/rolemint/leases/revoke` `{"identity"\|"template"\|"database"}` | `{"revoked": N}` |
+//! | `PUT /v1/sys/leases/revoke-prefix/<prefix>` | 204 once every lease under it is revoked (202 with `"sync": false`); 503 when that did not finish in time (it goes on) |
+//! | `GET /v1/rolemint/leases?identity=&template=&database=&after=&limit=` | `data.leases`, full records, one page; `data.next`: the `after` of the next page, `null` after the last |
+//! | `PUT /v1/rolemint/leases/revoke` `{"identity"\|"template"\|"database"}` | `{"revoked": N}`, every match; 503 as revoke-prefix |
 //!
 //! The handlers parse, authorize (an operator acts on every lease, a
 //! workload on its own) and shape answers; the directory behind the trait
 //! owns the leases, their deadlines and revocation (and writes the
 //! `lease.revoked` audit line before a synchronous revoke resolves).
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -44,8 +45,15 @@ const MAX_LEASE_ID_BYTES: usize = 512;
 /// overflow the clock.
 pub const MAX_INCREMENT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-/// Most leases one list answer carries; a bound on the response size.
-pub const MAX_LISTED: usize = 10_000;
+/// Most leases one page of a listing holds: bounds the memory of a page
+/// (and of the answer of `/v1/rolemint/leases`, which pages explicitly).
+pub const MAX_PAGE: usize = 1_000;
+
+/// Most keys one `LIST` answers. Vault's clients expect the whole list, so
+/// the directory is read to its end; this bounds the answer (about 50 MB of
+/// keys) and is far beyond the leases one cluster holds. A prefix with more
+/// keys gets an error that says so, never a silently cut list.
+pub const MAX_LIST_KEYS: usize = 1_000_000;
 
 /// A boxed future, so the directory can sit behind `Arc<dyn ...>`.
 pub type DirFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LeaseApiError>> + Send + 'a>>;
@@ -155,6 +163,35 @@ impl LeaseFilter {
     }
 }
 
+/// Which page of a listing: the leases after the marker `after` (the
+/// `next` of the page before; `None` for the first), at most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl PageRequest {
+    /// The first page of [`MAX_PAGE`] leases.
+    pub fn first() -> PageRequest {
+        PageRequest {
+            after: None,
+            limit: MAX_PAGE,
+        }
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeasePage {
+    /// At most the page's `limit`; maybe fewer, even none, when `next` is
+    /// set (the directory filters after it reads).
+    pub leases: Vec<LeaseView>,
+    /// The marker the next page starts after; `None` on the last page.
+    /// Opaque to callers: each directory orders its leases its own way.
+    pub next: Option<String>,
+}
+
 /// The outcome of a renewal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Renewed {
@@ -200,8 +237,9 @@ pub fn renewal(
 /// The leases rolemint knows, wherever they live. Implemented over the
 /// lease registry (and, in tests, in memory: `memory.rs`).
 pub trait LeaseDirectory: Send + Sync + 'static {
-    /// Leases matching `filter`, at most [`MAX_LISTED`].
-    fn list(&self, filter: LeaseFilter) -> DirFuture<'_, Vec<LeaseView>>;
+    /// A page of the leases matching `filter`; a listing reads pages until
+    /// one has no `next`.
+    fn list(&self, filter: LeaseFilter, page: PageRequest) -> DirFuture<'_, LeasePage>;
     /// One lease, or `None`.
     fn lookup(&self, lease_id: String) -> DirFuture<'_, Option<LeaseView>>;
     /// Moves the lease's deadline (and the role's VALID UNTIL) by
@@ -213,7 +251,12 @@ pub trait LeaseDirectory: Send + Sync + 'static {
     /// `lease.revoked` audit line is written. `false` when there was no
     /// such lease.
     fn revoke(&self, lease_id: String, by: RevokedBy, sync: bool) -> DirFuture<'_, bool>;
-    /// Revokes every lease matching `filter`; how many.
+    /// Revokes every lease matching `filter`, however many there are: a
+    /// directory that reads them in pages goes on to the last page (also
+    /// when the caller stops waiting). With `sync`, resolves when all are
+    /// revoked, with how many, or with an error when that did not happen
+    /// in time (the revocation goes on); without, once it is under way,
+    /// with how many were begun by then.
     fn revoke_matching(
         &self,
         filter: LeaseFilter,
@@ -288,14 +331,34 @@ async fn list_keys(
         prefix: (!prefix.is_empty()).then(|| prefix.clone()),
         ..LeaseFilter::default()
     };
-    let leases = state.directory.list(filter).await?;
-    let keys = next_segments(
-        &prefix,
-        leases
-            .iter()
-            .filter(|l| caller.may_act_on(&l.identity))
-            .map(|l| l.id.as_str()),
-    );
+    // Every page, to the last: Vault's clients take the answer as the
+    // whole list. Only the keys are kept, and they are what is answered.
+    let mut keys = BTreeSet::new();
+    let mut page = PageRequest::first();
+    loop {
+        let found = state.directory.list(filter.clone(), page.clone()).await?;
+        add_segments(
+            &mut keys,
+            &prefix,
+            found
+                .leases
+                .iter()
+                .filter(|l| caller.may_act_on(&l.identity))
+                .map(|l| l.id.as_str()),
+        );
+        if keys.len() > MAX_LIST_KEYS {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "more than {MAX_LIST_KEYS} keys under this prefix; list a longer prefix, or page through /v1/rolemint/leases"
+                ),
+            ));
+        }
+        match found.next {
+            Some(next) => page.after = Some(next),
+            None => break,
+        }
+    }
     if keys.is_empty() {
         return Err(ApiError::empty_list());
     }
@@ -305,18 +368,26 @@ async fn list_keys(
 /// The distinct path segments right after `prefix`, "folders" ending in
 /// `/`, sorted: what Vault's LIST answers.
 pub fn next_segments<'a>(prefix: &str, ids: impl Iterator<Item = &'a str>) -> Vec<String> {
-    let mut keys = std::collections::BTreeSet::new();
+    let mut keys = BTreeSet::new();
+    add_segments(&mut keys, prefix, ids);
+    keys.into_iter().collect()
+}
+
+/// Adds the segment after `prefix` of each id to `keys`.
+fn add_segments<'a>(keys: &mut BTreeSet<String>, prefix: &str, ids: impl Iterator<Item = &'a str>) {
     for id in ids {
         let Some(rest) = id.strip_prefix(prefix) else {
             continue;
         };
-        match rest.find('/') {
-            Some(i) => keys.insert(rest[..=i].to_owned()),
-            None if !rest.is_empty() => keys.insert(rest.to_owned()),
-            None => false,
+        let key = match rest.find('/') {
+            Some(i) => &rest[..=i],
+            None if !rest.is_empty() => rest,
+            None => continue,
         };
+        if !keys.contains(key) {
+            keys.insert(key.to_owned());
+        }
     }
-    keys.into_iter().collect()
 }
 
 /// Vault's `increment`: seconds as a number, or a duration string
@@ -509,22 +580,56 @@ pub async fn revoke_prefix(
     Ok(no_content(body.sync))
 }
 
-/// `GET /v1/rolemint/leases?identity=&template=&database=` (operators).
+/// The query of `/v1/rolemint/leases`: the filter and the page.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FullListQuery {
+    identity: Option<String>,
+    template: Option<String>,
+    database: Option<String>,
+    /// The `next` of the page before.
+    after: Option<String>,
+    /// Leases per page, 1 to [`MAX_PAGE`] (the default).
+    limit: Option<usize>,
+}
+
+/// `GET /v1/rolemint/leases?identity=&template=&database=&after=&limit=`
+/// (operators): one page, and the marker of the next.
 pub async fn list_full(
     State(state): State<Arc<AdminState>>,
-    Query(filter): Query<LeaseFilter>,
+    Query(query): Query<FullListQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = state.authenticate(&headers)?;
-    let leases: Vec<LeaseView> = state
-        .directory
-        .list(filter)
-        .await?
-        .into_iter()
+    let limit = query.limit.unwrap_or(MAX_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {MAX_PAGE}"
+        )));
+    }
+    if let Some(after) = &query.after {
+        bounded(after)?;
+    }
+    let filter = LeaseFilter {
+        identity: query.identity,
+        template: query.template,
+        database: query.database,
+        prefix: None,
+    };
+    let page = PageRequest {
+        after: query.after,
+        limit,
+    };
+    let found = state.directory.list(filter, page).await?;
+    let leases: Vec<&LeaseView> = found
+        .leases
+        .iter()
         .filter(|l| caller.may_act_on(&l.identity))
-        .take(MAX_LISTED)
+        .take(limit)
         .collect();
-    Ok(envelope(serde_json::json!({ "leases": leases })))
+    Ok(envelope(
+        serde_json::json!({ "leases": leases, "next": found.next }),
+    ))
 }
 
 /// `PUT /v1/rolemint/leases/revoke` `{"identity"|"template"|"database"}`

@@ -7,11 +7,13 @@
 //! into `cargo build` or a release binary.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use super::leases::{
-    renewal, DirFuture, LeaseApiError, LeaseDirectory, LeaseFilter, LeaseView, Renewed, MAX_LISTED,
+    renewal, DirFuture, LeaseApiError, LeaseDirectory, LeaseFilter, LeasePage, LeaseView,
+    PageRequest, Renewed, MAX_PAGE,
 };
 use crate::observe::audit::RevokedBy;
 
@@ -79,15 +81,31 @@ fn with_ttl(mut view: LeaseView) -> LeaseView {
 }
 
 impl LeaseDirectory for MemoryDirectory {
-    fn list(&self, filter: LeaseFilter) -> DirFuture<'_, Vec<LeaseView>> {
-        let found = self
-            .lock()
-            .values()
+    fn list(&self, filter: LeaseFilter, page: PageRequest) -> DirFuture<'_, LeasePage> {
+        // By lease id, the marker being the last id of the page.
+        let limit = page.limit.clamp(1, MAX_PAGE);
+        let leases = self.lock();
+        let start = match &page.after {
+            Some(after) => Bound::Excluded(after.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut found: Vec<LeaseView> = leases
+            .range((start, Bound::Unbounded))
+            .map(|(_, e)| e)
             .filter(|e| e.revoked_by.is_none() && filter.matches(&e.view))
-            .take(MAX_LISTED)
+            .take(limit + 1)
             .map(|e| with_ttl(e.view.clone()))
             .collect();
-        Box::pin(async move { Ok(found) })
+        let next = (found.len() > limit).then(|| {
+            found.truncate(limit);
+            found[limit - 1].id.clone()
+        });
+        Box::pin(async move {
+            Ok(LeasePage {
+                leases: found,
+                next,
+            })
+        })
     }
 
     fn lookup(&self, lease_id: String) -> DirFuture<'_, Option<LeaseView>> {

@@ -615,3 +615,63 @@ async fn rolemint_routes_list_with_filters_and_revoke_by_identity() {
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_eq!(api.directory.live().len(), 1);
 }
+
+#[tokio::test]
+async fn lists_read_every_page_and_the_full_listing_pages_explicitly() {
+    use super::leases::MAX_PAGE;
+    let api = start(&["appdb"]).await;
+    let hour = Duration::from_secs(3600);
+    // Two and a half pages of one template's leases.
+    let many = MAX_PAGE * 5 / 2;
+    for i in 0..many {
+        let id = format!("database/creds/bulk/{i:06}");
+        api.directory
+            .insert(lease(&id, "carol", Duration::ZERO, hour), hour, 2 * hour);
+    }
+
+    // LIST answers every key at once, as Vault's clients expect.
+    let (s, _, body) = api
+        .op("LIST", "/v1/sys/leases/lookup/database/creds/bulk/", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let keys = body["data"]["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), many);
+    assert_eq!(keys[many - 1], format!("{:06}", many - 1));
+
+    // rolemint's own listing pages, `next` leading to the page after.
+    let mut seen = Vec::new();
+    let mut path = "/v1/rolemint/leases?identity=carol&limit=700".to_owned();
+    loop {
+        let (s, _, body) = api.op("GET", &path, None).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let leases = body["data"]["leases"].as_array().unwrap();
+        assert!(leases.len() <= 700);
+        seen.extend(leases.iter().map(|l| l["id"].as_str().unwrap().to_owned()));
+        match body["data"]["next"].as_str() {
+            Some(next) => {
+                path = format!("/v1/rolemint/leases?identity=carol&limit=700&after={next}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), many, "every lease, each once");
+    seen.dedup();
+    assert_eq!(seen.len(), many);
+    for bad in ["limit=0", &format!("limit={}", MAX_PAGE + 1)] {
+        let (s, _, _) = api
+            .op("GET", &format!("/v1/rolemint/leases?{bad}"), None)
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+    }
+
+    // A revoke reaches every match, not one page.
+    let (s, _, body) = api
+        .op(
+            "PUT",
+            "/v1/rolemint/leases/revoke",
+            Some(json!({"identity": "carol"})),
+        )
+        .await;
+    assert_eq!((s, body), (StatusCode::OK, json!({"revoked": many})));
+    assert_eq!(api.directory.live().len(), 3);
+}

@@ -27,8 +27,8 @@
 //! their backends, hand owned objects to the template's `owner`, drop), many
 //! per round trip; [`AdminClient::renew`] moves a role's `VALID UNTIL`. Both are
 //! idempotent and refuse roles that are not members of `rolemint_managed`.
-//! [`AdminClient::catalog_leases`] reads every live lease of every instance
-//! back from the catalog (`catalog.rs`).
+//! [`AdminClient::catalog_page`] reads every live lease of every instance
+//! back from the catalog (`catalog.rs`), a page at a time.
 
 use std::num::NonZeroU32;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -274,6 +274,14 @@ impl PreparedMint {
     /// confirmed only after this has passed.
     pub fn settle_time(&self, statement_timeout: Duration) -> Duration {
         statement_timeout * u32::try_from(self.statements + 2).unwrap_or(u32::MAX)
+    }
+
+    /// The simple-query string itself, for tests that mint many roles
+    /// exactly as [`AdminClient::create`] would, several to a round trip.
+    /// Test scaffolding: not in `cargo build` or a release binary.
+    #[cfg(any(test, feature = "testkit"))]
+    pub fn sql(&self) -> &str {
+        self.batch.expose()
     }
 }
 

@@ -18,6 +18,13 @@
 //! filtering; every row is then parsed and checked exactly here. Comments
 //! are not cast to `jsonb` in SQL: one malformed comment would fail the
 //! whole query.
+//!
+//! Reads come in pages of at most [`CATALOG_PAGE`] leases, in role-name
+//! order, each page starting after the last role name of the one before
+//! (keyset pagination: a role dropped or minted meanwhile shifts nothing).
+//! A caller that must see every match (a list, a revoke) reads on until a
+//! page says there is no next one: the catalog holds as many leases as
+//! clients asked for, and no read may silently stop at a bound.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,9 +34,9 @@ use tokio_postgres::SimpleQueryMessage;
 use super::sql::{minted_role, LeaseComment};
 use super::{AdminClient, MintError};
 
-/// Most leases one catalog read returns: bounds the memory of a listing
-/// (the same bound as one reaper sweep).
-pub const MAX_CATALOG_LEASES: usize = super::MAX_ROLES_PER_SWEEP;
+/// Most leases one catalog read returns: bounds the memory of a page, and
+/// of one statement's work on the server.
+pub const CATALOG_PAGE: usize = 1_000;
 
 /// Which leases to read: every set field must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,17 +93,33 @@ impl CatalogLease {
     }
 }
 
+/// One page of a catalog read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogPage {
+    /// The leases of the page that match the filter exactly, by role name.
+    pub leases: Vec<CatalogLease>,
+    /// The role name the next page starts after; `None` when this page
+    /// was the last. Set whenever the page was full, even if the exact
+    /// test left fewer leases in it: the marker is the last role the query
+    /// returned, not the last lease kept.
+    pub next: Option<String>,
+}
+
 impl AdminClient {
-    /// The live leases matching `filter`, from the catalog (all instances),
-    /// at most [`MAX_CATALOG_LEASES`], ordered by role name. One statement
-    /// on an admin connection, bounded by `mint.statement_timeout`.
-    pub async fn catalog_leases(
+    /// A page of the live leases matching `filter`, from the catalog (all
+    /// instances): at most `limit` (capped at [`CATALOG_PAGE`]), ordered by
+    /// role name, starting after the role named `after`. One statement on
+    /// an admin connection, bounded by `mint.statement_timeout`.
+    pub async fn catalog_page(
         &self,
         filter: &CatalogFilter,
-    ) -> Result<Vec<CatalogLease>, MintError> {
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<CatalogPage, MintError> {
+        let limit = limit.clamp(1, CATALOG_PAGE);
         let mut conn = self.pool.get(&self.admin_database).await?;
-        let rows = conn.batch(&live_leases(filter)).await?;
-        Ok(parse_rows(&rows, filter))
+        let rows = conn.batch(&live_leases(filter, after, limit)).await?;
+        Ok(parse_page(&rows, filter, limit))
     }
 
     /// One live lease by id, from the catalog.
@@ -105,18 +128,37 @@ impl AdminClient {
             lease_id: Some(lease_id.to_owned()),
             ..CatalogFilter::default()
         };
-        Ok(self.catalog_leases(&filter).await?.into_iter().next())
+        let mut after = None;
+        // Ids are unique, so the first page holds it; the loop only guards
+        // against a page of hand-edited comments that merely contain it.
+        loop {
+            let page = self
+                .catalog_page(&filter, after.as_deref(), CATALOG_PAGE)
+                .await?;
+            if let Some(lease) = page.leases.into_iter().next() {
+                return Ok(Some(lease));
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(None),
+            }
+        }
     }
 }
 
-/// The query: minted roles that can still log in and have not expired,
-/// whose comment contains every needle of `filter`.
-fn live_leases(filter: &CatalogFilter) -> String {
+/// The query: minted roles after `after` that can still log in and have
+/// not expired, whose comment contains every needle of `filter`; `limit`
+/// of them, by name.
+fn live_leases(filter: &CatalogFilter, after: Option<&str>, limit: usize) -> String {
     let mut conditions = vec![
         "r.rolcanlogin".to_owned(),
         "(r.rolvaliduntil IS NULL OR r.rolvaliduntil > pg_catalog.now())".to_owned(),
         minted_role("r.oid"),
     ];
+    if let Some(after) = after {
+        // `name` compares in the C collation: the order of ORDER BY below.
+        conditions.push(format!("r.rolname > {}", escape_literal(after)));
+    }
     for needle in needles(filter) {
         conditions.push(format!(
             "pg_catalog.strpos(pg_catalog.shobj_description(r.oid, 'pg_authid'), {}) > 0",
@@ -130,7 +172,7 @@ fn live_leases(filter: &CatalogFilter) -> String {
   FROM pg_catalog.pg_roles r
  WHERE {}
  ORDER BY r.rolname
- LIMIT {MAX_CATALOG_LEASES}",
+ LIMIT {limit}",
         conditions.join("\n   AND ")
     )
 }
@@ -159,14 +201,28 @@ fn needles(filter: &CatalogFilter) -> Vec<String> {
     out
 }
 
-fn parse_rows(rows: &[SimpleQueryMessage], filter: &CatalogFilter) -> Vec<CatalogLease> {
-    rows.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => parse_row(row.get(0), row.get(1), row.get(2)),
-            _ => None,
-        })
-        .filter(|lease| filter.matches(&lease.comment))
-        .collect()
+/// The leases of the rows that match exactly, and the next page's marker
+/// when the query returned a full page of `limit` rows.
+fn parse_page(rows: &[SimpleQueryMessage], filter: &CatalogFilter, limit: usize) -> CatalogPage {
+    let mut page = CatalogPage::default();
+    let mut returned = 0;
+    let mut last = None;
+    for row in rows.iter().filter_map(|m| match m {
+        SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    }) {
+        returned += 1;
+        last = row.get(0);
+        if let Some(lease) = parse_row(row.get(0), row.get(1), row.get(2)) {
+            if filter.matches(&lease.comment) {
+                page.leases.push(lease);
+            }
+        }
+    }
+    if returned >= limit {
+        page.next = last.map(str::to_owned);
+    }
+    page
 }
 
 /// A row, or `None` when its comment is not a lease (a role an operator
@@ -212,16 +268,21 @@ mod tests {
 
     #[test]
     fn only_live_minted_roles_are_read_and_bounded() {
-        let sql = live_leases(&CatalogFilter::default());
+        let sql = live_leases(&CatalogFilter::default(), None, CATALOG_PAGE);
         assert!(sql.contains("r.rolcanlogin"), "{sql}");
         assert!(sql.contains("r.rolvaliduntil > pg_catalog.now()"), "{sql}");
         assert!(sql.contains("g.rolname = 'rolemint_managed'"), "{sql}");
         assert!(sql.contains("NOT m.admin_option"), "{sql}");
-        assert!(
-            sql.contains(&format!("LIMIT {MAX_CATALOG_LEASES}")),
-            "{sql}"
-        );
+        assert!(sql.contains(&format!("LIMIT {CATALOG_PAGE}")), "{sql}");
         assert!(!sql.contains("strpos"), "{sql}");
+        assert!(!sql.contains("r.rolname >"), "{sql}");
+    }
+
+    #[test]
+    fn a_page_starts_after_the_escaped_marker() {
+        let sql = live_leases(&CatalogFilter::default(), Some("v-o'b-1"), 7);
+        assert!(sql.contains("r.rolname > 'v-o''b-1'"), "{sql}");
+        assert!(sql.contains("ORDER BY r.rolname\n LIMIT 7"), "{sql}");
     }
 
     #[test]
@@ -231,7 +292,7 @@ mod tests {
             prefix: Some("database/sessions/".into()),
             ..CatalogFilter::default()
         };
-        let sql = live_leases(&filter);
+        let sql = live_leases(&filter, None, CATALOG_PAGE);
         // The identity as serde_json writes it (`\"`), inside one escaped
         // literal: quotes doubled, backslashes doubled in E'' syntax.
         assert!(

@@ -35,7 +35,7 @@ pub use admin::{
     rfc3339, AdminClient, AdminFacts, HbaRule, MintError, MintRequest, MintedRole, PreparedMint,
     ADMIN_OPTION_NEEDED_FROM, WARM_KIND, WARM_LEASE_PREFIX,
 };
-pub use catalog::{CatalogFilter, CatalogLease, MAX_CATALOG_LEASES};
+pub use catalog::{CatalogFilter, CatalogLease, CatalogPage, CATALOG_PAGE};
 pub use names::{is_valid_role_name, sanitize as sanitize_name_part, NameTemplate, MAX_NAME_BYTES};
 pub use pg_tls::MakeRustlsConnect;
 pub use reap_sql::{ManagedRole, Sweep, MAX_ROLES_PER_SWEEP, SWEEP_LOCK_KEY};
