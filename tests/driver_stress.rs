@@ -7,12 +7,12 @@
 //! splice (plaintext). A client that waits for a response's tail forever is
 //! a named failure (`HANG`, with its stack and every backend's state).
 //!
-//! The client is psycopg 3.3.4 with its bundled libpq 18.0, which
-//! `.ci/driver-suites` installs and names in `ROLEMINT_DRIVERS_PYTHON`:
-//! its asynchronous reads stall when a TLS record is larger than the 8 KiB
-//! libpq reads at a time (a libpq fixed in later minors does not), so
-//! it sees what such clients see. Without the variable the tests say so
-//! and pass. `ROLEMINT_STRESS_ITERATIONS` sets the sessions per run (CI:
+//! The client is psycopg 3.3.4 with its bundled libpq 18.0, which `.ci/run`
+//! installs and names in `ROLEMINT_TEST_PYTHON_LIBPQ18_0`: it polls the
+//! socket without looking inside OpenSSL's buffer, so a TLS record larger
+//! than the 8 KiB it reads at a time can leave a response's tail unread
+//! (later libpq minors drain the buffer). Without the variable the tests
+//! say so and pass. `ROLEMINT_STRESS_ITERATIONS` sets the sessions per run (CI:
 //! the default; by hand: hundreds). The splice needs BPF, as
 //! tests/kernel_splice.rs.
 
@@ -30,12 +30,12 @@ const DEFAULT_ITERATIONS: u32 = 40;
 const HANG_AFTER_SECS: u32 = 30;
 
 fn python() -> Option<String> {
-    match std::env::var("ROLEMINT_DRIVERS_PYTHON") {
+    match std::env::var("ROLEMINT_TEST_PYTHON_LIBPQ18_0") {
         Ok(p) if !p.is_empty() => Some(p),
         _ => {
             eprintln!(
-                "ROLEMINT_DRIVERS_PYTHON is unset: skipping the psycopg stress \
-                 (`eval \"$(.ci/driver-suites)\"` sets it)"
+                "ROLEMINT_TEST_PYTHON_LIBPQ18_0 is unset: skipping the psycopg stress \
+                 (.ci/run sets it)"
             );
             None
         }
@@ -156,11 +156,7 @@ async fn psycopg_stress_over_the_kernel_splice_never_waits_for_a_tail() {
     );
     let run = stress(&h, "disable", "stress-splice").await;
     let spliced = spliced_leases();
-    let missing: Vec<_> = run
-        .leases
-        .iter()
-        .filter(|l| !spliced.contains(l))
-        .collect();
+    let missing: Vec<_> = run.leases.iter().filter(|l| !spliced.contains(l)).collect();
     assert!(
         missing.is_empty(),
         "sessions not spliced in the kernel: {missing:?}\n{}",
