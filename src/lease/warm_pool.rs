@@ -367,17 +367,13 @@ fn is_dead(stream: &mut BackendStream) -> bool {
 
 /// How a fill ended: the entry, or what to tell the revoker.
 enum Filled {
-    Ready(Entry),
+    /// Boxed: an entry holds a whole backend login.
+    Ready(Box<Entry>),
     /// The mint itself failed or timed out: the role may exist, or come
     /// to exist until `settle` has passed.
-    MintFailed {
-        error: String,
-        settle: Duration,
-    },
+    MintFailed { error: String, settle: Duration },
     /// The role exists; logging in or sealing it failed.
-    Failed {
-        error: String,
-    },
+    Failed { error: String },
 }
 
 /// What the filler needs from the server. Borrowed, so that this module
@@ -513,6 +509,7 @@ impl Filler<'_> {
         });
         match outcome {
             Filled::Ready(entry) => {
+                let entry = *entry;
                 if let Some(b) = backoff.remove(&key) {
                     tracing::info!(
                         template = %key.template, database = %key.database,
@@ -753,13 +750,13 @@ impl Fill {
         drop(prepared);
         let seal = self.admin_client.seal_warm(&role, &self.key.database);
         match tokio::time::timeout(self.mint_timeout, seal).await {
-            Ok(Ok(())) => Filled::Ready(Entry {
+            Ok(Ok(())) => Filled::Ready(Box::new(Entry {
                 role,
                 key: self.key,
                 login,
                 retire_at: self.retire_at,
                 fingerprint: self.fingerprint,
-            }),
+            })),
             Ok(Err(e)) => Filled::Failed {
                 error: format!("NOLOGIN after login: {e}"),
             },

@@ -24,7 +24,7 @@ use postgres_protocol::message::backend::{ErrorResponseBody, Message};
 use postgres_protocol::message::frontend;
 use tokio_postgres::fallible_iterator::FallibleIterator;
 
-use super::BackendKey;
+use super::{BackendKey, CancelSecret};
 use crate::secret::Secret;
 
 /// Largest SCRAM message accepted from the backend. A server-first-message
@@ -36,6 +36,11 @@ pub const MAX_SCRAM_MESSAGE: usize = 1024;
 pub const MAX_SCRAM_ITERATIONS: u32 = 100_000;
 /// Most ParameterStatus and NoticeResponse bytes kept for forwarding.
 pub const MAX_STARTUP_BYTES: usize = 1 << 20;
+/// The protocol rolemint asks the backend for: 3.2, whose only change from
+/// 3.0 is a longer cancel secret in BackendKeyData (PostgreSQL 18). Older
+/// servers answer NegotiateProtocolVersion with 3.0 and go on as before.
+pub const PROTOCOL_REQUESTED: u32 = 0x0003_0002;
+const PROTOCOL_3_0: u32 = 0x0003_0000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
@@ -99,6 +104,8 @@ pub struct Flow<'a> {
     state: State,
     startup: BytesMut,
     key: Option<BackendKey>,
+    /// The backend answered NegotiateProtocolVersion (at most once).
+    negotiated: bool,
 }
 
 impl<'a> Flow<'a> {
@@ -110,6 +117,7 @@ impl<'a> Flow<'a> {
             state: State::Authenticating,
             startup: BytesMut::new(),
             key: None,
+            negotiated: false,
         }
     }
 
@@ -125,6 +133,8 @@ impl<'a> Flow<'a> {
             .chain(forward.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         frontend::startup_message(params, &mut out)
             .map_err(|e| LoginError::protocol(format!("startup message: {e}")))?;
+        // `postgres_protocol` writes 3.0 after the length word; ask for 3.2.
+        out[4..8].copy_from_slice(&PROTOCOL_REQUESTED.to_be_bytes());
         Ok(out)
     }
 
@@ -145,6 +155,20 @@ impl<'a> Flow<'a> {
             .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize);
         if claimed.is_none() || claimed != frame.len().checked_sub(1) {
             return Err(LoginError::protocol("malformed message length"));
+        }
+        // Two messages `postgres_protocol` does not parse as protocol 3.2
+        // has them: NegotiateProtocolVersion, and a BackendKeyData with a
+        // secret longer than four bytes.
+        match (frame[0], &self.state) {
+            (b'v', State::Authenticating) if !self.negotiated => {
+                self.negotiated = true;
+                return negotiated(&frame[5..]).map(|()| Step::Read);
+            }
+            (b'K', State::Startup) if self.key.is_none() => {
+                self.key = Some(backend_key(&frame[5..])?);
+                return Ok(Step::Read);
+            }
+            _ => {}
         }
         let mut buf = BytesMut::from(frame);
         let message = match Message::parse(&mut buf) {
@@ -222,14 +246,6 @@ impl<'a> Flow<'a> {
                 self.state = state;
                 Ok(Step::Read)
             }
-            (Message::BackendKeyData(body), State::Startup) if self.key.is_none() => {
-                self.key = Some(BackendKey {
-                    process_id: body.process_id(),
-                    secret_key: body.secret_key(),
-                });
-                self.state = State::Startup;
-                Ok(Step::Read)
-            }
             (Message::ReadyForQuery(_), State::Startup) => {
                 let key = self.key.take().ok_or_else(|| {
                     LoginError::protocol("no BackendKeyData before ReadyForQuery")
@@ -284,6 +300,42 @@ impl<'a> Flow<'a> {
         self.state = State::PasswordSent;
         Ok(Step::Send(out))
     }
+}
+
+/// NegotiateProtocolVersion's body: the server offers a version below the
+/// 3.2 we asked for (3.0 from PostgreSQL 17 and older), and names no
+/// protocol option (we sent none).
+fn negotiated(body: &[u8]) -> Result<(), LoginError> {
+    let bad = || LoginError::protocol("malformed NegotiateProtocolVersion");
+    let (version, rest) = body.split_first_chunk::<4>().ok_or_else(bad)?;
+    let (count, rest) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+    let version = u32::from_be_bytes(*version);
+    if !(PROTOCOL_3_0..PROTOCOL_REQUESTED).contains(&version) {
+        return Err(LoginError::protocol(format!(
+            "backend offered protocol {}.{} for 3.2",
+            version >> 16,
+            version & 0xffff
+        )));
+    }
+    if u32::from_be_bytes(*count) != 0 || !rest.is_empty() {
+        return Err(LoginError::protocol(
+            "backend refused protocol options that were not requested",
+        ));
+    }
+    Ok(())
+}
+
+/// BackendKeyData's body: the process id and a secret of 4 to 256 bytes.
+fn backend_key(body: &[u8]) -> Result<BackendKey, LoginError> {
+    let (pid, secret) = body
+        .split_first_chunk::<4>()
+        .ok_or_else(|| LoginError::protocol("malformed BackendKeyData"))?;
+    let secret = CancelSecret::new(secret)
+        .ok_or_else(|| LoginError::protocol("BackendKeyData secret of an invalid length"))?;
+    Ok(BackendKey {
+        process_id: i32::from_be_bytes(*pid),
+        secret,
+    })
 }
 
 /// Bounds a server-first-message before `ScramSha256` works on it: its
@@ -461,6 +513,56 @@ mod tests {
         Ok(run(&mut flow, &frames)?.expect("ready"))
     }
 
+    /// A trust login (allow_weak_auth) over `frames` before AuthenticationOk
+    /// and `key` as BackendKeyData's body.
+    fn weak_login(before: &[Vec<u8>], key: &[u8]) -> Result<Option<Ready>, LoginError> {
+        let password = Secret::new("pw");
+        let mut flow = Flow::new("v-alice", &password, true);
+        let mut frames = before.to_vec();
+        frames.push(auth(0, b""));
+        frames.push(msg(b'K', key));
+        frames.push(msg(b'Z', b"I"));
+        run(&mut flow, &frames)
+    }
+
+    #[test]
+    fn asks_for_protocol_3_2_and_takes_3_0_or_a_long_key() {
+        let password = Secret::new("pw");
+        let flow = Flow::new("v-alice", &password, false);
+        let startup = flow.startup_message("appdb", &[]).unwrap();
+        assert_eq!(&startup[4..8], &[0, 3, 0, 2]);
+
+        let mut long = 42i32.to_be_bytes().to_vec();
+        long.extend_from_slice(&[9; 32]);
+        let ready = weak_login(&[], &long).unwrap().unwrap();
+        assert_eq!(ready.key.process_id, 42);
+        assert_eq!(ready.key.secret.as_bytes(), &[9; 32]);
+
+        // PostgreSQL 17 and older: NegotiateProtocolVersion to 3.0, no options.
+        let v30 = msg(b'v', &[0, 3, 0, 0, 0, 0, 0, 0]);
+        let ready = weak_login(std::slice::from_ref(&v30), &[0, 0, 0, 42, 0, 0, 0, 7]).unwrap();
+        assert_eq!(ready.unwrap().key.secret.as_bytes(), &[0, 0, 0, 7]);
+
+        // Refused: twice, a version that is not lower than 3.2 or below 3.0,
+        // options we never asked for, a truncated body, a key too short or
+        // too long.
+        let refused: Vec<(Vec<Vec<u8>>, Vec<u8>)> = vec![
+            (vec![v30.clone(), v30.clone()], long.clone()),
+            (vec![msg(b'v', &[0, 3, 0, 2, 0, 0, 0, 0])], long.clone()),
+            (vec![msg(b'v', &[0, 2, 0, 0, 0, 0, 0, 0])], long.clone()),
+            (
+                vec![msg(b'v', b"\0\x03\0\0\0\0\0\x01_pq_.x\0")],
+                long.clone(),
+            ),
+            (vec![msg(b'v', &[0, 3, 0])], long.clone()),
+            (vec![], vec![0, 0, 0, 42, 7]),
+            (vec![], [&[0, 0, 0, 42][..], &[1; 257]].concat()),
+        ];
+        for (before, key) in refused {
+            assert!(weak_login(&before, &key).is_err(), "{before:?} {key:?}");
+        }
+    }
+
     #[test]
     fn a_scram_login_reaches_ready_with_the_backend_key() {
         let ready = scram_login(16, "serverpart", false).unwrap();
@@ -468,7 +570,7 @@ mod tests {
             ready.key,
             BackendKey {
                 process_id: 42,
-                secret_key: 7
+                secret: CancelSecret::new(&7i32.to_be_bytes()).unwrap()
             }
         );
         assert_eq!(&ready.ready[..], &msg(b'Z', b"I")[..]);

@@ -24,21 +24,57 @@ use crate::config::BackendConfig;
 use crate::secret::Secret;
 use crate::tls::{backend_server_name, BackendStream, MaybeTls};
 
-/// Where a cancel for one session goes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct BackendKey {
-    pub process_id: i32,
-    pub secret_key: i32,
+/// Longest cancel secret protocol 3.2 allows (PostgreSQL 18's
+/// `MAX_CANCEL_KEY_LENGTH`).
+pub const MAX_CANCEL_SECRET: usize = 256;
+/// Shortest cancel secret: protocol 3.0's four bytes.
+pub const MIN_CANCEL_SECRET: usize = 4;
+
+/// The secret half of a cancel key: 4 bytes in protocol 3.0, 4 to 256 in
+/// 3.2 (PostgreSQL 18 sends 32). Shared, so copies of a key are cheap.
+#[derive(Clone)]
+pub struct CancelSecret(Bytes);
+
+impl CancelSecret {
+    /// `None` outside 4..=256 bytes.
+    pub fn new(secret: &[u8]) -> Option<CancelSecret> {
+        (MIN_CANCEL_SECRET..=MAX_CANCEL_SECRET)
+            .contains(&secret.len())
+            .then(|| CancelSecret(Bytes::copy_from_slice(secret)))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Equal to `other`, compared in constant time (the length is not
+    /// secret: the protocol version tells it).
+    pub fn ct_eq(&self, other: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.len() == other.len() && bool::from(self.0.as_ref().ct_eq(other))
+    }
 }
 
-impl std::fmt::Debug for BackendKey {
+impl PartialEq for CancelSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.ct_eq(other.as_bytes())
+    }
+}
+
+impl Eq for CancelSecret {}
+
+impl std::fmt::Debug for CancelSecret {
     // By hand: the secret is what makes a cancel request genuine.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackendKey")
-            .field("process_id", &self.process_id)
-            .field("secret_key", &"***")
-            .finish()
+        write!(f, "CancelSecret({} bytes, ***)", self.0.len())
     }
+}
+
+/// Where a cancel for one session goes.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct BackendKey {
+    pub process_id: i32,
+    pub secret: CancelSecret,
 }
 
 /// Largest message accepted from the backend before the splice; startup
@@ -150,14 +186,29 @@ pub async fn cancel(
     key: BackendKey,
 ) -> Result<(), BackendError> {
     let mut stream = connect(config, tls).await?;
-    let mut buf = BytesMut::new();
-    frontend::cancel_request(key.process_id, key.secret_key, &mut buf);
+    let buf = cancel_request(&key);
     stream.write_all(&buf).await?;
     stream.flush().await?;
     // PostgreSQL answers nothing and closes; wait for that, briefly.
     let mut sink = [0u8; 16];
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
     Ok(())
+}
+
+/// The request code of a CancelRequest (1234.5678).
+const CANCEL_REQUEST_CODE: u32 = 80_877_102;
+
+/// A CancelRequest carrying `key`, whatever its secret's length (a
+/// PostgreSQL 18 backend that spoke 3.2 with us gave a longer one).
+fn cancel_request(key: &BackendKey) -> BytesMut {
+    use bytes::BufMut;
+    let secret = key.secret.as_bytes();
+    let mut buf = BytesMut::with_capacity(12 + secret.len());
+    buf.put_u32(12 + secret.len() as u32);
+    buf.put_u32(CANCEL_REQUEST_CODE);
+    buf.put_i32(key.process_id);
+    buf.extend_from_slice(secret);
+    buf
 }
 
 /// Logs in as `user` and reads through ReadyForQuery: the [`flow::Flow`]

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::wire::{self, StartupPacket};
 use crate::error::ClientError;
+use crate::pg::backend::CancelSecret;
 use crate::secret::Secret;
 use crate::tls::{ClientStream, MaybeTls, ALPN_POSTGRESQL};
 
@@ -40,7 +41,7 @@ pub enum Hello {
     Cancel {
         stream: ClientStream,
         process_id: i32,
-        secret_key: i32,
+        secret: CancelSecret,
     },
 }
 
@@ -85,8 +86,12 @@ pub struct Startup {
     /// options with `-c` settings, ...; see [`crate::pg::backend::params`]), forwarded to
     /// the backend.
     pub forward: Vec<(String, String)>,
-    /// The client asked for protocol 3.x with x > 0, or for `_pq_.` options:
-    /// it is owed a NegotiateProtocolVersion naming the options refused.
+    /// The protocol's minor version spoken with the client: 2 when it asked
+    /// for 3.2 or newer (a long cancel secret), else 0.
+    pub minor: u16,
+    /// The client asked for a version rolemint does not speak (above 3.2, or
+    /// 3.1, which never existed), or for `_pq_.` options: it is owed a
+    /// NegotiateProtocolVersion naming [`Self::minor`] and the options refused.
     pub negotiate: Option<Vec<String>>,
 }
 
@@ -103,7 +108,7 @@ impl Startup {
                 "database" => database = Some(value),
                 // Protocol options: none is supported. They are refused to
                 // the client (NegotiateProtocolVersion) and never sent on,
-                // so the backend speaks plain 3.0 through the splice.
+                // so the backend speaks plain 3.0 or 3.2 through the splice.
                 n if n.starts_with("_pq_.") => unrecognized.push(name),
                 _ => forward.extend(crate::pg::backend::params::filter(&name, &value)?),
             }
@@ -114,11 +119,17 @@ impl Startup {
         let database = database
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| template.clone());
-        let negotiate = (minor > 0 || !unrecognized.is_empty()).then_some(unrecognized);
+        let spoken = if minor >= wire::LATEST_MINOR {
+            wire::LATEST_MINOR
+        } else {
+            0
+        };
+        let negotiate = (minor != spoken || !unrecognized.is_empty()).then_some(unrecognized);
         Ok(Startup {
             template,
             database,
             forward,
+            minor: spoken,
             negotiate,
         })
     }
@@ -175,14 +186,11 @@ pub async fn accept(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Hello, 
                     ClientError::Protocol("unexpected GSSENCRequest"),
                 ))
             }
-            StartupPacket::Cancel {
-                process_id,
-                secret_key,
-            } => {
+            StartupPacket::Cancel { process_id, secret } => {
                 return Ok(Hello::Cancel {
                     stream,
                     process_id,
-                    secret_key,
+                    secret,
                 })
             }
             StartupPacket::Startup { minor, params } => {
@@ -249,7 +257,7 @@ pub async fn read_token<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Secret, (ClientError, String)> {
     let mut buf = BytesMut::new();
     if let Some(unrecognized) = &startup.negotiate {
-        wire::negotiate_protocol_version(unrecognized, &mut buf);
+        wire::negotiate_protocol_version(startup.minor, unrecognized, &mut buf);
     }
     wire::auth_cleartext_password(&mut buf);
     let io = |e: std::io::Error| {
@@ -317,8 +325,18 @@ mod tests {
         assert_eq!(s.negotiate, Some(vec!["_pq_.foo".to_string()]));
         let plain = Startup::from_params(0, params(&[("user", "r")])).unwrap();
         assert_eq!(plain.negotiate, None);
-        let newer = Startup::from_params(2, params(&[("user", "r")])).unwrap();
-        assert_eq!(newer.negotiate, Some(vec![]));
+        // 3.2 is spoken as asked; a newer minor is told 3.2, 3.1 (which never
+        // existed) is told 3.0, as is 3.0 with options.
+        for (asked, spoken, negotiate) in [(0, 0, false), (1, 0, true), (2, 2, false), (3, 2, true)]
+        {
+            let s = Startup::from_params(asked, params(&[("user", "r")])).unwrap();
+            assert_eq!(
+                (s.minor, s.negotiate.is_some()),
+                (spoken, negotiate),
+                "3.{asked}"
+            );
+        }
+        assert_eq!(s.minor, 0);
     }
 
     #[test]

@@ -51,7 +51,7 @@ use crate::lease::registry::{self, EndReason, Lease, LeaseKind, NewLease};
 use crate::lease::revoker::Why;
 use crate::observe::audit::Event;
 use crate::observe::metrics::{ConnectionResult, Direction};
-use crate::pg::backend;
+use crate::pg::backend::{self, CancelSecret};
 use crate::pg::{MintError, MintRequest};
 use crate::runtime::state::{Runtime, Shared};
 use crate::tls::ClientStream;
@@ -90,8 +90,8 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, admissio
         Hello::Cancel {
             stream,
             process_id,
-            secret_key,
-        } => cancel(&shared, stream, process_id, secret_key, peer).await,
+            secret,
+        } => cancel(&shared, stream, process_id, secret, peer).await,
         Hello::Startup { stream, startup } => {
             let Ok(permit) = Arc::clone(&admission.sessions).try_acquire_owned() else {
                 return refuse_early(&shared, stream, ClientError::TooManyConnections, peer).await;
@@ -543,7 +543,9 @@ async fn connect_and_splice(
         crate::observe::metrics::backend_login_duration(login_started.elapsed());
     }
     crate::failpoint::hit(crate::failpoint::AFTER_LOGIN).await;
-    let cancel_key = shared.cancels.issue(login.key, role);
+    // A protocol 3.2 client gets a long secret, whatever the backend speaks.
+    let long_key = startup.minor >= wire::LATEST_MINOR;
+    let cancel_key = shared.cancels.issue(login.key.clone(), role, long_key);
     let audited = statement_audit(shared, lease);
     // Into the kernel before the client can send anything more: it waits
     // for its first ReadyForQuery. Not a session whose statements are
@@ -553,7 +555,7 @@ async fn connect_and_splice(
         .as_ref()
         .filter(|_| audited.is_none())
         .and_then(|map| kernel::begin(map, &stream, &login.stream, login.leftover.len()));
-    let framer = match relay::forward_startup(&mut stream, &mut login, cancel_key.key).await {
+    let framer = match relay::forward_startup(&mut stream, &mut login, &cancel_key.key).await {
         Ok((framer, written)) => {
             if let Some(k) = kernel.as_mut() {
                 k.wrote_to_client(written);
@@ -619,11 +621,16 @@ async fn cancel(
     shared: &Shared,
     mut stream: ClientStream,
     process_id: i32,
-    secret_key: i32,
+    secret: CancelSecret,
     peer: SocketAddr,
 ) {
-    match shared.cancels.lookup(process_id, secret_key) {
-        None => cancel_elsewhere(shared, process_id, secret_key, peer).await,
+    match shared.cancels.lookup(process_id, &secret) {
+        None if shared.cancels.holds(process_id) => {
+            tracing::debug!(%peer, "cancel request with a wrong key for our session ignored");
+            crate::observe::metrics::cancel_request("unknown");
+            shared.cancels.verify_failed(peer.ip());
+        }
+        None => cancel_elsewhere(shared, process_id, &secret, peer).await,
         Some(key) => {
             let config = &shared.config.backend;
             match backend::cancel(config, shared.backend_tls.as_ref(), key).await {
@@ -646,7 +653,12 @@ async fn cancel(
 /// database and cancels through the admin pool (see [`crate::proxy::cancel`]);
 /// otherwise, or when it does not verify, ignores it silently, as
 /// PostgreSQL does.
-async fn cancel_elsewhere(shared: &Shared, process_id: i32, secret_key: i32, peer: SocketAddr) {
+async fn cancel_elsewhere(
+    shared: &Shared,
+    process_id: i32,
+    secret: &CancelSecret,
+    peer: SocketAddr,
+) {
     let Some(cluster) = shared.cancels.cluster() else {
         tracing::debug!(%peer, "cancel request with an unknown key ignored");
         crate::observe::metrics::cancel_request("unknown");
@@ -664,7 +676,7 @@ async fn cancel_elsewhere(shared: &Shared, process_id: i32, secret_key: i32, pee
         let Some(role) = admin_client.minted_backend_role(process_id).await? else {
             return Ok(None);
         };
-        if !cluster.verify(process_id, &role, secret_key) {
+        if !cluster.verify(process_id, &role, secret) {
             return Ok(None);
         }
         admin_client

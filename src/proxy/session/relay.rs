@@ -73,12 +73,12 @@ pub struct Traffic {
 pub async fn forward_startup(
     client: &mut ClientStream,
     login: &mut Login,
-    our_key: BackendKey,
+    our_key: &BackendKey,
 ) -> io::Result<(Framer, usize)> {
     let mut out = BytesMut::with_capacity(login.startup.len() + 64 + login.leftover.len());
     wire::auth_ok(&mut out);
     out.extend_from_slice(&login.startup);
-    wire::backend_key_data(our_key.process_id, our_key.secret_key, &mut out);
+    wire::backend_key_data(our_key.process_id, our_key.secret.as_bytes(), &mut out);
     out.extend_from_slice(&login.ready);
     let mut framer = Framer::default();
     framer.advance(&login.leftover);

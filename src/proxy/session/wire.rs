@@ -9,11 +9,16 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::error::ClientError;
+use crate::pg::backend::{CancelSecret, MAX_CANCEL_SECRET};
 
 /// PostgreSQL's own cap on a startup packet (`MAX_STARTUP_PACKET_LENGTH`).
 pub const MAX_STARTUP_PACKET: usize = 10_000;
 /// Protocol 3.0.
 pub const PROTOCOL_3_0: u32 = 196_608;
+/// The newest minor version rolemint speaks with clients: 3.2 (PostgreSQL
+/// 18), whose one change from 3.0 is the longer cancel secret, which is
+/// rolemint's own whatever the backend speaks.
+pub const LATEST_MINOR: u16 = 2;
 /// Request codes carried in the version field of a startup packet.
 pub const SSL_REQUEST_CODE: u32 = 80_877_103;
 pub const GSSENC_REQUEST_CODE: u32 = 80_877_104;
@@ -26,12 +31,13 @@ const MAX_STARTUP_PARAMS: usize = 64;
 pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
+    /// A CancelRequest; the secret is 4 bytes (protocol 3.0) to 256 (3.2).
     Cancel {
         process_id: i32,
-        secret_key: i32,
+        secret: CancelSecret,
     },
-    /// Protocol 3.x; a client asking for a minor version above 0 is told 3.0
-    /// with NegotiateProtocolVersion, as PostgreSQL does.
+    /// Protocol 3.x; a client asking for a minor version above 3.2 is told
+    /// 3.2 with NegotiateProtocolVersion, as PostgreSQL 18 does.
     Startup {
         minor: u16,
         params: Vec<(String, String)>,
@@ -56,18 +62,15 @@ pub fn parse_startup_packet(body: &[u8]) -> Result<StartupPacket, ClientError> {
     match u32::from_be_bytes(*code) {
         SSL_REQUEST_CODE if rest.is_empty() => Ok(StartupPacket::SslRequest),
         GSSENC_REQUEST_CODE if rest.is_empty() => Ok(StartupPacket::GssEncRequest),
-        CANCEL_REQUEST_CODE => {
-            let (Some((pid, rest)), true) = (rest.split_first_chunk::<4>(), rest.len() == 8) else {
-                return Err(ClientError::Protocol("invalid cancel request"));
-            };
-            let secret: [u8; 4] = rest
-                .try_into()
-                .map_err(|_| ClientError::Protocol("invalid cancel request"))?;
+        CANCEL_REQUEST_CODE if rest.len() <= 4 + MAX_CANCEL_SECRET => {
+            let invalid = ClientError::Protocol("invalid cancel request");
+            let (pid, secret) = rest.split_first_chunk::<4>().ok_or(invalid.clone())?;
             Ok(StartupPacket::Cancel {
                 process_id: i32::from_be_bytes(*pid),
-                secret_key: i32::from_be_bytes(secret),
+                secret: CancelSecret::new(secret).ok_or(invalid)?,
             })
         }
+        CANCEL_REQUEST_CODE => Err(ClientError::Protocol("invalid cancel request")),
         SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => {
             Err(ClientError::Protocol("invalid encryption request"))
         }
@@ -137,13 +140,13 @@ pub fn message_with_body(tag: u8, body: &[u8], buf: &mut BytesMut) {
     message(tag, buf, |b| b.extend_from_slice(body));
 }
 
-/// NegotiateProtocolVersion (B): rolemint speaks 3.0 and none of the
+/// NegotiateProtocolVersion (B): rolemint speaks 3.`minor` and none of the
 /// `_pq_.` protocol options the client asked for. The first field is the
 /// whole version number (major << 16 | minor), as PostgreSQL sends its
 /// `FrontendProtocol`; libpq 18 refuses anything below 3.0 as a downgrade.
-pub fn negotiate_protocol_version(unrecognized: &[String], buf: &mut BytesMut) {
+pub fn negotiate_protocol_version(minor: u16, unrecognized: &[String], buf: &mut BytesMut) {
     message(b'v', buf, |b| {
-        b.put_u32(PROTOCOL_3_0);
+        b.put_u32(PROTOCOL_3_0 | u32::from(minor));
         b.put_i32(unrecognized.len() as i32);
         for option in unrecognized {
             b.extend_from_slice(option.as_bytes());
@@ -163,10 +166,11 @@ pub fn auth_ok(buf: &mut BytesMut) {
 }
 
 /// BackendKeyData (B): the process id and secret the client will cancel with.
-pub fn backend_key_data(process_id: i32, secret_key: i32, buf: &mut BytesMut) {
+/// The secret is 4 bytes for a protocol 3.0 client, longer for 3.2.
+pub fn backend_key_data(process_id: i32, secret: &[u8], buf: &mut BytesMut) {
     message(b'K', buf, |b| {
         b.put_i32(process_id);
-        b.put_i32(secret_key);
+        b.extend_from_slice(secret);
     });
 }
 
@@ -335,9 +339,26 @@ mod tests {
             parse_startup_packet(&cancel).unwrap(),
             StartupPacket::Cancel {
                 process_id: 7,
-                secret_key: -9
+                secret: CancelSecret::new(&(-9i32).to_be_bytes()).unwrap()
             }
         );
+        // Protocol 3.2: a secret of up to 256 bytes; not shorter than 4,
+        // not longer than 256.
+        for len in [32, 256] {
+            let mut long = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
+            long.extend_from_slice(&7i32.to_be_bytes());
+            long.extend(std::iter::repeat_n(0xab, len));
+            let StartupPacket::Cancel { secret, .. } = parse_startup_packet(&long).unwrap() else {
+                panic!("not a cancel")
+            };
+            assert_eq!(secret.as_bytes(), vec![0xab; len]);
+        }
+        for len in [0, 3, 257] {
+            let mut bad = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
+            bad.extend_from_slice(&7i32.to_be_bytes());
+            bad.extend(std::iter::repeat_n(0xab, len));
+            assert!(parse_startup_packet(&bad).is_err(), "{len}");
+        }
     }
 
     #[test]
@@ -372,8 +393,11 @@ mod tests {
         };
         assert_eq!(minor, 2);
         let mut buf = BytesMut::new();
-        negotiate_protocol_version(&["_pq_.x".into()], &mut buf);
+        negotiate_protocol_version(0, &["_pq_.x".into()], &mut buf);
         assert_eq!(&buf[..], b"v\0\0\0\x13\0\x03\0\0\0\0\0\x01_pq_.x\0");
+        let mut buf = BytesMut::new();
+        negotiate_protocol_version(2, &[], &mut buf);
+        assert_eq!(&buf[..], b"v\0\0\0\x0c\0\x03\0\x02\0\0\0\0");
     }
 
     #[test]
@@ -399,7 +423,7 @@ mod tests {
     fn framer_follows_boundaries_across_chunks() {
         let mut stream = BytesMut::new();
         auth_ok(&mut stream);
-        backend_key_data(1, 2, &mut stream);
+        backend_key_data(1, &[2; 32], &mut stream);
         error_response("ERROR", "XX000", "boom", &mut stream);
         for split in 0..stream.len() {
             let mut f = Framer::default();
