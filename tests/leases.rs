@@ -346,9 +346,10 @@ creation_statements = [
     let first_expiry = lease.expires_at();
 
     let new_expiry = SystemTime::now() + Duration::from_secs(120);
+    let comment = lease.comment(h.shared.admin_client.instance(), new_expiry);
     h.shared
         .admin_client
-        .renew_lease(lease, new_expiry)
+        .renew(&lease.role, &lease.database, new_expiry, &comment)
         .await
         .expect("renewed in PostgreSQL");
     h.shared

@@ -20,10 +20,6 @@ const KNOWN_BACK_EDGES: &[&str] = &[
     // caches its compiled policy: config should be plain data plus its
     // validation, with `Runtime::build` compiling policy and verifier.
     "crate: config -> auth",
-    // The admin client renews a registry `Lease` and makes warm lease ids
-    // (`LeaseKind`, `new_lease_id`): the lease id and kind should move
-    // below pg, or the callers pass them in.
-    "crate: pg -> lease",
     // The reaper and credential leases take the whole `Shared`: they
     // should take the registry, revoker and admin client they use.
     "crate: lease -> runtime",

@@ -288,8 +288,9 @@ impl RegistryDirectory {
         let admin_client = &self.shared.admin_client;
         let lease = match found {
             Found::Local(lease) => {
+                let comment = lease.comment(admin_client.instance(), expiry);
                 admin_client
-                    .renew_lease(&lease, expiry)
+                    .renew(&lease.role, &lease.database, expiry, &comment)
                     .await
                     .map_err(backend_error)?;
                 let lease = self

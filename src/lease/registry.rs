@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::{delay_queue, DelayQueue};
 
 use crate::error::ClientError;
+use crate::pg::{rfc3339, LeaseComment};
 
 /// Why a lease ended before its holder let it go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,44 +63,9 @@ impl EndReason {
     }
 }
 
-/// Who holds a lease. Serialized (in the lease API) as its comment word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LeaseKind {
-    /// A session proxied by rolemint: `database/sessions/...`.
-    Session,
-    /// Credentials handed to a workload, which logs in directly:
-    /// `database/creds/...`.
-    Creds,
-}
-
-impl LeaseKind {
-    /// The middle part of lease ids, as in Vault's `database/creds/<role>`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LeaseKind::Session => "sessions",
-            LeaseKind::Creds => "creds",
-        }
-    }
-
-    /// The word stored in lease comments (`"session"` / `"creds"`).
-    pub fn comment_word(self) -> &'static str {
-        match self {
-            LeaseKind::Session => "session",
-            LeaseKind::Creds => "creds",
-        }
-    }
-
-    /// The kind a lease id names; ids are made by [`new_lease_id`], so the
-    /// id is the one place the kind is written down.
-    pub fn of_lease_id(id: &str) -> LeaseKind {
-        if id.starts_with("database/creds/") {
-            LeaseKind::Creds
-        } else {
-            LeaseKind::Session
-        }
-    }
-}
+/// Who holds a lease (`session` / `creds`): defined next to the lease
+/// comment that records it, in `pg`.
+pub use crate::pg::LeaseKind;
 
 /// A fresh, path-like lease id: `database/<sessions|creds>/<template>/<random>`
 /// with 24 random `[a-z0-9]` characters (about 124 bits), so that operators
@@ -169,6 +135,23 @@ pub struct NewLease {
 }
 
 impl Lease {
+    /// The lease comment a renewal writes: this record with a new expiry,
+    /// as `instance` holds it. The caller renews the role with it
+    /// ([`crate::pg::AdminClient::renew`]), then moves the registry's
+    /// deadline ([`Leases::renew`]).
+    pub fn comment(&self, instance: &str, expires_at: SystemTime) -> LeaseComment {
+        LeaseComment {
+            lease_id: self.id.clone(),
+            identity: self.identity.clone(),
+            template: self.template.clone(),
+            database: self.database.clone(),
+            expires_at: rfc3339(expires_at),
+            instance: instance.to_owned(),
+            issued_at: rfc3339(self.issued_at),
+            kind: self.kind.comment_word().to_owned(),
+        }
+    }
+
     pub fn new(new: NewLease) -> Lease {
         Lease {
             kind: LeaseKind::of_lease_id(&new.id),

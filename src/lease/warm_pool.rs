@@ -68,6 +68,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RoleTemplate};
+use crate::lease::registry::{self, LeaseKind};
 use crate::lease::revoker::{Revoker, Why};
 use crate::pg::backend::{self, BackendError, Login};
 use crate::pg::{AdminClient, LeaseComment, MintError, NameTemplate, PreparedMint};
@@ -325,9 +326,7 @@ pub async fn claim(
         expires_at: crate::pg::rfc3339(expires_at),
         instance: admin_client.instance().to_owned(),
         issued_at: crate::pg::rfc3339(issued_at),
-        kind: crate::lease::registry::LeaseKind::of_lease_id(c.lease_id)
-            .comment_word()
-            .to_owned(),
+        kind: LeaseKind::of_lease_id(c.lease_id).comment_word().to_owned(),
     };
     let bind = admin_client.claim_warm(&entry.role, &entry.key.database, expires_at, &comment);
     let settings = async {
@@ -468,6 +467,7 @@ impl Filler<'_> {
             &want.key.database,
             want.lifetime + margin,
             &names,
+            &warm_lease_id(&want.key.template),
         )?;
         let role = prepared.role.name.clone();
         let settle = prepared.settle_time(self.admin_client.statement_timeout());
@@ -765,6 +765,16 @@ impl Fill {
             },
         }
     }
+}
+
+/// A pooled role's lease id until a session claims it:
+/// `database/warm/<template>/<random>`, not a lease anyone holds.
+fn warm_lease_id(template: &str) -> String {
+    registry::new_lease_id(LeaseKind::Session, template).replacen(
+        "database/sessions/",
+        crate::pg::WARM_LEASE_PREFIX,
+        1,
+    )
 }
 
 #[cfg(test)]

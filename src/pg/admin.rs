@@ -38,12 +38,11 @@ use tokio_postgres::SimpleQueryMessage;
 
 use crate::auth::identity::Identity;
 use crate::config::{Config, RoleTemplate};
-use crate::lease::registry::{Lease, LeaseKind};
 use crate::secret::Secret;
 
 use super::names::{is_valid_role_name, NameTemplate};
 use super::revoke_sql::{Outcome, Target};
-use super::sql::{LeaseComment, MARKER_ROLE};
+use super::sql::{LeaseComment, LeaseKind, MARKER_ROLE};
 use super::template::TemplateError;
 use super::{names, pool, scram, sql, template};
 
@@ -449,6 +448,7 @@ impl AdminClient {
         database: &str,
         valid_for: Duration,
         names: &NameTemplate,
+        lease_id: &str,
     ) -> Result<PreparedMint, MintError> {
         let nobody = Identity {
             subject: String::new(),
@@ -456,15 +456,13 @@ impl AdminClient {
             expires_at: SystemTime::now() + valid_for,
             issuer: String::new(),
         };
-        let lease_id = crate::lease::registry::new_lease_id(LeaseKind::Session, template_name)
-            .replacen("database/sessions/", WARM_LEASE_PREFIX, 1);
         let req = MintRequest {
             identity: &nobody,
             template_name,
             template,
             database,
             ttl: valid_for,
-            lease_id: &lease_id,
+            lease_id,
         };
         let (role, batch, statements) =
             self.render_as(&req, sql::Finish::Commit, names, WARM_KIND)?;
@@ -584,28 +582,6 @@ impl AdminClient {
             }
             other => other.map(drop),
         }
-    }
-
-    /// [`AdminClient::renew`] for a live lease: its comment is rebuilt from the
-    /// registry's record with the new expiry. The caller then moves the
-    /// registry's deadline (`Leases::renew`).
-    pub async fn renew_lease(
-        &self,
-        lease: &Lease,
-        new_expiry: SystemTime,
-    ) -> Result<(), MintError> {
-        let comment = LeaseComment {
-            lease_id: lease.id.clone(),
-            identity: lease.identity.clone(),
-            template: lease.template.clone(),
-            database: lease.database.clone(),
-            expires_at: rfc3339(new_expiry),
-            instance: self.instance.clone(),
-            issued_at: rfc3339(lease.issued_at),
-            kind: lease.kind.comment_word().to_owned(),
-        };
-        self.renew(&lease.role, &lease.database, new_expiry, &comment)
-            .await
     }
 
     /// Runs a mint exactly as a session would, then rolls it back: proves

@@ -12,9 +12,7 @@
 //! It owns every byte rolemint sends to PostgreSQL as admin and every
 //! backend login. It must not know about sessions, the lease registry's
 //! deadlines, HTTP or the proxy: callers above (`lease/`, `proxy/`,
-//! `control/`) decide when; this folder only says how. (Today it still
-//! reads `lease::registry` for lease ids and kinds; see
-//! `tests/module_graph.rs`.)
+//! `control/`) decide when; this folder only says how.
 
 mod admin;
 mod auth_guard;
@@ -40,5 +38,5 @@ pub use names::{is_valid_role_name, sanitize as sanitize_name_part, NameTemplate
 pub use pg_tls::MakeRustlsConnect;
 pub use reap_sql::{ManagedRole, Sweep, MAX_ROLES_PER_SWEEP, SWEEP_LOCK_KEY};
 pub use revoke_sql::{Outcome, Target};
-pub use sql::{LeaseComment, DIRECT_MARKER_ROLE, MARKER_ROLE};
+pub use sql::{LeaseComment, LeaseKind, DIRECT_MARKER_ROLE, MARKER_ROLE};
 pub use template::TemplateError;

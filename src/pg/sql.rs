@@ -42,6 +42,46 @@ pub(super) fn minted_role(oid: &str) -> String {
 /// member of [`MARKER_ROLE`] (a user-defined class, `RM`).
 pub const NOT_MANAGED_SQLSTATE: &str = "RM001";
 
+/// Who holds a lease. Serialized (in the lease API) as its comment word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseKind {
+    /// A session proxied by rolemint: `database/sessions/...`.
+    Session,
+    /// Credentials handed to a workload, which logs in directly:
+    /// `database/creds/...`.
+    Creds,
+}
+
+impl LeaseKind {
+    /// The middle part of lease ids, as in Vault's `database/creds/<role>`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseKind::Session => "sessions",
+            LeaseKind::Creds => "creds",
+        }
+    }
+
+    /// The word stored in lease comments (`"session"` / `"creds"`).
+    pub fn comment_word(self) -> &'static str {
+        match self {
+            LeaseKind::Session => "session",
+            LeaseKind::Creds => "creds",
+        }
+    }
+
+    /// The kind a lease id names; ids are made by
+    /// [`crate::lease::registry::new_lease_id`], so the
+    /// id is the one place the kind is written down.
+    pub fn of_lease_id(id: &str) -> LeaseKind {
+        if id.starts_with("database/creds/") {
+            LeaseKind::Creds
+        } else {
+            LeaseKind::Session
+        }
+    }
+}
+
 /// The lease metadata stored as the role's `COMMENT`: the database is the
 /// durable record of every role rolemint minted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
