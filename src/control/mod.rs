@@ -52,7 +52,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -63,6 +63,7 @@ use self::leases::LeaseDirectory;
 use self::vault::ApiError;
 use crate::config::Config;
 use crate::observe::audit::{Audit, AuditError, Event};
+use crate::tls::{ClientStream, MaybeTls};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -407,7 +408,7 @@ async fn accept_loop(
         match &tls {
             None => {
                 let io = AdminIo {
-                    stream: Stream::Plain(stream),
+                    stream: MaybeTls::Plain(stream),
                     _permit: permit,
                 };
                 if ready.send((io, peer)).await.is_err() {
@@ -421,7 +422,7 @@ async fn accept_loop(
                     {
                         Ok(Ok(tls)) => {
                             let io = AdminIo {
-                                stream: Stream::Tls(Box::new(tls)),
+                                stream: MaybeTls::Tls(Box::new(tls)),
                                 _permit: permit,
                             };
                             let _ = ready.send((io, peer)).await;
@@ -455,25 +456,19 @@ impl axum::serve::Listener for AdminListener {
 
 /// One admin connection; holds its slot of `max_connections` until closed.
 pub struct AdminIo {
-    stream: Stream,
+    stream: ClientStream,
     _permit: OwnedSemaphorePermit,
 }
 
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
+// Forwards only read, write, flush and shutdown (no vectored writes), as
+// the admin stream always has.
 impl AsyncRead for AdminIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
     }
 }
 
@@ -483,23 +478,14 @@ impl AsyncWrite for AdminIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match &mut self.get_mut().stream {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
