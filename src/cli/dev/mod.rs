@@ -10,10 +10,12 @@
 //! 4. A banner with ready-to-paste `psql` and `pgbench` lines holding a fresh
 //!    token.
 //!
-//! Ctrl-C or SIGTERM then shuts the proxy down (its leases are revoked),
-//! stops PostgreSQL and deletes its data. The dev directory is a temp dir
-//! removed too, unless `--dir` named it: then the config stays, for a look at
-//! what was generated.
+//! SIGHUP reloads the config as `serve` does. Ctrl-C or SIGTERM then shuts
+//! the proxy down (session leases are revoked; credential leases are left
+//! to expire, as with `serve`), stops PostgreSQL and deletes its data. The
+//! dev directory is a temp dir removed too, unless `--dir` named it: then
+//! the config stays, for a look at what was generated (a re-run keeps the
+//! earlier one as `rolemint.toml.prev`).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
