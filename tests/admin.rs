@@ -231,6 +231,7 @@ fn lease(id: &str, identity: &str) -> LeaseView {
         renewable: true,
         ttl: 3600,
         identity: identity.into(),
+        issuer: "local".into(),
         role: format!("v-{identity}-x-1"),
         template: id.split('/').nth(2).unwrap().into(),
         database: "appdb".into(),

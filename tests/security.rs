@@ -491,3 +491,191 @@ fn arbitrary_admin_requests_change_only_what_the_caller_may_act_on() {
     });
     drop(h);
 }
+
+/// A second issuer, `other`, beside the harness's `local`; a template only
+/// local's alice may use.
+const OTHER_ISSUER: &str = r#"
+[[auth.issuers]]
+name = "other"
+issuer = "https://other.example"
+algorithms = ["HS256"]
+hs256_secret = "other-secret-0123456789abcdef0123456789"
+
+[roles.alices]
+databases = ["appdb"]
+allow_identities = ["local:alice"]
+default_ttl = "1h"
+max_ttl = "2h"
+creation_statements = [
+  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+]
+"#;
+
+/// A token of the `other` issuer for `subject`.
+fn other_token(h: &Harness, subject: &str) -> String {
+    let mut auth = h.config.auth.clone();
+    auth.issuer = Some("https://other.example".into());
+    auth.audience = None;
+    auth.hs256_secret = Some(rolemint::secret::Secret::new(
+        "other-secret-0123456789abcdef0123456789",
+    ));
+    rolemint::auth::identity::issue(&auth, subject, &[], Duration::from_secs(600))
+        .unwrap()
+        .expose()
+        .to_owned()
+}
+
+/// §1: a principal is (issuer, identity). The `other` issuer's alice
+/// cannot open local alice's template (28000) and cannot see, renew or
+/// revoke local alice's lease over the lease API; the lease comment in
+/// PostgreSQL records the issuer. Before, policy matched the raw `sub`
+/// and `may_act_on` compared the subject only: other's alice was alice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_issuers_alice_is_not_alice() {
+    let (h, admin) = with_admin(OTHER_ISSUER).await;
+    let local_alice = h.token("alice");
+    let _session = h
+        .connect("alices", "appdb", local_alice.expose())
+        .await
+        .expect("local alice opens her template");
+    let other_alice = other_token(&h, "alice");
+    let Err(refused) = h.connect("alices", "appdb", &other_alice).await else {
+        panic!("other's alice opened local alice's template");
+    };
+    assert_eq!(common::sqlstate(&refused).as_deref(), Some("28000"));
+    // Other's alice may use a template open to everyone: the token is good.
+    let _hers = h
+        .connect("readonly", "appdb", &other_alice)
+        .await
+        .expect("other's alice opens a template open to all");
+
+    let leases = leases_of(admin, "alice").await;
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    let (status, text) = send(
+        admin,
+        "GET",
+        "/v1/rolemint/leases?identity=alice&issuer=local",
+        &token_header(OPERATOR_TOKEN),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let local = &body["data"]["leases"].as_array().unwrap()[0];
+    assert_eq!(
+        (&local["issuer"], &local["template"]),
+        (&json!("local"), &json!("alices"))
+    );
+    let id = local["id"].as_str().unwrap().to_owned();
+    let role = local["role"].as_str().unwrap().to_owned();
+    let comment: String = h
+        .superuser()
+        .await
+        .query_one(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let comment: Value = serde_json::from_str(&comment).unwrap();
+    assert_eq!(
+        (&comment["issuer"], &comment["identity"]),
+        (&json!("local"), &json!("alice"))
+    );
+
+    // Other's alice, with her own token, on local alice's lease.
+    let as_other = token_header(&other_alice);
+    let lease_body = serde_json::to_vec(&json!({ "lease_id": id })).unwrap();
+    for path in ["/v1/sys/leases/lookup", "/v1/sys/leases/renew"] {
+        let (status, text) = send(admin, "PUT", path, &as_other, Some(&lease_body))
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {text}");
+    }
+    let (status, _) = send(
+        admin,
+        "PUT",
+        "/v1/sys/leases/revoke",
+        &as_other,
+        Some(&lease_body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, text) = send(admin, "GET", "/v1/rolemint/leases", &as_other, None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let seen: Vec<&Value> = body["data"]["leases"].as_array().unwrap().iter().collect();
+    assert!(seen.iter().all(|l| l["issuer"] == "other"), "{text}");
+    assert_eq!(seen.len(), 1, "{text}");
+    // Local alice's lease and role are untouched.
+    assert_eq!(leases_of(admin, "alice").await, leases);
+    let pg = h.superuser().await;
+    assert_eq!(valid_until(&pg, &role).await.len(), 1);
+}
+
+/// §1: a lease minted before leases recorded their issuer (a comment
+/// without `issuer`, here another instance's) is no workload's, not even
+/// an alice's; the operator still sees it and revokes it, and its role is
+/// dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_from_before_issuers_is_the_operators() {
+    let (h, admin) = with_admin("").await;
+    let pg = h.superuser().await;
+    let id = "database/sessions/readonly/legacy0000000000000000000";
+    let comment = json!({
+        "lease_id": id,
+        "identity": "alice",
+        "template": "readonly",
+        "database": "appdb",
+        "expires_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600)).to_string(),
+        "instance": "old-instance",
+        "issued_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    });
+    pg.batch_execute(&format!(
+        "CREATE ROLE \"v-alice-legacy\" LOGIN VALID UNTIL '2099-01-01'; \
+         GRANT rolemint_managed TO \"v-alice-legacy\"; \
+         COMMENT ON ROLE \"v-alice-legacy\" IS '{comment}'"
+    ))
+    .await
+    .unwrap();
+    let alice = h.token("alice");
+    let body = serde_json::to_vec(&json!({ "lease_id": id })).unwrap();
+    let (status, _) = send(
+        admin,
+        "PUT",
+        "/v1/sys/leases/lookup",
+        &token_header(alice.expose()),
+        Some(&body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, text) = send(
+        admin,
+        "PUT",
+        "/v1/sys/leases/lookup",
+        &token_header(OPERATOR_TOKEN),
+        Some(&body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let view: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(view["data"]["issuer"], "");
+    let (status, text) = send(
+        admin,
+        "PUT",
+        "/v1/sys/leases/revoke",
+        &token_header(OPERATOR_TOKEN),
+        Some(&body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
+    assert!(valid_until(&pg, "v-alice-legacy").await.is_empty());
+}

@@ -710,6 +710,7 @@ fn creds_lease(id: &str, identity: &str) -> rolemint::control::leases::LeaseView
         renewable: true,
         ttl: 3600,
         identity: identity.into(),
+        issuer: "local".into(),
         role: format!("v-{identity}-readonly-1"),
         template: "readonly".into(),
         database: "appdb".into(),

@@ -262,6 +262,7 @@ async fn a_claim_binds_a_managed_role_and_refuses_a_foreign_one() {
     let comment = |role: &str| rolemint::pg::LeaseComment {
         lease_id: format!("database/sessions/warm/{role}"),
         identity: "erin".into(),
+        issuer: "local".into(),
         template: "warm".into(),
         database: "appdb".into(),
         expires_at: "2030-01-01T00:00:00Z".into(),

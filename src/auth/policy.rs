@@ -6,6 +6,12 @@
 //!   ones that go into role names, which could make two identities look
 //!   alike). A template with neither allows no one: deny by default, so a
 //!   new template is closed until someone opens it.
+//! - A principal is `(issuer, identity)`: two issuers' `alice` are two
+//!   people. So an entry names its issuer, `"corp:alice"`,
+//!   `"k8s-prod:system:serviceaccount:prod:*"` (`"*:..."`: every issuer;
+//!   a bare `"*"`: everyone). An entry without one is refused at load
+//!   ([`AllowEntry::parse`]) unless exactly one issuer is configured, which
+//!   it then means.
 //! - A denied session is told 28000 naming the template only; the log gets
 //!   the rule ([`Refusal::rule`]).
 //! - `bind_to_token_expiry` caps the lease at the token's `exp`.
@@ -16,11 +22,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobMatcher};
 
 use crate::auth::identity::Identity;
 use crate::config::placeholder;
-use crate::config::{Config, RoleTemplate};
+use crate::config::{AuthConfig, Config, RoleTemplate};
 use crate::error::ClientError;
 
 /// Longest rendered session setting value, in bytes (PostgreSQL has no
@@ -51,11 +57,73 @@ pub struct Refusal {
     pub rule: String,
 }
 
-/// Config checks of a template's policy keys: globs compile, setting names
-/// fit the alphabet, setting values use known placeholders.
-pub fn validate_template(t: &RoleTemplate) -> Result<(), String> {
-    globs(&t.allow_identities).map_err(|e| format!("allow_identities: {e}"))?;
-    globs(&t.allow_groups).map_err(|e| format!("allow_groups: {e}"))?;
+/// The names identities are qualified by: `local` (the flat `[auth]` key),
+/// `static` (static tokens) and each `[[auth.issuers]]` name, as configured.
+pub fn issuer_names(auth: &AuthConfig) -> Vec<String> {
+    let mut names = Vec::new();
+    if auth.hs256_secret.is_some() || auth.hs256_secret_file.is_some() {
+        names.push("local".to_owned());
+    }
+    if !auth.static_tokens.is_empty() {
+        names.push("static".to_owned());
+    }
+    names.extend(auth.issuers.iter().map(|i| i.name.clone()));
+    names
+}
+
+/// One `allow_identities` / `allow_groups` entry: the issuer it means and
+/// the glob on the raw claim.
+#[derive(Debug, Clone)]
+struct AllowEntry {
+    /// `None`: any issuer (`"*"`, `"*:pattern"`).
+    issuer: Option<String>,
+    glob: GlobMatcher,
+}
+
+impl AllowEntry {
+    /// `"ISSUER:PATTERN"` when the text before the first `:` is a
+    /// configured issuer name or `*`; a bare `"*"` is everyone. Anything
+    /// else means the single configured issuer, and is refused (saying how
+    /// to write it) when there are several: the entry could be anyone's.
+    fn parse(entry: &str, issuers: &[String]) -> Result<AllowEntry, String> {
+        let (issuer, pattern) = match entry.split_once(':') {
+            _ if entry == "*" => (None, entry),
+            Some(("*", rest)) => (None, rest),
+            Some((name, rest)) if issuers.iter().any(|i| i == name) => (Some(name.to_owned()), rest),
+            _ => match issuers {
+                [only] => (Some(only.clone()), entry),
+                _ => {
+                    return Err(format!(
+                        "\"{entry}\" does not say which issuer it means, and {} are configured ({}): \
+                         write \"ISSUER:{entry}\", e.g. \"{}:{entry}\" (\"*:{entry}\" for every issuer)",
+                        issuers.len(),
+                        issuers.join(", "),
+                        issuers.first().map_or("local", String::as_str),
+                    ))
+                }
+            },
+        };
+        let glob = Glob::new(pattern)
+            .map_err(|e| e.to_string())?
+            .compile_matcher();
+        Ok(AllowEntry { issuer, glob })
+    }
+
+    fn matches(&self, issuer: &str, value: &str) -> bool {
+        self.issuer.as_deref().is_none_or(|i| i == issuer) && self.glob.is_match(value)
+    }
+}
+
+fn entries(list: &[String], issuers: &[String]) -> Result<Vec<AllowEntry>, String> {
+    list.iter().map(|e| AllowEntry::parse(e, issuers)).collect()
+}
+
+/// Config checks of a template's policy keys: entries name their issuer
+/// (unless `issuers` has one) and their globs compile, setting names fit
+/// the alphabet, setting values use known placeholders.
+pub fn validate_template(t: &RoleTemplate, issuers: &[String]) -> Result<(), String> {
+    entries(&t.allow_identities, issuers).map_err(|e| format!("allow_identities: {e}"))?;
+    entries(&t.allow_groups, issuers).map_err(|e| format!("allow_groups: {e}"))?;
     if t.session_settings.len() > MAX_SETTINGS {
         return Err(format!("session_settings: at most {MAX_SETTINGS} settings"));
     }
@@ -94,43 +162,42 @@ pub fn is_setting_name(name: &str) -> bool {
         && !rest.contains("..")
 }
 
-fn globs(patterns: &[String]) -> Result<GlobSet, globset::Error> {
-    let mut builder = GlobSetBuilder::new();
-    for p in patterns {
-        builder.add(Glob::new(p)?);
-    }
-    builder.build()
-}
-
 /// A template's allow lists, compiled.
 #[derive(Debug, Clone)]
 pub struct AllowSets {
-    identities: GlobSet,
-    groups: GlobSet,
+    identities: Vec<AllowEntry>,
+    groups: Vec<AllowEntry>,
 }
 
 impl AllowSets {
-    fn compile(t: &RoleTemplate) -> AllowSets {
-        // Validated at load; a pattern that fails here allows no one.
+    fn compile(t: &RoleTemplate, issuers: &[String]) -> AllowSets {
+        // Validated at load; a list that fails here allows no one.
         AllowSets {
-            identities: globs(&t.allow_identities).unwrap_or_else(|_| GlobSet::empty()),
-            groups: globs(&t.allow_groups).unwrap_or_else(|_| GlobSet::empty()),
+            identities: entries(&t.allow_identities, issuers).unwrap_or_default(),
+            groups: entries(&t.allow_groups, issuers).unwrap_or_default(),
         }
     }
 }
 
-/// Which rule of `t` lets `identity` in, if any.
-fn allowing_rule(t: &RoleTemplate, identity: &Identity) -> Option<String> {
-    let sets = t.allow_compiled.get_or_init(|| AllowSets::compile(t));
-    if let Some(i) = sets.identities.matches(&identity.subject).first() {
-        return Some(format!("allow_identities \"{}\"", t.allow_identities[*i]));
+/// Which rule of `t` lets `identity` in, if any: an entry of its issuer
+/// (or of every issuer) matching its identity or one of its groups.
+fn allowing_rule(auth: &AuthConfig, t: &RoleTemplate, identity: &Identity) -> Option<String> {
+    let sets = t
+        .allow_compiled
+        .get_or_init(|| AllowSets::compile(t, &issuer_names(auth)));
+    let issuer = identity.issuer.as_str();
+    if let Some(i) = sets
+        .identities
+        .iter()
+        .position(|e| e.matches(issuer, &identity.subject))
+    {
+        return Some(format!("allow_identities \"{}\"", t.allow_identities[i]));
     }
-    let groups = &sets.groups;
     identity.groups.iter().find_map(|g| {
-        groups
-            .matches(g)
-            .first()
-            .map(|i| format!("allow_groups \"{}\" (group \"{g}\")", t.allow_groups[*i]))
+        sets.groups
+            .iter()
+            .position(|e| e.matches(issuer, g))
+            .map(|i| format!("allow_groups \"{}\" (group \"{g}\")", t.allow_groups[i]))
     })
 }
 
@@ -151,7 +218,7 @@ pub fn authorize<'a>(
             "no such template",
         ));
     };
-    let Some(rule) = allowing_rule(t, identity) else {
+    let Some(rule) = allowing_rule(&config.auth, t, identity) else {
         let rule = if t.allow_identities.is_empty() && t.allow_groups.is_empty() {
             "the template allows no one (no allow_identities or allow_groups)"
         } else {
@@ -250,6 +317,59 @@ mod tests {
             expires_at: SystemTime::now() + Duration::from_secs(600),
             issuer: "local".into(),
         }
+    }
+
+    /// The example config with a second issuer, `corp`, and `allow` as the
+    /// readonly template's allow lines.
+    fn two_issuers(allow: &str) -> Result<Config, String> {
+        let text = crate::config::tests::EXAMPLE
+            .replace("[roles.readonly]\n", &format!("[roles.readonly]\n{allow}\n"))
+            .replace(
+                "[roles.readonly]",
+                "[[auth.issuers]]\nname = \"corp\"\nissuer = \"https://corp.example\"\n\
+                 algorithms = [\"HS256\"]\nhs256_secret = \"corp-secret-0123456789abcdef0123456789\"\n\n\
+                 [roles.readonly]",
+            );
+        let c = Config::parse(&text).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn a_principal_is_issuer_and_identity() {
+        let c = two_issuers("allow_identities = [\"local:alice\"]\nallow_groups = [\"corp:dba\"]")
+            .unwrap();
+        let from = |issuer: &str, subject: &str, groups: &[&str]| Identity {
+            issuer: issuer.into(),
+            ..who(subject, groups)
+        };
+        let ok = |i: &Identity| authorize(&c, i, "readonly", "appdb").is_ok();
+        assert!(ok(&from("local", "alice", &[])));
+        // corp's alice is not local's alice; local's dba group is not corp's.
+        assert!(!ok(&from("corp", "alice", &[])));
+        assert!(ok(&from("corp", "bob", &["dba"])));
+        assert!(!ok(&from("local", "bob", &["dba"])));
+        // "*:" and a bare "*" mean every issuer.
+        let c = two_issuers("allow_identities = [\"*:alice\"]").unwrap();
+        assert!(authorize(&c, &from("corp", "alice", &[]), "readonly", "appdb").is_ok());
+        let c = two_issuers("allow_identities = [\"*\"]").unwrap();
+        assert!(authorize(&c, &from("corp", "zed", &[]), "readonly", "appdb").is_ok());
+    }
+
+    #[test]
+    fn an_entry_without_its_issuer_is_refused_when_there_are_several() {
+        let err = two_issuers("allow_identities = [\"alice\"]").unwrap_err();
+        assert!(
+            err.contains("\"alice\" does not say which issuer")
+                && err.contains("local, corp")
+                && err.contains("\"local:alice\""),
+            "{err}"
+        );
+        let err = two_issuers("allow_groups = [\"system:masters\"]").unwrap_err();
+        assert!(err.contains("allow_groups"), "{err}");
+        // With one issuer, an unqualified entry means it.
+        let c = config("allow_identities = [\"alice\"]");
+        assert!(authorize(&c, &who("alice", &[]), "readonly", "appdb").is_ok());
     }
 
     #[test]

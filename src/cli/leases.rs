@@ -54,6 +54,10 @@ pub enum LeasesCommand {
         /// Only the leases of this identity (the token's `sub`).
         #[arg(long)]
         identity: Option<String>,
+        /// Only the leases of identities this issuer vouched for (`local`,
+        /// `static` or an [[auth.issuers]] name).
+        #[arg(long)]
+        issuer: Option<String>,
         /// Only the leases minted from this role template.
         #[arg(long)]
         template: Option<String>,
@@ -91,6 +95,10 @@ pub enum LeasesCommand {
     RevokeIdentity {
         /// The identity (the token's `sub`).
         identity: String,
+        /// The issuer that vouched for it: a principal is (issuer,
+        /// identity). Without it, that identity of every issuer.
+        #[arg(long)]
+        issuer: Option<String>,
     },
 }
 
@@ -152,6 +160,7 @@ fn request(command: &LeasesCommand) -> Call {
     match command {
         LeasesCommand::List {
             identity,
+            issuer,
             template,
             database,
         } => Call {
@@ -159,6 +168,7 @@ fn request(command: &LeasesCommand) -> Call {
             path: "/v1/rolemint/leases".into(),
             query: [
                 ("identity", identity),
+                ("issuer", issuer),
                 ("template", template),
                 ("database", database),
             ]
@@ -188,9 +198,9 @@ fn request(command: &LeasesCommand) -> Call {
             ),
             json!({}),
         ),
-        LeasesCommand::RevokeIdentity { identity } => put(
+        LeasesCommand::RevokeIdentity { identity, issuer } => put(
             "/v1/rolemint/leases/revoke",
-            json!({ "identity": identity }),
+            json!({ "identity": identity, "issuer": issuer }),
         ),
     }
 }
@@ -211,8 +221,12 @@ fn summary(command: &LeasesCommand, body: &Value) -> String {
         LeasesCommand::RevokePrefix { prefix } => {
             format!("revoked every lease under {prefix}\n")
         }
-        LeasesCommand::RevokeIdentity { identity } => {
-            format!("revoked {} lease(s) of {identity}\n", body["revoked"])
+        LeasesCommand::RevokeIdentity { identity, issuer } => {
+            let who = match issuer {
+                Some(issuer) => format!("{issuer}:{identity}"),
+                None => identity.clone(),
+            };
+            format!("revoked {} lease(s) of {who}\n", body["revoked"])
         }
     }
 }
@@ -346,9 +360,15 @@ fn lease_table(leases: &Value) -> String {
                 Value::Null => "-".into(),
                 v => v.to_string(),
             };
+            // The principal: ISSUER:IDENTITY (a lease minted before leases
+            // recorded the issuer shows the identity alone).
+            let principal = match l["issuer"].as_str() {
+                Some(issuer) if !issuer.is_empty() => format!("{issuer}:{}", s("identity")),
+                _ => s("identity"),
+            };
             [
                 s("id"),
-                s("identity"),
+                principal,
                 s("template"),
                 s("database"),
                 format!("{}s", s("ttl")),

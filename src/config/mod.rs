@@ -845,6 +845,7 @@ impl Config {
         if self.roles.is_empty() {
             return Err(invalid("no [roles.NAME] template is defined"));
         }
+        let issuers = crate::auth::policy::issuer_names(&self.auth);
         for (name, t) in &self.roles {
             let ctx = |msg: &str| invalid(format!("roles.{name}: {msg}"));
             if name.is_empty()
@@ -887,7 +888,7 @@ impl Config {
             for s in t.revocation_statements.iter().flatten() {
                 check_placeholders(&format!("roles.{name}.revocation_statements"), s, &["name"])?;
             }
-            crate::auth::policy::validate_template(t).map_err(|e| ctx(&e))?;
+            crate::auth::policy::validate_template(t, &issuers).map_err(|e| ctx(&e))?;
             validate_warm_pool(name, t)?;
         }
         Ok(())
@@ -1296,9 +1297,14 @@ creation_statements = [
         crate::auth::identity::validate_config(&c.auth).unwrap();
         assert_eq!(c.auth.issuers.len(), 2);
         assert_eq!(c.auth.static_tokens.len(), 1);
+        let issuers = crate::auth::policy::issuer_names(&c.auth);
+        assert_eq!(issuers, ["local", "static", "corp", "k8s-prod"]);
         for t in c.roles.values() {
-            crate::auth::policy::validate_template(t).unwrap();
+            crate::auth::policy::validate_template(t, &issuers).unwrap();
         }
+        // A service account's name alone is never an identity: the
+        // Kubernetes issuer names the namespace-qualified subject.
+        assert_eq!(c.auth.issuers[1].identity_claim, "sub");
         // The example's operator token hash is that of "change-me".
         let hash = c.admin.operator_token_sha256.as_deref().unwrap();
         assert_eq!(hash, crate::control::auth::sha256_hex("change-me"));

@@ -24,10 +24,7 @@ pub enum Caller {
     Operator,
     /// A workload identity (from the Vault-compatible login): may act on
     /// its own leases only.
-    Workload {
-        identity: String,
-        issuer: Option<String>,
-    },
+    Workload { issuer: String, identity: String },
 }
 
 impl Caller {
@@ -35,7 +32,7 @@ impl Caller {
     pub fn label(&self) -> String {
         match self {
             Caller::Operator => "operator".into(),
-            Caller::Workload { identity, .. } => format!("workload:{identity}"),
+            Caller::Workload { issuer, identity } => format!("workload:{issuer}:{identity}"),
         }
     }
 
@@ -52,11 +49,17 @@ impl Caller {
         }
     }
 
-    /// Whether this caller may see, renew or revoke a lease of `identity`.
-    pub fn may_act_on(&self, identity: &str) -> bool {
+    /// Whether this caller may see, renew or revoke a lease of the
+    /// principal `(issuer, identity)`. Two issuers' `alice` are two
+    /// principals; a lease that recorded no issuer (minted before leases
+    /// did) is no workload's.
+    pub fn may_act_on(&self, issuer: &str, identity: &str) -> bool {
         match self {
             Caller::Operator => true,
-            Caller::Workload { identity: own, .. } => own == identity,
+            Caller::Workload {
+                issuer: own_issuer,
+                identity: own,
+            } => !issuer.is_empty() && own_issuer == issuer && own == identity,
         }
     }
 }
@@ -184,12 +187,16 @@ mod tests {
     #[test]
     fn workloads_act_on_their_own_leases_only() {
         let w = Caller::Workload {
+            issuer: "corp".into(),
             identity: "alice".into(),
-            issuer: None,
         };
-        assert!(w.may_act_on("alice") && !w.may_act_on("bob"));
+        assert!(w.may_act_on("corp", "alice") && !w.may_act_on("corp", "bob"));
+        // Another issuer's alice is another principal; a lease without an
+        // issuer (minted before leases recorded it) is the operators'.
+        assert!(!w.may_act_on("k8s", "alice") && !w.may_act_on("", "alice"));
         assert!(w.require_operator().is_err());
-        assert!(Caller::Operator.may_act_on("bob"));
-        assert_eq!(w.label(), "workload:alice");
+        assert!(Caller::Operator.may_act_on("corp", "bob"));
+        assert!(Caller::Operator.may_act_on("", "bob"));
+        assert_eq!(w.label(), "workload:corp:alice");
     }
 }

@@ -110,6 +110,9 @@ pub struct LeaseView {
     /// Seconds left.
     pub ttl: u64,
     pub identity: String,
+    /// The issuer entry of `identity`; empty for a lease minted before
+    /// leases recorded it (operators only may act on those).
+    pub issuer: String,
     pub role: String,
     pub template: String,
     pub database: String,
@@ -136,6 +139,8 @@ fn rfc3339_opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::
 #[serde(deny_unknown_fields)]
 pub struct LeaseFilter {
     pub identity: Option<String>,
+    /// With `identity`: the issuer entry of the principal.
+    pub issuer: Option<String>,
     pub template: Option<String>,
     pub database: Option<String>,
     /// Lease ids starting with this.
@@ -147,6 +152,7 @@ impl LeaseFilter {
     pub fn matches(&self, lease: &LeaseView) -> bool {
         let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
         eq(&self.identity, &lease.identity)
+            && eq(&self.issuer, &lease.issuer)
             && eq(&self.template, &lease.template)
             && eq(&self.database, &lease.database)
             && self
@@ -157,6 +163,7 @@ impl LeaseFilter {
 
     fn is_unrestricted(&self) -> bool {
         self.identity.is_none()
+            && self.issuer.is_none()
             && self.template.is_none()
             && self.database.is_none()
             && self.prefix.is_none()
@@ -343,7 +350,7 @@ async fn list_keys(
             found
                 .leases
                 .iter()
-                .filter(|l| caller.may_act_on(&l.identity))
+                .filter(|l| caller.may_act_on(&l.issuer, &l.identity))
                 .map(|l| l.id.as_str()),
         );
         if keys.len() > MAX_LIST_KEYS {
@@ -585,6 +592,8 @@ pub async fn revoke_prefix(
 #[serde(deny_unknown_fields)]
 pub struct FullListQuery {
     identity: Option<String>,
+    /// With `identity`: the issuer entry of the principal.
+    issuer: Option<String>,
     template: Option<String>,
     database: Option<String>,
     /// The `next` of the page before.
@@ -610,12 +619,18 @@ pub async fn list_full(
     if let Some(after) = &query.after {
         bounded(after)?;
     }
-    let filter = LeaseFilter {
+    let mut filter = LeaseFilter {
         identity: query.identity,
+        issuer: query.issuer,
         template: query.template,
         database: query.database,
         prefix: None,
     };
+    // A workload pages through its own principal's leases only.
+    if let Caller::Workload { issuer, identity } = &caller {
+        filter.identity = Some(identity.clone());
+        filter.issuer = Some(issuer.clone());
+    }
     let page = PageRequest {
         after: query.after,
         limit,
@@ -624,7 +639,7 @@ pub async fn list_full(
     let leases: Vec<&LeaseView> = found
         .leases
         .iter()
-        .filter(|l| caller.may_act_on(&l.identity))
+        .filter(|l| caller.may_act_on(&l.issuer, &l.identity))
         .take(limit)
         .collect();
     Ok(envelope(
@@ -657,7 +672,7 @@ pub async fn revoke_selected(
 /// (a workload is not told that another identity's lease exists).
 async fn find_own(state: &AdminState, caller: &Caller, id: String) -> Result<LeaseView, ApiError> {
     match state.directory.lookup(id).await? {
-        Some(lease) if caller.may_act_on(&lease.identity) => Ok(lease),
+        Some(lease) if caller.may_act_on(&lease.issuer, &lease.identity) => Ok(lease),
         _ => Err(LeaseApiError::NotFound.into()),
     }
 }

@@ -61,6 +61,7 @@ pub(crate) fn lease(id: &str, identity: &str, issued_ago: Duration, ttl: Duratio
         renewable: true,
         ttl: ttl.as_secs(),
         identity: identity.into(),
+        issuer: "local".into(),
         role: format!("v-{identity}-{template}-x-1"),
         template,
         database: "appdb".into(),

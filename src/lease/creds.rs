@@ -137,6 +137,7 @@ impl Credentials {
             template: grant.template_name.to_owned(),
             database: database.clone(),
             identity: identity.subject.clone(),
+            issuer: identity.issuer.clone(),
             groups: identity.groups.clone(),
             client_addr,
             issued_at,

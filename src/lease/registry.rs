@@ -96,6 +96,9 @@ pub struct Lease {
     pub database: String,
     /// The token's identity claim.
     pub identity: String,
+    /// The issuer entry that vouched for it: `(issuer, identity)` is the
+    /// lease's principal.
+    pub issuer: String,
     /// The token's groups, for listing and revoking by group.
     pub groups: Vec<String>,
     /// The client's address (sessions), or the API caller's.
@@ -128,6 +131,7 @@ pub struct NewLease {
     pub template: String,
     pub database: String,
     pub identity: String,
+    pub issuer: String,
     pub groups: Vec<String>,
     pub client_addr: Option<SocketAddr>,
     pub issued_at: SystemTime,
@@ -143,6 +147,7 @@ impl Lease {
         LeaseComment {
             lease_id: self.id.clone(),
             identity: self.identity.clone(),
+            issuer: self.issuer.clone(),
             template: self.template.clone(),
             database: self.database.clone(),
             expires_at: rfc3339(expires_at),
@@ -160,6 +165,7 @@ impl Lease {
             template: new.template,
             database: new.database,
             identity: new.identity,
+            issuer: new.issuer,
             groups: new.groups,
             client_addr: new.client_addr,
             issued_at: new.issued_at,
@@ -492,6 +498,7 @@ mod tests {
             template: template.into(),
             database: "db".into(),
             identity: "alice".into(),
+            issuer: "local".into(),
             groups: vec!["dev".into()],
             client_addr: None,
             issued_at: SystemTime::now(),

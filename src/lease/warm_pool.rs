@@ -285,6 +285,7 @@ pub enum ClaimError {
 pub struct Claim<'a> {
     pub lease_id: &'a str,
     pub identity: &'a str,
+    pub issuer: &'a str,
     pub ttl: Duration,
     pub forward: &'a [(String, String)],
 }
@@ -321,6 +322,7 @@ pub async fn claim(
     let comment = LeaseComment {
         lease_id: c.lease_id.to_owned(),
         identity: c.identity.to_owned(),
+        issuer: c.issuer.to_owned(),
         template: entry.key.template.clone(),
         database: entry.key.database.clone(),
         expires_at: crate::pg::rfc3339(expires_at),

@@ -106,6 +106,8 @@ pub enum Event {
         lease_id: String,
         role: String,
         identity: String,
+        /// The issuer entry of `identity`: together, the principal.
+        issuer: String,
         groups: Vec<String>,
         template: String,
         database: String,
@@ -468,6 +470,7 @@ mod tests {
                 lease_id: "l".into(),
                 role: "r".into(),
                 identity: "i".into(),
+                issuer: "local".into(),
                 groups: vec![],
                 template: "t".into(),
                 database: "d".into(),

@@ -723,6 +723,7 @@ impl AdminClient {
         let comment = LeaseComment {
             lease_id: req.lease_id.to_owned(),
             identity: req.identity.subject.clone(),
+            issuer: req.identity.issuer.clone(),
             template: req.template_name.to_owned(),
             database: req.database.to_owned(),
             expires_at: expiration,

@@ -256,6 +256,7 @@ mod tests {
         serde_json::to_string(&LeaseComment {
             lease_id: id.into(),
             identity: identity.into(),
+            issuer: "local".into(),
             template: "readonly".into(),
             database: "appdb".into(),
             expires_at: "2026-11-22T10:00:00Z".into(),

@@ -88,6 +88,12 @@ impl LeaseKind {
 pub struct LeaseComment {
     pub lease_id: String,
     pub identity: String,
+    /// The issuer entry that vouched for `identity` (`local`, `static`, an
+    /// `[[auth.issuers]]` name): with it, the lease's principal. Empty in
+    /// comments written before it existed; such leases are acted on by
+    /// operators only (no workload can prove it is their principal).
+    #[serde(default)]
+    pub issuer: String,
     pub template: String,
     pub database: String,
     /// RFC 3339 UTC, whole seconds: the role's `VALID UNTIL`.
@@ -339,6 +345,7 @@ mod tests {
         LeaseComment {
             lease_id: "lease-1".into(),
             identity: "o'brien\\\"; DROP ROLE x; --".into(),
+            issuer: "local".into(),
             template: "readonly".into(),
             database: "appdb".into(),
             expires_at: "2026-11-22T10:00:00Z".into(),

@@ -44,6 +44,7 @@ pub async fn creds(
         lease_id: issued.lease_id.clone(),
         role: issued.username.clone(),
         identity: identity.subject.clone(),
+        issuer: identity.issuer.clone(),
         groups: identity.groups.clone(),
         template: issued.template.clone(),
         database: issued.database.clone(),

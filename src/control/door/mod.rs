@@ -71,8 +71,8 @@ impl VaultDoor {
 /// The workload caller of `identity`.
 pub fn workload(identity: &Identity) -> Caller {
     Caller::Workload {
+        issuer: identity.issuer.clone(),
         identity: identity.subject.clone(),
-        issuer: Some(identity.issuer.clone()),
     }
 }
 

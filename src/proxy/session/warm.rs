@@ -50,6 +50,7 @@ pub(super) async fn claim(
     let request = Claim {
         lease_id: &lease_id,
         identity: &identity.subject,
+        issuer: &identity.issuer,
         ttl: grant.ttl,
         forward: &startup.forward,
     };
@@ -65,6 +66,7 @@ pub(super) async fn claim(
         template: template.to_owned(),
         database: database.to_owned(),
         identity: identity.subject.clone(),
+        issuer: identity.issuer.clone(),
         groups: identity.groups.clone(),
         client_addr: Some(peer),
         issued_at: SystemTime::now(),
@@ -83,6 +85,7 @@ pub(super) async fn claim(
         lease_id: lease.id.clone(),
         role: lease.role.clone(),
         identity: lease.identity.clone(),
+        issuer: lease.issuer.clone(),
         groups: lease.groups.clone(),
         template: lease.template.clone(),
         database: lease.database.clone(),
