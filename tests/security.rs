@@ -679,3 +679,45 @@ async fn a_lease_from_before_issuers_is_the_operators() {
     assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
     assert!(valid_until(&pg, "v-alice-legacy").await.is_empty());
 }
+
+/// §2: a workload reads a template's names and TTLs, never its SQL or its
+/// owner role; the operator reads all of it. Before, any workload token
+/// got `creation_statements` (which grants, which owner).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_see_template_names_and_ttls_only() {
+    let (h, admin) = with_admin("").await;
+    let alice = h.token("alice");
+    let get = |token: String| async move {
+        let (status, text) = send(
+            admin,
+            "GET",
+            "/v1/database/roles/readwrite",
+            &token_header(&token),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, StatusCode::OK, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()["data"].clone()
+    };
+    let seen = get(alice.expose().to_owned()).await;
+    assert_eq!(
+        (&seen["db_name"], &seen["default_ttl"]),
+        (&json!("appdb"), &json!(3600))
+    );
+    for hidden in ["creation_statements", "revocation_statements", "owner"] {
+        assert!(
+            seen.get(hidden).is_none(),
+            "a workload sees {hidden}: {seen}"
+        );
+    }
+    let seen = get(OPERATOR_TOKEN.to_owned()).await;
+    assert!(
+        seen["creation_statements"][0]
+            .as_str()
+            .unwrap()
+            .contains("CREATE ROLE"),
+        "{seen}"
+    );
+    assert!(seen.get("owner").is_some(), "{seen}");
+}

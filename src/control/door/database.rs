@@ -84,10 +84,11 @@ fn creds_error(e: CredsError, identity: &str, template: &str) -> ApiError {
 }
 
 /// Any caller rolemint accepts: the operator, or a workload.
-fn any_caller(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// 403 unless the operator or a workload; whether it is the operator.
+fn any_caller(state: &AdminState, headers: &HeaderMap) -> Result<bool, ApiError> {
     match state.authenticate(headers) {
-        Ok(_) => Ok(()),
-        Err(_) => require_workload(state, headers).map(drop),
+        Ok(caller) => Ok(caller.is_operator()),
+        Err(_) => require_workload(state, headers).map(|_| false),
     }
 }
 
@@ -122,29 +123,36 @@ pub async fn role(
         return Err(read_only(&method));
     }
     let door = door(&state)?;
-    any_caller(&state, &headers)?;
+    let operator = any_caller(&state, &headers)?;
     let runtime = door.shared.runtime();
     let template = runtime
         .config
         .template(&name)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown role: {name}")))?;
-    Ok(envelope(role_view(template)))
+    Ok(envelope(role_view(template, operator)))
 }
 
-/// A template as Vault shows a database role; TTLs in seconds.
-fn role_view(t: &RoleTemplate) -> serde_json::Value {
-    json!({
+/// A template as Vault shows a database role; TTLs in seconds. The SQL
+/// and the owner role only for the operator: they map the database's
+/// privileges (which grants, which owner) for anyone who reads them, and
+/// a workload needs only the names and TTLs to ask for credentials.
+fn role_view(t: &RoleTemplate, operator: bool) -> serde_json::Value {
+    let mut view = json!({
         "db_name": t.databases.first(),
         "databases": t.databases,
-        "creation_statements": t.creation_statements,
-        "revocation_statements": t.revocation_statements.clone().unwrap_or_default(),
-        "renew_statements": [],
-        "rollback_statements": [],
         "default_ttl": t.default_ttl.as_secs(),
         "max_ttl": t.max_ttl.as_secs(),
         "credential_type": "password",
         "credential_config": {},
-    })
+    });
+    if operator {
+        view["creation_statements"] = json!(t.creation_statements);
+        view["revocation_statements"] = json!(t.revocation_statements.clone().unwrap_or_default());
+        view["renew_statements"] = json!([]);
+        view["rollback_statements"] = json!([]);
+        view["owner"] = json!(t.owner);
+    }
+    view
 }
 
 /// 405 for anything but reading: templates are config, not API state.
