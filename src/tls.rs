@@ -141,7 +141,7 @@ pub fn backend_client_config(
     backend: &BackendConfig,
 ) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
     install_crypto_provider();
-    let config = match backend.tls {
+    let mut config = match backend.tls {
         BackendTls::Disable => return Ok(None),
         BackendTls::Require => rustls::ClientConfig::builder()
             .dangerous()
@@ -158,6 +158,11 @@ pub fn backend_client_config(
                 .with_no_client_auth()
         }
     };
+    if backend.sslnegotiation == crate::config::SslNegotiation::Direct {
+        // PostgreSQL 17 accepts TLS without an SSLRequest only with this
+        // ALPN protocol (it refuses the connection otherwise).
+        config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    }
     Ok(Some(Arc::new(config)))
 }
 

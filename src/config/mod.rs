@@ -294,6 +294,18 @@ pub enum BackendTls {
     VerifyFull,
 }
 
+/// How TLS to the backend begins (libpq's `sslnegotiation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslNegotiation {
+    /// SSLRequest first, TLS after the server's 'S': every version.
+    #[default]
+    Postgres,
+    /// TLS from the first byte, with ALPN `postgresql`: PostgreSQL 17+,
+    /// one round trip fewer per backend connection.
+    Direct,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
@@ -315,6 +327,9 @@ pub struct BackendConfig {
     #[serde(default)]
     pub tls: BackendTls,
     pub tls_ca_file: Option<PathBuf>,
+    /// `postgres` (SSLRequest first) or `direct` (PostgreSQL 17+).
+    #[serde(default)]
+    pub sslnegotiation: SslNegotiation,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Allow a backend that asks a minted role for a cleartext or MD5
@@ -795,6 +810,11 @@ impl Config {
         }
         if b.admin_pool_size == 0 || b.admin_pool_size > 64 {
             return Err(invalid("backend.admin_pool_size must be between 1 and 64"));
+        }
+        if b.sslnegotiation == SslNegotiation::Direct && b.tls == BackendTls::Disable {
+            return Err(invalid(
+                "backend: sslnegotiation = \"direct\" needs tls = \"require\" or \"verify-full\"",
+            ));
         }
         if b.tls == BackendTls::VerifyFull && b.tls_ca_file.is_none() {
             return Err(invalid("backend: tls = \"verify-full\" needs tls_ca_file"));

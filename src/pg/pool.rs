@@ -91,6 +91,14 @@ impl AdminPool {
             .ssl_mode(match backend.tls {
                 BackendTls::Disable => SslMode::Disable,
                 BackendTls::Require | BackendTls::VerifyFull => SslMode::Require,
+            })
+            .ssl_negotiation(match backend.sslnegotiation {
+                crate::config::SslNegotiation::Postgres => {
+                    tokio_postgres::config::SslNegotiation::Postgres
+                }
+                crate::config::SslNegotiation::Direct => {
+                    tokio_postgres::config::SslNegotiation::Direct
+                }
             });
         if backend.tls != BackendTls::Disable && tls.is_none() {
             return Err(MintError::Config(

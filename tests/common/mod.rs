@@ -43,6 +43,8 @@ pub struct Options {
     pub capture_log: bool,
     /// `proxy.kernel_splice`.
     pub kernel_splice: bool,
+    /// More `[backend]` keys (TLS to the backend), one per line.
+    pub backend_toml: String,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
                 .setting("log_connections", "on"),
             capture_log: true,
             kernel_splice: false,
+            backend_toml: String::new(),
         }
     }
 }
@@ -361,6 +364,7 @@ admin_user = "{admin}"
 admin_password = "{admin_pw}"
 admin_database = "postgres"
 admin_pool_size = {admin_pool_size}
+{backend_toml}
 
 [auth]
 issuer = "rolemint-test"
@@ -373,6 +377,7 @@ hs256_secret = "{secret}"
 "#,
         plain = options.allow_plaintext,
         kernel_splice = options.kernel_splice,
+        backend_toml = options.backend_toml,
         max_connections = options.max_connections,
         max_handshakes = options.max_handshakes,
         admin_pool_size = options.admin_pool_size,

@@ -141,9 +141,12 @@ pub async fn connect(
         return Ok(MaybeTls::Plain(tcp));
     };
     let mut tcp = tcp;
-    match tokio::time::timeout(config.connect_timeout, request_tls(&mut tcp)).await {
-        Ok(result) => result?,
-        Err(_) => return Err(BackendError::ConnectTimeout(addr)),
+    // Direct TLS (PostgreSQL 17+): the ClientHello is the first byte sent.
+    if config.sslnegotiation == crate::config::SslNegotiation::Postgres {
+        match tokio::time::timeout(config.connect_timeout, request_tls(&mut tcp)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(BackendError::ConnectTimeout(addr)),
+        }
     }
     let name = backend_server_name(&config.host).map_err(|e| BackendError::Tls(e.to_string()))?;
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(tls));
