@@ -127,7 +127,7 @@ impl Splice<'_> {
                 Err(_) => End::Failed,
             },
         };
-        self.settle().await;
+        self.settle(&end).await;
         let (client_to_backend, backend_to_client) = self.spliced.traffic();
         drop(hangup);
         // Out of the map first, then both sockets close.
@@ -143,8 +143,11 @@ impl Splice<'_> {
     }
 
     /// Waits until each leg has sent on what the other received, or
-    /// [`SETTLE_TIMEOUT`].
-    async fn settle(&self) {
+    /// [`SETTLE_TIMEOUT`]. Not toward a side that hung up: what it would
+    /// still be sent has nobody to read it (a backend that exited after
+    /// the client's Terminate), and waiting for it would hold the client's
+    /// EOF back for the whole timeout.
+    async fn settle(&self, end: &End) {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         loop {
             let (up, down) = self.spliced.traffic();
@@ -152,7 +155,10 @@ impl Splice<'_> {
             let to_client = written(self.fds.0)
                 .saturating_sub(self.written_at_start.0)
                 .saturating_sub(self.ours_to_client);
-            if (to_backend >= up && to_client >= down) || Instant::now() >= deadline {
+            let up_done = *end == End::BackendClosed || to_backend >= up;
+            let down_done = *end == End::ClientClosed || to_client >= down;
+            if (up_done && down_done) || Instant::now() >= deadline {
+                tracing::debug!(up, down, to_backend, to_client, "kernel splice settled");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;

@@ -226,9 +226,27 @@ fn socket_cookie(fd: RawFd) -> io::Result<u64> {
     Ok(cookie)
 }
 
-/// `tcpi_bytes_received` of a TCP socket; 0 when it cannot be read.
+/// Bytes of data a TCP socket received; 0 when it cannot be read.
+/// `tcpi_bytes_received` counts the peer's FIN as one more byte (it is the
+/// distance `rcv_nxt` moved, and a FIN takes a sequence number): without
+/// taking it off, a leg whose peer hung up looks one byte short of
+/// forwarded, and the end of the splice waited its whole settle timeout
+/// before the client saw its EOF.
 fn received(fd: RawFd) -> u64 {
-    tcp_info(fd).map_or(0, |i| i.tcpi_bytes_received)
+    tcp_info(fd).map_or(0, |i| {
+        let fin = u64::from(peer_sent_fin(i.tcpi_state));
+        i.tcpi_bytes_received.saturating_sub(fin)
+    })
+}
+
+/// Whether a socket in TCP state `state` (of a socket rolemint has not
+/// closed) has received its peer's FIN: CLOSE_WAIT, LAST_ACK or CLOSING
+/// (`include/net/tcp_states.h`).
+fn peer_sent_fin(state: u8) -> bool {
+    const TCP_CLOSE_WAIT: u8 = 8;
+    const TCP_LAST_ACK: u8 = 9;
+    const TCP_CLOSING: u8 = 11;
+    matches!(state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING)
 }
 
 /// `tcpi_bytes_acked` of a TCP socket: what its peer acknowledged.
