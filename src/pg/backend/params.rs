@@ -14,12 +14,14 @@ use crate::error::ClientError;
 
 /// Session settings a client may choose, lower case (PostgreSQL matches
 /// setting names case-insensitively). Each only changes how this session
-/// formats, encodes, waits or searches; none touches identity, privileges,
-/// logging or the server.
+/// formats, encodes, waits or searches, or which of its own notices its
+/// client is sent; none touches identity, privileges, the server's log or
+/// the server.
 pub const ALLOWED_SETTINGS: &[&str] = &[
     "application_name",
     "bytea_output",
     "client_encoding",
+    "client_min_messages",
     "datestyle",
     "default_transaction_isolation",
     "default_transaction_read_only",
