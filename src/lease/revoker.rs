@@ -74,7 +74,7 @@ const MAX_SETTLE_CHECK: Duration = Duration::from_secs(2);
 const MAX_BATCH: usize = 32;
 /// How long a role whose session simply ended waits for others to share
 /// its round trip. A batch costs PostgreSQL one compile and one set of
-/// plans whatever its size (`mint/revoke.rs`), so under connection churn
+/// plans whatever its size (`pg/revoke_sql.rs`), so under connection churn
 /// gathering roles for a few milliseconds pays: with the loop, it took the
 /// PL/pgSQL share of revoking a role from 1.26 to 0.54 ms of PostgreSQL CPU
 /// (`perf`, `pgbench -C -S -c8`, 2 CPUs). Such a role is already useless:

@@ -23,7 +23,7 @@
 //! happens to the batch (an error, a timeout, a COMMIT that lands after we
 //! stopped waiting), the caller can hand that name to the revoker.
 //!
-//! [`AdminClient::revoke_batch`] ends roles (`revoke.rs`: NOLOGIN, terminate
+//! [`AdminClient::revoke_batch`] ends roles (`revoke_sql.rs`: NOLOGIN, terminate
 //! their backends, hand owned objects to the template's `owner`, drop), many
 //! per round trip; [`AdminClient::renew`] moves a role's `VALID UNTIL`. Both are
 //! idempotent and refuse roles that are not members of `rolemint_managed`.

@@ -1,5 +1,5 @@
 //! The SQL rolemint itself sends: marker role, mint batch, renewal (the
-//! revocation SQL is in `revoke.rs`).
+//! revocation SQL is in `revoke_sql.rs`).
 //!
 //! Role names reaching these builders have been checked against
 //! `[a-z0-9_-]` and are still quoted with `escape_identifier`; every other
