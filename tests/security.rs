@@ -721,3 +721,26 @@ async fn workloads_see_template_names_and_ttls_only() {
     );
     assert!(seen.get("owner").is_some(), "{seen}");
 }
+
+/// §7: every counter whose labels are known is exported from startup at
+/// 0, so `increase(...)` alerts see the series before its first event.
+/// Before, `rolemint_roles_reaped_total`, the audit error counters and
+/// each failure result appeared only once one happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_are_exported_from_startup() {
+    let (_h, admin) = with_admin("").await;
+    let (status, text) = send(admin, "GET", "/metrics", &[], None).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    for series in [
+        "rolemint_roles_reaped_total",
+        "rolemint_reaper_runs_total",
+        "rolemint_audit_lines_dropped_total 0",
+        "rolemint_audit_write_errors_total 0",
+        "rolemint_cancel_requests_total{result=\"failed\"}",
+        "rolemint_revocations_total{result=\"failed\"}",
+        "rolemint_connections_total{result=\"too_many\"}",
+        "rolemint_config_reloads_total{result=\"failed\"}",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+}

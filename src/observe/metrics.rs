@@ -124,9 +124,50 @@ pub fn handle() -> &'static PrometheusHandle {
             tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
         }
         describe_all();
+        zero_counters();
         metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         handle
     })
+}
+
+/// Every counter whose labels are known before anything happens, at 0:
+/// a series that appears only at its first event is invisible to
+/// `increase(...)` and `rate(...)` until then, so an alert on the first
+/// reaped role or the first dropped audit line would never fire.
+fn zero_counters() {
+    for name in [
+        REAPER_RUNS,
+        ROLES_REAPED,
+        AUDIT_LINES_DROPPED,
+        AUDIT_WRITE_ERRORS,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    use ConnectionResult as C;
+    let results = [
+        C::Ok,
+        C::TooMany,
+        C::ShuttingDown,
+        C::TlsRequired,
+        C::ProtocolError,
+        C::Refused,
+    ];
+    for result in results {
+        metrics::counter!(CONNECTIONS, "result" => result.as_str()).increment(0);
+    }
+    use RevocationResult as R;
+    for result in [R::Ok, R::Retry, R::Failed] {
+        metrics::counter!(REVOCATIONS, "result" => result.as_str()).increment(0);
+    }
+    for direction in [Direction::ClientToBackend, Direction::BackendToClient] {
+        metrics::counter!(RELAY_BYTES, "direction" => direction.as_str()).increment(0);
+    }
+    for result in ["forwarded", "unknown", "failed"] {
+        metrics::counter!(CANCEL_REQUESTS, "result" => result).increment(0);
+    }
+    for result in ["ok", "failed"] {
+        metrics::counter!(CONFIG_RELOADS, "result" => result).increment(0);
+    }
 }
 
 /// Makes sure the recorder is installed before a metric is recorded:
