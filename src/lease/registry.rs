@@ -247,6 +247,25 @@ struct Inner {
     map: HashMap<String, Entry>,
     /// Lease ids by deadline.
     deadlines: DelayQueue<String>,
+    /// The roles the leases of `map` hold, each with how many hold it (one,
+    /// but for a bug): [`Leases::holds_role`] is asked for every role a
+    /// reaper sweep reads, and must not scan `map` for each.
+    roles: HashMap<String, usize>,
+}
+
+impl Inner {
+    fn hold_role(&mut self, role: &str) {
+        *self.roles.entry(role.to_owned()).or_default() += 1;
+    }
+
+    fn release_role(&mut self, role: &str) {
+        if let Some(n) = self.roles.get_mut(role) {
+            *n -= 1;
+            if *n == 0 {
+                self.roles.remove(role);
+            }
+        }
+    }
 }
 
 struct Entry {
@@ -288,7 +307,9 @@ impl Leases {
                 lease: Arc::clone(&lease),
                 key: Some(key),
             };
+            inner.hold_role(&lease.role);
             if let Some(old) = inner.map.insert(lease.id.clone(), entry) {
+                inner.release_role(&old.lease.role);
                 // Ids are random; a duplicate is a bug, but never leave a
                 // stale timer behind.
                 if let Some(key) = old.key {
@@ -307,8 +328,11 @@ impl Leases {
 
     fn remove(&self, id: &str) {
         let mut inner = self.lock();
-        if let Some(Entry { key: Some(key), .. }) = inner.map.remove(id) {
-            inner.deadlines.try_remove(&key);
+        if let Some(entry) = inner.map.remove(id) {
+            inner.release_role(&entry.lease.role);
+            if let Some(key) = entry.key {
+                inner.deadlines.try_remove(&key);
+            }
         }
     }
 
@@ -328,7 +352,7 @@ impl Leases {
     /// Whether a live lease of this instance holds `role`: the reaper never
     /// sweeps such a role.
     pub fn holds_role(&self, role: &str) -> bool {
-        self.lock().map.values().any(|e| e.lease.role == role)
+        self.lock().roles.contains_key(role)
     }
 
     /// Ends one lease; false when there is no such live lease.
@@ -539,6 +563,8 @@ mod tests {
         }
         assert_eq!((leases.len(), leases.deadlines_len()), (map0, queue0));
         assert_eq!((map0, queue0), (1, 1));
+        assert_eq!(leases.lock().roles.len(), 1, "the role index churns too");
+        assert!(leases.holds_role(&resident.lease.role));
         // The one that stayed still expires on time.
         tokio::time::advance(Duration::from_secs(3601)).await;
         assert_eq!(resident.lease.ended().await, EndReason::Expired);
