@@ -537,7 +537,7 @@ async fn a_cancel_inside_tls_from_libpq_17_is_closed_cleanly() {
     // command is in flight, then cancels with cancel_safe(), which raises
     // when the server does not close its TLS stream cleanly.
     let script = r#"
-import sys, threading, time, psycopg
+import os, sys, threading, time, psycopg
 from psycopg import pq
 print("libpq", pq.version(), flush=True)
 conn = psycopg.connect(sys.argv[1], autocommit=True)
@@ -550,8 +550,14 @@ def run():
         result["outcome"] = "cancelled " + e.sqlstate
 t = threading.Thread(target=run)
 t.start()
+# A cancel that reaches an idle backend is dropped, so wait until the
+# server itself shows the statement running (libpq's ACTIVE only means
+# sent), looking through a superuser connection at the backend's pid.
+watch = psycopg.connect(os.environ["ROLEMINT_TEST_SU_DSN"], autocommit=True)
 deadline = time.monotonic() + 20
-while conn.pgconn.transaction_status != pq.TransactionStatus.ACTIVE:
+while not watch.execute(
+        "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active' AND wait_event = 'PgSleep'",
+        (conn.info.backend_pid,)).fetchone():
     if time.monotonic() > deadline:
         sys.exit("the query never started")
     time.sleep(0.01)
@@ -563,6 +569,10 @@ print(conn.execute("SELECT 'still alive'").fetchone()[0], flush=True)
     let out = tokio::process::Command::new(&python)
         .args(["-c", script, &conninfo])
         .env("PGPASSWORD", token.expose())
+        .env(
+            "ROLEMINT_TEST_SU_DSN",
+            h.cluster.superuser_conn_string("appdb"),
+        )
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(90), out)
