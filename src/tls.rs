@@ -378,6 +378,27 @@ mod tests {
         kind
     }
 
+    /// A server config over a fresh self-signed certificate (in the
+    /// returned directory) and a client config that accepts it.
+    fn configs() -> (
+        tempfile::TempDir,
+        Arc<rustls::ServerConfig>,
+        Arc<rustls::ClientConfig>,
+    ) {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        crate::cli::dev::write_self_signed_cert(dir.path()).unwrap();
+        let server =
+            server_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
+        let client = Arc::new(
+            rustls::ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoCertificateVerification::new()))
+                .with_no_client_auth(),
+        );
+        (dir, server, client)
+    }
+
     /// Records every byte written through it.
     struct Tap<T> {
         inner: T,
@@ -432,17 +453,7 @@ mod tests {
     /// most 8 KiB of plaintext, as PostgreSQL's own do.
     #[tokio::test]
     async fn records_to_clients_carry_at_most_8_kib_of_plaintext() {
-        install_crypto_provider();
-        let dir = tempfile::tempdir().unwrap();
-        crate::cli::dev::write_self_signed_cert(dir.path()).unwrap();
-        let server =
-            server_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
-        let client = Arc::new(
-            rustls::ClientConfig::builder()
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoCertificateVerification::new()))
-                .with_no_client_auth(),
-        );
+        let (_dir, server, client) = configs();
         let (client_io, server_io) = tokio::io::duplex(1 << 20);
         let written = Arc::new(std::sync::Mutex::new(Vec::new()));
         let tapped = Tap {
@@ -487,17 +498,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_returning_client_resumes_its_session() {
-        install_crypto_provider();
-        let dir = tempfile::tempdir().unwrap();
-        crate::cli::dev::write_self_signed_cert(dir.path()).unwrap();
-        let server =
-            server_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
-        let client = Arc::new(
-            rustls::ClientConfig::builder()
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoCertificateVerification::new()))
-                .with_no_client_auth(),
-        );
+        let (dir, server, client) = configs();
         assert_eq!(
             connect(server.clone(), client.clone()).await,
             rustls::HandshakeKind::Full

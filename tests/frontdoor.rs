@@ -533,41 +533,16 @@ async fn a_cancel_inside_tls_from_libpq_17_is_closed_cleanly() {
         "host=127.0.0.1 port={} dbname=appdb user=readonly sslmode=require connect_timeout=10",
         h.addr.port()
     );
-    // The query runs in a thread; the main thread waits until libpq says a
-    // command is in flight, then cancels with cancel_safe(), which raises
-    // when the server does not close its TLS stream cleanly.
-    let script = r#"
-import os, sys, threading, time, psycopg
-from psycopg import pq
+    // cancel_safe() raises when the server does not close its TLS stream
+    // cleanly.
+    let script = common::PY_RUN_AND_CANCEL.to_owned()
+        + r#"
 print("libpq", pq.version(), flush=True)
 conn = psycopg.connect(sys.argv[1], autocommit=True)
-result = {}
-def run():
-    try:
-        conn.execute("SELECT pg_sleep(60)")
-        result["outcome"] = "finished"
-    except psycopg.errors.QueryCanceled as e:
-        result["outcome"] = "cancelled " + e.sqlstate
-t = threading.Thread(target=run)
-t.start()
-# A cancel that reaches an idle backend is dropped, so wait until the
-# server itself shows the statement running (libpq's ACTIVE only means
-# sent), looking through a superuser connection at the backend's pid.
-watch = psycopg.connect(os.environ["ROLEMINT_TEST_SU_DSN"], autocommit=True)
-deadline = time.monotonic() + 20
-while not watch.execute(
-        "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active' AND wait_event = 'PgSleep'",
-        (conn.info.backend_pid,)).fetchone():
-    if time.monotonic() > deadline:
-        sys.exit("the query never started")
-    time.sleep(0.01)
-conn.cancel_safe(timeout=10)
-t.join(30)
-print(result.get("outcome"), flush=True)
-print(conn.execute("SELECT 'still alive'").fetchone()[0], flush=True)
+run_and_cancel(conn)
 "#;
     let out = tokio::process::Command::new(&python)
-        .args(["-c", script, &conninfo])
+        .args(["-c", &script, &conninfo])
         .env("PGPASSWORD", token.expose())
         .env(
             "ROLEMINT_TEST_SU_DSN",

@@ -129,36 +129,12 @@ async fn the_matrix_version_is_the_server_the_harness_starts() {
 }
 
 /// Cancels a running statement with the key libpq 18 got on a 3.2
-/// connection, and prints the protocol and the outcome.
+/// connection, and prints the protocol and the outcome (after
+/// [`common::PY_RUN_AND_CANCEL`]).
 const CANCEL: &str = r#"
-import os, sys, threading, time, psycopg
-from psycopg import pq
 conn = psycopg.connect(sys.argv[1], autocommit=True)
 print("protocol", conn.pgconn.full_protocol_version, flush=True)
-result = {}
-def run():
-    try:
-        conn.execute("SELECT pg_sleep(60)")
-        result["outcome"] = "finished"
-    except psycopg.errors.QueryCanceled as e:
-        result["outcome"] = "cancelled " + e.sqlstate
-t = threading.Thread(target=run)
-t.start()
-# A cancel that reaches an idle backend is dropped, so wait until the
-# server itself shows the statement running (libpq's ACTIVE only means
-# sent), looking through a superuser connection at the backend's pid.
-watch = psycopg.connect(os.environ["ROLEMINT_TEST_SU_DSN"], autocommit=True)
-deadline = time.monotonic() + 20
-while not watch.execute(
-        "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active' AND wait_event = 'PgSleep'",
-        (conn.info.backend_pid,)).fetchone():
-    if time.monotonic() > deadline:
-        sys.exit("the query never started")
-    time.sleep(0.01)
-conn.cancel_safe(timeout=10)
-t.join(30)
-print("outcome", result.get("outcome"), flush=True)
-print("after", conn.execute("SELECT 'still alive'").fetchone()[0], flush=True)
+run_and_cancel(conn)
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +149,8 @@ async fn libpq_18_speaks_3_2_and_cancels_with_its_long_key() {
     );
     let su = h.cluster.superuser_conn_string("appdb");
     let env = [("ROLEMINT_TEST_SU_DSN", su.as_str())];
-    let text = run_python(&python, CANCEL, &[&conninfo], &env, token.expose()).await;
+    let script = format!("{}{CANCEL}", common::PY_RUN_AND_CANCEL);
+    let text = run_python(&python, &script, &[&conninfo], &env, token.expose()).await;
     assert_eq!(line(&text, "protocol "), "30002", "{text}");
     assert_eq!(line(&text, "outcome "), "cancelled 57014", "{text}");
     assert_eq!(line(&text, "after "), "still alive", "{text}");

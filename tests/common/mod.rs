@@ -523,3 +523,39 @@ pub async fn connect_owned(
     });
     Ok(client)
 }
+
+/// Python (psycopg 3) for the cancel tests: `run_and_cancel(conn)` runs
+/// `pg_sleep(60)` in a thread, waits until the server shows it running (a
+/// cancel that reaches an idle backend is dropped, and libpq's ACTIVE only
+/// means sent) through the superuser DSN in `ROLEMINT_TEST_SU_DSN`, cancels
+/// it with `cancel_safe`, and prints `outcome ...` and `after still alive`.
+pub const PY_RUN_AND_CANCEL: &str = r#"
+import os, sys, threading, time, psycopg
+from psycopg import pq
+
+def run_and_cancel(conn):
+    result = {}
+    def run():
+        try:
+            conn.execute("SELECT pg_sleep(60)")
+            result["outcome"] = "finished"
+        except psycopg.errors.QueryCanceled as e:
+            result["outcome"] = "cancelled " + e.sqlstate
+    t = threading.Thread(target=run)
+    t.start()
+    # A cancel that reaches an idle backend is dropped, so wait until the
+    # server itself shows the statement running (libpq's ACTIVE only means
+    # sent), looking through a superuser connection at the backend's pid.
+    watch = psycopg.connect(os.environ["ROLEMINT_TEST_SU_DSN"], autocommit=True)
+    deadline = time.monotonic() + 20
+    while not watch.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active' AND wait_event = 'PgSleep'",
+            (conn.info.backend_pid,)).fetchone():
+        if time.monotonic() > deadline:
+            sys.exit("the query never started")
+        time.sleep(0.01)
+    conn.cancel_safe(timeout=10)
+    t.join(30)
+    print("outcome", result.get("outcome"), flush=True)
+    print("after", conn.execute("SELECT 'still alive'").fetchone()[0], flush=True)
+"#;
