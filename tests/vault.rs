@@ -42,7 +42,7 @@ creation_statements = [
 
 [roles.only_bob]
 databases = ["appdb"]
-allow_identities = ["bob"]
+allow_identities = ["local:bob"]
 default_ttl = "1h"
 max_ttl = "2h"
 creation_statements = [
