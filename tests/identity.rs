@@ -752,7 +752,7 @@ fn token_and_keygen_commands_print_credentials_the_config_accepts() {
                 [auth]\n";
     let roles = "\n[roles.r]\ndatabases = [\"d\"]\ndefault_ttl = \"1h\"\nmax_ttl = \"1h\"\n\
                  allow_identities = [\"*\"]\n\
-                 creation_statements = [\"CREATE ROLE \\\"{{name}}\\\" LOGIN\"]\n";
+                 creation_statements = [\"CREATE ROLE \\\"{{name}}\\\" LOGIN VALID UNTIL '{{expiration}}'\"]\n";
 
     // --static: the printed lines are config, the last line the token.
     let out = run(&["token", "--static", "--sub", "ci", "--groups", "ci,deploy"]);

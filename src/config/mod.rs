@@ -905,6 +905,14 @@ impl Config {
                     &["name", "password", "expiration"],
                 )?;
             }
+            if !t.creation_statements.iter().any(|s| sets_expiry(s)) {
+                return Err(ctx(
+                    "creation_statements must give the role VALID UNTIL '{{expiration}}' \
+                     (for example CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' \
+                     VALID UNTIL '{{expiration}}'): a role minted without an expiry could log in \
+                     forever if it were never dropped",
+                ));
+            }
             for s in t.revocation_statements.iter().flatten() {
                 check_placeholders(&format!("roles.{name}.revocation_statements"), s, &["name"])?;
             }
@@ -986,6 +994,30 @@ impl Config {
     pub fn template(&self, name: &str) -> Option<&RoleTemplate> {
         self.roles.get(name)
     }
+}
+
+/// Whether `statement` sets the role's `VALID UNTIL` to the lease's
+/// expiry: `VALID UNTIL '{{expiration}}'`, in any case and spacing. Every
+/// minted role carries its expiry in PostgreSQL itself, so even a role
+/// rolemint never got to drop cannot log in after its lease.
+fn sets_expiry(statement: &str) -> bool {
+    let parts: Vec<placeholder::Part<'_>> = match placeholder::parts(statement).collect() {
+        Ok(parts) => parts,
+        Err(_) => return false,
+    };
+    parts.windows(3).any(|w| match w {
+        [placeholder::Part::Text(before), placeholder::Part::Key("expiration"), placeholder::Part::Text(after)] => {
+            let words: Vec<String> = before
+                .trim_end()
+                .strip_suffix('\'')
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_ascii_uppercase)
+                .collect();
+            words.ends_with(&["VALID".to_owned(), "UNTIL".to_owned()]) && after.starts_with('\'')
+        }
+        _ => false,
+    })
 }
 
 /// A template's warm pool: bounded, and renderable before any identity is
@@ -1191,6 +1223,39 @@ creation_statements = [
         assert_eq!(c.roles["readonly"].default_ttl, Duration::from_secs(3600));
         assert_eq!(c.backend.port, 5432);
         assert_eq!(c.mint.name_template, default_name_template());
+    }
+
+    /// Every minted role carries its expiry in PostgreSQL: a template
+    /// whose statements do not set `VALID UNTIL '{{expiration}}'` is
+    /// refused at load, in any spacing or case that renders.
+    #[test]
+    fn a_template_without_valid_until_expiration_is_refused() {
+        let statement = |sql: &str| {
+            EXAMPLE.replace(
+                "\"CREATE ROLE \\\"{{name}}\\\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'\"",
+                &format!("{sql:?}"),
+            )
+        };
+        for refused in [
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}'",
+            "CREATE ROLE \"{{name}}\" LOGIN VALID UNTIL 'infinity'",
+            "CREATE ROLE \"{{name}}\" LOGIN VALID UNTIL {{expiration}}",
+            "CREATE ROLE \"{{name}}\" LOGIN /* VALID UNTIL */ COMMENT '{{expiration}}'",
+        ] {
+            let text = statement(refused);
+            assert_ne!(text, EXAMPLE, "the test replaced the statement");
+            let err = Config::parse(&text).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains("VALID UNTIL"), "{refused}: {err}");
+        }
+        for accepted in [
+            "CREATE ROLE \"{{name}}\" LOGIN valid   until '{{ expiration }}'",
+            "CREATE ROLE \"{{name}}\" LOGIN PASSWORD '{{password}}' VALID\nUNTIL '{{expiration}}'",
+        ] {
+            Config::parse(&statement(accepted))
+                .unwrap()
+                .validate()
+                .unwrap();
+        }
     }
 
     #[test]
