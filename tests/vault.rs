@@ -385,6 +385,31 @@ async fn at_expiry_the_direct_session_is_terminated_and_the_role_dropped() {
     );
     assert!(direct(&h, &user, password).await.is_err());
     assert_eq!(h.wait_no_leases().await, 0);
+    // The audit trail names the lease that ended, not only its role.
+    let lease_id = body["lease_id"].as_str().unwrap().to_owned();
+    let audit = h
+        .config
+        .audit
+        .path
+        .clone()
+        .expect("the test config has an audit file");
+    let revoked_line = || {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["event"] == "lease.revoked" && l["role"] == user.as_str())
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            revoked_line().is_some()
+        })
+        .await,
+        "no lease.revoked line for {user}"
+    );
+    let line = revoked_line().unwrap();
+    assert_eq!(line["lease_id"], lease_id.as_str(), "{line}");
+    assert_eq!(line["by"], "ttl", "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

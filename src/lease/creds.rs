@@ -201,7 +201,9 @@ fn watch(shared: Arc<Shared>, lease: Lease, permit: OwnedSemaphorePermit) {
                 "credential lease left to its expiry: it outlives this instance"
             ),
             EndReason::Expired | EndReason::Revoked => {
-                shared.revoker.schedule(
+                // With its lease id, so the `lease.revoked` line names it.
+                shared.revoker.schedule_lease(
+                    &lease.id,
                     &lease.role,
                     &lease.database,
                     Some(&lease.template),
