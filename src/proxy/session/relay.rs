@@ -160,6 +160,13 @@ where
                 let _ = backend.shutdown().await;
                 End::ClientClosed
             }
+            // A client's Terminate makes the backend exit at once, and its
+            // EOF can beat the client's own: the session was still the
+            // client's to end.
+            Ok(Closed::Backend) if up.sent_terminate => {
+                let _ = tokio::time::timeout(FINISH_TIMEOUT, client.shutdown()).await;
+                End::ClientClosed
+            }
             Ok(Closed::Backend) => {
                 // What the backend said last (a FATAL, usually) is out;
                 // close the client cleanly (TLS close_notify), boundedly.
@@ -181,6 +188,9 @@ where
     };
     (end, traffic)
 }
+
+/// The Terminate message a client sends last.
+const TERMINATE: &[u8] = &[b'X', 0, 0, 0, 4];
 
 /// An audited client sent a message whose length word is below 4.
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +257,9 @@ struct Pump<'a> {
     /// The client's direction of an audited session.
     audited: Option<Audited<'a>>,
     bytes: u64,
+    /// The last write ended with a Terminate message (client to backend):
+    /// the client is ending the session.
+    sent_terminate: bool,
 }
 
 impl Pump<'_> {
@@ -259,6 +272,7 @@ impl Pump<'_> {
             framer,
             audited: None,
             bytes: 0,
+            sent_terminate: false,
         }
     }
 
@@ -314,6 +328,7 @@ impl Pump<'_> {
             return Err(io::ErrorKind::WriteZero.into());
         }
         let sent = &self.buf[self.start..self.start + n];
+        self.sent_terminate = sent.ends_with(TERMINATE);
         match (&mut self.framer, &mut self.audited) {
             (Some(framer), Some(audited)) => {
                 framer.advance_with(sent, |piece| audited.tap.see(piece));
@@ -488,6 +503,29 @@ mod tests {
         let (end, _) = relay.await.unwrap();
         assert_eq!(end, End::Failed);
         assert_eq!(*seen.lock().unwrap(), [Some("SELECT 1".to_owned())]);
+    }
+
+    /// A backend that exits on the client's Terminate, and whose EOF comes
+    /// first, ends a session the client ended.
+    #[tokio::test]
+    async fn a_backend_gone_after_the_clients_terminate_is_the_clients_close() {
+        let (client, mut client_peer) = tokio::io::duplex(4096);
+        let (backend, mut backend_peer) = tokio::io::duplex(4096);
+        let never = std::future::pending();
+        let relay = tokio::spawn(splice_until(
+            client,
+            backend,
+            Framer::default(),
+            never,
+            None,
+        ));
+        client_peer.write_all(TERMINATE).await.unwrap();
+        let mut got = [0; 5];
+        backend_peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, TERMINATE);
+        drop(backend_peer);
+        let (end, _) = relay.await.unwrap();
+        assert_eq!(end, End::ClientClosed);
     }
 
     /// A lease that ends while a backend message is half through: the
