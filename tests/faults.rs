@@ -561,3 +561,77 @@ async fn no_sweep_while_another_holds_the_sweep_lock() {
     drop(holder);
     assert_all_reaped(&h, &b).await;
 }
+
+/// A marked role whose `VALID UNTIL` someone set to `infinity` (or
+/// removed) is still expired by its lease comment: the catalog read lists
+/// it without failing on `infinity`, and the reaper drops it at the
+/// comment's expiry, ending its session, while a live one is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_a_finite_valid_until_expires_by_its_lease_comment() {
+    let h = Harness::start().await;
+    let su = h.superuser().await;
+    let password = "infinite-role-password-0123456789abcdef";
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    let comment = |id: &str, kind: &str, expires: &str| {
+        format!(
+            r#"{{"lease_id":"database/{kind}s/readonly/{id}","identity":"alice","issuer":"local","template":"readonly","database":"appdb","expires_at":"{expires}","instance":"gone","issued_at":"2000-01-01T00:00:00Z","kind":"{kind}"}}"#
+        )
+    };
+    su.batch_execute(&format!(
+        r#"
+        CREATE ROLE "v-inf-readonly-aaaaaaaa-1" LOGIN PASSWORD '{verifier}' VALID UNTIL 'infinity' IN ROLE rolemint_managed;
+        COMMENT ON ROLE "v-inf-readonly-aaaaaaaa-1" IS '{inf}';
+        CREATE ROLE "v-null-readonly-bbbbbbbb-1" LOGIN PASSWORD '{verifier}' IN ROLE rolemint_managed;
+        COMMENT ON ROLE "v-null-readonly-bbbbbbbb-1" IS '{null}';
+        CREATE ROLE "v-live-readonly-cccccccc-1" LOGIN PASSWORD '{verifier}' VALID UNTIL 'infinity' IN ROLE rolemint_managed;
+        COMMENT ON ROLE "v-live-readonly-cccccccc-1" IS '{live}';
+        "#,
+        inf = comment("aaaa", "session", "2000-01-01T01:00:00Z"),
+        null = comment("bbbb", "creds", "2000-01-01T01:00:00Z"),
+        live = comment("cccc", "session", "2999-01-01T00:00:00Z"),
+    ))
+    .await
+    .expect("create the roles");
+    let login = |role: &str| {
+        connect_owned(format!(
+            "host=127.0.0.1 port={} user={role} password={password} dbname=appdb",
+            h.cluster.port()
+        ))
+    };
+    let infinite = login("v-inf-readonly-aaaaaaaa-1").await.expect("log in");
+    let live = login("v-live-readonly-cccccccc-1").await.expect("log in");
+
+    // The catalog read survives `infinity` and falls back to the comment.
+    let page = h
+        .shared
+        .admin_client
+        .catalog_page(&rolemint::pg::CatalogFilter::default(), None, 100)
+        .await
+        .expect("the catalog read survives VALID UNTIL 'infinity'");
+    let live_lease = page
+        .leases
+        .iter()
+        .find(|l| l.role == "v-live-readonly-cccccccc-1")
+        .expect("the live lease is listed");
+    assert_eq!(live_lease.valid_until, None);
+    assert_eq!(
+        live_lease.expires_at(),
+        humantime::parse_rfc3339("2999-01-01T00:00:00Z").ok()
+    );
+
+    let b = h.spawn_serve(&fast_reaper("b"), &[]).await;
+    let reaped = wait_until(REAP_WITHIN, || async {
+        h.managed_roles().await == ["v-live-readonly-cccccccc-1"]
+    })
+    .await;
+    assert!(
+        reaped,
+        "left: {:?}\nreaper log:\n{}",
+        h.managed_roles().await,
+        b.log()
+    );
+    assert!(infinite.simple_query("SELECT 1").await.is_err());
+    live.simple_query("SELECT 1")
+        .await
+        .expect("a live lease's session is kept");
+}

@@ -10,7 +10,9 @@
 //!    [`crate::pg::SWEEP_LOCK_KEY`]) on a connection of the sweep's own;
 //!    when another instance holds it, that instance is sweeping: skip;
 //! 2. read the members of `rolemint_managed`: `VALID UNTIL` passed or not,
-//!    lease comment, number of backends ([`crate::pg::ManagedRole`]);
+//!    lease comment, number of backends ([`crate::pg::ManagedRole`]); a
+//!    role whose `VALID UNTIL` is NULL or `infinity` (altered by hand since
+//!    its mint) is expired when its comment's `expires_at` has passed;
 //! 3. [`decide`] for each (pure, below), and revoke what it says, through
 //!    the one revoke function the reaper is given; an expired role's
 //!    backends are terminated first, whatever its template's revocation
@@ -157,6 +159,8 @@ struct CommentFields {
     issued_at: Option<String>,
     /// `session` or `creds`.
     kind: Option<String>,
+    /// RFC 3339: the lease's expiry, as minted (and renewed).
+    expires_at: Option<String>,
 }
 
 impl CommentFields {
@@ -164,6 +168,22 @@ impl CommentFields {
         comment
             .and_then(|c| serde_json::from_str(c).ok())
             .unwrap_or_default()
+    }
+
+    /// Whether the lease's recorded expiry has passed at `now` (Unix
+    /// seconds, the database's clock); false when the comment has none.
+    fn expired(&self, now: i64) -> bool {
+        let Some(expires) = self
+            .expires_at
+            .as_deref()
+            .and_then(|e| humantime::parse_rfc3339_weak(e).ok())
+        else {
+            return false;
+        };
+        let expires = expires
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        u64::try_from(now).is_ok_and(|now| now >= expires)
     }
 
     /// Age at `now` (Unix seconds, the database's clock).
@@ -281,7 +301,10 @@ where
             let facts = Facts {
                 valid_name: is_valid_role_name(&role.name),
                 retained: self.memory.retained.contains(&role.name),
-                expired: role.expired,
+                // A role whose VALID UNTIL is NULL or `infinity` would
+                // otherwise never expire: its lease comment still says when
+                // the lease ends.
+                expired: role.expired || (!role.finite_expiry && comment.expired(db_now)),
                 backends: role.backends,
                 held: (self.is_held)(&role.name, comment.lease_id.as_deref()),
                 credential: comment.kind.as_deref() == Some("creds"),
@@ -566,6 +589,10 @@ mod tests {
         assert_eq!(c.age(issued + 90), Some(Duration::from_secs(90)));
         // A clock behind the issue time gives age zero, never a wrap.
         assert_eq!(c.age(issued - 5), Some(Duration::ZERO));
+        // The recorded expiry (10:00): passed at 10:00, not a second before.
+        assert!(!c.expired(issued + 3599));
+        assert!(c.expired(issued + 3600));
+        assert!(!CommentFields::parse(Some("{}")).expired(i64::MAX));
 
         for bad in [
             None,
@@ -586,6 +613,7 @@ mod tests {
         ManagedRole {
             name: name.into(),
             expired: false,
+            finite_expiry: true,
             comment: None,
             backends,
         }

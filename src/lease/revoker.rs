@@ -213,6 +213,18 @@ impl Revoker {
 
     /// [`Revoker::start`], writing what it does to `audit`.
     pub fn start_audited(admin_client: Arc<AdminClient>, config: &Config, audit: Audit) -> Revoker {
+        let (revoker, worker, rx) = Revoker::unstarted(admin_client, config, audit);
+        tokio::spawn(worker.run(rx, revoker.stop.clone()));
+        revoker
+    }
+
+    /// The service and its worker, not yet running: [`Revoker::start_audited`]
+    /// spawns the worker; the tests drive it a step at a time.
+    fn unstarted(
+        admin_client: Arc<AdminClient>,
+        config: &Config,
+        audit: Audit,
+    ) -> (Revoker, Worker, mpsc::UnboundedReceiver<Job>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let templates: Templates = Arc::new(ArcSwap::from_pointee(config.roles.clone()));
         let (pending_tx, pending_count) = watch::channel(0);
@@ -232,15 +244,15 @@ impl Revoker {
             inflight: JoinSet::new(),
             inflight_ids: HashMap::new(),
         };
-        tokio::spawn(worker.run(rx, stop.clone()));
-        Revoker {
+        let revoker = Revoker {
             tx,
             books,
             pending_count,
             pending_tx,
             stop,
             templates,
-        }
+        };
+        (revoker, worker, rx)
     }
 
     /// Takes the templates of a reloaded config: a template that is there
@@ -518,6 +530,10 @@ impl Worker {
                 if let Some(until) = job.settle_until {
                     existing.settle_until = existing.settle_until.max(Some(until));
                 }
+                // A duplicate that knows the lease names it in the audit.
+                if existing.lease_id.is_none() {
+                    existing.lease_id = job.lease_id;
+                }
                 if !existing.in_flight
                     && job.next < existing.next
                     && existing.failing_since.is_none()
@@ -526,6 +542,18 @@ impl Worker {
                 }
             }
             None => {
+                // The submitter booked the role as pending before sending
+                // the job, but an earlier job of the same role may have
+                // completed in between and taken that entry with it (a
+                // duplicate still in the channel while the first one's
+                // round settled). The job is queued, so the role is
+                // pending: book it again, or `drain` and `is_pending`
+                // would say it is done.
+                {
+                    let mut pending = lock(&self.books.pending);
+                    pending.entry(job.role.clone()).or_insert(job.since);
+                    self.pending_tx.send_replace(pending.len());
+                }
                 self.jobs.insert(job.role.clone(), job);
             }
         }
@@ -834,5 +862,94 @@ async fn sleep_until(when: Option<Instant>) {
     match when {
         Some(when) => tokio::time::sleep_until(when).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[proxy]
+listen = "127.0.0.1:0"
+allow_plaintext = true
+
+[backend]
+host = "127.0.0.1"
+port = 1
+admin_user = "rolemint_admin"
+admin_password = "x"
+
+[auth]
+hs256_secret = "0123456789abcdef0123456789abcdef"
+
+[roles.readonly]
+databases = ["appdb"]
+default_ttl = "1h"
+max_ttl = "1h"
+creation_statements = ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'"]
+"#;
+
+    /// A service whose worker the test steps by hand (its admin client
+    /// connects to nothing: no step here reaches PostgreSQL).
+    fn unstarted() -> (Revoker, Worker, mpsc::UnboundedReceiver<Job>) {
+        let config = Config::parse(CONFIG).expect("test config parses");
+        let admin = Arc::new(AdminClient::new(&config).expect("admin client"));
+        Revoker::unstarted(admin, &config, Audit::disabled())
+    }
+
+    /// The race of a duplicate: the role is scheduled, its round starts,
+    /// it is scheduled again (the duplicate waits in the channel), and the
+    /// first round settles before the worker reads the duplicate. The
+    /// duplicate is a queued job, so the role must still be pending.
+    #[tokio::test]
+    async fn a_duplicate_queued_while_its_job_completes_keeps_the_role_pending() {
+        let (revoker, mut worker, mut rx) = unstarted();
+        revoker.schedule_lease(
+            "database/sessions/readonly/a",
+            "v-a",
+            "appdb",
+            None,
+            Why::Revoked,
+        );
+        worker.add(rx.try_recv().expect("the first job"));
+        worker.jobs.get_mut("v-a").expect("queued").in_flight = true;
+
+        revoker.schedule("v-a", "appdb", None, Why::Reaper);
+        worker.settle("v-a", Ok(Outcome::Dropped));
+        assert!(!worker.jobs.contains_key("v-a"), "the first job settled");
+
+        worker.add(rx.try_recv().expect("the duplicate"));
+        assert!(worker.jobs.contains_key("v-a"), "the duplicate is queued");
+        assert!(revoker.is_pending("v-a"), "a queued role is pending");
+        assert_eq!(revoker.pending(), 1);
+        assert_eq!(*revoker.pending_count.borrow(), 1, "drain would not wait");
+
+        // When the duplicate settles, nothing is left pending.
+        worker.settle("v-a", Ok(Outcome::Gone));
+        assert_eq!(revoker.pending(), 0);
+        assert_eq!(*revoker.pending_count.borrow(), 0);
+    }
+
+    /// A duplicate merged into a queued job brings the lease id the first
+    /// scheduler did not know.
+    #[tokio::test]
+    async fn a_duplicate_merged_into_a_queued_job_keeps_its_lease_id() {
+        let (revoker, mut worker, mut rx) = unstarted();
+        revoker.schedule("v-b", "appdb", None, Why::Reaper);
+        worker.add(rx.try_recv().expect("the first job"));
+        revoker.schedule_lease(
+            "database/creds/readonly/b",
+            "v-b",
+            "appdb",
+            None,
+            Why::Expired,
+        );
+        worker.add(rx.try_recv().expect("the duplicate"));
+        assert_eq!(worker.jobs.len(), 1);
+        assert_eq!(
+            worker.jobs["v-b"].lease_id.as_deref(),
+            Some("database/creds/readonly/b")
+        );
     }
 }

@@ -71,8 +71,9 @@ impl CatalogFilter {
 pub struct CatalogLease {
     /// The minted role.
     pub role: String,
-    /// The role's `VALID UNTIL`; `None` if it has none (a template that
-    /// leaves it out).
+    /// The role's `VALID UNTIL`; `None` if it has none, or has `infinity`
+    /// (an epoch of `infinity` does not fit the `int8` the query reads, so
+    /// the query reads it as NULL): then the comment's expiry counts.
     pub valid_until: Option<SystemTime>,
     /// The lease comment: id, identity, template, database, instance,
     /// issue time, kind.
@@ -167,7 +168,8 @@ fn live_leases(filter: &CatalogFilter, after: Option<&str>, limit: usize) -> Str
     }
     format!(
         "SELECT r.rolname,
-       pg_catalog.date_part('epoch', r.rolvaliduntil)::pg_catalog.int8,
+       CASE WHEN pg_catalog.isfinite(r.rolvaliduntil)
+            THEN pg_catalog.date_part('epoch', r.rolvaliduntil)::pg_catalog.int8 END,
        pg_catalog.shobj_description(r.oid, 'pg_authid')
   FROM pg_catalog.pg_roles r
  WHERE {}

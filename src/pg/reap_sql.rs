@@ -35,6 +35,10 @@ pub struct ManagedRole {
     pub name: String,
     /// `VALID UNTIL` has passed (by the database's clock).
     pub expired: bool,
+    /// `VALID UNTIL` is a real time: false when it is NULL or `infinity`
+    /// (someone altered the role, or a template bypassed the check), in
+    /// which case the lease comment's expiry is the one that counts.
+    pub finite_expiry: bool,
     /// The role's `COMMENT`: the lease as JSON, when rolemint wrote it.
     pub comment: Option<String>,
     /// Backends logged in as the role now, in any database.
@@ -77,8 +81,8 @@ impl Sweep {
             let SimpleQueryMessage::Row(row) = m else {
                 continue;
             };
-            let (Some(name), Some(expired), Some(backends), Some(db_now)) =
-                (row.get(0), row.get(1), row.get(3), row.get(4))
+            let (Some(name), Some(expired), Some(backends), Some(db_now), Some(finite)) =
+                (row.get(0), row.get(1), row.get(3), row.get(4), row.get(5))
             else {
                 continue;
             };
@@ -86,6 +90,7 @@ impl Sweep {
             roles.push(ManagedRole {
                 name: name.to_owned(),
                 expired: expired == "t",
+                finite_expiry: finite == "t",
                 comment: row.get(2).map(str::to_owned),
                 backends: backends.parse().unwrap_or(u32::MAX),
             });
@@ -154,7 +159,8 @@ fn managed_roles() -> String {
        (r.rolvaliduntil IS NOT NULL AND r.rolvaliduntil <= pg_catalog.now()),
        pg_catalog.shobj_description(r.oid, 'pg_authid'),
        (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a WHERE a.usesysid = r.oid),
-       pg_catalog.date_part('epoch', pg_catalog.now())::pg_catalog.int8
+       pg_catalog.date_part('epoch', pg_catalog.now())::pg_catalog.int8,
+       COALESCE(pg_catalog.isfinite(r.rolvaliduntil), false)
   FROM pg_catalog.pg_roles r
  WHERE {members}
  ORDER BY r.rolvaliduntil NULLS FIRST, r.rolname
