@@ -36,7 +36,8 @@
 //!   by `iss`, keys from PEM and JWKS, static tokens, the verified-token
 //!   cache, the per-address failure limiter); [`auth::policy`], identity x
 //!   template x database -> allowed or not, the lease cap at the token's
-//!   expiry, the session settings rendered from claims.
+//!   expiry, the session settings rendered from claims; [`auth::acl`],
+//!   Vault's HCL policies (parsed, merged, matched on a path).
 //! - [`lease`]: the whole life of a lease. [`lease::registry`] the live
 //!   leases (deadlines, lookup, renew); [`lease::revoker`] where every
 //!   role goes when its lease is over (retried until dropped, one round

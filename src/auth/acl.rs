@@ -1,0 +1,655 @@
+//! Vault's ACL policies: HCL text in, capabilities on a path out. Sans-IO:
+//! no store, no HTTP; the door and the proxy ask it questions.
+//!
+//! - [`Policy::parse`] reads a policy as Vault does (`vault/policy.go`,
+//!   `parseACLPolicyWithTemplating`): `path "P" { capabilities = [...] }`
+//!   blocks (and the old `policy = "read"` shorthand), an optional `name`,
+//!   nothing else. A leading `/` is dropped; a trailing `*` makes a prefix
+//!   rule; a `+` segment (`a/+/b`) matches any one segment; `+*` is
+//!   refused. The JSON form (`{"path": {"P": {...}}}`) is read too, as
+//!   Vault's HCL 1 parser reads it.
+//! - [`Acl::new`] merges policies as Vault's `NewACL` does: rules on the
+//!   same path add up, and a `deny` on a path wipes every other
+//!   capability on that path, whichever policy wrote it.
+//! - [`Acl::capabilities`] picks the one rule that applies, as Vault's
+//!   `AllowOperation` does: an exact rule first; otherwise, among the
+//!   prefix and `+` rules that match, the most specific by Vault's order
+//!   (`CheckAllowedFromNonExactPaths`): the later the first `+` or `*`,
+//!   the more specific; then a non-prefix beats a prefix; then fewer `+`
+//!   segments; then the longer path. Capabilities of less specific rules
+//!   do not add up: `secret/*` with `read` and `secret/a` with `list`
+//!   leave `secret/a` list-only, as in Vault.
+//!
+//! Parameter constraints (`allowed_parameters`, `denied_parameters`,
+//! `required_parameters`), wrapping TTLs, MFA and control groups are
+//! refused when a policy is written: rolemint cannot honour them, and a
+//! policy that silently lost a restriction would grant more than it says.
+//! Identity templating (`{{identity.entity.id}}`) is not expanded: such a
+//! path matches only itself.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Longest policy text accepted.
+pub const MAX_POLICY_BYTES: usize = 64 * 1024;
+/// Most `path` blocks in one policy.
+pub const MAX_PATHS: usize = 1_000;
+/// Longest path in a rule.
+const MAX_PATH_BYTES: usize = 1_024;
+/// Longest policy name.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// The policy every token carries unless told otherwise (Vault's
+/// `default`, as Vault writes it at init, less the identity-templated
+/// paths rolemint does not expand). It can be rewritten through
+/// `sys/policy/default`, never deleted.
+pub const DEFAULT_POLICY: &str = r#"# Allow tokens to look up their own properties
+path "auth/token/lookup-self" {
+    capabilities = ["read"]
+}
+
+# Allow tokens to renew themselves
+path "auth/token/renew-self" {
+    capabilities = ["update"]
+}
+
+# Allow tokens to revoke themselves
+path "auth/token/revoke-self" {
+    capabilities = ["update"]
+}
+
+# Allow a token to look up its own capabilities on a path
+path "sys/capabilities-self" {
+    capabilities = ["update"]
+}
+
+# Allow a token to look up its resultant ACL from all policies
+path "sys/internal/ui/resultant-acl" {
+    capabilities = ["read"]
+}
+
+# Allow a token to renew a lease via lease_id in the request body; old path for
+# old clients, new path for newer
+path "sys/renew" {
+    capabilities = ["update"]
+}
+path "sys/leases/renew" {
+    capabilities = ["update"]
+}
+
+# Allow looking up lease properties. This requires knowing the lease ID ahead
+# of time and does not divulge any sensitive information.
+path "sys/leases/lookup" {
+    capabilities = ["update"]
+}
+
+# Allow a token to manage its own cubbyhole
+path "cubbyhole/*" {
+    capabilities = ["create", "read", "update", "delete", "list"]
+}
+
+# Allow general purpose tools
+path "sys/tools/hash" {
+    capabilities = ["update"]
+}
+path "sys/tools/hash/*" {
+    capabilities = ["update"]
+}
+"#;
+
+/// What a policy, or the door, can say about a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AclError {
+    /// Not a policy; the text is Vault's ("failed to parse policy: ...").
+    #[error("failed to parse policy: {0}")]
+    Parse(String),
+    #[error("invalid policy name {0:?}: use 1-128 of a-z, 0-9, '-', '_', '.', '@'")]
+    Name(String),
+}
+
+fn parse_error(message: impl Into<String>) -> AclError {
+    AclError::Parse(message.into())
+}
+
+/// One capability of Vault's policy language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Capability {
+    Deny,
+    Create,
+    Read,
+    Update,
+    Delete,
+    List,
+    Sudo,
+    Patch,
+}
+
+impl Capability {
+    /// Vault's order in `capabilities` answers.
+    const ALL: [Capability; 8] = [
+        Capability::Sudo,
+        Capability::Read,
+        Capability::List,
+        Capability::Update,
+        Capability::Delete,
+        Capability::Create,
+        Capability::Patch,
+        Capability::Deny,
+    ];
+
+    /// The word a policy writes (Vault's constants, lower case only).
+    pub fn parse(word: &str) -> Option<Capability> {
+        Capability::ALL.into_iter().find(|c| c.as_str() == word)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Deny => "deny",
+            Capability::Create => "create",
+            Capability::Read => "read",
+            Capability::Update => "update",
+            Capability::Delete => "delete",
+            Capability::List => "list",
+            Capability::Sudo => "sudo",
+            Capability::Patch => "patch",
+        }
+    }
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+/// A set of capabilities. A set holding `deny` holds nothing else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities(u16);
+
+impl Capabilities {
+    /// Every capability but `deny`: what the root policy has everywhere.
+    pub fn all() -> Capabilities {
+        Capability::ALL
+            .into_iter()
+            .filter(|c| *c != Capability::Deny)
+            .fold(Capabilities::default(), |s, c| s.with(c))
+    }
+
+    fn with(self, c: Capability) -> Capabilities {
+        if c == Capability::Deny || self.is_denied() {
+            return Capabilities(Capability::Deny.bit());
+        }
+        Capabilities(self.0 | c.bit())
+    }
+
+    /// Vault's merge of two rules on the same path: deny wins, else union.
+    fn merge(self, other: Capabilities) -> Capabilities {
+        if self.is_denied() || other.is_denied() {
+            Capabilities(Capability::Deny.bit())
+        } else {
+            Capabilities(self.0 | other.0)
+        }
+    }
+
+    pub fn is_denied(self) -> bool {
+        self.0 & Capability::Deny.bit() != 0
+    }
+
+    /// Whether the set grants `c` (never when denied).
+    pub fn grants(self, c: Capability) -> bool {
+        !self.is_denied() && c != Capability::Deny && self.0 & c.bit() != 0
+    }
+
+    /// The names, in Vault's order; `["deny"]` for a denied or empty set,
+    /// as `sys/capabilities` answers.
+    pub fn names(self) -> Vec<&'static str> {
+        if self.is_denied() || self.0 == 0 {
+            return vec!["deny"];
+        }
+        Capability::ALL
+            .into_iter()
+            .filter(|c| self.grants(*c))
+            .map(Capability::as_str)
+            .collect()
+    }
+}
+
+/// How a rule's path matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The path itself.
+    Exact,
+    /// Every path starting with it (written with a trailing `*`).
+    Prefix,
+    /// Has `+` segments; the path keeps its trailing `*`, if any.
+    Segments,
+}
+
+/// One `path` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rule {
+    path: String,
+    kind: Kind,
+    capabilities: Capabilities,
+}
+
+/// A parsed policy: its name, the text it was written as (what a read
+/// returns), and its rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    name: String,
+    raw: String,
+    rules: Vec<Rule>,
+}
+
+/// A policy name as Vault stores it: lower case (Vault lower-cases
+/// names), from a narrow alphabet rolemint also uses in log lines.
+pub fn normalize_name(name: &str) -> Result<String, AclError> {
+    let lower = name.to_ascii_lowercase();
+    let ok = !lower.is_empty()
+        && lower.len() <= MAX_NAME_BYTES
+        && lower
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.@".contains(&b));
+    if ok {
+        Ok(lower)
+    } else {
+        Err(AclError::Name(name.chars().take(MAX_NAME_BYTES).collect()))
+    }
+}
+
+impl Policy {
+    /// Parses `text` (HCL, or its JSON form) as the policy `name`.
+    pub fn parse(name: &str, text: &str) -> Result<Policy, AclError> {
+        let name = normalize_name(name)?;
+        if text.len() > MAX_POLICY_BYTES {
+            return Err(parse_error(format!(
+                "policy longer than {MAX_POLICY_BYTES} bytes"
+            )));
+        }
+        let blocks = if text.trim_start().starts_with('{') {
+            json_blocks(text)?
+        } else {
+            hcl_blocks(text)?
+        };
+        if blocks.len() > MAX_PATHS {
+            return Err(parse_error(format!("more than {MAX_PATHS} paths")));
+        }
+        let rules = blocks
+            .into_iter()
+            .map(|(path, attrs)| rule(&path, attrs))
+            .collect::<Result<_, _>>()?;
+        Ok(Policy {
+            name,
+            raw: text.to_owned(),
+            rules,
+        })
+    }
+
+    /// The built-in `default` policy.
+    pub fn default_policy() -> Policy {
+        // The text is a constant tested below: it always parses.
+        Policy::parse("default", DEFAULT_POLICY).unwrap_or_else(|_| Policy {
+            name: "default".into(),
+            raw: DEFAULT_POLICY.into(),
+            rules: Vec::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The text as written.
+    pub fn raw(&self) -> &str {
+        &self.raw
+    }
+}
+
+/// A value in a `path` block, as far as policies use values.
+#[derive(Debug)]
+enum Value {
+    Str(String),
+    List(Vec<String>),
+    Other,
+}
+
+type Blocks = Vec<(String, Vec<(String, Value)>)>;
+
+/// The `path` blocks of an HCL policy.
+fn hcl_blocks(text: &str) -> Result<Blocks, AclError> {
+    let body = hcl::parse(text).map_err(|e| parse_error(e.to_string()))?;
+    let mut blocks = Vec::new();
+    for structure in body.into_inner() {
+        match structure {
+            hcl::Structure::Attribute(a) if a.key.as_str() == "name" => {}
+            hcl::Structure::Attribute(a) => {
+                return Err(parse_error(format!("invalid key {:?}", a.key.as_str())))
+            }
+            hcl::Structure::Block(b) if b.identifier.as_str() == "path" => {
+                let [label] = b.labels.as_slice() else {
+                    return Err(parse_error("a path block takes exactly one path"));
+                };
+                let path = label.as_str().to_owned();
+                let mut attrs = Vec::new();
+                for inner in b.body.into_inner() {
+                    match inner {
+                        hcl::Structure::Attribute(a) => {
+                            attrs.push((a.key.as_str().to_owned(), hcl_value(a.expr)))
+                        }
+                        hcl::Structure::Block(inner) => {
+                            attrs.push((inner.identifier.as_str().to_owned(), Value::Other))
+                        }
+                    }
+                }
+                blocks.push((path, attrs));
+            }
+            hcl::Structure::Block(b) => {
+                return Err(parse_error(format!(
+                    "invalid key {:?}",
+                    b.identifier.as_str()
+                )))
+            }
+        }
+    }
+    Ok(blocks)
+}
+
+fn hcl_value(expr: hcl::Expression) -> Value {
+    match expr {
+        hcl::Expression::String(s) => Value::Str(s),
+        hcl::Expression::Array(items) => {
+            let strings: Option<Vec<String>> = items
+                .into_iter()
+                .map(|e| match e {
+                    hcl::Expression::String(s) => Some(s),
+                    _ => None,
+                })
+                .collect();
+            strings.map_or(Value::Other, Value::List)
+        }
+        _ => Value::Other,
+    }
+}
+
+/// The `path` entries of a JSON policy: `{"path": {"P": {...}, ...}}`.
+fn json_blocks(text: &str) -> Result<Blocks, AclError> {
+    use serde_json::Value as J;
+    let root: J = serde_json::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+    let J::Object(root) = root else {
+        return Err(parse_error("does not contain a root object"));
+    };
+    let mut blocks = Vec::new();
+    for (key, value) in root {
+        match (key.as_str(), value) {
+            ("name", _) => {}
+            ("path", J::Object(paths)) => {
+                for (path, rules) in paths {
+                    let J::Object(rules) = rules else {
+                        return Err(parse_error(format!("path {path:?}: not an object")));
+                    };
+                    let attrs = rules
+                        .into_iter()
+                        .map(|(k, v)| {
+                            let v = match v {
+                                J::String(s) => Value::Str(s),
+                                J::Array(items) => items
+                                    .into_iter()
+                                    .map(|i| match i {
+                                        J::String(s) => Some(s),
+                                        _ => None,
+                                    })
+                                    .collect::<Option<Vec<_>>>()
+                                    .map_or(Value::Other, Value::List),
+                                _ => Value::Other,
+                            };
+                            (k, v)
+                        })
+                        .collect();
+                    blocks.push((path, attrs));
+                }
+            }
+            (other, _) => return Err(parse_error(format!("invalid key {other:?}"))),
+        }
+    }
+    Ok(blocks)
+}
+
+/// Keys Vault accepts in a `path` block that rolemint refuses: each would
+/// restrict a request in a way rolemint does not check.
+const UNSUPPORTED_KEYS: &[&str] = &[
+    "allowed_parameters",
+    "denied_parameters",
+    "required_parameters",
+    "min_wrapping_ttl",
+    "max_wrapping_ttl",
+    "mfa_methods",
+    "control_group",
+];
+
+/// One `path` block, checked as Vault's `parsePaths` checks it.
+fn rule(written: &str, attrs: Vec<(String, Value)>) -> Result<Rule, AclError> {
+    let err = |m: String| parse_error(format!("path {written:?}: {m}"));
+    if written.len() > MAX_PATH_BYTES {
+        return Err(err(format!("longer than {MAX_PATH_BYTES} bytes")));
+    }
+    let mut words: Vec<String> = Vec::new();
+    for (key, value) in attrs {
+        match (key.as_str(), value) {
+            ("comment", Value::Str(_)) => {}
+            ("capabilities", Value::List(list)) => words.extend(list),
+            ("policy", Value::Str(old)) => words.extend(
+                old_policy(&old)
+                    .ok_or_else(|| err(format!("invalid policy {old:?}")))?
+                    .iter()
+                    .map(|w| (*w).to_owned()),
+            ),
+            (k, _) if UNSUPPORTED_KEYS.contains(&k) => {
+                return Err(err(format!(
+                    "{k} is not supported by rolemint (it would be ignored, granting more than \
+                     the policy says); remove it"
+                )))
+            }
+            ("comment" | "capabilities" | "policy", _) => {
+                return Err(err(format!("{key}: wrong type")))
+            }
+            (k, _) => return Err(err(format!("invalid key {k:?}"))),
+        }
+    }
+    let mut capabilities = Capabilities::default();
+    for word in &words {
+        let c =
+            Capability::parse(word).ok_or_else(|| err(format!("invalid capability {word:?}")))?;
+        capabilities = capabilities.with(c);
+    }
+    let path = written.strip_prefix('/').unwrap_or(written);
+    if path.contains("+*") {
+        return Err(parse_error(format!(
+            "path {path:?}: invalid use of wildcards ('+*' is forbidden)"
+        )));
+    }
+    let segments = path == "+" || path.contains("/+") || path.starts_with("+/");
+    let (path, kind) = match path.strip_suffix('*') {
+        _ if segments => (path, Kind::Segments),
+        Some(prefix) => (prefix, Kind::Prefix),
+        None => (path, Kind::Exact),
+    };
+    Ok(Rule {
+        path: path.to_owned(),
+        kind,
+        capabilities,
+    })
+}
+
+/// Vault's pre-0.5 shorthand, still accepted.
+fn old_policy(word: &str) -> Option<&'static [&'static str]> {
+    Some(match word {
+        "deny" => &["deny"],
+        "read" => &["read", "list"],
+        "write" => &["create", "read", "update", "delete", "list"],
+        "sudo" => &["create", "read", "update", "delete", "list", "sudo"],
+        _ => return None,
+    })
+}
+
+/// The merged rules of a set of policies: what one caller may do.
+#[derive(Debug, Clone, Default)]
+pub struct Acl {
+    /// Holds the `root` policy: everything, everywhere.
+    root: bool,
+    exact: HashMap<String, Capabilities>,
+    prefix: BTreeMap<String, Capabilities>,
+    segments: BTreeMap<String, Capabilities>,
+}
+
+impl Acl {
+    /// The root policy's ACL.
+    pub fn root() -> Acl {
+        Acl {
+            root: true,
+            ..Acl::default()
+        }
+    }
+
+    /// The merge of `policies`. A policy named `root` makes it root.
+    pub fn new<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Acl {
+        let mut acl = Acl::default();
+        for policy in policies {
+            if policy.name == "root" {
+                acl.root = true;
+            }
+            for rule in &policy.rules {
+                let map = match rule.kind {
+                    Kind::Exact => &mut acl.exact,
+                    Kind::Prefix => {
+                        merge_into(&mut acl.prefix, &rule.path, rule.capabilities);
+                        continue;
+                    }
+                    Kind::Segments => {
+                        merge_into(&mut acl.segments, &rule.path, rule.capabilities);
+                        continue;
+                    }
+                };
+                map.entry(rule.path.clone())
+                    .and_modify(|c| *c = c.merge(rule.capabilities))
+                    .or_insert(rule.capabilities);
+            }
+        }
+        acl
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.root
+    }
+
+    /// The capabilities on `path` (no leading `/`). `list`: the request is
+    /// a LIST, whose path Vault ends with `/` and also matches without it.
+    pub fn capabilities(&self, path: &str, list: bool) -> Capabilities {
+        if self.root {
+            return Capabilities::all();
+        }
+        let path = path.trim_start_matches('/');
+        if let Some(c) = self.exact.get(path) {
+            return *c;
+        }
+        let bare = path.strip_suffix('/');
+        if list {
+            if let Some(c) = bare.and_then(|p| self.exact.get(p)) {
+                return *c;
+            }
+            if let Some(c) = bare.and_then(|p| self.non_exact(p)) {
+                return c;
+            }
+        }
+        self.non_exact(path).unwrap_or_default()
+    }
+
+    /// Whether `capability` is granted on `path`, and `sudo` too when
+    /// `sudo` is asked for.
+    pub fn allows(&self, path: &str, capability: Capability, sudo: bool) -> bool {
+        let c = self.capabilities(path, capability == Capability::List);
+        c.grants(capability) && (!sudo || c.grants(Capability::Sudo))
+    }
+
+    /// The most specific prefix or `+` rule matching `path`.
+    fn non_exact(&self, path: &str) -> Option<Capabilities> {
+        // Longest matching prefix rule (a radix tree's LongestPrefix).
+        let prefix = self
+            .prefix
+            .iter()
+            .filter(|(p, _)| path.starts_with(p.as_str()))
+            .max_by_key(|(p, _)| p.len())
+            .map(|(p, c)| Candidate {
+                first_wildcard: p.len(),
+                is_prefix: true,
+                wildcards: 0,
+                path: p,
+                capabilities: *c,
+            });
+        let parts: Vec<&str> = path.split('/').collect();
+        let segments = self
+            .segments
+            .iter()
+            .filter_map(|(full, c)| segment_match(full, &parts, *c));
+        prefix
+            .into_iter()
+            .chain(segments)
+            .max_by(Candidate::priority)
+            .map(|c| c.capabilities)
+    }
+}
+
+fn merge_into(map: &mut BTreeMap<String, Capabilities>, path: &str, c: Capabilities) {
+    map.entry(path.to_owned())
+        .and_modify(|old| *old = old.merge(c))
+        .or_insert(c);
+}
+
+/// A matching non-exact rule, described as Vault's `wcPathDescr`.
+struct Candidate<'a> {
+    first_wildcard: usize,
+    is_prefix: bool,
+    wildcards: usize,
+    path: &'a str,
+    capabilities: Capabilities,
+}
+
+impl Candidate<'_> {
+    /// Vault's priority: the greater wins.
+    fn priority(a: &Self, b: &Self) -> std::cmp::Ordering {
+        a.first_wildcard
+            .cmp(&b.first_wildcard)
+            .then(b.is_prefix.cmp(&a.is_prefix))
+            .then(b.wildcards.cmp(&a.wildcards))
+            .then(a.path.len().cmp(&b.path.len()))
+            .then(a.path.cmp(b.path))
+    }
+}
+
+/// Whether the `+` rule `full` matches the path split into `parts`.
+fn segment_match<'a>(full: &'a str, parts: &[&str], c: Capabilities) -> Option<Candidate<'a>> {
+    let first_wildcard = full.find('+')?;
+    let (path, is_prefix) = match full.strip_suffix('*') {
+        Some(p) => (p, true),
+        None => (full, false),
+    };
+    let rule: Vec<&str> = path.split('/').collect();
+    if parts.len() < rule.len() || (!is_prefix && parts.len() != rule.len()) {
+        return None;
+    }
+    let mut wildcards = 0;
+    for (i, (want, got)) in rule.iter().zip(parts).enumerate() {
+        if *want == "+" {
+            wildcards += 1;
+        } else if want != got && !(is_prefix && i == rule.len() - 1 && got.starts_with(want)) {
+            return None;
+        }
+    }
+    Some(Candidate {
+        first_wildcard,
+        is_prefix,
+        wildcards,
+        path,
+        capabilities: c,
+    })
+}
+
+#[cfg(test)]
+mod tests;
