@@ -16,7 +16,8 @@
 //!   with [`cli::dev::cluster`] the throwaway PostgreSQL cluster it runs
 //!   (the tests use it too); [`cli::leases`] `rolemint leases` and
 //!   `health`, clients of the admin API; [`cli::token`] `token` and
-//!   `keygen`.
+//!   `keygen`; [`cli::login`] a person's `login` (OpenID Connect device
+//!   flow or PKCE), `status`, `psql`, `env`, `connect-string`, `logout`.
 //! - [`config`]: the TOML config, its defaults and validation, and
 //!   [`config::placeholder`], the one parser and renderer of `{{...}}`.
 //! - [`proxy`]: the data path. [`proxy::server`] the accept loop, the
@@ -58,7 +59,8 @@
 //!   [`control::leases::LeaseDirectory`], [`control::directory`] acting
 //!   on the leases of every instance) and the Vault-compatible door
 //!   ([`control::door`]: login and client tokens, `database/creds` and
-//!   `database/roles`, `sys/health`).
+//!   `database/roles`, `sys/health`), and [`control::people`], what a
+//!   person's CLI asks (`/.well-known/rolemint-login`, `/v1/rolemint/whoami`).
 //! - [`observe`]: [`observe::audit`] the JSON-lines audit log,
 //!   [`observe::metrics`] every Prometheus metric described once,
 //!   [`observe::logging`] the tracing subscriber.

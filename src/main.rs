@@ -56,6 +56,12 @@ fn set_sigpipe(handler: SigHandler) {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(config).await,
+        Command::Login(args) => rolemint::cli::login::login(args).await,
+        Command::Logout(args) => rolemint::cli::login::logout(args).await,
+        Command::Status(args) => rolemint::cli::login::status(args).await,
+        Command::Psql { target, psql_args } => rolemint::cli::login::psql(target, psql_args).await,
+        Command::Env(args) => rolemint::cli::login::env(args).await,
+        Command::ConnectString(args) => rolemint::cli::login::connect_string(args).await,
         Command::Dev { dir, port, sub } => {
             rolemint::observe::logging::init(LogFormat::Text);
             rolemint::cli::dev::run(rolemint::cli::dev::DevArgs {

@@ -265,6 +265,7 @@ async fn api_with_directory() -> (SocketAddr, Arc<MemoryDirectory>, Cancellation
         ready_timeout: Duration::from_secs(5),
         max_body_bytes: 65536,
         vault: None,
+        people: None,
     };
     let listener = AdminListener::bind("127.0.0.1:0".parse().unwrap(), None, 16)
         .await

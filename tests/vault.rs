@@ -771,6 +771,7 @@ async fn workload_tokens_act_on_their_own_leases_only() {
         ready_timeout: Duration::from_secs(5),
         max_body_bytes: 65536,
         vault: Some(Arc::new(VaultDoor::new(Arc::clone(&h.shared)))),
+        people: None,
     };
     let listener = AdminListener::bind("127.0.0.1:0".parse().unwrap(), None, 16)
         .await

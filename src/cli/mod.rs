@@ -1,15 +1,18 @@
 //! The command line: `serve`, `dev`, `token`, `keygen`, `check`, `leases`, `health`,
-//! `rotate-admin`.
+//! `rotate-admin`, and a person's `login`, `logout`, `status`, `psql`, `env`,
+//! `connect-string`.
 //!
 //! The folder holds every subcommand: [`check`] (preflight), [`dev`]
 //! (`rolemint dev` and its throwaway cluster, [`dev::cluster`]), [`leases`]
 //! (`leases` and `health`, clients of the admin API), [`token`] (`token`
-//! and `keygen`). It is the top of the crate: it may use any folder, and
+//! and `keygen`), [`login`] (a person signing in at the identity provider
+//! and connecting with the token). It is the top of the crate: it may use any folder, and
 //! nothing below may use it.
 
 pub mod check;
 pub mod dev;
 pub mod leases;
+pub mod login;
 pub mod token;
 
 use std::path::PathBuf;
@@ -84,6 +87,28 @@ pub enum Command {
         #[arg(long)]
         insecure: bool,
     },
+    /// Sign in at the identity provider the proxy names (device flow, or a
+    /// browser with PKCE) and keep the token for psql, env and status.
+    Login(crate::cli::login::LoginArgs),
+    /// Forget the login of a proxy (and revoke its refresh token).
+    Logout(crate::cli::login::ProxyArgs),
+    /// Who you are signed in as, until when, and which templates and
+    /// databases you may use (asked of the proxy).
+    Status(crate::cli::login::ProxyArgs),
+    /// Run psql against the proxy as TEMPLATE, the token in its environment
+    /// (never on its command line) and sslmode=verify-full. Arguments after
+    /// `--` go to psql.
+    Psql {
+        #[command(flatten)]
+        target: crate::cli::login::ConnectArgs,
+        /// Arguments for psql (after `--`).
+        #[arg(last = true)]
+        psql_args: Vec<String>,
+    },
+    /// Print `export PG...` lines (token included) for scripts and pgbench.
+    Env(crate::cli::login::ConnectArgs),
+    /// Print a libpq connection string (without the token) for GUI tools.
+    ConnectString(crate::cli::login::ConnectArgs),
     /// Set a new random password for the admin role (as a SCRAM verifier)
     /// and write it to `backend.admin_password_file`, as Vault's
     /// rotate-root does. A running rolemint picks it up on restart (or use

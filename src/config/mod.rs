@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
+pub mod login;
 pub mod placeholder;
 
 /// Longest duration any TTL may be configured to; a guard against typos such
@@ -71,6 +72,9 @@ pub struct Config {
     /// What the instances of one deployment share; off by default.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// What `rolemint login` signs people in with; off by default.
+    #[serde(default)]
+    pub login: Option<login::LoginConfig>,
     /// Role templates by name: the `user` a client connects as.
     pub roles: BTreeMap<String, RoleTemplate>,
 }
@@ -778,10 +782,16 @@ impl Config {
             rebase(&mut i.hs256_secret_file);
             rebase(&mut i.jwks_ca_file);
         }
+        if let Some(l) = &mut self.login {
+            rebase(&mut l.proxy_ca_file);
+        }
     }
 
     /// Checks what the types cannot: combinations, ranges, placeholders.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(l) = &self.login {
+            login::validate(l, &self.auth.issuers).map_err(invalid)?;
+        }
         let p = &self.proxy;
         if p.tls_cert.is_some() != p.tls_key.is_some() {
             return Err(invalid("proxy: tls_cert and tls_key go together"));

@@ -6,6 +6,7 @@
 //!        ├─ /healthz /readyz /metrics             health.rs  (no token)
 //!        ├─ /v1/sys/leases/...                     leases.rs  (Vault's shape)
 //!        ├─ /v1/rolemint/leases[/revoke]           leases.rs  (rolemint's own)
+//!        ├─ /.well-known/rolemint-login, /v1/rolemint/whoami   people.rs
 //!        ├─ /v1/auth/.., /v1/database/.., /v1/sys/health   door.rs (Vault-compatible)
 //!        └─ anything else: 404 / 405 as {"errors": [...]}   vault.rs
 //! ```
@@ -31,6 +32,7 @@ pub mod health;
 pub mod leases;
 #[cfg(any(test, feature = "testkit"))]
 pub mod memory;
+pub mod people;
 pub mod vault;
 pub mod wiring;
 
@@ -103,6 +105,9 @@ pub struct AdminState {
     pub max_body_bytes: usize,
     /// The Vault-compatible routes (`[vault]`); `None`: off.
     pub vault: Option<Arc<door::VaultDoor>>,
+    /// `/.well-known/rolemint-login` and `/v1/rolemint/whoami`; `None` in
+    /// tests without a server.
+    pub people: Option<Arc<people::People>>,
 }
 
 impl AdminState {
@@ -129,6 +134,7 @@ impl AdminState {
             ready_timeout: health::ready_timeout(config),
             max_body_bytes: config.admin.max_body_bytes,
             vault: None,
+            people: None,
         }
     }
 
@@ -199,6 +205,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
             post(revoke_prefix).put(revoke_prefix),
         )
         .route("/v1/rolemint/leases", get(list_full))
+        .route("/v1/rolemint/whoami", get(people::whoami))
+        .route("/.well-known/rolemint-login", get(people::login_metadata))
         .route(
             "/v1/rolemint/leases/revoke",
             post(revoke_selected).put(revoke_selected),

@@ -68,6 +68,9 @@ pub fn start(
             audit,
             shutdown.clone(),
         );
+        state.people = Some(Arc::new(super::people::People {
+            shared: Arc::clone(shared),
+        }));
         if shared.config.vault.enabled {
             state.vault = Some(Arc::new(super::door::VaultDoor::new(Arc::clone(shared))));
         }
