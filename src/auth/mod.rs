@@ -2,8 +2,11 @@
 //! identities out: issuers, keys, JWKS, static tokens, the verified-token
 //! cache, the per-address failure limiter), [`policy`] (identity x
 //! template x database -> allowed or not, and the session settings
-//! rendered from claims) and [`acl`] (Vault's HCL policies: paths with
-//! `*` and `+`, capabilities, `deny`, the `default` and `root` policies).
+//! rendered from claims), [`acl`] (Vault's HCL policies: paths with
+//! `*` and `+`, capabilities, `deny`, the `default` and `root` policies);
+//! [`token`] Vault tokens and [`auth_role`] the
+//! auth roles of the jwt/kubernetes mounts, both without IO (the door and
+//! the store keep them), and [`fields`], Vault's loose request fields.
 //!
 //! Owns every decision about a token and a claim. Must not touch
 //! PostgreSQL, leases, sessions or HTTP routes: it answers questions and
@@ -11,5 +14,8 @@
 //! token cache.
 
 pub mod acl;
+pub mod auth_role;
+pub mod fields;
 pub mod identity;
 pub mod policy;
+pub mod token;

@@ -164,6 +164,13 @@ pub(super) fn peek_issuer(token: &str) -> Result<Option<String>, IdentityError> 
     }
 }
 
+/// The payload of a JWT, not verified here (see `verified_claims`).
+pub(super) fn payload(token: &str) -> Result<Value, IdentityError> {
+    let claims: Map<String, Value> =
+        jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(map_error)?;
+    Ok(Value::Object(claims))
+}
+
 /// Translates jsonwebtoken's error into our reason. Only static text and
 /// registered claim names get through: serde's messages can quote claim
 /// values, and those stay out of the log.

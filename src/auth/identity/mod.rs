@@ -391,3 +391,10 @@ pub fn issue_ed25519(
 }
 
 pub use jwt::IssueClaims;
+
+/// The claims of a JWT that [`Verifier::authenticate`] has just accepted,
+/// for the bound checks of an auth role. Reads the payload only: call it
+/// on a verified token, never on one that failed.
+pub fn verified_claims(token: &str) -> Result<serde_json::Value, IdentityError> {
+    jwt::payload(token)
+}
