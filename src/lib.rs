@@ -61,6 +61,10 @@
 //!   ([`control::door`]: login and client tokens, `database/creds` and
 //!   `database/roles`, `sys/health`), and [`control::people`], what a
 //!   person's CLI asks (`/.well-known/rolemint-login`, `/v1/rolemint/whoami`).
+//! - [`store`]: rolemint's own schema in the admin database (append-only
+//!   migrations under an advisory lock) and what the API writes there
+//!   (templates, policies, auth roles as named JSON objects), kept current
+//!   on every instance by `LISTEN`/`NOTIFY` and a periodic check.
 //! - [`observe`]: [`observe::audit`] the JSON-lines audit log,
 //!   [`observe::metrics`] every Prometheus metric described once,
 //!   [`observe::logging`] the tracing subscriber.
@@ -75,7 +79,7 @@
 //!   compiled to nothing in release builds).
 //!
 //! Imports go down this list, roughly: `cli` -> `proxy` -> `control` ->
-//! `runtime` -> `lease` -> `pg` -> `auth` -> `observe`, `tls` -> `config`
+//! `runtime` -> `store`, `lease` -> `pg` -> `auth` -> `observe`, `tls` -> `config`
 //! -> the leaves. `tests/module_graph.rs` fails on any module import
 //! circle; the few edges that still close one are listed there, each with
 //! what breaks it.
@@ -92,4 +96,5 @@ pub mod pg;
 pub mod proxy;
 pub mod runtime;
 pub mod secret;
+pub mod store;
 pub mod tls;

@@ -28,6 +28,9 @@ GRANT pg_signal_backend TO rolemint_admin;
 -- in only from rolemint's address (the view is superuser-only by default).
 GRANT SELECT ON pg_catalog.pg_hba_file_rules TO rolemint_admin;
 GRANT EXECUTE ON FUNCTION pg_catalog.pg_hba_file_rules() TO rolemint_admin;
+-- So that rolemint can create its own schema (`rolemint`: templates,
+-- policies and tokens written through the API) in its admin database.
+GRANT CREATE ON DATABASE postgres TO rolemint_admin;
 
 -- Group roles the templates grant to minted roles. Nobody logs in as them.
 CREATE ROLE app_read NOLOGIN;

@@ -31,6 +31,7 @@
 //! back from the catalog (`catalog.rs`), a page at a time.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::SystemRandom;
@@ -381,6 +382,45 @@ impl AdminClient {
         let mut conn = self.pool.get(&self.admin_database).await?;
         conn.batch(&sql::prepare()).await?;
         Ok(())
+    }
+
+    /// A pooled connection to `backend.admin_database`, for rolemint's own
+    /// schema there (`store/`): reads, writes, and the migrations, which
+    /// hold one connection across several batches of one transaction.
+    pub async fn admin_connection(&self) -> Result<pool::PooledClient<'_>, MintError> {
+        self.pool.get(&self.admin_database).await
+    }
+
+    /// `backend.admin_database`.
+    pub fn admin_database(&self) -> &str {
+        &self.admin_database
+    }
+
+    /// A connection of its own to `backend.admin_database` that has run
+    /// `LISTEN channel`: each notification on it wakes `wake`, and so does
+    /// its end (the caller then sees `is_closed()` and opens another).
+    pub async fn listen(
+        &self,
+        channel: &str,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Result<tokio_postgres::Client, MintError> {
+        let client = self
+            .pool
+            .connect_with(&self.admin_database, Some(wake))
+            .await?;
+        let listen = format!(
+            "LISTEN {}",
+            postgres_protocol::escape::escape_identifier(channel)
+        );
+        match tokio::time::timeout(self.statement_timeout, client.simple_query(&listen)).await {
+            Err(_) => Err(MintError::Timeout {
+                what: "running LISTEN",
+                database: self.admin_database.clone(),
+                after: self.statement_timeout,
+            }),
+            Ok(Err(e)) => Err(MintError::query(&self.admin_database, &e)),
+            Ok(Ok(_)) => Ok(client),
+        }
     }
 
     /// Proves an admin connection to `database` works now: a pooled one

@@ -36,6 +36,7 @@ pub use admin::{
 pub use catalog::{CatalogFilter, CatalogLease, CatalogPage, CATALOG_PAGE};
 pub use names::{is_valid_role_name, sanitize as sanitize_name_part, NameTemplate, MAX_NAME_BYTES};
 pub use pg_tls::MakeRustlsConnect;
+pub use pool::PooledClient;
 pub use reap_sql::{ManagedRole, Sweep, MAX_ROLES_PER_SWEEP, SWEEP_LOCK_KEY};
 pub use revoke_sql::{Outcome, Target};
 pub use sql::{LeaseComment, LeaseKind, DIRECT_MARKER_ROLE, MARKER_ROLE};

@@ -27,9 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
 use super::auth_guard::{Guarded, GuardedConnect};
 use super::pg_tls::MakeRustlsConnect;
@@ -217,14 +217,25 @@ impl AdminPool {
     /// A new admin connection to `database`, outside the pool's bound and
     /// never returned to it (the reaper's sweep holds one for its lock).
     pub(super) async fn connect(&self, database: &str) -> Result<Client, MintError> {
+        self.connect_with(database, None).await
+    }
+
+    /// [`AdminPool::connect`], and with `wake` set, a connection whose
+    /// `NOTIFY` messages (and its end) wake `wake`: the store's `LISTEN`.
+    pub(super) async fn connect_with(
+        &self,
+        database: &str,
+        wake: Option<Arc<Notify>>,
+    ) -> Result<Client, MintError> {
         let mut config = self.base.read().unwrap_or_else(|e| e.into_inner()).clone();
         config.dbname(database);
         let connecting = async {
             if self.allow_weak_auth {
                 return match &self.tls {
-                    None => Ok(spawn_connection(config.connect(NoTls).await?)?),
+                    None => Ok(spawn_connection(config.connect(NoTls).await?, wake)?),
                     Some(tls) => Ok(spawn_connection(
                         config.connect(MakeRustlsConnect::new(tls.clone())).await?,
+                        wake,
                     )?),
                 };
             }
@@ -233,14 +244,16 @@ impl AdminPool {
                 .map_err(GuardedConnectError::Io)?;
             crate::tls::tune_tcp(&tcp);
             Ok(match &self.tls {
-                None => spawn_connection(config.connect_raw(Guarded::new(tcp), NoTls).await?)?,
+                None => {
+                    spawn_connection(config.connect_raw(Guarded::new(tcp), NoTls).await?, wake)?
+                }
                 Some(tls) => {
                     let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
                         &mut MakeRustlsConnect::new(tls.clone()),
                         &self.addr.0,
                     )
                     .map_err(GuardedConnectError::Io)?;
-                    spawn_connection(config.connect_raw(tcp, GuardedConnect(tls)).await?)?
+                    spawn_connection(config.connect_raw(tcp, GuardedConnect(tls)).await?, wake)?
                 }
             })
         };
@@ -319,18 +332,37 @@ struct DatabasePool {
 }
 
 /// Drives the connection's socket on its own task; the `Client` talks to it
-/// through a channel and sees `is_closed()` once it ends.
+/// through a channel and sees `is_closed()` once it ends. With `wake`, every
+/// notification wakes it, and so does the end of the connection (its owner
+/// then finds `is_closed()` and reconnects). Notifications are not queued
+/// here: a wake means "read again", and `Notify` keeps at most one.
 fn spawn_connection<S, T>(
-    (client, connection): (Client, tokio_postgres::Connection<S, T>),
+    (client, mut connection): (Client, tokio_postgres::Connection<S, T>),
+    wake: Option<Arc<Notify>>,
 ) -> Result<Client, tokio_postgres::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "admin connection ended");
+        let Some(wake) = wake else {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "admin connection ended");
+            }
+            return;
+        };
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "listening admin connection ended");
+                    break;
+                }
+                None => break,
+            }
         }
+        wake.notify_one();
     });
     Ok(client)
 }

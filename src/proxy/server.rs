@@ -77,6 +77,14 @@ impl Server {
                 config.backend.host, config.backend.port, config.backend.admin_user
             )
         })?;
+        // rolemint's own schema: created or migrated, and read once, before
+        // the first session. A failure (the admin may lack CREATE on the
+        // database) does not stop the proxy: config templates work without
+        // it, and the store's task keeps trying.
+        let store = crate::store::Store::new(Arc::clone(&admin_client));
+        if let Err(e) = store.open().await {
+            tracing::error!("{e}");
+        }
         let listener = TcpListener::bind(config.proxy.listen)
             .await
             .with_context(|| format!("binding {}", config.proxy.listen))?;
@@ -98,6 +106,7 @@ impl Server {
             minting: Default::default(),
             warm: Default::default(),
             sockmap,
+            store,
         });
         Ok(Server {
             shared,
@@ -151,6 +160,7 @@ impl Server {
             Arc::clone(&shared),
             expiry_stop.clone(),
         ));
+        shared.store.start(shared.shutdown.clone());
         // Stops with the shared shutdown token, handing every unclaimed
         // pooled role to the revoker; awaited before the revoker drains.
         let warm = tokio::spawn(run_warm_pool(Arc::clone(&shared)));

@@ -98,6 +98,9 @@ pub struct Shared {
     /// The kernel splice, when `proxy.kernel_splice` is on and BPF is
     /// permitted here.
     pub sockmap: Option<crate::proxy::sockmap::Sockmap>,
+    /// What is written through the API (templates, policies, auth roles),
+    /// kept in the admin database and current on every instance.
+    pub store: crate::store::Store,
 }
 
 impl Shared {

@@ -202,8 +202,13 @@ impl Harness {
 
     /// A superuser connection straight to PostgreSQL, to look behind the proxy.
     pub async fn superuser(&self) -> tokio_postgres::Client {
+        self.superuser_on("appdb").await
+    }
+
+    /// A superuser connection to `database`.
+    pub async fn superuser_on(&self, database: &str) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(
-            &self.cluster.superuser_conn_string("appdb"),
+            &self.cluster.superuser_conn_string(database),
             tokio_postgres::NoTls,
         )
         .await
