@@ -141,7 +141,7 @@ pub fn backend_client_config(
     backend: &BackendConfig,
 ) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
     install_crypto_provider();
-    let mut config = match backend.tls {
+    let mut config = match backend.tls() {
         BackendTls::Disable => return Ok(None),
         BackendTls::Require => rustls::ClientConfig::builder()
             .dangerous()
@@ -176,22 +176,83 @@ pub fn backend_server_name(host: &str) -> Result<ServerName<'static>, TlsError> 
 /// exchanges cross a network without a verified TLS connection; `None` for
 /// a loopback backend or `verify-full`.
 pub fn backend_tls_warning(backend: &BackendConfig) -> Option<String> {
-    let loopback = backend.host == "localhost"
-        || backend
-            .host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    let how = match backend.tls {
-        _ if loopback => return None,
+    let how = match backend.tls() {
+        _ if backend.is_local() => return None,
         BackendTls::VerifyFull => return None,
         BackendTls::Disable => "without TLS",
         BackendTls::Require => "with TLS but without verifying its certificate",
     };
     Some(format!(
         "backend {} is not on this machine and is reached {how}: anyone on the path can read \
-         the sessions, and pose as the server to the admin connection; set backend.tls = \"verify-full\"",
+         the sessions, and pose as the server to the admin connection; set backend.tls = \"verify-full\" \
+         with backend.tls_ca_file (the default off this machine)",
         backend.host
     ))
+}
+
+/// The `tls-server-end-point` channel binding of a server certificate
+/// (RFC 5929 §4.1): its hash by the hash function of its signature
+/// algorithm, SHA-256 for MD5 or SHA-1. `None` when the certificate cannot
+/// be read or its algorithm names no such hash (Ed25519, RSA-PSS), which
+/// PostgreSQL cannot bind to either: then SCRAM goes unbound.
+pub fn tls_server_end_point(cert_der: &[u8]) -> Option<Vec<u8>> {
+    use aws_lc_rs::digest;
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, .. }
+    let (cert, _) = der_sequence(cert_der)?;
+    let (_tbs, rest) = der_sequence(cert)?;
+    let (algorithm, _) = der_sequence(rest)?;
+    let (0x06, oid, _) = der_element(algorithm)? else {
+        return None;
+    };
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    let hash = match oid {
+        _ if oid == ECDSA_SHA1 => &digest::SHA256,
+        [prefix @ .., last] if prefix == RSA => match last {
+            // md5WithRSA, sha1WithRSA, sha256WithRSA
+            0x04 | 0x05 | 0x0b => &digest::SHA256,
+            0x0c => &digest::SHA384,
+            0x0d => &digest::SHA512,
+            _ => return None,
+        },
+        [prefix @ .., last] if prefix == ECDSA_SHA2 => match last {
+            0x02 => &digest::SHA256,
+            0x03 => &digest::SHA384,
+            0x04 => &digest::SHA512,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(digest::digest(hash, cert_der).as_ref().to_vec())
+}
+
+/// The contents of the DER SEQUENCE at the start of `der`, and what follows.
+fn der_sequence(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    match der_element(der)? {
+        (0x30, contents, rest) => Some((contents, rest)),
+        _ => None,
+    }
+}
+
+/// One DER element: tag, contents, rest. Lengths of up to four bytes (a
+/// certificate is far smaller), never past the input.
+fn der_element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |len, b| (len << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
 /// `sslmode=require` semantics: encrypt, but accept any certificate. The
@@ -270,6 +331,19 @@ impl<T> MaybeTls<T> {
     }
 }
 
+impl BackendStream {
+    /// The `tls-server-end-point` channel binding of the backend's
+    /// certificate; `None` in plaintext.
+    pub fn tls_server_end_point(&self) -> Option<Vec<u8>> {
+        match self {
+            MaybeTls::Plain(_) => None,
+            MaybeTls::Tls(tls) => {
+                tls_server_end_point(tls.get_ref().1.peer_certificates()?.first()?)
+            }
+        }
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -338,14 +412,88 @@ mod tests {
     fn remote_backends_without_verified_tls_are_warned_about() {
         let mut backend: BackendConfig =
             toml::from_str("host = \"db.example.com\"\nadmin_user = \"a\"").unwrap();
-        assert!(backend_tls_warning(&backend).is_some());
-        backend.tls = BackendTls::Require;
-        assert!(backend_tls_warning(&backend).is_some());
-        backend.tls = BackendTls::VerifyFull;
+        // Unset, the default off this machine is verify-full: no warning.
+        assert_eq!(backend.tls(), BackendTls::VerifyFull);
         assert!(backend_tls_warning(&backend).is_none());
-        backend.tls = BackendTls::Disable;
+        backend.tls_setting = Some(BackendTls::Require);
+        assert!(backend_tls_warning(&backend).is_some());
+        backend.tls_setting = Some(BackendTls::Disable);
+        assert!(backend_tls_warning(&backend).is_some());
+        backend.tls_setting = Some(BackendTls::VerifyFull);
+        assert!(backend_tls_warning(&backend).is_none());
+        backend.tls_setting = Some(BackendTls::Disable);
         backend.host = "127.0.0.1".into();
         assert!(backend_tls_warning(&backend).is_none());
+    }
+
+    #[test]
+    fn tls_defaults_to_verify_full_off_this_machine_only() {
+        let mut backend: BackendConfig =
+            toml::from_str("host = \"h\"\nadmin_user = \"a\"").unwrap();
+        let local = [
+            "127.0.0.1",
+            "127.5.6.7",
+            "localhost",
+            "LOCALHOST",
+            "::1",
+            "[::1]",
+            "::ffff:127.0.0.1",
+            "/var/run/postgresql",
+        ];
+        for host in local {
+            backend.host = host.into();
+            assert_eq!(backend.tls(), BackendTls::Disable, "{host}");
+        }
+        let remote = [
+            "db.example.com",
+            "postgres",
+            "10.0.0.5",
+            "::ffff:10.0.0.1",
+            "fe80::1",
+            "localhost.example.com",
+            "127.0.0.1.nip.io",
+        ];
+        for host in remote {
+            backend.host = host.into();
+            assert_eq!(backend.tls(), BackendTls::VerifyFull, "{host}");
+        }
+        // What is set is kept, wherever the backend is.
+        backend.tls_setting = Some(BackendTls::Require);
+        assert_eq!(backend.tls(), BackendTls::Require);
+    }
+
+    #[test]
+    fn the_end_point_hash_follows_the_certificate_signature() {
+        use rcgen::{CertificateParams, KeyPair};
+        let sha256 = |d: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, d);
+        let sha384 = |d: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA384, d);
+        for (alg, expect) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, 256),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, 384),
+            (&rcgen::PKCS_ED25519, 0),
+        ] {
+            let key = KeyPair::generate_for(alg).unwrap();
+            let cert = CertificateParams::new(vec!["db".to_owned()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let der = cert.der().as_ref();
+            let hash = tls_server_end_point(der);
+            match expect {
+                256 => assert_eq!(hash.as_deref(), Some(sha256(der).as_ref())),
+                384 => assert_eq!(hash.as_deref(), Some(sha384(der).as_ref())),
+                // PostgreSQL cannot bind to an Ed25519 certificate either.
+                _ => assert_eq!(hash, None),
+            }
+        }
+        for junk in [
+            &b""[..],
+            b"\x30",
+            b"\x30\x84\xff\xff\xff\xff",
+            b"\x30\x03\x30\x01\x00",
+        ] {
+            assert_eq!(tls_server_end_point(junk), None);
+        }
     }
 
     /// One TLS connection over an in-memory pipe; how its handshake went.

@@ -502,7 +502,7 @@ async fn a_hostile_backend_gets_no_password_and_a_clear_error() {
             &password,
             "appdb",
             &[],
-            false,
+            &toml::from_str("host = \"127.0.0.1\"\nadmin_user = \"a\"").unwrap(),
         )
         .await;
         let e = result.expect_err("refused");

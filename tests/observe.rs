@@ -570,7 +570,7 @@ async fn metrics_and_audit_follow_every_session_and_revocation() {
 /// PostgreSQL SSLRequest.
 async fn peer_certificate(addr: SocketAddr, backend: &rolemint::config::BackendConfig) -> Vec<u8> {
     let mut backend = backend.clone();
-    backend.tls = rolemint::config::BackendTls::Require;
+    backend.tls_setting = Some(rolemint::config::BackendTls::Require);
     // `require` does not verify: we only want to see the certificate.
     let config = rolemint::tls::backend_client_config(&backend)
         .expect("TLS client config")

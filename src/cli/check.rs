@@ -96,8 +96,9 @@ async fn check_local(config: &Config, report: &mut Report) {
             "client TLS: not configured; clients connect in plaintext (allow_plaintext = true)",
         ),
     }
-    if let Err(e) = crate::tls::backend_client_config(&config.backend) {
-        report.fail(format!("backend TLS: {e}"));
+    match crate::tls::backend_client_config(&config.backend) {
+        Err(e) => report.fail(format!("backend TLS: {e}")),
+        Ok(_) => report.ok(&backend_tls_summary(&config.backend)),
     }
     check_admin(config, report);
     check_audit(config, report);
@@ -106,6 +107,29 @@ async fn check_local(config: &Config, report: &mut Report) {
         report.warn(&warning);
     }
     check_issuers(config, report).await;
+}
+
+/// The backend TLS mode in force, and where it came from.
+fn backend_tls_summary(backend: &crate::config::BackendConfig) -> String {
+    use crate::config::BackendTls;
+    let how = match backend.tls() {
+        BackendTls::Disable => "disabled".to_owned(),
+        BackendTls::Require => "required, certificate not verified".to_owned(),
+        BackendTls::VerifyFull => match &backend.tls_ca_file {
+            Some(ca) => format!("verify-full against {}", ca.display()),
+            None => "verify-full".to_owned(),
+        },
+    };
+    let origin = if backend.tls_setting.is_some() {
+        "as set"
+    } else {
+        "by default for this host"
+    };
+    let binding = match (backend.tls(), backend.channel_binding) {
+        (BackendTls::Disable, _) => String::new(),
+        (_, mode) => format!("; channel_binding = {mode:?}").to_lowercase(),
+    };
+    format!("backend TLS: {how} ({origin}){binding}")
 }
 
 /// The admin connection, its privileges and the marker role; `None` when

@@ -285,17 +285,36 @@ pub struct AuditConfig {
     pub path: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+/// TLS to the backend. Unset, it is `verify-full` for a backend that is
+/// not on this machine and `disable` for a loopback address or a Unix
+/// socket ([`BackendConfig::tls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendTls {
     /// Plain TCP to the backend.
-    #[default]
     Disable,
     /// TLS, without verifying the server certificate (like libpq's
     /// `sslmode=require`).
     Require,
     /// TLS, certificate verified against `tls_ca_file` and `host`.
     VerifyFull,
+}
+
+/// SCRAM channel binding to the backend (libpq's `channel_binding`): the
+/// `tls-server-end-point` binding of SCRAM-SHA-256-PLUS ties the password
+/// exchange to the TLS connection, so a man in the middle who terminates
+/// TLS cannot relay the login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelBinding {
+    /// Bind whenever the connection is TLS and the server offers
+    /// SCRAM-SHA-256-PLUS.
+    #[default]
+    Prefer,
+    /// Refuse a login that is not SCRAM-SHA-256-PLUS (needs TLS).
+    Require,
+    /// Never bind: plain SCRAM-SHA-256.
+    Disable,
 }
 
 /// How TLS to the backend begins (libpq's `sslnegotiation`).
@@ -328,9 +347,13 @@ pub struct BackendConfig {
     /// queue for one when all are busy.
     #[serde(default = "default_admin_pool_size")]
     pub admin_pool_size: usize,
-    #[serde(default)]
-    pub tls: BackendTls,
+    /// Unset: see [`BackendConfig::tls`], which every reader uses.
+    #[serde(default, rename = "tls")]
+    pub tls_setting: Option<BackendTls>,
     pub tls_ca_file: Option<PathBuf>,
+    /// SCRAM-SHA-256-PLUS with the admin pool and the minted roles' logins.
+    #[serde(default)]
+    pub channel_binding: ChannelBinding,
     /// `postgres` (SSLRequest first) or `direct` (PostgreSQL 17+).
     #[serde(default)]
     pub sslnegotiation: SslNegotiation,
@@ -821,13 +844,27 @@ impl Config {
         if b.admin_pool_size == 0 || b.admin_pool_size > 64 {
             return Err(invalid("backend.admin_pool_size must be between 1 and 64"));
         }
-        if b.sslnegotiation == SslNegotiation::Direct && b.tls == BackendTls::Disable {
+        if b.sslnegotiation == SslNegotiation::Direct && b.tls() == BackendTls::Disable {
             return Err(invalid(
                 "backend: sslnegotiation = \"direct\" needs tls = \"require\" or \"verify-full\"",
             ));
         }
-        if b.tls == BackendTls::VerifyFull && b.tls_ca_file.is_none() {
-            return Err(invalid("backend: tls = \"verify-full\" needs tls_ca_file"));
+        if b.channel_binding == ChannelBinding::Require && b.tls() == BackendTls::Disable {
+            return Err(invalid(
+                "backend: channel_binding = \"require\" needs tls = \"require\" or \"verify-full\"",
+            ));
+        }
+        if b.tls() == BackendTls::VerifyFull && b.tls_ca_file.is_none() {
+            return Err(invalid(if b.tls_setting.is_none() {
+                format!(
+                    "backend: host {:?} is not on this machine, so tls defaults to \"verify-full\", \
+                     which needs tls_ca_file (the CA that signed the server's certificate); to reach \
+                     it without verifying who answers, set tls = \"require\" (or \"disable\") explicitly",
+                    b.host
+                )
+            } else {
+                "backend: tls = \"verify-full\" needs tls_ca_file".to_owned()
+            }));
         }
         self.check_durations()?;
         crate::auth::identity::validate_config(&self.auth).map_err(invalid)?;
@@ -1096,6 +1133,29 @@ fn check_placeholders(
 }
 
 impl BackendConfig {
+    /// The TLS mode in force: as set, or by default `verify-full` unless
+    /// the backend is on this machine (a loopback address, `localhost`, or
+    /// a Unix socket directory), where a network path cannot be tapped and
+    /// `disable` stays the default.
+    pub fn tls(&self) -> BackendTls {
+        match self.tls_setting {
+            Some(tls) => tls,
+            None if self.is_local() => BackendTls::Disable,
+            None => BackendTls::VerifyFull,
+        }
+    }
+
+    /// The backend is reached without crossing a network: `localhost`, a
+    /// loopback address (an IPv4-mapped one too), or a socket directory.
+    pub fn is_local(&self) -> bool {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host.starts_with('/')
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.to_canonical().is_loopback())
+    }
+
     /// `admin_password`, from the one place it is set.
     fn resolve_password(&mut self) -> Result<(), ConfigError> {
         let sources = [
@@ -1233,6 +1293,42 @@ creation_statements = [
         assert_eq!(c.roles["readonly"].default_ttl, Duration::from_secs(3600));
         assert_eq!(c.backend.port, 5432);
         assert_eq!(c.mint.name_template, default_name_template());
+    }
+
+    /// Off this machine the backend is verified by default: without a CA
+    /// the config is refused with what to write; less than verify-full
+    /// must be asked for.
+    #[test]
+    fn a_remote_backend_defaults_to_verify_full() {
+        let remote = EXAMPLE.replace("host = \"127.0.0.1\"", "host = \"db.internal\"");
+        let err = Config::parse(&remote)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("defaults to \"verify-full\"") && err.contains("tls_ca_file"),
+            "{err}"
+        );
+        let with = |keys: &str| {
+            let text = remote.replace(
+                "admin_password = \"pw\"",
+                &format!("admin_password = \"pw\"\n{keys}"),
+            );
+            Config::parse(&text)
+                .unwrap()
+                .validate()
+                .map(|()| Config::parse(&text).unwrap())
+        };
+        let c = with("tls_ca_file = \"/ca.pem\"").unwrap();
+        assert_eq!(c.backend.tls(), BackendTls::VerifyFull);
+        assert_eq!(c.backend.channel_binding, ChannelBinding::Prefer);
+        let c = with("tls = \"require\"").unwrap();
+        assert_eq!(c.backend.tls(), BackendTls::Require);
+        let err = with("tls = \"disable\"\nchannel_binding = \"require\"").unwrap_err();
+        assert!(err.to_string().contains("channel_binding"), "{err}");
+        // Loopback keeps plaintext by default.
+        assert_eq!(example().backend.tls(), BackendTls::Disable);
     }
 
     /// Every minted role carries its expiry in PostgreSQL: a template

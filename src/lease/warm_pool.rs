@@ -731,7 +731,7 @@ impl Fill {
                 &prepared.role.password,
                 &self.key.database,
                 &[],
-                self.backend.allow_weak_auth,
+                &self.backend,
             )
             .await
         };

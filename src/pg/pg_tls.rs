@@ -2,15 +2,16 @@
 //!
 //! A small `MakeTlsConnect` / `TlsConnect` adaptor on tokio-rustls, written
 //! here instead of depending on `tokio-postgres-rustls`, which would bring
-//! in its own X.509 parser and hash crates for one feature we skip:
+//! in its own X.509 parser and hash crates.
 //!
-//! Channel binding (`SCRAM-SHA-256-PLUS`) is not offered:
-//! [`TlsStream::channel_binding`] returns `ChannelBinding::none()`, so
-//! tokio-postgres authenticates with plain SCRAM-SHA-256 (gs2 flag `n`,
-//! which a server offering `-PLUS` accepts). Protection against a
-//! man-in-the-middle comes from certificate verification
-//! (`backend.tls = "verify-full"`), which the rustls `ClientConfig` from
-//! `crate::tls` does.
+//! Channel binding: [`TlsStream::channel_binding`] gives tokio-postgres the
+//! `tls-server-end-point` hash of the server's certificate
+//! ([`crate::tls::tls_server_end_point`]), so with `backend.channel_binding`
+//! at `prefer` or `require` the admin logs in with SCRAM-SHA-256-PLUS where
+//! the server offers it: a man in the middle who terminates TLS (possible
+//! with `tls = "require"`, which checks no certificate) cannot relay the
+//! admin's login. Certificate verification (`verify-full`) is the rustls
+//! `ClientConfig` from `crate::tls`.
 
 use std::future::Future;
 use std::io;
@@ -90,7 +91,17 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        let end_point = self
+            .0
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|cert| crate::tls::tls_server_end_point(cert));
+        match end_point {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash),
+            None => ChannelBinding::none(),
+        }
     }
 }
 

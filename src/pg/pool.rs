@@ -34,7 +34,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 use super::auth_guard::{Guarded, GuardedConnect};
 use super::pg_tls::MakeRustlsConnect;
 use super::MintError;
-use crate::config::{BackendConfig, BackendTls};
+use crate::config::{BackendConfig, BackendTls, ChannelBinding};
 use tokio_postgres::tls::MakeTlsConnect;
 
 /// Idle admin connections, per database.
@@ -88,9 +88,14 @@ impl AdminPool {
             .password(password.expose())
             .application_name("rolemint")
             .connect_timeout(backend.connect_timeout)
-            .ssl_mode(match backend.tls {
+            .ssl_mode(match backend.tls() {
                 BackendTls::Disable => SslMode::Disable,
                 BackendTls::Require | BackendTls::VerifyFull => SslMode::Require,
+            })
+            .channel_binding(match backend.channel_binding {
+                ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+                ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
+                ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
             })
             .ssl_negotiation(match backend.sslnegotiation {
                 crate::config::SslNegotiation::Postgres => {
@@ -100,7 +105,7 @@ impl AdminPool {
                     tokio_postgres::config::SslNegotiation::Direct
                 }
             });
-        if backend.tls != BackendTls::Disable && tls.is_none() {
+        if backend.tls() != BackendTls::Disable && tls.is_none() {
             return Err(MintError::Config(
                 "backend.tls is enabled but no TLS client config was given".into(),
             ));

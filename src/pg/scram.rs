@@ -31,6 +31,8 @@ use aws_lc_rs::{digest, hmac, pbkdf2};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 
+use zeroize::Zeroizing;
+
 use crate::secret::Secret;
 
 /// Random bytes in a password (256 bits).
@@ -60,30 +62,29 @@ pub fn generate(
     iterations: NonZeroU32,
     rng: &dyn SecureRandom,
 ) -> Result<RolePassword, aws_lc_rs::error::Unspecified> {
-    let mut raw = [0u8; PASSWORD_BYTES];
-    rng.fill(&mut raw)?;
-    let password = URL_SAFE_NO_PAD.encode(raw);
+    // The password's raw bytes and the salted password (from which the
+    // ClientKey follows) are zeroed when dropped, as the password is.
+    let mut raw = Zeroizing::new([0u8; PASSWORD_BYTES]);
+    rng.fill(raw.as_mut())?;
+    let password = Secret::new(URL_SAFE_NO_PAD.encode(raw.as_ref()));
     let mut salt = [0u8; SALT_BYTES];
     rng.fill(&mut salt)?;
-    let verifier = verifier(password.as_bytes(), &salt, iterations);
-    Ok(RolePassword {
-        password: Secret::new(password),
-        verifier,
-    })
+    let verifier = verifier(password.expose().as_bytes(), &salt, iterations);
+    Ok(RolePassword { password, verifier })
 }
 
 /// The SCRAM-SHA-256 verifier of `password` (already SASLprep-normalized:
 /// ours are ASCII) for `salt` and `iterations`.
 pub fn verifier(password: &[u8], salt: &[u8], iterations: NonZeroU32) -> String {
-    let mut salted = [0u8; digest::SHA256_OUTPUT_LEN];
+    let mut salted = Zeroizing::new([0u8; digest::SHA256_OUTPUT_LEN]);
     pbkdf2::derive(
         pbkdf2::PBKDF2_HMAC_SHA256,
         iterations,
         salt,
         password,
-        &mut salted,
+        salted.as_mut(),
     );
-    let key = hmac::Key::new(hmac::HMAC_SHA256, &salted);
+    let key = hmac::Key::new(hmac::HMAC_SHA256, salted.as_ref());
     let client_key = hmac::sign(&key, b"Client Key");
     let stored_key = digest::digest(&digest::SHA256, client_key.as_ref());
     let server_key = hmac::sign(&key, b"Server Key");

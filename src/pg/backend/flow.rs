@@ -9,6 +9,12 @@
 //!                               ParameterStatus / NoticeResponse / BackendKeyData ... ReadyForQuery ─► Ready
 //! ```
 //!
+//! Over TLS the exchange is SCRAM-SHA-256-PLUS when the server offers it
+//! (`backend.channel_binding`, [`Binding`]): the `tls-server-end-point`
+//! hash of the certificate the backend showed goes into the proof, so a
+//! man in the middle who terminates TLS cannot relay the login, and with
+//! `require` a login that was not bound is refused, whatever the method.
+//!
 //! Messages are parsed with `postgres_protocol::message::backend`; the
 //! cryptography is `postgres_protocol`'s `ScramSha256`. Everything a
 //! malicious or misconfigured backend can do out of order is an error here:
@@ -19,12 +25,15 @@
 //! [`super`] (`pg/backend/mod.rs`) only moves bytes.
 
 use bytes::{Bytes, BytesMut};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use postgres_protocol::message::backend::{ErrorResponseBody, Message};
 use postgres_protocol::message::frontend;
 use tokio_postgres::fallible_iterator::FallibleIterator;
 
 use super::{BackendKey, CancelSecret};
+use crate::config::ChannelBinding as BindingMode;
 use crate::secret::Secret;
 
 /// Largest SCRAM message accepted from the backend. A server-first-message
@@ -96,11 +105,35 @@ pub struct Ready {
     pub ready: Bytes,
 }
 
+/// What the login knows for SCRAM channel binding.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    /// `backend.channel_binding`.
+    pub mode: BindingMode,
+    /// The `tls-server-end-point` hash of the backend's certificate
+    /// ([`crate::tls::tls_server_end_point`]); `None` without TLS, or for
+    /// a certificate that cannot be bound to.
+    pub end_point: Option<Vec<u8>>,
+}
+
+impl Binding {
+    /// No TLS, nothing to bind to: plain SCRAM-SHA-256 (gs2 flag `n`).
+    pub fn none() -> Binding {
+        Binding {
+            mode: BindingMode::Prefer,
+            end_point: None,
+        }
+    }
+}
+
 /// A login in progress.
 pub struct Flow<'a> {
     user: &'a str,
     password: &'a Secret,
     allow_weak_auth: bool,
+    binding: Binding,
+    /// The SCRAM exchange under way (or done) is SCRAM-SHA-256-PLUS.
+    bound: bool,
     state: State,
     startup: BytesMut,
     key: Option<BackendKey>,
@@ -114,11 +147,24 @@ impl<'a> Flow<'a> {
             user,
             password,
             allow_weak_auth,
+            binding: Binding::none(),
+            bound: false,
             state: State::Authenticating,
             startup: BytesMut::new(),
             key: None,
             negotiated: false,
         }
+    }
+
+    /// Binds SCRAM to the TLS connection as `binding` says.
+    pub fn with_binding(mut self, binding: Binding) -> Flow<'a> {
+        self.binding = binding;
+        self
+    }
+
+    /// Whether the login was SCRAM-SHA-256-PLUS (channel-bound).
+    pub fn bound(&self) -> bool {
+        self.bound
     }
 
     /// The StartupMessage that opens the login.
@@ -195,24 +241,24 @@ impl<'a> Flow<'a> {
             }
             (Message::AuthenticationSasl(body), State::Authenticating) => {
                 let mut mechanisms = body.mechanisms();
-                let mut offers_scram = false;
+                let (mut offers_scram, mut offers_plus) = (false, false);
                 while let Some(m) = mechanisms
                     .next()
                     .map_err(|e| LoginError::protocol(format!("SASL mechanisms: {e}")))?
                 {
                     offers_scram |= m == SCRAM_SHA_256;
+                    offers_plus |= m == SCRAM_SHA_256_PLUS;
                 }
-                if !offers_scram {
+                let (mechanism, binding) = self.mechanism(offers_plus)?;
+                if mechanism == SCRAM_SHA_256 && !offers_scram {
                     return Err(LoginError::Scram(
                         "backend does not offer SCRAM-SHA-256".into(),
                     ));
                 }
-                let scram = ScramSha256::new(
-                    self.password.expose().as_bytes(),
-                    ChannelBinding::unsupported(),
-                );
+                self.bound = mechanism == SCRAM_SHA_256_PLUS;
+                let scram = ScramSha256::new(self.password.expose().as_bytes(), binding);
                 let mut out = BytesMut::new();
-                frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut out)
+                frontend::sasl_initial_response(mechanism, scram.message(), &mut out)
                     .map_err(|e| LoginError::protocol(e.to_string()))?;
                 self.state = State::Scram(Box::new(scram));
                 Ok(Step::Send(out))
@@ -264,9 +310,40 @@ impl<'a> Flow<'a> {
         }
     }
 
+    /// The SASL mechanism and gs2 channel-binding flag, as libpq chooses
+    /// them: `-PLUS` when we are on TLS with a certificate to bind to and
+    /// the server offers it; flag `y` ("I could bind, you did not offer")
+    /// when on TLS and it does not, which a server that did offer `-PLUS`
+    /// treats as a downgrade by a man in the middle; flag `n` otherwise.
+    fn mechanism(&self, offers_plus: bool) -> Result<(&'static str, ChannelBinding), LoginError> {
+        match (self.binding.mode, &self.binding.end_point) {
+            (BindingMode::Disable, _) => Ok((SCRAM_SHA_256, ChannelBinding::unsupported())),
+            (_, Some(hash)) if offers_plus => Ok((
+                SCRAM_SHA_256_PLUS,
+                ChannelBinding::tls_server_end_point(hash.clone()),
+            )),
+            (BindingMode::Require, end_point) => Err(LoginError::Scram(
+                if end_point.is_none() {
+                    "channel binding required, but the connection has no TLS certificate to bind to"
+                } else {
+                    "channel binding required, but the backend does not offer SCRAM-SHA-256-PLUS"
+                }
+                .into(),
+            )),
+            (BindingMode::Prefer, Some(_)) => Ok((SCRAM_SHA_256, ChannelBinding::unrequested())),
+            (BindingMode::Prefer, None) => Ok((SCRAM_SHA_256, ChannelBinding::unsupported())),
+        }
+    }
+
     /// AuthenticationOk: allowed after a verified SCRAM exchange, or after a
     /// weak method (or none) when the operator allowed it.
     fn authenticated(&mut self, state: State) -> Result<Step, LoginError> {
+        if self.binding.mode == BindingMode::Require && !self.bound {
+            // A trust or password login was never bound to anything.
+            return Err(LoginError::Scram(
+                "channel binding required, but the backend let the role in without it".into(),
+            ));
+        }
         match state {
             State::ServerProved | State::PasswordSent => {}
             State::Authenticating => self.weak("no authentication (trust)")?,
@@ -497,6 +574,67 @@ mod tests {
             Step::Send(b) => b,
             _ => panic!("expected a message to send"),
         }
+    }
+
+    /// The mechanism and gs2 header the flow answers `offered` with.
+    fn first_answer(
+        mode: BindingMode,
+        end_point: Option<Vec<u8>>,
+        offered: &[u8],
+    ) -> Result<(String, String), LoginError> {
+        let password = Secret::new(PASSWORD);
+        let mut flow =
+            Flow::new("v-alice", &password, false).with_binding(Binding { mode, end_point });
+        let sent = send(flow.step(&auth(10, offered))?);
+        let body = &sent[5..];
+        let nul = body.iter().position(|b| *b == 0).unwrap();
+        let mechanism = String::from_utf8(body[..nul].to_vec()).unwrap();
+        let data = String::from_utf8(body[nul + 5..].to_vec()).unwrap();
+        let gs2 = data.split(",,").next().unwrap().to_owned();
+        Ok((mechanism, gs2))
+    }
+
+    #[test]
+    fn channel_binding_is_chosen_as_libpq_chooses_it() {
+        let both = b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
+        let plain = b"SCRAM-SHA-256\0\0";
+        let hash = Some(vec![7u8; 32]);
+        let answer = |mode, end_point: &Option<Vec<u8>>, offered: &[u8]| {
+            first_answer(mode, end_point.clone(), offered).map_err(|e| e.to_string())
+        };
+        let plus = Ok((
+            "SCRAM-SHA-256-PLUS".to_owned(),
+            "p=tls-server-end-point".to_owned(),
+        ));
+        let unbound = |flag: &str| Ok(("SCRAM-SHA-256".to_owned(), flag.to_owned()));
+        for mode in [BindingMode::Prefer, BindingMode::Require] {
+            assert_eq!(answer(mode, &hash, both), plus);
+        }
+        // On TLS, a server that does not offer -PLUS hears "y": one that
+        // did offer it knows its offer was cut out on the way.
+        assert_eq!(answer(BindingMode::Prefer, &hash, plain), unbound("y"));
+        assert_eq!(answer(BindingMode::Prefer, &None, both), unbound("n"));
+        assert_eq!(answer(BindingMode::Disable, &hash, both), unbound("n"));
+        for (end_point, offered) in [(&hash, &plain[..]), (&None, &both[..])] {
+            let e = answer(BindingMode::Require, end_point, offered).unwrap_err();
+            assert!(e.contains("channel binding required"), "{e}");
+        }
+        // A -PLUS-only offer without a certificate to bind to is refused.
+        let e = answer(BindingMode::Prefer, &None, b"SCRAM-SHA-256-PLUS\0\0").unwrap_err();
+        assert!(e.contains("does not offer SCRAM-SHA-256"), "{e}");
+    }
+
+    #[test]
+    fn required_binding_refuses_a_login_that_was_not_bound() {
+        let password = Secret::new("pw");
+        let binding = Binding {
+            mode: BindingMode::Require,
+            end_point: Some(vec![1; 32]),
+        };
+        // A trust login (even where weak logins are allowed) binds nothing.
+        let mut flow = Flow::new("v-alice", &password, true).with_binding(binding);
+        let e = flow.step(&auth(0, b"")).err().unwrap().to_string();
+        assert!(e.contains("channel binding required"), "{e}");
     }
 
     /// Runs SCRAM to the server-final message; `tamper` spoils the signature.

@@ -222,9 +222,13 @@ pub async fn login(
     password: &Secret,
     database: &str,
     forward: &[(String, String)],
-    allow_weak_auth: bool,
+    backend: &BackendConfig,
 ) -> Result<Login, BackendError> {
-    let mut flow = flow::Flow::new(user, password, allow_weak_auth);
+    let binding = flow::Binding {
+        mode: backend.channel_binding,
+        end_point: stream.tls_server_end_point(),
+    };
+    let mut flow = flow::Flow::new(user, password, backend.allow_weak_auth).with_binding(binding);
     stream
         .write_all(&flow.startup_message(database, forward)?)
         .await?;

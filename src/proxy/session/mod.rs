@@ -521,7 +521,7 @@ async fn connect_and_splice(
             password,
             &startup.database,
             &startup.forward,
-            backend_config.allow_weak_auth,
+            backend_config,
         )
         .await
     };
