@@ -58,7 +58,7 @@
 //!   `/metrics`, the lease API in Vault's shape over a
 //!   [`control::leases::LeaseDirectory`], [`control::directory`] acting
 //!   on the leases of every instance) and the Vault-compatible door
-//!   ([`control::door`]: login and client tokens, `database/creds` and
+//!   ([`control::door`]: login with auth roles, Vault tokens, `database/creds` and
 //!   `database/roles`, `sys/health`), and [`control::people`], what a
 //!   person's CLI asks (`/.well-known/rolemint-login`, `/v1/rolemint/whoami`).
 //! - [`store`]: rolemint's own schema in the admin database (append-only

@@ -10,9 +10,10 @@
 //! - Stored: the token's SHA-256 and its accessor's SHA-256. A lookup by
 //!   hash needs no constant-time compare (the hash of a guess says nothing
 //!   about the hash of a token), and a copy of the table logs nobody in.
-//! - The accessor is a second random handle, shown to whoever creates or
-//!   looks up the token, with which it can be looked up and revoked but
-//!   not used.
+//! - The accessor is a second handle, shown to whoever creates or looks
+//!   up the token, with which it can be looked up and revoked but not
+//!   used. It is derived from the token by a one-way hash, so a lookup
+//!   that holds the token can show it though only its hash is stored.
 //! - Policies: a child's policies must be a subset of its creator's unless
 //!   the creator has `sudo` on the create path (the operator has it
 //!   everywhere); none given means the creator's. `default` is added
@@ -135,23 +136,34 @@ impl std::fmt::Debug for Minted {
     }
 }
 
-/// A new token (256 random bits) and accessor (144 random bits, 24
-/// characters like Vault's).
+/// A new token (256 random bits) and its accessor.
 pub fn mint() -> Result<Minted, TokenError> {
     use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let mut bytes = [0u8; 32];
     aws_lc_rs::rand::fill(&mut bytes).map_err(|_| TokenError::Random)?;
-    let token = format!("{TOKEN_PREFIX}{}", b64.encode(bytes));
-    let mut acc = [0u8; 18];
-    aws_lc_rs::rand::fill(&mut acc).map_err(|_| TokenError::Random)?;
-    let accessor = b64.encode(acc);
+    let token = format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let accessor = accessor_of(&token);
     Ok(Minted {
         hash: TokenHash::of(&token),
         accessor_hash: TokenHash::of(&accessor),
         token: Secret::new(token),
         accessor,
     })
+}
+
+/// A token's accessor: 24 characters derived from the token by a one-way
+/// hash, so every lookup that holds the token can show its accessor while
+/// the store keeps neither (and the accessor says nothing of the token).
+pub fn accessor_of(token: &str) -> String {
+    use base64::Engine as _;
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(b"rolemint accessor\0");
+    ctx.update(token.as_bytes());
+    let digest = ctx.finish();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest.as_ref()[..18])
 }
 
 /// Vault's `SanitizePolicies`: trimmed, lowercased, empty ones dropped,
@@ -351,6 +363,48 @@ pub fn plan_create(
     })
 }
 
+/// What a login's token is to be, from its auth role (or the door's
+/// defaults when the mount has no roles).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginSpec {
+    /// Sanitized already (the role's, `default` included when due).
+    pub policies: Vec<String>,
+    /// Zero: the default TTL.
+    pub ttl: Duration,
+    /// Zero: the door's max.
+    pub max_ttl: Duration,
+    /// Zero: none.
+    pub explicit_max_ttl: Duration,
+    pub num_uses: u32,
+    pub renewable: bool,
+    pub display_name: String,
+    pub meta: BTreeMap<String, String>,
+    /// `auth/<mount>/login`.
+    pub path: String,
+}
+
+/// A login's token: an orphan (Vault's login tokens have no parent) with
+/// the role's TTLs, capped as a created token's are.
+pub fn plan_login(spec: LoginSpec, limits: &Limits, now: SystemTime) -> Result<Plan, TokenError> {
+    let mut max = max_ttl(limits, spec.explicit_max_ttl);
+    if !spec.max_ttl.is_zero() {
+        max = max.min(spec.max_ttl);
+    }
+    let ttl = capped_ttl(spec.ttl, limits.default_ttl, max, now, now)?;
+    Ok(Plan {
+        policies: spec.policies,
+        orphan: true,
+        display_name: spec.display_name,
+        meta: spec.meta,
+        num_uses: spec.num_uses,
+        ttl,
+        explicit_max_ttl: spec.explicit_max_ttl,
+        renewable: spec.renewable,
+        expires_at: Some(now.checked_add(ttl).ok_or(TokenError::TimeOutOfRange)?),
+        path: spec.path,
+    })
+}
+
 /// Vault's policy rules for a child (no token roles): inherit when none
 /// are named; otherwise a subset of the creator's unless sudo; `default`
 /// added when the creator has it (or always, with sudo), unless
@@ -520,6 +574,8 @@ mod tests {
         assert!(is_token(a.token.expose()) && a.token.expose().len() == 47);
         assert_ne!(a.token.expose(), b.token.expose());
         assert_eq!(a.accessor.len(), 24);
+        assert_eq!(a.accessor, accessor_of(a.token.expose()));
+        assert_ne!(a.accessor, b.accessor);
         assert_eq!(a.hash, TokenHash::of(a.token.expose()));
         assert_eq!(a.accessor_hash, TokenHash::of(&a.accessor));
         assert!(!format!("{a:?}").contains(a.token.expose()));
@@ -691,6 +747,35 @@ mod tests {
             TokenError::Field(_)
         ));
         assert_eq!(request(json!({"num_uses": "2"})).num_uses, 2);
+    }
+
+    #[test]
+    fn a_login_token_is_an_orphan_with_the_roles_ttls() {
+        let now = SystemTime::now();
+        let spec = LoginSpec {
+            policies: strings(&["apps", "default"]),
+            ttl: 2 * HOUR,
+            max_ttl: HOUR,
+            explicit_max_ttl: Duration::ZERO,
+            num_uses: 0,
+            renewable: true,
+            display_name: "jwt-alice".into(),
+            meta: BTreeMap::new(),
+            path: "auth/jwt/login".into(),
+        };
+        let p = plan_login(spec.clone(), &limits(), now).unwrap();
+        assert!(p.orphan && p.ttl == HOUR && p.expires_at == Some(now + HOUR));
+        let p = plan_login(
+            LoginSpec {
+                ttl: Duration::ZERO,
+                max_ttl: Duration::ZERO,
+                ..spec
+            },
+            &limits(),
+            now,
+        )
+        .unwrap();
+        assert_eq!(p.ttl, HOUR, "the default TTL");
     }
 
     #[test]

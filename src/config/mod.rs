@@ -184,11 +184,12 @@ pub struct VaultConfig {
     /// The database secrets mount: `/v1/<mount>/creds/<template>`.
     #[serde(default = "default_database_mount")]
     pub database_mount: String,
-    /// Longest life of a client token from a login (also capped at the
-    /// JWT's own expiry).
+    /// Longest life of a login's token on a mount without auth roles (also
+    /// capped at the JWT's expiry), and the default TTL of created tokens.
     #[serde(default = "default_client_token_ttl", with = "humantime_serde")]
     pub client_token_ttl: Duration,
-    /// Client tokens held at once; a login beyond it answers 503.
+    /// Vault tokens stored at once (every instance's); a login or token
+    /// create beyond it answers 503.
     #[serde(default = "default_max_client_tokens")]
     pub max_client_tokens: usize,
     /// Credential leases of this instance live at once; more answer 503.

@@ -22,9 +22,15 @@ const MAX_TOKEN_BYTES: usize = 16 * 1024;
 pub enum Caller {
     /// Holds the operator token: may act on every lease.
     Operator,
-    /// A workload identity (from the Vault-compatible login): may act on
-    /// its own leases only.
-    Workload { issuer: String, identity: String },
+    /// A workload: a Vault token (from a login or `auth/token/create`) or
+    /// an identity JWT presented directly. Acts on its own leases only
+    /// (the principal `(issuer, identity)`); `policies` are the token's
+    /// Vault policies (`default` for a JWT), for the ACL to evaluate.
+    Workload {
+        issuer: String,
+        identity: String,
+        policies: Vec<String>,
+    },
 }
 
 impl Caller {
@@ -32,7 +38,9 @@ impl Caller {
     pub fn label(&self) -> String {
         match self {
             Caller::Operator => "operator".into(),
-            Caller::Workload { issuer, identity } => format!("workload:{issuer}:{identity}"),
+            Caller::Workload {
+                issuer, identity, ..
+            } => format!("workload:{issuer}:{identity}"),
         }
     }
 
@@ -49,6 +57,14 @@ impl Caller {
         }
     }
 
+    /// The caller's Vault policies: `root` for the operator.
+    pub fn policies(&self) -> Vec<String> {
+        match self {
+            Caller::Operator => vec!["root".into()],
+            Caller::Workload { policies, .. } => policies.clone(),
+        }
+    }
+
     /// Whether this caller may see, renew or revoke a lease of the
     /// principal `(issuer, identity)`. Two issuers' `alice` are two
     /// principals; a lease that recorded no issuer (minted before leases
@@ -59,6 +75,7 @@ impl Caller {
             Caller::Workload {
                 issuer: own_issuer,
                 identity: own,
+                ..
             } => !issuer.is_empty() && own_issuer == issuer && own == identity,
         }
     }
@@ -189,6 +206,7 @@ mod tests {
         let w = Caller::Workload {
             issuer: "corp".into(),
             identity: "alice".into(),
+            policies: vec!["default".into()],
         };
         assert!(w.may_act_on("corp", "alice") && !w.may_act_on("corp", "bob"));
         // Another issuer's alice is another principal; a lease without an

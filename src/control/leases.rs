@@ -627,7 +627,10 @@ pub async fn list_full(
         prefix: None,
     };
     // A workload pages through its own principal's leases only.
-    if let Caller::Workload { issuer, identity } = &caller {
+    if let Caller::Workload {
+        issuer, identity, ..
+    } = &caller
+    {
         filter.identity = Some(identity.clone());
         filter.issuer = Some(issuer.clone());
     }

@@ -145,8 +145,8 @@ impl AdminState {
         auth::authenticate(self.operator.as_ref(), headers).or_else(|denied| {
             self.vault
                 .as_ref()
-                .and_then(|door| auth::presented_token(headers).and_then(|t| door.identity(t)))
-                .map(|identity| door::workload(&identity))
+                .and_then(|door| auth::presented_token(headers).and_then(|t| door.principal(t)))
+                .map(|principal| door::workload(&principal))
                 .ok_or(denied)
         })
     }
@@ -218,6 +218,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             observe,
+        ))
+        // Outermost: a Vault token is read from the store once, before
+        // anything asks who the caller is (the audit line included).
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            door::tokens::resolve,
         ))
         .with_state(state)
 }

@@ -78,6 +78,15 @@ pub fn auth_envelope(auth: impl Serialize) -> Response {
     })
 }
 
+/// A token answer (create, renew): the token in `auth`, and warnings.
+pub fn auth_envelope_with_warnings(auth: impl Serialize, warnings: Vec<String>) -> Response {
+    ok(Envelope {
+        auth: Some(to_value(auth)),
+        warnings: (!warnings.is_empty()).then_some(warnings),
+        ..Envelope::default()
+    })
+}
+
 /// A credentials answer: `data` with the lease it belongs to. The body
 /// holds a password, so no cache, proxy or browser may keep it.
 pub fn secret_envelope(lease_id: &str, lease_duration: u64, data: impl Serialize) -> Response {

@@ -72,7 +72,15 @@ pub fn start(
             shared: Arc::clone(shared),
         }));
         if shared.config.vault.enabled {
-            state.vault = Some(Arc::new(super::door::VaultDoor::new(Arc::clone(shared))));
+            let door = Arc::new(super::door::VaultDoor::new(Arc::clone(shared)));
+            // Expired tokens go, with their children and leases, while the
+            // server runs.
+            tokio::spawn(super::door::tokens::sweep(
+                door.tokens.clone(),
+                Arc::clone(&state.directory),
+                shutdown.clone(),
+            ));
+            state.vault = Some(door);
         }
         tokio::spawn(super::serve(listener, state, stop.clone()))
     });

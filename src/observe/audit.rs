@@ -69,6 +69,8 @@ pub enum RevokedBy {
     Shutdown,
     /// The reaper found the role orphaned.
     Reaper,
+    /// The Vault token that created it was revoked or expired.
+    Token,
 }
 
 /// One audit event. Serialized with its name in `event`, next to `time`.

@@ -8,6 +8,9 @@
 //! - `objects.rs`: the SQL of the generic objects table
 //!   (`rolemint.objects`: kind, name, a JSON body, who wrote it and when)
 //!   and of its per-kind generation counter.
+//! - [`tokens`]: Vault tokens (by hash only), their parent/child tree and
+//!   the leases each created, in tables of their own; read per request,
+//!   not snapshotted.
 //! - `watch.rs`: how every instance keeps its [`Snapshot`] current:
 //!   `LISTEN rolemint_store` on a connection of its own (every write
 //!   notifies in its own transaction), reconnect with backoff, and a
@@ -23,6 +26,7 @@
 
 mod objects;
 mod schema;
+pub mod tokens;
 mod watch;
 
 use std::collections::BTreeMap;

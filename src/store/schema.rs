@@ -19,12 +19,13 @@ use super::StoreError;
 const MIGRATION_LOCK_KEY: i64 = 0x726f_6c65_6d69_6e31;
 
 /// The migrations, in order: `(version, sql)`. Append only.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    // Generic named objects with a JSON body (templates, policies, auth
-    // roles), and per kind a generation bumped by every write: a reader
-    // compares generations (a few rows) instead of re-reading everything.
-    "CREATE TABLE rolemint.objects (\
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        // Generic named objects with a JSON body (templates, policies, auth
+        // roles), and per kind a generation bumped by every write: a reader
+        // compares generations (a few rows) instead of re-reading everything.
+        "CREATE TABLE rolemint.objects (\
        kind text NOT NULL, \
        name text NOT NULL, \
        body jsonb NOT NULL, \
@@ -34,7 +35,11 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
      CREATE TABLE rolemint.generations (\
        kind text PRIMARY KEY, \
        generation bigint NOT NULL)",
-)];
+    ),
+    // Vault tokens by hash, their tree, and the leases each created
+    // (`tokens.rs`).
+    (2, super::tokens::MIGRATION),
+];
 
 /// Creates the schema if missing and runs the migrations it lacks; the
 /// version it is at.

@@ -125,6 +125,10 @@ pub enum IdentityError {
     /// No usable key is configured, or signing failed.
     #[error("no usable key: {0}")]
     Key(String),
+    /// A Vault token (`rmv.`) that is unknown, expired or used up, or
+    /// that the token store could not check.
+    #[error("vault token {0}")]
+    VaultToken(&'static str),
 }
 
 impl IdentityError {
@@ -146,6 +150,7 @@ impl IdentityError {
             IdentityError::InvalidGroups { .. } => "invalid_groups",
             IdentityError::RateLimited { .. } => "rate_limited",
             IdentityError::Key(_) => "key",
+            IdentityError::VaultToken(_) => "vault_token",
         }
     }
 }
@@ -166,7 +171,13 @@ pub fn validate_config(auth: &AuthConfig) -> Result<(), String> {
     }
     for i in &auth.issuers {
         issuer::validate(i)?;
-        if !names.insert(i.name.as_str()) || i.name == "local" || i.name == "static" {
+        // `token` names the principals of Vault tokens created through the
+        // door (`auth/token/create`): no issuer may pose as them.
+        if !names.insert(i.name.as_str())
+            || i.name == "local"
+            || i.name == "static"
+            || i.name == "token"
+        {
             return Err(format!(
                 "auth.issuers: the name \"{}\" is used twice or reserved",
                 i.name

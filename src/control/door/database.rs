@@ -31,15 +31,17 @@ pub async fn creds(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let door = door(&state)?;
-    let identity = require_workload(&state, &headers)?;
+    let principal = require_workload(&state, &headers)?;
+    let identity = &principal.identity;
     if template.len() > MAX_NAME_BYTES {
         return Err(ApiError::bad_request("role name too long"));
     }
     let issued = door
         .creds
-        .issue(&door.shared, &identity, &template, Some(client))
+        .issue(&door.shared, identity, &template, Some(client))
         .await
         .map_err(|e| creds_error(e, &identity.subject, &template))?;
+    super::tokens::record_lease(&state, &principal, &issued.lease_id, issued.expires_at).await?;
     state.audit.record(Event::LeaseMinted {
         lease_id: issued.lease_id.clone(),
         role: issued.username.clone(),

@@ -4,29 +4,40 @@
 //!
 //! The JWT is checked against the configured issuers exactly as a
 //! session's token is (JWKS refresh for an unknown `kid`, the per-address
-//! limit on failures). `role` names Vault's auth role; rolemint has none,
-//! so it is only echoed in the metadata: what the identity may do is the
-//! templates' policy, listed as `policies`.
+//! limit on failures). Then:
+//! - When the mount has auth roles (`auth_roles.rs`), `role` must name
+//!   one (400 otherwise, as Vault), the verified claims must meet its
+//!   bounds (403 otherwise; the audit log says which bound), and the token
+//!   gets the role's policies and TTLs, as in Vault.
+//! - When it has none, the login works as it always did: a token standing
+//!   for the JWT's identity (the `default` policy), its life capped at the
+//!   JWT's own expiry; `policies` lists the templates the identity may use.
+//!
+//! Either way the token is a stored Vault token (`tokens.rs`): every
+//! instance honours it and a restart keeps it.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::door;
-use super::tokens::{client_token_ttl, TokenError};
+use super::tokens::{auth_view, issue, limits, AuthView};
+use super::{auth_roles, door, VaultDoor};
+use crate::auth::auth_role::AuthRole;
 use crate::auth::identity::Identity;
+use crate::auth::token::{self, plan_login, LoginSpec, Plan};
 use crate::config::Config;
 use crate::control::auth::presented_token;
 use crate::control::vault::{auth_envelope, envelope, ApiError};
 use crate::control::{AdminState, ClientAddr};
 use crate::observe::audit::Event;
+use crate::store::tokens::NewToken;
 
 /// Longest `role` accepted.
 const MAX_ROLE_BYTES: usize = 128;
@@ -42,6 +53,7 @@ pub async fn login(
     State(state): State<Arc<AdminState>>,
     ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     body: Result<Bytes, BytesRejection>,
+    mount: String,
 ) -> Result<Response, ApiError> {
     let door = door(&state)?;
     let body: LoginBody = crate::control::leases::parse_body(body)?;
@@ -57,7 +69,20 @@ pub async fn login(
     if jwt.len() > shared.config.proxy.max_token_bytes {
         return Err(ApiError::bad_request("jwt too long"));
     }
-    let identity = match shared
+    let failed = |reason: String, identity: Option<&Identity>| {
+        state.audit.record(Event::AuthFailed {
+            reason,
+            issuer: identity.map(|i| i.issuer.clone()),
+            identity: identity.map(|i| i.subject.clone()),
+            client_addr: client.to_string(),
+            template: String::new(),
+            database: String::new(),
+        });
+        // Like a session's 28P01: the caller is not told which check
+        // failed; the audit log is.
+        ApiError::permission_denied()
+    };
+    let mut identity = match shared
         .runtime()
         .verifier
         .authenticate_from(client.ip(), &jwt)
@@ -66,32 +91,72 @@ pub async fn login(
         Ok(identity) => identity,
         Err(e) => {
             crate::observe::metrics::auth(false, e.reason());
-            state.audit.record(Event::AuthFailed {
-                reason: e.to_string(),
-                issuer: None,
-                identity: None,
-                client_addr: client.to_string(),
-                template: String::new(),
-                database: String::new(),
-            });
-            // Like a session's 28P01: the caller is not told which check
-            // failed; the audit log is.
-            return Err(ApiError::permission_denied());
+            return Err(failed(e.to_string(), None));
         }
+    };
+    let snapshot = shared.store.snapshot();
+    let now = SystemTime::now();
+    let has_roles = auth_roles::roles_of(&snapshot, &mount).next().is_some();
+    let (spec, shown) = if has_roles {
+        let found = auth_roles::find(&snapshot, &mount, &role)
+            .ok_or_else(|| ApiError::bad_request(format!("role \"{role}\" could not be found")))?;
+        // Verified just above; the claims are read for the bounds only.
+        let claims = crate::auth::identity::verified_claims(&jwt)
+            .map_err(|e| failed(e.to_string(), Some(&identity)))?;
+        let user = found
+            .check(&claims)
+            .and_then(|()| found.user(&claims))
+            .map_err(|m| {
+                crate::observe::metrics::auth(false, "auth_role");
+                failed(format!("auth role {mount}/{role}: {m}"), Some(&identity))
+            })?;
+        if let Some(user) = user {
+            identity.subject = user;
+        }
+        if !found.groups_claim.is_empty() {
+            identity.groups = found.groups(&claims);
+        }
+        let spec = role_spec(&found, &mount, &role, &identity, &claims);
+        let shown = spec.policies.clone();
+        (spec, shown)
+    } else {
+        let left = identity.expires_at.duration_since(now).unwrap_or_default();
+        let ttl = Duration::from_secs(
+            left.min(shared.config.vault.client_token_ttl)
+                .as_secs()
+                .max(1),
+        );
+        let spec = LoginSpec {
+            policies: vec!["default".into()],
+            ttl,
+            max_ttl: ttl,
+            explicit_max_ttl: Duration::ZERO,
+            num_uses: 0,
+            renewable: false,
+            display_name: display_name(&mount, &identity.subject),
+            meta: [
+                ("identity".to_owned(), identity.subject.clone()),
+                ("issuer".to_owned(), identity.issuer.clone()),
+                ("role".to_owned(), role.clone()),
+            ]
+            .into_iter()
+            .collect(),
+            path: format!("auth/{mount}/login"),
+        };
+        (spec, templates_allowed(&shared.runtime().config, &identity))
     };
     drop(jwt);
     crate::observe::metrics::auth(true, "ok");
-    let now = SystemTime::now();
-    let ttl = client_token_ttl(&identity, shared.config.vault.client_token_ttl, now);
-    let token = door
-        .tokens
-        .issue(&identity, now + ttl)
-        .map_err(|e| match e {
-            TokenError::Full => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            TokenError::Random => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-            }
-        })?;
+    let plan =
+        plan_login(spec, &limits(door), now).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let token = store_login(
+        door,
+        &plan,
+        if has_roles { &role } else { "" },
+        &identity,
+        now,
+    )
+    .await?;
     state.audit.record(Event::AuthOk {
         identity: identity.subject.clone(),
         issuer: Some(identity.issuer.clone()),
@@ -99,23 +164,77 @@ pub async fn login(
         template: String::new(),
         database: String::new(),
     });
-    let policies = templates_allowed(&shared.runtime().config, &identity);
-    Ok(auth_envelope(json!({
-        "client_token": token.expose(),
-        "accessor": "",
-        "policies": policies,
-        "token_policies": policies,
-        "metadata": {
-            "identity": identity.subject,
-            "issuer": identity.issuer,
-            "role": role,
-        },
-        "lease_duration": ttl.as_secs(),
-        "renewable": false,
-        "entity_id": "",
-        "token_type": "service",
-        "orphan": true,
-    })))
+    let mut auth = auth_view(token.expose(), AuthView::from(&plan));
+    auth["policies"] = json!(shown);
+    auth["token_policies"] = json!(shown);
+    Ok(auth_envelope(auth))
+}
+
+/// The token a login with `role` gets.
+fn role_spec(
+    role: &AuthRole,
+    mount: &str,
+    name: &str,
+    identity: &Identity,
+    claims: &serde_json::Value,
+) -> LoginSpec {
+    let (ttl, max_ttl, explicit_max_ttl) = role.ttls();
+    LoginSpec {
+        policies: role.policies(),
+        ttl,
+        max_ttl,
+        explicit_max_ttl,
+        num_uses: role.token_num_uses,
+        renewable: true,
+        display_name: display_name(mount, &identity.subject),
+        meta: role.metadata(name, claims),
+        path: format!("auth/{mount}/login"),
+    }
+}
+
+/// Vault's display name of a login token: `<mount>-<user>`.
+fn display_name(mount: &str, subject: &str) -> String {
+    let mut name: String = format!("{mount}-{subject}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.truncate(token::MAX_DISPLAY_NAME_BYTES);
+    name
+}
+
+/// Stores a login's token; the token itself.
+async fn store_login(
+    door: &VaultDoor,
+    plan: &Plan,
+    role: &str,
+    identity: &Identity,
+    now: SystemTime,
+) -> Result<crate::secret::Secret, ApiError> {
+    let minted = token::mint().map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error",
+        )
+    })?;
+    let new = NewToken {
+        hash: minted.hash,
+        accessor_hash: minted.accessor_hash,
+        parent: None,
+        plan,
+        role,
+        issuer: &identity.issuer,
+        subject: &identity.subject,
+        groups: &identity.groups,
+        created_at: now,
+    };
+    issue(door, &new).await?;
+    Ok(minted.token)
 }
 
 /// The templates `identity` may mint from (on their first database), as
@@ -153,6 +272,9 @@ pub async fn lookup_self(
         })));
     }
     let door = door(&state)?;
+    if let Some(answer) = super::tokens::lookup_self_stored(door, &headers) {
+        return Ok(answer);
+    }
     let identity = presented_token(&headers)
         .and_then(|t| door.identity(t))
         .ok_or_else(ApiError::permission_denied)?;

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! POST /v1/auth/<jwt mount>/login          login.rs     {"role","jwt"} -> client token
-//! GET  /v1/auth/token/lookup-self          login.rs     200 / 403
+//! *    /v1/auth/<jwt mount>/role[/<name>]  auth_roles.rs  auth roles (operators)
+//! *    /v1/auth/token/...                  tokens.rs    create, lookup, renew, revoke
 //! GET  /v1/<db mount>/creds/<template>     database.rs  mint a credential lease
 //! GET|LIST /v1/<db mount>/roles[/<name>]   database.rs  templates, as Vault shows roles
 //! POST /v1/<db mount>/rotate-root/<db>     database.rs  new admin password (operators)
@@ -12,10 +13,12 @@
 //! ```
 //!
 //! A workload presents, as `X-Vault-Token` or `Authorization: Bearer`, a
-//! client token from a login ([`tokens`]), or its identity JWT or
-//! static token directly; either way it acts as [`Caller::Workload`], on
-//! its own leases only. The operator token is checked first and stays the
-//! only way to act on every lease.
+//! Vault token (from a login or `auth/token/create`, kept in PostgreSQL:
+//! [`tokens`]), or its identity JWT or static token directly; either way
+//! it acts as [`Caller::Workload`] with the token's policies (`default`
+//! for a JWT), on its own leases only. The operator token is checked
+//! first: it is the root of the token tree and the only way to act on
+//! every lease.
 
 use std::sync::Arc;
 
@@ -25,66 +28,109 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 
-use self::tokens::{is_client_token, ClientTokens};
+use self::tokens::LiveTokens;
 use super::auth::{presented_token, Caller};
 use super::vault::ApiError;
 use super::AdminState;
 
+pub mod auth_roles;
 pub mod database;
 pub mod login;
 pub mod tokens;
 use crate::auth::identity::Identity;
+use crate::auth::token::{is_token, TokenHash};
 use crate::lease::creds::Credentials;
 use crate::runtime::state::Shared;
+use crate::store::tokens::{StoredToken, Tokens};
 
 /// What the Vault routes share.
 pub struct VaultDoor {
     /// The server's state: config, token verifier, admin client, leases, revoker.
     pub shared: Arc<Shared>,
-    /// Client tokens handed out by logins.
-    pub tokens: ClientTokens,
+    /// Vault tokens, in PostgreSQL.
+    pub tokens: Tokens,
+    /// The stored tokens of the requests running now (see `tokens.rs`).
+    pub live: LiveTokens,
     /// Credential leases, bounded.
     pub creds: Credentials,
+}
+
+/// Who a workload request is: its identity (for its own leases and the
+/// templates' allow rules), its policies, and its stored token if it
+/// presented one.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub identity: Identity,
+    pub policies: Vec<String>,
+    pub token: Option<Arc<StoredToken>>,
 }
 
 impl VaultDoor {
     pub fn new(shared: Arc<Shared>) -> VaultDoor {
         let v = &shared.config.vault;
         VaultDoor {
-            tokens: ClientTokens::new(v.max_client_tokens),
+            tokens: Tokens::new(Arc::clone(&shared.admin_client), v.max_client_tokens),
+            live: LiveTokens::default(),
             creds: Credentials::new(v.max_credential_leases),
             shared,
         }
     }
 
-    /// The workload identity behind a presented token: a client token of
-    /// ours, else an identity JWT or static token checked with the keys at
-    /// hand. `None` for anything else.
-    pub fn identity(&self, token: &str) -> Option<Identity> {
-        if is_client_token(token) {
-            return self.tokens.lookup(token);
+    /// The workload behind a presented token: a stored Vault token read
+    /// for this request, else an identity JWT or static token checked with
+    /// the keys at hand (the `default` policy). `None` for anything else.
+    pub fn principal(&self, token: &str) -> Option<Principal> {
+        if is_token(token) {
+            return self
+                .live
+                .get(&TokenHash::of(token))
+                .map(|t| tokens::principal_of(&t));
         }
-        self.shared.runtime().verifier.verify(token).ok()
+        let identity = self.shared.runtime().verifier.verify(token).ok()?;
+        Some(Principal {
+            identity,
+            policies: vec!["default".to_owned()],
+            token: None,
+        })
+    }
+
+    /// The workload identity behind a presented token (see [`Self::principal`]).
+    pub fn identity(&self, token: &str) -> Option<Identity> {
+        self.principal(token).map(|p| p.identity)
+    }
+
+    /// The stored token a request presents, as read for it.
+    pub fn presented(&self, headers: &HeaderMap) -> Option<Arc<StoredToken>> {
+        let token = presented_token(headers).filter(|t| is_token(t))?;
+        self.live.get(&TokenHash::of(token))
+    }
+
+    /// Whether `caller` holds `sudo` on `path`: the operator always; a
+    /// token when its policies grant it (the ACL's answer; until policies
+    /// are evaluated at the door, no token has sudo).
+    pub fn sudo(&self, caller: &Caller, _path: &str) -> bool {
+        caller.is_operator()
     }
 }
 
-/// The workload caller of `identity`.
-pub fn workload(identity: &Identity) -> Caller {
+/// The workload caller of `principal`.
+pub fn workload(principal: &Principal) -> Caller {
     Caller::Workload {
-        issuer: identity.issuer.clone(),
-        identity: identity.subject.clone(),
+        issuer: principal.identity.issuer.clone(),
+        identity: principal.identity.subject.clone(),
+        policies: principal.policies.clone(),
     }
 }
 
-/// The identity of a workload request, or 403 (also for the operator token,
-/// which stands for no identity and so can be handed no credentials).
-pub fn require_workload(state: &AdminState, headers: &HeaderMap) -> Result<Identity, ApiError> {
+/// The workload of a request, or 403 (also for the operator token, which
+/// stands for no identity and so can be handed no credentials).
+pub fn require_workload(state: &AdminState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let door = state
         .vault
         .as_ref()
         .ok_or_else(ApiError::permission_denied)?;
     presented_token(headers)
-        .and_then(|token| door.identity(token))
+        .and_then(|token| door.principal(token))
         .ok_or_else(ApiError::permission_denied)
 }
 
@@ -106,11 +152,15 @@ pub fn routes(state: &AdminState) -> Router<Arc<AdminState>> {
     };
     let v = &door.shared.config.vault;
     for mount in &v.jwt_mounts {
+        let m = mount.clone();
+        let login = move |state, addr, body| login::login(state, addr, body, m.clone());
         router = router.route(
             &format!("/v1/auth/{mount}/login"),
-            post(login::login).put(login::login),
+            post(login.clone()).put(login),
         );
+        router = auth_roles::routes(router, mount);
     }
+    router = token_routes(router);
     let db = &v.database_mount;
     use database::*;
     router
@@ -121,6 +171,32 @@ pub fn routes(state: &AdminState) -> Router<Arc<AdminState>> {
         .route(
             &format!("/v1/{db}/rotate-root/{{database}}"),
             post(rotate_root).put(rotate_root),
+        )
+}
+
+/// `auth/token/*` (`lookup-self` is served with or without the door).
+fn token_routes(router: Router<Arc<AdminState>>) -> Router<Arc<AdminState>> {
+    use tokens::*;
+    let t = |p: &str| format!("/v1/auth/token/{p}");
+    router
+        .route(&t("create"), post(create).put(create))
+        .route(&t("create-orphan"), post(create_orphan).put(create_orphan))
+        .route(&t("lookup"), post(lookup).put(lookup))
+        .route(
+            &t("lookup-accessor"),
+            post(lookup_accessor).put(lookup_accessor),
+        )
+        .route(&t("renew"), post(renew).put(renew))
+        .route(&t("renew-self"), post(renew_self).put(renew_self))
+        .route(
+            &t("renew-accessor"),
+            post(renew_accessor).put(renew_accessor),
+        )
+        .route(&t("revoke"), post(revoke).put(revoke))
+        .route(&t("revoke-self"), post(revoke_self).put(revoke_self))
+        .route(
+            &t("revoke-accessor"),
+            post(revoke_accessor).put(revoke_accessor),
         )
 }
 

@@ -183,6 +183,92 @@ async fn session(
     serve_lease(&shared, stream, &startup, minted, started).await;
 }
 
+/// The identity behind a session's password: a Vault token (`rmv.`, read
+/// from the token store with a use spent; an unknown one counts against
+/// the address like any failure), else an identity token.
+async fn verify_password(
+    shared: &Shared,
+    runtime: &Runtime,
+    peer: SocketAddr,
+    password: &str,
+) -> Result<
+    (
+        crate::auth::identity::Identity,
+        Option<crate::auth::token::TokenHash>,
+    ),
+    crate::auth::identity::IdentityError,
+> {
+    use crate::auth::identity::{Identity, IdentityError};
+    if !crate::auth::token::is_token(password) {
+        let identity = runtime
+            .verifier
+            .authenticate_from(peer.ip(), password)
+            .await?;
+        return Ok((identity, None));
+    }
+    let failures = &runtime.verifier.failures;
+    if let Some(wait) = failures.retry_after(peer.ip()) {
+        let retry_after_secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        return Err(IdentityError::RateLimited { retry_after_secs });
+    }
+    let hash = crate::auth::token::TokenHash::of(password);
+    match vault_tokens(shared).use_once(&hash).await {
+        Ok(Some(t)) => Ok((
+            Identity {
+                subject: t.subject,
+                groups: t.groups,
+                expires_at: t
+                    .expires_at
+                    .unwrap_or_else(|| SystemTime::now() + crate::auth::token::MAX_TOKEN_TTL),
+                issuer: t.issuer,
+            },
+            Some(hash),
+        )),
+        Ok(None) => {
+            failures.failed(peer.ip());
+            Err(IdentityError::VaultToken("unknown, expired or used up"))
+        }
+        Err(e) => {
+            tracing::warn!("token store: {e}");
+            Err(IdentityError::VaultToken("could not be checked"))
+        }
+    }
+}
+
+/// The token store, over the admin pool.
+fn vault_tokens(shared: &Shared) -> crate::store::tokens::Tokens {
+    crate::store::tokens::Tokens::new(
+        std::sync::Arc::clone(&shared.admin_client),
+        shared.config.vault.max_client_tokens,
+    )
+}
+
+/// Records that the Vault token `hash` opens the session lease `lease_id`
+/// (before the mint), so revoking the token ends the session. A token
+/// revoked meanwhile refuses the session.
+async fn record_token_lease(
+    shared: &Shared,
+    hash: &crate::auth::token::TokenHash,
+    lease_id: &str,
+    ttl: std::time::Duration,
+) -> Result<(), (ClientError, String)> {
+    let expires_at = SystemTime::now() + ttl;
+    match vault_tokens(shared)
+        .add_lease(hash, lease_id, expires_at)
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => Err((
+            ClientError::BadToken,
+            format!("lease={lease_id}: vault token revoked before the mint"),
+        )),
+        Err(e) => Err((
+            ClientError::BadToken,
+            format!("lease={lease_id}: token store: {e}"),
+        )),
+    }
+}
+
 /// The token, the policy and the mint: a registered lease, or what to tell
 /// the client (and the log). Counts and audits each decision.
 async fn authorize_and_mint(
@@ -215,10 +301,7 @@ async fn authorize_and_mint(
     // The handshake is over: the next client may start one.
     drop(handshake.permit);
     // Every reason gets the same 28P01; the reason goes to the log only.
-    let verified = runtime
-        .verifier
-        .authenticate_from(peer.ip(), token.expose())
-        .await;
+    let verified = verify_password(shared, runtime, peer, token.expose()).await;
     drop(token);
     let failed =
         |reason: String, identity: Option<&crate::auth::identity::Identity>| Event::AuthFailed {
@@ -229,8 +312,8 @@ async fn authorize_and_mint(
             template: template.to_owned(),
             database: database.to_owned(),
         };
-    let identity = match verified {
-        Ok(identity) => identity,
+    let (identity, vault_token) = match verified {
+        Ok(found) => found,
         Err(reason) => {
             // The verifier's messages name a check, never a claim value.
             crate::observe::metrics::auth(false, reason.reason());
@@ -275,12 +358,19 @@ async fn authorize_and_mint(
         identity = ?identity.subject, issuer = %identity.issuer, template,
         rule = %grant.rule, "policy allowed"
     );
-    if let Some(minted) = warm::claim(shared, &identity, &grant, startup, peer).await {
-        return Ok(minted);
+    // A Vault token's session is minted for it, so its lease is recorded
+    // under the token before the role exists; warm roles are for the rest.
+    if vault_token.is_none() {
+        if let Some(minted) = warm::claim(shared, &identity, &grant, startup, peer).await {
+            return Ok(minted);
+        }
     }
 
     let started = Instant::now();
     let lease_id = registry::new_lease_id(LeaseKind::Session, grant.template_name);
+    if let Some(hash) = &vault_token {
+        record_token_lease(shared, hash, &lease_id, grant.ttl).await?;
+    }
     let request = MintRequest {
         identity: &identity,
         template_name: grant.template_name,
