@@ -595,23 +595,36 @@ pub async fn revoke_tokens(
 }
 
 async fn revoke_leases(directory: &Arc<dyn LeaseDirectory>, leases: &[String]) {
-    for chunk in leases.chunks(LEASE_REVOKES_IN_FLIGHT) {
-        let mut set = tokio::task::JoinSet::new();
-        for lease in chunk {
-            let directory = Arc::clone(directory);
-            let lease = lease.clone();
-            set.spawn(async move {
-                if let Err(e) = directory
-                    .revoke(lease.clone(), RevokedBy::Token, true)
-                    .await
-                {
-                    // The role still carries its VALID UNTIL; the reaper of
-                    // any instance drops it then.
-                    tracing::warn!(lease = %lease, "revoking a revoked token's lease: {e}");
-                }
-            });
+    if leases.is_empty() {
+        return;
+    }
+    let directory = Arc::clone(directory);
+    let leases = leases.to_vec();
+    // On a task of its own: the tokens are deleted already, so their leases
+    // must go even if the caller stops waiting (a request timeout drops
+    // the handler, and a dropped JoinSet would abort its revocations).
+    let task = tokio::spawn(async move {
+        for chunk in leases.chunks(LEASE_REVOKES_IN_FLIGHT) {
+            let mut set = tokio::task::JoinSet::new();
+            for lease in chunk {
+                let directory = Arc::clone(&directory);
+                let lease = lease.clone();
+                set.spawn(async move {
+                    if let Err(e) = directory
+                        .revoke(lease.clone(), RevokedBy::Token, true)
+                        .await
+                    {
+                        // The role still carries its VALID UNTIL; the
+                        // reaper of any instance drops it then.
+                        tracing::warn!(lease = %lease, "revoking a revoked token's lease: {e}");
+                    }
+                });
+            }
+            while set.join_next().await.is_some() {}
         }
-        while set.join_next().await.is_some() {}
+    });
+    if let Err(e) = task.await {
+        tracing::error!("revoking a revoked token's leases: {e}");
     }
 }
 
@@ -693,4 +706,84 @@ pub fn principal_of(token: &Arc<StoredToken>) -> Principal {
 /// Methods `lookup-self` answers.
 pub fn is_lookup_method(method: &Method) -> bool {
     *method == Method::GET || *method == Method::POST || *method == Method::PUT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(uses_left: u32) -> StoredToken {
+        StoredToken {
+            hash: TokenHash::of("rmv.t"),
+            parent: None,
+            orphan: true,
+            policies: vec!["default".into()],
+            display_name: "token".into(),
+            meta: Default::default(),
+            path: "auth/token/create".into(),
+            role: String::new(),
+            issuer: "token".into(),
+            subject: "token-1".into(),
+            groups: Vec::new(),
+            created_at: SystemTime::now(),
+            creation_ttl: Duration::from_secs(60),
+            explicit_max_ttl: Duration::ZERO,
+            renewable: true,
+            expires_at: Some(SystemTime::now() + Duration::from_secs(60)),
+            num_uses: 3,
+            uses_left,
+        }
+    }
+
+    #[test]
+    fn a_held_token_lives_while_any_request_holds_it_and_the_newest_read_wins() {
+        let live = LiveTokens::default();
+        let hash = TokenHash::of("rmv.t");
+        assert!(live.get(&hash).is_none());
+        live.hold(stored(2));
+        live.hold(stored(1));
+        assert_eq!(live.get(&hash).unwrap().uses_left, 1);
+        live.release(&hash);
+        assert!(live.get(&hash).is_some(), "one request still holds it");
+        live.release(&hash);
+        assert!(
+            live.get(&hash).is_none(),
+            "forgotten after the last request"
+        );
+        live.release(&hash);
+    }
+
+    #[test]
+    fn created_tokens_act_as_token_principals_and_children_inherit() {
+        let plan = plan_create(
+            &CreateRequest::default(),
+            &Creator {
+                policies: &["root".to_owned()],
+                sudo: true,
+                num_uses: 0,
+                expires_at: None,
+            },
+            false,
+            &Limits {
+                default_ttl: Duration::from_secs(60),
+                max_ttl: MAX_TOKEN_TTL,
+            },
+            SystemTime::now(),
+        )
+        .unwrap();
+        let h = TokenHash::of("rmv.child");
+        let (issuer, subject, _) = child_principal(None, &plan, &h);
+        assert_eq!(issuer, "token");
+        assert_eq!(subject, format!("token-{}", h.short()));
+        let mut parent = stored(0);
+        parent.issuer = "local".into();
+        parent.subject = "alice".into();
+        let (issuer, subject, _) = child_principal(Some(&parent), &plan, &h);
+        assert_eq!((issuer.as_str(), subject.as_str()), ("local", "alice"));
+        let orphan = Plan {
+            orphan: true,
+            ..plan
+        };
+        assert_eq!(child_principal(Some(&parent), &orphan, &h).0, "token");
+    }
 }
