@@ -45,6 +45,11 @@ pub enum ClientError {
     /// `proxy.max_connections` sessions are open.
     #[error("sorry, too many clients already")]
     TooManyConnections,
+    /// More roles wait to be revoked than `mint.max_pending_revocations`
+    /// (PostgreSQL is down or failing): no new role is minted until the
+    /// backlog drains.
+    #[error("too many roles are waiting to be revoked; try again later")]
+    RevocationBacklog,
     /// The proxy is shutting down.
     #[error("rolemint is shutting down")]
     ShuttingDown,
@@ -87,7 +92,7 @@ impl ClientError {
             ClientError::DatabaseNotAllowed { .. } => "3D000",
             ClientError::BackendUnavailable => "08006",
             ClientError::MintFailed => "58000",
-            ClientError::TooManyConnections => "53300",
+            ClientError::TooManyConnections | ClientError::RevocationBacklog => "53300",
             ClientError::ShuttingDown => "57P03",
             ClientError::LeaseExpired | ClientError::LeaseRevoked | ClientError::Terminated => {
                 "57P01"
@@ -113,6 +118,7 @@ impl ClientError {
             ClientError::BackendUnavailable => "backend_unavailable",
             ClientError::MintFailed => "mint_failed",
             ClientError::TooManyConnections => "too_many_connections",
+            ClientError::RevocationBacklog => "revocation_backlog",
             ClientError::ShuttingDown => "shutting_down",
             ClientError::LeaseExpired => "lease_expired",
             ClientError::LeaseRevoked => "lease_revoked",
@@ -144,6 +150,7 @@ mod tests {
         assert_eq!(db.sqlstate(), "3D000");
         assert_eq!(ClientError::BackendUnavailable.sqlstate(), "08006");
         assert_eq!(ClientError::TooManyConnections.sqlstate(), "53300");
+        assert_eq!(ClientError::RevocationBacklog.sqlstate(), "53300");
         assert_eq!(ClientError::LeaseExpired.sqlstate(), "57P01");
     }
 }

@@ -635,3 +635,88 @@ async fn a_role_without_a_finite_valid_until_expires_by_its_lease_comment() {
         .await
         .expect("a live lease's session is kept");
 }
+
+/// PostgreSQL stopped under a client retry loop: the revoker's queue holds
+/// the roles of the sessions that were live when it went down (and of a
+/// mint caught on an admin connection that died with the server), and no
+/// more. A mint that found no admin connection never reached PostgreSQL,
+/// so its role is not queued (each retry used to add one); past
+/// `mint.max_pending_revocations` clients get 53300 without a mint. Once
+/// PostgreSQL is back, the queue drains and pg_roles ends clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_under_a_retry_loop_leaves_the_revocation_queue_bounded() {
+    const LIVE: usize = 4;
+    // The sessions, the one pooled admin connection's mint, and one more.
+    const LIMIT: usize = LIVE + 2;
+    let mut h = Harness::with(Options {
+        extra_toml: format!("[mint]\ninstance = \"h\"\nmax_pending_revocations = {LIMIT}\n"),
+        admin_pool_size: 1,
+        ..Options::default()
+    })
+    .await;
+    let token = h.token("retry");
+    let mut sessions = Vec::new();
+    for _ in 0..LIVE {
+        let session = h.connect("readonly", "appdb", token.expose()).await;
+        sessions.push(session.expect("session"));
+    }
+    assert_eq!(h.managed_roles().await.len(), LIVE);
+
+    tokio::task::block_in_place(|| h.cluster.stop_server());
+    // The live sessions end with their backends; their roles wait.
+    let queued = wait_until(REAP_WITHIN, || async { h.shared.revoker.pending() == LIVE }).await;
+    assert!(queued, "pending {}", h.shared.revoker.pending());
+
+    let attempt = || async {
+        match h.connect("readonly", "appdb", token.expose()).await {
+            Ok(_) => "connected".to_owned(),
+            Err(e) => common::sqlstate(&e).unwrap_or_else(|| e.to_string()),
+        }
+    };
+    // The first mint may take the pooled admin connection, which died with
+    // the server after the batch was written: that role is queued, as it
+    // must be (the batch may have landed).
+    for _ in 0..3 {
+        assert_eq!(attempt().await, "08006");
+    }
+    let base = h.shared.revoker.pending();
+    assert!((LIVE..LIMIT).contains(&base), "pending {base}");
+    // A client retrying against the down database: every attempt fails,
+    // and the queue does not grow.
+    for i in 0..40 {
+        assert_eq!(attempt().await, "08006", "attempt {i}");
+        assert_eq!(
+            h.shared.revoker.pending(),
+            base,
+            "attempt {i} queued a role"
+        );
+    }
+
+    // More roles waiting (other sessions ended) reach the limit: from then
+    // on nothing is minted, and the queue stays where it is.
+    for n in base..LIMIT {
+        h.shared.revoker.schedule(
+            &format!("v-gone-readonly-ffffffff-{n}"),
+            "appdb",
+            None,
+            rolemint::lease::revoker::Why::Reaper,
+        );
+    }
+    for i in 0..40 {
+        assert_eq!(attempt().await, "53300", "attempt {i}");
+        assert_eq!(h.shared.revoker.pending(), LIMIT);
+    }
+
+    tokio::task::block_in_place(|| h.cluster.restart()).expect("restart PostgreSQL");
+    let drained = wait_until(Duration::from_secs(60), || async {
+        h.shared.revoker.pending() == 0
+    })
+    .await;
+    assert!(drained, "pending {}", h.shared.revoker.pending());
+    let left = h.managed_roles().await;
+    assert!(left.is_empty(), "{left:?}");
+    let back = h.connect("readonly", "appdb", token.expose()).await;
+    let back = back.expect("a session again");
+    back.simple_query("SELECT 1").await.expect("it works");
+    drop(sessions);
+}

@@ -503,6 +503,11 @@ pub struct MintConfig {
     /// (it is retried for as long as the process lives either way).
     #[serde(default = "default_revoke_error_after", with = "humantime_serde")]
     pub revoke_error_after: Duration,
+    /// Roles waiting to be revoked past which new sessions (53300) and
+    /// credentials (503) are refused: while PostgreSQL is down, every
+    /// ended session adds one, and nothing drains them.
+    #[serde(default = "default_max_pending_revocations")]
+    pub max_pending_revocations: usize,
     /// How often the reaper sweeps `rolemint_managed` for orphaned roles
     /// (it also sweeps once at startup).
     #[serde(default = "default_reap_interval", with = "humantime_serde")]
@@ -603,6 +608,7 @@ impl Default for MintConfig {
             instance: None,
             statement_timeout: default_statement_timeout(),
             revoke_error_after: default_revoke_error_after(),
+            max_pending_revocations: default_max_pending_revocations(),
             reap_interval: default_reap_interval(),
             reap_grace: default_reap_grace(),
         }
@@ -623,6 +629,9 @@ fn default_shutdown_grace() -> Duration {
 }
 fn default_shutdown_revoke_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_max_pending_revocations() -> usize {
+    10_000
 }
 fn default_revoke_error_after() -> Duration {
     Duration::from_secs(60)
@@ -840,6 +849,11 @@ impl Config {
         if b.admin_password.as_ref().is_none_or(|s| s.is_empty()) {
             return Err(invalid(
                 "backend: admin_password (or admin_password_file / admin_password_env) is required",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.mint.max_pending_revocations) {
+            return Err(invalid(
+                "mint.max_pending_revocations must be between 1 and 1000000",
             ));
         }
         if b.admin_pool_size == 0 || b.admin_pool_size > 64 {

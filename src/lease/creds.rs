@@ -44,6 +44,9 @@ pub enum CredsError {
     TooMany,
     #[error("rolemint is shutting down")]
     ShuttingDown,
+    /// `mint.max_pending_revocations` roles wait to be revoked.
+    #[error("too many roles are waiting to be revoked; try again later")]
+    Backlog,
     /// The mint failed or timed out; the detail is for the log only.
     #[error("could not create the credentials")]
     Mint(String),
@@ -89,6 +92,9 @@ impl Credentials {
     ) -> Result<Issued, CredsError> {
         if shared.shutdown.is_cancelled() {
             return Err(CredsError::ShuttingDown);
+        }
+        if shared.revoker.backlogged() {
+            return Err(CredsError::Backlog);
         }
         let permit = Arc::clone(&self.live)
             .try_acquire_owned()
@@ -168,10 +174,11 @@ fn settle_failed_mint(
     let role = &prepared.role.name;
     let (detail, settle) = match created {
         Ok(Ok(())) => return Ok(()),
-        // The server answered, or nothing was sent: nothing still runs.
-        Ok(Err(e @ (MintError::Sql { .. } | MintError::Connect { .. }))) => {
-            (e.to_string(), Duration::ZERO)
-        }
+        // Nothing was sent: no role exists, nothing to queue (see
+        // `mint_outcome` in the session).
+        Ok(Err(e @ MintError::Connect { .. })) => return Err(format!("role {role}: {e}")),
+        // The server answered: nothing still runs.
+        Ok(Err(e @ MintError::Sql { .. })) => (e.to_string(), Duration::ZERO),
         Ok(Err(e)) => (
             e.to_string(),
             prepared.settle_time(shared.admin_client.statement_timeout()),

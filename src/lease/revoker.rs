@@ -45,9 +45,15 @@
 //! being retained. The map only grows with template names an operator
 //! configured, so it stays as small as the configs were.
 //!
-//! The queue is accounted rather than bounded: one entry per role (a role
-//! scheduled twice is one job), and roles exist only as fast as sessions
-//! mint them, within `proxy.max_connections`.
+//! The queue is bounded by refusing what would grow it, never by dropping
+//! a role that exists: one entry per role (a role scheduled twice is one
+//! job); a mint that never reached PostgreSQL (no admin connection) is not
+//! queued, since no role can exist; and past `mint.max_pending_revocations`
+//! pending roles ([`Revoker::backlogged`]) sessions and credentials mint
+//! nothing new (53300, 503) until the backlog drains. While PostgreSQL is
+//! down the queue holds at most the leases that were live when it went
+//! down plus that limit, however hard clients retry. The backlog is the
+//! `rolemint_revocations_pending` gauge.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -187,6 +193,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// state; its task stops with [`Revoker::stop`] or when it is dropped.
 pub struct Revoker {
     tx: mpsc::UnboundedSender<Job>,
+    /// `mint.max_pending_revocations`.
+    limit: usize,
     books: Arc<Books>,
     /// Pending count, for [`Revoker::drain`].
     pending_count: watch::Receiver<usize>,
@@ -246,6 +254,7 @@ impl Revoker {
         };
         let revoker = Revoker {
             tx,
+            limit: config.mint.max_pending_revocations,
             books,
             pending_count,
             pending_tx,
@@ -375,6 +384,12 @@ impl Revoker {
     /// Roles scheduled and not yet revoked, retained or refused.
     pub fn pending(&self) -> usize {
         lock(&self.books.pending).len()
+    }
+
+    /// At least `mint.max_pending_revocations` roles are pending: mint
+    /// nothing new (see the module doc).
+    pub fn backlogged(&self) -> bool {
+        self.pending() >= self.limit
     }
 
     /// Whether `role` is waiting for (or in) revocation.

@@ -372,7 +372,12 @@ enum Filled {
     Ready(Box<Entry>),
     /// The mint itself failed or timed out: the role may exist, or come
     /// to exist until `settle` has passed.
-    MintFailed { error: String, settle: Duration },
+    /// `settle`: `None` when the mint never reached PostgreSQL (nothing to
+    /// revoke).
+    MintFailed {
+        error: String,
+        settle: Option<Duration>,
+    },
     /// The role exists; logging in or sealing it failed.
     Failed { error: String },
 }
@@ -507,7 +512,7 @@ impl Filler<'_> {
         };
         let outcome = filled.unwrap_or(Filled::MintFailed {
             error: "the fill task panicked".into(),
-            settle,
+            settle: Some(settle),
         });
         match outcome {
             Filled::Ready(entry) => {
@@ -532,12 +537,14 @@ impl Filler<'_> {
                 }
             }
             Filled::MintFailed { error, settle } => {
-                self.revoker.schedule_failed_mint(
-                    &role,
-                    &key.database,
-                    Some(&key.template),
-                    settle,
-                );
+                if let Some(settle) = settle {
+                    self.revoker.schedule_failed_mint(
+                        &role,
+                        &key.database,
+                        Some(&key.template),
+                        settle,
+                    );
+                }
                 self.pool.lock().filling.remove(&role);
                 fail(backoff, &key, &error);
             }
@@ -709,16 +716,23 @@ impl Fill {
         let settle = prepared.settle_time(self.admin_client.statement_timeout());
         match tokio::time::timeout(self.mint_timeout, self.admin_client.create(&prepared)).await {
             Ok(Ok(())) => {}
+            // No admin connection: no role can exist, nothing to queue.
+            Ok(Err(e @ MintError::Connect { .. })) => {
+                return Filled::MintFailed {
+                    error: e.to_string(),
+                    settle: None,
+                }
+            }
             Ok(Err(e)) => {
                 return Filled::MintFailed {
                     error: e.to_string(),
-                    settle,
+                    settle: Some(settle),
                 }
             }
             Err(_) => {
                 return Filled::MintFailed {
                     error: "mint timed out".into(),
-                    settle,
+                    settle: Some(settle),
                 }
             }
         }

@@ -263,20 +263,24 @@ impl AdminPool {
             })
         };
         let client = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            // Every failure to connect is `Connect`: no statement was sent
+            // on this connection, so a mint that failed here created
+            // nothing (the session does not queue its role for revocation).
             Err(_) => {
-                return Err(MintError::Timeout {
-                    what: "connecting as admin",
+                return Err(MintError::Connect {
                     database: database.to_owned(),
-                    after: self.connect_timeout,
+                    sqlstate: None,
+                    message: format!("no connection within {:?}", self.connect_timeout),
                 })
             }
             Ok(Err(GuardedConnectError::Postgres(e))) => {
                 return Err(MintError::connect(database, &e))
             }
             Ok(Err(GuardedConnectError::Io(e))) => {
-                return Err(MintError::Backend {
+                return Err(MintError::Connect {
                     database: database.to_owned(),
-                    message: format!("connecting as admin: {e}"),
+                    sqlstate: None,
+                    message: e.to_string(),
                 })
             }
             Ok(Ok(c)) => c,

@@ -638,6 +638,13 @@ rm -rf -- "$2"
         Ok(())
     }
 
+    /// Stops the server and keeps its data directory, so that
+    /// [`TempCluster::restart`] brings it back: for tests of what happens
+    /// while the database is down.
+    pub fn stop_server(&mut self) {
+        self.stop_postmaster();
+    }
+
     /// Restarts the server on the same port and data directory, as
     /// `pg_ctl restart -m fast` does: sessions are ended (FATAL 57P01),
     /// open transactions rolled back; returns once it accepts connections

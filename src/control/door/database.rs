@@ -75,7 +75,7 @@ fn creds_error(e: CredsError, identity: &str, template: &str) -> ApiError {
             tracing::info!(identity, template, "credentials refused: {rule}");
             ApiError::permission_denied()
         }
-        CredsError::TooMany | CredsError::ShuttingDown => {
+        CredsError::TooMany | CredsError::ShuttingDown | CredsError::Backlog => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
         CredsError::Mint(detail) => {

@@ -358,6 +358,16 @@ async fn authorize_and_mint(
         identity = ?identity.subject, issuer = %identity.issuer, template,
         rule = %grant.rule, "policy allowed"
     );
+    // Every session ends in a revocation: while too many wait (PostgreSQL
+    // down), add none, or the queue grows with every client retry.
+    if shared.revoker.backlogged() {
+        let detail = format!(
+            "identity={:?} template={template}: {} roles wait to be revoked",
+            identity.subject,
+            shared.revoker.pending()
+        );
+        return Err((ClientError::RevocationBacklog, detail));
+    }
     // A Vault token's session is minted for it, so its lease is recorded
     // under the token before the role exists; warm roles are for the rest.
     if vault_token.is_none() {
@@ -554,7 +564,14 @@ fn mint_outcome(
         // The server answered (the batch is over, rolled back), or the
         // batch was never sent: one check that the role is not there is
         // enough.
-        Ok(Err(e @ (MintError::Sql { .. } | MintError::Connect { .. }))) => {
+        // No admin connection: the batch never reached PostgreSQL, so no
+        // role exists, and queueing its name would let a client retrying
+        // against a down database grow the revoker's queue without bound.
+        Ok(Err(e @ MintError::Connect { .. })) => {
+            tracing::warn!(role, "mint failed: {e}");
+            return Err(ClientError::BackendUnavailable);
+        }
+        Ok(Err(e @ MintError::Sql { .. })) => {
             tracing::warn!(role, "mint failed: {e}");
             let error = if e.is_transient() {
                 ClientError::BackendUnavailable
