@@ -38,7 +38,9 @@
 //!   cache, the per-address failure limiter); [`auth::policy`], identity x
 //!   template x database -> allowed or not, the lease cap at the token's
 //!   expiry, the session settings rendered from claims; [`auth::acl`],
-//!   Vault's HCL policies (parsed, merged, matched on a path).
+//!   Vault's HCL policies (parsed, merged, matched on a path);
+//!   [`auth::source`], a client's source for per-source limits (IPv6 by
+//!   /64) and the per-source connection slots.
 //! - [`lease`]: the whole life of a lease. [`lease::registry`] the live
 //!   leases (deadlines, lookup, renew); [`lease::revoker`] where every
 //!   role goes when its lease is over (retried until dropped, one round
@@ -54,7 +56,8 @@
 //!   [`pg::backend`], the login as a minted role ([`pg::backend::flow`]
 //!   the sans-IO state machine, [`pg::backend::params`] the startup
 //!   parameters a client may pass through).
-//! - [`control`]: the admin HTTP listener (`/healthz`, `/readyz`,
+//! - [`control`]: the admin HTTP listener ([`control::listener`]: hyper
+//!   with a header-read timeout and a per-source connection cap; `/healthz`, `/readyz`,
 //!   `/metrics`, the lease API in Vault's shape over a
 //!   [`control::leases::LeaseDirectory`], [`control::directory`] acting
 //!   on the leases of every instance) and the Vault-compatible door

@@ -79,25 +79,26 @@ async fn health_readiness_metrics_and_errors_on_a_running_proxy() {
         scrape.contains("# TYPE rolemint_build_info gauge"),
         "{scrape}"
     );
+    // The gauge is the background check's (every 2 s): polled.
+    let managed = |n: f64| async move {
+        wait_until(Duration::from_secs(10), || async {
+            metric(&get(admin, "/metrics").await.2, "rolemint_managed_roles") == Some(n)
+        })
+        .await
+    };
     let client = h.session("readonly", "alice").await;
     client.simple_query("SELECT 1").await.unwrap();
-    let scrape = get(admin, "/metrics").await.2;
-    assert_eq!(
-        metric(&scrape, "rolemint_managed_roles"),
-        Some(1.0),
-        "{scrape}"
-    );
+    assert!(managed(1.0).await, "rolemint_managed_roles never showed 1");
     drop(client);
     assert!(h
         .wait_no_managed_roles(Duration::from_secs(10))
         .await
         .is_empty());
-    let scrape = get(admin, "/metrics").await.2;
-    assert_eq!(
-        metric(&scrape, "rolemint_managed_roles"),
-        Some(0.0),
-        "{scrape}"
+    assert!(
+        managed(0.0).await,
+        "rolemint_managed_roles never went back to 0"
     );
+    let scrape = get(admin, "/metrics").await.2;
     assert!(
         scrape.contains("rolemint_admin_requests_total{route=\"/readyz\",status=\"200\"}"),
         "{scrape}"
@@ -158,7 +159,14 @@ async fn health_readiness_metrics_and_errors_on_a_running_proxy() {
     assert!(!text.contains("not-the-token") && !text.contains(OPERATOR_TOKEN));
 
     // PostgreSQL goes away: /readyz names every database it cannot reach.
+    // The background check sees it within a round or two.
     h.cluster.stop().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            get(admin, "/readyz").await.0 == StatusCode::SERVICE_UNAVAILABLE
+        })
+        .await
+    );
     let (s, ct, body) = get(admin, "/readyz").await;
     assert_eq!(
         (s, ct.as_str()),
@@ -266,6 +274,10 @@ async fn api_with_directory() -> (SocketAddr, Arc<MemoryDirectory>, Cancellation
         max_body_bytes: 65536,
         vault: None,
         people: None,
+        failures: Arc::new(rolemint::auth::identity::FailureLimiter::new(
+            &Default::default(),
+        )),
+        probes: Default::default(),
     };
     let listener = AdminListener::bind("127.0.0.1:0".parse().unwrap(), None, 16)
         .await

@@ -772,6 +772,10 @@ async fn workload_tokens_act_on_their_own_leases_only() {
         max_body_bytes: 65536,
         vault: Some(Arc::new(VaultDoor::new(Arc::clone(&h.shared)))),
         people: None,
+        failures: Arc::new(rolemint::auth::identity::FailureLimiter::new(
+            &Default::default(),
+        )),
+        probes: Default::default(),
     };
     let listener = AdminListener::bind("127.0.0.1:0".parse().unwrap(), None, 16)
         .await

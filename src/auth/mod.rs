@@ -6,7 +6,9 @@
 //! `*` and `+`, capabilities, `deny`, the `default` and `root` policies);
 //! [`token`] Vault tokens and [`auth_role`] the
 //! auth roles of the jwt/kubernetes mounts, both without IO (the door and
-//! the store keep them), and [`fields`], Vault's loose request fields.
+//! the store keep them), [`fields`], Vault's loose request fields, and
+//! [`source`], where a connection comes from as the per-source limits
+//! count it (IPv6 by /64), and the per-source slots.
 //!
 //! Owns every decision about a token and a claim. Must not touch
 //! PostgreSQL, leases, sessions or HTTP routes: it answers questions and
@@ -18,4 +20,5 @@ pub mod auth_role;
 pub mod fields;
 pub mod identity;
 pub mod policy;
+pub mod source;
 pub mod token;

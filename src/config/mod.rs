@@ -99,6 +99,11 @@ pub struct ProxyConfig {
     /// `max_connections` so that idle sockets cannot take session slots.
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes: usize,
+    /// Handshakes one source (an IPv4 address, an IPv6 /64) may have in
+    /// flight at once; more from it are closed at accept, so one client
+    /// cannot take every handshake slot.
+    #[serde(default = "default_max_handshakes_per_source")]
+    pub max_handshakes_per_source: usize,
     /// Time a client has from TCP connect to sending its token: one
     /// deadline for the whole handshake.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
@@ -151,6 +156,18 @@ pub struct AdminConfig {
     /// Admin HTTP connections open at once; more wait to be accepted.
     #[serde(default = "default_admin_max_connections")]
     pub max_connections: usize,
+    /// Admin connections one source (an IPv4 address, an IPv6 /64) may
+    /// hold at once; more from it are closed at accept.
+    #[serde(default = "default_admin_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// From the moment the listener waits for a request (a new connection,
+    /// or the end of the previous response) to the end of its headers;
+    /// also how long a kept-alive connection may sit idle.
+    #[serde(
+        default = "default_admin_header_read_timeout",
+        with = "humantime_serde"
+    )]
+    pub header_read_timeout: Duration,
 }
 
 impl Default for AdminConfig {
@@ -165,6 +182,8 @@ impl Default for AdminConfig {
             request_timeout: default_admin_request_timeout(),
             max_body_bytes: default_admin_max_body_bytes(),
             max_connections: default_admin_max_connections(),
+            max_connections_per_source: default_admin_max_connections_per_source(),
+            header_read_timeout: default_admin_header_read_timeout(),
         }
     }
 }
@@ -621,6 +640,9 @@ fn default_max_connections() -> usize {
 fn default_max_handshakes() -> usize {
     256
 }
+fn default_max_handshakes_per_source() -> usize {
+    64
+}
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(15)
 }
@@ -647,6 +669,12 @@ fn default_admin_max_body_bytes() -> usize {
 }
 fn default_admin_max_connections() -> usize {
     256
+}
+fn default_admin_max_connections_per_source() -> usize {
+    32
+}
+fn default_admin_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_pg_port() -> u16 {
     5432
@@ -840,6 +868,11 @@ impl Config {
         if p.max_handshakes == 0 {
             return Err(invalid("proxy.max_handshakes must be at least 1"));
         }
+        if p.max_handshakes_per_source == 0 {
+            return Err(invalid(
+                "proxy.max_handshakes_per_source must be at least 1",
+            ));
+        }
         if !(1024..=1024 * 1024).contains(&p.max_token_bytes) {
             return Err(invalid(
                 "proxy.max_token_bytes must be between 1024 and 1048576",
@@ -1016,6 +1049,18 @@ impl Config {
         }
         if !(1..=65_536).contains(&a.max_connections) {
             return Err(invalid("admin.max_connections must be between 1 and 65536"));
+        }
+        if a.max_connections_per_source == 0 {
+            return Err(invalid(
+                "admin.max_connections_per_source must be at least 1",
+            ));
+        }
+        if a.header_read_timeout < Duration::from_millis(100)
+            || a.header_read_timeout > Duration::from_secs(600)
+        {
+            return Err(invalid(
+                "admin.header_read_timeout must be between 100ms and 10m",
+            ));
         }
         Ok(())
     }

@@ -8,11 +8,18 @@
 //! [`Caller`] has room for workloads: the Vault-compatible door lets a
 //! workload act on its own leases, so handlers ask the caller
 //! ([`Caller::may_act_on`]) rather than assuming an operator.
+//!
+//! A request's token is checked once, by the listener's middleware, which
+//! hands handlers the answer as [`Authenticated`]: a JWT is verified once
+//! per request, and every wrong token counts against the client's source
+//! in the failed-authentication limiter, as a wrong password does on the
+//! proxy door (a source over its budget gets 429 before its token is read).
 
 use axum::http::HeaderMap;
 use subtle::ConstantTimeEq as _;
 
 use super::vault::ApiError;
+use crate::auth::identity::Identity;
 
 /// Longest token header read; longer is refused before hashing.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -78,6 +85,73 @@ impl Caller {
                 ..
             } => !issuer.is_empty() && own_issuer == issuer && own == identity,
         }
+    }
+}
+
+/// Who a request's token says it is: decided once per request (see the
+/// module doc) and read by handlers as an extractor.
+#[derive(Debug, Clone, Default)]
+pub enum Authenticated {
+    /// No token.
+    #[default]
+    Anonymous,
+    /// A token nobody accepts.
+    Invalid,
+    Operator,
+    /// A workload: its Vault token, identity JWT or static token, with the
+    /// token's policies.
+    Workload {
+        identity: Identity,
+        policies: Vec<String>,
+    },
+}
+
+impl Authenticated {
+    /// The caller, or 403.
+    pub fn caller(&self) -> Result<Caller, ApiError> {
+        match self {
+            Authenticated::Operator => Ok(Caller::Operator),
+            Authenticated::Workload { identity, policies } => Ok(Caller::Workload {
+                issuer: identity.issuer.clone(),
+                identity: identity.subject.clone(),
+                policies: policies.clone(),
+            }),
+            Authenticated::Anonymous | Authenticated::Invalid => Err(ApiError::permission_denied()),
+        }
+    }
+
+    /// The workload's identity, or 403 (also for the operator token, which
+    /// stands for no identity and so can be handed no credentials).
+    pub fn workload(&self) -> Result<&Identity, ApiError> {
+        match self {
+            Authenticated::Workload { identity, .. } => Ok(identity),
+            _ => Err(ApiError::permission_denied()),
+        }
+    }
+
+    /// How the audit log names the caller: `anonymous`, `invalid-token`,
+    /// `operator` or `workload:<issuer>:<identity>`.
+    pub fn label(&self) -> String {
+        match self {
+            Authenticated::Anonymous => "anonymous".into(),
+            Authenticated::Invalid => "invalid-token".into(),
+            other => other.caller().map(|c| c.label()).unwrap_or_default(),
+        }
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Authenticated {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Authenticated>()
+            .cloned()
+            .unwrap_or_default())
     }
 }
 

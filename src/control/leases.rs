@@ -24,13 +24,13 @@ use std::time::{Duration, SystemTime};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::auth::Caller;
+use super::auth::{Authenticated, Caller};
 use super::vault::{envelope, lease_envelope, ApiError};
 use super::AdminState;
 use crate::lease::registry::LeaseKind;
@@ -288,16 +288,16 @@ pub async fn lookup_root(
     State(state): State<Arc<AdminState>>,
     method: Method,
     Query(query): Query<ListQuery>,
-    headers: HeaderMap,
+    auth: Authenticated,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     if is_list(&method, &query) {
-        return list_keys(&state, &headers, "").await;
+        return list_keys(&state, &auth, "").await;
     }
     if method != Method::PUT && method != Method::POST {
         return Err(super::method_not_allowed_error());
     }
-    let caller = state.authenticate(&headers)?;
+    let caller = auth.caller()?;
     #[derive(Deserialize, Default)]
     struct Body {
         lease_id: Option<String>,
@@ -314,21 +314,21 @@ pub async fn lookup_prefix(
     method: Method,
     Query(query): Query<ListQuery>,
     Path(prefix): Path<String>,
-    headers: HeaderMap,
+    auth: Authenticated,
 ) -> Result<Response, ApiError> {
     if !is_list(&method, &query) {
         return Err(super::method_not_allowed_error());
     }
     bounded(&prefix)?;
-    list_keys(&state, &headers, &prefix).await
+    list_keys(&state, &auth, &prefix).await
 }
 
 async fn list_keys(
     state: &AdminState,
-    headers: &HeaderMap,
+    auth: &Authenticated,
     prefix: &str,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(headers)?;
+    let caller = auth.caller()?;
     let prefix = match prefix {
         "" => String::new(),
         p if p.ends_with('/') => p.to_owned(),
@@ -441,10 +441,10 @@ struct RenewBody {
 /// `PUT /v1/sys/leases/renew`.
 pub async fn renew(
     State(state): State<Arc<AdminState>>,
-    headers: HeaderMap,
+    auth: Authenticated,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(&headers)?;
+    let caller = auth.caller()?;
     let body: RenewBody = parse_body(body)?;
     let id = lease_id(body.lease_id)?;
     renew_lease(&state, &caller, id, increment(body.increment)?).await
@@ -454,10 +454,10 @@ pub async fn renew(
 pub async fn renew_path(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    auth: Authenticated,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(&headers)?;
+    let caller = auth.caller()?;
     let body: RenewBody = parse_body(body)?;
     let id = lease_id(Some(body.lease_id.unwrap_or(id)))?;
     renew_lease(&state, &caller, id, increment(body.increment)?).await
@@ -514,10 +514,10 @@ fn yes() -> bool {
 /// `PUT /v1/sys/leases/revoke`.
 pub async fn revoke(
     State(state): State<Arc<AdminState>>,
-    headers: HeaderMap,
+    auth: Authenticated,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(&headers)?;
+    let caller = auth.caller()?;
     let body: RevokeBody = parse_body(body)?;
     let id = lease_id(body.lease_id)?;
     revoke_lease(&state, &caller, id, body.sync).await
@@ -527,10 +527,10 @@ pub async fn revoke(
 pub async fn revoke_path(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    auth: Authenticated,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(&headers)?;
+    let caller = auth.caller()?;
     let body: RevokeBody = parse_body(body)?;
     let id = lease_id(Some(id))?;
     revoke_lease(&state, &caller, id, body.sync).await
@@ -570,10 +570,10 @@ fn no_content(sync: bool) -> Response {
 pub async fn revoke_prefix(
     State(state): State<Arc<AdminState>>,
     Path(prefix): Path<String>,
-    headers: HeaderMap,
+    auth: Authenticated,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    state.authenticate(&headers)?.require_operator()?;
+    auth.caller()?.require_operator()?;
     let body: RevokeBody = parse_body(body)?;
     bounded(&prefix)?;
     let filter = LeaseFilter {
@@ -607,9 +607,9 @@ pub struct FullListQuery {
 pub async fn list_full(
     State(state): State<Arc<AdminState>>,
     Query(query): Query<FullListQuery>,
-    headers: HeaderMap,
+    auth: Authenticated,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(&headers)?;
+    let caller = auth.caller()?;
     let limit = query.limit.unwrap_or(MAX_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -654,10 +654,10 @@ pub async fn list_full(
 /// (operators): everything matching, at once.
 pub async fn revoke_selected(
     State(state): State<Arc<AdminState>>,
-    headers: HeaderMap,
+    auth: Authenticated,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    state.authenticate(&headers)?.require_operator()?;
+    auth.caller()?.require_operator()?;
     let filter: LeaseFilter = parse_body(body)?;
     if filter.is_unrestricted() {
         return Err(ApiError::bad_request(

@@ -1,9 +1,10 @@
 //! The admin HTTP listener: health, metrics and the lease API.
 //!
 //! ```text
-//! AdminListener (TCP, optional TLS, bounded connections)
-//!   └─ axum Router ── observe (timeout, metrics, admin.request audit)
-//!        ├─ /healthz /readyz /metrics             health.rs  (no token)
+//! AdminListener (TCP, optional TLS, hyper with bounded waits)  listener.rs
+//!   └─ axum Router ── observe (token checked once, failure limiter,
+//!        │                     timeout, metrics, admin.request audit)
+//!        ├─ /healthz /readyz /metrics             health.rs  (no token, no query)
 //!        ├─ /v1/sys/leases/...                     leases.rs  (Vault's shape)
 //!        ├─ /v1/rolemint/leases[/revoke]           leases.rs  (rolemint's own)
 //!        ├─ /.well-known/rolemint-login, /v1/rolemint/whoami   people.rs
@@ -14,7 +15,9 @@
 //! Off unless `[admin] listen` is set. [`AdminListener::bind`] runs in
 //! `Server::bind` (a taken port fails startup, like the proxy's), and
 //! [`serve`] runs next to the proxy until the server has drained: during the
-//! drain `/readyz` answers 503 and `/metrics` keeps working.
+//! drain `/readyz` answers 503 and `/metrics` keeps working. What keeps
+//! slow, idle or many sockets from holding the listener down is
+//! `listener.rs`'s story.
 //!
 //! Who may do what is [`auth::Caller`]'s business; what a lease is, the
 //! [`leases::LeaseDirectory`] behind the API: on a running server
@@ -30,6 +33,7 @@ pub mod directory;
 pub mod door;
 pub mod health;
 pub mod leases;
+pub mod listener;
 #[cfg(any(test, feature = "testkit"))]
 pub mod memory;
 pub mod people;
@@ -43,35 +47,28 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use self::auth::OperatorToken;
+use self::auth::{Authenticated, OperatorToken};
 use self::health::Probe;
 use self::leases::LeaseDirectory;
 use self::vault::ApiError;
+use crate::auth::identity::FailureLimiter;
 use crate::config::Config;
 use crate::observe::audit::{Audit, AuditError, Event};
-use crate::tls::{ClientStream, MaybeTls};
+
+pub use self::listener::{serve, AdminListener, ClientAddr};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Longest a client has to finish its TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest path written to the audit log.
 const MAX_AUDITED_PATH: usize = 512;
@@ -108,6 +105,10 @@ pub struct AdminState {
     /// `/.well-known/rolemint-login` and `/v1/rolemint/whoami`; `None` in
     /// tests without a server.
     pub people: Option<Arc<people::People>>,
+    /// Wrong tokens per client source, under `[auth.failure_rate]`.
+    pub failures: Arc<FailureLimiter>,
+    /// What `/readyz` and `/metrics` read: the background checks' results.
+    pub probes: health::ProbeResults,
 }
 
 impl AdminState {
@@ -135,20 +136,36 @@ impl AdminState {
             max_body_bytes: config.admin.max_body_bytes,
             vault: None,
             people: None,
+            failures: Arc::new(FailureLimiter::new(&config.auth.failure_rate)),
+            probes: Default::default(),
         }
     }
 
-    /// The caller of a request, or 403: the operator, or (with the Vault
+    /// Who a request's token says it is: the operator, or (with the Vault
     /// routes on) a workload by its client token, identity JWT or static
-    /// token.
+    /// token. Called once per request, by [`observe`]; handlers read the
+    /// answer as the [`Authenticated`] extractor.
+    pub fn identify(&self, headers: &axum::http::HeaderMap) -> Authenticated {
+        let Some(token) = auth::presented_token(headers) else {
+            return Authenticated::Anonymous;
+        };
+        if self.operator.as_ref().is_some_and(|op| op.matches(token)) {
+            return Authenticated::Operator;
+        }
+        self.vault
+            .as_ref()
+            .and_then(|door| door.principal(token))
+            .map_or(Authenticated::Invalid, |p| Authenticated::Workload {
+                identity: p.identity,
+                policies: p.policies,
+            })
+    }
+
+    /// The caller of a request, or 403: [`AdminState::identify`]'s answer
+    /// as a [`auth::Caller`]. Handlers that have the request's
+    /// [`Authenticated`] use that instead of asking again.
     pub fn authenticate(&self, headers: &axum::http::HeaderMap) -> Result<auth::Caller, ApiError> {
-        auth::authenticate(self.operator.as_ref(), headers).or_else(|denied| {
-            self.vault
-                .as_ref()
-                .and_then(|door| auth::presented_token(headers).and_then(|t| door.principal(t)))
-                .map(|principal| door::workload(&principal))
-                .ok_or(denied)
-        })
+        self.identify(headers).caller()
     }
 
     /// Writes an audit line before the action it reports is acknowledged.
@@ -219,11 +236,16 @@ pub fn router(state: Arc<AdminState>) -> Router {
             Arc::clone(&state),
             observe,
         ))
-        // Outermost: a Vault token is read from the store once, before
-        // anything asks who the caller is (the audit line included).
+        // A Vault token is read from the store once, before anything asks
+        // who the caller is (the audit line included).
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             door::tokens::resolve,
+        ))
+        // Outermost: a source over its failure budget reaches neither.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            refuse_over_budget,
         ))
         .with_state(state)
 }
@@ -240,266 +262,119 @@ pub(crate) fn method_not_allowed_error() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "unsupported operation")
 }
 
-/// Bounds every request by `request_timeout`, counts it, and writes its
-/// `admin.request` audit line: awaited for requests that change something,
-/// so the line is on disk before the caller hears "done". Probes of
-/// `/healthz`, `/readyz` and `/metrics` are counted but not audited: they
-/// come every few seconds and carry no decision.
+/// Checks the request's token (once), bounds the request by
+/// `request_timeout`, counts it, and writes its `admin.request` audit
+/// line: awaited for requests that change something, so the line is on
+/// disk before the caller hears "done". Probes of `/healthz`, `/readyz` and
+/// `/metrics` are counted but not audited: they come every few seconds and
+/// carry no decision. Every wrong token counts against its source in the
+/// failure limiter ([`refuse_over_budget`] turns the source away once it
+/// is over).
 async fn observe(
+    State(state): State<Arc<AdminState>>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let seen = Seen::of(&request, client);
+    let authenticated = state.identify(request.headers());
+    if matches!(authenticated, Authenticated::Invalid) {
+        state.failures.failed(client.ip());
+    }
+    let caller = authenticated.label();
+    request.extensions_mut().insert(authenticated);
+    let answer = tokio::time::timeout(state.request_timeout, next.run(request)).await;
+    let response = answer.unwrap_or_else(|_| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "request timed out").into_response()
+    });
+    seen.record(&state, response.status(), caller).await;
+    response
+}
+
+/// The outermost layer: a request presenting a token from a source with
+/// too many wrong tokens lately gets 429 with `Retry-After`, before its
+/// token is read (from the store, or verified), as the proxy door's 28P01
+/// says "retry in N s". Counted and audited as caller `rate-limited`.
+async fn refuse_over_budget(
     State(state): State<Arc<AdminState>>,
     ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     request: Request,
     next: Next,
 ) -> Response {
-    let method = request.method().clone();
-    let path: String = request
-        .uri()
-        .path()
-        .chars()
-        .take(MAX_AUDITED_PATH)
-        .collect();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |m| m.as_str())
-        .to_owned();
-    let caller = caller_label(&state, request.headers());
-    let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "request timed out").into_response()
-        }
-    };
-    let status = response.status().as_u16();
-    crate::observe::metrics::admin_request(&route, status);
-    let probe = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
-    if probe && (method == Method::GET || method == Method::HEAD) {
-        return response;
+    if auth::presented_token(request.headers()).is_none() {
+        return next.run(request).await;
     }
-    let event = Event::AdminRequest {
-        method: method.as_str().to_owned(),
-        path,
-        status,
-        caller,
-        client_addr: client.to_string(),
+    let Some(wait) = state.failures.retry_after(client.ip()) else {
+        return next.run(request).await;
     };
-    if method == Method::GET || method == Method::HEAD || method.as_str() == "LIST" {
-        state.audit.record(event);
-    } else if let Err(e) = state.audit.record_durable(event).await {
-        tracing::error!("audit: {e}");
-    }
+    let response = too_many_failures(wait);
+    Seen::of(&request, client)
+        .record(&state, response.status(), "rate-limited".to_owned())
+        .await;
     response
 }
 
-/// `operator`, `anonymous` (no token) or `invalid-token`.
-fn caller_label(state: &AdminState, headers: &axum::http::HeaderMap) -> String {
-    match auth::presented_token(headers) {
-        None => "anonymous".into(),
-        Some(_) => match state.authenticate(headers) {
-            Ok(caller) => caller.label(),
-            Err(_) => "invalid-token".into(),
-        },
-    }
+/// What the audit line and the metric of a request say about it.
+struct Seen {
+    method: Method,
+    path: String,
+    route: String,
+    client: SocketAddr,
 }
 
-/// Serves `router(state)` on `listener` until `stop` is cancelled; requests
-/// in flight then finish.
-pub async fn serve(
-    listener: AdminListener,
-    state: AdminState,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    crate::observe::metrics::handle();
-    let app = router(Arc::new(state)).into_make_service_with_connect_info::<ClientAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-}
-
-/// The peer of an admin connection.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
-
-impl Connected<axum::serve::IncomingStream<'_, AdminListener>> for ClientAddr {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, AdminListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
-/// The admin listener's socket: TCP, with TLS when configured, and at most
-/// `max_connections` connections at once.
-///
-/// A task accepts and runs TLS handshakes concurrently (one slow client
-/// cannot hold up the others), each within [`TLS_HANDSHAKE_TIMEOUT`], and
-/// hands finished connections to `accept`. Dropping the listener stops it.
-pub struct AdminListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(AdminIo, SocketAddr)>,
-    acceptor: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for AdminListener {
-    fn drop(&mut self) {
-        self.acceptor.abort();
-    }
-}
-
-impl AdminListener {
-    /// Binds `addr`; `tls` makes it HTTPS.
-    pub async fn bind(
-        addr: SocketAddr,
-        tls: Option<Arc<rustls::ServerConfig>>,
-        max_connections: usize,
-    ) -> Result<AdminListener, AdminError> {
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|source| AdminError::Bind { addr, source })?;
-        let local = tcp
-            .local_addr()
-            .map_err(|source| AdminError::Bind { addr, source })?;
-        let (tx, ready) = mpsc::channel(64);
-        let limit = Arc::new(Semaphore::new(max_connections.max(1)));
-        let acceptor = tokio::spawn(accept_loop(tcp, tls.map(TlsAcceptor::from), limit, tx));
-        Ok(AdminListener {
-            local,
-            ready,
-            acceptor,
-        })
+impl Seen {
+    fn of(request: &Request, client: SocketAddr) -> Seen {
+        Seen {
+            method: request.method().clone(),
+            path: request
+                .uri()
+                .path()
+                .chars()
+                .take(MAX_AUDITED_PATH)
+                .collect(),
+            route: request
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", |m| m.as_str())
+                .to_owned(),
+            client,
+        }
     }
 
-    /// `[admin]` of `config`, when `listen` is set.
-    pub async fn from_config(config: &Config) -> Result<Option<AdminListener>, AdminError> {
-        let a = &config.admin;
-        let Some(addr) = a.listen else {
-            return Ok(None);
-        };
-        let tls = match (&a.tls_cert, &a.tls_key) {
-            (Some(cert), Some(key)) => {
-                let proxy = crate::tls::server_config(cert, key)
-                    .map_err(|e| AdminError::Tls(e.to_string()))?;
-                // The proxy's config offers only ALPN "postgresql"; an HTTPS
-                // client offering "http/1.1" would be refused by it.
-                let mut http = (*proxy).clone();
-                http.alpn_protocols = vec![b"http/1.1".to_vec()];
-                Some(Arc::new(http))
-            }
-            _ => None,
-        };
-        AdminListener::bind(addr, tls, a.max_connections)
-            .await
-            .map(Some)
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-}
-
-async fn accept_loop(
-    tcp: TcpListener,
-    tls: Option<TlsAcceptor>,
-    limit: Arc<Semaphore>,
-    ready: mpsc::Sender<(AdminIo, SocketAddr)>,
-) {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+    /// Counts the request and writes its audit line (see [`observe`]).
+    async fn record(self, state: &AdminState, status: StatusCode, caller: String) {
+        let status = status.as_u16();
+        crate::observe::metrics::admin_request(&self.route, status);
+        let probe = matches!(self.route.as_str(), "/healthz" | "/readyz" | "/metrics");
+        let read = self.method == Method::GET || self.method == Method::HEAD;
+        if probe && read {
             return;
+        }
+        let event = Event::AdminRequest {
+            method: self.method.as_str().to_owned(),
+            path: self.path,
+            status,
+            caller,
+            client_addr: self.client.to_string(),
         };
-        let (stream, peer) = match tcp.accept().await {
-            Ok(conn) => {
-                backoff = Duration::from_millis(10);
-                conn
-            }
-            Err(e) => {
-                tracing::warn!("admin listener: accept failed: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        match &tls {
-            None => {
-                let io = AdminIo {
-                    stream: MaybeTls::Plain(stream),
-                    _permit: permit,
-                };
-                if ready.send((io, peer)).await.is_err() {
-                    return;
-                }
-            }
-            Some(acceptor) => {
-                let (acceptor, ready) = (acceptor.clone(), ready.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls)) => {
-                            let io = AdminIo {
-                                stream: MaybeTls::Tls(Box::new(tls)),
-                                _permit: permit,
-                            };
-                            let _ = ready.send((io, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, "admin TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
-                    }
-                });
-            }
+        if read || self.method.as_str() == "LIST" {
+            state.audit.record(event);
+        } else if let Err(e) = state.audit.record_durable(event).await {
+            tracing::error!("audit: {e}");
         }
     }
 }
 
-impl axum::serve::Listener for AdminListener {
-    type Io = AdminIo;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (AdminIo, SocketAddr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The accept task ended (it only does when aborted): serve
-            // nothing more, and let graceful shutdown end the server.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-/// One admin connection; holds its slot of `max_connections` until closed.
-pub struct AdminIo {
-    stream: ClientStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-// Forwards only read, write, flush and shutdown (no vectored writes), as
-// the admin stream always has.
-impl AsyncRead for AdminIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for AdminIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
+/// 429 in Vault's shape, with `Retry-After`.
+fn too_many_failures(wait: Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let error = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("too many failed authentications from this address; retry in {secs} s"),
+    );
+    let mut response = error.into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    response
 }

@@ -98,6 +98,10 @@ async fn start(databases: &[&str]) -> Api {
         max_body_bytes: 4096,
         vault: None,
         people: None,
+        failures: Arc::new(crate::auth::identity::FailureLimiter::new(
+            &Default::default(),
+        )),
+        probes: Default::default(),
     };
     let listener = AdminListener::bind("127.0.0.1:0".parse().unwrap(), None, 16)
         .await

@@ -328,6 +328,10 @@ pub struct HbaRule {
 pub struct AdminClient {
     /// Admin connections, per database.
     pub(super) pool: pool::AdminPool,
+    /// One admin connection per database for the health probes (`ping`,
+    /// `managed_role_count`), apart from `pool`: probes never wait for, or
+    /// hold, a connection a mint needs.
+    probes: pool::AdminPool,
     /// `mint.name_template`, parsed and checked once.
     pub(super) names: names::NameTemplate,
     /// `mint.scram_iterations` (see `scram.rs` for why it is low).
@@ -360,10 +364,16 @@ impl AdminClient {
                 "mint.statement_timeout must be positive".into(),
             ));
         }
-        let pool = pool::AdminPool::new(&config.backend, tls, statement_timeout)?;
+        let pool = pool::AdminPool::new(&config.backend, tls.clone(), statement_timeout)?;
+        let one = crate::config::BackendConfig {
+            admin_pool_size: 1,
+            ..config.backend.clone()
+        };
+        let probes = pool::AdminPool::new(&one, tls, statement_timeout)?;
         let terminate_wait = MAX_TERMINATE_WAIT.min(statement_timeout / 2);
         Ok(AdminClient {
             pool,
+            probes,
             names,
             scram_iterations,
             instance: instance_name(config.mint.instance.as_deref()),
@@ -423,11 +433,11 @@ impl AdminClient {
         }
     }
 
-    /// Proves an admin connection to `database` works now: a pooled one
-    /// (discarded if it broke) or a new one, and a `SELECT 1` on it. For
+    /// Proves an admin connection to `database` works now: the probes'
+    /// own connection (reopened if it broke), and a `SELECT 1` on it. For
     /// the admin listener's `/readyz`.
     pub async fn ping(&self, database: &str) -> Result<(), MintError> {
-        let mut conn = self.pool.get(database).await?;
+        let mut conn = self.probes.get(database).await?;
         conn.batch("SELECT 1").await?;
         Ok(())
     }
@@ -438,7 +448,7 @@ impl AdminClient {
     /// ADMIN OPTION are the admin role itself (PostgreSQL 16 grants a
     /// created role to its creator that way), never a minted role.
     pub async fn managed_role_count(&self) -> Result<u64, MintError> {
-        let mut conn = self.pool.get(&self.admin_database).await?;
+        let mut conn = self.probes.get(&self.admin_database).await?;
         let sql = format!(
             "SELECT pg_catalog.count(*) FROM pg_catalog.pg_auth_members m \
              JOIN pg_catalog.pg_roles g ON g.oid = m.roleid \
@@ -588,6 +598,7 @@ impl AdminClient {
     /// open stay as they are (PostgreSQL checks a password at login only).
     pub fn use_admin_password(&self, password: &Secret) {
         self.pool.set_password(password.expose());
+        self.probes.set_password(password.expose());
     }
 
     /// `mint.statement_timeout`.

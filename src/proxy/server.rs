@@ -150,6 +150,8 @@ impl Server {
         let sessions = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(shared.config.proxy.max_connections));
         let handshakes = Arc::new(Semaphore::new(shared.config.proxy.max_handshakes));
+        let handshake_sources =
+            crate::auth::source::SourceSlots::new(shared.config.proxy.max_handshakes_per_source);
         // TTLs keep running while sessions drain, so the expiry task has its own stop.
         let expiry_stop = CancellationToken::new();
         let expiry = tokio::spawn(
@@ -188,8 +190,16 @@ impl Server {
                 tracing::debug!(%peer, "too many handshakes in flight: connection closed");
                 continue;
             };
+            // Nor can one source (an address, an IPv6 /64) take them all.
+            let Some(source) = handshake_sources.try_take(peer.ip()) else {
+                tracing::debug!(%peer, "too many handshakes from this source: connection closed");
+                continue;
+            };
             let limits = crate::proxy::session::Admission {
-                handshake,
+                handshake: crate::proxy::session::HandshakeSlot {
+                    _global: handshake,
+                    _source: source,
+                },
                 sessions: Arc::clone(&limit),
             };
             sessions.spawn(crate::proxy::session::run(

@@ -33,6 +33,8 @@ pub struct Options {
     pub max_connections: usize,
     /// `proxy.max_handshakes`.
     pub max_handshakes: usize,
+    /// `proxy.max_handshakes_per_source`.
+    pub max_handshakes_per_source: usize,
     /// `backend.admin_pool_size`.
     pub admin_pool_size: usize,
     /// The PostgreSQL cluster; by default it logs every statement, so tests
@@ -54,6 +56,7 @@ impl Default for Options {
             extra_toml: String::new(),
             max_connections: 100,
             max_handshakes: 256,
+            max_handshakes_per_source: 64,
             admin_pool_size: 8,
             cluster: ClusterOptions::default()
                 .setting("log_statement", "all")
@@ -358,6 +361,7 @@ tls_key = "key.pem"
 allow_plaintext = {plain}
 max_connections = {max_connections}
 max_handshakes = {max_handshakes}
+max_handshakes_per_source = {max_handshakes_per_source}
 handshake_timeout = "5s"
 shutdown_grace = "2s"
 kernel_splice = {kernel_splice}
@@ -385,6 +389,7 @@ hs256_secret = "{secret}"
         backend_toml = options.backend_toml,
         max_connections = options.max_connections,
         max_handshakes = options.max_handshakes,
+        max_handshakes_per_source = options.max_handshakes_per_source,
         admin_pool_size = options.admin_pool_size,
         port = cluster.port(),
         admin = demo.admin_user,

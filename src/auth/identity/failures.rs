@@ -8,23 +8,49 @@
 //! never slowed: nothing here sleeps, and the lock is held for a map
 //! lookup only.
 //!
-//! The map is bounded (`max_addresses`): when full, the entry that has
-//! been quiet longest is evicted. Only failures create entries, and an
-//! entry whose bucket has refilled is dropped, so honest traffic never
-//! fills it.
+//! The map is bounded (`max_addresses`): when full, the address whose
+//! last failure is oldest is evicted, found through an ordered index of
+//! last failures, so a full map costs O(log n) per failure rather than a
+//! scan of every entry under the lock. Only failures create entries, and
+//! an entry whose bucket has refilled is dropped, so honest traffic never
+//! fills it. An IPv6 client is counted by its /64 ([`Source`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::auth::source::Source;
 use crate::config::FailureRateConfig;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     /// Failures still allowed (fractional: refills continuously).
     tokens: f64,
+    /// When `tokens` was last brought up to date.
     updated: Instant,
+    /// The number of the last failure (a counter, so that two failures in
+    /// the same clock tick still have an order): the entry's key in
+    /// [`Table::by_last_failure`].
+    last_failure: u64,
+}
+
+/// The buckets, and the order in which to evict them.
+#[derive(Debug, Default)]
+struct Table {
+    buckets: HashMap<Source, Bucket>,
+    /// `(last failure, source)` of every bucket: the first is evicted.
+    by_last_failure: BTreeSet<(u64, Source)>,
+    /// Failures counted so far: numbers them.
+    failures: u64,
+}
+
+impl Table {
+    fn remove(&mut self, source: &Source) {
+        if let Some(b) = self.buckets.remove(source) {
+            self.by_last_failure.remove(&(b.last_failure, *source));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -32,7 +58,7 @@ pub struct FailureLimiter {
     burst: f64,
     per_second: f64,
     max_addresses: usize,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    table: Mutex<Table>,
 }
 
 impl FailureLimiter {
@@ -41,8 +67,12 @@ impl FailureLimiter {
             burst: f64::from(c.burst),
             per_second: f64::from(c.per_minute) / 60.0,
             max_addresses: c.max_addresses,
-            buckets: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn refill(&self, bucket: &mut Bucket, now: Instant) {
@@ -53,58 +83,66 @@ impl FailureLimiter {
 
     /// Whether `peer` may try to authenticate now.
     pub fn may_try(&self, peer: IpAddr) -> bool {
+        self.tokens_left(peer) >= 1.0
+    }
+
+    /// Failures `peer` may still have now (a full bucket when untracked);
+    /// a bucket that refilled is forgotten.
+    fn tokens_left(&self, peer: IpAddr) -> f64 {
+        let source = Source::of(peer);
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(bucket) = buckets.get_mut(&peer) else {
-            return true;
+        let mut table = self.lock();
+        let Some(bucket) = table.buckets.get_mut(&source) else {
+            return self.burst;
         };
         self.refill(bucket, now);
-        if bucket.tokens >= self.burst {
-            buckets.remove(&peer);
-            return true;
+        let tokens = bucket.tokens;
+        if tokens >= self.burst {
+            table.remove(&source);
         }
-        bucket.tokens >= 1.0
+        tokens
     }
 
     /// How long `peer` must wait before its next attempt is looked at;
     /// `None` when it may try now. What a refused client is told.
     pub fn retry_after(&self, peer: IpAddr) -> Option<std::time::Duration> {
-        if self.may_try(peer) {
+        let tokens = self.tokens_left(peer);
+        if tokens >= 1.0 {
             return None;
         }
-        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let missing = 1.0 - buckets.get(&peer).map_or(1.0, |b| b.tokens);
         Some(std::time::Duration::from_secs_f64(
-            missing.max(0.0) / self.per_second,
+            (1.0 - tokens).max(0.0) / self.per_second,
         ))
     }
 
     /// Counts one failure against `peer`.
     pub fn failed(&self, peer: IpAddr) {
+        let source = Source::of(peer);
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if !buckets.contains_key(&peer) && buckets.len() >= self.max_addresses {
-            // Evict the quietest address. O(n), but only when the map is
-            // full, which takes failures from max_addresses addresses.
-            if let Some(oldest) = buckets
-                .iter()
-                .min_by_key(|(_, b)| b.updated)
-                .map(|(ip, _)| *ip)
-            {
-                buckets.remove(&oldest);
+        let mut table = self.lock();
+        let table = &mut *table;
+        if !table.buckets.contains_key(&source) && table.buckets.len() >= self.max_addresses {
+            if let Some(&(_, oldest)) = table.by_last_failure.first() {
+                table.remove(&oldest);
             }
         }
-        let bucket = buckets.entry(peer).or_insert(Bucket {
+        table.failures += 1;
+        let number = table.failures;
+        let bucket = table.buckets.entry(source).or_insert(Bucket {
             tokens: self.burst,
             updated: now,
+            last_failure: number,
         });
+        table.by_last_failure.remove(&(bucket.last_failure, source));
         self.refill(bucket, now);
         bucket.tokens = (bucket.tokens - 1.0).max(0.0);
+        bucket.last_failure = number;
+        table.by_last_failure.insert((number, source));
     }
 
     /// Addresses tracked now.
     pub fn tracked(&self) -> usize {
-        self.buckets.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lock().buckets.len()
     }
 }
 
@@ -146,5 +184,38 @@ mod tests {
         assert_eq!(l.tracked(), 10);
         // The most recent offender is still limited.
         assert!(!l.may_try(IpAddr::from(999u32.to_be_bytes())));
+        // The index holds exactly the tracked entries.
+        assert_eq!(l.lock().by_last_failure.len(), 10);
+    }
+
+    #[test]
+    fn eviction_takes_the_oldest_failure_and_ipv6_counts_by_its_64() {
+        let l = limiter(1, 3);
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        l.failed(ip("10.0.0.1"));
+        l.failed(ip("10.0.0.2"));
+        l.failed(ip("2001:db8::1"));
+        // Every address of that /64 is limited: it is one source.
+        assert!(!l.may_try(ip("2001:db8::ffff")));
+        // 10.0.0.1 fails again: now 10.0.0.2 is the oldest, and goes.
+        l.failed(ip("10.0.0.1"));
+        l.failed(ip("10.0.0.4"));
+        assert!(l.may_try(ip("10.0.0.2")));
+        assert!(!l.may_try(ip("10.0.0.1")) && !l.may_try(ip("10.0.0.4")));
+        assert_eq!(l.tracked(), 3);
+    }
+
+    #[test]
+    fn a_full_table_costs_no_scan() {
+        // 200,000 tracked sources, then 50,000 new failures: each evicts
+        // through the index. A scan per failure (as the limiter once did)
+        // is 10^10 steps: this test then does not finish.
+        let l = limiter(1, 200_000);
+        for i in 0..250_000u32 {
+            l.failed(IpAddr::from(i.to_be_bytes()));
+        }
+        assert_eq!(l.tracked(), 200_000);
+        assert!(l.may_try(IpAddr::from(0u32.to_be_bytes())));
+        assert!(!l.may_try(IpAddr::from(249_999u32.to_be_bytes())));
     }
 }

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::{door, require_workload};
 use crate::config::RoleTemplate;
+use crate::control::auth::Authenticated;
 use crate::control::leases::ListQuery;
 use crate::control::vault::{envelope, secret_envelope, ApiError};
 use crate::control::{AdminState, ClientAddr};
@@ -31,6 +32,9 @@ pub async fn creds(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let door = door(&state)?;
+    // The principal (its stored token too, which the lease is recorded
+    // under): a map lookup of the token read for this request, or the
+    // verified-token cache for a JWT.
     let principal = require_workload(&state, &headers)?;
     let identity = &principal.identity;
     if template.len() > MAX_NAME_BYTES {
@@ -87,11 +91,8 @@ fn creds_error(e: CredsError, identity: &str, template: &str) -> ApiError {
 
 /// Any caller rolemint accepts: the operator, or a workload.
 /// 403 unless the operator or a workload; whether it is the operator.
-fn any_caller(state: &AdminState, headers: &HeaderMap) -> Result<bool, ApiError> {
-    match state.authenticate(headers) {
-        Ok(caller) => Ok(caller.is_operator()),
-        Err(_) => require_workload(state, headers).map(|_| false),
-    }
+fn any_caller(auth: &Authenticated) -> Result<bool, ApiError> {
+    auth.caller().map(|caller| caller.is_operator())
 }
 
 /// `LIST /v1/<mount>/roles` (or `GET ...?list=true`): the template names.
@@ -99,13 +100,13 @@ pub async fn roles_list(
     State(state): State<Arc<AdminState>>,
     method: Method,
     Query(query): Query<ListQuery>,
-    headers: HeaderMap,
+    auth: Authenticated,
 ) -> Result<Response, ApiError> {
     if !crate::control::leases::is_list(&method, &query) {
         return Err(read_only(&method));
     }
     let door = door(&state)?;
-    any_caller(&state, &headers)?;
+    any_caller(&auth)?;
     let runtime = door.shared.runtime();
     let keys: Vec<&String> = runtime.config.roles.keys().collect();
     if keys.is_empty() {
@@ -119,13 +120,13 @@ pub async fn role(
     State(state): State<Arc<AdminState>>,
     method: Method,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    auth: Authenticated,
 ) -> Result<Response, ApiError> {
     if method != Method::GET {
         return Err(read_only(&method));
     }
     let door = door(&state)?;
-    let operator = any_caller(&state, &headers)?;
+    let operator = any_caller(&auth)?;
     let runtime = door.shared.runtime();
     let template = runtime
         .config
@@ -174,9 +175,9 @@ fn read_only(method: &Method) -> ApiError {
 pub async fn rotate_root(
     State(state): State<Arc<AdminState>>,
     Path(database): Path<String>,
-    headers: HeaderMap,
+    auth: Authenticated,
 ) -> Result<Response, ApiError> {
-    state.authenticate(&headers)?.require_operator()?;
+    auth.caller()?.require_operator()?;
     let door = door(&state)?;
     if !state.databases.contains(&database) {
         return Err(ApiError::bad_request(format!(

@@ -33,7 +33,7 @@ use crate::auth::auth_role::AuthRole;
 use crate::auth::identity::Identity;
 use crate::auth::token::{self, plan_login, LoginSpec, Plan};
 use crate::config::Config;
-use crate::control::auth::presented_token;
+use crate::control::auth::Authenticated;
 use crate::control::vault::{auth_envelope, envelope, ApiError};
 use crate::control::{AdminState, ClientAddr};
 use crate::observe::audit::Event;
@@ -259,11 +259,12 @@ pub async fn lookup_self(
     State(state): State<Arc<AdminState>>,
     method: Method,
     headers: HeaderMap,
+    auth: Authenticated,
 ) -> Result<Response, ApiError> {
     if method != Method::GET && method != Method::POST && method != Method::PUT {
         return Err(crate::control::method_not_allowed_error());
     }
-    if state.authenticate(&headers)?.is_operator() {
+    if auth.caller()?.is_operator() {
         return Ok(envelope(json!({
             "display_name": "operator",
             "policies": ["root"],
@@ -275,16 +276,14 @@ pub async fn lookup_self(
     if let Some(answer) = super::tokens::lookup_self_stored(door, &headers) {
         return Ok(answer);
     }
-    let identity = presented_token(&headers)
-        .and_then(|t| door.identity(t))
-        .ok_or_else(ApiError::permission_denied)?;
+    let identity = auth.workload()?;
     let ttl = identity
         .expires_at
         .duration_since(SystemTime::now())
         .unwrap_or_default();
     Ok(envelope(json!({
         "display_name": identity.subject,
-        "policies": templates_allowed(&door.shared.runtime().config, &identity),
+        "policies": templates_allowed(&door.shared.runtime().config, identity),
         "meta": { "identity": identity.subject, "issuer": identity.issuer },
         "expire_time": humantime::format_rfc3339_seconds(identity.expires_at).to_string(),
         "ttl": ttl.as_secs(),

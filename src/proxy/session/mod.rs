@@ -56,11 +56,20 @@ use crate::pg::{MintError, MintRequest};
 use crate::runtime::state::{Runtime, Shared};
 use crate::tls::ClientStream;
 
+/// A connection's place among the handshakes in flight: one of
+/// `proxy.max_handshakes`, and one of its source's
+/// `proxy.max_handshakes_per_source`.
+pub struct HandshakeSlot {
+    pub _global: OwnedSemaphorePermit,
+    pub _source: crate::auth::source::SourceSlot,
+}
+
 /// The two limits a connection passes through.
 pub struct Admission {
     /// Held from accept until the token has been read: handshakes in flight
-    /// are bounded by `proxy.max_handshakes`, apart from sessions.
-    pub handshake: OwnedSemaphorePermit,
+    /// are bounded by `proxy.max_handshakes` (and per source), apart from
+    /// sessions.
+    pub handshake: HandshakeSlot,
     /// Session slots (`proxy.max_connections`): one is taken only once the
     /// client has said who it is, so idle sockets never hold one.
     pub sessions: Arc<Semaphore>,
@@ -112,7 +121,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, admissio
 
 /// What is left of the handshake once the startup packet is in.
 struct Handshake {
-    permit: OwnedSemaphorePermit,
+    permit: HandshakeSlot,
     deadline: tokio::time::Instant,
 }
 

@@ -1,0 +1,65 @@
+//! Before authentication, on the proxy door (issue 18, §7): one source
+//! cannot hold every handshake slot, and a flood of refusals cannot fill
+//! the audit log.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Harness, Options};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A TCP connection to `to` from the loopback address `from`.
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Whether the server closed `stream` within `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut byte)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_hold_every_handshake_slot() {
+    let h = Harness::with(Options {
+        max_handshakes: 16,
+        max_handshakes_per_source: 4,
+        ..Options::default()
+    })
+    .await;
+    // Four idle sockets from 127.0.0.2 hold that source's four slots.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(connect_from("127.0.0.2", h.addr).await);
+    }
+    // The fifth from the same source is closed at once...
+    let mut fifth = connect_from("127.0.0.2", h.addr).await;
+    assert!(
+        closed_within(&mut fifth, Duration::from_secs(5)).await,
+        "a fifth handshake from one source was admitted"
+    );
+    for s in &mut idle {
+        assert!(!closed_within(s, Duration::from_millis(10)).await);
+    }
+    // ...while another source logs in and runs a query.
+    let client = h.session("readonly", "alice").await;
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    drop(client);
+    // The slots come back when the idle sockets go.
+    drop(idle);
+    let back = common::wait_until(Duration::from_secs(10), || async {
+        let mut s = connect_from("127.0.0.2", h.addr).await;
+        !closed_within(&mut s, Duration::from_millis(200)).await
+    })
+    .await;
+    assert!(back, "the source's slots were not given back");
+}
