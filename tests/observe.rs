@@ -417,8 +417,13 @@ async fn metrics_and_audit_follow_every_session_and_revocation() {
         4.0,
         "{after}"
     );
+    // Every decision names the configured issuer that vouched (the local
+    // one here), and none before one did; never the identity.
     assert_eq!(
-        delta("rolemint_auth_total", &[("result", "ok")]),
+        delta(
+            "rolemint_auth_total",
+            &[("result", "ok"), ("issuer", "local")]
+        ),
         4.0,
         "{after}"
     );
@@ -427,11 +432,26 @@ async fn metrics_and_audit_follow_every_session_and_revocation() {
             "rolemint_auth_total",
             // No static tokens are configured: a password without a dot
             // is simply not a JWT.
-            &[("result", "failed"), ("reason", "malformed")]
+            &[
+                ("result", "failed"),
+                ("reason", "malformed"),
+                ("issuer", "none")
+            ]
         ),
         1.0,
         "{after}"
     );
+    for line in after
+        .lines()
+        .filter(|l| l.starts_with("rolemint_auth_total{"))
+    {
+        assert!(
+            ["alice", "bob", "carol"]
+                .iter()
+                .all(|who| !line.contains(who)),
+            "{line}"
+        );
+    }
     // alice, bob and the brief role at least (the orphan's may have gone
     // before the first scrape).
     assert!(

@@ -65,7 +65,7 @@ pub const KERNEL_SPLICED: &str = "rolemint_kernel_spliced_sessions_total";
 pub const ALL: &[Described] = &[
     d(SESSIONS_ACTIVE, Kind::Gauge, None, "Sessions spliced to a backend now, by role template."),
     d(CONNECTIONS, Kind::Counter, None, "Client connections accepted, by result (ok, too_many, shutting_down, tls_required, protocol_error, refused)."),
-    d(AUTH, Kind::Counter, None, "Token and policy decisions, by result (ok, failed) and reason."),
+    d(AUTH, Kind::Counter, None, "Token and policy decisions, by result (ok, failed), reason and issuer (the configured issuer that vouched; none before one did)."),
     d(MINT_DURATION, Kind::Histogram, Some(Unit::Seconds), "Time to mint a role: admin connection, creation statements, commit."),
     d(BACKEND_LOGIN_DURATION, Kind::Histogram, Some(Unit::Seconds), "Time to log in to the backend as the minted role (SCRAM)."),
     d(CONNECT_DURATION, Kind::Histogram, Some(Unit::Seconds), "Time from accepting a client to its first ReadyForQuery."),
@@ -264,11 +264,18 @@ pub fn connection(result: ConnectionResult) {
 }
 
 /// `reason` is a fixed word (`bad_token`, `expired`, `not_allowed`, ...),
-/// never the verifier's message: that may quote a claim.
-pub fn auth(ok: bool, reason: &'static str) {
+/// never the verifier's message: that may quote a claim. `issuer` is the
+/// name of the configured issuer entry that vouched for the identity
+/// (`local`, `static`, an `[[auth.issuers]]` name): bounded by the config,
+/// so a dashboard can tell one identity provider's failures from another's.
+/// `None` (label `none`) before any issuer vouched: an `iss` a token merely
+/// claims is never a label. The identity itself never is either.
+pub fn auth(ok: bool, reason: &'static str, issuer: Option<&str>) {
     installed();
     let result = if ok { "ok" } else { "failed" };
-    metrics::counter!(AUTH, "result" => result, "reason" => reason).increment(1);
+    let issuer = issuer.unwrap_or("none").to_owned();
+    metrics::counter!(AUTH, "result" => result, "reason" => reason, "issuer" => issuer)
+        .increment(1);
 }
 
 pub fn mint_duration(d: Duration) {

@@ -90,7 +90,7 @@ pub async fn login(
     {
         Ok(identity) => identity,
         Err(e) => {
-            crate::observe::metrics::auth(false, e.reason());
+            crate::observe::metrics::auth(false, e.reason(), None);
             return Err(failed(e.to_string(), None));
         }
     };
@@ -107,7 +107,7 @@ pub async fn login(
             .check(&claims)
             .and_then(|()| found.user(&claims))
             .map_err(|m| {
-                crate::observe::metrics::auth(false, "auth_role");
+                crate::observe::metrics::auth(false, "auth_role", Some(&identity.issuer));
                 failed(format!("auth role {mount}/{role}: {m}"), Some(&identity))
             })?;
         if let Some(user) = user {
@@ -146,7 +146,7 @@ pub async fn login(
         (spec, templates_allowed(&shared.runtime().config, &identity))
     };
     drop(jwt);
-    crate::observe::metrics::auth(true, "ok");
+    crate::observe::metrics::auth(true, "ok", Some(&identity.issuer));
     let plan =
         plan_login(spec, &limits(door), now).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let token = store_login(

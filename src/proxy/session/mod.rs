@@ -11,7 +11,7 @@
 //! it is done, and shutdown waits for the revoker.
 //!
 //! Every decision is counted (`rolemint_connections_total{result}`,
-//! `rolemint_auth_total{result,reason}`, the mint, login and connect
+//! `rolemint_auth_total{result,reason,issuer}`, the mint, login and connect
 //! histograms, `rolemint_sessions_active{template}`, relay bytes) and
 //! written to the audit log where it is made: `connection.refused`,
 //! `auth.failed`, `auth.ok`, `lease.minted`, `session.ended`. The revoker
@@ -296,11 +296,11 @@ async fn authorize_and_mint(
     let token = match tokio::time::timeout_at(handshake.deadline, read_token).await {
         Ok(Ok(token)) => token,
         Ok(Err((error, detail))) => {
-            crate::observe::metrics::auth(false, "no_token");
+            crate::observe::metrics::auth(false, "no_token", None);
             return Err((error, detail));
         }
         Err(_) => {
-            crate::observe::metrics::auth(false, "timeout");
+            crate::observe::metrics::auth(false, "timeout", None);
             return Err((
                 ClientError::BadToken,
                 "handshake timed out waiting for the token".into(),
@@ -325,7 +325,7 @@ async fn authorize_and_mint(
         Ok(found) => found,
         Err(reason) => {
             // The verifier's messages name a check, never a claim value.
-            crate::observe::metrics::auth(false, reason.reason());
+            crate::observe::metrics::auth(false, reason.reason(), None);
             shared
                 .audit
                 .record(failed(format!("{}: {reason}", reason.reason()), None));
@@ -343,7 +343,7 @@ async fn authorize_and_mint(
     let grant = match crate::auth::policy::authorize(config, &identity, template, database) {
         Ok(grant) => grant,
         Err(refusal) => {
-            crate::observe::metrics::auth(false, refusal.error.kind());
+            crate::observe::metrics::auth(false, refusal.error.kind(), Some(&identity.issuer));
             shared.audit.record(failed(
                 format!("{}: {}", refusal.error.kind(), refusal.rule),
                 Some(&identity),
@@ -355,7 +355,7 @@ async fn authorize_and_mint(
             return Err((refusal.error, detail));
         }
     };
-    crate::observe::metrics::auth(true, "ok");
+    crate::observe::metrics::auth(true, "ok", Some(&identity.issuer));
     shared.audit.record(Event::AuthOk {
         identity: identity.subject.clone(),
         issuer: Some(identity.issuer.clone()),
