@@ -302,7 +302,8 @@ async fn refusals_and_vault_client_quirks() {
     let (s, _, body) = creds(admin, "only_bob", h.token("bob").expose()).await;
     assert_eq!(s, StatusCode::OK, "{body}");
 
-    // Roles: LIST and GET ?list=true; one role in Vault's shape; writes 405.
+    // Roles: LIST and GET ?list=true; one role in Vault's shape; writes to
+    // a config file template 400.
     for (method, url) in [
         ("LIST", format!("{base}/database/roles")),
         ("GET", format!("{base}/database/roles?list=true")),
@@ -341,7 +342,8 @@ async fn refusals_and_vault_client_quirks() {
             Some(json!({"db_name": "appdb"})),
         )
         .await;
-        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+        // A config file template is read-only over the API.
+        assert_eq!(s, StatusCode::BAD_REQUEST);
         assert!(body["errors"][0].as_str().unwrap().contains("config file"));
     }
 

@@ -962,57 +962,7 @@ impl Config {
         }
         let issuers = crate::auth::policy::issuer_names(&self.auth);
         for (name, t) in &self.roles {
-            let ctx = |msg: &str| invalid(format!("roles.{name}: {msg}"));
-            if name.is_empty()
-                || name.len() > 63
-                || !name
-                    .bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
-            {
-                return Err(ctx("template names use only [a-z0-9_-], at most 63 bytes"));
-            }
-            if t.databases.is_empty() {
-                return Err(ctx("databases is empty: no session could connect"));
-            }
-            if t.default_ttl.is_zero() || t.default_ttl > t.max_ttl {
-                return Err(ctx("default_ttl must be positive and at most max_ttl"));
-            }
-            if t.owner
-                .as_ref()
-                .is_some_and(|o| o.trim().is_empty() || o.len() > 63)
-            {
-                return Err(ctx("owner must be a role name of 1 to 63 bytes"));
-            }
-            if t.max_ttl > MAX_CONFIGURABLE_TTL {
-                return Err(ctx("max_ttl may be at most 7 days"));
-            }
-            if !t
-                .creation_statements
-                .iter()
-                .any(|s| placeholder::uses(s, "name"))
-            {
-                return Err(ctx("creation_statements must create the role {{name}}"));
-            }
-            for s in &t.creation_statements {
-                check_placeholders(
-                    &format!("roles.{name}.creation_statements"),
-                    s,
-                    &["name", "password", "expiration"],
-                )?;
-            }
-            if !t.creation_statements.iter().any(|s| sets_expiry(s)) {
-                return Err(ctx(
-                    "creation_statements must give the role VALID UNTIL '{{expiration}}' \
-                     (for example CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' \
-                     VALID UNTIL '{{expiration}}'): a role minted without an expiry could log in \
-                     forever if it were never dropped",
-                ));
-            }
-            for s in t.revocation_statements.iter().flatten() {
-                check_placeholders(&format!("roles.{name}.revocation_statements"), s, &["name"])?;
-            }
-            crate::auth::policy::validate_template(t, &issuers).map_err(|e| ctx(&e))?;
-            validate_warm_pool(name, t)?;
+            validate_template(name, t, &issuers)?;
         }
         Ok(())
     }
@@ -1101,6 +1051,70 @@ impl Config {
     pub fn template(&self, name: &str) -> Option<&RoleTemplate> {
         self.roles.get(name)
     }
+}
+
+/// Checks one role template: its name, databases, TTLs, owner, the
+/// placeholders of its statements, the `VALID UNTIL '{{expiration}}'` every
+/// minted role must carry, its allow rules against the configured
+/// `issuers`, its warm pool. The one check of a template, whether it comes
+/// from the config file or was written through the API (`database/roles`).
+pub fn validate_template(
+    name: &str,
+    t: &RoleTemplate,
+    issuers: &[String],
+) -> Result<(), ConfigError> {
+    let ctx = |msg: &str| invalid(format!("roles.{name}: {msg}"));
+    if name.is_empty()
+        || name.len() > 63
+        || !name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+    {
+        return Err(ctx("template names use only [a-z0-9_-], at most 63 bytes"));
+    }
+    if t.databases.is_empty() {
+        return Err(ctx("databases is empty: no session could connect"));
+    }
+    if t.default_ttl.is_zero() || t.default_ttl > t.max_ttl {
+        return Err(ctx("default_ttl must be positive and at most max_ttl"));
+    }
+    if t.owner
+        .as_ref()
+        .is_some_and(|o| o.trim().is_empty() || o.len() > 63)
+    {
+        return Err(ctx("owner must be a role name of 1 to 63 bytes"));
+    }
+    if t.max_ttl > MAX_CONFIGURABLE_TTL {
+        return Err(ctx("max_ttl may be at most 7 days"));
+    }
+    if !t
+        .creation_statements
+        .iter()
+        .any(|s| placeholder::uses(s, "name"))
+    {
+        return Err(ctx("creation_statements must create the role {{name}}"));
+    }
+    for s in &t.creation_statements {
+        check_placeholders(
+            &format!("roles.{name}.creation_statements"),
+            s,
+            &["name", "password", "expiration"],
+        )?;
+    }
+    if !t.creation_statements.iter().any(|s| sets_expiry(s)) {
+        return Err(ctx(
+            "creation_statements must give the role VALID UNTIL '{{expiration}}' \
+                 (for example CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' \
+                 VALID UNTIL '{{expiration}}'): a role minted without an expiry could log in \
+                 forever if it were never dropped",
+        ));
+    }
+    for s in t.revocation_statements.iter().flatten() {
+        check_placeholders(&format!("roles.{name}.revocation_statements"), s, &["name"])?;
+    }
+    crate::auth::policy::validate_template(t, issuers).map_err(|e| ctx(&e))?;
+    validate_warm_pool(name, t)?;
+    Ok(())
 }
 
 /// Whether `statement` sets the role's `VALID UNTIL` to the lease's

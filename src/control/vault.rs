@@ -59,6 +59,18 @@ pub fn envelope(data: impl Serialize) -> Response {
     })
 }
 
+/// A write's answer: 204, or 200 with Vault's `warnings` when there are any
+/// (a field ignored, a value not taken).
+pub fn written(warnings: Vec<String>) -> Response {
+    if warnings.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    ok(Envelope {
+        warnings: Some(warnings),
+        ..Envelope::default()
+    })
+}
+
 /// A renew answer: the lease, its new duration, and warnings.
 pub fn lease_envelope(lease_id: &str, lease_duration: u64, warnings: Vec<String>) -> Response {
     ok(Envelope {

@@ -204,6 +204,19 @@ pub enum Event {
         caller: String,
         client_addr: String,
     },
+    /// Something written to or deleted from rolemint's store through the
+    /// API (a template, a policy, an auth role): what and by whom. Never
+    /// the body (a template's SQL is for `GET` by an operator).
+    #[serde(rename = "store.written")]
+    StoreWritten {
+        /// `template`, `policy`, `auth_role`, ...
+        kind: String,
+        name: String,
+        /// `write` or `delete`.
+        action: String,
+        /// The caller, as in `admin.request`.
+        written_by: String,
+    },
 }
 
 impl Event {
@@ -222,6 +235,7 @@ impl Event {
             Event::LeaseRetained { .. } => "lease.retained",
             Event::LeaseReaped { .. } => "lease.reaped",
             Event::AdminRequest { .. } => "admin.request",
+            Event::StoreWritten { .. } => "store.written",
         }
     }
 }

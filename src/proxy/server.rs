@@ -85,11 +85,13 @@ impl Server {
         if let Err(e) = store.open().await {
             tracing::error!("{e}");
         }
+        let runtime = crate::runtime::templates::merged(&runtime, &store.snapshot());
         let listener = TcpListener::bind(config.proxy.listen)
             .await
             .with_context(|| format!("binding {}", config.proxy.listen))?;
         let (admin, audit) = crate::control::wiring::bind(&config).await?;
         let revoker = Revoker::start_audited(Arc::clone(&admin_client), &config, audit.clone());
+        revoker.update_templates(&runtime.config.roles);
         runtime.start();
         let cancels = Arc::new(CancelMap::new(&config));
         let sockmap = kernel_splice(&config);
@@ -163,6 +165,7 @@ impl Server {
             expiry_stop.clone(),
         ));
         shared.store.start(shared.shutdown.clone());
+        tokio::spawn(crate::runtime::templates::follow(Arc::clone(&shared)));
         // Stops with the shared shutdown token, handing every unclaimed
         // pooled role to the revoker; awaited before the revoker drains.
         let warm = tokio::spawn(run_warm_pool(Arc::clone(&shared)));

@@ -1,6 +1,7 @@
 //! The running process: [`state`] (what every session shares, and the
 //! part SIGHUP swaps), [`reload`] (SIGHUP: re-read, rebuild, swap or keep
-//! the old one) and [`signal`] (SIGTERM / Ctrl-C).
+//! the old one), [`signal`] (SIGTERM / Ctrl-C) and [`templates`] (the
+//! templates written through the API, merged from the store).
 //!
 //! Owns the wiring of the shared services, not their behaviour: it must
 //! not mint, revoke or serve anything itself. (`Shared` still holds the
@@ -9,3 +10,4 @@
 pub mod reload;
 pub mod signal;
 pub mod state;
+pub mod templates;

@@ -105,7 +105,10 @@ pub async fn reload(shared: &Shared, path: &Path) -> Result<Reloaded, ReloadErro
 /// Builds the new runtime and swaps it in; nothing changes on error.
 fn swap(shared: &Shared, path: &Path) -> Result<Reloaded, ReloadError> {
     let config = Config::load(path)?;
-    let runtime = Runtime::build(config).map_err(ReloadError::Build)?;
+    let built = Runtime::build(config).map_err(ReloadError::Build)?;
+    // With the templates written through the API, as the running one has.
+    let runtime = super::templates::merged(&built, &shared.store.snapshot());
+    drop(built);
     let old = shared.runtime();
     let reloaded = Reloaded {
         added: template_difference(&runtime.config, &old.config),
@@ -117,6 +120,8 @@ fn swap(shared: &Shared, path: &Path) -> Result<Reloaded, ReloadError> {
     shared.revoker.update_templates(&runtime.config.roles);
     runtime.start();
     shared.runtime.store(Arc::new(runtime));
+    // A store change merged meanwhile into the old runtime is merged again.
+    super::templates::apply(shared);
     Ok(reloaded)
 }
 

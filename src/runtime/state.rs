@@ -12,6 +12,7 @@
 //! its handshake, so a reload never changes a session half-way (see
 //! `reload`).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -32,12 +33,18 @@ use crate::proxy::cancel::CancelMap;
 /// What a reload replaces as one piece.
 pub struct Runtime {
     /// The config as last loaded; its templates and `[auth]` are current.
+    /// `roles` holds the config file's templates and those written
+    /// through the API (see `templates.rs`).
     pub config: Config,
     /// TLS for clients; `None` when only plaintext is configured.
     pub client_tls: Option<TlsAcceptor>,
     /// Checks identity tokens. Dropping it (when the last session that
-    /// took this runtime lets go) stops its JWKS refresh tasks.
-    pub verifier: Verifier,
+    /// took a runtime holding it lets go) stops its JWKS refresh tasks.
+    /// Shared by the runtimes a store change swaps in.
+    pub verifier: Arc<Verifier>,
+    /// The templates of `config.roles` that came from the store; the
+    /// others are the config file's.
+    pub stored_templates: BTreeSet<String>,
 }
 
 impl Runtime {
@@ -55,7 +62,8 @@ impl Runtime {
         Ok(Runtime {
             config,
             client_tls,
-            verifier,
+            verifier: Arc::new(verifier),
+            stored_templates: BTreeSet::new(),
         })
     }
 

@@ -63,11 +63,20 @@ pub enum Kind {
     Policy,
     /// Auth roles of the jwt/kubernetes mounts (`auth/<mount>/role/NAME`).
     AuthRole,
+    /// Database connections as Vault names them (`database/config/NAME`):
+    /// which database of the backend a name stands for, and its
+    /// `allowed_roles`.
+    Connection,
 }
 
 impl Kind {
     /// Every kind, in the snapshot's order.
-    pub const ALL: [Kind; 3] = [Kind::Template, Kind::Policy, Kind::AuthRole];
+    pub const ALL: [Kind; 4] = [
+        Kind::Template,
+        Kind::Policy,
+        Kind::AuthRole,
+        Kind::Connection,
+    ];
 
     /// The kind as stored in `rolemint.objects.kind`.
     pub fn as_str(self) -> &'static str {
@@ -75,6 +84,7 @@ impl Kind {
             Kind::Template => "template",
             Kind::Policy => "policy",
             Kind::AuthRole => "auth_role",
+            Kind::Connection => "connection",
         }
     }
 
@@ -110,7 +120,7 @@ struct Objects {
 /// Everything stored, as last read; cheap to hold (an `Arc` per kind).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    kinds: [Arc<Objects>; 3],
+    kinds: [Arc<Objects>; Kind::ALL.len()],
 }
 
 impl Snapshot {
@@ -353,7 +363,7 @@ impl Store {
 /// Names are 1 to [`MAX_NAME_BYTES`] of `[A-Za-z0-9_.@-]` (each kind may
 /// ask for less): they reach SQL only as escaped literals, and also appear
 /// in URLs, audit lines and logs.
-fn check_name(name: &str) -> Result<(), StoreError> {
+pub fn check_name(name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_BYTES
         && name

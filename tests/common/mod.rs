@@ -47,6 +47,9 @@ pub struct Options {
     pub kernel_splice: bool,
     /// More `[backend]` keys (TLS to the backend), one per line.
     pub backend_toml: String,
+    /// The demo's templates (`readonly`, `readwrite`) in the config; when
+    /// false, `extra_toml` must define one.
+    pub demo_templates: bool,
 }
 
 impl Default for Options {
@@ -64,6 +67,7 @@ impl Default for Options {
             capture_log: true,
             kernel_splice: false,
             backend_toml: String::new(),
+            demo_templates: true,
         }
     }
 }
@@ -395,7 +399,11 @@ hs256_secret = "{secret}"
         admin = demo.admin_user,
         admin_pw = demo.admin_password.expose(),
         secret = HS256_SECRET,
-        templates = cluster::demo_templates_toml(),
+        templates = if options.demo_templates {
+            cluster::demo_templates_toml()
+        } else {
+            ""
+        },
         extra = options.extra_toml,
     )
 }

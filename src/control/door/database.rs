@@ -1,20 +1,18 @@
 //! Vault's database secrets mount: `creds/<template>` hands out a username
-//! and password under a lease, `roles` shows the templates as Vault shows
-//! its roles. Templates live in the config file (reloaded on SIGHUP), so
-//! writing a role over HTTP is refused with 405 saying so.
+//! and password under a lease; `rotate-root/<database>` sets a new admin
+//! password. The roles are in `roles.rs`, the connections in
+//! `connection.rs`.
 
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::{door, require_workload};
-use crate::config::RoleTemplate;
 use crate::control::auth::Authenticated;
-use crate::control::leases::ListQuery;
-use crate::control::vault::{envelope, secret_envelope, ApiError};
+use crate::control::vault::{secret_envelope, ApiError};
 use crate::control::{AdminState, ClientAddr};
 use crate::lease::creds::CredsError;
 use crate::observe::audit::Event;
@@ -87,86 +85,6 @@ fn creds_error(e: CredsError, identity: &str, template: &str) -> ApiError {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
     }
-}
-
-/// Any caller rolemint accepts: the operator, or a workload.
-/// 403 unless the operator or a workload; whether it is the operator.
-fn any_caller(auth: &Authenticated) -> Result<bool, ApiError> {
-    auth.caller().map(|caller| caller.is_operator())
-}
-
-/// `LIST /v1/<mount>/roles` (or `GET ...?list=true`): the template names.
-pub async fn roles_list(
-    State(state): State<Arc<AdminState>>,
-    method: Method,
-    Query(query): Query<ListQuery>,
-    auth: Authenticated,
-) -> Result<Response, ApiError> {
-    if !crate::control::leases::is_list(&method, &query) {
-        return Err(read_only(&method));
-    }
-    let door = door(&state)?;
-    any_caller(&auth)?;
-    let runtime = door.shared.runtime();
-    let keys: Vec<&String> = runtime.config.roles.keys().collect();
-    if keys.is_empty() {
-        return Err(ApiError::empty_list());
-    }
-    Ok(envelope(json!({ "keys": keys })))
-}
-
-/// `GET /v1/<mount>/roles/<name>`: one template, in Vault's shape.
-pub async fn role(
-    State(state): State<Arc<AdminState>>,
-    method: Method,
-    Path(name): Path<String>,
-    auth: Authenticated,
-) -> Result<Response, ApiError> {
-    if method != Method::GET {
-        return Err(read_only(&method));
-    }
-    let door = door(&state)?;
-    let operator = any_caller(&auth)?;
-    let runtime = door.shared.runtime();
-    let template = runtime
-        .config
-        .template(&name)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown role: {name}")))?;
-    Ok(envelope(role_view(template, operator)))
-}
-
-/// A template as Vault shows a database role; TTLs in seconds. The SQL
-/// and the owner role only for the operator: they map the database's
-/// privileges (which grants, which owner) for anyone who reads them, and
-/// a workload needs only the names and TTLs to ask for credentials.
-fn role_view(t: &RoleTemplate, operator: bool) -> serde_json::Value {
-    let mut view = json!({
-        "db_name": t.databases.first(),
-        "databases": t.databases,
-        "default_ttl": t.default_ttl.as_secs(),
-        "max_ttl": t.max_ttl.as_secs(),
-        "credential_type": "password",
-        "credential_config": {},
-    });
-    if operator {
-        view["creation_statements"] = json!(t.creation_statements);
-        view["revocation_statements"] = json!(t.revocation_statements.clone().unwrap_or_default());
-        view["renew_statements"] = json!([]);
-        view["rollback_statements"] = json!([]);
-        view["owner"] = json!(t.owner);
-    }
-    view
-}
-
-/// 405 for anything but reading: templates are config, not API state.
-fn read_only(method: &Method) -> ApiError {
-    let what = if *method == Method::GET || *method == Method::HEAD {
-        "unsupported operation"
-    } else {
-        "roles are templates in rolemint's config file ([roles.<name>], reloaded on \
-         SIGHUP); they cannot be written over HTTP"
-    };
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, what)
 }
 
 /// `POST /v1/<mount>/rotate-root/<database>` (operators): a new random

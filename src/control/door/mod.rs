@@ -7,9 +7,14 @@
 //! *    /v1/auth/<jwt mount>/role[/<name>]  auth_roles.rs  auth roles (operators)
 //! *    /v1/auth/token/...                  tokens.rs    create, lookup, renew, revoke
 //! GET  /v1/<db mount>/creds/<template>     database.rs  mint a credential lease
-//! GET|LIST /v1/<db mount>/roles[/<name>]   database.rs  templates, as Vault shows roles
+//! GET|LIST /v1/<db mount>/roles[/<name>]   roles.rs     templates, as Vault shows roles
+//! POST|PUT|DELETE /v1/<db mount>/roles/<n> roles.rs     templates written (operators)
 //! POST /v1/<db mount>/rotate-root/<db>     database.rs  new admin password (operators)
 //! GET|HEAD /v1/sys/health                  here         Vault's health shape
+//! GET|POST /v1/sys/mounts[/<path>]         sys.rs       mounts (enable: idempotent)
+//! GET|POST /v1/sys/auth[/<path>]           sys.rs       auth mounts
+//! LIST|GET|POST|DELETE /v1/<db mount>/config[/<n>]  connection.rs  connections
+//! POST /v1/<db mount>/reset/<name>         connection.rs  check a connection
 //! ```
 //!
 //! A workload presents, as `X-Vault-Token` or `Authorization: Bearer`, a
@@ -34,8 +39,11 @@ use super::vault::ApiError;
 use super::AdminState;
 
 pub mod auth_roles;
+pub mod connection;
 pub mod database;
 pub mod login;
+pub mod roles;
+pub mod sys;
 pub mod tokens;
 use crate::auth::identity::Identity;
 use crate::auth::token::{is_token, TokenHash};
@@ -163,11 +171,27 @@ pub fn routes(state: &AdminState) -> Router<Arc<AdminState>> {
     router = token_routes(router);
     let db = &v.database_mount;
     use database::*;
+    // The admin persona (issue 20): mounts, connections, written roles.
+    let router = router
+        .route("/v1/sys/mounts", get(sys::mounts))
+        .route("/v1/sys/mounts/{*path}", any(sys::mount_path))
+        .route("/v1/sys/auth", get(sys::auths))
+        .route("/v1/sys/auth/{*path}", any(sys::auth_path))
+        .route(&format!("/v1/{db}/config"), any(connection::config_list))
+        .route(&format!("/v1/{db}/config/"), any(connection::config_list))
+        .route(
+            &format!("/v1/{db}/config/{{name}}"),
+            any(connection::config),
+        )
+        .route(
+            &format!("/v1/{db}/reset/{{name}}"),
+            post(connection::reset).put(connection::reset),
+        );
     router
         .route(&format!("/v1/{db}/creds/{{template}}"), get(creds))
-        .route(&format!("/v1/{db}/roles"), any(roles_list))
-        .route(&format!("/v1/{db}/roles/"), any(roles_list))
-        .route(&format!("/v1/{db}/roles/{{name}}"), any(role))
+        .route(&format!("/v1/{db}/roles"), any(roles::roles_list))
+        .route(&format!("/v1/{db}/roles/"), any(roles::roles_list))
+        .route(&format!("/v1/{db}/roles/{{name}}"), any(roles::role))
         .route(
             &format!("/v1/{db}/rotate-root/{{database}}"),
             post(rotate_root).put(rotate_root),

@@ -1,0 +1,371 @@
+//! Vault's admin persona against rolemint and a real PostgreSQL (issue
+//! 20): the database tutorial's two personas with real hvac and requests
+//! (`examples/vault/admin_tutorial.py`), then what Vault's single server
+//! cannot show: a second instance serves a role written through the first
+//! within a second, a restarted instance still has it, and a deleted
+//! role's running lease ends normally and is revoked with its statements.
+//!
+//! The Python part runs when `ROLEMINT_TEST_PYTHON` names an interpreter
+//! with hvac, psycopg and requests (`.ci/run` makes one); the rest always.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{wait_until, Harness, Options, ServeProcess};
+use reqwest::StatusCode;
+use rolemint::control::auth::sha256_hex;
+use serde_json::{json, Value};
+
+const OPERATOR_TOKEN: &str = "rmo_vault-admin-test-operator-token";
+
+fn admin_toml(listen: &str) -> String {
+    format!(
+        "\n[admin]\nlisten = \"{listen}\"\noperator_token_sha256 = \"{}\"\n\n[audit]\npath = \"audit.jsonl\"\n",
+        sha256_hex(OPERATOR_TOKEN)
+    )
+}
+
+async fn with_admin() -> (Harness, SocketAddr) {
+    let h = Harness::with(Options {
+        extra_toml: admin_toml("127.0.0.1:0"),
+        ..Options::default()
+    })
+    .await;
+    let admin = h.admin_addr.expect("the admin listener is on");
+    (h, admin)
+}
+
+/// A free port on 127.0.0.1 (for a spawned instance's admin listener).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Another `rolemint serve` on the harness's database, with its admin
+/// listener; returns once that listener answers.
+async fn another_instance(h: &Harness) -> (ServeProcess, SocketAddr) {
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let serve = h.spawn_serve(&admin_toml(&admin.to_string()), &[]).await;
+    let up = wait_until(Duration::from_secs(30), || async {
+        reqwest::get(format!("http://{admin}/v1/sys/health"))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(up, "the second instance's admin listener:\n{}", serve.log());
+    (serve, admin)
+}
+
+async fn call(method: &str, url: String, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new()
+        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
+        .header("X-Vault-Token", token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    let json = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    };
+    (status, json)
+}
+
+const CREATE: &str = "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT app_read TO \"{{name}}\"";
+
+async fn role_exists(h: &Harness, role: &str) -> bool {
+    h.superuser()
+        .await
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// Logs in to PostgreSQL directly as a credential role.
+async fn direct(h: &Harness, user: &str, password: &str) -> Result<(), tokio_postgres::Error> {
+    let client = common::connect_owned(format!(
+        "host=127.0.0.1 port={} dbname=appdb user={user} password={password} sslmode=disable connect_timeout=10",
+        h.cluster.port()
+    ))
+    .await?;
+    client
+        .query_one("SELECT count(*) FROM public.accounts", &[])
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tutorials_admin_and_app_personas_with_hvac_and_requests() {
+    let Ok(python) = std::env::var("ROLEMINT_TEST_PYTHON") else {
+        eprintln!("ROLEMINT_TEST_PYTHON is unset: skipping the hvac tutorial");
+        return;
+    };
+    // The config file has `readwrite` only: the tutorial writes `readonly`.
+    let h = Harness::with(Options {
+        extra_toml: format!(
+            "{}\n[roles.readwrite]\ndatabases = [\"appdb\"]\nallow_identities = [\"*\"]\n\
+             default_ttl = \"1h\"\nmax_ttl = \"2h\"\ncreation_statements = [\"{}\"]\n",
+            admin_toml("127.0.0.1:0"),
+            CREATE.replace('"', "\\\""),
+        ),
+        demo_templates: false,
+        ..Options::default()
+    })
+    .await;
+    let admin = h.admin_addr.expect("the admin listener is on");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/vault/admin_tutorial.py"
+    );
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .env("VAULT_ADDR", format!("http://{admin}"))
+        .env("VAULT_TOKEN", OPERATOR_TOKEN)
+        .env("APP_TOKEN", h.token("app1").expose())
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", h.cluster.port().to_string())
+        .env("PGDATABASE", "appdb")
+        .env("PGADMIN", &h.demo.admin_user)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run python");
+    let text = common::output_text(&out);
+    assert!(out.status.success(), "admin_tutorial.py failed:\n{text}");
+    assert!(text.contains("credentials no longer log in"), "{text}");
+    let user = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("username=").map(str::to_owned))
+        .expect("the script prints the username");
+    assert!(
+        !role_exists(&h, &user).await,
+        "the revoked role {user} is left"
+    );
+
+    // In PostgreSQL: the role and the connection, written by the operator.
+    let su = h.superuser_on("postgres").await;
+    let rows = su
+        .query(
+            "SELECT kind, name, written_by FROM rolemint.objects ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .expect("read rolemint.objects");
+    let rows: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("connection".into(), "postgresql".into(), "operator".into()),
+            ("template".into(), "readonly".into(), "operator".into()),
+        ]
+    );
+    let body: Value = serde_json::from_str(
+        &su.query_one(
+            "SELECT body::text FROM rolemint.objects WHERE kind = 'connection'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0),
+    )
+    .unwrap();
+    assert!(!body.to_string().contains("root-password"), "{body}");
+    // Audited with who wrote them: role written twice, the connection once.
+    let audit = std::fs::read_to_string(h.cert_path().with_file_name("audit.jsonl")).unwrap();
+    let written: Vec<Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "store.written")
+        .collect();
+    let of = |kind: &str| written.iter().filter(|e| e["kind"] == kind).count();
+    assert_eq!((of("template"), of("connection")), (2, 1), "{written:?}");
+    assert!(written.iter().all(|e| e["written_by"] == "operator"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_written_through_one_instance_is_served_by_another_and_after_a_restart() {
+    let (h, a) = with_admin().await;
+    let (mut b_process, b) = another_instance(&h).await;
+    let role_url =
+        |admin: SocketAddr, name: &str| format!("http://{admin}/v1/database/roles/{name}");
+
+    // Written through A (db_name: a database rolemint serves, by name).
+    let (s, body) = call(
+        "POST",
+        role_url(a, "shared"),
+        OPERATOR_TOKEN,
+        Some(json!({"db_name": "appdb", "creation_statements": CREATE,
+                    "default_ttl": "10m", "allow_identities": ["*"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+    let written = std::time::Instant::now();
+    // B serves it within a second: its API shows it ...
+    let seen = wait_until(Duration::from_secs(1), || async {
+        call("GET", role_url(b, "shared"), OPERATOR_TOKEN, None)
+            .await
+            .0
+            == StatusCode::OK
+    })
+    .await;
+    assert!(
+        seen,
+        "B did not serve the role within 1 s:\n{}",
+        b_process.log()
+    );
+    eprintln!("B served the role {:?} after the write", written.elapsed());
+    // ... and mints from it, on the Vault door and on the proxy door.
+    let jwt = h.token("carol");
+    let (s, creds) = call(
+        "GET",
+        format!("http://{b}/v1/database/creds/shared"),
+        jwt.expose(),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{creds}");
+    let user = creds["data"]["username"].as_str().unwrap();
+    direct(&h, user, creds["data"]["password"].as_str().unwrap())
+        .await
+        .expect("B's credentials log in");
+    let session = b_process
+        .connect("shared", jwt.expose())
+        .await
+        .expect("a session through B's proxy with the written template");
+    let who: String = session
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(who.contains("shared"), "{who}");
+    drop(session);
+
+    // A restarted instance still has it, from its first request.
+    b_process.kill().await;
+    let (c_process, c) = another_instance(&h).await;
+    let (s, role) = call("GET", role_url(c, "shared"), OPERATOR_TOKEN, None).await;
+    assert_eq!(s, StatusCode::OK, "{role}\n{}", c_process.log());
+    assert_eq!(role["data"]["default_ttl"], 600);
+    assert_eq!(role["data"]["db_name"], "appdb");
+    drop(c_process);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_role_stops_new_leases_and_revokes_running_ones_with_its_statements() {
+    let (h, a) = with_admin().await;
+    // The revocation statements leave a trace the default ones would not.
+    let su = h.superuser().await;
+    su.batch_execute(&format!(
+        "CREATE TABLE public.revoked (name text); GRANT INSERT ON public.revoked TO {}",
+        h.demo.admin_user
+    ))
+    .await
+    .unwrap();
+    let (s, body) = call(
+        "POST",
+        format!("http://{a}/v1/database/roles/brief"),
+        OPERATOR_TOKEN,
+        Some(json!({
+            "db_name": "appdb",
+            "creation_statements": [CREATE],
+            "revocation_statements": ["INSERT INTO public.revoked VALUES ('{{name}}')", "DROP ROLE \"{{name}}\""],
+            "default_ttl": 3600,
+            "allow_identities": "*",
+        })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+    let jwt = h.token("dave");
+    let (s, creds) = call(
+        "GET",
+        format!("http://{a}/v1/database/creds/brief"),
+        jwt.expose(),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{creds}");
+    let user = creds["data"]["username"].as_str().unwrap().to_owned();
+    let password = creds["data"]["password"].as_str().unwrap().to_owned();
+    let lease = creds["lease_id"].as_str().unwrap().to_owned();
+
+    // A config template cannot be deleted; the written one can.
+    let (s, body) = call(
+        "DELETE",
+        format!("http://{a}/v1/database/roles/readonly"),
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["errors"][0].as_str().unwrap().contains("config file"),
+        "{body}"
+    );
+    let (s, _) = call(
+        "DELETE",
+        format!("http://{a}/v1/database/roles/brief"),
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = call(
+        "GET",
+        format!("http://{a}/v1/database/roles/brief"),
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // No new lease; the running one still logs in.
+    let (s, body) = call(
+        "GET",
+        format!("http://{a}/v1/database/creds/brief"),
+        jwt.expose(),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    direct(&h, &user, &password)
+        .await
+        .expect("the running lease still works");
+
+    // Revoked: with the deleted template's statements.
+    let (s, body) = call(
+        "PUT",
+        format!("http://{a}/v1/sys/leases/revoke"),
+        jwt.expose(),
+        Some(json!({"lease_id": lease})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+    let gone = wait_until(Duration::from_secs(10), || async {
+        !role_exists(&h, &user).await
+    })
+    .await;
+    assert!(gone, "the role of the revoked lease is still there");
+    let traced: i64 = su
+        .query_one(
+            "SELECT count(*) FROM public.revoked WHERE name = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        traced, 1,
+        "the deleted template's revocation statements ran"
+    );
+}
