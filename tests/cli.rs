@@ -247,6 +247,54 @@ creation_statements = [
     );
 }
 
+/// rolemint keeps what the Vault API writes in its schema `rolemint` of
+/// the admin database: `rolemint check` says whether the admin can create
+/// it (or use it), and names the GRANT when it cannot.
+#[test]
+fn check_names_the_grant_the_store_schema_needs() {
+    let (cluster, demo) = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &cluster, &demo, "");
+    let (ok, stdout) = check(&config);
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains("ok    store: schema rolemint will be created in database postgres"),
+        "{stdout}"
+    );
+    cluster
+        .psql_as_superuser(
+            "postgres",
+            &format!(
+                "REVOKE CREATE ON DATABASE postgres FROM {}",
+                demo.admin_user
+            ),
+        )
+        .unwrap();
+    let (ok, stdout) = check(&config);
+    assert!(!ok, "{stdout}");
+    let fail = stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL  store:"))
+        .unwrap_or_else(|| panic!("no store failure:\n{stdout}"));
+    assert!(
+        fail.contains("GRANT CREATE ON DATABASE postgres TO <admin_user>"),
+        "{fail}"
+    );
+    // A schema a DBA created and handed over is enough.
+    cluster
+        .psql_as_superuser(
+            "postgres",
+            &format!("CREATE SCHEMA rolemint AUTHORIZATION {}", demo.admin_user),
+        )
+        .unwrap();
+    let (ok, stdout) = check(&config);
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains("ok    store: schema rolemint in database postgres"),
+        "{stdout}"
+    );
+}
+
 /// Runs a pasted command line with `sh -c`; its stdout, after checking it
 /// succeeded.
 fn shell(line: &str) -> String {

@@ -80,6 +80,10 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         check_hba(&admin_client, &mut report).await;
         check_owners(config, &admin_client, &facts, &mut report).await;
         check_templates(config, &admin_client, &facts, &mut report).await;
+        match crate::store::preflight(&admin_client).await {
+            Ok(what) => report.ok(&format!("store: {what}")),
+            Err(e) => report.fail(format!("store: {e}")),
+        }
     }
     finish(report)
 }

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pg::{AdminClient, MintError};
 
-pub use schema::MIGRATIONS;
+pub use schema::{preflight, MIGRATIONS};
 
 /// Largest body stored, as compact JSON: a template or policy is a few
 /// KiB; the bound keeps every instance's snapshot (read in full) small.

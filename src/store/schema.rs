@@ -101,3 +101,41 @@ fn not_ready(e: crate::pg::MintError, database: &str) -> StoreError {
     };
     StoreError::NotReady(format!("{e}{hint}"))
 }
+
+/// What `rolemint check` says of the schema, without changing anything:
+/// there and usable, or creatable at startup; else what to grant.
+pub async fn preflight(admin: &AdminClient) -> Result<String, String> {
+    let database = admin.admin_database().to_owned();
+    let mut conn = admin.admin_connection().await.map_err(|e| e.to_string())?;
+    let rows = conn
+        .batch(
+            "SELECT (SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE,CREATE') \
+               FROM pg_catalog.pg_namespace n WHERE n.nspname = 'rolemint')::text, \
+             pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE')::text",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let row = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => {
+            Some((r.get(0).map(str::to_owned), r.get(1).map(str::to_owned)))
+        }
+        _ => None,
+    });
+    match row {
+        Some((Some(usable), _)) if usable == "true" => {
+            Ok(format!("schema rolemint in database {database}"))
+        }
+        Some((Some(_), _)) => Err(format!(
+            "schema rolemint in database {database} exists but the admin may not use it \
+             (it needs USAGE and CREATE on it, or to own it)"
+        )),
+        Some((None, Some(create))) if create == "true" => Ok(format!(
+            "schema rolemint will be created in database {database} at startup"
+        )),
+        _ => Err(format!(
+            "the admin cannot create schema rolemint in database {database}: \
+             GRANT CREATE ON DATABASE {database} TO <admin_user> (templates, policies and \
+             tokens written through the API are kept there)"
+        )),
+    }
+}
