@@ -1,8 +1,9 @@
 //! Vault's admin persona against rolemint and a real PostgreSQL (issue
 //! 20): the database tutorial's two personas with real hvac and requests
 //! (`examples/vault/admin_tutorial.py`), then what Vault's single server
-//! cannot show: a second instance serves a role written through the first
-//! within a second, a restarted instance still has it, and a deleted
+//! cannot show: a second instance serves a role (and honours a token)
+//! written through the first
+//! within a second, a restarted instance still has them, and a deleted
 //! role's running lease ends normally and is revoked with its statements.
 //!
 //! The Python part runs when `ROLEMINT_TEST_PYTHON` names an interpreter
@@ -211,6 +212,16 @@ async fn a_role_written_through_one_instance_is_served_by_another_and_after_a_re
     .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
     let written = std::time::Instant::now();
+    // And a Vault token created through A.
+    let (s, created) = call(
+        "POST",
+        format!("http://{a}/v1/auth/token/create"),
+        OPERATOR_TOKEN,
+        Some(json!({"policies": ["default"], "ttl": "1h"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{created}");
+    let token = created["auth"]["client_token"].as_str().unwrap().to_owned();
     // B serves it within a second: its API shows it ...
     let seen = wait_until(Duration::from_secs(1), || async {
         call("GET", role_url(b, "shared"), OPERATOR_TOKEN, None)
@@ -225,6 +236,26 @@ async fn a_role_written_through_one_instance_is_served_by_another_and_after_a_re
         b_process.log()
     );
     eprintln!("B served the role {:?} after the write", written.elapsed());
+    let lookup = |admin: SocketAddr| {
+        let token = token.clone();
+        async move {
+            call(
+                "GET",
+                format!("http://{admin}/v1/auth/token/lookup-self"),
+                &token,
+                None,
+            )
+            .await
+            .0
+        }
+    };
+    assert!(
+        wait_until(Duration::from_secs(1), || async {
+            lookup(b).await == StatusCode::OK
+        })
+        .await,
+        "B does not honour the token created through A within 1 s"
+    );
     // ... and mints from it, on the Vault door and on the proxy door.
     let jwt = h.token("carol");
     let (s, creds) = call(
@@ -258,6 +289,11 @@ async fn a_role_written_through_one_instance_is_served_by_another_and_after_a_re
     assert_eq!(s, StatusCode::OK, "{role}\n{}", c_process.log());
     assert_eq!(role["data"]["default_ttl"], 600);
     assert_eq!(role["data"]["db_name"], "appdb");
+    assert_eq!(
+        lookup(c).await,
+        StatusCode::OK,
+        "the restarted instance lost the token"
+    );
     drop(c_process);
 }
 
