@@ -86,30 +86,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
-use common::{Harness, Options};
+use anyhow::Context as _;
 use rolemint::cli::dev::cluster::{self, ClusterOptions};
 use rolemint::secret::Secret;
 
-// The integration tests' harness: cluster, demo schema.
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "pgbench/pgbouncer.rs"]
-mod pgbouncer;
-#[path = "pgbench/proxy.rs"]
-mod proxy;
 #[path = "pgbench/report.rs"]
 mod report;
-#[path = "pgbench/runner.rs"]
-mod runner;
+#[path = "shared/mod.rs"]
+mod shared;
 
-use pgbouncer::PgBouncer;
-use proxy::Proxy;
 use report::{Connects, Report, Series};
-
-const DATABASE: &str = cluster::DEMO_DATABASE;
-/// The static role of the `direct` and `pgbouncer` targets.
-const BENCH_ROLE: &str = "bench_direct";
+use shared::common::{Harness, Options};
+use shared::pgbouncer::PgBouncer;
+use shared::proxy::{self, Proxy};
+use shared::runner::{self, Endpoint};
+use shared::{
+    bench_dir, env_list, env_number, random_hex, tool_version, write_json, ClusterTls, BENCH_ROLE,
+};
 /// pgbench's scale factor: at least the client count of the TPC-B row.
 const TPCB_SCALE: u32 = 8;
 /// How long minted roles may take to be dropped after the last session.
@@ -131,23 +124,7 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> anyhow::Result<Settings> {
-        fn number(name: &str, default: u64) -> anyhow::Result<u64> {
-            match std::env::var(name) {
-                Err(_) => Ok(default),
-                Ok(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| anyhow!("{name} must be a whole number, not {v:?}")),
-            }
-        }
-        fn list(name: &str) -> Vec<String> {
-            std::env::var(name)
-                .unwrap_or_default()
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect()
-        }
+        let (number, list) = (env_number, env_list);
         Ok(Settings {
             seconds: number("ROLEMINT_BENCH_SECONDS", 10)?.max(1),
             runs: number("ROLEMINT_BENCH_RUNS", 3)?.max(1) as usize,
@@ -307,6 +284,13 @@ impl Target {
     fn tls(&self) -> bool {
         self.sslmode != "disable"
     }
+
+    fn endpoint(&self) -> Endpoint<'_> {
+        Endpoint {
+            port: self.port,
+            sslmode: self.sslmode,
+        }
+    }
 }
 
 #[tokio::main]
@@ -456,7 +440,7 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
         let user = target.user(Workload::SelectOnly);
         runner::run(
             &pgbench,
-            target,
+            target.endpoint(),
             user,
             secret_of(target),
             &["-S", "-c", "1"],
@@ -498,7 +482,7 @@ async fn run(settings: &Settings) -> anyhow::Result<bool> {
             let args = s.workload.args();
             match runner::run(
                 &pgbench,
-                target,
+                target.endpoint(),
                 user,
                 secret_of(target),
                 args,
@@ -736,36 +720,6 @@ fn targets(
     targets
 }
 
-/// A certificate for the cluster's own TLS (the `direct+tls` baseline),
-/// readable by the server: owned by `postgres` when we are root.
-struct ClusterTls {
-    cert: PathBuf,
-    key: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl ClusterTls {
-    fn new() -> anyhow::Result<ClusterTls> {
-        let dir = tempfile::Builder::new()
-            .prefix("rolemint-bench-pgtls-")
-            .tempdir()?;
-        let (cert, key) = rolemint::cli::dev::write_self_signed_cert(dir.path())?;
-        if nix::unistd::Uid::effective().is_root() {
-            let user = nix::unistd::User::from_name("postgres")?
-                .ok_or_else(|| anyhow!("running as root and there is no postgres user"))?;
-            for path in [dir.path(), &cert, &key] {
-                nix::unistd::chown(path, Some(user.uid), Some(user.gid))
-                    .with_context(|| format!("chown {}", path.display()))?;
-            }
-        }
-        Ok(ClusterTls {
-            cert,
-            key,
-            _dir: dir,
-        })
-    }
-}
-
 /// What pgbench's own pre-run housekeeping does (skipped with `-n`, since
 /// the minted roles may not vacuum), so every run starts alike.
 async fn reset_tables(su: &tokio_postgres::Client) -> anyhow::Result<()> {
@@ -780,42 +734,4 @@ async fn reset_tables(su: &tokio_postgres::Client) -> anyhow::Result<()> {
             .with_context(|| sql.to_owned())?;
     }
     Ok(())
-}
-
-/// `target/bench` (under `CARGO_TARGET_DIR` when set): what a run leaves.
-fn bench_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
-        .join("bench")
-}
-
-fn write_json(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let text = serde_json::to_string_pretty(value)?;
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
-async fn tool_version(program: &std::path::Path) -> String {
-    match tokio::process::Command::new(program)
-        .arg("--version")
-        .output()
-        .await
-    {
-        Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        Err(_) => program.display().to_string(),
-    }
-}
-
-fn random_hex(bytes: usize) -> anyhow::Result<String> {
-    let mut buf = vec![0_u8; bytes];
-    aws_lc_rs::rand::fill(&mut buf).map_err(|_| anyhow!("the system RNG failed"))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

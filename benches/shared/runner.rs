@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use rolemint::secret::Secret;
 
-use super::{Target, DATABASE};
+use super::DATABASE;
 
 /// What one pgbench run measured.
 #[derive(Debug, Default, Clone)]
@@ -24,10 +24,17 @@ pub struct Figures {
     pub transactions: u64,
 }
 
+/// Where pgbench connects: a loopback port and libpq's `sslmode`.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint<'a> {
+    pub port: u16,
+    pub sslmode: &'a str,
+}
+
 /// Runs pgbench for `seconds` against `target` as `user`, with `args`.
 pub async fn run(
     pgbench: &Path,
-    target: &Target,
+    target: Endpoint<'_>,
     user: &str,
     secret: &Secret,
     args: &[&str],

@@ -83,13 +83,7 @@ impl Proxy {
 
     /// Resident memory now, in KiB (`VmRSS` of `/proc/<pid>/status`).
     pub fn rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("no VmRSS in /proc/{}/status", self.pid))
+        super::procfs::rss_kib(self.pid)
     }
 
     /// The proxy's self-signed certificate (PEM), for a client to trust.

@@ -13,6 +13,8 @@ use super::{BENCH_ROLE, DATABASE};
 pub struct PgBouncer {
     child: tokio::process::Child,
     pub port: u16,
+    /// The process, for its CPU time.
+    pub pid: u32,
     _dir: tempfile::TempDir,
 }
 
@@ -101,9 +103,11 @@ impl PgBouncer {
                     .await
                     .is_ok()
                 {
+                    let pid = child.id().ok_or_else(|| anyhow!("pgbouncer exited"))?;
                     return Ok(PgBouncer {
                         child,
                         port,
+                        pid,
                         _dir: dir,
                     });
                 }
