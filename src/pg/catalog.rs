@@ -150,7 +150,7 @@ impl AdminClient {
 /// The query: minted roles after `after` that can still log in and have
 /// not expired, whose comment contains every needle of `filter`; `limit`
 /// of them, by name.
-fn live_leases(filter: &CatalogFilter, after: Option<&str>, limit: usize) -> String {
+pub fn live_leases(filter: &CatalogFilter, after: Option<&str>, limit: usize) -> String {
     let mut conditions = vec![
         "r.rolcanlogin".to_owned(),
         "(r.rolvaliduntil IS NULL OR r.rolvaliduntil > pg_catalog.now())".to_owned(),

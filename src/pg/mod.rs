@@ -34,6 +34,13 @@ pub use admin::{
     ADMIN_OPTION_NEEDED_FROM, WARM_KIND, WARM_LEASE_PREFIX,
 };
 pub use catalog::{CatalogFilter, CatalogLease, CatalogPage, CATALOG_PAGE};
+
+/// The catalog queries whose plans the scale bench shows (`EXPLAIN`), as
+/// the directory and the reaper send them.
+pub mod queries {
+    pub use super::catalog::live_leases as directory_page;
+    pub use super::reap_sql::managed_roles as reaper_sweep;
+}
 pub use names::{is_valid_role_name, sanitize as sanitize_name_part, NameTemplate, MAX_NAME_BYTES};
 pub use pg_tls::MakeRustlsConnect;
 pub use pool::PooledClient;

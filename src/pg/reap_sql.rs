@@ -153,7 +153,7 @@ fn try_lock() -> String {
 /// get the marker plainly, never with ADMIN OPTION, and never are
 /// superusers or CREATEROLE: [`members`] leaves all of those out, and the
 /// admin itself (`CURRENT_USER`) in any case.
-fn managed_roles() -> String {
+pub fn managed_roles() -> String {
     format!(
         "SELECT r.rolname,
        (r.rolvaliduntil IS NOT NULL AND r.rolvaliduntil <= pg_catalog.now()),
