@@ -150,6 +150,14 @@ impl AdminClient {
 /// The query: minted roles after `after` that can still log in and have
 /// not expired, whose comment contains every needle of `filter`; `limit`
 /// of them, by name.
+///
+/// The cheap conditions sort the candidates by name in a subquery (`OFFSET
+/// 0` keeps the planner from pulling the comment tests into it); the
+/// comment, a `pg_shdescription` probe per role, is then read in that order
+/// only until the page is full. Written as one flat query, the planner
+/// starts from the marker's members and tests every member's comment
+/// before its top-N sort: one probe per lease for the first page, whatever
+/// the page size (25,200 marked roles: 550–660 ms flat, 240–330 ms so).
 pub fn live_leases(filter: &CatalogFilter, after: Option<&str>, limit: usize) -> String {
     let mut conditions = vec![
         "r.rolcanlogin".to_owned(),
@@ -160,22 +168,33 @@ pub fn live_leases(filter: &CatalogFilter, after: Option<&str>, limit: usize) ->
         // `name` compares in the C collation: the order of ORDER BY below.
         conditions.push(format!("r.rolname > {}", escape_literal(after)));
     }
-    for needle in needles(filter) {
-        conditions.push(format!(
-            "pg_catalog.strpos(pg_catalog.shobj_description(r.oid, 'pg_authid'), {}) > 0",
-            escape_literal(&needle)
-        ));
-    }
+    let tests: Vec<String> = needles(filter)
+        .iter()
+        .map(|needle| {
+            format!(
+                "pg_catalog.strpos(pg_catalog.shobj_description(s.oid, 'pg_authid'), {}) > 0",
+                escape_literal(needle)
+            )
+        })
+        .collect();
+    let tests = if tests.is_empty() {
+        String::new()
+    } else {
+        format!("\n WHERE {}", tests.join("\n   AND "))
+    };
     format!(
-        "SELECT r.rolname,
-       CASE WHEN pg_catalog.isfinite(r.rolvaliduntil)
-            THEN pg_catalog.date_part('epoch', r.rolvaliduntil)::pg_catalog.int8 END,
-       pg_catalog.shobj_description(r.oid, 'pg_authid')
-  FROM pg_catalog.pg_roles r
- WHERE {}
- ORDER BY r.rolname
+        "SELECT s.rolname,
+       CASE WHEN pg_catalog.isfinite(s.rolvaliduntil)
+            THEN pg_catalog.date_part('epoch', s.rolvaliduntil)::pg_catalog.int8 END,
+       pg_catalog.shobj_description(s.oid, 'pg_authid')
+  FROM (SELECT r.oid, r.rolname, r.rolvaliduntil
+          FROM pg_catalog.pg_roles r
+         WHERE {}
+         ORDER BY r.rolname
+        OFFSET 0) s{tests}
+ ORDER BY s.rolname
  LIMIT {limit}",
-        conditions.join("\n   AND ")
+        conditions.join("\n           AND ")
     )
 }
 
@@ -285,7 +304,7 @@ mod tests {
     fn a_page_starts_after_the_escaped_marker() {
         let sql = live_leases(&CatalogFilter::default(), Some("v-o'b-1"), 7);
         assert!(sql.contains("r.rolname > 'v-o''b-1'"), "{sql}");
-        assert!(sql.contains("ORDER BY r.rolname\n LIMIT 7"), "{sql}");
+        assert!(sql.contains("ORDER BY s.rolname\n LIMIT 7"), "{sql}");
     }
 
     #[test]
