@@ -720,3 +720,52 @@ async fn postgres_stopped_under_a_retry_loop_leaves_the_revocation_queue_bounded
     back.simple_query("SELECT 1").await.expect("it works");
     drop(sessions);
 }
+
+/// Live credential roles (members of `rolemint_direct`, kept until their
+/// expiry) that expire before an orphaned session role.
+const CREDENTIALS_AHEAD: usize = 10_001;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphan_behind_ten_thousand_live_credential_leases_is_reaped() {
+    let h = Harness::with(Options {
+        // No statement log: the roles are created in a loop.
+        cluster: rolemint::cli::dev::cluster::ClusterOptions::default(),
+        capture_log: false,
+        ..Options::default()
+    })
+    .await;
+    let su = h.superuser().await;
+    // The sweep reads at most 10,000 roles, by expiry: these come first.
+    su.batch_execute(&format!(
+        r#"DO $$ BEGIN FOR i IN 1..{CREDENTIALS_AHEAD} LOOP
+             EXECUTE format('CREATE ROLE %I LOGIN VALID UNTIL %L IN ROLE rolemint_managed, rolemint_direct',
+                            'v-app-readonly-' || i || '-1', '2099-01-01');
+             EXECUTE format('COMMENT ON ROLE %I IS %L', 'v-app-readonly-' || i || '-1',
+                            '{{"lease_id":"database/creds/readonly/' || i || '","kind":"creds"}}');
+           END LOOP; END $$;
+           CREATE ROLE "v-orphan-readonly-aaaaaaaa-1" LOGIN VALID UNTIL '2100-01-01'
+             IN ROLE rolemint_managed;"#
+    ))
+    .await
+    .expect("create the roles");
+
+    let b = h.spawn_serve(&fast_reaper("b"), &[]).await;
+    let orphan_gone = wait_until(REAP_WITHIN, || async {
+        !h.managed_roles()
+            .await
+            .iter()
+            .any(|r| r == "v-orphan-readonly-aaaaaaaa-1")
+    })
+    .await;
+    assert!(orphan_gone, "the orphan was never swept:\n{}", b.log());
+    // The credentials are live: kept.
+    let kept: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-app-readonly-%'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(kept, CREDENTIALS_AHEAD as i64);
+}

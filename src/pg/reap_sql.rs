@@ -153,6 +153,17 @@ fn try_lock() -> String {
 /// get the marker plainly, never with ADMIN OPTION, and never are
 /// superusers or CREATEROLE: [`members`] leaves all of those out, and the
 /// admin itself (`CURRENT_USER`) in any case.
+///
+/// Credential roles (members of `rolemint_direct`) with a finite `VALID
+/// UNTIL` are read only once it has passed: before that the reaper keeps
+/// them whatever it finds (their
+/// holders log in directly, so no backend says anything), and reading
+/// them filled the sweep's [`MAX_ROLES_PER_SWEEP`] rows, ordered by
+/// expiry, with leases that cannot be reaped: past 10,000 live credential
+/// leases expiring first, an orphaned session role was not seen at all.
+/// Membership is an index probe of `pg_auth_members`; the comment that
+/// names the kind would be a `pg_shdescription` probe per role. One without
+/// a finite `VALID UNTIL` is read every sweep: its comment's expiry decides.
 pub fn managed_roles() -> String {
     format!(
         "SELECT r.rolname,
@@ -163,9 +174,15 @@ pub fn managed_roles() -> String {
        COALESCE(pg_catalog.isfinite(r.rolvaliduntil), false)
   FROM pg_catalog.pg_roles r
  WHERE {members}
+   AND (NOT COALESCE(pg_catalog.isfinite(r.rolvaliduntil), false)
+        OR r.rolvaliduntil <= pg_catalog.now()
+        OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members d
+                         JOIN pg_catalog.pg_roles dg ON dg.oid = d.roleid
+                        WHERE d.member = r.oid AND dg.rolname = {direct}))
  ORDER BY r.rolvaliduntil NULLS FIRST, r.rolname
  LIMIT {MAX_ROLES_PER_SWEEP}",
         members = members("r"),
+        direct = escape_literal(super::DIRECT_MARKER_ROLE),
     )
 }
 
@@ -214,6 +231,8 @@ mod tests {
             sql.contains(&format!("LIMIT {MAX_ROLES_PER_SWEEP}")),
             "{sql}"
         );
+        // Credential roles only once expired.
+        assert!(sql.contains("dg.rolname = 'rolemint_direct'"), "{sql}");
         let sql = terminate_backends("v-a'b", 250);
         assert!(sql.contains("r.rolname = 'v-a''b'"), "{sql}");
         assert!(sql.contains("g.rolname = 'rolemint_managed'"), "{sql}");
