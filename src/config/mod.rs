@@ -95,8 +95,9 @@ pub struct ProxyConfig {
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Connections still in the handshake (before their token is checked)
-    /// at once; more are closed at accept. Kept apart from
-    /// `max_connections` so that idle sockets cannot take session slots.
+    /// at once; more wait in the accept queue for up to `handshake_timeout`,
+    /// then are closed. Kept apart from `max_connections` so that idle
+    /// sockets cannot take session slots.
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes: usize,
     /// Handshakes one source (an IPv4 address, an IPv6 /64) may have in

@@ -188,10 +188,31 @@ impl Server {
                 },
             };
             // A connection in its handshake holds a handshake permit, not a
-            // session slot: over the limit, the flood gets a closed socket.
-            let Ok(handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
-                tracing::debug!(%peer, "too many handshakes in flight: connection closed");
-                continue;
+            // session slot. Over the limit, accepting waits for a permit,
+            // and the kernel's accept queue holds the next connections
+            // meanwhile: a reconnect storm queues instead of meeting closed
+            // sockets. Every permit is back within one handshake deadline
+            // (idle sockets are cut at theirs), so the wait is bounded by
+            // it; past it the connection is closed, as before.
+            let handshake = match Arc::clone(&handshakes).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let wait = tokio::time::timeout(
+                        shared.config.proxy.handshake_timeout,
+                        Arc::clone(&handshakes).acquire_owned(),
+                    );
+                    let waited = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        waited = wait => waited,
+                    };
+                    match waited {
+                        Ok(Ok(permit)) => permit,
+                        _ => {
+                            tracing::debug!(%peer, "no handshake slot within the handshake timeout: connection closed");
+                            continue;
+                        }
+                    }
+                }
             };
             // Nor can one source (an address, an IPv6 /64) take them all.
             let Some(source) = handshake_sources.try_take(peer.ip()) else {
