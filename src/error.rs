@@ -45,6 +45,10 @@ pub enum ClientError {
     /// `proxy.max_connections` sessions are open.
     #[error("sorry, too many clients already")]
     TooManyConnections,
+    /// The principal is at one of its quotas (`[quotas]`); the text says
+    /// which and its limit.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// More roles wait to be revoked than `mint.max_pending_revocations`
     /// (PostgreSQL is down or failing): no new role is minted until the
     /// backlog drains.
@@ -92,7 +96,9 @@ impl ClientError {
             ClientError::DatabaseNotAllowed { .. } => "3D000",
             ClientError::BackendUnavailable => "08006",
             ClientError::MintFailed => "58000",
-            ClientError::TooManyConnections | ClientError::RevocationBacklog => "53300",
+            ClientError::TooManyConnections
+            | ClientError::RevocationBacklog
+            | ClientError::QuotaExceeded(_) => "53300",
             ClientError::ShuttingDown => "57P03",
             ClientError::LeaseExpired | ClientError::LeaseRevoked | ClientError::Terminated => {
                 "57P01"
@@ -119,6 +125,7 @@ impl ClientError {
             ClientError::MintFailed => "mint_failed",
             ClientError::TooManyConnections => "too_many_connections",
             ClientError::RevocationBacklog => "revocation_backlog",
+            ClientError::QuotaExceeded(_) => "quota_exceeded",
             ClientError::ShuttingDown => "shutting_down",
             ClientError::LeaseExpired => "lease_expired",
             ClientError::LeaseRevoked => "lease_revoked",

@@ -47,7 +47,8 @@
 //!   trip per database); [`lease::reaper`] the sweep of
 //!   `rolemint_managed` for orphaned and expired roles;
 //!   [`lease::warm_pool`] roles minted ahead with a backend logged in;
-//!   [`lease::creds`] credential leases (Vault's `creds`).
+//!   [`lease::creds`] credential leases (Vault's `creds`);
+//!   [`lease::quota`] what one principal may hold at once (`[quotas]`).
 //! - [`pg`]: PostgreSQL as rolemint speaks to it. [`pg::AdminClient`]
 //!   (`admin.rs`), the admin-database client: mint, renew, revoke,
 //!   catalog reads, cluster cancels, over a pool that never answers a

@@ -224,6 +224,10 @@ async fn roles_under(h: &Harness, prefix: &str) -> i64 {
 async fn list_and_revoke_prefix_reach_every_one_of_25000_leases() {
     let h = Harness::with(Options {
         extra_toml: admin_toml(),
+        quotas: format!(
+            "max_credential_leases_per_principal = {}\n",
+            LEASES + OTHERS + 100
+        ),
         // No statement log: 25,000 mints would write 100,000 lines of it.
         cluster: ClusterOptions::default(),
         capture_log: false,

@@ -11,7 +11,8 @@
 //! lease registry like a session's (its deadline fires there) and a small
 //! task waits for its end: expiry or revocation hands the role to the
 //! revoker, which terminates the role's backends and drops it. Those tasks
-//! are bounded by `vault.max_credential_leases`.
+//! are bounded by `vault.max_credential_leases`, and one principal's by
+//! its quota (`[quotas] max_credential_leases_per_principal`).
 //!
 //! At shutdown a credential lease is *not* revoked: as in Vault, the
 //! credentials outlive a restart. The role carries its expiry (`VALID
@@ -25,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::identity::Identity;
+use crate::lease::quota::{self, QuotaKind};
 use crate::lease::registry::{self, EndReason, Lease, LeaseKind, NewLease};
 use crate::lease::revoker::Why;
 use crate::pg::{MintError, MintRequest, DIRECT_MARKER_ROLE};
@@ -44,6 +46,9 @@ pub enum CredsError {
     TooMany,
     #[error("rolemint is shutting down")]
     ShuttingDown,
+    /// The principal is at one of its quotas (`[quotas]`).
+    #[error("{0}")]
+    Quota(crate::lease::quota::QuotaExceeded),
     /// `mint.max_pending_revocations` roles wait to be revoked.
     #[error("too many roles are waiting to be revoked; try again later")]
     Backlog,
@@ -109,6 +114,19 @@ impl Credentials {
             .clone();
         let grant = crate::auth::policy::authorize(config, identity, template, &database)
             .map_err(|refusal| CredsError::NotAllowed { rule: refusal.rule })?;
+        // The principal's own share (`[quotas]`), held until the lease ends.
+        let quota = shared
+            .quotas
+            .take(
+                QuotaKind::CredentialLeases,
+                &identity.issuer,
+                &identity.subject,
+            )
+            .map_err(|refused| {
+                let event = quota::refusal_event(&refused, identity, template, client_addr);
+                shared.audit.record(event);
+                CredsError::Quota(refused)
+            })?;
         let mut direct = grant.template.clone();
         direct.creation_statements.push(format!(
             "GRANT {} TO \"{{{{name}}}}\"",
@@ -149,7 +167,7 @@ impl Credentials {
             issued_at,
             expires_at: role.expires_at,
         });
-        watch(Arc::clone(shared), lease, permit);
+        watch(Arc::clone(shared), lease, (permit, quota));
         Ok(Issued {
             lease_id,
             username: role.name,
@@ -197,7 +215,7 @@ fn settle_failed_mint(
 /// Registers the lease and waits, on its own task, for it to end: expiry
 /// or revocation hands the role to the revoker; shutdown leaves it to its
 /// `VALID UNTIL` and the reaper. The permit is held until then.
-fn watch(shared: Arc<Shared>, lease: Lease, permit: OwnedSemaphorePermit) {
+fn watch(shared: Arc<Shared>, lease: Lease, permit: (OwnedSemaphorePermit, quota::Slot)) {
     let registered = shared.leases.register(lease);
     tokio::spawn(async move {
         let lease = Arc::clone(&registered.lease);

@@ -2,8 +2,9 @@
 //! renew), [`revoker`] (every role whose lease is over, dropped or
 //! retained, retried until done), [`reaper`] (the sweep of
 //! `rolemint_managed` for orphaned and expired roles), [`warm_pool`]
-//! (roles minted ahead with a backend logged in) and [`creds`]
-//! (credential leases for Vault's `creds`).
+//! (roles minted ahead with a backend logged in), [`creds`]
+//! (credential leases for Vault's `creds`) and [`quota`] (what one
+//! principal may hold at once, and mint a minute).
 //!
 //! Owns when a role is minted ahead, registered, renewed and ended. The SQL
 //! it runs is `pg`'s ([`crate::pg::AdminClient`]); it must not speak the
@@ -12,6 +13,7 @@
 //! [`crate::runtime::state::Shared`]; see `tests/module_graph.rs`.)
 
 pub mod creds;
+pub mod quota;
 pub mod reaper;
 pub mod registry;
 pub mod revoker;

@@ -95,6 +95,17 @@ pub enum Event {
         template: String,
         database: String,
     },
+    /// A per-principal quota refused a session or a credential lease.
+    #[serde(rename = "quota.refused")]
+    QuotaRefused {
+        issuer: String,
+        identity: String,
+        /// `sessions`, `credential_leases`, `mints_per_minute`, `principals`.
+        quota: String,
+        limit: usize,
+        template: String,
+        client_addr: Option<String>,
+    },
     #[serde(rename = "auth.ok")]
     AuthOk {
         identity: String,
@@ -226,6 +237,7 @@ impl Event {
             Event::ConnectionRefused { .. } => "connection.refused",
             Event::AuthFailed { .. } => "auth.failed",
             Event::AuthOk { .. } => "auth.ok",
+            Event::QuotaRefused { .. } => "quota.refused",
             Event::LeaseMinted { .. } => "lease.minted",
             Event::SessionStatement { .. } => "session.statement",
             Event::SessionEnded { .. } => "session.ended",

@@ -59,6 +59,7 @@ pub const AUDIT_WRITE_ERRORS: &str = "rolemint_audit_write_errors_total";
 pub const WARM_POOL_READY: &str = "rolemint_warm_pool_ready";
 pub const WARM_POOL_CLAIMS: &str = "rolemint_warm_pool_claims_total";
 pub const KERNEL_SPLICED: &str = "rolemint_kernel_spliced_sessions_total";
+pub const QUOTA_REFUSALS: &str = "rolemint_quota_refusals_total";
 
 /// Every metric rolemint exports. The README's table and the Grafana
 /// dashboard are checked against this list.
@@ -86,6 +87,7 @@ pub const ALL: &[Described] = &[
     d(AUDIT_WRITE_ERRORS, Kind::Counter, None, "Audit lines that could not be written (disk full, file removed)."),
     d(WARM_POOL_READY, Kind::Gauge, None, "Pooled roles ready to be claimed (logged in, idle), by role template."),
     d(KERNEL_SPLICED, Kind::Counter, None, "Sessions whose bytes the kernel forwarded (proxy.kernel_splice), by template."),
+    d(QUOTA_REFUSALS, Kind::Counter, None, "Sessions and credential leases refused by a per-principal quota, by quota (sessions, credential_leases, mints_per_minute, principals)."),
     d(WARM_POOL_CLAIMS, Kind::Counter, None, "Sessions of a pooled template, by template and result (hit, miss: the pool was empty, fallback: the entry could not be used)."),
 ];
 
@@ -167,6 +169,14 @@ fn zero_counters() {
     }
     for result in ["ok", "failed"] {
         metrics::counter!(CONFIG_RELOADS, "result" => result).increment(0);
+    }
+    for quota in [
+        "sessions",
+        "credential_leases",
+        "mints_per_minute",
+        "principals",
+    ] {
+        metrics::counter!(QUOTA_REFUSALS, "quota" => quota).increment(0);
     }
 }
 
@@ -390,6 +400,12 @@ pub fn admin_request(route: &str, status: u16) {
     installed();
     metrics::counter!(ADMIN_REQUESTS, "route" => route.to_owned(), "status" => status.to_string())
         .increment(1);
+}
+
+/// A per-principal quota refused a session or a credential lease.
+pub fn quota_refused(quota: &'static str) {
+    installed();
+    metrics::counter!(QUOTA_REFUSALS, "quota" => quota).increment(1);
 }
 
 pub fn audit_line_dropped() {

@@ -95,6 +95,8 @@ impl Server {
         runtime.start();
         let cancels = Arc::new(CancelMap::new(&config));
         let sockmap = kernel_splice(&config);
+        let quotas =
+            crate::lease::quota::Quotas::new(crate::lease::quota::Limits::from_config(&config));
         let shared = Arc::new(Shared {
             config,
             runtime: ArcSwap::from_pointee(runtime),
@@ -105,6 +107,7 @@ impl Server {
             cancels,
             audit: audit.clone(),
             shutdown: CancellationToken::new(),
+            quotas,
             minting: Default::default(),
             warm: Default::default(),
             sockmap,

@@ -95,6 +95,8 @@ pub struct Shared {
     pub audit: Audit,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
+    /// What each principal holds of this instance (`[quotas]`).
+    pub quotas: Arc<crate::lease::quota::Quotas>,
     /// Roles whose mint is in flight on this instance: committed, perhaps,
     /// but not yet registered as a lease. The reaper must not take them for
     /// orphans (a mint slowed by a busy server can outlast a short

@@ -50,6 +50,9 @@ pub struct Options {
     /// The demo's templates (`readonly`, `readwrite`) in the config; when
     /// false, `extra_toml` must define one.
     pub demo_templates: bool,
+    /// The `[quotas]` table's keys. By default no per-principal session
+    /// quota below `max_connections`: most tests connect as one identity.
+    pub quotas: String,
 }
 
 impl Default for Options {
@@ -68,6 +71,7 @@ impl Default for Options {
             kernel_splice: false,
             backend_toml: String::new(),
             demo_templates: true,
+            quotas: "max_sessions_per_principal = 100000\n".into(),
         }
     }
 }
@@ -384,6 +388,9 @@ issuer = "rolemint-test"
 audience = "rolemint"
 hs256_secret = "{secret}"
 
+[quotas]
+{quotas}
+
 {templates}
 
 {extra}
@@ -405,6 +412,7 @@ hs256_secret = "{secret}"
             ""
         },
         extra = options.extra_toml,
+        quotas = options.quotas,
     )
 }
 

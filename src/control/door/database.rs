@@ -77,6 +77,8 @@ fn creds_error(e: CredsError, identity: &str, template: &str) -> ApiError {
             tracing::info!(identity, template, "credentials refused: {rule}");
             ApiError::permission_denied()
         }
+        // Vault answers a rate or quota refusal 429 in its error shape.
+        CredsError::Quota(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
         CredsError::TooMany | CredsError::ShuttingDown | CredsError::Backlog => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }

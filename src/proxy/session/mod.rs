@@ -47,6 +47,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use self::handshake::{Hello, Refused};
 use self::relay::End;
 use crate::error::ClientError;
+use crate::lease::quota::{self, QuotaKind};
 use crate::lease::registry::{self, EndReason, Lease, LeaseKind, NewLease};
 use crate::lease::revoker::Why;
 use crate::observe::audit::Event;
@@ -162,6 +163,9 @@ struct Minted {
     password: crate::secret::Secret,
     /// A backend already logged in as the role: the warm pool's (`warm.rs`).
     warm: Option<Box<backend::Login>>,
+    /// The session's place in its principal's quota, given back when the
+    /// session ends.
+    quota: Option<quota::Slot>,
 }
 
 async fn session(
@@ -377,10 +381,29 @@ async fn authorize_and_mint(
         );
         return Err((ClientError::RevocationBacklog, detail));
     }
+    // The principal's own share of this instance (`[quotas]`), held for
+    // the session's life.
+    let quota = shared
+        .quotas
+        .take(QuotaKind::Sessions, &identity.issuer, &identity.subject)
+        .map_err(|refused| {
+            shared.audit.record(quota::refusal_event(
+                &refused,
+                &identity,
+                template,
+                Some(peer),
+            ));
+            let detail = format!(
+                "identity={:?} issuer={} template={template}: {refused}",
+                identity.subject, identity.issuer
+            );
+            (ClientError::QuotaExceeded(refused.to_string()), detail)
+        })?;
     // A Vault token's session is minted for it, so its lease is recorded
     // under the token before the role exists; warm roles are for the rest.
     if vault_token.is_none() {
-        if let Some(minted) = warm::claim(shared, &identity, &grant, startup, peer).await {
+        if let Some(mut minted) = warm::claim(shared, &identity, &grant, startup, peer).await {
+            minted.quota = Some(quota);
             return Ok(minted);
         }
     }
@@ -457,6 +480,7 @@ async fn authorize_and_mint(
         registered,
         password: minted.password,
         warm: None,
+        quota: Some(quota),
     })
 }
 
@@ -473,6 +497,7 @@ async fn serve_lease(
         registered,
         password,
         warm,
+        quota,
     } = minted;
     let lease = &registered.lease;
     crate::failpoint::hit(crate::failpoint::AFTER_MINT).await;
@@ -490,8 +515,9 @@ async fn serve_lease(
     lease.set_traffic(traffic.client_to_backend, traffic.backend_to_client);
     crate::observe::metrics::relay_bytes(Direction::ClientToBackend, traffic.client_to_backend);
     crate::observe::metrics::relay_bytes(Direction::BackendToClient, traffic.backend_to_client);
-    // The session is over: its slot is free while the role is revoked.
+    // The session is over: its slots are free while the role is revoked.
     drop(started.permit);
+    drop(quota);
     let why = match end {
         End::Lease(reason) => Why::from(reason),
         _ => lease.end_reason().map_or(Why::SessionEnded, Why::from),

@@ -97,6 +97,7 @@ pub(super) async fn claim(
         // Never used: the backend is logged in already.
         password: crate::secret::Secret::new(""),
         warm: Some(Box::new(claimed.login)),
+        quota: None,
     })
 }
 
