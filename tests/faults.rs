@@ -769,3 +769,105 @@ async fn an_orphan_behind_ten_thousand_live_credential_leases_is_reaped() {
         .get(0);
     assert_eq!(kept, CREDENTIALS_AHEAD as i64);
 }
+
+/// Root rotation with several instances on one database and one password
+/// file: concurrent rotations take turns (an advisory lock), every one
+/// succeeds, the file ends with the password PostgreSQL has, and each
+/// instance's next new admin connection, refused with 28P01, reads the
+/// file again and logs in, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_on_several_instances_take_turns_and_the_others_follow_the_file() {
+    let h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin-password");
+    let first = h.demo.admin_password.expose().to_owned();
+    std::fs::write(&file, format!("{first}\n")).unwrap();
+    let mut config = h.config.clone();
+    config.backend.admin_password_file = Some(file.clone());
+    let instances: Vec<rolemint::pg::AdminClient> = (0..3)
+        .map(|_| rolemint::pg::AdminClient::new(&config).expect("admin client"))
+        .collect();
+    for admin in &instances {
+        admin.ping("postgres").await.expect("logged in before");
+    }
+
+    // Another instance mid-rotation (the lock held here): a rotation waits
+    // for it, touching neither the file nor the password meanwhile.
+    let holder = connect_owned(
+        h.cluster
+            .superuser_conn_string(&config.backend.admin_database),
+    )
+    .await
+    .expect("superuser");
+    let key = rolemint::pg::rotate::ROTATE_LOCK_KEY;
+    holder
+        .batch_execute(&format!("SELECT pg_advisory_lock({key})"))
+        .await
+        .unwrap();
+    let instances = std::sync::Arc::new(instances);
+    let waiting = {
+        let (instances, backend) = (instances.clone(), config.backend.clone());
+        tokio::spawn(
+            async move { rolemint::pg::rotate::rotate_admin(&instances[0], &backend).await },
+        )
+    };
+    let queued = wait_until(Duration::from_secs(10), || async {
+        let row = holder
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0) == 1
+    })
+    .await;
+    assert!(queued, "the rotation does not wait for the lock");
+    assert!(!waiting.is_finished());
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim_end(), first);
+    assert!(!dir.path().join("admin-password.rotating").exists());
+    holder
+        .batch_execute(&format!("SELECT pg_advisory_unlock({key})"))
+        .await
+        .unwrap();
+    waiting
+        .await
+        .unwrap()
+        .expect("the rotation goes on once the lock is free");
+    assert_ne!(std::fs::read_to_string(&file).unwrap().trim_end(), first);
+
+    let rotate = |i: usize| rolemint::pg::rotate::rotate_admin(&instances[i], &config.backend);
+    let (a, b, c) = tokio::join!(rotate(0), rotate(1), rotate(2));
+    for (i, result) in [a, b, c].into_iter().enumerate() {
+        result.unwrap_or_else(|e| panic!("rotation {i}: {e}"));
+    }
+    let last = std::fs::read_to_string(&file)
+        .unwrap()
+        .trim_end()
+        .to_owned();
+    assert_ne!(last, first);
+    assert!(!dir.path().join("admin-password.rotating").exists());
+    let login = |password: String| {
+        connect_owned(format!(
+            "host=127.0.0.1 port={} user={} password={password} dbname=postgres",
+            h.cluster.port(),
+            h.demo.admin_user
+        ))
+    };
+    login(last)
+        .await
+        .expect("the file's password is PostgreSQL's");
+    let Err(old) = login(first).await else {
+        panic!("the first password still logs in");
+    };
+    assert_eq!(common::sqlstate(&old).as_deref(), Some("28P01"));
+
+    // Two of the three hold a password they set and lost: a new admin
+    // connection (a database none of them has one to) reads the file.
+    for (i, admin) in instances.iter().enumerate() {
+        admin
+            .ping("appdb")
+            .await
+            .unwrap_or_else(|e| panic!("instance {i} after the rotations: {e}"));
+    }
+}

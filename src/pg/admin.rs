@@ -581,19 +581,6 @@ impl AdminClient {
         Ok(())
     }
 
-    /// Sets the admin role's own password to `verifier` (a SCRAM-SHA-256
-    /// verifier: the password itself never reaches PostgreSQL), on the admin
-    /// database. Root rotation; see `rotate.rs`.
-    pub async fn set_admin_verifier(&self, verifier: &Secret) -> Result<(), MintError> {
-        let mut conn = self.pool.get(&self.admin_database).await?;
-        let sql = format!(
-            "ALTER ROLE CURRENT_USER PASSWORD {}",
-            postgres_protocol::escape::escape_literal(verifier.expose())
-        );
-        conn.batch(&sql).await?;
-        Ok(())
-    }
-
     /// New admin connections log in with `password` from now on; those
     /// open stay as they are (PostgreSQL checks a password at login only).
     pub fn use_admin_password(&self, password: &Secret) {

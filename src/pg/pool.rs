@@ -58,6 +58,8 @@ pub struct AdminPool {
     addr: (String, u16),
     /// `backend.allow_weak_auth`: when false, logins go through the guard.
     allow_weak_auth: bool,
+    /// `backend.admin_password_file`, read again when a login gets 28P01.
+    password_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for AdminPool {
@@ -137,6 +139,7 @@ impl AdminPool {
             session_setup,
             addr: (backend.host.clone(), backend.port),
             allow_weak_auth: backend.allow_weak_auth,
+            password_file: backend.admin_password_file.clone(),
         })
     }
 
@@ -227,7 +230,46 @@ impl AdminPool {
 
     /// [`AdminPool::connect`], and with `wake` set, a connection whose
     /// `NOTIFY` messages (and its end) wake `wake`: the store's `LISTEN`.
+    ///
+    /// A login refused with 28P01 is tried once more when
+    /// `backend.admin_password_file` now holds another password: another
+    /// instance rotated it (`rotate.rs`), and every instance reading that
+    /// file picks the new one up without a restart.
     pub(super) async fn connect_with(
+        &self,
+        database: &str,
+        wake: Option<Arc<Notify>>,
+    ) -> Result<Client, MintError> {
+        match self.connect_once(database, wake.clone()).await {
+            Err(e) if e.sqlstate() == Some("28P01") && self.reread_password() => {
+                self.connect_once(database, wake).await
+            }
+            result => result,
+        }
+    }
+
+    /// Reads `backend.admin_password_file` again; true when it holds a
+    /// password other than the one in use, which is then used from now on.
+    fn reread_password(&self) -> bool {
+        let Some(file) = &self.password_file else {
+            return false;
+        };
+        let Ok(text) = std::fs::read_to_string(file) else {
+            return false;
+        };
+        let text = zeroize::Zeroizing::new(text);
+        let password = text.trim_end_matches(['\n', '\r']);
+        let current = self.base.read().unwrap_or_else(|e| e.into_inner());
+        if password.is_empty() || current.get_password() == Some(password.as_bytes()) {
+            return false;
+        }
+        drop(current);
+        tracing::info!(file = %file.display(), "admin login refused (28P01): using the password now in the file");
+        self.set_password(password);
+        true
+    }
+
+    async fn connect_once(
         &self,
         database: &str,
         wake: Option<Arc<Notify>>,

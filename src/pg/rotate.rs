@@ -7,6 +7,10 @@
 //! password would be lost with the process, and rolemint cannot write an
 //! environment variable. The order keeps a crash at any point recoverable:
 //!
+//! 0. take the rotation lock (`pg_advisory_lock`, [`ROTATE_LOCK_KEY`]) on
+//!    an admin connection of its own, held to the end: instances sharing
+//!    the database (and the file) rotate one after the other, never
+//!    interleaving their `.rotating` files and `ALTER ROLE`s;
 //! 1. write the new password to `<file>.rotating` (mode 0600, synced);
 //! 2. `ALTER ROLE CURRENT_USER PASSWORD '<SCRAM verifier>'` (PostgreSQL
 //!    never sees the password itself);
@@ -17,6 +21,11 @@
 //!
 //! A crash between 2 and 3 leaves the new password in `<file>.rotating`
 //! for an operator to move into place; the error says so.
+//!
+//! The other instances: their open admin connections stay logged in, and
+//! their next new one, refused with 28P01, reads the file again and logs in
+//! with what it holds now (`pool.rs`), so no restart is needed where they
+//! read the same file.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -75,12 +84,26 @@ pub fn password_file(backend: &BackendConfig) -> Result<&Path, RotateError> {
     ))
 }
 
+/// The `pg_advisory_lock` key of root rotation: the bytes of "rmrotate".
+pub const ROTATE_LOCK_KEY: i64 = i64::from_be_bytes(*b"rmrotate");
+
 /// Rotates the admin password as the module doc says.
 pub async fn rotate_admin(
     admin_client: &AdminClient,
     backend: &BackendConfig,
 ) -> Result<(), RotateError> {
     let file = password_file(backend)?;
+    // Held until dropped at the end: closing the connection releases it.
+    let lock = admin_client
+        .pool
+        .connect(&admin_client.admin_database)
+        .await?;
+    run(
+        admin_client,
+        &lock,
+        &format!("SELECT pg_catalog.pg_advisory_lock({ROTATE_LOCK_KEY})"),
+    )
+    .await?;
     let password = new_password()?;
     let verifier = Secret::new(postgres_protocol::password::scram_sha_256(
         password.expose().as_bytes(),
@@ -90,7 +113,11 @@ pub async fn rotate_admin(
         path: pending.clone(),
         source,
     })?;
-    if let Err(e) = admin_client.set_admin_verifier(&verifier).await {
+    let alter = format!(
+        "ALTER ROLE CURRENT_USER PASSWORD {}",
+        postgres_protocol::escape::escape_literal(verifier.expose())
+    );
+    if let Err(e) = run(admin_client, &lock, &alter).await {
         let _ = std::fs::remove_file(&pending);
         return Err(e.into());
     }
@@ -102,8 +129,29 @@ pub async fn rotate_admin(
             pending: pending.clone(),
             source,
         })?;
+    drop(lock);
     tracing::info!(file = %file.display(), "admin password rotated");
     Ok(())
+}
+
+/// One statement on the rotation's own connection, bounded by
+/// `mint.statement_timeout` (the server's `statement_timeout` is the same,
+/// so a lock wait gives up there too).
+async fn run(
+    admin_client: &AdminClient,
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<(), MintError> {
+    let database = &admin_client.admin_database;
+    match tokio::time::timeout(admin_client.statement_timeout, client.batch_execute(sql)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(MintError::query(database, &e)),
+        Err(_) => Err(MintError::Timeout {
+            what: "rotating the admin password",
+            database: database.clone(),
+            after: admin_client.statement_timeout,
+        }),
+    }
 }
 
 /// 256 random bits, base64url: the same strength as a minted role's.
@@ -147,6 +195,12 @@ fn sync_dir(file: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rotation_lock_is_not_the_sweep_lock() {
+        assert_eq!(&ROTATE_LOCK_KEY.to_be_bytes(), b"rmrotate");
+        assert_ne!(ROTATE_LOCK_KEY, crate::pg::SWEEP_LOCK_KEY);
+    }
 
     #[test]
     fn only_a_password_file_can_be_rotated() {
