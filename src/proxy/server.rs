@@ -190,6 +190,13 @@ impl Server {
                     }
                 },
             };
+            // One source (an address, an IPv6 /64) cannot take every
+            // handshake slot: over its share it is closed at once, before
+            // it can wait for (or take) a global permit.
+            let Some(source) = handshake_sources.try_take(peer.ip()) else {
+                tracing::debug!(%peer, "too many handshakes from this source: connection closed");
+                continue;
+            };
             // A connection in its handshake holds a handshake permit, not a
             // session slot. Over the limit, accepting waits for a permit,
             // and the kernel's accept queue holds the next connections
@@ -216,11 +223,6 @@ impl Server {
                         }
                     }
                 }
-            };
-            // Nor can one source (an address, an IPv6 /64) take them all.
-            let Some(source) = handshake_sources.try_take(peer.ip()) else {
-                tracing::debug!(%peer, "too many handshakes from this source: connection closed");
-                continue;
             };
             let limits = crate::proxy::session::Admission {
                 handshake: crate::proxy::session::HandshakeSlot {
