@@ -61,7 +61,9 @@
 //!   with a header-read timeout and a per-source connection cap; `/healthz`, `/readyz`,
 //!   `/metrics`, the lease API in Vault's shape over a
 //!   [`control::leases::LeaseDirectory`], [`control::directory`] acting
-//!   on the leases of every instance) and the Vault-compatible door
+//!   on the leases of every instance), [`control::access`] (every request
+//!   as a Vault path and capability, checked against the caller's
+//!   policies) and the Vault-compatible door
 //!   ([`control::door`]: login with auth roles, Vault tokens, `database/creds` and
 //!   `database/roles`, `sys/health`), and [`control::people`], what a
 //!   person's CLI asks (`/.well-known/rolemint-login`, `/v1/rolemint/whoami`).

@@ -278,6 +278,10 @@ async fn api_with_directory() -> (SocketAddr, Arc<MemoryDirectory>, Cancellation
             &Default::default(),
         )),
         probes: Default::default(),
+        policies: Arc::new(rolemint::auth::acl::BuiltinOnly),
+        policy_cache: Default::default(),
+        jwt_mounts: vec!["jwt".into(), "kubernetes".into()],
+        database_mount: "database".into(),
     };
     let listener = AdminListener::bind("127.0.0.1:0".parse().unwrap(), None, 16)
         .await

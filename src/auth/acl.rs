@@ -596,6 +596,76 @@ impl Acl {
     }
 }
 
+/// Where named policies are kept (the store, at run time): the text of
+/// one by its lower-case name.
+pub trait PolicyTexts: Send + Sync {
+    fn text(&self, name: &str) -> Option<String>;
+}
+
+/// No stored policies: only the built-in `default` and `root`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BuiltinOnly;
+
+impl PolicyTexts for BuiltinOnly {
+    fn text(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
+/// Most compiled policies kept; past it the cache starts over (it only
+/// saves parsing).
+const MAX_CACHED: usize = 4_096;
+
+/// Compiled policies by name, parsed again only when their text changes:
+/// a request names its caller's policies, and parsing HCL on every
+/// request would be waste.
+#[derive(Debug, Default)]
+pub struct PolicyCache {
+    compiled: std::sync::Mutex<HashMap<String, std::sync::Arc<Policy>>>,
+}
+
+impl PolicyCache {
+    /// The ACL of a caller holding the policies `names`. `root` is root;
+    /// `default` is the stored one, else the built-in; a name with no
+    /// stored policy, or whose stored text no longer parses, adds
+    /// nothing (as Vault ignores a token's deleted policies).
+    pub fn acl(&self, names: &[String], stored: &dyn PolicyTexts) -> Acl {
+        if names.iter().any(|n| n == "root") {
+            return Acl::root();
+        }
+        let policies: Vec<std::sync::Arc<Policy>> = names
+            .iter()
+            .filter_map(|name| self.policy(name, stored))
+            .collect();
+        Acl::new(policies.iter().map(|p| p.as_ref()))
+    }
+
+    /// The compiled policy `name`, if there is one.
+    pub fn policy(&self, name: &str, stored: &dyn PolicyTexts) -> Option<std::sync::Arc<Policy>> {
+        let text = match stored.text(name) {
+            Some(text) => text,
+            None if name == "default" => DEFAULT_POLICY.to_owned(),
+            None => return None,
+        };
+        let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = compiled.get(name).filter(|p| p.raw == text) {
+            return Some(std::sync::Arc::clone(p));
+        }
+        let policy = match Policy::parse(name, &text) {
+            Ok(p) => std::sync::Arc::new(p),
+            Err(e) => {
+                tracing::warn!(policy = name, "stored policy ignored: {e}");
+                return None;
+            }
+        };
+        if compiled.len() >= MAX_CACHED {
+            compiled.clear();
+        }
+        compiled.insert(name.to_owned(), std::sync::Arc::clone(&policy));
+        Some(policy)
+    }
+}
+
 fn merge_into(map: &mut BTreeMap<String, Capabilities>, path: &str, c: Capabilities) {
     map.entry(path.to_owned())
         .and_modify(|old| *old = old.merge(c))

@@ -14,6 +14,9 @@
 //!   it then means.
 //! - A denied session is told 28000 naming the template only; the log gets
 //!   the rule ([`Refusal::rule`]).
+//! - A Vault token is entitled by its policies instead
+//!   ([`Entitlement::Policies`]): `read` on `<database mount>/creds/<T>`
+//!   opens template `T`, on the proxy door as on the HTTP door.
 //! - `bind_to_token_expiry` caps the lease at the token's `exp`.
 //! - `session_settings` become `ALTER ROLE .. SET` in the mint batch
 //!   ([`session_settings`]): names from a narrow alphabet, checked when the
@@ -24,6 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use globset::{Glob, GlobMatcher};
 
+use crate::auth::acl::{Acl, Capability};
 use crate::auth::identity::Identity;
 use crate::config::placeholder;
 use crate::config::{AuthConfig, Config, RoleTemplate};
@@ -201,12 +205,56 @@ fn allowing_rule(auth: &AuthConfig, t: &RoleTemplate, identity: &Identity) -> Op
     })
 }
 
+/// What entitles a caller to a template.
+#[derive(Debug, Clone, Copy)]
+pub enum Entitlement<'a> {
+    /// The template's `allow_identities` / `allow_groups` (an identity
+    /// token, or a login without an auth role).
+    AllowLists,
+    /// Vault policies (a Vault token; an identity token holds `default`):
+    /// `read` on `<database mount>/creds/<template>`, as Vault asks of
+    /// `vault read database/creds/<template>`; failing that, the allow
+    /// lists, which keep working beside policies.
+    Policies {
+        acl: &'a Acl,
+        database_mount: &'a str,
+    },
+}
+
+/// Whether `acl` grants the template `template`: `read` on its creds path
+/// under the database mount, the one policy language for both doors.
+pub fn acl_grants_template(acl: &Acl, database_mount: &str, template: &str) -> bool {
+    let mount = database_mount.trim_matches('/');
+    acl.allows(
+        &format!("{mount}/creds/{template}"),
+        Capability::Read,
+        false,
+    )
+}
+
 /// Decides whether `identity` may open a session of `template` on `database`.
 pub fn authorize<'a>(
     config: &'a Config,
     identity: &Identity,
     template: &str,
     database: &str,
+) -> Result<Grant<'a>, Refusal> {
+    authorize_with(
+        config,
+        identity,
+        template,
+        database,
+        Entitlement::AllowLists,
+    )
+}
+
+/// [`authorize`], entitled by allow lists or by policies.
+pub fn authorize_with<'a>(
+    config: &'a Config,
+    identity: &Identity,
+    template: &str,
+    database: &str,
+    entitlement: Entitlement<'_>,
 ) -> Result<Grant<'a>, Refusal> {
     let refuse = |error, rule: &str| Refusal {
         error,
@@ -218,11 +266,25 @@ pub fn authorize<'a>(
             "no such template",
         ));
     };
-    let Some(rule) = allowing_rule(&config.auth, t, identity) else {
-        let rule = if t.allow_identities.is_empty() && t.allow_groups.is_empty() {
-            "the template allows no one (no allow_identities or allow_groups)"
-        } else {
-            "no allow_identities or allow_groups pattern matches"
+    let allowed = match entitlement {
+        Entitlement::AllowLists => allowing_rule(&config.auth, t, identity),
+        Entitlement::Policies {
+            acl,
+            database_mount,
+        } => acl_grants_template(acl, database_mount, template_name)
+            .then(|| format!("policy: read on {database_mount}/creds/{template_name}"))
+            .or_else(|| allowing_rule(&config.auth, t, identity)),
+    };
+    let Some(rule) = allowed else {
+        let rule = match entitlement {
+            Entitlement::Policies { .. } => {
+                "no policy grants read on the template's creds path, and no allow_identities \
+                 or allow_groups pattern matches"
+            }
+            _ if t.allow_identities.is_empty() && t.allow_groups.is_empty() => {
+                "the template allows no one (no allow_identities or allow_groups)"
+            }
+            _ => "no allow_identities or allow_groups pattern matches",
         };
         return Err(refuse(
             ClientError::TemplateNotAllowed(template_name.clone()),
@@ -412,6 +474,43 @@ mod tests {
         // not "svc-*".
         assert!(!ok("SVC-billing", &[]));
         assert!(!ok("alice", &[]));
+    }
+
+    #[test]
+    fn a_policy_granting_read_on_the_creds_path_opens_the_template() {
+        use crate::auth::acl::Policy;
+        // The template allows no one by its lists; the policy opens it.
+        let c = config("");
+        let p = Policy::parse(
+            "apps",
+            r#"path "database/creds/readonly" { capabilities = ["read"] }"#,
+        )
+        .unwrap();
+        let acl = Acl::new([&p]);
+        let by = |mount| Entitlement::Policies {
+            acl: &acl,
+            database_mount: mount,
+        };
+        let id = who("token-alice", &[]);
+        let g = authorize_with(&c, &id, "readonly", "appdb", by("database")).unwrap();
+        assert!(g.rule.contains("policy"), "{}", g.rule);
+        // Another mount, another path; the databases check still applies.
+        let e = authorize_with(&c, &id, "readonly", "appdb", by("db2")).unwrap_err();
+        assert_eq!(e.error.sqlstate(), "28000");
+        assert!(e.rule.contains("no policy grants"), "{}", e.rule);
+        let e = authorize_with(&c, &id, "readonly", "postgres", by("database")).unwrap_err();
+        assert_eq!(e.error.sqlstate(), "3D000");
+        // The default policy opens nothing; the allow lists still do.
+        let d = Acl::new([&Policy::default_policy()]);
+        let by_default = Entitlement::Policies {
+            acl: &d,
+            database_mount: "database",
+        };
+        assert!(authorize_with(&c, &id, "readonly", "appdb", by_default).is_err());
+        let open = config("allow_identities = [\"token-*\"]");
+        let g = authorize_with(&open, &id, "readonly", "appdb", by_default).unwrap();
+        assert!(g.rule.contains("allow_identities"), "{}", g.rule);
+        assert!(acl_grants_template(&Acl::root(), "/database/", "readonly"));
     }
 
     #[test]

@@ -30,7 +30,8 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::auth::{Authenticated, Caller};
+use super::access::Access;
+use super::auth::Caller;
 use super::vault::{envelope, lease_envelope, ApiError};
 use super::AdminState;
 use crate::lease::registry::LeaseKind;
@@ -282,29 +283,35 @@ pub struct ListQuery {
     list: Option<String>,
 }
 
+impl ListQuery {
+    /// `?list=true`: a GET that is Vault's LIST.
+    pub fn is_list_query(&self) -> bool {
+        self.list.as_deref() == Some("true")
+    }
+}
+
 /// `/v1/sys/leases/lookup` and `/v1/sys/leases/lookup/`: LIST from the
 /// root, or PUT/POST a lookup.
 pub async fn lookup_root(
     State(state): State<Arc<AdminState>>,
     method: Method,
     Query(query): Query<ListQuery>,
-    auth: Authenticated,
+    access: Access,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     if is_list(&method, &query) {
-        return list_keys(&state, &auth, "").await;
+        return list_keys(&state, &access, "").await;
     }
     if method != Method::PUT && method != Method::POST {
         return Err(super::method_not_allowed_error());
     }
-    let caller = auth.caller()?;
     #[derive(Deserialize, Default)]
     struct Body {
         lease_id: Option<String>,
     }
     let body: Body = parse_body(body)?;
     let id = lease_id(body.lease_id)?;
-    let lease = find_own(&state, &caller, id).await?;
+    let lease = find_own(&state, &access, id).await?;
     Ok(envelope(lease))
 }
 
@@ -314,21 +321,20 @@ pub async fn lookup_prefix(
     method: Method,
     Query(query): Query<ListQuery>,
     Path(prefix): Path<String>,
-    auth: Authenticated,
+    access: Access,
 ) -> Result<Response, ApiError> {
     if !is_list(&method, &query) {
         return Err(super::method_not_allowed_error());
     }
     bounded(&prefix)?;
-    list_keys(&state, &auth, &prefix).await
+    list_keys(&state, &access, &prefix).await
 }
 
 async fn list_keys(
     state: &AdminState,
-    auth: &Authenticated,
+    access: &Access,
     prefix: &str,
 ) -> Result<Response, ApiError> {
-    let caller = auth.caller()?;
     let prefix = match prefix {
         "" => String::new(),
         p if p.ends_with('/') => p.to_owned(),
@@ -350,7 +356,7 @@ async fn list_keys(
             found
                 .leases
                 .iter()
-                .filter(|l| caller.may_act_on(&l.issuer, &l.identity))
+                .filter(|l| access.may_act_on(&l.issuer, &l.identity))
                 .map(|l| l.id.as_str()),
         );
         if keys.len() > MAX_LIST_KEYS {
@@ -441,35 +447,33 @@ struct RenewBody {
 /// `PUT /v1/sys/leases/renew`.
 pub async fn renew(
     State(state): State<Arc<AdminState>>,
-    auth: Authenticated,
+    access: Access,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = auth.caller()?;
     let body: RenewBody = parse_body(body)?;
     let id = lease_id(body.lease_id)?;
-    renew_lease(&state, &caller, id, increment(body.increment)?).await
+    renew_lease(&state, &access, id, increment(body.increment)?).await
 }
 
 /// `PUT /v1/sys/leases/renew/<lease_id>`.
 pub async fn renew_path(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
-    auth: Authenticated,
+    access: Access,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = auth.caller()?;
     let body: RenewBody = parse_body(body)?;
     let id = lease_id(Some(body.lease_id.unwrap_or(id)))?;
-    renew_lease(&state, &caller, id, increment(body.increment)?).await
+    renew_lease(&state, &access, id, increment(body.increment)?).await
 }
 
 async fn renew_lease(
     state: &AdminState,
-    caller: &Caller,
+    access: &Access,
     id: String,
     increment: Option<Duration>,
 ) -> Result<Response, ApiError> {
-    find_own(state, caller, id.clone()).await?;
+    find_own(state, access, id.clone()).await?;
     let renewed = state.directory.renew(id.clone(), increment).await?;
     let mut warnings = Vec::new();
     if renewed.granted < renewed.requested {
@@ -485,7 +489,7 @@ async fn renew_lease(
         role: renewed.lease.role.clone(),
         expire_time: humantime::format_rfc3339_seconds(renewed.lease.expire_time).to_string(),
         capped: !warnings.is_empty(),
-        caller: caller.label(),
+        caller: access.caller.label(),
     };
     state.audit_durable(line).await?;
     Ok(lease_envelope(&id, renewed.granted.as_secs(), warnings))
@@ -514,46 +518,40 @@ fn yes() -> bool {
 /// `PUT /v1/sys/leases/revoke`.
 pub async fn revoke(
     State(state): State<Arc<AdminState>>,
-    auth: Authenticated,
+    access: Access,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = auth.caller()?;
     let body: RevokeBody = parse_body(body)?;
     let id = lease_id(body.lease_id)?;
-    revoke_lease(&state, &caller, id, body.sync).await
+    revoke_lease(&state, &access, id, body.sync).await
 }
 
 /// `PUT /v1/sys/leases/revoke/<lease_id>`.
 pub async fn revoke_path(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
-    auth: Authenticated,
+    access: Access,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = auth.caller()?;
     let body: RevokeBody = parse_body(body)?;
     let id = lease_id(Some(id))?;
-    revoke_lease(&state, &caller, id, body.sync).await
+    revoke_lease(&state, &access, id, body.sync).await
 }
 
 async fn revoke_lease(
     state: &AdminState,
-    caller: &Caller,
+    access: &Access,
     id: String,
     sync: bool,
 ) -> Result<Response, ApiError> {
-    match find_own(state, caller, id.clone()).await {
+    match find_own(state, access, id.clone()).await {
         // Revoking what does not exist succeeds, as in Vault: the caller's
         // goal (no such lease) holds.
         Err(e) if e.status == StatusCode::BAD_REQUEST => return Ok(no_content(sync)),
         Err(e) => return Err(e),
         Ok(_) => {}
     }
-    let by = if caller.is_operator() {
-        RevokedBy::Operator
-    } else {
-        RevokedBy::Workload
-    };
+    let by = revoked_by(&access.caller);
     state.directory.revoke(id, by, sync).await?;
     Ok(no_content(sync))
 }
@@ -570,10 +568,9 @@ fn no_content(sync: bool) -> Response {
 pub async fn revoke_prefix(
     State(state): State<Arc<AdminState>>,
     Path(prefix): Path<String>,
-    auth: Authenticated,
+    access: Access,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    auth.caller()?.require_operator()?;
     let body: RevokeBody = parse_body(body)?;
     bounded(&prefix)?;
     let filter = LeaseFilter {
@@ -582,7 +579,7 @@ pub async fn revoke_prefix(
     };
     state
         .directory
-        .revoke_matching(filter, RevokedBy::Operator, body.sync)
+        .revoke_matching(filter, revoked_by(&access.caller), body.sync)
         .await?;
     Ok(no_content(body.sync))
 }
@@ -607,9 +604,8 @@ pub struct FullListQuery {
 pub async fn list_full(
     State(state): State<Arc<AdminState>>,
     Query(query): Query<FullListQuery>,
-    auth: Authenticated,
+    access: Access,
 ) -> Result<Response, ApiError> {
-    let caller = auth.caller()?;
     let limit = query.limit.unwrap_or(MAX_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -627,12 +623,11 @@ pub async fn list_full(
         prefix: None,
     };
     // A workload pages through its own principal's leases only.
-    if let Caller::Workload {
-        issuer, identity, ..
-    } = &caller
-    {
-        filter.identity = Some(identity.clone());
-        filter.issuer = Some(issuer.clone());
+    if !access.every_lease() {
+        if let Some((issuer, identity)) = principal(&access.caller) {
+            filter.identity = Some(identity);
+            filter.issuer = Some(issuer);
+        }
     }
     let page = PageRequest {
         after: query.after,
@@ -642,7 +637,7 @@ pub async fn list_full(
     let leases: Vec<&LeaseView> = found
         .leases
         .iter()
-        .filter(|l| caller.may_act_on(&l.issuer, &l.identity))
+        .filter(|l| access.may_act_on(&l.issuer, &l.identity))
         .take(limit)
         .collect();
     Ok(envelope(
@@ -654,10 +649,9 @@ pub async fn list_full(
 /// (operators): everything matching, at once.
 pub async fn revoke_selected(
     State(state): State<Arc<AdminState>>,
-    auth: Authenticated,
+    access: Access,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    auth.caller()?.require_operator()?;
     let filter: LeaseFilter = parse_body(body)?;
     if filter.is_unrestricted() {
         return Err(ApiError::bad_request(
@@ -666,17 +660,37 @@ pub async fn revoke_selected(
     }
     let revoked = state
         .directory
-        .revoke_matching(filter, RevokedBy::Operator, true)
+        .revoke_matching(filter, revoked_by(&access.caller), true)
         .await?;
     Ok(Json(serde_json::json!({ "revoked": revoked })).into_response())
 }
 
 /// The lease, if it exists and the caller may act on it; 400 otherwise
 /// (a workload is not told that another identity's lease exists).
-async fn find_own(state: &AdminState, caller: &Caller, id: String) -> Result<LeaseView, ApiError> {
+async fn find_own(state: &AdminState, access: &Access, id: String) -> Result<LeaseView, ApiError> {
     match state.directory.lookup(id).await? {
-        Some(lease) if caller.may_act_on(&lease.issuer, &lease.identity) => Ok(lease),
+        Some(lease) if access.may_act_on(&lease.issuer, &lease.identity) => Ok(lease),
         _ => Err(LeaseApiError::NotFound.into()),
+    }
+}
+
+/// How the audit log names who revoked: the operator, or a workload or
+/// token (its label is on the request's `admin.request` line).
+fn revoked_by(caller: &Caller) -> RevokedBy {
+    if caller.is_operator() {
+        RevokedBy::Operator
+    } else {
+        RevokedBy::Workload
+    }
+}
+
+/// The `(issuer, identity)` of a caller that has one.
+fn principal(caller: &Caller) -> Option<(String, String)> {
+    match caller {
+        Caller::Operator => None,
+        Caller::Workload {
+            issuer, identity, ..
+        } => Some((issuer.clone(), identity.clone())),
     }
 }
 

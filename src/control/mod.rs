@@ -28,6 +28,7 @@
 //! It must not run SQL or end leases itself: it asks `lease` (the
 //! registry, the revoker, credential leases) and `pg` (the catalog).
 
+pub mod access;
 pub mod auth;
 pub mod directory;
 pub mod door;
@@ -61,6 +62,7 @@ use self::auth::{Authenticated, OperatorToken};
 use self::health::Probe;
 use self::leases::LeaseDirectory;
 use self::vault::ApiError;
+use crate::auth::acl::{BuiltinOnly, PolicyCache, PolicyTexts};
 use crate::auth::identity::FailureLimiter;
 use crate::config::Config;
 use crate::observe::audit::{Audit, AuditError, Event};
@@ -109,6 +111,14 @@ pub struct AdminState {
     pub failures: Arc<FailureLimiter>,
     /// What `/readyz` and `/metrics` read: the background checks' results.
     pub probes: health::ProbeResults,
+    /// Stored Vault policies by name (the store; none before it).
+    pub policies: Arc<dyn PolicyTexts>,
+    /// Stored policies, compiled.
+    pub policy_cache: PolicyCache,
+    /// `vault.jwt_mounts`: their logins need no token.
+    pub jwt_mounts: Vec<String>,
+    /// `vault.database_mount`: where `creds/<template>` lives.
+    pub database_mount: String,
 }
 
 impl AdminState {
@@ -138,6 +148,10 @@ impl AdminState {
             people: None,
             failures: Arc::new(FailureLimiter::new(&config.auth.failure_rate)),
             probes: Default::default(),
+            policies: Arc::new(BuiltinOnly),
+            policy_cache: PolicyCache::default(),
+            jwt_mounts: config.vault.jwt_mounts.clone(),
+            database_mount: config.vault.database_mount.clone(),
         }
     }
 
@@ -231,6 +245,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .merge(vault)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Innermost: the caller's policies, once `observe` said who it is.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            access::gate,
+        ))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),

@@ -102,6 +102,10 @@ async fn start(databases: &[&str]) -> Api {
             &Default::default(),
         )),
         probes: Default::default(),
+        policies: Arc::new(crate::auth::acl::BuiltinOnly),
+        policy_cache: Default::default(),
+        jwt_mounts: vec!["jwt".into(), "kubernetes".into()],
+        database_mount: "database".into(),
     };
     let listener = AdminListener::bind("127.0.0.1:0".parse().unwrap(), None, 16)
         .await

@@ -19,6 +19,7 @@
 //! UNTIL` and the comment), and the reaper of any instance drops it, its
 //! backends terminated, once that has passed.
 
+use crate::auth::policy::{authorize_with, Entitlement};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -94,6 +95,7 @@ impl Credentials {
         identity: &Identity,
         template: &str,
         client_addr: Option<SocketAddr>,
+        entitlement: Entitlement<'_>,
     ) -> Result<Issued, CredsError> {
         if shared.shutdown.is_cancelled() {
             return Err(CredsError::ShuttingDown);
@@ -112,7 +114,7 @@ impl Credentials {
             .and_then(|t| t.databases.first())
             .ok_or_else(|| CredsError::UnknownTemplate(template.to_owned()))?
             .clone();
-        let grant = crate::auth::policy::authorize(config, identity, template, &database)
+        let grant = authorize_with(config, identity, template, &database, entitlement)
             .map_err(|refusal| CredsError::NotAllowed { rule: refusal.rule })?;
         // The principal's own share (`[quotas]`), held until the lease ends.
         let quota = shared

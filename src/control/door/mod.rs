@@ -112,13 +112,6 @@ impl VaultDoor {
         let token = presented_token(headers).filter(|t| is_token(t))?;
         self.live.get(&TokenHash::of(token))
     }
-
-    /// Whether `caller` holds `sudo` on `path`: the operator always; a
-    /// token when its policies grant it (the ACL's answer; until policies
-    /// are evaluated at the door, no token has sudo).
-    pub fn sudo(&self, caller: &Caller, _path: &str) -> bool {
-        caller.is_operator()
-    }
 }
 
 /// The workload caller of `principal`.
