@@ -80,6 +80,7 @@ pub fn start(
                 Arc::clone(&state.directory),
                 shutdown.clone(),
             ));
+            state.policies = Arc::new(super::door::policy::StoredPolicies(shared.store.clone()));
             state.vault = Some(door);
         }
         tokio::spawn(super::serve(listener, state, stop.clone()))

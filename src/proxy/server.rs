@@ -112,6 +112,7 @@ impl Server {
             warm: Default::default(),
             sockmap,
             store,
+            policy_cache: Default::default(),
         });
         Ok(Server {
             shared,

@@ -111,6 +111,8 @@ pub struct Shared {
     /// What is written through the API (templates, policies, auth roles),
     /// kept in the admin database and current on every instance.
     pub store: crate::store::Store,
+    /// Stored Vault policies, compiled (a Vault token's session asks them).
+    pub policy_cache: crate::auth::acl::PolicyCache,
 }
 
 impl Shared {

@@ -10,6 +10,7 @@
 //! GET|LIST /v1/<db mount>/roles[/<name>]   roles.rs     templates, as Vault shows roles
 //! POST|PUT|DELETE /v1/<db mount>/roles/<n> roles.rs     templates written (operators)
 //! POST /v1/<db mount>/rotate-root/<db>     database.rs  new admin password (operators)
+//! *    /v1/sys/policy[/<name>], /v1/sys/policies/acl[/<name>]  policy.rs  Vault ACL policies
 //! GET|HEAD /v1/sys/health                  here         Vault's health shape
 //! GET|POST /v1/sys/mounts[/<path>]         sys.rs       mounts (enable: idempotent)
 //! GET|POST /v1/sys/auth[/<path>]           sys.rs       auth mounts
@@ -42,6 +43,7 @@ pub mod auth_roles;
 pub mod connection;
 pub mod database;
 pub mod login;
+pub mod policy;
 pub mod roles;
 pub mod sys;
 pub mod tokens;
@@ -162,6 +164,7 @@ pub fn routes(state: &AdminState) -> Router<Arc<AdminState>> {
         router = auth_roles::routes(router, mount);
     }
     router = token_routes(router);
+    router = policy_routes(router);
     let db = &v.database_mount;
     use database::*;
     // The admin persona (issue 20): mounts, connections, written roles.
@@ -189,6 +192,25 @@ pub fn routes(state: &AdminState) -> Router<Arc<AdminState>> {
             &format!("/v1/{db}/rotate-root/{{database}}"),
             post(rotate_root).put(rotate_root),
         )
+}
+
+/// `sys/policy` and `sys/policies/acl` (policy.rs).
+fn policy_routes(router: Router<Arc<AdminState>>) -> Router<Arc<AdminState>> {
+    use policy::{list, one, Api};
+    let mut router = router;
+    for (base, api) in [
+        ("/v1/sys/policy", Api::Legacy),
+        ("/v1/sys/policies/acl", Api::Acl),
+    ] {
+        let l = move |state, method, query| list(state, method, query, api);
+        let o =
+            move |state, method, path, access, body| one(state, method, path, access, body, api);
+        router = router
+            .route(base, any(l))
+            .route(&format!("{base}/"), any(l))
+            .route(&format!("{base}/{{name}}"), any(o));
+    }
+    router
 }
 
 /// `auth/token/*` (`lookup-self` is served with or without the door).

@@ -27,6 +27,7 @@ use serde_json::{json, Map, Value};
 
 use super::{door, VaultDoor};
 use crate::config::RoleTemplate;
+use crate::control::access::Access;
 use crate::control::auth::Authenticated;
 use crate::control::leases::{is_list, parse_body, ListQuery};
 use crate::control::vault::{envelope, ApiError};
@@ -79,6 +80,7 @@ pub async fn role(
     method: Method,
     Path(name): Path<String>,
     auth: Authenticated,
+    access: Access,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let door = door(&state)?;
@@ -86,8 +88,8 @@ pub async fn role(
         return Err(ApiError::bad_request("role name too long"));
     }
     match method.as_str() {
-        "GET" => read(door, &name, &auth),
-        "POST" | "PUT" => write(&state, door, &name, &auth, body).await,
+        "GET" => read(&state, door, &name, &access),
+        "POST" | "PUT" => write(&state, door, &name, &auth, &access, body).await,
         "DELETE" => delete(&state, door, &name, &auth).await,
         _ => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -96,8 +98,19 @@ pub async fn role(
     }
 }
 
-fn read(door: &VaultDoor, name: &str, auth: &Authenticated) -> Result<Response, ApiError> {
-    let operator = any_caller(auth)?;
+fn read(
+    state: &AdminState,
+    door: &VaultDoor,
+    name: &str,
+    access: &Access,
+) -> Result<Response, ApiError> {
+    // The SQL for the operator and for callers whose own policies grant
+    // the read; other workloads see names and TTLs.
+    let operator = state.policy_acl(&access.caller).allows(
+        &access.need.path,
+        crate::auth::acl::Capability::Read,
+        false,
+    );
     let runtime = door.shared.runtime();
     let template = runtime
         .config
@@ -154,10 +167,19 @@ async fn write(
     door: &VaultDoor,
     name: &str,
     auth: &Authenticated,
+    access: &Access,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let caller = auth.caller()?;
-    caller.require_operator()?;
+    // `create` for a new role, `update` for one that exists, as Vault's
+    // existence check decides.
+    let exists = door
+        .shared
+        .store
+        .snapshot()
+        .get(Kind::Template, name)
+        .is_some();
+    access.require_write(exists)?;
     refuse_config_template(door, name)?;
     let fields: Map<String, Value> = parse_body(body)?;
     let shared = &door.shared;
@@ -188,8 +210,8 @@ async fn delete(
     name: &str,
     auth: &Authenticated,
 ) -> Result<Response, ApiError> {
+    // Operators, or `delete` on the path: the gate checked.
     let caller = auth.caller()?;
-    caller.require_operator()?;
     refuse_config_template(door, name)?;
     let shared = &door.shared;
     // Vault answers 204 for a role that is not there, too.

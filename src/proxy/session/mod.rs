@@ -207,7 +207,7 @@ async fn verify_password(
 ) -> Result<
     (
         crate::auth::identity::Identity,
-        Option<crate::auth::token::TokenHash>,
+        Option<(crate::auth::token::TokenHash, Vec<String>)>,
     ),
     crate::auth::identity::IdentityError,
 > {
@@ -235,7 +235,7 @@ async fn verify_password(
                     .unwrap_or_else(|| SystemTime::now() + crate::auth::token::MAX_TOKEN_TTL),
                 issuer: t.issuer,
             },
-            Some(hash),
+            Some((hash, t.policies)),
         )),
         Ok(None) => {
             failures.failed(peer.ip());
@@ -246,6 +246,30 @@ async fn verify_password(
             Err(IdentityError::VaultToken("could not be checked"))
         }
     }
+}
+
+/// What entitles a session: a Vault token's policies (`read` on
+/// `<database mount>/creds/<template>`, beside the allow lists), else the
+/// template's allow lists, as on the HTTP door.
+fn session_grant<'a>(
+    shared: &Shared,
+    config: &'a crate::config::Config,
+    identity: &crate::auth::identity::Identity,
+    vault_token: Option<&(crate::auth::token::TokenHash, Vec<String>)>,
+    template: &str,
+    database: &str,
+) -> Result<crate::auth::policy::Grant<'a>, crate::auth::policy::Refusal> {
+    use crate::auth::policy::{authorize, authorize_with, Entitlement};
+    let Some((_, policies)) = vault_token else {
+        return authorize(config, identity, template, database);
+    };
+    let stored = crate::control::door::policy::StoredPolicies(shared.store.clone());
+    let acl = shared.policy_cache.acl(policies, &stored);
+    let entitlement = Entitlement::Policies {
+        acl: &acl,
+        database_mount: &config.vault.database_mount,
+    };
+    authorize_with(config, identity, template, database, entitlement)
 }
 
 /// The token store, over the admin pool.
@@ -344,7 +368,14 @@ async fn authorize_and_mint(
             return Err((error, detail));
         }
     };
-    let grant = match crate::auth::policy::authorize(config, &identity, template, database) {
+    let grant = match session_grant(
+        shared,
+        config,
+        &identity,
+        vault_token.as_ref(),
+        template,
+        database,
+    ) {
         Ok(grant) => grant,
         Err(refusal) => {
             crate::observe::metrics::auth(false, refusal.error.kind(), Some(&identity.issuer));
@@ -410,7 +441,7 @@ async fn authorize_and_mint(
 
     let started = Instant::now();
     let lease_id = registry::new_lease_id(LeaseKind::Session, grant.template_name);
-    if let Some(hash) = &vault_token {
+    if let Some((hash, _)) = &vault_token {
         record_token_lease(shared, hash, &lease_id, grant.ttl).await?;
     }
     let request = MintRequest {
