@@ -2,8 +2,8 @@
 //! 20): the database tutorial's two personas with real hvac and requests
 //! (`examples/vault/admin_tutorial.py`), then what Vault's single server
 //! cannot show: a second instance serves a role (and honours a token)
-//! written through the first
-//! within a second, a restarted instance still has them, and a deleted
+//! written through the first within a second, a restarted instance still
+//! has them, and a deleted
 //! role's running lease ends normally and is revoked with its statements.
 //!
 //! The Python part runs when `ROLEMINT_TEST_PYTHON` names an interpreter
@@ -151,7 +151,8 @@ async fn the_tutorials_admin_and_app_personas_with_hvac_and_requests() {
         "the revoked role {user} is left"
     );
 
-    // In PostgreSQL: the role and the connection, written by the operator.
+    // In PostgreSQL: the connection, the policy and the role, written by
+    // the operator.
     let su = h.superuser_on("postgres").await;
     let rows = su
         .query(
@@ -168,6 +169,7 @@ async fn the_tutorials_admin_and_app_personas_with_hvac_and_requests() {
         rows,
         [
             ("connection".into(), "postgresql".into(), "operator".into()),
+            ("policy".into(), "apps".into(), "operator".into()),
             ("template".into(), "readonly".into(), "operator".into()),
         ]
     );

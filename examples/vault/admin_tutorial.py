@@ -6,8 +6,10 @@ The admin (VAULT_TOKEN, rolemint's operator token) enables the database
 mount, writes the connection, writes role `readonly` from readonly.sql (as
 `vault write database/roles/readonly creation_statements=@readonly.sql`
 sends it, and as `curl --data @payload.json` does), reads it back and
-lists it. The app (APP_TOKEN) reads credentials, connects to PostgreSQL
-with them, renews the lease and revokes it.
+lists it, writes policy `apps` from apps-policy.hcl and creates a token
+with it. The app, with that token, reads credentials, connects to
+PostgreSQL with them, renews the lease and revokes it; a token without the
+policy (APP_TOKEN, an identity JWT: the `default` policy) gets 403.
 
     VAULT_ADDR=http://127.0.0.1:8200 VAULT_TOKEN=rmo_... APP_TOKEN=eyJ... \
     PGHOST=127.0.0.1 PGPORT=5432 PGDATABASE=appdb PGADMIN=rolemint_admin \
@@ -100,9 +102,6 @@ def admin() -> None:
         "creation_statements": readonly_sql,
         "default_ttl": "1h",
         "max_ttl": "24h",
-        # rolemint's own key: who may read credentials of this role, until
-        # a Vault policy grants it.
-        "allow_identities": ["*"],
     }
     r = requests.post(
         f"{ADDR}/v1/database/roles/readonly",
@@ -154,11 +153,26 @@ def admin() -> None:
         hvac.exceptions.InvalidRequest,
         "VALID UNTIL",
     )
+
+    # vault policy write apps apps-policy.hcl
+    with open(os.path.join(HERE, "apps-policy.hcl"), encoding="utf-8") as f:
+        client.sys.create_or_update_policy(name="apps", policy=f.read())
+    expect("apps" in client.sys.list_policies()["data"]["policies"], "policy listed")
+    # vault token create -policy=apps
+    token = client.auth.token.create(policies=["apps"], ttl="1h")["auth"]["client_token"]
     print("admin: done")
+    return token
 
 
-def app() -> None:
-    client = hvac.Client(url=ADDR, token=os.environ["APP_TOKEN"])
+def app(token: str) -> None:
+    # Without the policy: no credentials.
+    other = hvac.Client(url=ADDR, token=os.environ["APP_TOKEN"])
+    refused(
+        lambda: other.secrets.database.generate_credentials(name="readonly"),
+        hvac.exceptions.Forbidden,
+        "permission denied",
+    )
+    client = hvac.Client(url=ADDR, token=token)
     # Not the admin: writing a role is refused.
     refused(
         lambda: client.secrets.database.create_role(
@@ -193,5 +207,4 @@ def app() -> None:
 
 
 if __name__ == "__main__":
-    admin()
-    app()
+    app(admin())
