@@ -98,6 +98,16 @@ async fn a_plaintext_session_runs_through_the_kernel_and_leaves_nothing() {
         .expect("200k rows down");
     assert_eq!(rows.len(), 200_000);
     assert_eq!(rows[199_999].get::<_, i32>(0), 200_000);
+    // While the session runs, its lease shows the kernel's byte counts.
+    let live = wait_until(Duration::from_secs(10), || async {
+        h.shared.leases.list().iter().any(|l| {
+            l.id == lease
+                && l.bytes_in.load(std::sync::atomic::Ordering::Relaxed) >= big.len() as u64
+                && l.bytes_out.load(std::sync::atomic::Ordering::Relaxed) >= 200_000 * 32
+        })
+    })
+    .await;
+    assert!(live, "the lease shows no live traffic");
     // The table's rows are untouched by any of it.
     let n: i64 = client
         .query_one("SELECT count(*) FROM accounts", &[])

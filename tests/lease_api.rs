@@ -565,3 +565,42 @@ async fn one_instance_revokes_and_renews_the_sessions_of_another() {
         b.log()
     );
 }
+
+/// A running session's traffic shows in its lease lookup as it flows, not
+/// only once the session has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_shows_a_running_sessions_bytes() {
+    let (h, admin) = with_admin("").await;
+    let client = h.session("readonly", "uma").await;
+    let id = h.shared.leases.list().pop().unwrap().id.clone();
+    let lookup = || async {
+        let (status, body) = api(
+            admin,
+            "PUT",
+            "/v1/sys/leases/lookup",
+            Some(json!({"lease_id": id})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let bytes = |key: &str| {
+            body["data"][key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{key}: {body}"))
+        };
+        (bytes("bytes_in"), bytes("bytes_out"))
+    };
+    let (before_in, before_out) = lookup().await;
+    let sql = "SELECT repeat('x', 100000) AS payload /* a query of some length */";
+    let row = client.query_one(sql, &[]).await.expect("query");
+    assert_eq!(row.get::<_, String>(0).len(), 100_000);
+    let (after_in, after_out) = lookup().await;
+    assert!(
+        after_in >= before_in + sql.len() as u64,
+        "{before_in} -> {after_in}"
+    );
+    assert!(
+        after_out >= before_out + 100_000,
+        "{before_out} -> {after_out}"
+    );
+    drop(client);
+}

@@ -33,6 +33,9 @@ use crate::tls::{BackendStream, ClientStream, MaybeTls};
 const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait at the end for the kernel to forward what it still holds.
 const SETTLE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a spliced session's byte counts reach its lease (a lookup
+/// is at most this stale).
+const LIVE_TRAFFIC_EVERY: Duration = Duration::from_secs(1);
 
 /// A pair in the sockmap, and what was written to the client by rolemint
 /// itself since (the forwarded startup), which TCP counts too.
@@ -126,6 +129,7 @@ impl Splice<'_> {
                 Ok(Side::Backend) => End::BackendClosed,
                 Err(_) => End::Failed,
             },
+            never = self.publish_traffic(lease) => match never {},
         };
         self.settle(&end).await;
         let (client_to_backend, backend_to_client) = self.spliced.traffic();
@@ -140,6 +144,17 @@ impl Splice<'_> {
                 backend_to_client,
             },
         )
+    }
+
+    /// Copies the kernel's byte counts (`TCP_INFO`) to the lease every
+    /// [`LIVE_TRAFFIC_EVERY`], so a lease lookup shows a running spliced
+    /// session's traffic; never returns.
+    async fn publish_traffic(&self, lease: &Lease) -> std::convert::Infallible {
+        loop {
+            let (up, down) = self.spliced.traffic();
+            lease.set_traffic(up, down);
+            tokio::time::sleep(LIVE_TRAFFIC_EVERY).await;
+        }
     }
 
     /// Waits until each leg has sent on what the other received, or

@@ -104,7 +104,8 @@ pub async fn splice(
     lease: &Lease,
     audited: Option<Audited<'_>>,
 ) -> (End, Traffic) {
-    splice_until(client, backend, framer, lease.ended(), audited).await
+    let live = |t: Traffic| lease.set_traffic(t.client_to_backend, t.backend_to_client);
+    splice_counted(client, backend, framer, lease.ended(), audited, live).await
 }
 
 /// Splices until either side closes or `ended` resolves with the reason the
@@ -123,11 +124,30 @@ pub async fn splice(
 /// once forwarded. A client stream that cannot be split into messages ends
 /// such a session with 08P01: nothing after it could be audited.
 pub async fn splice_until<C, B, E>(
+    client: C,
+    backend: B,
+    framer: Framer,
+    ended: E,
+    audited: Option<Audited<'_>>,
+) -> (End, Traffic)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+    E: Future<Output = EndReason>,
+{
+    splice_counted(client, backend, framer, ended, audited, |_| {}).await
+}
+
+/// [`splice_until`], telling `live` the bytes moved so far after every
+/// wakeup that moved any: a lease lookup shows a running session's
+/// traffic (two relaxed stores per wakeup, next to a read and a write).
+async fn splice_counted<C, B, E>(
     mut client: C,
     mut backend: B,
     framer: Framer,
     ended: E,
     audited: Option<Audited<'_>>,
+    live: impl Fn(Traffic),
 ) -> (End, Traffic)
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -154,7 +174,15 @@ where
             End::Lease(reason)
         }
         closed = std::future::poll_fn(|cx| {
-            poll_both(cx, &mut up, &mut down, &mut client, &mut backend)
+            let before = (up.bytes, down.bytes);
+            let polled = poll_both(cx, &mut up, &mut down, &mut client, &mut backend);
+            if (up.bytes, down.bytes) != before {
+                live(Traffic {
+                    client_to_backend: up.bytes,
+                    backend_to_client: down.bytes,
+                });
+            }
+            polled
         }) => match closed {
             Ok(Closed::Client) => {
                 let _ = backend.shutdown().await;
