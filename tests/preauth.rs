@@ -63,3 +63,60 @@ async fn one_source_cannot_hold_every_handshake_slot() {
     .await;
     assert!(back, "the source's slots were not given back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_tokens_writes_a_bounded_audit_log() {
+    let h = Harness::with(Options {
+        // The failure limiter opened wide: the session after the flood
+        // comes from the same address.
+        extra_toml: "[audit]\npath = \"audit.jsonl\"\npre_auth_lines_per_second = 5\n\n\
+                     [auth.failure_rate]\nburst = 100000\nper_minute = 100000\n"
+            .into(),
+        ..Options::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    for _ in 0..150 {
+        let e = h
+            .connect("readonly", "appdb", "not-a-token")
+            .await
+            .expect_err("a bad token");
+        assert_eq!(common::sqlstate(&e).as_deref(), Some("28P01"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // A session after the flood: its lines are not limited.
+    let client = h.session("readonly", "alice").await;
+    client.simple_query("SELECT 1").await.unwrap();
+    drop(client);
+    let path = h.config.audit.path.clone().unwrap();
+    let written = common::wait_until(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&path).is_ok_and(|t| t.contains("\"auth.ok\""))
+    })
+    .await;
+    assert!(written, "the session's auth.ok line was not written");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let failed = text
+        .lines()
+        .filter(|l| l.contains("\"event\":\"auth.failed\""))
+        .count();
+    // At most the burst and what the rate earned while the flood lasted.
+    let bound = 5 + (5.0 * elapsed).ceil() as usize + 1;
+    assert!(
+        failed <= bound && failed < 150,
+        "{failed} auth.failed lines for 150 bad tokens in {elapsed:.1} s (bound {bound})"
+    );
+    assert!(failed >= 5, "{text}");
+    let metrics = rolemint::observe::metrics::handle().render();
+    let suppressed: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("rolemint_audit_lines_suppressed_total ")?
+                .parse()
+                .ok()
+        })
+        .expect("the suppressed counter");
+    assert!(
+        suppressed >= (150 - bound) as f64,
+        "{suppressed} suppressed"
+    );
+}

@@ -337,11 +337,31 @@ pub struct ClusterConfig {
 /// observed cancel key.
 pub const MIN_CLUSTER_SECRET_BYTES: usize = 32;
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// A file appended to, or `"stdout"`; unset: no audit log.
     pub path: Option<PathBuf>,
+    /// Lines a second (a burst of as many) for refusals before
+    /// authentication: refused connections, tokens nobody accepts, admin
+    /// requests without a valid token. A flood of them cannot fill the
+    /// disk; the lines left out are counted and summed up in an
+    /// `audit.suppressed` line.
+    #[serde(default = "default_audit_pre_auth_lines_per_second")]
+    pub pre_auth_lines_per_second: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: None,
+            pre_auth_lines_per_second: default_audit_pre_auth_lines_per_second(),
+        }
+    }
+}
+
+fn default_audit_pre_auth_lines_per_second() -> u32 {
+    50
 }
 
 /// TLS to the backend. Unset, it is `verify-full` for a backend that is
@@ -910,6 +930,21 @@ impl Config {
         if p.max_handshakes_per_source == 0 {
             return Err(invalid(
                 "proxy.max_handshakes_per_source must be at least 1",
+            ));
+        }
+        if self.audit.pre_auth_lines_per_second == 0 {
+            return Err(invalid(
+                "audit.pre_auth_lines_per_second must be at least 1",
+            ));
+        }
+        let q = &self.quotas;
+        if q.max_sessions_per_principal == Some(0)
+            || q.max_credential_leases_per_principal == Some(0)
+            || !(1..=10_000_000).contains(&q.max_principals)
+        {
+            return Err(invalid(
+                "quotas: a per-principal limit must be at least 1, max_principals 1..10000000 \
+                 (mints_per_minute_per_principal = 0 turns the rate off)",
             ));
         }
         if !(1024..=1024 * 1024).contains(&p.max_token_bytes) {

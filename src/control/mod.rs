@@ -376,7 +376,9 @@ impl Seen {
             caller,
             client_addr: self.client.to_string(),
         };
-        if read || self.method.as_str() == "LIST" {
+        // A request nobody authenticated changed nothing, and its line is
+        // rate limited (`Audit::record`): never waited for.
+        if read || self.method.as_str() == "LIST" || event.is_pre_auth() {
             state.audit.record(event);
         } else if let Err(e) = state.audit.record_durable(event).await {
             tracing::error!("audit: {e}");

@@ -20,7 +20,9 @@ use crate::runtime::state::Shared;
 pub async fn bind(config: &Config) -> anyhow::Result<(Option<AdminListener>, Audit)> {
     crate::observe::metrics::handle();
     let audit = match &config.audit.path {
-        Some(path) => Audit::open(Target::from_config(path)).context("opening the audit log")?,
+        Some(path) => Audit::open(Target::from_config(path))
+            .context("opening the audit log")?
+            .with_pre_auth_limit(config.audit.pre_auth_lines_per_second),
         None => Audit::disabled(),
     };
     let admin = AdminListener::from_config(config).await?;

@@ -21,6 +21,14 @@
 //!
 //! The writer is a thread rather than a task because file writes block; a
 //! thread needs no runtime, and ends when the last [`Audit`] handle drops.
+//!
+//! Refusals before authentication ([`Event::is_pre_auth`]: a refused
+//! connection, a token nobody accepts, an admin request without a valid
+//! token) cost an attacker nothing, so they are rate limited
+//! (`[audit] pre_auth_lines_per_second`): a flood of them cannot fill the
+//! disk. The lines left out are counted in
+//! `rolemint_audit_lines_suppressed_total`, and the next pre-auth line
+//! written is preceded by an `audit.suppressed` line with their number.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -106,6 +114,10 @@ pub enum Event {
         template: String,
         client_addr: Option<String>,
     },
+    /// Pre-authentication lines left out since the last one written
+    /// (`[audit] pre_auth_lines_per_second`).
+    #[serde(rename = "audit.suppressed")]
+    AuditSuppressed { count: u64 },
     #[serde(rename = "auth.ok")]
     AuthOk {
         identity: String,
@@ -232,11 +244,28 @@ pub enum Event {
 
 impl Event {
     /// The event's name as written in `event`.
+    /// A refusal before anyone authenticated: what a flood is made of,
+    /// rate limited (see the module doc).
+    pub fn is_pre_auth(&self) -> bool {
+        match self {
+            Event::ConnectionRefused { .. } => true,
+            Event::AuthFailed { identity, .. } => identity.is_none(),
+            Event::AdminRequest { caller, .. } => {
+                matches!(
+                    caller.as_str(),
+                    "anonymous" | "invalid-token" | "rate-limited"
+                )
+            }
+            _ => false,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Event::ConnectionRefused { .. } => "connection.refused",
             Event::AuthFailed { .. } => "auth.failed",
             Event::AuthOk { .. } => "auth.ok",
+            Event::AuditSuppressed { .. } => "audit.suppressed",
             Event::QuotaRefused { .. } => "quota.refused",
             Event::LeaseMinted { .. } => "lease.minted",
             Event::SessionStatement { .. } => "session.statement",
@@ -280,12 +309,68 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct Audit {
     queue: Option<mpsc::Sender<Command>>,
+    /// The budget of pre-authentication lines.
+    pre_auth: std::sync::Arc<std::sync::Mutex<PreAuthBudget>>,
+}
+
+/// A token bucket of pre-authentication lines, and the lines left out.
+#[derive(Debug)]
+struct PreAuthBudget {
+    per_second: f64,
+    tokens: f64,
+    updated: std::time::Instant,
+    suppressed: u64,
+}
+
+impl PreAuthBudget {
+    fn new(per_second: u32) -> PreAuthBudget {
+        let per_second = f64::from(per_second.max(1));
+        PreAuthBudget {
+            per_second,
+            tokens: per_second,
+            updated: std::time::Instant::now(),
+            suppressed: 0,
+        }
+    }
+
+    /// `Ok(n)`: write the line, after a summary of `n` left out (if any);
+    /// `Err(())`: leave it out.
+    fn spend(&mut self) -> Result<u64, ()> {
+        let now = std::time::Instant::now();
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        self.updated = now;
+        if self.tokens < 1.0 {
+            self.suppressed += 1;
+            return Err(());
+        }
+        self.tokens -= 1.0;
+        Ok(std::mem::take(&mut self.suppressed))
+    }
+}
+
+impl Default for PreAuthBudget {
+    fn default() -> Self {
+        PreAuthBudget::new(50)
+    }
 }
 
 impl Audit {
     /// An audit log that writes nothing.
     pub fn disabled() -> Audit {
-        Audit { queue: None }
+        Audit {
+            queue: None,
+            pre_auth: Default::default(),
+        }
+    }
+
+    /// The same log with `per_second` pre-authentication lines a second
+    /// (`[audit] pre_auth_lines_per_second`; 50 unless set).
+    pub fn with_pre_auth_limit(self, per_second: u32) -> Audit {
+        Audit {
+            pre_auth: std::sync::Arc::new(std::sync::Mutex::new(PreAuthBudget::new(per_second))),
+            ..self
+        }
     }
 
     /// Opens the target (creating a file with mode 0640) and starts the
@@ -297,7 +382,10 @@ impl Audit {
             .name("rolemint-audit".into())
             .spawn(move || writer(target, sink, rx))
             .map_err(|e| AuditError::Write(std::io::Error::other(e)))?;
-        Ok(Audit { queue: Some(tx) })
+        Ok(Audit {
+            queue: Some(tx),
+            pre_auth: Default::default(),
+        })
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -308,7 +396,23 @@ impl Audit {
     /// full.
     pub fn record(&self, event: Event) {
         let Some(queue) = &self.queue else { return };
-        let line = format_line(&event, SystemTime::now());
+        if event.is_pre_auth() {
+            let spent = self
+                .pre_auth
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .spend();
+            match spent {
+                Err(()) => return crate::observe::metrics::audit_line_suppressed(),
+                Ok(0) => {}
+                Ok(count) => self.enqueue(queue, &Event::AuditSuppressed { count }),
+            }
+        }
+        self.enqueue(queue, &event);
+    }
+
+    fn enqueue(&self, queue: &mpsc::Sender<Command>, event: &Event) {
+        let line = format_line(event, SystemTime::now());
         match queue.try_send(Command::Line(line, None)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -590,6 +694,53 @@ mod tests {
         audit.record_durable(revoked("y")).await.unwrap();
         audit.reopen().await.unwrap();
         assert!(!audit.is_enabled());
+    }
+
+    #[tokio::test]
+    async fn pre_auth_lines_are_rate_limited_and_summed_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::open(Target::File(path.clone()))
+            .unwrap()
+            .with_pre_auth_limit(5);
+        let refused = || Event::ConnectionRefused {
+            client_addr: "10.0.0.1:1".into(),
+            reason: "protocol".into(),
+        };
+        for _ in 0..100 {
+            audit.record(refused());
+        }
+        // Decisions after authentication are never limited.
+        audit.record_durable(revoked("l")).await.unwrap();
+        let lines = |event: &str| -> Vec<serde_json::Value> {
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|v| v["event"] == event)
+                .collect()
+        };
+        assert_eq!(lines("connection.refused").len(), 5);
+        assert_eq!(lines("lease.revoked").len(), 1);
+        // Once the budget refills, the next line follows a summary.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lines("audit.suppressed").is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            audit.record(refused());
+            audit.record_durable(revoked("barrier")).await.unwrap();
+        }
+        let summary = lines("audit.suppressed");
+        assert_eq!(summary.len(), 1, "no summary line");
+        assert!(summary[0]["count"].as_u64().unwrap() >= 95, "{summary:?}");
+        assert!(!Event::AuthFailed {
+            reason: "r".into(),
+            issuer: Some("i".into()),
+            identity: Some("alice".into()),
+            client_addr: "a".into(),
+            template: "t".into(),
+            database: "d".into(),
+        }
+        .is_pre_auth());
     }
 
     #[test]

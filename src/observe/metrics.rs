@@ -56,6 +56,7 @@ pub const BUILD_INFO: &str = "rolemint_build_info";
 pub const ADMIN_REQUESTS: &str = "rolemint_admin_requests_total";
 pub const AUDIT_LINES_DROPPED: &str = "rolemint_audit_lines_dropped_total";
 pub const AUDIT_WRITE_ERRORS: &str = "rolemint_audit_write_errors_total";
+pub const AUDIT_LINES_SUPPRESSED: &str = "rolemint_audit_lines_suppressed_total";
 pub const WARM_POOL_READY: &str = "rolemint_warm_pool_ready";
 pub const WARM_POOL_CLAIMS: &str = "rolemint_warm_pool_claims_total";
 pub const KERNEL_SPLICED: &str = "rolemint_kernel_spliced_sessions_total";
@@ -85,6 +86,7 @@ pub const ALL: &[Described] = &[
     d(ADMIN_REQUESTS, Kind::Counter, None, "Admin HTTP requests, by route template and status code."),
     d(AUDIT_LINES_DROPPED, Kind::Counter, None, "Audit lines dropped because the writer fell behind (the queue was full)."),
     d(AUDIT_WRITE_ERRORS, Kind::Counter, None, "Audit lines that could not be written (disk full, file removed)."),
+    d(AUDIT_LINES_SUPPRESSED, Kind::Counter, None, "Pre-authentication audit lines left out by [audit] pre_auth_lines_per_second (a flood of refusals)."),
     d(WARM_POOL_READY, Kind::Gauge, None, "Pooled roles ready to be claimed (logged in, idle), by role template."),
     d(KERNEL_SPLICED, Kind::Counter, None, "Sessions whose bytes the kernel forwarded (proxy.kernel_splice), by template."),
     d(QUOTA_REFUSALS, Kind::Counter, None, "Sessions and credential leases refused by a per-principal quota, by quota (sessions, credential_leases, mints_per_minute, principals)."),
@@ -142,6 +144,7 @@ fn zero_counters() {
         ROLES_REAPED,
         AUDIT_LINES_DROPPED,
         AUDIT_WRITE_ERRORS,
+        AUDIT_LINES_SUPPRESSED,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -411,6 +414,11 @@ pub fn quota_refused(quota: &'static str) {
 pub fn audit_line_dropped() {
     installed();
     metrics::counter!(AUDIT_LINES_DROPPED).increment(1);
+}
+
+pub fn audit_line_suppressed() {
+    installed();
+    metrics::counter!(AUDIT_LINES_SUPPRESSED).increment(1);
 }
 
 pub fn audit_write_error() {
