@@ -68,7 +68,9 @@ async fn hvac(python: &str, admin: SocketAddr, script: &str, env: &[(&str, Strin
     let prelude = "import hvac, json, os, sys\n\
                    ADDR = os.environ['VAULT_ADDR']\n\
                    root = hvac.Client(url=ADDR, token=os.environ['OPERATOR'])\n\
-                   def client(token):\n    return hvac.Client(url=ADDR, token=token)\n";
+                   def client(token):\n    return hvac.Client(url=ADDR, token=token)\n\
+                   APPS = 'path \"auth/token/create\" { capabilities = [\"update\"] }\\n\
+                   path \"database/creds/tokens\" { capabilities = [\"read\"] }'\n";
     std::fs::write(&path, format!("{prelude}{script}")).unwrap();
     let out = tokio::process::Command::new(python)
         .arg(&path)
@@ -184,6 +186,13 @@ async fn revoking_a_parent_revokes_its_child_and_their_credential_leases() {
         &python,
         admin,
         r#"
+root.sys.create_or_update_policy("apps", APPS)
+plain = client(root.auth.token.create(policies=["default"])["auth"]["client_token"])
+try:
+    plain.auth.token.create(policies=["default"])
+    sys.exit("a token without update on auth/token/create made a child")
+except hvac.exceptions.Forbidden:
+    pass
 parent = root.auth.token.create(policies=["apps"], ttl="1h")["auth"]
 assert parent["policies"] == ["apps", "default"], parent
 assert parent["orphan"] is False and parent["renewable"] is True, parent
@@ -256,9 +265,15 @@ assert client(os.environ["ORPHAN"]).auth.token.lookup_self()["data"]["orphan"] i
         .query("SELECT t::text FROM rolemint.tokens t", &[])
         .await
         .unwrap();
-    assert_eq!(rows.len(), 1, "only the orphan is left");
-    let row: String = rows[0].get(0);
-    assert!(!row.contains(&env[2].1) && !row.contains("rmv."), "{row}");
+    assert_eq!(
+        rows.len(),
+        2,
+        "only the orphan and the plain token are left"
+    );
+    for row in rows {
+        let row: String = row.get(0);
+        assert!(!row.contains(&env[2].1) && !row.contains("rmv."), "{row}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,6 +347,7 @@ async fn lookup_renew_accessors_uses_and_the_sweep() {
         &python,
         admin,
         r#"
+root.sys.create_or_update_policy("apps", APPS)
 t = root.auth.token.create(policies=["apps"], ttl="60s", explicit_max_ttl="120s",
                            meta={"team": "db"}, display_name="ci")["auth"]
 tok, acc = t["client_token"], t["accessor"]

@@ -20,7 +20,9 @@
 //! finds it there. A revocation on any instance is seen by the next
 //! request anywhere.
 //!
-//! Knowing a token is authority over it: `lookup`, `renew` and `revoke`
+//! Creating a child takes `update` on `auth/token/create` (or
+//! `create-orphan`) in the caller's policies, as in Vault; `sudo` there
+//! lifts the subset rule. Knowing a token is authority over it: `lookup`, `renew` and `revoke`
 //! with the token in the body are open to any authenticated caller.
 //! Accessor routes are the operator's (policies may open them, see
 //! `auth/acl`). Revoking a token revokes its subtree and every credential
@@ -39,6 +41,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::{door, Principal, VaultDoor};
+use crate::auth::acl::Capability;
 use crate::auth::fields;
 use crate::auth::token::{
     self, accessor_of, is_token, plan_create, CreateRequest, Creator, Limits, Plan, TokenError,
@@ -331,19 +334,25 @@ async fn create_common(
             num_uses: 0,
             expires_at: None,
         },
-        (_, Some(p)) => Creator {
-            policies: &p.policies,
-            sudo: state.sudo(
-                &caller,
-                if orphan_path {
-                    "auth/token/create-orphan"
-                } else {
-                    "auth/token/create"
-                },
-            ),
-            num_uses: p.num_uses,
-            expires_at: p.expires_at,
-        },
+        (_, Some(p)) => {
+            // As Vault: creating a token takes `update` (or `create`) on
+            // the path, which the `default` policy does not grant.
+            let path = if orphan_path {
+                "auth/token/create-orphan"
+            } else {
+                "auth/token/create"
+            };
+            let granted = state.policy_acl(&caller).capabilities(path, false);
+            if !granted.grants(Capability::Update) && !granted.grants(Capability::Create) {
+                return Err(ApiError::permission_denied());
+            }
+            Creator {
+                policies: &p.policies,
+                sudo: state.sudo(&caller, path),
+                num_uses: p.num_uses,
+                expires_at: p.expires_at,
+            }
+        }
         // An identity JWT is not a token: it has no place in the tree.
         (_, None) => return Err(ApiError::permission_denied()),
     };
