@@ -29,7 +29,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Query, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -278,9 +278,12 @@ pub async fn gate(
     if request.extensions().get::<MatchedPath>().is_none() {
         return next.run(request).await;
     }
-    let list = Query::<super::leases::ListQuery>::try_from_uri(request.uri())
-        .map(|q| q.0.is_list_query())
-        .unwrap_or(false);
+    // `?list=true`: a GET that is Vault's LIST (read here, not through the
+    // lease module's query type, which imports this one).
+    let list = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "list=true"));
     let need = match need(
         request.method(),
         request.uri().path(),

@@ -283,13 +283,6 @@ pub struct ListQuery {
     list: Option<String>,
 }
 
-impl ListQuery {
-    /// `?list=true`: a GET that is Vault's LIST.
-    pub fn is_list_query(&self) -> bool {
-        self.list.as_deref() == Some("true")
-    }
-}
-
 /// `/v1/sys/leases/lookup` and `/v1/sys/leases/lookup/`: LIST from the
 /// root, or PUT/POST a lookup.
 pub async fn lookup_root(
