@@ -30,6 +30,10 @@ pub enum ClientError {
     /// The identity may not use this template.
     #[error("identity is not allowed to use role template \"{0}\"")]
     TemplateNotAllowed(String),
+    /// The template needs an approved access request, and the identity
+    /// holds none that is current.
+    #[error("role template \"{0}\" needs an approved access request: run rolemint request create {0} --reason \"...\" and ask an approver")]
+    ApprovalRequired(String),
     /// The template does not list this database.
     #[error("database \"{database}\" is not allowed for role template \"{template}\"")]
     DatabaseNotAllowed { database: String, template: String },
@@ -91,7 +95,9 @@ impl ClientError {
             ClientError::BadToken
             | ClientError::RateLimited(_)
             | ClientError::CredentialLease(_) => "28P01",
-            ClientError::UnknownTemplate(_) | ClientError::TemplateNotAllowed(_) => "28000",
+            ClientError::UnknownTemplate(_)
+            | ClientError::TemplateNotAllowed(_)
+            | ClientError::ApprovalRequired(_) => "28000",
             ClientError::TlsRequired => "28000",
             ClientError::DatabaseNotAllowed { .. } => "3D000",
             ClientError::BackendUnavailable => "08006",
@@ -119,6 +125,7 @@ impl ClientError {
             ClientError::CredentialLease(_) => "credential_lease",
             ClientError::UnknownTemplate(_) => "unknown_template",
             ClientError::TemplateNotAllowed(_) => "template_not_allowed",
+            ClientError::ApprovalRequired(_) => "approval_required",
             ClientError::DatabaseNotAllowed { .. } => "database_not_allowed",
             ClientError::TlsRequired => "tls_required",
             ClientError::BackendUnavailable => "backend_unavailable",

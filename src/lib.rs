@@ -17,7 +17,8 @@
 //!   (the tests use it too); [`cli::leases`] `rolemint leases` and
 //!   `health`, clients of the admin API; [`cli::token`] `token` and
 //!   `keygen`; [`cli::login`] a person's `login` (OpenID Connect device
-//!   flow or PKCE), `status`, `psql`, `env`, `connect-string`, `logout`.
+//!   flow or PKCE), `status`, `psql`, `env`, `connect-string`, `logout`;
+//!   [`cli::request`] `request` (access requests).
 //! - [`config`]: the TOML config, its defaults and validation, and
 //!   [`config::placeholder`], the one parser and renderer of `{{...}}`.
 //! - [`proxy`]: the data path. [`proxy::server`] the accept loop, the
@@ -66,7 +67,9 @@
 //!   policies) and the Vault-compatible door
 //!   ([`control::door`]: login with auth roles, Vault tokens, `database/creds` and
 //!   `database/roles`, `sys/health`), and [`control::people`], what a
-//!   person's CLI asks (`/.well-known/rolemint-login`, `/v1/rolemint/whoami`).
+//!   person's CLI asks (`/.well-known/rolemint-login`, `/v1/rolemint/whoami`),
+//!   [`control::requests`] access requests and [`control::webhook`] their
+//!   signed notifications.
 //! - [`store`]: rolemint's own schema in the admin database (append-only
 //!   migrations under an advisory lock) and what the API writes there
 //!   (templates, policies, auth roles as named JSON objects), kept current

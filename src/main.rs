@@ -62,6 +62,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Psql { target, psql_args } => rolemint::cli::login::psql(target, psql_args).await,
         Command::Env(args) => rolemint::cli::login::env(args).await,
         Command::ConnectString(args) => rolemint::cli::login::connect_string(args).await,
+        Command::Request(args) => rolemint::cli::request::run(args).await,
         Command::Dev { dir, port, sub } => {
             rolemint::observe::logging::init(LogFormat::Text);
             rolemint::cli::dev::run(rolemint::cli::dev::DevArgs {

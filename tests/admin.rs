@@ -282,6 +282,7 @@ async fn api_with_directory() -> (SocketAddr, Arc<MemoryDirectory>, Cancellation
         policy_cache: Default::default(),
         jwt_mounts: vec!["jwt".into(), "kubernetes".into()],
         database_mount: "database".into(),
+        webhook: None,
     };
     let listener = AdminListener::bind("127.0.0.1:0".parse().unwrap(), None, 16)
         .await

@@ -6,15 +6,18 @@
 //! `*` and `+`, capabilities, `deny`, the `default` and `root` policies);
 //! [`token`] Vault tokens and [`auth_role`] the
 //! auth roles of the jwt/kubernetes mounts, both without IO (the door and
-//! the store keep them), [`fields`], Vault's loose request fields, and
+//! the store keep them), [`fields`], Vault's loose request fields,
 //! [`source`], where a connection comes from as the per-source limits
-//! count it (IPv6 by /64), and the per-source slots.
+//! count it (IPv6 by /64), and the per-source slots; [`access`] access
+//! requests (who may create, approve, deny and revoke one, and which
+//! approved grant covers a session).
 //!
 //! Owns every decision about a token and a claim. Must not touch
 //! PostgreSQL, leases, sessions or HTTP routes: it answers questions and
 //! keeps no state about connections beyond the failure limiter and the
 //! token cache.
 
+pub mod access;
 pub mod acl;
 pub mod auth_role;
 pub mod fields;

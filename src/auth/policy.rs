@@ -128,6 +128,9 @@ fn entries(list: &[String], issuers: &[String]) -> Result<Vec<AllowEntry>, Strin
 pub fn validate_template(t: &RoleTemplate, issuers: &[String]) -> Result<(), String> {
     entries(&t.allow_identities, issuers).map_err(|e| format!("allow_identities: {e}"))?;
     entries(&t.allow_groups, issuers).map_err(|e| format!("allow_groups: {e}"))?;
+    if let Some(a) = &t.approval {
+        crate::config::approval::validate(a, |list| entries(list, issuers).map(|_| ()))?;
+    }
     if t.session_settings.len() > MAX_SETTINGS {
         return Err(format!("session_settings: at most {MAX_SETTINGS} settings"));
     }
@@ -230,6 +233,58 @@ pub fn acl_grants_template(acl: &Acl, database_mount: &str, template: &str) -> b
         Capability::Read,
         false,
     )
+}
+
+/// Who may approve access requests, by a template's `approval` rule:
+/// its `approvers` and `approver_groups`, issuer-qualified like the allow
+/// lists and matched the same way.
+pub struct ApprovalRules<'a> {
+    pub auth: &'a AuthConfig,
+}
+
+impl crate::auth::access::Approvers for ApprovalRules<'_> {
+    fn may_approve(&self, approval: &crate::config::approval::Approval, who: &Identity) -> bool {
+        let issuers = issuer_names(self.auth);
+        let (Ok(ids), Ok(groups)) = (
+            entries(&approval.approvers, &issuers),
+            entries(&approval.approver_groups, &issuers),
+        ) else {
+            return false;
+        };
+        ids.iter().any(|e| e.matches(&who.issuer, &who.subject))
+            || who
+                .groups
+                .iter()
+                .any(|g| groups.iter().any(|e| e.matches(&who.issuer, g)))
+    }
+}
+
+/// For a template with an `approval` rule: the approved access request of
+/// `identity` that covers it now, or the refusal naming `rolemint request`;
+/// the grant's end caps the lease (so the session ends, 57P01, when the
+/// grant does). A template without the rule passes untouched.
+pub fn require_approval(
+    grant: &mut Grant<'_>,
+    identity: &Identity,
+    requests: &[crate::auth::access::Request],
+    now: SystemTime,
+) -> Result<(), Refusal> {
+    if grant.template.approval.is_none() {
+        return Ok(());
+    }
+    let who = crate::auth::access::Principal::of(identity);
+    let Some(request) = crate::auth::access::active_grant(requests, &who, grant.template_name, now)
+    else {
+        return Err(Refusal {
+            error: ClientError::ApprovalRequired(grant.template_name.to_owned()),
+            rule: "no approved access request covers this identity and template".into(),
+        });
+    };
+    let until = SystemTime::UNIX_EPOCH + Duration::from_secs(request.granted_until.unwrap_or(0));
+    let left = until.duration_since(now).unwrap_or_default();
+    grant.ttl = grant.ttl.min(Duration::from_secs(left.as_secs()));
+    grant.rule = format!("{}; access request {}", grant.rule, request.id);
+    Ok(())
 }
 
 /// Decides whether `identity` may open a session of `template` on `database`.

@@ -1,6 +1,6 @@
 //! The command line: `serve`, `dev`, `token`, `keygen`, `check`, `leases`, `health`,
 //! `rotate-admin`, and a person's `login`, `logout`, `status`, `psql`, `env`,
-//! `connect-string`.
+//! `connect-string`, `request`.
 //!
 //! The folder holds every subcommand: [`check`] (preflight), [`dev`]
 //! (`rolemint dev` and its throwaway cluster, [`dev::cluster`]), [`leases`]
@@ -13,6 +13,7 @@ pub mod check;
 pub mod dev;
 pub mod leases;
 pub mod login;
+pub mod request;
 pub mod token;
 
 use std::path::PathBuf;
@@ -109,6 +110,9 @@ pub enum Command {
     Env(crate::cli::login::ConnectArgs),
     /// Print a libpq connection string (without the token) for GUI tools.
     ConnectString(crate::cli::login::ConnectArgs),
+    /// Access requests: ask for a template that needs approval, approve,
+    /// deny, revoke, list.
+    Request(crate::cli::request::RequestArgs),
     /// Set a new random password for the admin role (as a SCRAM verifier)
     /// and write it to `backend.admin_password_file`, as Vault's
     /// rotate-root does. A running rolemint picks it up on restart (or use

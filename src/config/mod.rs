@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
+pub mod approval;
 pub mod login;
 pub mod placeholder;
 
@@ -75,6 +76,9 @@ pub struct Config {
     /// What one principal may hold of this instance at once.
     #[serde(default)]
     pub quotas: QuotaConfig,
+    /// Access requests: how long one waits, the webhook.
+    #[serde(default)]
+    pub access: approval::AccessConfig,
     /// What `rolemint login` signs people in with; off by default.
     #[serde(default)]
     pub login: Option<login::LoginConfig>,
@@ -653,6 +657,10 @@ pub struct RoleTemplate {
     /// the pool off; at most [`MAX_WARM_POOL`] per template and database.
     #[serde(default)]
     pub warm_pool: usize,
+    /// Sessions and credential leases need an access request others
+    /// approved (`auth/access.rs`); off when absent.
+    #[serde(default)]
+    pub approval: Option<approval::Approval>,
     /// The name template of pooled roles. They are minted before any
     /// client is known, so it may not use `{{identity}}`; default
     /// [`DEFAULT_WARM_NAME_TEMPLATE`].
@@ -905,6 +913,7 @@ impl Config {
         if let Some(l) = &mut self.login {
             rebase(&mut l.proxy_ca_file);
         }
+        rebase(&mut self.access.webhook_secret_file);
     }
 
     /// Checks what the types cannot: combinations, ranges, placeholders.
@@ -912,6 +921,7 @@ impl Config {
         if let Some(l) = &self.login {
             login::validate(l, &self.auth.issuers).map_err(invalid)?;
         }
+        approval::validate_access(&self.access).map_err(invalid)?;
         let p = &self.proxy;
         if p.tls_cert.is_some() != p.tls_key.is_some() {
             return Err(invalid("proxy: tls_cert and tls_key go together"));

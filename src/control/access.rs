@@ -11,8 +11,9 @@
 //! `DELETE` is `delete`. The paths Vault guards with `sudo` need it here
 //! too. Three kinds of route:
 //!
-//! - open: probes, `sys/health`, logins, and `rolemint/whoami` (which
-//!   checks its own token and tells only about its holder).
+//! - open: probes, `sys/health`, logins, `rolemint/whoami` (which
+//!   checks its own token and tells only about its holder) and
+//!   `rolemint/requests` (access requests, decided by `auth::access`).
 //! - policy-checked: everything else unless listed below. Refused with
 //!   403 here when the caller's policies do not grant the capability;
 //!   a route nobody listed is policy-checked, so a new route is closed
@@ -105,8 +106,12 @@ pub fn need(
             == Some("/login")
     });
     // whoami authenticates the person itself (with the Vault door off
-    // too) and tells only about them.
-    let gate = if path == "sys/health" || path == "rolemint/whoami" || login {
+    // too) and tells only about them; access requests are decided by
+    // their own rules (requester, approvers, operators: `auth::access`).
+    let people = path == "rolemint/whoami"
+        || path == "rolemint/requests"
+        || path.starts_with("rolemint/requests/");
+    let gate = if path == "sys/health" || people || login {
         Gate::Open
     } else if handler_decided(&path, capability, database_mount) {
         Gate::Handler
@@ -398,6 +403,10 @@ mod tests {
         assert_eq!(need_of("POST", "/v1/auth/jwt/login").gate, Gate::Open);
         assert_eq!(need_of("GET", "/v1/sys/health").gate, Gate::Open);
         assert_eq!(need_of("GET", "/v1/rolemint/whoami").gate, Gate::Open);
+        assert_eq!(
+            need_of("POST", "/v1/rolemint/requests/req-1/approve").gate,
+            Gate::Open
+        );
         assert_eq!(need_of("POST", "/v1/auth/token/create").gate, Gate::Handler);
         assert_eq!(need_of("PUT", "/v1/auth/jwt/role/app").gate, Gate::Policy);
         // Not a configured login mount: policy-checked like anything else.

@@ -8,6 +8,7 @@
 //!        ├─ /v1/sys/leases/...                     leases.rs  (Vault's shape)
 //!        ├─ /v1/rolemint/leases[/revoke]           leases.rs  (rolemint's own)
 //!        ├─ /.well-known/rolemint-login, /v1/rolemint/whoami   people.rs
+//!        ├─ /v1/rolemint/requests[/<id>[/approve|deny|revoke]]  requests.rs
 //!        ├─ /v1/auth/.., /v1/database/.., /v1/sys/health   door.rs (Vault-compatible)
 //!        └─ anything else: 404 / 405 as {"errors": [...]}   vault.rs
 //! ```
@@ -38,7 +39,9 @@ pub mod listener;
 #[cfg(any(test, feature = "testkit"))]
 pub mod memory;
 pub mod people;
+pub mod requests;
 pub mod vault;
+pub mod webhook;
 pub mod wiring;
 
 #[cfg(test)]
@@ -119,6 +122,8 @@ pub struct AdminState {
     pub jwt_mounts: Vec<String>,
     /// `vault.database_mount`: where `creds/<template>` lives.
     pub database_mount: String,
+    /// The access-request webhook (`[access] webhook_url`), if any.
+    pub webhook: Option<Arc<webhook::Webhook>>,
 }
 
 impl AdminState {
@@ -152,6 +157,7 @@ impl AdminState {
             policy_cache: PolicyCache::default(),
             jwt_mounts: config.vault.jwt_mounts.clone(),
             database_mount: config.vault.database_mount.clone(),
+            webhook: None,
         }
     }
 
@@ -237,6 +243,23 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/v1/rolemint/leases", get(list_full))
         .route("/v1/rolemint/whoami", get(people::whoami))
+        .route(
+            "/v1/rolemint/requests",
+            get(requests::list).post(requests::create),
+        )
+        .route("/v1/rolemint/requests/{id}", get(requests::get_one))
+        .route(
+            "/v1/rolemint/requests/{id}/approve",
+            post(requests::approve).put(requests::approve),
+        )
+        .route(
+            "/v1/rolemint/requests/{id}/deny",
+            post(requests::deny).put(requests::deny),
+        )
+        .route(
+            "/v1/rolemint/requests/{id}/revoke",
+            post(requests::revoke).put(requests::revoke),
+        )
         .route("/.well-known/rolemint-login", get(people::login_metadata))
         .route(
             "/v1/rolemint/leases/revoke",

@@ -112,12 +112,7 @@ pub async fn whoami(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let people = people(&state)?;
-    let token = presented_token(&headers).ok_or_else(ApiError::permission_denied)?;
-    let identity = match &state.vault {
-        Some(door) => door.identity(token),
-        None => people.shared.runtime().verifier.verify(token).ok(),
-    }
-    .ok_or_else(ApiError::permission_denied)?;
+    let identity = identity_of(&state, &headers)?;
     let runtime = people.shared.runtime();
     let ttl = identity
         .expires_at
@@ -157,7 +152,20 @@ pub fn usable(config: &Config, identity: &Identity) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn people(state: &AdminState) -> Result<&Arc<People>, ApiError> {
+/// The person (or workload) behind a request's token: an identity JWT, a
+/// static token, or a client token of the Vault login. 403 for anything
+/// else, the operator token included (it is nobody).
+pub fn identity_of(state: &AdminState, headers: &HeaderMap) -> Result<Identity, ApiError> {
+    let people = people(state)?;
+    let token = presented_token(headers).ok_or_else(ApiError::permission_denied)?;
+    match &state.vault {
+        Some(door) => door.identity(token),
+        None => people.shared.runtime().verifier.verify(token).ok(),
+    }
+    .ok_or_else(ApiError::permission_denied)
+}
+
+pub(crate) fn people(state: &AdminState) -> Result<&Arc<People>, ApiError> {
     state
         .people
         .as_ref()

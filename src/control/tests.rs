@@ -106,6 +106,7 @@ async fn start(databases: &[&str]) -> Api {
         policy_cache: Default::default(),
         jwt_mounts: vec!["jwt".into(), "kubernetes".into()],
         database_mount: "database".into(),
+        webhook: None,
     };
     let listener = AdminListener::bind("127.0.0.1:0".parse().unwrap(), None, 16)
         .await

@@ -70,6 +70,13 @@ pub fn start(
             audit,
             shutdown.clone(),
         );
+        state.webhook = match super::webhook::Webhook::from_config(&shared.config.access) {
+            Ok(hook) => hook,
+            Err(e) => {
+                tracing::error!("access webhook off: {e}");
+                None
+            }
+        };
         state.people = Some(Arc::new(super::people::People {
             shared: Arc::clone(shared),
         }));

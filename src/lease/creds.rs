@@ -43,6 +43,10 @@ pub enum CredsError {
     /// The policy refused; the rule is for the log only.
     #[error("permission denied")]
     NotAllowed { rule: String },
+    /// The template needs an approved access request; the message says how
+    /// to ask for one.
+    #[error("{0}")]
+    NeedsApproval(String),
     #[error("too many credential leases; try again later")]
     TooMany,
     #[error("rolemint is shutting down")]
@@ -114,8 +118,11 @@ impl Credentials {
             .and_then(|t| t.databases.first())
             .ok_or_else(|| CredsError::UnknownTemplate(template.to_owned()))?
             .clone();
-        let grant = authorize_with(config, identity, template, &database, entitlement)
+        let mut grant = authorize_with(config, identity, template, &database, entitlement)
             .map_err(|refusal| CredsError::NotAllowed { rule: refusal.rule })?;
+        shared
+            .require_approval(&mut grant, identity)
+            .map_err(|refusal| CredsError::NeedsApproval(refusal.error.to_string()))?;
         // The principal's own share (`[quotas]`), held until the lease ends.
         let quota = shared
             .quotas

@@ -240,6 +240,24 @@ pub enum Event {
         /// The caller, as in `admin.request`.
         written_by: String,
     },
+    /// A step of an access request: `created`, `approval` (one approver
+    /// agreed, more are needed), `approved` (the grant starts), `denied`,
+    /// `revoked`.
+    #[serde(rename = "access.request")]
+    AccessRequest {
+        step: String,
+        request_id: String,
+        template: String,
+        requester_issuer: String,
+        requester: String,
+        /// Who took the step (the requester for `created`; "operator" for
+        /// an operator's revocation).
+        actor_issuer: String,
+        actor: String,
+        reason: Option<String>,
+        /// RFC 3339, once approved.
+        granted_until: Option<String>,
+    },
 }
 
 impl Event {
@@ -277,6 +295,7 @@ impl Event {
             Event::LeaseReaped { .. } => "lease.reaped",
             Event::AdminRequest { .. } => "admin.request",
             Event::StoreWritten { .. } => "store.written",
+            Event::AccessRequest { .. } => "access.request",
         }
     }
 }

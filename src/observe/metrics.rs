@@ -59,6 +59,8 @@ pub const AUDIT_WRITE_ERRORS: &str = "rolemint_audit_write_errors_total";
 pub const AUDIT_LINES_SUPPRESSED: &str = "rolemint_audit_lines_suppressed_total";
 pub const WARM_POOL_READY: &str = "rolemint_warm_pool_ready";
 pub const WARM_POOL_CLAIMS: &str = "rolemint_warm_pool_claims_total";
+pub const ACCESS_REQUESTS: &str = "rolemint_access_requests_total";
+pub const ACCESS_WEBHOOK: &str = "rolemint_access_webhook_total";
 pub const KERNEL_SPLICED: &str = "rolemint_kernel_spliced_sessions_total";
 pub const QUOTA_REFUSALS: &str = "rolemint_quota_refusals_total";
 
@@ -91,6 +93,8 @@ pub const ALL: &[Described] = &[
     d(KERNEL_SPLICED, Kind::Counter, None, "Sessions whose bytes the kernel forwarded (proxy.kernel_splice), by template."),
     d(QUOTA_REFUSALS, Kind::Counter, None, "Sessions and credential leases refused by a per-principal quota, by quota (sessions, credential_leases, mints_per_minute, principals)."),
     d(WARM_POOL_CLAIMS, Kind::Counter, None, "Sessions of a pooled template, by template and result (hit, miss: the pool was empty, fallback: the entry could not be used)."),
+    d(ACCESS_REQUESTS, Kind::Counter, None, "Access request steps, by step (created, approved, approval, denied, revoked, refused)."),
+    d(ACCESS_WEBHOOK, Kind::Counter, None, "Access request webhook deliveries, by result (delivered, failed, dropped)."),
 ];
 
 const fn d(name: &'static str, kind: Kind, unit: Option<Unit>, help: &'static str) -> Described {
@@ -181,6 +185,29 @@ fn zero_counters() {
     ] {
         metrics::counter!(QUOTA_REFUSALS, "quota" => quota).increment(0);
     }
+    for step in ACCESS_STEPS {
+        metrics::counter!(ACCESS_REQUESTS, "step" => *step).increment(0);
+    }
+    for result in ["delivered", "failed", "dropped"] {
+        metrics::counter!(ACCESS_WEBHOOK, "result" => result).increment(0);
+    }
+}
+
+/// The steps of [`access_request`].
+pub const ACCESS_STEPS: &[&str] = &[
+    "created", "approval", "approved", "denied", "revoked", "refused",
+];
+
+/// One access request step (see `control/requests.rs`).
+pub fn access_request(step: &'static str) {
+    installed();
+    metrics::counter!(ACCESS_REQUESTS, "step" => step).increment(1);
+}
+
+/// One webhook delivery's end.
+pub fn webhook(result: &'static str) {
+    installed();
+    metrics::counter!(ACCESS_WEBHOOK, "result" => result).increment(1);
 }
 
 /// Makes sure the recorder is installed before a metric is recorded:

@@ -130,6 +130,32 @@ impl Shared {
             || self.warm.holds(role)
     }
 
+    /// For a template with an `approval` rule: the current grant (an
+    /// approved access request in the store) of `identity`, whose end then
+    /// caps the lease; the refusal naming `rolemint request` without one.
+    /// One check for the proxy door and for `database/creds`.
+    pub fn require_approval(
+        &self,
+        grant: &mut crate::auth::policy::Grant<'_>,
+        identity: &crate::auth::identity::Identity,
+    ) -> Result<(), crate::auth::policy::Refusal> {
+        if grant.template.approval.is_none() {
+            return Ok(());
+        }
+        let snapshot = self.store.snapshot();
+        let requests = crate::auth::access::parse_all(
+            snapshot
+                .iter(crate::store::Kind::AccessRequest)
+                .map(|(_, s)| &s.body),
+        );
+        crate::auth::policy::require_approval(
+            grant,
+            identity,
+            &requests,
+            std::time::SystemTime::now(),
+        )
+    }
+
     /// Marks `role` as being minted here until the returned guard drops
     /// (after the lease is registered, or the failed mint handed to the
     /// revoker).

@@ -67,15 +67,18 @@ pub enum Kind {
     /// which database of the backend a name stands for, and its
     /// `allowed_roles`.
     Connection,
+    /// Access requests and their grants (`/v1/rolemint/requests`).
+    AccessRequest,
 }
 
 impl Kind {
     /// Every kind, in the snapshot's order.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Template,
         Kind::Policy,
         Kind::AuthRole,
         Kind::Connection,
+        Kind::AccessRequest,
     ];
 
     /// The kind as stored in `rolemint.objects.kind`.
@@ -85,6 +88,7 @@ impl Kind {
             Kind::Policy => "policy",
             Kind::AuthRole => "auth_role",
             Kind::Connection => "connection",
+            Kind::AccessRequest => "access_request",
         }
     }
 
@@ -285,6 +289,49 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         drop(conn);
+        self.refresh_kind(kind).await
+    }
+
+    /// Replaces `kind`/`name`'s body with `body` only if it is still
+    /// `expected` (what the caller read): false when someone else wrote it
+    /// in between, and the caller decides again on a fresh read. Notifies
+    /// like `put`.
+    pub async fn replace(
+        &self,
+        kind: Kind,
+        name: &str,
+        expected: &serde_json::Value,
+        body: &serde_json::Value,
+        written_by: &str,
+    ) -> Result<bool, StoreError> {
+        check_name(name)?;
+        let text = body.to_string();
+        if text.len() > MAX_BODY_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "the body is {} bytes; at most {MAX_BODY_BYTES} are stored",
+                text.len()
+            )));
+        }
+        self.ensure_schema().await?;
+        let sql = objects::replace(
+            kind,
+            name,
+            &expected.to_string(),
+            &text,
+            cut(written_by, MAX_WRITER_BYTES),
+        );
+        let mut conn = self.inner.admin.admin_connection().await?;
+        let rows = conn.batch(&sql).await?;
+        drop(conn);
+        let replaced = objects::deleted(&rows);
+        self.refresh_kind(kind).await?;
+        Ok(replaced)
+    }
+
+    /// Reads `kind` again now, for a reader that must not miss a write of
+    /// the last second (an object another instance just created).
+    pub async fn reread(&self, kind: Kind) -> Result<(), StoreError> {
+        self.ensure_schema().await?;
         self.refresh_kind(kind).await
     }
 

@@ -71,7 +71,27 @@ pub(super) fn delete(kind: Kind, name: &str) -> String {
     )
 }
 
-/// Whether [`delete`]'s batch deleted a row.
+/// Replaces `kind`/`name`'s body where it still is `expected` (the third
+/// statement's count says whether it was).
+pub(super) fn replace(kind: Kind, name: &str, expected: &str, body: &str, writer: &str) -> String {
+    let k = escape_literal(kind.as_str());
+    let n = escape_literal(name);
+    let e = escape_literal(expected);
+    let b = escape_literal(body);
+    let w = escape_literal(writer);
+    let channel = escape_literal(CHANNEL);
+    format!(
+        "BEGIN; {bump}; \
+         UPDATE rolemint.objects SET body = {b}::jsonb, written_by = {w}, \
+           written_at = pg_catalog.now() \
+           WHERE kind = {k} AND name = {n} AND body = {e}::jsonb; \
+         SELECT pg_catalog.pg_notify({channel}, {k}); \
+         COMMIT",
+        bump = bump(&k),
+    )
+}
+
+/// Whether [`delete`]'s (or [`replace`]'s) batch changed a row.
 pub(super) fn deleted(rows: &[SimpleQueryMessage]) -> bool {
     let counts: Vec<u64> = rows
         .iter()

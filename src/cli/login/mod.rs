@@ -94,7 +94,7 @@ pub fn admin_url(proxy: &str) -> String {
 }
 
 /// The admin listener's HTTP client.
-fn admin_client(args: &ProxyArgs) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn admin_client(args: &ProxyArgs) -> anyhow::Result<reqwest::Client> {
     crate::tls::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .timeout(ADMIN_TIMEOUT)

@@ -87,6 +87,7 @@ fn creds_error(e: CredsError, identity: &str, template: &str) -> ApiError {
         }
         // Vault answers a rate or quota refusal 429 in its error shape.
         CredsError::Quota(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+        CredsError::NeedsApproval(_) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
         CredsError::TooMany | CredsError::ShuttingDown | CredsError::Backlog => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }

@@ -368,14 +368,19 @@ async fn authorize_and_mint(
             return Err((error, detail));
         }
     };
-    let grant = match session_grant(
+    let authorized = session_grant(
         shared,
         config,
         &identity,
         vault_token.as_ref(),
         template,
         database,
-    ) {
+    )
+    .and_then(|mut grant| {
+        shared.require_approval(&mut grant, &identity)?;
+        Ok(grant)
+    });
+    let grant = match authorized {
         Ok(grant) => grant,
         Err(refusal) => {
             crate::observe::metrics::auth(false, refusal.error.kind(), Some(&identity.issuer));

@@ -1,0 +1,169 @@
+//! `rolemint request`: access requests from the command line, over the
+//! admin API (`/v1/rolemint/requests`), as the person signed in with
+//! `rolemint login` (or with `--token`).
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::login::{admin_client, admin_url, fresh_profile, ProxyArgs};
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    /// A token to act with instead of the login's (an identity token, or
+    /// the operator token to list or revoke any request).
+    #[arg(long, env = "ROLEMINT_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print the server's JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: RequestCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RequestCommand {
+    /// Ask for a template that needs approval.
+    Create {
+        template: String,
+        /// Why (the incident or ticket); approvers see it.
+        #[arg(long)]
+        reason: String,
+        /// How long the grant should last (e.g. 30m); default 1h, at most
+        /// the template's max_duration.
+        #[arg(long = "for")]
+        duration: Option<String>,
+    },
+    /// Your requests, and those you may approve.
+    List,
+    /// One request.
+    Show { id: String },
+    /// Approve a request (never your own).
+    Approve { id: String },
+    /// Deny a request.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// End a grant early: its sessions end at once.
+    Revoke {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+/// `rolemint request ...`.
+pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
+    let (base, token) = match &args.token {
+        Some(token) => {
+            let proxy = args
+                .proxy
+                .proxy
+                .as_deref()
+                .context("with --token, say which proxy: --proxy https://HOST:PORT")?;
+            (admin_url(proxy), token.clone())
+        }
+        None => {
+            let profile = fresh_profile(&args.proxy).await?;
+            (profile.admin_url.clone(), profile.id_token.clone())
+        }
+    };
+    let http = admin_client(&args.proxy)?;
+    let url = |path: &str| format!("{base}/v1/rolemint/requests{path}");
+    let (method, path, body) = match &args.command {
+        RequestCommand::Create {
+            template,
+            reason,
+            duration,
+        } => (
+            reqwest::Method::POST,
+            String::new(),
+            Some(json!({ "template": template, "reason": reason, "duration": duration })),
+        ),
+        RequestCommand::List => (reqwest::Method::GET, String::new(), None),
+        RequestCommand::Show { id } => (reqwest::Method::GET, format!("/{id}"), None),
+        RequestCommand::Approve { id } => (reqwest::Method::POST, format!("/{id}/approve"), None),
+        RequestCommand::Deny { id, reason } => (
+            reqwest::Method::POST,
+            format!("/{id}/deny"),
+            Some(json!({ "reason": reason })),
+        ),
+        RequestCommand::Revoke { id, reason } => (
+            reqwest::Method::POST,
+            format!("/{id}/revoke"),
+            Some(json!({ "reason": reason })),
+        ),
+    };
+    let mut req = http.request(method, url(&path)).bearer_auth(&token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let answer = req
+        .send()
+        .await
+        .with_context(|| format!("reaching {base}"))?;
+    let status = answer.status();
+    let value: Value = answer.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let errors = value["errors"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default();
+        anyhow::bail!("{status}: {errors}");
+    }
+    let data = &value["data"];
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(data)?);
+        return Ok(());
+    }
+    match &args.command {
+        RequestCommand::List => {
+            let requests = data["requests"].as_array().cloned().unwrap_or_default();
+            if requests.is_empty() {
+                println!("(no requests)");
+            }
+            for r in &requests {
+                println!("{}", line(r));
+            }
+        }
+        RequestCommand::Create { .. } => {
+            println!("{}", line(data));
+            println!(
+                "An approver runs: rolemint request approve {}",
+                data["id"].as_str().unwrap_or("?")
+            );
+        }
+        _ => println!("{}", line(data)),
+    }
+    Ok(())
+}
+
+/// One request on one line: id, state, template, requester, reason.
+fn line(r: &Value) -> String {
+    let s = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+    let until = r["granted_until"]
+        .as_u64()
+        .map(|u| {
+            let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u);
+            format!(" until {}", humantime::format_rfc3339_seconds(t))
+        })
+        .unwrap_or_default();
+    format!(
+        "{:<20} {:<9} {:<14} {}:{}  \"{}\"{until}",
+        s("id"),
+        s("state"),
+        s("template"),
+        r["requester"]["issuer"].as_str().unwrap_or(""),
+        r["requester"]["identity"].as_str().unwrap_or(""),
+        s("reason"),
+    )
+}
