@@ -7,7 +7,8 @@
 //! buckets. An IPv4-mapped IPv6 address counts as the IPv4 address it maps.
 //!
 //! [`SourceSlots`] caps the connections one source holds at once (the
-//! proxy's handshakes, the admin listener's connections). An entry exists
+//! proxy's handshakes, the admin listener's connections); [`SourceSlots::take`]
+//! waits for one of its source's slots to come back. An entry exists
 //! only while its source holds a slot, so the map never has more entries
 //! than the slots handed out, which the caller's global limit bounds.
 
@@ -48,6 +49,8 @@ impl std::fmt::Display for Source {
 pub struct SourceSlots {
     per_source: usize,
     held: Mutex<HashMap<Source, usize>>,
+    /// Woken whenever a slot comes back, for [`SourceSlots::take`].
+    freed: tokio::sync::Notify,
 }
 
 /// One slot of a source; given back when dropped.
@@ -66,6 +69,8 @@ impl Drop for SourceSlot {
                 held.remove(&self.source);
             }
         }
+        drop(held);
+        self.slots.freed.notify_waiters();
     }
 }
 
@@ -74,7 +79,24 @@ impl SourceSlots {
         Arc::new(SourceSlots {
             per_source: per_source.max(1),
             held: Mutex::new(HashMap::new()),
+            freed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// A slot for `peer`, waiting for one of its source's to come back
+    /// when it holds `per_source` (the caller bounds the wait).
+    pub async fn take(self: &Arc<Self>, peer: IpAddr) -> SourceSlot {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before looking, so a slot given back in between
+            // still wakes this waiter.
+            freed.as_mut().enable();
+            if let Some(slot) = self.try_take(peer) {
+                return slot;
+            }
+            freed.await;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Source, usize>> {
@@ -129,6 +151,27 @@ mod tests {
             Source::of(ip("2001:db8:1:2:aaaa::1")).to_string(),
             "2001:db8:1:2::/64"
         );
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_the_slot_its_source_gives_back() {
+        let slots = SourceSlots::new(1);
+        let held = slots.try_take(ip("10.0.0.1")).unwrap();
+        let waiter = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.take(ip("10.0.0.1")).await }
+        });
+        // Another source is not held up meanwhile.
+        let _other = slots.try_take(ip("10.0.0.2")).unwrap();
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(held);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when the slot came back")
+            .unwrap();
+        drop(got);
+        assert_eq!(slots.sources(), 1, "only 10.0.0.2 holds a slot now");
     }
 
     #[test]

@@ -143,8 +143,10 @@ pub struct ProxyConfig {
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes: usize,
     /// Handshakes one source (an IPv4 address, an IPv6 /64) may have in
-    /// flight at once; more from it are closed at accept, so one client
-    /// cannot take every handshake slot.
+    /// flight at once, so one client cannot take every handshake slot;
+    /// more from it wait (holding no slot, up to `handshake_timeout`, in a
+    /// waiting room of 4 x `max_handshakes` shared by all sources) for one
+    /// of its own, and are closed only past that.
     #[serde(default = "default_max_handshakes_per_source")]
     pub max_handshakes_per_source: usize,
     /// Time a client has from TCP connect to sending its token: one

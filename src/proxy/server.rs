@@ -21,6 +21,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+
+/// Connections waiting for their source's handshake share, per handshake
+/// slot: a storm of one host (1,000 clients at once against the default
+/// 256 slots) waits instead of meeting closed sockets, and the room stays
+/// bounded.
+const WAITING_ROOM_FACTOR: usize = 4;
 use crate::lease::registry::{EndReason, Leases};
 use crate::lease::revoker::Revoker;
 use crate::pg::AdminClient;
@@ -158,6 +164,14 @@ impl Server {
         let handshakes = Arc::new(Semaphore::new(shared.config.proxy.max_handshakes));
         let handshake_sources =
             crate::auth::source::SourceSlots::new(shared.config.proxy.max_handshakes_per_source);
+        // Connections over their source's handshake share wait here.
+        let waiting_room = Arc::new(Semaphore::new(
+            shared
+                .config
+                .proxy
+                .max_handshakes
+                .saturating_mul(WAITING_ROOM_FACTOR),
+        ));
         // TTLs keep running while sessions drain, so the expiry task has its own stop.
         let expiry_stop = CancellationToken::new();
         let expiry = tokio::spawn(
@@ -192,11 +206,49 @@ impl Server {
                 },
             };
             // One source (an address, an IPv6 /64) cannot take every
-            // handshake slot: over its share it is closed at once, before
-            // it can wait for (or take) a global permit.
-            let Some(source) = handshake_sources.try_take(peer.ip()) else {
-                tracing::debug!(%peer, "too many handshakes from this source: connection closed");
-                continue;
+            // handshake slot. Over its share, a connection is not closed
+            // (an application host's reconnect storm is legitimate): it
+            // waits, off the accept loop and holding no handshake slot,
+            // for one of its own source's slots, in a waiting room shared
+            // by every source and bounded; past the handshake timeout, or
+            // with the room full, it is closed.
+            let source = match handshake_sources.try_take(peer.ip()) {
+                Some(source) => source,
+                None => {
+                    let Ok(seat) = Arc::clone(&waiting_room).try_acquire_owned() else {
+                        tracing::debug!(%peer, "too many handshakes from this source and the waiting room is full: connection closed");
+                        continue;
+                    };
+                    let (shared, handshakes, sources, limit) = (
+                        Arc::clone(&shared),
+                        Arc::clone(&handshakes),
+                        Arc::clone(&handshake_sources),
+                        Arc::clone(&limit),
+                    );
+                    sessions.spawn(async move {
+                        let timeout = shared.config.proxy.handshake_timeout;
+                        let admitted = tokio::time::timeout(timeout, async {
+                            let source = sources.take(peer.ip()).await;
+                            let global = handshakes.acquire_owned().await.ok()?;
+                            Some((source, global))
+                        })
+                        .await;
+                        drop(seat);
+                        let Ok(Some((source, global))) = admitted else {
+                            tracing::debug!(%peer, "no handshake slot of its source within the handshake timeout: connection closed");
+                            return;
+                        };
+                        let admission = crate::proxy::session::Admission {
+                            handshake: crate::proxy::session::HandshakeSlot {
+                                _global: global,
+                                _source: source,
+                            },
+                            sessions: limit,
+                        };
+                        crate::proxy::session::run(shared, tcp, peer, admission).await;
+                    });
+                    continue;
+                }
             };
             // A connection in its handshake holds a handshake permit, not a
             // session slot. Over the limit, accepting waits for a permit,
