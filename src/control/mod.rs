@@ -284,12 +284,39 @@ pub fn router(state: Arc<AdminState>) -> Router {
             Arc::clone(&state),
             door::tokens::resolve,
         ))
-        // Outermost: a source over its failure budget reaches neither.
+        // A source over its failure budget reaches neither.
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             refuse_over_budget,
         ))
+        // Outermost: an error answered before the body was read ends the
+        // connection, saying so.
+        .layer(axum::middleware::from_fn(close_after_early_error))
         .with_state(state)
+}
+
+/// An error answered to a request that carried a body: a refusal (over
+/// budget, no policy, unknown path) answers before reading it, so the
+/// connection cannot carry another request, and hyper closes it after the
+/// answer. Said in the answer (`Connection: close`), so a client does not
+/// send its next request on a connection about to close (hvac's pooled
+/// session otherwise met "Remote end closed connection without response").
+async fn close_after_early_error(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let has_body = headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > 0);
+    let mut response = next.run(request).await;
+    if has_body && (response.status().is_client_error() || response.status().is_server_error()) {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 async fn not_found() -> ApiError {

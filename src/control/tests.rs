@@ -180,6 +180,45 @@ impl Api {
 const JSON: &str = "application/json";
 
 #[tokio::test]
+async fn an_error_answered_before_the_body_was_read_closes_the_connection_saying_so() {
+    let api = start(&["appdb"]).await;
+    // Refused (no token, no such route here) before any handler reads the body:
+    // the connection cannot carry another request, and the answer says so,
+    // so a pooling client does not send its next request into a close.
+    let refused = api
+        .http
+        .post(format!("{}/v1/sys/policy/mine", api.base))
+        .json(&serde_json::json!({ "policy": "path \"x\" {}" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.status().is_client_error(), "{}", refused.status());
+    assert_eq!(
+        refused
+            .headers()
+            .get("connection")
+            .map(|v| v.to_str().unwrap()),
+        Some("close")
+    );
+    // A refusal without a body keeps the connection.
+    let plain = api
+        .http
+        .get(format!("{}/v1/sys/policy/mine", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(plain.headers().get("connection").is_none());
+    // Answers that read their body keep the connection too.
+    let ok = api
+        .http
+        .get(format!("{}/healthz", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn health_readiness_and_metrics_need_no_token() {
     let api = start(&["appdb", "postgres"]).await;
     let (s, ct, body) = api.call("GET", "/healthz", None, None).await;
