@@ -173,6 +173,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_token_on_the_command_line_never_reaches_debug_output() {
+        let cli = Cli::parse_from([
+            "rolemint",
+            "request",
+            "--proxy",
+            "http://x",
+            "--token",
+            "tok-secret",
+            "list",
+        ]);
+        let text = format!("{cli:?}");
+        assert!(!text.contains("tok-secret"), "{text}");
+    }
+
+    #[test]
     fn the_command_line_is_consistent() {
         use clap::CommandFactory as _;
         Cli::command().debug_assert();

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::login::{admin_client, admin_url, fresh_profile, ProxyArgs};
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct RequestArgs {
     #[command(flatten)]
     pub proxy: ProxyArgs,
@@ -21,6 +21,17 @@ pub struct RequestArgs {
     pub json: bool,
     #[command(subcommand)]
     pub command: RequestCommand,
+}
+
+impl std::fmt::Debug for RequestArgs {
+    // By hand: `--token` is a credential.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestArgs")
+            .field("proxy", &self.proxy)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("command", &self.command)
+            .finish()
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,12 +12,22 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 /// What the provider's redirect brought.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct Redirect {
     pub code: Option<String>,
     pub state: Option<String>,
     pub error: Option<String>,
     pub error_description: Option<String>,
+}
+
+impl std::fmt::Debug for Redirect {
+    // By hand: the code (with the PKCE verifier) is worth tokens.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redirect")
+            .field("has_code", &self.code.is_some())
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The listener, bound; [`Loopback::wait`] serves it.

@@ -178,7 +178,7 @@ pub fn unverified_exp(jwt: &str) -> Option<SystemTime> {
 }
 
 /// What the device authorization endpoint answered.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct DeviceStart {
     pub device_code: String,
     pub user_code: String,
@@ -186,6 +186,17 @@ pub struct DeviceStart {
     pub verification_uri_complete: Option<String>,
     pub expires_in: u64,
     pub interval: Option<u64>,
+}
+
+impl std::fmt::Debug for DeviceStart {
+    // By hand: the device code is what the token endpoint trades for
+    // tokens, so it is not for a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceStart")
+            .field("verification_uri", &self.verification_uri)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Starts the device flow (RFC 8628 §3.1).
@@ -375,6 +386,17 @@ pub async fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_carries_no_device_code() {
+        let start: DeviceStart = serde_json::from_value(serde_json::json!({
+            "device_code": "device-secret", "user_code": "ABCD-EFGH",
+            "verification_uri": "https://idp/device", "expires_in": 300
+        }))
+        .unwrap();
+        let text = format!("{start:?}");
+        assert!(!text.contains("device-secret"), "{text}");
+    }
 
     #[test]
     fn the_pkce_challenge_is_rfc_7636s_example() {
