@@ -217,19 +217,55 @@ fn credentials(home: &Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("JSON")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_person_logs_in_with_the_device_flow_and_connects_with_one_command() {
-    let Some((modules, python)) = tools() else {
-        return;
-    };
+/// A provider, a proxy that signs people in at it, and a person's home.
+struct World {
+    h: Harness,
+    dir: tempfile::TempDir,
+    p: Provider,
+    serve: ServeProcess,
+    home: PathBuf,
+    /// The admin listener's URL (`--proxy`).
+    admin: String,
+    /// The provider's CA (`--issuer-ca-cert`).
+    ca: String,
+    python: String,
+}
+
+/// The [`World`] of a login test; `None` (skip) without the tools.
+async fn world() -> Option<World> {
+    let (modules, python) = tools()?;
     let h = Harness::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let p = provider(&modules, dir.path()).await;
     let admin_port = free_port();
     let serve = serve(&h, &p, admin_port).await;
-    let home = dir.path().join("home");
-    let admin = format!("http://127.0.0.1:{admin_port}");
-    let ca = p.ca.display().to_string();
+    Some(World {
+        home: dir.path().join("home"),
+        admin: format!("http://127.0.0.1:{admin_port}"),
+        ca: p.ca.display().to_string(),
+        h,
+        dir,
+        p,
+        serve,
+        python,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_logs_in_with_the_device_flow_and_connects_with_one_command() {
+    let Some(World {
+        h,
+        dir: _dir,
+        p,
+        serve: _serve,
+        home,
+        admin,
+        ca,
+        python,
+    }) = world().await
+    else {
+        return;
+    };
 
     let said = log_in(
         &home,
@@ -372,7 +408,6 @@ async fn a_person_logs_in_with_the_device_flow_and_connects_with_one_command() {
     assert!(refused.contains("invalid_grant"), "{refused}");
     let out = run(&mut rolemint(&home, &["status", "--proxy", &admin])).await;
     assert!(!out.status.success());
-    drop(serve);
 }
 
 /// A refresh grant sent straight to the provider: its answer's text.
@@ -399,17 +434,20 @@ async fn reqwest_refresh(p: &Provider, refresh_token: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_logs_in_in_a_browser_with_pkce_and_sees_their_groups_templates() {
-    let Some((modules, python)) = tools() else {
+    let Some(World {
+        // Bound, not dropped: it owns the cluster.
+        h: _h,
+        dir: _dir,
+        p,
+        serve: _serve,
+        home,
+        admin,
+        ca,
+        python,
+    }) = world().await
+    else {
         return;
     };
-    let h = Harness::start().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let p = provider(&modules, dir.path()).await;
-    let admin_port = free_port();
-    let _serve = serve(&h, &p, admin_port).await;
-    let home = dir.path().join("home");
-    let admin = format!("http://127.0.0.1:{admin_port}");
-    let ca = p.ca.display().to_string();
     log_in(
         &home,
         &[
