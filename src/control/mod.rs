@@ -249,16 +249,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/v1/rolemint/requests/{id}", get(requests::get_one))
         .route(
-            "/v1/rolemint/requests/{id}/approve",
-            post(requests::approve).put(requests::approve),
-        )
-        .route(
-            "/v1/rolemint/requests/{id}/deny",
-            post(requests::deny).put(requests::deny),
-        )
-        .route(
-            "/v1/rolemint/requests/{id}/revoke",
-            post(requests::revoke).put(requests::revoke),
+            "/v1/rolemint/requests/{id}/{step}",
+            post(requests::decide).put(requests::decide),
         )
         .route("/.well-known/rolemint-login", get(people::login_metadata))
         .route(

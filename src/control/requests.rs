@@ -296,45 +296,21 @@ enum Step {
     Revoke,
 }
 
-/// `POST /v1/rolemint/requests/<id>/approve`.
-pub async fn approve(
-    state: State<Arc<AdminState>>,
-    id: Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    decide(state, id, headers, body, Step::Approve).await
-}
-
-/// `POST /v1/rolemint/requests/<id>/deny`.
-pub async fn deny(
-    state: State<Arc<AdminState>>,
-    id: Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    decide(state, id, headers, body, Step::Deny).await
-}
-
-/// `POST /v1/rolemint/requests/<id>/revoke`.
-pub async fn revoke(
-    state: State<Arc<AdminState>>,
-    id: Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    decide(state, id, headers, body, Step::Revoke).await
-}
-
-/// Applies `step` to the request as last read and stores it if nobody
-/// changed it meanwhile (else reads and decides again).
-async fn decide(
+/// `POST /v1/rolemint/requests/<id>/<approve|deny|revoke>`: applies the
+/// step to the request as last read and stores it if nobody changed it
+/// meanwhile (else reads and decides again).
+pub async fn decide(
     State(state): State<Arc<AdminState>>,
-    Path(id): Path<String>,
+    Path((id, step)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-    step: Step,
 ) -> Result<Response, ApiError> {
+    let step = match step.as_str() {
+        "approve" => Step::Approve,
+        "deny" => Step::Deny,
+        "revoke" => Step::Revoke,
+        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown path")),
+    };
     let who = who(&state, &headers)?;
     let reason = parse_body::<DecisionBody>(body)?.reason;
     let people = people(&state)?;
