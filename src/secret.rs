@@ -29,6 +29,12 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.expose().is_empty()
     }
+
+    /// For clap's `value_parser`: a secret from the command line or the
+    /// environment (`--token`) stays one inside the parsed arguments.
+    pub fn parse(value: &str) -> Result<Secret, std::convert::Infallible> {
+        Ok(Secret::new(value))
+    }
 }
 
 impl Clone for Secret {

@@ -38,8 +38,14 @@ pub struct LeasesArgs {
     pub api: ApiArgs,
     /// An operator token (every lease), or a workload's token from the
     /// Vault-compatible login (its own leases only).
-    #[arg(long, env = "ROLEMINT_TOKEN", hide_env_values = true, global = true)]
-    pub token: Option<String>,
+    #[arg(
+        long,
+        env = "ROLEMINT_TOKEN",
+        hide_env_values = true,
+        global = true,
+        value_parser = crate::secret::Secret::parse
+    )]
+    pub token: Option<crate::secret::Secret>,
     /// Print the server's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -106,7 +112,8 @@ pub enum LeasesCommand {
 pub async fn run(args: LeasesArgs) -> anyhow::Result<()> {
     let token = args
         .token
-        .as_deref()
+        .as_ref()
+        .map(crate::secret::Secret::expose)
         .filter(|t| !t.is_empty())
         .context("no operator token: pass --token or set ROLEMINT_TOKEN")?;
     let api = Api {

@@ -185,6 +185,9 @@ mod tests {
         ]);
         let text = format!("{cli:?}");
         assert!(!text.contains("tok-secret"), "{text}");
+        let cli = Cli::parse_from(["rolemint", "leases", "--token", "tok-secret", "list"]);
+        let text = format!("{cli:?}");
+        assert!(!text.contains("tok-secret"), "{text}");
     }
 
     #[test]

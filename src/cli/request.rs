@@ -8,30 +8,25 @@ use serde_json::{json, Value};
 
 use super::login::{admin_client, admin_url, fresh_profile, ProxyArgs};
 
-#[derive(Args)]
+#[derive(Debug, Args)]
 pub struct RequestArgs {
     #[command(flatten)]
     pub proxy: ProxyArgs,
     /// A token to act with instead of the login's (an identity token, or
     /// the operator token to list or revoke any request).
-    #[arg(long, env = "ROLEMINT_TOKEN", hide_env_values = true, global = true)]
-    pub token: Option<String>,
+    #[arg(
+        long,
+        env = "ROLEMINT_TOKEN",
+        hide_env_values = true,
+        global = true,
+        value_parser = crate::secret::Secret::parse
+    )]
+    pub token: Option<crate::secret::Secret>,
     /// Print the server's JSON.
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
     pub command: RequestCommand,
-}
-
-impl std::fmt::Debug for RequestArgs {
-    // By hand: `--token` is a credential.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestArgs")
-            .field("proxy", &self.proxy)
-            .field("token", &self.token.as_ref().map(|_| "***"))
-            .field("command", &self.command)
-            .finish()
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,7 +71,7 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
                 .proxy
                 .as_deref()
                 .context("with --token, say which proxy: --proxy https://HOST:PORT")?;
-            (admin_url(proxy), token.clone())
+            (admin_url(proxy), token.expose().to_owned())
         }
         None => {
             let profile = fresh_profile(&args.proxy).await?;
