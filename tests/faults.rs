@@ -871,3 +871,53 @@ async fn rotations_on_several_instances_take_turns_and_the_others_follow_the_fil
             .unwrap_or_else(|e| panic!("instance {i} after the rotations: {e}"));
     }
 }
+
+/// A login in the window of another instance's rotation between its
+/// `ALTER ROLE` and its rename (PostgreSQL has the new password, the file
+/// still the old one, `<file>.rotating` the new one) logs in with the
+/// pending file's password rather than failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_mid_rotation_uses_the_pending_password() {
+    let h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin-password");
+    let first = h.demo.admin_password.expose().to_owned();
+    std::fs::write(&file, format!("{first}\n")).unwrap();
+    let mut config = h.config.clone();
+    config.backend.admin_password_file = Some(file.clone());
+    let admin = rolemint::pg::AdminClient::new(&config).expect("admin client");
+    admin.ping("postgres").await.expect("logged in before");
+
+    // The other instance, stopped between steps 2 and 3.
+    let next = "a-password-set-mid-rotation";
+    std::fs::write(dir.path().join("admin-password.rotating"), next).unwrap();
+    let superuser = connect_owned(h.cluster.superuser_conn_string("postgres"))
+        .await
+        .expect("superuser");
+    superuser
+        .batch_execute(&format!(
+            "ALTER ROLE {} PASSWORD '{next}'",
+            h.demo.admin_user
+        ))
+        .await
+        .unwrap();
+
+    // A database this client has no open connection to: a new login.
+    admin
+        .ping("appdb")
+        .await
+        .expect("the pending file's password logs in");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim_end(), first);
+
+    // And with neither file holding PostgreSQL's password, 28P01 stays.
+    superuser
+        .batch_execute(&format!(
+            "ALTER ROLE {} PASSWORD 'neither-file-has-this'",
+            h.demo.admin_user
+        ))
+        .await
+        .unwrap();
+    let other = rolemint::pg::AdminClient::new(&config).expect("admin client");
+    let refused = other.ping("postgres").await.expect_err("no password works");
+    assert_eq!(refused.sqlstate(), Some("28P01"), "{refused}");
+}

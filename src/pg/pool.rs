@@ -73,6 +73,14 @@ impl std::fmt::Debug for AdminPool {
     }
 }
 
+/// Where a rotation keeps the new password between writing it and renaming
+/// it over `file` (`rotate.rs`).
+pub(super) fn pending_password_file(file: &std::path::Path) -> std::path::PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".rotating");
+    file.with_file_name(name)
+}
+
 impl AdminPool {
     pub fn new(
         backend: &BackendConfig,
@@ -231,51 +239,76 @@ impl AdminPool {
     /// [`AdminPool::connect`], and with `wake` set, a connection whose
     /// `NOTIFY` messages (and its end) wake `wake`: the store's `LISTEN`.
     ///
-    /// A login refused with 28P01 is tried once more when
-    /// `backend.admin_password_file` now holds another password: another
-    /// instance rotated it (`rotate.rs`), and every instance reading that
-    /// file picks the new one up without a restart.
+    /// A login refused with 28P01 is tried again with each other password
+    /// `backend.admin_password_file` offers: another instance rotated it
+    /// (`rotate.rs`), and every instance reading that file picks the new
+    /// one up without a restart. A password is adopted only once it logs in.
     pub(super) async fn connect_with(
         &self,
         database: &str,
         wake: Option<Arc<Notify>>,
     ) -> Result<Client, MintError> {
-        match self.connect_once(database, wake.clone()).await {
-            Err(e) if e.sqlstate() == Some("28P01") && self.reread_password() => {
-                self.connect_once(database, wake).await
+        let refused = match self.connect_once(database, wake.clone(), None).await {
+            Err(e) if e.sqlstate() == Some("28P01") => e,
+            result => return result,
+        };
+        for candidate in self.file_passwords() {
+            match self
+                .connect_once(database, wake.clone(), Some(&candidate))
+                .await
+            {
+                Ok(client) => {
+                    tracing::info!("admin login refused (28P01): using the password now in the admin password file");
+                    self.set_password(&candidate);
+                    return Ok(client);
+                }
+                Err(e) if e.sqlstate() == Some("28P01") => continue,
+                Err(e) => return Err(e),
             }
-            result => result,
         }
+        Err(refused)
     }
 
-    /// Reads `backend.admin_password_file` again; true when it holds a
-    /// password other than the one in use, which is then used from now on.
-    fn reread_password(&self) -> bool {
+    /// The passwords other than the one in use that the password file
+    /// offers: the file, then `<file>.rotating`, which holds the new
+    /// password from just before a rotation's `ALTER ROLE` to the rename
+    /// just after it (a login in that window is refused the old one while
+    /// the file still holds it).
+    fn file_passwords(&self) -> Vec<zeroize::Zeroizing<String>> {
         let Some(file) = &self.password_file else {
-            return false;
+            return Vec::new();
         };
-        let Ok(text) = std::fs::read_to_string(file) else {
-            return false;
-        };
-        let text = zeroize::Zeroizing::new(text);
-        let password = text.trim_end_matches(['\n', '\r']);
         let current = self.base.read().unwrap_or_else(|e| e.into_inner());
-        if password.is_empty() || current.get_password() == Some(password.as_bytes()) {
-            return false;
+        let mut found: Vec<zeroize::Zeroizing<String>> = Vec::new();
+        for path in [file.clone(), pending_password_file(file)] {
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let text = zeroize::Zeroizing::new(text);
+            let password = text.trim_end_matches(['\n', '\r']);
+            if password.is_empty()
+                || current.get_password() == Some(password.as_bytes())
+                || found.iter().any(|f| f.as_str() == password)
+            {
+                continue;
+            }
+            found.push(zeroize::Zeroizing::new(password.to_owned()));
         }
-        drop(current);
-        tracing::info!(file = %file.display(), "admin login refused (28P01): using the password now in the file");
-        self.set_password(password);
-        true
+        found
     }
 
+    /// One login, with `password` instead of the one in use when given.
     async fn connect_once(
         &self,
         database: &str,
         wake: Option<Arc<Notify>>,
+        password: Option<&str>,
     ) -> Result<Client, MintError> {
         let mut config = self.base.read().unwrap_or_else(|e| e.into_inner()).clone();
         config.dbname(database);
+        if let Some(password) = password {
+            config.password(password);
+        }
         let connecting = async {
             if self.allow_weak_auth {
                 return match &self.tls {

@@ -23,13 +23,15 @@
 //! for an operator to move into place; the error says so.
 //!
 //! The other instances: their open admin connections stay logged in, and
-//! their next new one, refused with 28P01, reads the file again and logs in
-//! with what it holds now (`pool.rs`), so no restart is needed where they
+//! their next new one, refused with 28P01, reads the file again (and
+//! `<file>.rotating`, for a login between steps 2 and 3) and logs in with
+//! the password that works (`pool.rs`), so no restart is needed where they
 //! read the same file.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use super::pool::pending_password_file;
 use crate::config::BackendConfig;
 use crate::pg::{AdminClient, MintError};
 use crate::secret::Secret;
@@ -108,7 +110,7 @@ pub async fn rotate_admin(
     let verifier = Secret::new(postgres_protocol::password::scram_sha_256(
         password.expose().as_bytes(),
     ));
-    let pending = pending_path(file);
+    let pending = pending_password_file(file);
     write_synced(&pending, password.expose()).map_err(|source| RotateError::Write {
         path: pending.clone(),
         source,
@@ -164,12 +166,6 @@ fn new_password() -> Result<Secret, RotateError> {
     ))
 }
 
-fn pending_path(file: &Path) -> PathBuf {
-    let mut name = file.file_name().unwrap_or_default().to_os_string();
-    name.push(".rotating");
-    file.with_file_name(name)
-}
-
 fn write_synced(path: &Path, contents: &str) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -218,7 +214,7 @@ mod tests {
         b.admin_password_file = Some("/etc/rolemint/admin".into());
         assert_eq!(password_file(&b).unwrap(), Path::new("/etc/rolemint/admin"));
         assert_eq!(
-            pending_path(Path::new("/etc/rolemint/admin")),
+            pending_password_file(Path::new("/etc/rolemint/admin")),
             Path::new("/etc/rolemint/admin.rotating")
         );
     }
