@@ -73,6 +73,10 @@ impl std::fmt::Debug for AdminPool {
     }
 }
 
+/// Rounds of reading the password files again after a refused login: each
+/// round is one more rotation by another instance that finished meanwhile.
+const MAX_PASSWORD_ROUNDS: usize = 4;
+
 /// Where a rotation keeps the new password between writing it and renaming
 /// it over `file` (`rotate.rs`).
 pub(super) fn pending_password_file(file: &std::path::Path) -> std::path::PathBuf {
@@ -252,18 +256,32 @@ impl AdminPool {
             Err(e) if e.sqlstate() == Some("28P01") => e,
             result => return result,
         };
-        for candidate in self.file_passwords() {
-            match self
-                .connect_once(database, wake.clone(), Some(&candidate))
-                .await
-            {
-                Ok(client) => {
-                    tracing::info!("admin login refused (28P01): using the password now in the admin password file");
-                    self.set_password(&candidate);
-                    return Ok(client);
+        // Rotations by other instances may follow one another while this
+        // login tries: read the files again after each refused round, until
+        // a round offers nothing new (bounded).
+        let mut tried: Vec<zeroize::Zeroizing<String>> = Vec::new();
+        for _ in 0..MAX_PASSWORD_ROUNDS {
+            let fresh: Vec<_> = self
+                .file_passwords()
+                .into_iter()
+                .filter(|p| !tried.iter().any(|t| t.as_str() == p.as_str()))
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            for candidate in fresh {
+                match self
+                    .connect_once(database, wake.clone(), Some(&candidate))
+                    .await
+                {
+                    Ok(client) => {
+                        tracing::info!("admin login refused (28P01): using the password now in the admin password file");
+                        self.set_password(&candidate);
+                        return Ok(client);
+                    }
+                    Err(e) if e.sqlstate() == Some("28P01") => tried.push(candidate),
+                    Err(e) => return Err(e),
                 }
-                Err(e) if e.sqlstate() == Some("28P01") => continue,
-                Err(e) => return Err(e),
             }
         }
         Err(refused)
