@@ -1,0 +1,101 @@
+//! `[admin]`: the admin HTTP listener (health, metrics, the lease API and
+//! the Vault-compatible door): its address and TLS, the operators' token
+//! hash, and the bounds on its requests and connections.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{invalid, read_secret_file, ConfigError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP listener; unset: no listener.
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain and key for HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address. The operator token
+    /// travels in a header, so this is for a network you trust (a pod's
+    /// own interface behind a mesh, say).
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// Hex SHA-256 of the operators' bearer token; unset: the lease API
+    /// answers 403 to everyone.
+    pub operator_token_sha256: Option<String>,
+    /// The same hash, read from a file (a mounted Secret).
+    pub operator_token_sha256_file: Option<PathBuf>,
+    /// Longest an admin request may take before it is answered 503.
+    #[serde(default = "default_admin_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_admin_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Admin HTTP connections open at once; more wait to be accepted.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+    /// Admin connections one source (an IPv4 address, an IPv6 /64) may
+    /// hold at once; more from it are closed at accept.
+    #[serde(default = "default_admin_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// From the moment the listener waits for a request (a new connection,
+    /// or the end of the previous response) to the end of its headers;
+    /// also how long a kept-alive connection may sit idle.
+    #[serde(
+        default = "default_admin_header_read_timeout",
+        with = "humantime_serde"
+    )]
+    pub header_read_timeout: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            allow_plaintext: false,
+            operator_token_sha256: None,
+            operator_token_sha256_file: None,
+            request_timeout: default_admin_request_timeout(),
+            max_body_bytes: default_admin_max_body_bytes(),
+            max_connections: default_admin_max_connections(),
+            max_connections_per_source: default_admin_max_connections_per_source(),
+            header_read_timeout: default_admin_header_read_timeout(),
+        }
+    }
+}
+
+pub(super) fn default_admin_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+pub(super) fn default_admin_max_body_bytes() -> usize {
+    64 * 1024
+}
+pub(super) fn default_admin_max_connections() -> usize {
+    256
+}
+fn default_admin_max_connections_per_source() -> usize {
+    32
+}
+fn default_admin_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl AdminConfig {
+    pub(super) fn resolve_operator_hash(&mut self) -> Result<(), ConfigError> {
+        if let Some(file) = &self.operator_token_sha256_file {
+            if self.operator_token_sha256.is_some() {
+                return Err(invalid(
+                    "admin: set only one of operator_token_sha256, operator_token_sha256_file",
+                ));
+            }
+            let hash = read_secret_file(file)?;
+            self.operator_token_sha256 = Some(hash.expose().trim().to_owned());
+        }
+        Ok(())
+    }
+}
