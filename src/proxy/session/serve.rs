@@ -1,0 +1,237 @@
+//! A session with its lease: the login as the minted role (or the warm
+//! pool's backend), the startup forwarded with rolemint's own cancel key,
+//! the splice (in user space or in the kernel), and on every way out the
+//! `session.ended` line and the role handed to the revoker.
+
+use std::time::Instant;
+
+use super::relay::{self, End};
+use super::{handshake, kernel, statements, wire, LogSafe, Minted, Started};
+use crate::error::ClientError;
+use crate::lease::registry::{EndReason, Lease};
+use crate::lease::revoker::Why;
+use crate::observe::audit::Event;
+use crate::observe::metrics::{ConnectionResult, Direction};
+use crate::pg::backend;
+use crate::runtime::state::Shared;
+use crate::tls::ClientStream;
+
+/// Logs in as the minted role, splices until the session ends, and hands
+/// the role to the revoker.
+pub(super) async fn serve_lease(
+    shared: &Shared,
+    stream: ClientStream,
+    startup: &handshake::Startup,
+    minted: Minted,
+    started: Started,
+) {
+    let Minted {
+        registered,
+        password,
+        warm,
+        quota,
+    } = minted;
+    let lease = &registered.lease;
+    crate::failpoint::hit(crate::failpoint::AFTER_MINT).await;
+    let (end, traffic) = connect_and_splice(
+        shared,
+        stream,
+        startup,
+        &password,
+        warm,
+        lease,
+        started.accepted,
+    )
+    .await;
+    drop(password);
+    lease.set_traffic(traffic.client_to_backend, traffic.backend_to_client);
+    crate::observe::metrics::relay_bytes(Direction::ClientToBackend, traffic.client_to_backend);
+    crate::observe::metrics::relay_bytes(Direction::BackendToClient, traffic.backend_to_client);
+    // The session is over: its slots are free while the role is revoked.
+    drop(started.permit);
+    drop(quota);
+    let why = match end {
+        End::Lease(reason) => Why::from(reason),
+        _ => lease.end_reason().map_or(Why::SessionEnded, Why::from),
+    };
+    let duration = lease
+        .issued_at
+        .elapsed()
+        .unwrap_or_else(|_| started.accepted.elapsed());
+    shared.audit.record(Event::SessionEnded {
+        lease_id: lease.id.clone(),
+        role: lease.role.clone(),
+        identity: lease.identity.clone(),
+        reason: end_reason(&end, why).to_owned(),
+        duration_seconds: duration.as_secs_f64(),
+        bytes_in: traffic.client_to_backend,
+        bytes_out: traffic.backend_to_client,
+    });
+    shared.revoker.schedule_lease(
+        &lease.id,
+        &lease.role,
+        &lease.database,
+        Some(&lease.template),
+        why,
+    );
+    tracing::info!(
+        lease = %lease.id, role = %lease.role, end = ?end,
+        bytes_in = traffic.client_to_backend, bytes_out = traffic.backend_to_client,
+        duration_ms = duration.as_millis() as u64,
+        "session ended; role handed to the revoker"
+    );
+    // Only now does the registry forget the lease: until the revoker has
+    // it, the role counts as held (the reaper asks).
+    drop(registered);
+}
+
+/// `session.ended`'s reason: `client`, `ttl`, `revoked`, `shutdown`,
+/// `backend` or `error`.
+fn end_reason(end: &End, why: Why) -> &'static str {
+    match (end, why) {
+        (End::Lease(EndReason::Expired), _) | (_, Why::Expired) => "ttl",
+        (End::Lease(EndReason::Revoked), _) | (_, Why::Revoked) => "revoked",
+        (End::Lease(EndReason::Shutdown), _) | (_, Why::Shutdown) => "shutdown",
+        (End::ClientClosed, _) => "client",
+        (End::BackendClosed, _) => "backend",
+        _ => "error",
+    }
+}
+
+/// Keeps `rolemint_sessions_active{template}` true on every way out of a
+/// splice, a panic included.
+struct ActiveSession<'a>(&'a str);
+
+impl<'a> ActiveSession<'a> {
+    fn start(template: &'a str) -> ActiveSession<'a> {
+        crate::observe::metrics::session_started(template);
+        ActiveSession(template)
+    }
+}
+
+impl Drop for ActiveSession<'_> {
+    fn drop(&mut self) {
+        crate::observe::metrics::session_ended(self.0);
+    }
+}
+
+/// Logs in as the minted role and splices; every outcome ends here so that
+/// the caller revokes in one place.
+async fn connect_and_splice(
+    shared: &Shared,
+    mut stream: ClientStream,
+    startup: &handshake::Startup,
+    password: &crate::secret::Secret,
+    warm: Option<Box<backend::Login>>,
+    lease: &Lease,
+    accepted: Instant,
+) -> (End, relay::Traffic) {
+    let failed = (End::Failed, relay::Traffic::default());
+    let role = lease.role.as_str();
+    let backend_config = &shared.config.backend;
+    let login_started = Instant::now();
+    let warm_hit = warm.is_some();
+    let login = async {
+        if let Some(login) = warm {
+            return Ok(*login);
+        }
+        let conn = backend::connect(backend_config, shared.backend_tls.as_ref()).await?;
+        backend::login(
+            conn,
+            role,
+            password,
+            &startup.database,
+            &startup.forward,
+            backend_config,
+        )
+        .await
+    };
+    let mut login = match tokio::time::timeout(2 * backend_config.connect_timeout, login).await {
+        Ok(Ok(login)) => login,
+        Ok(Err(e)) => {
+            let e = e.to_string();
+            tracing::warn!(lease = %lease.id, role, "backend login failed: {}", LogSafe(&e));
+            crate::observe::metrics::connection(ConnectionResult::Refused);
+            relay::send_fatal(&mut stream, &ClientError::BackendUnavailable).await;
+            return failed;
+        }
+        Err(_) => {
+            tracing::warn!(lease = %lease.id, role, "backend login timed out");
+            crate::observe::metrics::connection(ConnectionResult::Refused);
+            relay::send_fatal(&mut stream, &ClientError::BackendUnavailable).await;
+            return failed;
+        }
+    };
+    if !warm_hit {
+        crate::observe::metrics::backend_login_duration(login_started.elapsed());
+    }
+    crate::failpoint::hit(crate::failpoint::AFTER_LOGIN).await;
+    // A protocol 3.2 client gets a long secret, whatever the backend speaks.
+    let long_key = startup.minor >= wire::LATEST_MINOR;
+    let cancel_key = shared.cancels.issue(login.key.clone(), role, long_key);
+    let audited = statement_audit(shared, lease);
+    // Into the kernel before the client can send anything more: it waits
+    // for its first ReadyForQuery. Not a session whose statements are
+    // audited: the kernel would never show rolemint its bytes.
+    let mut kernel = shared
+        .sockmap
+        .as_ref()
+        .filter(|_| audited.is_none())
+        .and_then(|map| kernel::begin(map, &stream, &login.stream, login.leftover.len()));
+    let framer = match relay::forward_startup(&mut stream, &mut login, &cancel_key.key).await {
+        Ok((framer, written)) => {
+            if let Some(k) = kernel.as_mut() {
+                k.wrote_to_client(written);
+            }
+            framer
+        }
+        Err(e) => {
+            tracing::debug!(lease = %lease.id, "client went away during startup: {e}");
+            crate::observe::metrics::connection(ConnectionResult::ProtocolError);
+            return failed;
+        }
+    };
+    // The client has its first ReadyForQuery.
+    crate::observe::metrics::connection(ConnectionResult::Ok);
+    crate::observe::metrics::connect_duration(accepted.elapsed());
+    let _active = ActiveSession::start(&lease.template);
+    match kernel {
+        Some(k) => {
+            k.run(shared, stream, login.stream, lease, login.key.process_id)
+                .await
+        }
+        None => relay::splice(stream, login.stream, framer, lease, audited).await,
+    }
+}
+
+/// The statement audit of `lease`'s session, when its template asks for
+/// one (`audit_queries`): each statement becomes a `session.statement`
+/// line. Read from the current runtime, as the template is right after
+/// the mint.
+fn statement_audit<'a>(shared: &'a Shared, lease: &'a Lease) -> Option<relay::Audited<'a>> {
+    let runtime = shared.runtime();
+    let template = runtime.config.template(&lease.template)?;
+    if !template.audit_queries {
+        return None;
+    }
+    let tap = statements::StatementTap::new(template.audit_parameters);
+    let sink = move |s: statements::Statement| {
+        shared.audit.record(Event::SessionStatement {
+            lease_id: lease.id.clone(),
+            role: lease.role.clone(),
+            identity: lease.identity.clone(),
+            template: lease.template.clone(),
+            database: lease.database.clone(),
+            seq: s.seq,
+            kind: s.kind.as_str(),
+            name: s.name,
+            statement: s.text,
+            params: s.params,
+            truncated: s.truncated,
+        });
+    };
+    Some(relay::Audited {
+        tap,
+        sink: Box::new(sink),
+    })
+}
