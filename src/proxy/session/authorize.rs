@@ -7,14 +7,24 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
+use super::handshake::{self, Startup};
+use super::Handshake;
+use crate::auth::identity::Identity;
+use crate::auth::policy::Grant;
+use crate::auth::token::TokenHash;
+use crate::config::Config;
 use crate::error::ClientError;
+use crate::lease::quota::{self, QuotaKind};
 use crate::lease::registry::LeaseKind;
+use crate::observe::audit::Event;
 use crate::runtime::state::{Runtime, Shared};
+use crate::secret::Secret;
+use crate::tls::ClientStream;
 
 /// The identity behind a session's password: a Vault token (`rmv.`, read
 /// from the token store with a use spent; an unknown one counts against
 /// the address like any failure), else an identity token.
-pub(super) async fn verify_password(
+async fn verify_password(
     shared: &Shared,
     runtime: &Runtime,
     peer: SocketAddr,
@@ -66,7 +76,7 @@ pub(super) async fn verify_password(
 /// What entitles a session: a Vault token's policies (`read` on
 /// `<database mount>/creds/<template>`, beside the allow lists), else the
 /// template's allow lists, as on the HTTP door.
-pub(super) fn session_grant<'a>(
+fn session_grant<'a>(
     shared: &Shared,
     config: &'a crate::config::Config,
     identity: &crate::auth::identity::Identity,
@@ -98,7 +108,7 @@ pub(super) fn vault_tokens(shared: &Shared) -> crate::store::tokens::Tokens {
 /// What a client whose token failed is told: that it is rate limited (and
 /// for how long), that it sent a credential lease's password to the proxy
 /// door, or only that the token is bad.
-pub(super) fn client_error(
+fn client_error(
     shared: &Shared,
     reason: &crate::auth::identity::IdentityError,
     user: &str,
@@ -122,4 +132,178 @@ pub(super) fn client_error(
         }
         _ => ClientError::BadToken,
     }
+}
+
+/// Who a session's password says the client is.
+pub(super) struct Caller {
+    pub identity: Identity,
+    /// The Vault token the password was, with its policies; `None` for an
+    /// identity token.
+    pub vault_token: Option<(TokenHash, Vec<String>)>,
+}
+
+/// The password, read within the handshake's deadline. Once it is in,
+/// the handshake slot goes to the next client.
+pub(super) async fn read_token(
+    stream: &mut ClientStream,
+    startup: &Startup,
+    handshake: Handshake,
+    max_token_bytes: usize,
+) -> Result<Secret, (ClientError, String)> {
+    let read = handshake::read_token(stream, startup, max_token_bytes);
+    let token = match tokio::time::timeout_at(handshake.deadline, read).await {
+        Ok(Ok(token)) => token,
+        Ok(Err((error, detail))) => {
+            crate::observe::metrics::auth(false, "no_token", None);
+            return Err((error, detail));
+        }
+        Err(_) => {
+            crate::observe::metrics::auth(false, "timeout", None);
+            return Err((
+                ClientError::BadToken,
+                "handshake timed out waiting for the token".into(),
+            ));
+        }
+    };
+    // The handshake is over: the next client may start one.
+    drop(handshake.permit);
+    Ok(token)
+}
+
+/// The identity behind the password, or the refusal: every reason gets
+/// the same 28P01 (or the rate limit's); the reason goes to the log and
+/// the `auth.failed` line only.
+pub(super) async fn authenticate(
+    shared: &Shared,
+    runtime: &Runtime,
+    startup: &Startup,
+    peer: SocketAddr,
+    token: Secret,
+) -> Result<Caller, (ClientError, String)> {
+    let verified = verify_password(shared, runtime, peer, token.expose()).await;
+    drop(token);
+    let reason = match verified {
+        Ok((identity, vault_token)) => {
+            return Ok(Caller {
+                identity,
+                vault_token,
+            })
+        }
+        Err(reason) => reason,
+    };
+    // The verifier's messages name a check, never a claim value.
+    crate::observe::metrics::auth(false, reason.reason(), None);
+    let audit_reason = format!("{}: {reason}", reason.reason());
+    shared
+        .audit
+        .record(auth_failed(audit_reason, None, startup, peer));
+    let (template, database) = (startup.template.as_str(), startup.database.as_str());
+    let mut detail = format!(
+        "template={template} database={database}: reason={}: {reason}",
+        reason.reason()
+    );
+    let error = client_error(shared, &reason, template);
+    if let ClientError::CredentialLease(_) = &error {
+        detail.push_str(&format!("; {error}"));
+    }
+    Err((error, detail))
+}
+
+/// The policy's decision on the session the client asks for: a grant
+/// (the template's current access request applied), or the refusal.
+/// Counted and audited (`auth.ok`, `auth.failed`) either way.
+pub(super) fn authorize<'a>(
+    shared: &Shared,
+    config: &'a Config,
+    caller: &Caller,
+    startup: &Startup,
+    peer: SocketAddr,
+) -> Result<Grant<'a>, (ClientError, String)> {
+    let identity = &caller.identity;
+    let (template, database) = (startup.template.as_str(), startup.database.as_str());
+    let vault_token = caller.vault_token.as_ref();
+    let authorized = session_grant(shared, config, identity, vault_token, template, database)
+        .and_then(|mut grant| {
+            shared.require_approval(&mut grant, identity)?;
+            Ok(grant)
+        });
+    let grant = match authorized {
+        Ok(grant) => grant,
+        Err(refusal) => {
+            crate::observe::metrics::auth(false, refusal.error.kind(), Some(&identity.issuer));
+            let reason = format!("{}: {}", refusal.error.kind(), refusal.rule);
+            shared
+                .audit
+                .record(auth_failed(reason, Some(identity), startup, peer));
+            let detail = format!(
+                "identity={:?} issuer={} template={template}: {}",
+                identity.subject, identity.issuer, refusal.rule
+            );
+            return Err((refusal.error, detail));
+        }
+    };
+    crate::observe::metrics::auth(true, "ok", Some(&identity.issuer));
+    shared.audit.record(Event::AuthOk {
+        identity: identity.subject.clone(),
+        issuer: Some(identity.issuer.clone()),
+        client_addr: peer.to_string(),
+        template: template.to_owned(),
+        database: database.to_owned(),
+    });
+    tracing::debug!(
+        identity = ?identity.subject, issuer = %identity.issuer, template,
+        rule = %grant.rule, "policy allowed"
+    );
+    Ok(grant)
+}
+
+/// The `auth.failed` line: the reason, and the identity when the token
+/// named one.
+fn auth_failed(
+    reason: String,
+    identity: Option<&Identity>,
+    startup: &Startup,
+    peer: SocketAddr,
+) -> Event {
+    Event::AuthFailed {
+        reason,
+        issuer: identity.map(|i| i.issuer.clone()),
+        identity: identity.map(|i| i.subject.clone()),
+        client_addr: peer.to_string(),
+        template: startup.template.clone(),
+        database: startup.database.clone(),
+    }
+}
+
+/// Room for one more session of an allowed client: none while too many
+/// roles wait to be revoked, else the principal's own share of this
+/// instance (`[quotas]`), held for the session's life.
+pub(super) fn admit(
+    shared: &Shared,
+    identity: &Identity,
+    template: &str,
+    peer: SocketAddr,
+) -> Result<quota::Slot, (ClientError, String)> {
+    // Every session ends in a revocation: while too many wait (PostgreSQL
+    // down), add none, or the queue grows with every client retry.
+    if shared.revoker.backlogged() {
+        let detail = format!(
+            "identity={:?} template={template}: {} roles wait to be revoked",
+            identity.subject,
+            shared.revoker.pending()
+        );
+        return Err((ClientError::RevocationBacklog, detail));
+    }
+    shared
+        .quotas
+        .take(QuotaKind::Sessions, &identity.issuer, &identity.subject)
+        .map_err(|refused| {
+            let event = quota::refusal_event(&refused, identity, template, Some(peer));
+            shared.audit.record(event);
+            let detail = format!(
+                "identity={:?} issuer={} template={template}: {refused}",
+                identity.subject, identity.issuer
+            );
+            (ClientError::QuotaExceeded(refused.to_string()), detail)
+        })
 }

@@ -48,24 +48,21 @@ pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use self::authorize::{client_error, session_grant, verify_password};
 use self::cancel_request::cancel;
 use self::handshake::Hello;
-use self::mint::{mint_outcome, record_token_lease};
 use self::refuse::{refuse, refuse_early, refuse_with};
 use self::serve::serve_lease;
+use crate::auth::policy::Grant;
 use crate::error::ClientError;
-use crate::lease::quota::{self, QuotaKind};
-use crate::lease::registry::{self, Lease, LeaseKind, NewLease};
-use crate::observe::audit::Event;
+use crate::lease::quota;
+use crate::lease::registry;
 use crate::observe::metrics::ConnectionResult;
 use crate::pg::backend;
-use crate::pg::MintRequest;
 use crate::runtime::state::{Runtime, Shared};
 use crate::tls::ClientStream;
 
@@ -208,8 +205,8 @@ async fn session(
     serve_lease(&shared, stream, &startup, minted, started).await;
 }
 
-/// The token, the policy and the mint: a registered lease, or what to tell
-/// the client (and the log). Counts and audits each decision.
+/// The token, the policy and the role: a registered lease, or what to tell
+/// the client (and the log). Each step counts and audits its decision.
 async fn authorize_and_mint(
     shared: &Shared,
     runtime: &Runtime,
@@ -218,206 +215,30 @@ async fn authorize_and_mint(
     peer: SocketAddr,
     handshake: Handshake,
 ) -> Result<Minted, (ClientError, String)> {
-    let config = &runtime.config;
-    let template = startup.template.as_str();
-    let database = startup.database.as_str();
+    let max_token_bytes = runtime.config.proxy.max_token_bytes;
+    let token = authorize::read_token(stream, startup, handshake, max_token_bytes).await?;
+    let caller = authorize::authenticate(shared, runtime, startup, peer, token).await?;
+    let grant = authorize::authorize(shared, &runtime.config, &caller, startup, peer)?;
+    let quota = authorize::admit(shared, &caller.identity, &startup.template, peer)?;
+    let mut minted = acquire(shared, &caller, &grant, startup, peer).await?;
+    minted.quota = Some(quota);
+    Ok(minted)
+}
 
-    let read_token = handshake::read_token(stream, startup, config.proxy.max_token_bytes);
-    let token = match tokio::time::timeout_at(handshake.deadline, read_token).await {
-        Ok(Ok(token)) => token,
-        Ok(Err((error, detail))) => {
-            crate::observe::metrics::auth(false, "no_token", None);
-            return Err((error, detail));
-        }
-        Err(_) => {
-            crate::observe::metrics::auth(false, "timeout", None);
-            return Err((
-                ClientError::BadToken,
-                "handshake timed out waiting for the token".into(),
-            ));
-        }
-    };
-    // The handshake is over: the next client may start one.
-    drop(handshake.permit);
-    // Every reason gets the same 28P01; the reason goes to the log only.
-    let verified = verify_password(shared, runtime, peer, token.expose()).await;
-    drop(token);
-    let failed =
-        |reason: String, identity: Option<&crate::auth::identity::Identity>| Event::AuthFailed {
-            reason,
-            issuer: identity.map(|i| i.issuer.clone()),
-            identity: identity.map(|i| i.subject.clone()),
-            client_addr: peer.to_string(),
-            template: template.to_owned(),
-            database: database.to_owned(),
-        };
-    let (identity, vault_token) = match verified {
-        Ok(found) => found,
-        Err(reason) => {
-            // The verifier's messages name a check, never a claim value.
-            crate::observe::metrics::auth(false, reason.reason(), None);
-            shared
-                .audit
-                .record(failed(format!("{}: {reason}", reason.reason()), None));
-            let mut detail = format!(
-                "template={template} database={database}: reason={}: {reason}",
-                reason.reason()
-            );
-            let error = client_error(shared, &reason, template);
-            if let ClientError::CredentialLease(_) = &error {
-                detail.push_str(&format!("; {error}"));
-            }
-            return Err((error, detail));
-        }
-    };
-    let authorized = session_grant(
-        shared,
-        config,
-        &identity,
-        vault_token.as_ref(),
-        template,
-        database,
-    )
-    .and_then(|mut grant| {
-        shared.require_approval(&mut grant, &identity)?;
-        Ok(grant)
-    });
-    let grant = match authorized {
-        Ok(grant) => grant,
-        Err(refusal) => {
-            crate::observe::metrics::auth(false, refusal.error.kind(), Some(&identity.issuer));
-            shared.audit.record(failed(
-                format!("{}: {}", refusal.error.kind(), refusal.rule),
-                Some(&identity),
-            ));
-            let detail = format!(
-                "identity={:?} issuer={} template={template}: {}",
-                identity.subject, identity.issuer, refusal.rule
-            );
-            return Err((refusal.error, detail));
-        }
-    };
-    crate::observe::metrics::auth(true, "ok", Some(&identity.issuer));
-    shared.audit.record(Event::AuthOk {
-        identity: identity.subject.clone(),
-        issuer: Some(identity.issuer.clone()),
-        client_addr: peer.to_string(),
-        template: template.to_owned(),
-        database: database.to_owned(),
-    });
-    tracing::debug!(
-        identity = ?identity.subject, issuer = %identity.issuer, template,
-        rule = %grant.rule, "policy allowed"
-    );
-    // Every session ends in a revocation: while too many wait (PostgreSQL
-    // down), add none, or the queue grows with every client retry.
-    if shared.revoker.backlogged() {
-        let detail = format!(
-            "identity={:?} template={template}: {} roles wait to be revoked",
-            identity.subject,
-            shared.revoker.pending()
-        );
-        return Err((ClientError::RevocationBacklog, detail));
-    }
-    // The principal's own share of this instance (`[quotas]`), held for
-    // the session's life.
-    let quota = shared
-        .quotas
-        .take(QuotaKind::Sessions, &identity.issuer, &identity.subject)
-        .map_err(|refused| {
-            shared.audit.record(quota::refusal_event(
-                &refused,
-                &identity,
-                template,
-                Some(peer),
-            ));
-            let detail = format!(
-                "identity={:?} issuer={} template={template}: {refused}",
-                identity.subject, identity.issuer
-            );
-            (ClientError::QuotaExceeded(refused.to_string()), detail)
-        })?;
-    // A Vault token's session is minted for it, so its lease is recorded
-    // under the token before the role exists; warm roles are for the rest.
-    if vault_token.is_none() {
-        if let Some(mut minted) = warm::claim(shared, &identity, &grant, startup, peer).await {
-            minted.quota = Some(quota);
+/// A role for the session: claimed from the warm pool, else minted. A
+/// Vault token's session is minted for it, so its lease is recorded under
+/// the token before the role exists; warm roles are for the rest.
+async fn acquire(
+    shared: &Shared,
+    caller: &authorize::Caller,
+    grant: &Grant<'_>,
+    startup: &handshake::Startup,
+    peer: SocketAddr,
+) -> Result<Minted, (ClientError, String)> {
+    if caller.vault_token.is_none() {
+        if let Some(minted) = warm::claim(shared, &caller.identity, grant, startup, peer).await {
             return Ok(minted);
         }
     }
-
-    let started = Instant::now();
-    let lease_id = registry::new_lease_id(LeaseKind::Session, grant.template_name);
-    if let Some((hash, _)) = &vault_token {
-        record_token_lease(shared, hash, &lease_id, grant.ttl).await?;
-    }
-    let request = MintRequest {
-        identity: &identity,
-        template_name: grant.template_name,
-        template: grant.template,
-        database,
-        ttl: grant.ttl,
-        lease_id: &lease_id,
-    };
-    let prepared = match shared.admin_client.render_mint(&request) {
-        Ok(prepared) => prepared,
-        Err(e) => {
-            let detail = format!("lease={lease_id}: mint refused: {e}");
-            return Err((ClientError::MintFailed, detail));
-        }
-    };
-    let minting = shared.minting(&prepared.role.name);
-    let created = tokio::time::timeout(
-        shared.config.admin_operation_timeout(),
-        shared.admin_client.create(&prepared),
-    )
-    .await;
-    if matches!(created, Ok(Ok(()))) {
-        crate::observe::metrics::mint_duration(started.elapsed());
-    }
-    if let Err(error) = mint_outcome(shared, &prepared, grant.template_name, created) {
-        let detail = format!(
-            "lease={lease_id} identity={}: mint failed",
-            identity.subject
-        );
-        return Err((error, detail));
-    }
-    let minted = prepared.role;
-    let registered = shared.leases.register(Lease::new(NewLease {
-        id: lease_id,
-        role: minted.name.clone(),
-        template: grant.template_name.to_owned(),
-        database: database.to_owned(),
-        identity: identity.subject.clone(),
-        issuer: identity.issuer.clone(),
-        groups: identity.groups.clone(),
-        client_addr: Some(peer),
-        issued_at: SystemTime::now(),
-        expires_at: minted.expires_at,
-    }));
-    drop(minting);
-    let lease = &registered.lease;
-    tracing::info!(
-        lease = %lease.id, role = %lease.role, identity = %LogSafe(&lease.identity),
-        template = %lease.template, database, %peer,
-        mint_ms = started.elapsed().as_millis() as u64,
-        "lease minted"
-    );
-    shared.audit.record(Event::LeaseMinted {
-        lease_id: lease.id.clone(),
-        role: lease.role.clone(),
-        identity: lease.identity.clone(),
-        issuer: lease.issuer.clone(),
-        groups: lease.groups.clone(),
-        template: lease.template.clone(),
-        database: lease.database.clone(),
-        expire_time: humantime::format_rfc3339_seconds(minted.expires_at).to_string(),
-        client_addr: Some(peer.to_string()),
-    });
-    Ok(Minted {
-        registered,
-        password: minted.password,
-        warm: None,
-        quota: Some(quota),
-    })
+    mint::mint(shared, caller, grant, startup, peer).await
 }
