@@ -86,6 +86,55 @@ fn default_admin_header_read_timeout() -> Duration {
 }
 
 impl AdminConfig {
+    /// TLS or loopback (or an explicit plaintext), a well-formed token
+    /// hash, and every bound in range.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid("admin: tls_cert and tls_key go together"));
+        }
+        if let Some(listen) = self.listen {
+            if self.tls_cert.is_none() && !self.allow_plaintext && !listen.ip().is_loopback() {
+                return Err(invalid(format!(
+                    "admin: listen = \"{listen}\" is not loopback and there is no tls_cert/tls_key: \
+                     the operator token would cross the network in plaintext (set allow_plaintext = true to accept that)"
+                )));
+            }
+        }
+        if let Some(hash) = &self.operator_token_sha256 {
+            if hash.len() != 64 || !hash.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    "admin.operator_token_sha256 must be 64 hex digits (the SHA-256 of the token; `rolemint token --operator` prints one)",
+                ));
+            }
+        }
+        if self.request_timeout.is_zero() || self.request_timeout > Duration::from_secs(600) {
+            return Err(invalid(
+                "admin.request_timeout must be positive and at most 10m",
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return Err(invalid(
+                "admin.max_body_bytes must be between 1024 and 16777216",
+            ));
+        }
+        if !(1..=65_536).contains(&self.max_connections) {
+            return Err(invalid("admin.max_connections must be between 1 and 65536"));
+        }
+        if self.max_connections_per_source == 0 {
+            return Err(invalid(
+                "admin.max_connections_per_source must be at least 1",
+            ));
+        }
+        if self.header_read_timeout < Duration::from_millis(100)
+            || self.header_read_timeout > Duration::from_secs(600)
+        {
+            return Err(invalid(
+                "admin.header_read_timeout must be between 100ms and 10m",
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn resolve_operator_hash(&mut self) -> Result<(), ConfigError> {
         if let Some(file) = &self.operator_token_sha256_file {
             if self.operator_token_sha256.is_some() {

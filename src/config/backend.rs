@@ -129,6 +129,42 @@ impl BackendConfig {
                 .is_ok_and(|ip| ip.to_canonical().is_loopback())
     }
 
+    /// An admin password, a pool size in range, and TLS settings that
+    /// fit together (`verify-full` needs its CA).
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.admin_password.as_ref().is_none_or(|s| s.is_empty()) {
+            return Err(invalid(
+                "backend: admin_password (or admin_password_file / admin_password_env) is required",
+            ));
+        }
+        if self.admin_pool_size == 0 || self.admin_pool_size > 64 {
+            return Err(invalid("backend.admin_pool_size must be between 1 and 64"));
+        }
+        if self.sslnegotiation == SslNegotiation::Direct && self.tls() == BackendTls::Disable {
+            return Err(invalid(
+                "backend: sslnegotiation = \"direct\" needs tls = \"require\" or \"verify-full\"",
+            ));
+        }
+        if self.channel_binding == ChannelBinding::Require && self.tls() == BackendTls::Disable {
+            return Err(invalid(
+                "backend: channel_binding = \"require\" needs tls = \"require\" or \"verify-full\"",
+            ));
+        }
+        if self.tls() == BackendTls::VerifyFull && self.tls_ca_file.is_none() {
+            return Err(invalid(if self.tls_setting.is_none() {
+                format!(
+                    "backend: host {:?} is not on this machine, so tls defaults to \"verify-full\", \
+                     which needs tls_ca_file (the CA that signed the server's certificate); to reach \
+                     it without verifying who answers, set tls = \"require\" (or \"disable\") explicitly",
+                    self.host
+                )
+            } else {
+                "backend: tls = \"verify-full\" needs tls_ca_file".to_owned()
+            }));
+        }
+        Ok(())
+    }
+
     /// `admin_password`, from the one place it is set.
     pub(super) fn resolve_password(&mut self) -> Result<(), ConfigError> {
         let sources = [

@@ -28,6 +28,18 @@ pub struct ClusterConfig {
 pub const MIN_CLUSTER_SECRET_BYTES: usize = 32;
 
 impl ClusterConfig {
+    /// A secret long enough to key a MAC; never echoed.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(secret) = &self.secret {
+            if secret.expose().len() < MIN_CLUSTER_SECRET_BYTES {
+                return Err(invalid(format!(
+                    "cluster.secret must be at least {MIN_CLUSTER_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn resolve_secret(&mut self) -> Result<(), ConfigError> {
         if let Some(file) = &self.secret_file {
             if self.secret.is_some() {

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::{check_placeholders, invalid, placeholder, ConfigError, MAX_CONFIGURABLE_TTL};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MintConfig {
@@ -80,4 +82,41 @@ fn default_reap_interval() -> Duration {
 }
 fn default_reap_grace() -> Duration {
     Duration::from_secs(120)
+}
+
+impl MintConfig {
+    /// A name template that cannot collide, and every bound in range.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=1_000_000).contains(&self.max_pending_revocations) {
+            return Err(invalid(
+                "mint.max_pending_revocations must be between 1 and 1000000",
+            ));
+        }
+        if !placeholder::uses(&self.name_template, "random") {
+            return Err(invalid(
+                "mint.name_template must contain {{random}}: two sessions must never collide",
+            ));
+        }
+        check_placeholders(
+            "mint.name_template",
+            &self.name_template,
+            &["identity", "template", "random", "unix_time"],
+        )?;
+        if !(1..=100_000).contains(&self.scram_iterations) {
+            return Err(invalid(
+                "mint.scram_iterations must be between 1 and 100000",
+            ));
+        }
+        if self.reap_interval < Duration::from_millis(100)
+            || self.reap_interval > MAX_CONFIGURABLE_TTL
+        {
+            return Err(invalid(
+                "mint.reap_interval must be between 100ms and 7 days",
+            ));
+        }
+        if self.reap_grace < Duration::from_secs(1) || self.reap_grace > MAX_CONFIGURABLE_TTL {
+            return Err(invalid("mint.reap_grace must be between 1s and 7 days"));
+        }
+        Ok(())
+    }
 }

@@ -214,184 +214,35 @@ impl Config {
     }
 
     /// Checks what the types cannot: combinations, ranges, placeholders.
+    /// Section by section, each table by its own file's check; the first
+    /// problem found is the error.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(l) = &self.login {
             login::validate(l, &self.auth.issuers).map_err(invalid)?;
         }
         approval::validate_access(&self.access).map_err(invalid)?;
-        let p = &self.proxy;
-        if p.tls_cert.is_some() != p.tls_key.is_some() {
-            return Err(invalid("proxy: tls_cert and tls_key go together"));
-        }
-        if p.tls_cert.is_none() && !p.allow_plaintext {
-            return Err(invalid(
-                "proxy: no tls_cert/tls_key and allow_plaintext = false: no client could connect",
-            ));
-        }
-        if p.max_connections == 0 {
-            return Err(invalid("proxy.max_connections must be at least 1"));
-        }
-        if p.max_handshakes == 0 {
-            return Err(invalid("proxy.max_handshakes must be at least 1"));
-        }
-        if p.max_handshakes_per_source == 0 {
-            return Err(invalid(
-                "proxy.max_handshakes_per_source must be at least 1",
-            ));
-        }
-        if self.audit.pre_auth_lines_per_second == 0 {
-            return Err(invalid(
-                "audit.pre_auth_lines_per_second must be at least 1",
-            ));
-        }
-        let q = &self.quotas;
-        if q.max_sessions_per_principal == Some(0)
-            || q.max_credential_leases_per_principal == Some(0)
-            || !(1..=10_000_000).contains(&q.max_principals)
-        {
-            return Err(invalid(
-                "quotas: a per-principal limit must be at least 1, max_principals 1..10000000 \
-                 (mints_per_minute_per_principal = 0 turns the rate off)",
-            ));
-        }
-        if !(1024..=1024 * 1024).contains(&p.max_token_bytes) {
-            return Err(invalid(
-                "proxy.max_token_bytes must be between 1024 and 1048576",
-            ));
-        }
-        let b = &self.backend;
-        if b.admin_password.as_ref().is_none_or(|s| s.is_empty()) {
-            return Err(invalid(
-                "backend: admin_password (or admin_password_file / admin_password_env) is required",
-            ));
-        }
-        if !(1..=1_000_000).contains(&self.mint.max_pending_revocations) {
-            return Err(invalid(
-                "mint.max_pending_revocations must be between 1 and 1000000",
-            ));
-        }
-        if b.admin_pool_size == 0 || b.admin_pool_size > 64 {
-            return Err(invalid("backend.admin_pool_size must be between 1 and 64"));
-        }
-        if b.sslnegotiation == SslNegotiation::Direct && b.tls() == BackendTls::Disable {
-            return Err(invalid(
-                "backend: sslnegotiation = \"direct\" needs tls = \"require\" or \"verify-full\"",
-            ));
-        }
-        if b.channel_binding == ChannelBinding::Require && b.tls() == BackendTls::Disable {
-            return Err(invalid(
-                "backend: channel_binding = \"require\" needs tls = \"require\" or \"verify-full\"",
-            ));
-        }
-        if b.tls() == BackendTls::VerifyFull && b.tls_ca_file.is_none() {
-            return Err(invalid(if b.tls_setting.is_none() {
-                format!(
-                    "backend: host {:?} is not on this machine, so tls defaults to \"verify-full\", \
-                     which needs tls_ca_file (the CA that signed the server's certificate); to reach \
-                     it without verifying who answers, set tls = \"require\" (or \"disable\") explicitly",
-                    b.host
-                )
-            } else {
-                "backend: tls = \"verify-full\" needs tls_ca_file".to_owned()
-            }));
-        }
+        self.proxy.validate()?;
+        self.audit.validate()?;
+        self.quotas.validate()?;
+        self.backend.validate()?;
         self.check_durations()?;
         crate::auth::identity::validate_config(&self.auth).map_err(invalid)?;
-        self.validate_admin()?;
+        self.admin.validate()?;
         self.vault.validate()?;
-        if let Some(secret) = &self.cluster.secret {
-            if secret.expose().len() < MIN_CLUSTER_SECRET_BYTES {
-                return Err(invalid(format!(
-                    "cluster.secret must be at least {MIN_CLUSTER_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)"
-                )));
-            }
-        }
-        if self
-            .audit
-            .path
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            return Err(invalid("audit.path is empty (a file path or \"stdout\")"));
-        }
-        let m = &self.mint;
-        if !placeholder::uses(&m.name_template, "random") {
-            return Err(invalid(
-                "mint.name_template must contain {{random}}: two sessions must never collide",
-            ));
-        }
-        check_placeholders(
-            "mint.name_template",
-            &m.name_template,
-            &["identity", "template", "random", "unix_time"],
-        )?;
-        if !(1..=100_000).contains(&m.scram_iterations) {
-            return Err(invalid(
-                "mint.scram_iterations must be between 1 and 100000",
-            ));
-        }
-        if m.reap_interval < Duration::from_millis(100) || m.reap_interval > MAX_CONFIGURABLE_TTL {
-            return Err(invalid(
-                "mint.reap_interval must be between 100ms and 7 days",
-            ));
-        }
-        if m.reap_grace < Duration::from_secs(1) || m.reap_grace > MAX_CONFIGURABLE_TTL {
-            return Err(invalid("mint.reap_grace must be between 1s and 7 days"));
-        }
+        self.cluster.validate()?;
+        self.mint.validate()?;
+        self.validate_roles()
+    }
+
+    /// `[roles.NAME]`: at least one template, each valid against the
+    /// configured issuers.
+    fn validate_roles(&self) -> Result<(), ConfigError> {
         if self.roles.is_empty() {
             return Err(invalid("no [roles.NAME] template is defined"));
         }
         let issuers = crate::auth::policy::issuer_names(&self.auth);
         for (name, t) in &self.roles {
             validate_template(name, t, &issuers)?;
-        }
-        Ok(())
-    }
-
-    fn validate_admin(&self) -> Result<(), ConfigError> {
-        let a = &self.admin;
-        if a.tls_cert.is_some() != a.tls_key.is_some() {
-            return Err(invalid("admin: tls_cert and tls_key go together"));
-        }
-        if let Some(listen) = a.listen {
-            if a.tls_cert.is_none() && !a.allow_plaintext && !listen.ip().is_loopback() {
-                return Err(invalid(format!(
-                    "admin: listen = \"{listen}\" is not loopback and there is no tls_cert/tls_key: \
-                     the operator token would cross the network in plaintext (set allow_plaintext = true to accept that)"
-                )));
-            }
-        }
-        if let Some(hash) = &a.operator_token_sha256 {
-            if hash.len() != 64 || !hash.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return Err(invalid(
-                    "admin.operator_token_sha256 must be 64 hex digits (the SHA-256 of the token; `rolemint token --operator` prints one)",
-                ));
-            }
-        }
-        if a.request_timeout.is_zero() || a.request_timeout > Duration::from_secs(600) {
-            return Err(invalid(
-                "admin.request_timeout must be positive and at most 10m",
-            ));
-        }
-        if !(1024..=16 * 1024 * 1024).contains(&a.max_body_bytes) {
-            return Err(invalid(
-                "admin.max_body_bytes must be between 1024 and 16777216",
-            ));
-        }
-        if !(1..=65_536).contains(&a.max_connections) {
-            return Err(invalid("admin.max_connections must be between 1 and 65536"));
-        }
-        if a.max_connections_per_source == 0 {
-            return Err(invalid(
-                "admin.max_connections_per_source must be at least 1",
-            ));
-        }
-        if a.header_read_timeout < Duration::from_millis(100)
-            || a.header_read_timeout > Duration::from_secs(600)
-        {
-            return Err(invalid(
-                "admin.header_read_timeout must be between 100ms and 10m",
-            ));
         }
         Ok(())
     }

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::{invalid, ConfigError};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
@@ -31,6 +33,21 @@ impl Default for AuditConfig {
 
 fn default_audit_pre_auth_lines_per_second() -> u32 {
     50
+}
+
+impl AuditConfig {
+    /// A rate of at least 1, and a path that names something.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.pre_auth_lines_per_second == 0 {
+            return Err(invalid(
+                "audit.pre_auth_lines_per_second must be at least 1",
+            ));
+        }
+        if self.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(invalid("audit.path is empty (a file path or \"stdout\")"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::{invalid, ConfigError};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
@@ -82,4 +84,35 @@ fn default_shutdown_revoke_timeout() -> Duration {
 
 fn default_max_token_bytes() -> usize {
     64 * 1024
+}
+
+impl ProxyConfig {
+    /// TLS or an explicit plaintext, and every limit at least 1.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid("proxy: tls_cert and tls_key go together"));
+        }
+        if self.tls_cert.is_none() && !self.allow_plaintext {
+            return Err(invalid(
+                "proxy: no tls_cert/tls_key and allow_plaintext = false: no client could connect",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("proxy.max_connections must be at least 1"));
+        }
+        if self.max_handshakes == 0 {
+            return Err(invalid("proxy.max_handshakes must be at least 1"));
+        }
+        if self.max_handshakes_per_source == 0 {
+            return Err(invalid(
+                "proxy.max_handshakes_per_source must be at least 1",
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_token_bytes) {
+            return Err(invalid(
+                "proxy.max_token_bytes must be between 1024 and 1048576",
+            ));
+        }
+        Ok(())
+    }
 }

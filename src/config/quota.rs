@@ -5,6 +5,8 @@
 
 use serde::Deserialize;
 
+use super::{invalid, ConfigError};
+
 /// `[quotas]`: per-principal limits (see `lease/quota.rs`). Unset limits
 /// default to a tenth of the global limit they divide.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,4 +40,20 @@ impl Default for QuotaConfig {
 
 fn default_quota_max_principals() -> usize {
     100_000
+}
+
+impl QuotaConfig {
+    /// Every set limit at least 1, the table's bound in range.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_sessions_per_principal == Some(0)
+            || self.max_credential_leases_per_principal == Some(0)
+            || !(1..=10_000_000).contains(&self.max_principals)
+        {
+            return Err(invalid(
+                "quotas: a per-principal limit must be at least 1, max_principals 1..10000000 \
+                 (mints_per_minute_per_principal = 0 turns the rate off)",
+            ));
+        }
+        Ok(())
+    }
 }
