@@ -171,3 +171,147 @@ async fn the_mint_rate_is_per_principal() {
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(quota_refusals(admin, "mints_per_minute").await, 2.0);
 }
+
+/// A request to the Vault door: status and JSON body (Null when empty).
+async fn vault(
+    admin: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{admin}/v1/{path}"))
+        .json(&body);
+    if let Some(t) = token {
+        req = req.header("X-Vault-Token", t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// A Vault token for `subject`'s JWT, from `auth/jwt/login`; the status
+/// and the token.
+async fn login(h: &Harness, admin: SocketAddr, subject: &str) -> (StatusCode, Value) {
+    let jwt = h.token(subject);
+    vault(
+        admin,
+        "auth/jwt/login",
+        None,
+        serde_json::json!({ "jwt": jwt.expose() }),
+    )
+    .await
+}
+
+/// Tokens `rolemint.tokens` (in the admin database) holds for `subject`.
+async fn stored_tokens(h: &Harness, subject: &str) -> i64 {
+    h.superuser_on("postgres")
+        .await
+        .query_one(
+            "SELECT count(*) FROM rolemint.tokens WHERE subject = $1",
+            &[&subject],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_principal_at_its_token_quota_gets_429_and_another_still_gets_tokens() {
+    let (h, admin) = with_quotas("max_tokens_per_principal = 3").await;
+    assert_eq!(quota_refusals(admin, "tokens").await, 0.0);
+    let quota_error =
+        serde_json::json!({"errors": ["quota exceeded: at most 3 live tokens per identity"]});
+    // Alice logs in three times: three live tokens, her quota.
+    let mut alice = Vec::new();
+    for _ in 0..3 {
+        let (s, body) = login(&h, admin, "alice").await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        alice.push(body["auth"]["client_token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(stored_tokens(&h, "alice").await, 3);
+    // The fourth: 429 in Vault's shape, and no row for it.
+    let (s, body) = login(&h, admin, "alice").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body, quota_error);
+    assert_eq!(stored_tokens(&h, "alice").await, 3);
+    // Bob is another principal.
+    let (s, body) = login(&h, admin, "bob").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(stored_tokens(&h, "bob").await, 1);
+    // Alice revokes one of hers: her place is given back.
+    let (s, _) = vault(
+        admin,
+        "auth/token/revoke-self",
+        Some(&alice[0]),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(stored_tokens(&h, "alice").await, 2);
+    let (s, body) = login(&h, admin, "alice").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(stored_tokens(&h, "alice").await, 3);
+
+    // auth/token/create counts too: a child acts as its parent's
+    // principal, so a token and its two children fill a quota of 3.
+    let (s, body) = vault(
+        admin,
+        "sys/policy/maker",
+        Some(OPERATOR_TOKEN),
+        serde_json::json!({"policy": "path \"auth/token/create\" { capabilities = [\"update\"] }"}),
+    )
+    .await;
+    assert!(s.is_success(), "{s} {body}");
+    let (s, body) = vault(
+        admin,
+        "auth/token/create",
+        Some(OPERATOR_TOKEN),
+        serde_json::json!({"policies": ["maker"], "display_name": "maker"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let maker = body["auth"]["client_token"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let (s, body) = vault(
+            admin,
+            "auth/token/create",
+            Some(&maker),
+            serde_json::json!({"policies": ["maker"]}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+    }
+    let (s, body) = vault(
+        admin,
+        "auth/token/create",
+        Some(&maker),
+        serde_json::json!({"policies": ["maker"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body, quota_error);
+    let makers: i64 = h
+        .superuser_on("postgres")
+        .await
+        .query_one(
+            "SELECT count(*) FROM rolemint.tokens WHERE issuer = 'token'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(makers, 3);
+
+    // Audited and counted, as the other quotas.
+    let refused: Vec<Value> = audit_lines(&h)
+        .into_iter()
+        .filter(|l| l["event"] == "quota.refused")
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert_eq!(refused[0]["identity"], "alice");
+    assert_eq!(refused[0]["quota"], "tokens");
+    assert_eq!(refused[0]["limit"], 3);
+    assert_eq!(refused[1]["issuer"], "token");
+    assert_eq!(quota_refusals(admin, "tokens").await, 2.0);
+}

@@ -18,6 +18,9 @@ pub struct QuotaConfig {
     /// Live credential leases one principal may hold; default a tenth of
     /// `vault.max_credential_leases`.
     pub max_credential_leases_per_principal: Option<usize>,
+    /// Live Vault tokens (`auth/token/create`, logins) one principal may
+    /// hold, across instances; default a tenth of `vault.max_client_tokens`.
+    pub max_tokens_per_principal: Option<usize>,
     /// New sessions and credential leases one principal may start in a
     /// minute; 0 (the default): no rate limit.
     #[serde(default)]
@@ -32,6 +35,7 @@ impl Default for QuotaConfig {
         QuotaConfig {
             max_sessions_per_principal: None,
             max_credential_leases_per_principal: None,
+            max_tokens_per_principal: None,
             mints_per_minute_per_principal: 0,
             max_principals: default_quota_max_principals(),
         }
@@ -47,6 +51,7 @@ impl QuotaConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.max_sessions_per_principal == Some(0)
             || self.max_credential_leases_per_principal == Some(0)
+            || self.max_tokens_per_principal == Some(0)
             || !(1..=10_000_000).contains(&self.max_principals)
         {
             return Err(invalid(

@@ -108,7 +108,8 @@ pub enum Event {
     QuotaRefused {
         issuer: String,
         identity: String,
-        /// `sessions`, `credential_leases`, `mints_per_minute`, `principals`.
+        /// `sessions`, `credential_leases`, `mints_per_minute`, `principals`,
+        /// `tokens`.
         quota: String,
         limit: usize,
         template: String,

@@ -91,7 +91,7 @@ pub const ALL: &[Described] = &[
     d(AUDIT_LINES_SUPPRESSED, Kind::Counter, None, "Pre-authentication audit lines left out by [audit] pre_auth_lines_per_second (a flood of refusals)."),
     d(WARM_POOL_READY, Kind::Gauge, None, "Pooled roles ready to be claimed (logged in, idle), by role template."),
     d(KERNEL_SPLICED, Kind::Counter, None, "Sessions whose bytes the kernel forwarded (proxy.kernel_splice), by template."),
-    d(QUOTA_REFUSALS, Kind::Counter, None, "Sessions and credential leases refused by a per-principal quota, by quota (sessions, credential_leases, mints_per_minute, principals)."),
+    d(QUOTA_REFUSALS, Kind::Counter, None, "Sessions and credential leases refused by a per-principal quota, by quota (sessions, credential_leases, mints_per_minute, principals, tokens)."),
     d(WARM_POOL_CLAIMS, Kind::Counter, None, "Sessions of a pooled template, by template and result (hit, miss: the pool was empty, fallback: the entry could not be used)."),
     d(ACCESS_REQUESTS, Kind::Counter, None, "Access request steps, by step (created, approved, approval, denied, revoked, refused)."),
     d(ACCESS_WEBHOOK, Kind::Counter, None, "Access request webhook deliveries, by result (delivered, failed, dropped)."),
@@ -182,6 +182,7 @@ fn zero_counters() {
         "credential_leases",
         "mints_per_minute",
         "principals",
+        "tokens",
     ] {
         metrics::counter!(QUOTA_REFUSALS, "quota" => quota).increment(0);
     }

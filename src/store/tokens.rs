@@ -70,6 +70,10 @@ pub enum TokenStoreError {
     /// At `vault.max_client_tokens` already.
     #[error("too many tokens; try again later")]
     Full,
+    /// The principal holds its `[quotas] max_tokens_per_principal` live
+    /// tokens already.
+    #[error("quota exceeded: at most {0} live tokens per identity")]
+    PrincipalFull(usize),
     /// The parent was revoked (or expired) meanwhile.
     #[error("parent token was revoked")]
     ParentGone,
@@ -238,17 +242,55 @@ fn rows(messages: &[SimpleQueryMessage]) -> Vec<String> {
         .collect()
 }
 
+/// `INSERT ... SELECT` of `token`'s row, for a `WHERE` to follow.
+fn insert_select(token: &NewToken<'_>, parent: &str, issuer: &str, subject: &str) -> String {
+    let p = token.plan;
+    let expires = match p.expires_at {
+        Some(t) => format!("pg_catalog.to_timestamp({})", epoch(t)),
+        None => "NULL".into(),
+    };
+    format!(
+        "INSERT INTO rolemint.tokens (hash, accessor_hash, parent, orphan, policies, \
+           display_name, meta, path, role, issuer, subject, groups, created_at, \
+           creation_ttl, explicit_max_ttl, renewable, expires_at, num_uses, uses_left) \
+         SELECT {hash}, {acc}, {parent}, {orphan}, {policies}::jsonb, {display}, \
+           {meta}::jsonb, {path}, {role}, {issuer}, {subject}, {groups}::jsonb, \
+           pg_catalog.to_timestamp({created}), {ttl}, {emax}, {renewable}, {expires}, \
+           {uses}, {uses}",
+        hash = escape_literal(&hex(&token.hash)),
+        acc = escape_literal(&hex(&token.accessor_hash)),
+        orphan = p.orphan,
+        policies = json_literal(&p.policies),
+        display = escape_literal(&p.display_name),
+        meta = json_literal(&p.meta),
+        path = escape_literal(&p.path),
+        role = escape_literal(token.role),
+        groups = json_literal(&token.groups),
+        created = epoch(token.created_at),
+        ttl = p.ttl.as_secs(),
+        emax = p.explicit_max_ttl.as_secs(),
+        renewable = p.renewable,
+        uses = p.num_uses,
+    )
+}
+
 /// The tokens table, over the admin pool.
 #[derive(Clone)]
 pub struct Tokens {
     admin: std::sync::Arc<AdminClient>,
     /// Most tokens stored at once (`vault.max_client_tokens`).
     max: usize,
+    /// Most live tokens one principal (issuer, subject) holds; unlimited
+    /// unless [`Tokens::with_max_per_principal`] says.
+    max_per_principal: usize,
 }
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokens").field("max", &self.max).finish()
+        f.debug_struct("Tokens")
+            .field("max", &self.max)
+            .field("max_per_principal", &self.max_per_principal)
+            .finish()
     }
 }
 
@@ -257,7 +299,14 @@ impl Tokens {
         Tokens {
             admin,
             max: max.max(1),
+            max_per_principal: usize::MAX,
         }
+    }
+
+    /// The same table, with at most `max` live tokens per principal.
+    pub fn with_max_per_principal(mut self, max: usize) -> Tokens {
+        self.max_per_principal = max.max(1);
+        self
     }
 
     async fn run(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>, MintError> {
@@ -265,17 +314,26 @@ impl Tokens {
         conn.batch(sql).await
     }
 
-    /// Stores `token`; refused when the table is full or the parent is gone.
+    /// Stores `token`; refused when the table is full, its principal holds
+    /// its quota of live tokens, or the parent is gone.
+    ///
+    /// The table lock serializes inserts across instances, so two racing
+    /// creations cannot both take a principal's last place. The principal's
+    /// count is a condition of the `INSERT` (its names are claims: they
+    /// stay out of the `DO` block's dollar quotes); the statement says
+    /// which condition failed, a full quota or a parent gone.
     pub async fn insert(&self, token: &NewToken<'_>) -> Result<(), TokenStoreError> {
-        let p = token.plan;
         let parent = match &token.parent {
             Some(h) => escape_literal(&hex(h)),
             None => "NULL".into(),
         };
-        let expires = match p.expires_at {
-            Some(t) => format!("pg_catalog.to_timestamp({})", epoch(t)),
-            None => "NULL".into(),
-        };
+        let issuer = escape_literal(token.issuer);
+        let subject = escape_literal(token.subject);
+        let mine = format!(
+            "(SELECT count(*) FROM rolemint.tokens t WHERE t.issuer = {issuer} \
+             AND t.subject = {subject} AND {LIVE})"
+        );
+        let per_principal = i64::try_from(self.max_per_principal).unwrap_or(i64::MAX);
         let max = self.max;
         let sql = format!(
             "BEGIN; \
@@ -285,44 +343,23 @@ impl Tokens {
                  RAISE EXCEPTION USING ERRCODE = '{FULL_SQLSTATE}', MESSAGE = 'too many tokens'; \
                END IF; \
              END $rolemint$; \
-             INSERT INTO rolemint.tokens (hash, accessor_hash, parent, orphan, policies, \
-               display_name, meta, path, role, issuer, subject, groups, created_at, \
-               creation_ttl, explicit_max_ttl, renewable, expires_at, num_uses, uses_left) \
-             SELECT {hash}, {acc}, {parent}, {orphan}, {policies}::jsonb, {display}, \
-               {meta}::jsonb, {path}, {role}, {issuer}, {subject}, {groups}::jsonb, \
-               pg_catalog.to_timestamp({created}), {ttl}, {emax}, {renewable}, {expires}, \
-               {uses}, {uses} \
-             WHERE {parent} IS NULL OR EXISTS (SELECT 1 FROM rolemint.tokens t \
-               WHERE t.hash = {parent} AND {LIVE}); \
+             WITH inserted AS ({insert} \
+               WHERE ({parent} IS NULL OR EXISTS (SELECT 1 FROM rolemint.tokens t \
+                 WHERE t.hash = {parent} AND {LIVE})) AND {mine} < {per_principal} \
+               RETURNING 1) \
+             SELECT CASE WHEN EXISTS (SELECT 1 FROM inserted) THEN 'inserted' \
+               WHEN {mine} >= {per_principal} THEN 'quota' ELSE 'parent gone' END; \
              COMMIT",
-            hash = escape_literal(&hex(&token.hash)),
-            acc = escape_literal(&hex(&token.accessor_hash)),
-            orphan = p.orphan,
-            policies = json_literal(&p.policies),
-            display = escape_literal(&p.display_name),
-            meta = json_literal(&p.meta),
-            path = escape_literal(&p.path),
-            role = escape_literal(token.role),
-            issuer = escape_literal(token.issuer),
-            subject = escape_literal(token.subject),
-            groups = json_literal(&token.groups),
-            created = epoch(token.created_at),
-            ttl = p.ttl.as_secs(),
-            emax = p.explicit_max_ttl.as_secs(),
-            renewable = p.renewable,
-            uses = p.num_uses,
+            insert = insert_select(token, &parent, &issuer, &subject),
         );
         let messages = self.run(&sql).await.map_err(|e| match &e {
             MintError::Sql { sqlstate, .. } if sqlstate == FULL_SQLSTATE => TokenStoreError::Full,
             _ => TokenStoreError::Backend(e),
         })?;
-        let inserted = messages
-            .iter()
-            .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(1)));
-        if inserted {
-            Ok(())
-        } else {
-            Err(TokenStoreError::ParentGone)
+        match rows(&messages).first().map(String::as_str) {
+            Some("inserted") => Ok(()),
+            Some("quota") => Err(TokenStoreError::PrincipalFull(self.max_per_principal)),
+            _ => Err(TokenStoreError::ParentGone),
         }
     }
 

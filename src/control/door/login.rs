@@ -154,7 +154,7 @@ pub async fn login(
         &plan,
         if has_roles { &role } else { "" },
         &identity,
-        now,
+        (now, client),
     )
     .await?;
     state.audit.record(Event::AuthOk {
@@ -214,7 +214,7 @@ async fn store_login(
     plan: &Plan,
     role: &str,
     identity: &Identity,
-    now: SystemTime,
+    (now, client): (SystemTime, std::net::SocketAddr),
 ) -> Result<crate::secret::Secret, ApiError> {
     let minted = token::mint().map_err(|_| {
         ApiError::new(
@@ -233,7 +233,7 @@ async fn store_login(
         groups: &identity.groups,
         created_at: now,
     };
-    issue(door, &new).await?;
+    issue(door, &new, client).await?;
     Ok(minted.token)
 }
 

@@ -79,7 +79,8 @@ impl VaultDoor {
     pub fn new(shared: Arc<Shared>) -> VaultDoor {
         let v = &shared.config.vault;
         VaultDoor {
-            tokens: Tokens::new(Arc::clone(&shared.admin_client), v.max_client_tokens),
+            tokens: Tokens::new(Arc::clone(&shared.admin_client), v.max_client_tokens)
+                .with_max_per_principal(tokens::max_per_principal(&shared.config)),
             live: LiveTokens::default(),
             creds: Credentials::new(v.max_credential_leases),
             shared,

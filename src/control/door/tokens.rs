@@ -29,12 +29,13 @@
 //! lease any of them created, before the 204.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -47,15 +48,19 @@ use crate::auth::token::{
     self, accessor_of, is_token, plan_create, CreateRequest, Creator, Limits, Plan, TokenError,
     TokenHash, MAX_TOKEN_TTL,
 };
+use crate::config::Config;
 use crate::control::auth::{presented_token, Caller};
 use crate::control::leases::{parse_body, LeaseDirectory};
 use crate::control::vault::{auth_envelope_with_warnings, envelope, ApiError};
-use crate::control::AdminState;
-use crate::observe::audit::RevokedBy;
+use crate::control::{AdminState, ClientAddr};
+use crate::observe::audit::{Event, RevokedBy};
 use crate::store::tokens::{NewToken, Revoked, StoredToken, TokenStoreError, Tokens};
 
 /// Leases revoked at once when a token goes.
 const LEASE_REVOKES_IN_FLIGHT: usize = 16;
+/// The quota's name in the `quota.refused` audit line and the
+/// `rolemint_quota_refusals_total` label.
+pub const TOKEN_QUOTA: &str = "tokens";
 /// How often expired tokens are swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -149,6 +154,9 @@ pub fn store_error(e: TokenStoreError) -> ApiError {
     match e {
         TokenStoreError::Full => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         TokenStoreError::ParentGone => ApiError::permission_denied(),
+        TokenStoreError::PrincipalFull(_) => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+        }
         other => {
             tracing::warn!("token store: {other}");
             ApiError::new(
@@ -288,35 +296,67 @@ fn child_principal(
     }
 }
 
+/// Most live tokens one principal holds (`[quotas]
+/// max_tokens_per_principal`): by default a tenth of the global
+/// `vault.max_client_tokens`, as every per-principal quota divides its
+/// global limit (`lease/quota.rs`).
+pub fn max_per_principal(config: &Config) -> usize {
+    config
+        .quotas
+        .max_tokens_per_principal
+        .unwrap_or_else(|| (config.vault.max_client_tokens / 10).max(1))
+}
+
 /// Stores a new token: the one place every token is issued (create,
-/// create-orphan, login).
-///
-/// Per-principal quotas (issue 18 §3) belong here, before the insert: the
-/// principal is `(new.issuer, new.subject)`.
-pub async fn issue(door: &VaultDoor, new: &NewToken<'_>) -> Result<(), ApiError> {
-    door.tokens.insert(new).await.map_err(store_error)
+/// create-orphan, login). A principal `(new.issuer, new.subject)` at its
+/// quota of live tokens is refused with 429, audited and counted as the
+/// other quotas are.
+pub async fn issue(
+    door: &VaultDoor,
+    new: &NewToken<'_>,
+    client: SocketAddr,
+) -> Result<(), ApiError> {
+    let refused = match door.tokens.insert(new).await {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    if let TokenStoreError::PrincipalFull(limit) = refused {
+        crate::observe::metrics::quota_refused(TOKEN_QUOTA);
+        door.shared.audit.record(Event::QuotaRefused {
+            issuer: new.issuer.to_owned(),
+            identity: new.subject.to_owned(),
+            quota: TOKEN_QUOTA.to_owned(),
+            limit,
+            template: String::new(),
+            client_addr: Some(client.to_string()),
+        });
+    }
+    Err(store_error(refused))
 }
 
 /// `POST auth/token/create`.
 pub async fn create(
     State(state): State<Arc<AdminState>>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    create_common(&state, &headers, body, false).await
+    create_common(&state, client, &headers, body, false).await
 }
 
 /// `POST auth/token/create-orphan`.
 pub async fn create_orphan(
     State(state): State<Arc<AdminState>>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    create_common(&state, &headers, body, true).await
+    create_common(&state, client, &headers, body, true).await
 }
 
 async fn create_common(
     state: &AdminState,
+    client: SocketAddr,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     orphan_path: bool,
@@ -373,7 +413,7 @@ async fn create_common(
         groups: &groups,
         created_at: now,
     };
-    issue(door, &new).await?;
+    issue(door, &new, client).await?;
     tracing::info!(
         accessor_hash = %minted.accessor_hash.short(), caller = %caller.label(),
         policies = ?plan.policies, "token created"
