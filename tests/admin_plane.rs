@@ -87,39 +87,95 @@ async fn a_thousand_idle_sockets_leave_healthz_answering() {
     drop(h);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kept_alive_connection_and_a_trickled_header_are_cut() {
-    let (_h, admin) = with_admin("header_read_timeout = \"1s\"", "", 8).await;
-    // Headers that never end: cut, though bytes keep coming.
-    let mut slow = TcpStream::connect(admin).await.unwrap();
+/// Whether the server has closed `stream`, without waiting: a pending read
+/// means it is open.
+async fn is_closed(stream: &mut TcpStream) -> bool {
+    closed_within(stream, Duration::from_millis(50)).await
+}
+
+/// One `GET /healthz` on `stream`: whether it was answered 200.
+async fn healthz_on(stream: &mut TcpStream) -> bool {
     use tokio::io::AsyncWriteExt;
+    if stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_head_is_cut_at_the_head_timeout_and_an_idle_connection_at_the_idle_timeout() {
+    let head = Duration::from_secs(1);
+    let idle = Duration::from_secs(6);
+    let (_h, admin) =
+        with_admin("header_read_timeout = \"1s\"\nidle_timeout = \"6s\"", "", 8).await;
+    // A head that never ends: cut at the head timeout, long before the
+    // idle timeout, though a header line keeps coming every 200 ms.
+    use tokio::io::AsyncWriteExt;
+    let mut slow = TcpStream::connect(admin).await.unwrap();
+    let started = tokio::time::Instant::now();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    // A header line every 300 ms, never the blank line, for up to 10 s.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut cut = false;
-    while tokio::time::Instant::now() < deadline {
+    while started.elapsed() < idle {
         if slow.write_all(b"X-Trickle: 1\r\n").await.is_err()
-            || closed_within(&mut slow, Duration::from_millis(300)).await
+            || closed_within(&mut slow, Duration::from_millis(200)).await
         {
             cut = true;
             break;
         }
     }
-    assert!(cut, "a trickled header kept its connection");
-
-    // One request, then idle on a kept-alive connection: closed.
-    let mut kept = TcpStream::connect(admin).await.unwrap();
-    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = kept.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let cut_after = started.elapsed();
     assert!(
-        closed_within(&mut kept, Duration::from_secs(10)).await,
-        "an idle kept-alive connection stayed open"
+        cut,
+        "a trickled head kept its connection past the idle timeout"
+    );
+    assert!(
+        cut_after >= head,
+        "cut after {cut_after:?}, before the head timeout"
+    );
+
+    // A kept-alive connection idles past the head timeout and still
+    // serves its next request...
+    let mut kept = TcpStream::connect(admin).await.unwrap();
+    assert!(healthz_on(&mut kept).await);
+    let answered = tokio::time::Instant::now();
+    while answered.elapsed() < head * 3 {
+        assert!(
+            !is_closed(&mut kept).await,
+            "an idle kept-alive connection was closed after {:?}, within the head timeout's reach",
+            answered.elapsed()
+        );
+    }
+    assert!(
+        healthz_on(&mut kept).await,
+        "no answer on a connection idle for 3x the head timeout"
+    );
+    // ...and is closed once idle for the idle timeout.
+    let answered = tokio::time::Instant::now();
+    let mut closed = false;
+    while answered.elapsed() < idle * 3 {
+        if is_closed(&mut kept).await {
+            closed = true;
+            break;
+        }
+    }
+    let idled = answered.elapsed();
+    assert!(
+        closed,
+        "an idle kept-alive connection stayed open for {idled:?}"
+    );
+    assert!(
+        idled >= idle - Duration::from_millis(500),
+        "closed after {idled:?} idle, before the idle timeout"
     );
 }
 

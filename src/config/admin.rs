@@ -41,14 +41,17 @@ pub struct AdminConfig {
     /// hold at once; more from it are closed at accept.
     #[serde(default = "default_admin_max_connections_per_source")]
     pub max_connections_per_source: usize,
-    /// From the moment the listener waits for a request (a new connection,
-    /// or the end of the previous response) to the end of its headers;
-    /// also how long a kept-alive connection may sit idle.
+    /// From a request head's first byte (on a new connection: from the
+    /// accept) to the end of its headers.
     #[serde(
         default = "default_admin_header_read_timeout",
         with = "humantime_serde"
     )]
     pub header_read_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request
+    /// (from the end of a response to a complete request head).
+    #[serde(default = "default_admin_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for AdminConfig {
@@ -65,6 +68,7 @@ impl Default for AdminConfig {
             max_connections: default_admin_max_connections(),
             max_connections_per_source: default_admin_max_connections_per_source(),
             header_read_timeout: default_admin_header_read_timeout(),
+            idle_timeout: default_admin_idle_timeout(),
         }
     }
 }
@@ -83,6 +87,9 @@ fn default_admin_max_connections_per_source() -> usize {
 }
 fn default_admin_header_read_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_admin_idle_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl AdminConfig {
@@ -131,6 +138,11 @@ impl AdminConfig {
             return Err(invalid(
                 "admin.header_read_timeout must be between 100ms and 10m",
             ));
+        }
+        if self.idle_timeout < Duration::from_millis(100)
+            || self.idle_timeout > Duration::from_secs(3600)
+        {
+            return Err(invalid("admin.idle_timeout must be between 100ms and 1h"));
         }
         Ok(())
     }

@@ -7,11 +7,19 @@
 //! `/healthz` stops answering, and an orchestrator restarts a healthy
 //! proxy. So:
 //!
-//! - `header_read_timeout`: from the moment hyper waits for a request (a
-//!   new connection, or the end of the previous response on a kept-alive
-//!   one) to the end of that request's headers. It is both the header
-//!   read timeout and the idle keep-alive timeout: hyper starts the same
-//!   timer for a kept-alive connection waiting for its next request.
+//! - `header_read_timeout`: from a request head's first byte (on a new
+//!   connection, from the accept) to the end of its headers. A client
+//!   trickling a header line now and then is cut.
+//! - `idle_timeout`: from the end of a response to the end of the next
+//!   request's head, on a kept-alive connection. Usually longer than the
+//!   head timeout, so a client's connection pool keeps its connections.
+//!
+//!   hyper has one timer for both (its `header_read_timeout` starts when
+//!   it waits for a head, idle time included), so hyper's timer is set to
+//!   `idle_timeout`, and the head timeout is [`Phase`]: the connection's
+//!   reads say when a head begins (the first byte while no request runs)
+//!   and hyper's call of the service says when it ended. Nothing here
+//!   reads HTTP.
 //! - `max_connections_per_source`: connections one source (an IPv4
 //!   address, an IPv6 /64) holds at once. Over it, a new connection is
 //!   closed at once, so one client can never take every slot.
@@ -23,7 +31,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -61,8 +69,10 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Connections one source holds at once; more are closed at once.
     pub per_source: usize,
-    /// See the module doc: header read and keep-alive idle.
+    /// See the module doc: a request head's first byte to its end.
     pub header_read_timeout: Duration,
+    /// See the module doc: a response's end to the next request's head.
+    pub idle_timeout: Duration,
 }
 
 impl ConnectionLimits {
@@ -72,6 +82,7 @@ impl ConnectionLimits {
             max_connections: config.admin.max_connections,
             per_source: config.admin.max_connections_per_source,
             header_read_timeout: config.admin.header_read_timeout,
+            idle_timeout: config.admin.idle_timeout,
         }
     }
 }
@@ -86,7 +97,7 @@ pub struct AdminListener {
 
 impl AdminListener {
     /// Binds `addr`; `tls` makes it HTTPS. At most `max_connections` at
-    /// once, with no cap per source and a 10 s header timeout, until
+    /// once, with no cap per source, a 10 s head and a 60 s idle timeout, until
     /// [`AdminListener::with_limits`] says otherwise.
     pub async fn bind(
         addr: SocketAddr,
@@ -107,6 +118,7 @@ impl AdminListener {
                 max_connections: max_connections.max(1),
                 per_source: max_connections.max(1),
                 header_read_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
             },
         })
     }
@@ -116,7 +128,7 @@ impl AdminListener {
         self.limits = ConnectionLimits {
             max_connections: limits.max_connections.max(1),
             per_source: limits.per_source.max(1),
-            header_read_timeout: limits.header_read_timeout,
+            ..limits
         };
         self
     }
@@ -204,7 +216,7 @@ pub async fn serve(
                 _source: source,
             },
             tls: tls.clone(),
-            header_read_timeout: limits.header_read_timeout,
+            limits,
         };
         connections.spawn(conn.run(stream, app.clone(), stop.clone()));
     }
@@ -226,7 +238,7 @@ struct Connection {
     peer: SocketAddr,
     held: Held,
     tls: Option<TlsAcceptor>,
-    header_read_timeout: Duration,
+    limits: ConnectionLimits,
 }
 
 impl Connection {
@@ -235,8 +247,11 @@ impl Connection {
             peer,
             held,
             tls,
-            header_read_timeout,
+            limits,
         } = self;
+        // A new connection owes its first head within the head timeout,
+        // counted from the accept (the TLS handshake included).
+        let phase = Arc::new(Phase::new(limits.header_read_timeout));
         let stream: ClientStream = match tls {
             None => MaybeTls::Plain(stream),
             Some(acceptor) => {
@@ -249,24 +264,40 @@ impl Connection {
         };
         let io = TokioIo::new(AdminIo {
             stream,
+            phase: Arc::clone(&phase),
             _held: held,
         });
+        let in_service = Arc::clone(&phase);
         let service = hyper::service::service_fn(move |mut request| {
             request
                 .extensions_mut()
                 .insert(ConnectInfo(ClientAddr(peer)));
+            // hyper calls the service once a head is complete.
+            in_service.request_started();
+            let phase = Arc::clone(&in_service);
             // The router is always ready (axum's Router::poll_ready).
-            tower_service::Service::call(&mut app.clone(), request)
+            let answer = tower_service::Service::call(&mut app.clone(), request);
+            async move {
+                let response = answer.await;
+                phase.request_done();
+                response
+            }
         });
         let mut http = hyper::server::conn::http1::Builder::new();
+        // hyper's head timer runs from the moment it waits for a head, so
+        // it is the idle timeout; `phase` times the head itself.
         http.timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout)
+            .header_read_timeout(limits.idle_timeout)
             .max_buf_size(MAX_HEADER_BYTES)
             .keep_alive(true);
         let connection = http.serve_connection(io, service);
         tokio::pin!(connection);
         let result = tokio::select! {
             r = connection.as_mut() => r,
+            () = phase.head_overdue() => {
+                // Dropping the connection closes the socket.
+                return tracing::debug!(%peer, "admin connection: request head timed out");
+            }
             _ = stop.cancelled() => {
                 connection.as_mut().graceful_shutdown();
                 match tokio::time::timeout(STOP_GRACE, connection.as_mut()).await {
@@ -282,9 +313,93 @@ impl Connection {
     }
 }
 
-/// One admin connection; holds its slots until closed.
+/// Where a connection is between requests, for the head timeout: the
+/// deadline of the head being read, if one is (see the module doc).
+struct Phase {
+    head_timeout: Duration,
+    state: std::sync::Mutex<PhaseState>,
+    /// Wakes [`Phase::head_overdue`] when a deadline is set.
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Clone, Copy)]
+struct PhaseState {
+    /// A request is in the service: bytes read now are its body.
+    busy: bool,
+    /// When the head being read must be complete.
+    head_deadline: Option<Instant>,
+}
+
+impl Phase {
+    /// A new connection's: its first head is due within `head_timeout`.
+    fn new(head_timeout: Duration) -> Phase {
+        Phase {
+            head_timeout,
+            state: std::sync::Mutex::new(PhaseState {
+                busy: false,
+                head_deadline: Some(Instant::now() + head_timeout),
+            }),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PhaseState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes arrived: between requests, the first starts a head.
+    fn bytes_read(&self) {
+        let mut state = self.lock();
+        if !state.busy && state.head_deadline.is_none() {
+            state.head_deadline = Some(Instant::now() + self.head_timeout);
+            drop(state);
+            self.changed.notify_one();
+        }
+    }
+
+    /// hyper has a whole head: the request runs, bounded by the router's
+    /// request timeout.
+    fn request_started(&self) {
+        let mut state = self.lock();
+        state.busy = true;
+        state.head_deadline = None;
+    }
+
+    /// The answer is out: idle until the next head's first byte (hyper's
+    /// idle timer runs meanwhile).
+    fn request_done(&self) {
+        self.lock().busy = false;
+    }
+
+    /// Resolves once a head has taken longer than the head timeout.
+    async fn head_overdue(&self) {
+        loop {
+            // Registered before the state is read, so a deadline set in
+            // between still wakes this loop (`notify_one` keeps a permit).
+            let changed = self.changed.notified();
+            let deadline = self.lock().head_deadline;
+            match deadline {
+                None => changed.await,
+                Some(deadline) => {
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep_until(deadline.into()) => {
+                            if self.lock().head_deadline == Some(deadline) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One admin connection; holds its slots until closed, and tells its
+/// [`Phase`] when bytes arrive.
 struct AdminIo {
     stream: ClientStream,
+    phase: Arc<Phase>,
     _held: Held,
 }
 
@@ -296,7 +411,13 @@ impl AsyncRead for AdminIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.phase.bytes_read();
+        }
+        polled
     }
 }
 
