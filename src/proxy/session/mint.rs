@@ -7,11 +7,12 @@ use std::time::{Instant, SystemTime};
 
 use super::authorize::{vault_tokens, Caller};
 use super::handshake::Startup;
-use super::{LogSafe, Minted};
+use super::Minted;
 use crate::auth::policy::Grant;
 use crate::error::ClientError;
 use crate::lease::registry::{self, Lease, LeaseKind, NewLease};
 use crate::observe::audit::Event;
+use crate::observe::logging::LogSafe;
 use crate::pg::{MintError, MintRequest};
 use crate::runtime::state::Shared;
 

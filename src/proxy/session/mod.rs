@@ -135,27 +135,6 @@ struct Handshake {
     deadline: tokio::time::Instant,
 }
 
-/// A client-supplied string (a startup parameter, a claim, a backend's
-/// message) on its way into a log line: control characters and backslashes
-/// are escaped, so a `\n` in a value cannot forge a second line.
-pub struct LogSafe<'a>(pub &'a str);
-
-impl std::fmt::Display for LogSafe<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::fmt::Write as _;
-        for c in self.0.chars() {
-            if c == '\\' || c.is_control() {
-                for e in c.escape_default() {
-                    f.write_char(e)?;
-                }
-            } else {
-                f.write_char(c)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// What a session carries from its accept.
 struct Started {
     peer: SocketAddr,

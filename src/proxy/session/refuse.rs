@@ -4,9 +4,10 @@
 use std::net::SocketAddr;
 
 use super::handshake::Refused;
-use super::{relay, LogSafe};
+use super::relay;
 use crate::error::ClientError;
 use crate::observe::audit::Event;
+use crate::observe::logging::LogSafe;
 use crate::observe::metrics::ConnectionResult;
 use crate::runtime::state::Shared;
 use crate::tls::ClientStream;

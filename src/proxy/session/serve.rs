@@ -6,11 +6,12 @@
 use std::time::Instant;
 
 use super::relay::{self, End};
-use super::{handshake, kernel, statements, wire, LogSafe, Minted, Started};
+use super::{handshake, kernel, statements, wire, Minted, Started};
 use crate::error::ClientError;
 use crate::lease::registry::{EndReason, Lease};
 use crate::lease::revoker::Why;
 use crate::observe::audit::Event;
+use crate::observe::logging::LogSafe;
 use crate::observe::metrics::{ConnectionResult, Direction};
 use crate::pg::backend;
 use crate::runtime::state::Shared;

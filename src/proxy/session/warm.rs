@@ -10,13 +10,14 @@
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
-use super::{handshake, LogSafe, Minted};
+use super::{handshake, Minted};
 use crate::auth::identity::Identity;
 use crate::auth::policy::Grant;
 use crate::lease::registry::{self, Lease, LeaseKind, NewLease};
 use crate::lease::revoker::Why;
 use crate::lease::warm_pool::Claim;
 use crate::observe::audit::Event;
+use crate::observe::logging::LogSafe;
 use crate::runtime::state::Shared;
 
 /// Claims a pooled role for this session, or `None` to mint one.
