@@ -19,18 +19,20 @@
 //! UNTIL` and the comment), and the reaper of any instance drops it, its
 //! backends terminated, once that has passed.
 
-use crate::auth::policy::{authorize_with, Entitlement};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::identity::Identity;
+use crate::auth::policy::{authorize_with, Entitlement, Grant};
+use crate::config::Config;
+use crate::lease::minted::{self, NewRole, Source};
 use crate::lease::quota::{self, QuotaKind};
-use crate::lease::registry::{self, EndReason, Lease, LeaseKind, NewLease};
+use crate::lease::registry::{self, EndReason, LeaseKind, Registered};
 use crate::lease::revoker::Why;
-use crate::pg::{MintError, MintRequest, DIRECT_MARKER_ROLE};
+use crate::pg::{MintRequest, MintedRole, DIRECT_MARKER_ROLE};
 use crate::runtime::state::Shared;
 use crate::secret::Secret;
 
@@ -101,82 +103,41 @@ impl Credentials {
         client_addr: Option<SocketAddr>,
         entitlement: Entitlement<'_>,
     ) -> Result<Issued, CredsError> {
-        if shared.shutdown.is_cancelled() {
-            return Err(CredsError::ShuttingDown);
-        }
-        if shared.revoker.backlogged() {
-            return Err(CredsError::Backlog);
-        }
-        let permit = Arc::clone(&self.live)
-            .try_acquire_owned()
-            .map_err(|_| CredsError::TooMany)?;
+        let permit = self.admit(shared)?;
         // Templates and policy as reloaded (SIGHUP), like a session's.
         let runtime = shared.runtime();
         let config = &runtime.config;
-        let database = config
-            .template(template)
-            .and_then(|t| t.databases.first())
-            .ok_or_else(|| CredsError::UnknownTemplate(template.to_owned()))?
-            .clone();
-        let mut grant = authorize_with(config, identity, template, &database, entitlement)
-            .map_err(|refusal| CredsError::NotAllowed { rule: refusal.rule })?;
-        shared
-            .require_approval(&mut grant, identity)
-            .map_err(|refusal| CredsError::NeedsApproval(refusal.error.to_string()))?;
-        // The principal's own share (`[quotas]`), held until the lease ends.
-        let quota = shared
-            .quotas
-            .take(
-                QuotaKind::CredentialLeases,
-                &identity.issuer,
-                &identity.subject,
-            )
-            .map_err(|refused| {
-                let event = quota::refusal_event(&refused, identity, template, client_addr);
-                shared.audit.record(event);
-                CredsError::Quota(refused)
-            })?;
-        let mut direct = grant.template.clone();
-        direct.creation_statements.push(format!(
-            "GRANT {} TO \"{{{{name}}}}\"",
-            postgres_protocol::escape::escape_identifier(DIRECT_MARKER_ROLE)
-        ));
+        let (grant, database) = authorize(shared, config, identity, template, entitlement)?;
+        let quota = take_quota(shared, identity, template, client_addr)?;
+        let started = Instant::now();
         let lease_id = registry::new_lease_id(LeaseKind::Creds, grant.template_name);
         let request = MintRequest {
             identity,
             template_name: grant.template_name,
-            template: &direct,
+            template: grant.template,
             database: &database,
             ttl: grant.ttl,
             lease_id: &lease_id,
         };
-        let prepared = shared
-            .admin_client
-            .render_mint(&request)
-            .map_err(|e| CredsError::Mint(e.to_string()))?;
-        let created = tokio::time::timeout(
-            config.admin_operation_timeout(),
-            shared.admin_client.create(&prepared),
-        )
-        .await;
-        if let Err(detail) = settle_failed_mint(shared, &prepared, grant.template_name, created) {
-            return Err(CredsError::Mint(detail));
-        }
-        let issued_at = SystemTime::now();
-        let role = prepared.role;
-        let lease = Lease::new(NewLease {
-            id: lease_id.clone(),
+        let role = mint(shared, config, &request).await?;
+        let new = NewRole {
+            lease_id: lease_id.clone(),
             role: role.name.clone(),
-            template: grant.template_name.to_owned(),
-            database: database.clone(),
-            identity: identity.subject.clone(),
-            issuer: identity.issuer.clone(),
-            groups: identity.groups.clone(),
+            template: grant.template_name,
+            database: &database,
+            identity,
             client_addr,
-            issued_at,
             expires_at: role.expires_at,
-        });
-        watch(Arc::clone(shared), lease, (permit, quota));
+        };
+        let took = started.elapsed();
+        let registered = minted::register(
+            &shared.leases,
+            &shared.audit,
+            new,
+            Source::Credentials,
+            took,
+        );
+        watch(Arc::clone(shared), registered, (permit, quota));
         Ok(Issued {
             lease_id,
             username: role.name,
@@ -187,45 +148,110 @@ impl Credentials {
             expires_at: role.expires_at,
         })
     }
+
+    /// Room for one more credential lease: not while shutting down or
+    /// while too many roles wait to be revoked, and at most
+    /// `vault.max_credential_leases` at once.
+    fn admit(&self, shared: &Shared) -> Result<OwnedSemaphorePermit, CredsError> {
+        if shared.shutdown.is_cancelled() {
+            return Err(CredsError::ShuttingDown);
+        }
+        if shared.revoker.backlogged() {
+            return Err(CredsError::Backlog);
+        }
+        Arc::clone(&self.live)
+            .try_acquire_owned()
+            .map_err(|_| CredsError::TooMany)
+    }
 }
 
-/// A failed or timed-out mint's role goes to the revoker (it may exist, or
-/// come to exist when a batch we stopped waiting for commits), as a
-/// session's does.
-fn settle_failed_mint(
+/// The policy's grant of `template` to `identity` (its access request
+/// applied), on the template's first database.
+fn authorize<'a>(
     shared: &Shared,
-    prepared: &crate::pg::PreparedMint,
+    config: &'a Config,
+    identity: &Identity,
     template: &str,
-    created: Result<Result<(), MintError>, tokio::time::error::Elapsed>,
-) -> Result<(), String> {
-    let role = &prepared.role.name;
-    let (detail, settle) = match created {
-        Ok(Ok(())) => return Ok(()),
-        // Nothing was sent: no role exists, nothing to queue (see
-        // `mint_outcome` in the session).
-        Ok(Err(e @ MintError::Connect { .. })) => return Err(format!("role {role}: {e}")),
-        // The server answered: nothing still runs.
-        Ok(Err(e @ MintError::Sql { .. })) => (e.to_string(), Duration::ZERO),
-        Ok(Err(e)) => (
-            e.to_string(),
-            prepared.settle_time(shared.admin_client.statement_timeout()),
-        ),
-        Err(_) => (
-            "mint timed out".to_owned(),
-            prepared.settle_time(shared.admin_client.statement_timeout()),
-        ),
-    };
+    entitlement: Entitlement<'_>,
+) -> Result<(Grant<'a>, String), CredsError> {
+    let database = config
+        .template(template)
+        .and_then(|t| t.databases.first())
+        .ok_or_else(|| CredsError::UnknownTemplate(template.to_owned()))?
+        .clone();
+    let mut grant = authorize_with(config, identity, template, &database, entitlement)
+        .map_err(|refusal| CredsError::NotAllowed { rule: refusal.rule })?;
     shared
-        .revoker
-        .schedule_failed_mint(role, prepared.database(), Some(template), settle);
-    Err(format!("role {role}: {detail}"))
+        .require_approval(&mut grant, identity)
+        .map_err(|refusal| CredsError::NeedsApproval(refusal.error.to_string()))?;
+    Ok((grant, database))
+}
+
+/// The principal's own share (`[quotas]`), held until the lease ends; a
+/// refusal is audited.
+fn take_quota(
+    shared: &Shared,
+    identity: &Identity,
+    template: &str,
+    client_addr: Option<SocketAddr>,
+) -> Result<quota::Slot, CredsError> {
+    shared
+        .quotas
+        .take(
+            QuotaKind::CredentialLeases,
+            &identity.issuer,
+            &identity.subject,
+        )
+        .map_err(|refused| {
+            let event = quota::refusal_event(&refused, identity, template, client_addr);
+            shared.audit.record(event);
+            CredsError::Quota(refused)
+        })
+}
+
+/// Mints the credential role: the template's statements plus membership
+/// of `rolemint_direct`. A failed or timed-out mint's role goes to the
+/// revoker, as a session's does.
+async fn mint(
+    shared: &Shared,
+    config: &Config,
+    request: &MintRequest<'_>,
+) -> Result<MintedRole, CredsError> {
+    let mut direct = request.template.clone();
+    direct.creation_statements.push(format!(
+        "GRANT {} TO \"{{{{name}}}}\"",
+        postgres_protocol::escape::escape_identifier(DIRECT_MARKER_ROLE)
+    ));
+    let request = MintRequest {
+        template: &direct,
+        ..*request
+    };
+    let prepared = shared
+        .admin_client
+        .render_mint(&request)
+        .map_err(|e| CredsError::Mint(e.to_string()))?;
+    let created = tokio::time::timeout(
+        config.admin_operation_timeout(),
+        shared.admin_client.create(&prepared),
+    )
+    .await;
+    let statement_timeout = shared.admin_client.statement_timeout();
+    let template = request.template_name;
+    minted::settle(
+        &shared.revoker,
+        statement_timeout,
+        &prepared,
+        template,
+        created,
+    )
+    .map_err(|failure| CredsError::Mint(format!("role {}: {failure}", prepared.role.name)))?;
+    Ok(prepared.role)
 }
 
 /// Registers the lease and waits, on its own task, for it to end: expiry
 /// or revocation hands the role to the revoker; shutdown leaves it to its
 /// `VALID UNTIL` and the reaper. The permit is held until then.
-fn watch(shared: Arc<Shared>, lease: Lease, permit: (OwnedSemaphorePermit, quota::Slot)) {
-    let registered = shared.leases.register(lease);
+fn watch(shared: Arc<Shared>, registered: Registered, permit: (OwnedSemaphorePermit, quota::Slot)) {
     tokio::spawn(async move {
         let lease = Arc::clone(&registered.lease);
         let reason = lease.ended().await;

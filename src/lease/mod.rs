@@ -3,7 +3,9 @@
 //! retained, retried until done), [`reaper`] (the sweep of
 //! `rolemint_managed` for orphaned and expired roles), [`warm_pool`]
 //! (roles minted ahead with a backend logged in), [`creds`]
-//! (credential leases for Vault's `creds`) and [`quota`] (what one
+//! (credential leases for Vault's `creds`), [`minted`] (what follows a
+//! mint from any door: the lease registered and its `lease.minted` line,
+//! or a failed mint's role to the revoker) and [`quota`] (what one
 //! principal may hold at once, and mint a minute).
 //!
 //! Owns when a role is minted ahead, registered, renewed and ended. The SQL
@@ -13,6 +15,7 @@
 //! [`crate::runtime::state::Shared`]; see `tests/module_graph.rs`.)
 
 pub mod creds;
+pub mod minted;
 pub mod quota;
 pub mod reaper;
 pub mod registry;

@@ -16,7 +16,6 @@ use crate::control::access::Access;
 use crate::control::vault::{secret_envelope, ApiError};
 use crate::control::{AdminState, ClientAddr};
 use crate::lease::creds::CredsError;
-use crate::observe::audit::Event;
 
 /// Longest template name accepted in a path.
 const MAX_NAME_BYTES: usize = 128;
@@ -52,22 +51,6 @@ pub async fn creds(
         .await
         .map_err(|e| creds_error(e, &identity.subject, &template))?;
     super::tokens::record_lease(&state, &principal, &issued.lease_id, issued.expires_at).await?;
-    state.audit.record(Event::LeaseMinted {
-        lease_id: issued.lease_id.clone(),
-        role: issued.username.clone(),
-        identity: identity.subject.clone(),
-        issuer: identity.issuer.clone(),
-        groups: identity.groups.clone(),
-        template: issued.template.clone(),
-        database: issued.database.clone(),
-        expire_time: crate::pg::rfc3339(issued.expires_at),
-        client_addr: Some(client.to_string()),
-    });
-    tracing::info!(
-        lease = %issued.lease_id, role = %issued.username, identity = %identity.subject,
-        template = %issued.template, database = %issued.database, %client,
-        "credential lease minted"
-    );
     Ok(secret_envelope(
         &issued.lease_id,
         issued.lease_duration.as_secs(),

@@ -10,10 +10,9 @@ use super::handshake::Startup;
 use super::Minted;
 use crate::auth::policy::Grant;
 use crate::error::ClientError;
-use crate::lease::registry::{self, Lease, LeaseKind, NewLease};
-use crate::observe::audit::Event;
-use crate::observe::logging::LogSafe;
-use crate::pg::{MintError, MintRequest};
+use crate::lease::minted::{self, NewRole, Source};
+use crate::lease::registry::{self, LeaseKind};
+use crate::pg::{MintRequest, PreparedMint};
 use crate::runtime::state::Shared;
 
 /// Mints a role for the session and registers its lease. The role's name
@@ -48,15 +47,7 @@ pub(super) async fn mint(
         }
     };
     let minting = shared.minting(&prepared.role.name);
-    let created = tokio::time::timeout(
-        shared.config.admin_operation_timeout(),
-        shared.admin_client.create(&prepared),
-    )
-    .await;
-    if matches!(created, Ok(Ok(()))) {
-        crate::observe::metrics::mint_duration(started.elapsed());
-    }
-    if let Err(error) = mint_outcome(shared, &prepared, grant.template_name, created) {
+    if let Err(error) = create(shared, &prepared, grant.template_name, started).await {
         let detail = format!(
             "lease={lease_id} identity={}: mint failed",
             identity.subject
@@ -64,42 +55,57 @@ pub(super) async fn mint(
         return Err((error, detail));
     }
     let minted = prepared.role;
-    let registered = shared.leases.register(Lease::new(NewLease {
-        id: lease_id,
-        role: minted.name.clone(),
-        template: grant.template_name.to_owned(),
-        database: startup.database.clone(),
-        identity: identity.subject.clone(),
-        issuer: identity.issuer.clone(),
-        groups: identity.groups.clone(),
+    let new = NewRole {
+        lease_id,
+        role: minted.name,
+        template: grant.template_name,
+        database: &startup.database,
+        identity,
         client_addr: Some(peer),
-        issued_at: SystemTime::now(),
         expires_at: minted.expires_at,
-    }));
+    };
+    let took = started.elapsed();
+    let registered = minted::register(&shared.leases, &shared.audit, new, Source::Session, took);
     drop(minting);
-    let lease = &registered.lease;
-    tracing::info!(
-        lease = %lease.id, role = %lease.role, identity = %LogSafe(&lease.identity),
-        template = %lease.template, database = %lease.database, %peer,
-        mint_ms = started.elapsed().as_millis() as u64,
-        "lease minted"
-    );
-    shared.audit.record(Event::LeaseMinted {
-        lease_id: lease.id.clone(),
-        role: lease.role.clone(),
-        identity: lease.identity.clone(),
-        issuer: lease.issuer.clone(),
-        groups: lease.groups.clone(),
-        template: lease.template.clone(),
-        database: lease.database.clone(),
-        expire_time: humantime::format_rfc3339_seconds(minted.expires_at).to_string(),
-        client_addr: Some(peer.to_string()),
-    });
     Ok(Minted {
         registered,
         password: minted.password,
         warm: None,
         quota: None,
+    })
+}
+
+/// Creates the role, within the admin operation timeout; a failure is
+/// what the client is told (the role's name has gone to the revoker).
+async fn create(
+    shared: &Shared,
+    prepared: &PreparedMint,
+    template: &str,
+    started: Instant,
+) -> Result<(), ClientError> {
+    let created = tokio::time::timeout(
+        shared.config.admin_operation_timeout(),
+        shared.admin_client.create(prepared),
+    )
+    .await;
+    if matches!(created, Ok(Ok(()))) {
+        crate::observe::metrics::mint_duration(started.elapsed());
+    }
+    let statement_timeout = shared.admin_client.statement_timeout();
+    minted::settle(
+        &shared.revoker,
+        statement_timeout,
+        prepared,
+        template,
+        created,
+    )
+    .map_err(|failure| {
+        tracing::warn!(role = %prepared.role.name, "mint failed: {failure}");
+        if failure.is_transient() {
+            ClientError::BackendUnavailable
+        } else {
+            ClientError::MintFailed
+        }
     })
 }
 
@@ -127,57 +133,4 @@ async fn record_token_lease(
             format!("lease={lease_id}: token store: {e}"),
         )),
     }
-}
-
-/// What a mint's outcome means for the client; on any failure the role's
-/// name goes to the revoker, since the role may exist (or come to exist
-/// when a batch we stopped waiting for commits).
-fn mint_outcome(
-    shared: &Shared,
-    prepared: &crate::pg::PreparedMint,
-    template: &str,
-    created: Result<Result<(), MintError>, tokio::time::error::Elapsed>,
-) -> Result<(), ClientError> {
-    let role = &prepared.role.name;
-    let settle = prepared.settle_time(shared.admin_client.statement_timeout());
-    let (error, settle) = match created {
-        Ok(Ok(())) => return Ok(()),
-        // The server answered (the batch is over, rolled back), or the
-        // batch was never sent: one check that the role is not there is
-        // enough.
-        // No admin connection: the batch never reached PostgreSQL, so no
-        // role exists, and queueing its name would let a client retrying
-        // against a down database grow the revoker's queue without bound.
-        Ok(Err(e @ MintError::Connect { .. })) => {
-            tracing::warn!(role, "mint failed: {e}");
-            return Err(ClientError::BackendUnavailable);
-        }
-        Ok(Err(e @ MintError::Sql { .. })) => {
-            tracing::warn!(role, "mint failed: {e}");
-            let error = if e.is_transient() {
-                ClientError::BackendUnavailable
-            } else {
-                ClientError::MintFailed
-            };
-            (error, std::time::Duration::ZERO)
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(role, "mint failed: {e}");
-            let error = if e.is_transient() {
-                ClientError::BackendUnavailable
-            } else {
-                ClientError::MintFailed
-            };
-            (error, settle)
-        }
-        Err(_) => {
-            tracing::warn!(role, "mint timed out");
-            (ClientError::BackendUnavailable, settle)
-        }
-    };
-    let database = prepared.database();
-    shared
-        .revoker
-        .schedule_failed_mint(role, database, Some(template), settle);
-    Err(error)
 }

@@ -8,15 +8,15 @@
 //! bound goes to the revoker, never back.
 
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use super::{handshake, Minted};
 use crate::auth::identity::Identity;
 use crate::auth::policy::Grant;
-use crate::lease::registry::{self, Lease, LeaseKind, NewLease};
+use crate::lease::minted::{self, NewRole, Source};
+use crate::lease::registry::{self, LeaseKind};
 use crate::lease::revoker::Why;
 use crate::lease::warm_pool::Claim;
-use crate::observe::audit::Event;
 use crate::observe::logging::LogSafe;
 use crate::runtime::state::Shared;
 
@@ -61,38 +61,19 @@ pub(super) async fn claim(
         Ok(Err(e)) => return fall_back(shared, &role, template, database, &e.to_string()),
         Err(_) => return fall_back(shared, &role, template, database, "timed out"),
     };
-    let registered = shared.leases.register(Lease::new(NewLease {
-        id: lease_id,
+    let new = NewRole {
+        lease_id,
         role: claimed.role,
-        template: template.to_owned(),
-        database: database.to_owned(),
-        identity: identity.subject.clone(),
-        issuer: identity.issuer.clone(),
-        groups: identity.groups.clone(),
+        template,
+        database,
+        identity,
         client_addr: Some(peer),
-        issued_at: SystemTime::now(),
         expires_at: claimed.expires_at,
-    }));
+    };
+    let took = started.elapsed();
+    let registered = minted::register(&shared.leases, &shared.audit, new, Source::WarmPool, took);
     drop(minting);
     crate::observe::metrics::warm_pool_claim(template, "hit");
-    let lease = &registered.lease;
-    tracing::info!(
-        lease = %lease.id, role = %lease.role, identity = %LogSafe(&lease.identity),
-        template = %lease.template, database, %peer,
-        claim_ms = started.elapsed().as_millis() as u64,
-        "lease minted from the warm pool"
-    );
-    shared.audit.record(Event::LeaseMinted {
-        lease_id: lease.id.clone(),
-        role: lease.role.clone(),
-        identity: lease.identity.clone(),
-        issuer: lease.issuer.clone(),
-        groups: lease.groups.clone(),
-        template: lease.template.clone(),
-        database: lease.database.clone(),
-        expire_time: humantime::format_rfc3339_seconds(claimed.expires_at).to_string(),
-        client_addr: Some(peer.to_string()),
-    });
     Some(Minted {
         registered,
         // Never used: the backend is logged in already.
