@@ -43,7 +43,9 @@
 //!   [`auth::source`], a client's source for per-source limits (IPv6 by
 //!   /64) and the per-source connection slots.
 //! - [`lease`]: the whole life of a lease. [`lease::registry`] the live
-//!   leases (deadlines, lookup, renew); [`lease::revoker`] where every
+//!   leases (deadlines, lookup, renew); [`lease::end`] why a lease ended
+//!   (one type from the session to the revoker and the audit line);
+//!   [`lease::revoker`] where every
 //!   role goes when its lease is over (retried until dropped, one round
 //!   trip per database); [`lease::reaper`] the sweep of
 //!   `rolemint_managed` for orphaned and expired roles;

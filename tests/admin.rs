@@ -15,8 +15,9 @@ use rolemint::control::health::Probe;
 use rolemint::control::leases::LeaseView;
 use rolemint::control::memory::MemoryDirectory;
 use rolemint::control::{AdminListener, AdminState, BoxFuture};
+use rolemint::lease::end::EndReason;
 use rolemint::lease::registry::LeaseKind;
-use rolemint::observe::audit::{Audit, RevokedBy};
+use rolemint::observe::audit::Audit;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -393,7 +394,7 @@ async fn the_leases_command_drives_the_api() {
     assert!(run.ok, "{}", run.stderr);
     assert_eq!(
         directory.revoked_by("database/sessions/readonly/aaaa"),
-        Some(RevokedBy::Operator)
+        Some(EndReason::RevokedByOperator)
     );
     let run = rolemint(addr, t, &["leases", "revoke-identity", "bob"]).await;
     assert_eq!(run.stdout.trim(), "revoked 1 lease(s) of bob");

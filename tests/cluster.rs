@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::{output_text, sqlstate, wait_until, Harness, Options, ServeProcess};
-use rolemint::lease::revoker::Why;
+use rolemint::lease::end::EndReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -251,9 +251,12 @@ async fn three_instances_share_renew_revoke_cleanup_and_pgbench() {
 
     // Revoke through A (its revocation service) the lease C holds: the
     // backend is terminated, the client told so, the role dropped.
-    h.shared
-        .revoker
-        .schedule(&short.role, "appdb", Some("short"), Why::Revoked);
+    h.shared.revoker.schedule(
+        &short.role,
+        "appdb",
+        Some("short"),
+        EndReason::RevokedByOperator,
+    );
     let revoked = wait_until(Duration::from_secs(10), || async {
         !role_exists(&h, &short.role).await
     })

@@ -699,7 +699,7 @@ async fn postgres_stopped_under_a_retry_loop_leaves_the_revocation_queue_bounded
             &format!("v-gone-readonly-ffffffff-{n}"),
             "appdb",
             None,
-            rolemint::lease::revoker::Why::Reaper,
+            rolemint::lease::end::EndReason::ReapedOrphaned,
         );
     }
     for i in 0..40 {

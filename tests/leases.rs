@@ -147,7 +147,7 @@ async fn without_an_owner_a_role_that_owns_a_table_is_retained_with_its_rows() {
         &role,
         "appdb",
         Some("maker"),
-        rolemint::lease::revoker::Why::Reaper,
+        rolemint::lease::end::EndReason::ReapedOrphaned,
     );
     assert_eq!(h.shared.revoker.pending(), 0);
 }
@@ -437,13 +437,13 @@ async fn objects_in_every_database_go_to_the_owner() {
         role,
         "appdb",
         Some("builder"),
-        rolemint::lease::revoker::Why::Reaper,
+        rolemint::lease::end::EndReason::ReapedOrphaned,
     );
     h.shared.revoker.schedule(
         "v-handmade-builder-ijklmnop-2",
         "appdb",
         Some("builder"),
-        rolemint::lease::revoker::Why::Reaper,
+        rolemint::lease::end::EndReason::ReapedOrphaned,
     );
     let left = h.wait_no_managed_roles(Duration::from_secs(10)).await;
     assert!(left.is_empty(), "{left:?}");
@@ -479,13 +479,13 @@ async fn a_dropped_database_does_not_stop_a_revocation_and_foreign_roles_are_ref
         "v-orphan-readonly-abcdefgh-1",
         "no_such_database",
         Some("readonly"),
-        rolemint::lease::revoker::Why::Reaper,
+        rolemint::lease::end::EndReason::ReapedOrphaned,
     );
     revoker.schedule(
         "v-not-ours",
         "appdb",
         None,
-        rolemint::lease::revoker::Why::Reaper,
+        rolemint::lease::end::EndReason::ReapedOrphaned,
     );
     let settled = || async { revoker.pending() == 0 };
     assert!(wait_until(Duration::from_secs(10), settled).await);

@@ -752,7 +752,8 @@ fn creds_lease(id: &str, identity: &str) -> rolemint::control::leases::LeaseView
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workload_tokens_act_on_their_own_leases_only() {
     use rolemint::control::{door::VaultDoor, memory::MemoryDirectory, AdminListener, AdminState};
-    use rolemint::observe::audit::{Audit, RevokedBy};
+    use rolemint::lease::end::EndReason;
+    use rolemint::observe::audit::Audit;
     let (h, _) = with_vault().await;
     let directory = Arc::new(MemoryDirectory::default());
     let hour = Duration::from_secs(3600);
@@ -852,7 +853,10 @@ async fn workload_tokens_act_on_their_own_leases_only() {
     .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert!(!directory.live().contains(&mine.to_owned()));
-    assert_eq!(directory.revoked_by(mine), Some(RevokedBy::Workload));
+    assert_eq!(
+        directory.revoked_by(mine),
+        Some(EndReason::RevokedByWorkload)
+    );
     let (s, _, _, _) = call(
         "PUT",
         format!("{base}/revoke-prefix/database/creds"),

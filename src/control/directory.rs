@@ -42,9 +42,8 @@ use super::leases::{
     renewal, DirFuture, LeaseApiError, LeaseDirectory, LeaseFilter, LeasePage, LeaseView,
     PageRequest, Renewed,
 };
-use crate::lease::registry::{EndReason, Lease, LeaseKind};
-use crate::lease::revoker::Why;
-use crate::observe::audit::RevokedBy;
+use crate::lease::end::EndReason;
+use crate::lease::registry::{Lease, LeaseKind};
 use crate::pg::{CatalogFilter, CatalogLease, LeaseComment, MintError, CATALOG_PAGE};
 use crate::runtime::state::Shared;
 
@@ -339,7 +338,7 @@ impl RegistryDirectory {
     async fn revoke_all(
         &self,
         found: Vec<Found>,
-        _by: RevokedBy,
+        _by: EndReason,
         sync: bool,
     ) -> Result<usize, LeaseApiError> {
         let started: Vec<Revocation> = found.into_iter().map(|f| self.start(f)).collect();
@@ -366,7 +365,7 @@ impl RegistryDirectory {
             Found::Local(lease) => {
                 // The session tells its client "lease revoked" and hands its
                 // role over; credentials have no session to do so.
-                lease.end(EndReason::Revoked);
+                lease.end(EndReason::RevokedByOperator);
                 let handed = lease.kind == LeaseKind::Creds;
                 if handed {
                     self.schedule(&lease.role, &lease.database, &lease.template);
@@ -398,7 +397,7 @@ impl RegistryDirectory {
     fn schedule(&self, role: &str, database: &str, template: &str) {
         self.shared
             .revoker
-            .schedule(role, database, Some(template), Why::Revoked);
+            .schedule(role, database, Some(template), EndReason::RevokedByOperator);
     }
 }
 
@@ -446,7 +445,7 @@ async fn settle(shared: Arc<Shared>, mut left: Vec<Revocation>, within: Duration
                 tracing::warn!(lease = %r.id, role = %r.role, "session did not end within {HANDOVER:?} of its revocation; revoking its role under it");
                 shared
                     .revoker
-                    .schedule(&r.role, &r.database, Some(&r.template), Why::Revoked);
+                    .schedule(&r.role, &r.database, Some(&r.template), EndReason::RevokedByOperator);
                 r.handed = true;
             }
             // A role this directory handed over is settled once the revoker
@@ -510,7 +509,7 @@ impl LeaseDirectory for RegistryDirectory {
         Box::pin(self.renew_lease(lease_id, increment))
     }
 
-    fn revoke(&self, lease_id: String, by: RevokedBy, sync: bool) -> DirFuture<'_, bool> {
+    fn revoke(&self, lease_id: String, by: EndReason, sync: bool) -> DirFuture<'_, bool> {
         Box::pin(async move {
             let Some(found) = self.find(&lease_id).await? else {
                 return Ok(false);
@@ -522,7 +521,7 @@ impl LeaseDirectory for RegistryDirectory {
     fn revoke_matching(
         &self,
         filter: LeaseFilter,
-        _by: RevokedBy,
+        _by: EndReason,
         sync: bool,
     ) -> DirFuture<'_, usize> {
         Box::pin(self.revoke_every(filter, sync))

@@ -34,8 +34,9 @@ use super::access::Access;
 use super::auth::Caller;
 use super::vault::{envelope, lease_envelope, ApiError};
 use super::AdminState;
+use crate::lease::end::EndReason;
 use crate::lease::registry::LeaseKind;
-use crate::observe::audit::{Event, RevokedBy};
+use crate::observe::audit::Event;
 
 /// Longest lease id or prefix accepted.
 const MAX_LEASE_ID_BYTES: usize = 512;
@@ -258,7 +259,7 @@ pub trait LeaseDirectory: Send + Sync + 'static {
     /// role dropped. With `sync`, resolves once the role is gone and the
     /// `lease.revoked` audit line is written. `false` when there was no
     /// such lease.
-    fn revoke(&self, lease_id: String, by: RevokedBy, sync: bool) -> DirFuture<'_, bool>;
+    fn revoke(&self, lease_id: String, by: EndReason, sync: bool) -> DirFuture<'_, bool>;
     /// Revokes every lease matching `filter`, however many there are: a
     /// directory that reads them in pages goes on to the last page (also
     /// when the caller stops waiting). With `sync`, resolves when all are
@@ -268,7 +269,7 @@ pub trait LeaseDirectory: Send + Sync + 'static {
     fn revoke_matching(
         &self,
         filter: LeaseFilter,
-        by: RevokedBy,
+        by: EndReason,
         sync: bool,
     ) -> DirFuture<'_, usize>;
 }
@@ -669,11 +670,11 @@ async fn find_own(state: &AdminState, access: &Access, id: String) -> Result<Lea
 
 /// How the audit log names who revoked: the operator, or a workload or
 /// token (its label is on the request's `admin.request` line).
-fn revoked_by(caller: &Caller) -> RevokedBy {
+fn revoked_by(caller: &Caller) -> EndReason {
     if caller.is_operator() {
-        RevokedBy::Operator
+        EndReason::RevokedByOperator
     } else {
-        RevokedBy::Workload
+        EndReason::RevokedByWorkload
     }
 }
 

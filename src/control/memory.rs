@@ -15,7 +15,7 @@ use super::leases::{
     renewal, DirFuture, LeaseApiError, LeaseDirectory, LeaseFilter, LeasePage, LeaseView,
     PageRequest, Renewed, MAX_PAGE,
 };
-use crate::observe::audit::RevokedBy;
+use crate::lease::end::EndReason;
 
 /// Leases by id, with each one's max TTL and default TTL.
 #[derive(Debug, Default)]
@@ -28,7 +28,7 @@ struct Entry {
     view: LeaseView,
     default_ttl: Duration,
     max_ttl: Duration,
-    revoked_by: Option<RevokedBy>,
+    revoked_by: Option<EndReason>,
 }
 
 impl MemoryDirectory {
@@ -55,7 +55,7 @@ impl MemoryDirectory {
     }
 
     /// Who revoked `id`, if it was.
-    pub fn revoked_by(&self, id: &str) -> Option<RevokedBy> {
+    pub fn revoked_by(&self, id: &str) -> Option<EndReason> {
         self.lock().get(id).and_then(|e| e.revoked_by)
     }
 
@@ -143,7 +143,7 @@ impl LeaseDirectory for MemoryDirectory {
         Box::pin(async move { result })
     }
 
-    fn revoke(&self, lease_id: String, by: RevokedBy, _sync: bool) -> DirFuture<'_, bool> {
+    fn revoke(&self, lease_id: String, by: EndReason, _sync: bool) -> DirFuture<'_, bool> {
         let found = match self.lock().get_mut(&lease_id) {
             Some(e) if e.revoked_by.is_none() => {
                 e.revoked_by = Some(by);
@@ -157,7 +157,7 @@ impl LeaseDirectory for MemoryDirectory {
     fn revoke_matching(
         &self,
         filter: LeaseFilter,
-        by: RevokedBy,
+        by: EndReason,
         _sync: bool,
     ) -> DirFuture<'_, usize> {
         let mut n = 0;

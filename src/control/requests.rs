@@ -38,7 +38,8 @@ use crate::auth::access::{self, AccessError, Approvers as _, Request, State as R
 use crate::auth::identity::Identity;
 use crate::auth::policy::ApprovalRules;
 use crate::config::Config;
-use crate::observe::audit::{Event, RevokedBy};
+use crate::lease::end::EndReason;
+use crate::observe::audit::Event;
 use crate::store::Kind;
 
 /// Default grant when a request names no duration.
@@ -391,7 +392,7 @@ async fn end_sessions(state: &AdminState, r: &Request) -> Result<(), ApiError> {
     };
     let n = state
         .directory
-        .revoke_matching(filter, RevokedBy::Operator, true)
+        .revoke_matching(filter, EndReason::RevokedByOperator, true)
         .await?;
     tracing::info!(request = %r.id, leases = n, "access grant revoked, and its leases");
     Ok(())

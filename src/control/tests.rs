@@ -12,8 +12,9 @@ use super::health::Probe;
 use super::leases::LeaseView;
 use super::memory::MemoryDirectory;
 use super::*;
+use crate::lease::end::EndReason;
 use crate::lease::registry::LeaseKind;
-use crate::observe::audit::{Audit, RevokedBy, Target};
+use crate::observe::audit::{Audit, Target};
 
 const TOKEN: &str = "operator-test-token";
 
@@ -559,7 +560,7 @@ async fn revoke_by_body_path_prefix_and_selector() {
     assert_eq!((s, body), (StatusCode::NO_CONTENT, Value::Null));
     assert_eq!(
         api.directory.revoked_by("database/sessions/readonly/aaaa"),
-        Some(RevokedBy::Operator)
+        Some(EndReason::RevokedByOperator)
     );
     // Unknown (and already revoked) leases: 204, as in Vault.
     let (s, _, _) = api

@@ -28,10 +28,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::auth::identity::Identity;
 use crate::auth::policy::{authorize_with, Entitlement, Grant};
 use crate::config::Config;
+use crate::lease::end::EndReason;
 use crate::lease::minted::{self, NewRole, Source};
 use crate::lease::quota::{self, QuotaKind};
-use crate::lease::registry::{self, EndReason, LeaseKind, Registered};
-use crate::lease::revoker::Why;
+use crate::lease::registry::{self, LeaseKind, Registered};
 use crate::pg::{MintRequest, MintedRole, DIRECT_MARKER_ROLE};
 use crate::runtime::state::Shared;
 use crate::secret::Secret;
@@ -260,14 +260,14 @@ fn watch(shared: Arc<Shared>, registered: Registered, permit: (OwnedSemaphorePer
                 lease = %lease.id, role = %lease.role,
                 "credential lease left to its expiry: it outlives this instance"
             ),
-            EndReason::Expired | EndReason::Revoked => {
+            _ => {
                 // With its lease id, so the `lease.revoked` line names it.
                 shared.revoker.schedule_lease(
                     &lease.id,
                     &lease.role,
                     &lease.database,
                     Some(&lease.template),
-                    Why::from(reason),
+                    reason,
                 );
                 tracing::info!(
                     lease = %lease.id, role = %lease.role, reason = reason.as_str(),

@@ -1,5 +1,6 @@
 //! The whole life of a lease: [`registry`] (live leases, deadlines,
-//! renew), [`revoker`] (every role whose lease is over, dropped or
+//! renew), [`end`] (why a lease ended: one type from the session to the
+//! audit line), [`revoker`] (every role whose lease is over, dropped or
 //! retained, retried until done), [`reaper`] (the sweep of
 //! `rolemint_managed` for orphaned and expired roles), [`warm_pool`]
 //! (roles minted ahead with a backend logged in), [`creds`]
@@ -15,6 +16,7 @@
 //! [`crate::runtime::state::Shared`]; see `tests/module_graph.rs`.)
 
 pub mod creds;
+pub mod end;
 pub mod minted;
 pub mod quota;
 pub mod reaper;

@@ -54,33 +54,18 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::lease::revoker::Why;
+use crate::lease::end::EndReason;
 use crate::pg::{is_valid_role_name, AdminClient, ManagedRole, MintError};
 use crate::runtime::state::Shared;
 
 /// What the sweep decided about one role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    Revoke(Cause),
+    /// [`EndReason::ReapedExpired`] (past its `VALID UNTIL`) or
+    /// [`EndReason::ReapedOrphaned`] (no backend for longer than the grace
+    /// and no live lease here).
+    Revoke(EndReason),
     Keep(Kept),
-}
-
-/// Why a role is revoked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// Past its `VALID UNTIL`.
-    Expired,
-    /// No backend for longer than the grace and no live lease here.
-    Orphaned,
-}
-
-impl Cause {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cause::Expired => "expired",
-            Cause::Orphaned => "orphaned",
-        }
-    }
 }
 
 /// Why a role is left alone.
@@ -126,7 +111,7 @@ pub fn decide(facts: &Facts, grace: Duration) -> Verdict {
         return Verdict::Keep(Kept::Retained);
     }
     if facts.expired {
-        return Verdict::Revoke(Cause::Expired);
+        return Verdict::Revoke(EndReason::ReapedExpired);
     }
     if facts.backends > 0 {
         return Verdict::Keep(Kept::LiveBackend);
@@ -139,7 +124,7 @@ pub fn decide(facts: &Facts, grace: Duration) -> Verdict {
     }
     let idle = facts.idle_seen.max(facts.age.unwrap_or_default());
     if idle >= grace {
-        Verdict::Revoke(Cause::Orphaned)
+        Verdict::Revoke(EndReason::ReapedOrphaned)
     } else {
         Verdict::Keep(Kept::Young)
     }
@@ -210,7 +195,8 @@ pub struct Orphan {
     pub database: Option<String>,
     /// The lease's template; `None` when the comment does not say.
     pub template: Option<String>,
-    pub cause: Cause,
+    /// [`EndReason::ReapedExpired`] or [`EndReason::ReapedOrphaned`].
+    pub cause: EndReason,
 }
 
 /// Per-role memory between sweeps, bounded by the roles the last sweep
@@ -314,7 +300,7 @@ where
             let Verdict::Revoke(cause) = decide(&facts, self.grace) else {
                 continue;
             };
-            if cause == Cause::Expired && role.backends > 0 {
+            if cause == EndReason::ReapedExpired && role.backends > 0 {
                 if let Err(e) = sweep.terminate_backends(&role.name).await {
                     tracing::warn!(role = %role.name, "reaper: terminating the sessions of an expired role failed: {e}");
                 }
@@ -331,7 +317,7 @@ where
                 Ok(()) => {
                     report.revoked += 1;
                     self.memory.idle_since.remove(&role.name);
-                    tracing::info!(role = %role.name, cause = cause.as_str(), "reaper: role revoked");
+                    tracing::info!(role = %role.name, cause = cause.reaped(), "reaper: role revoked");
                 }
                 Err(e @ MintError::OwnsObjects { .. }) => {
                     report.failed += 1;
@@ -340,7 +326,7 @@ where
                 }
                 Err(e) => {
                     report.failed += 1;
-                    tracing::warn!(role = %role.name, cause = cause.as_str(), "reaper: revoke failed, retried next sweep: {e}");
+                    tracing::warn!(role = %role.name, cause = cause.reaped(), "reaper: revoke failed, retried next sweep: {e}");
                 }
             }
         }
@@ -429,7 +415,7 @@ async fn revoke_orphan(shared: &Shared, orphan: &Orphan) -> Result<(), MintError
         .record(crate::observe::audit::Event::LeaseReaped {
             lease_id: orphan.lease_id.clone(),
             role: orphan.role.clone(),
-            reason: orphan.cause.as_str().to_owned(),
+            reason: orphan.cause.reaped().unwrap_or_default().to_owned(),
             instance: orphan.instance.clone(),
         });
     match &orphan.lease_id {
@@ -438,13 +424,13 @@ async fn revoke_orphan(shared: &Shared, orphan: &Orphan) -> Result<(), MintError
             &orphan.role,
             database,
             orphan.template.as_deref(),
-            Why::Reaper,
+            orphan.cause,
         ),
         None => shared.revoker.schedule(
             &orphan.role,
             database,
             orphan.template.as_deref(),
-            Why::Reaper,
+            orphan.cause,
         ),
     }
     Ok(())
@@ -472,13 +458,19 @@ mod tests {
 
     #[test]
     fn idle_past_the_grace_and_unheld_is_revoked() {
-        assert_eq!(decide(&orphan(), GRACE), Verdict::Revoke(Cause::Orphaned));
+        assert_eq!(
+            decide(&orphan(), GRACE),
+            Verdict::Revoke(EndReason::ReapedOrphaned)
+        );
         let by_age = Facts {
             idle_seen: Duration::ZERO,
             age: Some(GRACE + Duration::from_secs(1)),
             ..orphan()
         };
-        assert_eq!(decide(&by_age, GRACE), Verdict::Revoke(Cause::Orphaned));
+        assert_eq!(
+            decide(&by_age, GRACE),
+            Verdict::Revoke(EndReason::ReapedOrphaned)
+        );
     }
 
     #[test]
@@ -532,7 +524,11 @@ mod tests {
                         idle_seen: Duration::ZERO,
                         ..orphan()
                     };
-                    assert_eq!(decide(&f, GRACE), Verdict::Revoke(Cause::Expired), "{f:?}");
+                    assert_eq!(
+                        decide(&f, GRACE),
+                        Verdict::Revoke(EndReason::ReapedExpired),
+                        "{f:?}"
+                    );
                 }
             }
         }

@@ -30,38 +30,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::{delay_queue, DelayQueue};
 
-use crate::error::ClientError;
+use crate::lease::end::EndReason;
 use crate::pg::{rfc3339, LeaseComment};
-
-/// Why a lease ended before its holder let it go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// The TTL ran out.
-    Expired,
-    /// An operator revoked it.
-    Revoked,
-    /// rolemint is shutting down and the drain period is over.
-    Shutdown,
-}
-
-impl EndReason {
-    /// What the client is told.
-    pub fn client_error(self) -> ClientError {
-        match self {
-            EndReason::Expired => ClientError::LeaseExpired,
-            EndReason::Revoked => ClientError::LeaseRevoked,
-            EndReason::Shutdown => ClientError::Terminated,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::Expired => "expired",
-            EndReason::Revoked => "revoked",
-            EndReason::Shutdown => "shutdown",
-        }
-    }
-}
 
 /// Who holds a lease (`session` / `creds`): defined next to the lease
 /// comment that records it, in `pg`.
@@ -209,7 +179,7 @@ impl Lease {
     /// Resolves once the lease has been ended.
     pub async fn ended(&self) -> EndReason {
         self.end.cancelled().await;
-        self.end_reason().unwrap_or(EndReason::Revoked)
+        self.end_reason().unwrap_or(EndReason::RevokedByOperator)
     }
 
     pub fn end_reason(&self) -> Option<EndReason> {
@@ -595,8 +565,8 @@ mod tests {
                 .unwrap_err(),
             RenewError::NotFound("database/sessions/t/nope".into())
         );
-        assert!(leases.end(&l.lease.id, EndReason::Revoked));
-        assert_eq!(l.lease.ended().await, EndReason::Revoked);
+        assert!(leases.end(&l.lease.id, EndReason::RevokedByOperator));
+        assert_eq!(l.lease.ended().await, EndReason::RevokedByOperator);
         assert!(matches!(
             leases.renew(&l.lease.id, SystemTime::now()),
             Err(RenewError::Ended(_))
@@ -624,9 +594,9 @@ mod tests {
     #[test]
     fn first_end_reason_wins() {
         let l = lease("t", Duration::from_secs(1));
-        l.end(EndReason::Revoked);
+        l.end(EndReason::RevokedByOperator);
         l.end(EndReason::Expired);
-        assert_eq!(l.end_reason(), Some(EndReason::Revoked));
+        assert_eq!(l.end_reason(), Some(EndReason::RevokedByOperator));
     }
 
     #[test]

@@ -66,8 +66,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RoleTemplate};
-use crate::lease::registry::EndReason;
-use crate::observe::audit::{Audit, Event, RevokedBy};
+use crate::lease::end::EndReason;
+use crate::observe::audit::{Audit, Event};
 use crate::pg::{AdminClient, MintError, Outcome, Target};
 
 /// First retry delay of a failing job; doubled on every failure.
@@ -99,63 +99,6 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 /// Every template the service knows, by name (see the module doc).
 type Templates = Arc<ArcSwap<BTreeMap<String, RoleTemplate>>>;
-
-/// Why a role is being revoked: for the log and, later, the audit trail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Why {
-    /// The client closed its session (or the backend went away).
-    SessionEnded,
-    /// The lease's TTL ran out.
-    Expired,
-    /// An operator revoked the lease.
-    Revoked,
-    /// rolemint is shutting down.
-    Shutdown,
-    /// Its mint failed or timed out; the role may or may not exist.
-    MintFailed,
-    /// The reaper found it orphaned.
-    Reaper,
-    /// A pooled role (`warm_pool.rs`) no session claimed: past its pool
-    /// lifetime, its backend gone, or rolemint shutting down.
-    Unclaimed,
-}
-
-impl Why {
-    /// Who revoked, for the audit log; `None` for a failed mint (no lease
-    /// was ever handed out, so none is revoked).
-    pub fn revoked_by(self) -> Option<RevokedBy> {
-        match self {
-            Why::SessionEnded => Some(RevokedBy::Client),
-            Why::Expired => Some(RevokedBy::Ttl),
-            Why::Revoked => Some(RevokedBy::Operator),
-            Why::Shutdown => Some(RevokedBy::Shutdown),
-            Why::Reaper => Some(RevokedBy::Reaper),
-            Why::MintFailed | Why::Unclaimed => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Why::SessionEnded => "session_ended",
-            Why::Expired => "expired",
-            Why::Revoked => "revoked",
-            Why::Shutdown => "shutdown",
-            Why::MintFailed => "mint_failed",
-            Why::Reaper => "reaper",
-            Why::Unclaimed => "warm_pool_unclaimed",
-        }
-    }
-}
-
-impl From<EndReason> for Why {
-    fn from(reason: EndReason) -> Why {
-        match reason {
-            EndReason::Expired => Why::Expired,
-            EndReason::Revoked => Why::Revoked,
-            EndReason::Shutdown => Why::Shutdown,
-        }
-    }
-}
 
 /// A role that was left NOLOGIN with its objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,7 +227,7 @@ impl Revoker {
         role: &str,
         database: &str,
         template: Option<&str>,
-        why: Why,
+        why: EndReason,
     ) {
         self.submit(Submit {
             lease_id: Some(lease_id),
@@ -302,7 +245,7 @@ impl Revoker {
     /// `template` names the template whose `owner` and revocation
     /// statements apply; `None` or an unknown name means the default
     /// revocation without an owner.
-    pub fn schedule(&self, role: &str, database: &str, template: Option<&str>, why: Why) {
+    pub fn schedule(&self, role: &str, database: &str, template: Option<&str>, why: EndReason) {
         self.submit(Submit {
             lease_id: None,
             role,
@@ -327,7 +270,7 @@ impl Revoker {
             role,
             database,
             template,
-            why: Why::MintFailed,
+            why: EndReason::MintFailed,
             settle,
         });
     }
@@ -362,7 +305,7 @@ impl Revoker {
             since: now,
             attempts: 0,
             next: match why {
-                Why::SessionEnded | Why::Unclaimed => now + GATHER,
+                EndReason::SessionClosed | EndReason::Unclaimed => now + GATHER,
                 _ => now,
             },
             delay: FIRST_BACKOFF,
@@ -447,7 +390,7 @@ struct Submit<'a> {
     role: &'a str,
     database: &'a str,
     template: Option<&'a str>,
-    why: Why,
+    why: EndReason,
     settle: Duration,
 }
 
@@ -459,7 +402,7 @@ struct Job {
     role: String,
     database: String,
     template: Option<String>,
-    why: Why,
+    why: EndReason,
     since: Instant,
     attempts: u32,
     /// Not before then.
@@ -925,12 +868,12 @@ creation_statements = ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password
             "v-a",
             "appdb",
             None,
-            Why::Revoked,
+            EndReason::RevokedByOperator,
         );
         worker.add(rx.try_recv().expect("the first job"));
         worker.jobs.get_mut("v-a").expect("queued").in_flight = true;
 
-        revoker.schedule("v-a", "appdb", None, Why::Reaper);
+        revoker.schedule("v-a", "appdb", None, EndReason::ReapedOrphaned);
         worker.settle("v-a", Ok(Outcome::Dropped));
         assert!(!worker.jobs.contains_key("v-a"), "the first job settled");
 
@@ -951,14 +894,14 @@ creation_statements = ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password
     #[tokio::test]
     async fn a_duplicate_merged_into_a_queued_job_keeps_its_lease_id() {
         let (revoker, mut worker, mut rx) = unstarted();
-        revoker.schedule("v-b", "appdb", None, Why::Reaper);
+        revoker.schedule("v-b", "appdb", None, EndReason::ReapedOrphaned);
         worker.add(rx.try_recv().expect("the first job"));
         revoker.schedule_lease(
             "database/creds/readonly/b",
             "v-b",
             "appdb",
             None,
-            Why::Expired,
+            EndReason::Expired,
         );
         worker.add(rx.try_recv().expect("the duplicate"));
         assert_eq!(worker.jobs.len(), 1);

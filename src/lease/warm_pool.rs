@@ -68,8 +68,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RoleTemplate};
+use crate::lease::end::EndReason;
 use crate::lease::registry::{self, LeaseKind};
-use crate::lease::revoker::{Revoker, Why};
+use crate::lease::revoker::Revoker;
 use crate::pg::backend::{self, BackendError, Login};
 use crate::pg::{AdminClient, LeaseComment, MintError, NameTemplate, PreparedMint};
 use crate::tls::BackendStream;
@@ -549,8 +550,12 @@ impl Filler<'_> {
                 fail(backoff, &key, &error);
             }
             Filled::Failed { error } => {
-                self.revoker
-                    .schedule(&role, &key.database, Some(&key.template), Why::Unclaimed);
+                self.revoker.schedule(
+                    &role,
+                    &key.database,
+                    Some(&key.template),
+                    EndReason::Unclaimed,
+                );
                 self.pool.lock().filling.remove(&role);
                 fail(backoff, &key, &error);
             }
@@ -611,8 +616,12 @@ impl Filler<'_> {
         } = entry;
         drop(login);
         tracing::debug!(role = %role, template = %key.template, database = %key.database, "warm pool: retiring an unclaimed role: {why}");
-        self.revoker
-            .schedule(&role, &key.database, Some(&key.template), Why::Unclaimed);
+        self.revoker.schedule(
+            &role,
+            &key.database,
+            Some(&key.template),
+            EndReason::Unclaimed,
+        );
     }
 
     /// `rolemint_warm_pool_ready{template}`: every pooled template, and

@@ -27,7 +27,8 @@ use crate::config::Config;
 /// 256 slots) waits instead of meeting closed sockets, and the room stays
 /// bounded.
 const WAITING_ROOM_FACTOR: usize = 4;
-use crate::lease::registry::{EndReason, Leases};
+use crate::lease::end::EndReason;
+use crate::lease::registry::Leases;
 use crate::lease::revoker::Revoker;
 use crate::pg::AdminClient;
 use crate::proxy::cancel::CancelMap;
@@ -322,7 +323,7 @@ impl Server {
                         &lease.role,
                         &lease.database,
                         Some(&lease.template),
-                        crate::lease::revoker::Why::Shutdown,
+                        EndReason::Shutdown,
                     );
                 }
             }

@@ -53,7 +53,8 @@ use crate::control::auth::{presented_token, Caller};
 use crate::control::leases::{parse_body, LeaseDirectory};
 use crate::control::vault::{auth_envelope_with_warnings, envelope, ApiError};
 use crate::control::{AdminState, ClientAddr};
-use crate::observe::audit::{Event, RevokedBy};
+use crate::lease::end::EndReason;
+use crate::observe::audit::Event;
 use crate::store::tokens::{NewToken, Revoked, StoredToken, TokenStoreError, Tokens};
 
 /// Leases revoked at once when a token goes.
@@ -660,7 +661,7 @@ async fn revoke_leases(directory: &Arc<dyn LeaseDirectory>, leases: &[String]) {
                 let lease = lease.clone();
                 set.spawn(async move {
                     if let Err(e) = directory
-                        .revoke(lease.clone(), RevokedBy::Token, true)
+                        .revoke(lease.clone(), EndReason::RevokedByToken, true)
                         .await
                     {
                         // The role still carries its VALID UNTIL; the

@@ -26,7 +26,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use super::statements::{Statement, StatementTap};
 use super::wire::{self, Framer};
 use crate::error::ClientError;
-use crate::lease::registry::{EndReason, Lease};
+use crate::lease::end::EndReason;
+use crate::lease::registry::Lease;
 use crate::pg::backend::BackendKey;
 use crate::pg::backend::Login;
 use crate::tls::{BackendStream, ClientStream};
@@ -48,7 +49,8 @@ const ROUNDS_PER_WAKEUP: usize = 32;
 /// explanation, not the termination.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How a splice ended.
+/// How a splice ended: the relay's own outcome, or the lease's end when
+/// that came first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
     /// The client closed its connection (normally after Terminate).
@@ -59,6 +61,31 @@ pub enum End {
     Lease(EndReason),
     /// Reading or writing failed on either side.
     Failed,
+}
+
+impl End {
+    /// Why the session's lease ended. A lease ended under the session wins
+    /// even when the splice saw a close first (`signalled`, the lease's own
+    /// [`Lease::end_reason`]): an expiry's terminated backend may close
+    /// before the relay notices the lease. Otherwise its holder let go.
+    pub fn reason(self, signalled: Option<EndReason>) -> EndReason {
+        match self {
+            End::Lease(reason) => reason,
+            _ => signalled.unwrap_or(EndReason::SessionClosed),
+        }
+    }
+
+    /// `session.ended`'s `reason` for a session whose lease ended for
+    /// `reason` ([`End::reason`]): `ttl`, `revoked`, `shutdown`, or, when
+    /// its holder let go, how the splice ended: `client`, `backend`,
+    /// `error`.
+    pub fn audit_reason(self, reason: EndReason) -> &'static str {
+        reason.session_ended().unwrap_or(match self {
+            End::ClientClosed => "client",
+            End::BackendClosed => "backend",
+            End::Lease(_) | End::Failed => "error",
+        })
+    }
 }
 
 /// Bytes moved each way.

@@ -8,8 +8,7 @@ use std::time::Instant;
 use super::relay::{self, End};
 use super::{handshake, kernel, statements, wire, Minted, Started};
 use crate::error::ClientError;
-use crate::lease::registry::{EndReason, Lease};
-use crate::lease::revoker::Why;
+use crate::lease::registry::Lease;
 use crate::observe::audit::Event;
 use crate::observe::logging::LogSafe;
 use crate::observe::metrics::{ConnectionResult, Direction};
@@ -51,10 +50,7 @@ pub(super) async fn serve_lease(
     // The session is over: its slots are free while the role is revoked.
     drop(started.permit);
     drop(quota);
-    let why = match end {
-        End::Lease(reason) => Why::from(reason),
-        _ => lease.end_reason().map_or(Why::SessionEnded, Why::from),
-    };
+    let reason = end.reason(lease.end_reason());
     let duration = lease
         .issued_at
         .elapsed()
@@ -63,7 +59,7 @@ pub(super) async fn serve_lease(
         lease_id: lease.id.clone(),
         role: lease.role.clone(),
         identity: lease.identity.clone(),
-        reason: end_reason(&end, why).to_owned(),
+        reason: end.audit_reason(reason).to_owned(),
         duration_seconds: duration.as_secs_f64(),
         bytes_in: traffic.client_to_backend,
         bytes_out: traffic.backend_to_client,
@@ -73,7 +69,7 @@ pub(super) async fn serve_lease(
         &lease.role,
         &lease.database,
         Some(&lease.template),
-        why,
+        reason,
     );
     tracing::info!(
         lease = %lease.id, role = %lease.role, end = ?end,
@@ -84,19 +80,6 @@ pub(super) async fn serve_lease(
     // Only now does the registry forget the lease: until the revoker has
     // it, the role counts as held (the reaper asks).
     drop(registered);
-}
-
-/// `session.ended`'s reason: `client`, `ttl`, `revoked`, `shutdown`,
-/// `backend` or `error`.
-fn end_reason(end: &End, why: Why) -> &'static str {
-    match (end, why) {
-        (End::Lease(EndReason::Expired), _) | (_, Why::Expired) => "ttl",
-        (End::Lease(EndReason::Revoked), _) | (_, Why::Revoked) => "revoked",
-        (End::Lease(EndReason::Shutdown), _) | (_, Why::Shutdown) => "shutdown",
-        (End::ClientClosed, _) => "client",
-        (End::BackendClosed, _) => "backend",
-        _ => "error",
-    }
 }
 
 /// Keeps `rolemint_sessions_active{template}` true on every way out of a

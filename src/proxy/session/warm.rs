@@ -13,9 +13,9 @@ use std::time::Instant;
 use super::{handshake, Minted};
 use crate::auth::identity::Identity;
 use crate::auth::policy::Grant;
+use crate::lease::end::EndReason;
 use crate::lease::minted::{self, NewRole, Source};
 use crate::lease::registry::{self, LeaseKind};
-use crate::lease::revoker::Why;
 use crate::lease::warm_pool::Claim;
 use crate::observe::logging::LogSafe;
 use crate::runtime::state::Shared;
@@ -102,6 +102,6 @@ fn fall_back(
     crate::observe::metrics::warm_pool_claim(template, "fallback");
     shared
         .revoker
-        .schedule(role, database, Some(template), Why::Unclaimed);
+        .schedule(role, database, Some(template), EndReason::Unclaimed);
     None
 }
