@@ -10,8 +10,8 @@
 //!   people. So an entry names its issuer, `"corp:alice"`,
 //!   `"k8s-prod:system:serviceaccount:prod:*"` (`"*:..."`: every issuer;
 //!   a bare `"*"`: everyone). An entry without one is refused at load
-//!   ([`AllowEntry::parse`]) unless exactly one issuer is configured, which
-//!   it then means.
+//!   ([`crate::config::allow::AllowEntry::parse`]) unless exactly one
+//!   issuer is configured, which it then means.
 //! - A denied session is told 28000 naming the template only; the log gets
 //!   the rule ([`Refusal::rule`]).
 //! - A Vault token is entitled by its policies instead
@@ -25,22 +25,18 @@
 
 use std::time::{Duration, SystemTime};
 
-use globset::{Glob, GlobMatcher};
+use globset::GlobMatcher;
 
 use crate::auth::acl::{Acl, Capability};
 use crate::auth::identity::Identity;
 use crate::config::placeholder;
+pub use crate::config::templates::is_setting_name;
 use crate::config::{AuthConfig, Config, RoleTemplate};
 use crate::error::ClientError;
 
 /// Longest rendered session setting value, in bytes (PostgreSQL has no
 /// small limit; this keeps a claim-stuffed token from bloating catalogs).
 pub const MAX_SETTING_VALUE_BYTES: usize = 8192;
-/// Most session settings per template.
-const MAX_SETTINGS: usize = 32;
-
-/// The placeholders a session setting may use.
-const SETTING_KEYS: &[&str] = &["identity", "groups", "template", "issuer"];
 
 /// A session the policy allows.
 #[derive(Debug)]
@@ -61,22 +57,15 @@ pub struct Refusal {
     pub rule: String,
 }
 
-/// The names identities are qualified by: `local` (the flat `[auth]` key),
-/// `static` (static tokens) and each `[[auth.issuers]]` name, as configured.
+/// The names identities are qualified by (see
+/// [`AuthConfig::issuer_names`]).
 pub fn issuer_names(auth: &AuthConfig) -> Vec<String> {
-    let mut names = Vec::new();
-    if auth.hs256_secret.is_some() || auth.hs256_secret_file.is_some() {
-        names.push("local".to_owned());
-    }
-    if !auth.static_tokens.is_empty() {
-        names.push("static".to_owned());
-    }
-    names.extend(auth.issuers.iter().map(|i| i.name.clone()));
-    names
+    auth.issuer_names()
 }
 
-/// One `allow_identities` / `allow_groups` entry: the issuer it means and
-/// the glob on the raw claim.
+/// One `allow_identities` / `allow_groups` entry, compiled: the issuer
+/// it means and the matcher of its glob on the raw claim (the syntax is
+/// the config's, [`crate::config::allow`]).
 #[derive(Debug, Clone)]
 struct AllowEntry {
     /// `None`: any issuer (`"*"`, `"*:pattern"`).
@@ -85,88 +74,20 @@ struct AllowEntry {
 }
 
 impl AllowEntry {
-    /// `"ISSUER:PATTERN"` when the text before the first `:` is a
-    /// configured issuer name or `*`; a bare `"*"` is everyone. Anything
-    /// else means the single configured issuer, and is refused (saying how
-    /// to write it) when there are several: the entry could be anyone's.
-    fn parse(entry: &str, issuers: &[String]) -> Result<AllowEntry, String> {
-        let (issuer, pattern) = match entry.split_once(':') {
-            _ if entry == "*" => (None, entry),
-            Some(("*", rest)) => (None, rest),
-            Some((name, rest)) if issuers.iter().any(|i| i == name) => (Some(name.to_owned()), rest),
-            _ => match issuers {
-                [only] => (Some(only.clone()), entry),
-                _ => {
-                    return Err(format!(
-                        "\"{entry}\" does not say which issuer it means, and {} are configured ({}): \
-                         write \"ISSUER:{entry}\", e.g. \"{}:{entry}\" (\"*:{entry}\" for every issuer)",
-                        issuers.len(),
-                        issuers.join(", "),
-                        issuers.first().map_or("local", String::as_str),
-                    ))
-                }
-            },
-        };
-        let glob = Glob::new(pattern)
-            .map_err(|e| e.to_string())?
-            .compile_matcher();
-        Ok(AllowEntry { issuer, glob })
-    }
-
     fn matches(&self, issuer: &str, value: &str) -> bool {
         self.issuer.as_deref().is_none_or(|i| i == issuer) && self.glob.is_match(value)
     }
 }
 
 fn entries(list: &[String], issuers: &[String]) -> Result<Vec<AllowEntry>, String> {
-    list.iter().map(|e| AllowEntry::parse(e, issuers)).collect()
-}
-
-/// Config checks of a template's policy keys: entries name their issuer
-/// (unless `issuers` has one) and their globs compile, setting names fit
-/// the alphabet, setting values use known placeholders.
-pub fn validate_template(t: &RoleTemplate, issuers: &[String]) -> Result<(), String> {
-    entries(&t.allow_identities, issuers).map_err(|e| format!("allow_identities: {e}"))?;
-    entries(&t.allow_groups, issuers).map_err(|e| format!("allow_groups: {e}"))?;
-    if let Some(a) = &t.approval {
-        crate::config::approval::validate(a, |list| entries(list, issuers).map(|_| ()))?;
-    }
-    if t.session_settings.len() > MAX_SETTINGS {
-        return Err(format!("session_settings: at most {MAX_SETTINGS} settings"));
-    }
-    for (name, value) in &t.session_settings {
-        if !is_setting_name(name) {
-            return Err(format!(
-                "session_settings: \"{name}\" is not a custom setting name \
-                 ([a-z_][a-z0-9_]*.[a-z0-9_.]*, e.g. rolemint.identity)"
-            ));
-        }
-        placeholder::check(value, SETTING_KEYS)
-            .map_err(|e| format!("session_settings.{name}: {e}"))?;
-    }
-    Ok(())
-}
-
-/// `[a-z_][a-z0-9_]*\.[a-z0-9_.]*`: a custom (dotted) setting, so that
-/// no template can set a server setting such as `role` or
-/// `session_authorization` from claims, and a name that needs no quoting.
-pub fn is_setting_name(name: &str) -> bool {
-    let Some((prefix, rest)) = name.split_once('.') else {
-        return false;
-    };
-    let mut prefix_bytes = prefix.bytes();
-    name.len() <= 63
-        && prefix_bytes
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-        && prefix_bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && !rest.is_empty()
-        && rest
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
-        && !rest.starts_with('.')
-        && !rest.ends_with('.')
-        && !rest.contains("..")
+    let parsed = crate::config::allow::parse_list(list, issuers)?;
+    Ok(parsed
+        .into_iter()
+        .map(|e| AllowEntry {
+            issuer: e.issuer,
+            glob: e.glob.compile_matcher(),
+        })
+        .collect())
 }
 
 /// A template's allow lists, compiled.

@@ -1,15 +1,52 @@
 //! `[auth]`: who may present tokens: the local issuer (the flat keys),
 //! `[[auth.issuers]]` (identity providers, Kubernetes clusters),
-//! `[[auth.static_tokens]]` and the per-address failure limit. The data
-//! only; the verifier is built from it by `auth::identity`.
+//! `[[auth.static_tokens]]` and the per-address failure limit; their
+//! checks (key sources and pinned algorithms that fit together, static
+//! token hashes, names), and the issuer names allow lists are qualified
+//! by. The data and its checks only: the verifier is built from it by
+//! `auth::identity`, when `runtime` builds a runtime.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
 
 use super::{invalid, read_secret_file, ConfigError};
 use crate::secret::Secret;
+
+/// Longest identity claim accepted, in bytes.
+pub const MAX_IDENTITY_BYTES: usize = 256;
+/// Most groups a token may carry; a token with more is refused rather than
+/// silently truncated (a policy could deny by group).
+pub const MAX_GROUPS: usize = 256;
+/// Longest single group name accepted, in bytes.
+pub const MAX_GROUP_BYTES: usize = 1024;
+
+/// Algorithms a config may name.
+const JWT_ALGORITHMS: &[(&str, Algorithm)] = &[
+    ("HS256", Algorithm::HS256),
+    ("HS384", Algorithm::HS384),
+    ("HS512", Algorithm::HS512),
+    ("RS256", Algorithm::RS256),
+    ("RS384", Algorithm::RS384),
+    ("RS512", Algorithm::RS512),
+    ("PS256", Algorithm::PS256),
+    ("PS384", Algorithm::PS384),
+    ("PS512", Algorithm::PS512),
+    ("ES256", Algorithm::ES256),
+    ("ES384", Algorithm::ES384),
+    ("EdDSA", Algorithm::EdDSA),
+];
+
+/// The algorithm an `algorithms` entry names, if it is one a config may
+/// name.
+pub fn jwt_algorithm(name: &str) -> Option<Algorithm> {
+    JWT_ALGORITHMS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, a)| *a)
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,4 +211,196 @@ impl AuthConfig {
         }
         Ok(())
     }
+
+    /// The names identities are qualified by: `local` (the flat `[auth]`
+    /// keys), `static` (static tokens) and each `[[auth.issuers]]` name,
+    /// as configured.
+    pub fn issuer_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.hs256_secret.is_some() || self.hs256_secret_file.is_some() {
+            names.push("local".to_owned());
+        }
+        if !self.static_tokens.is_empty() {
+            names.push("static".to_owned());
+        }
+        names.extend(self.issuers.iter().map(|i| i.name.clone()));
+        names
+    }
+
+    /// Checks `[auth]` beyond what serde does: every issuer's key source
+    /// and algorithms fit together, static token hashes are well formed,
+    /// there is some way to authenticate. Needs no file: the keys are read
+    /// when the verifier is built.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(secret) = &self.hs256_secret {
+            if secret.expose().len() < 32 {
+                return Err("auth: hs256_secret must be at least 32 bytes".into());
+            }
+        }
+        self.validate_issuers()?;
+        validate_static_tokens(&self.static_tokens)?;
+        let f = &self.failure_rate;
+        if f.burst == 0 || f.per_minute == 0 || !(1..=10_000_000).contains(&f.max_addresses) {
+            return Err(
+                "auth.failure_rate: burst and per_minute must be at least 1, max_addresses 1..10000000"
+                    .into(),
+            );
+        }
+        if self.hs256_secret.is_none() && self.issuers.is_empty() && self.static_tokens.is_empty() {
+            return Err(
+                "auth: no way to authenticate: set hs256_secret (or hs256_secret_file), \
+                 [[auth.issuers]] or [[auth.static_tokens]]"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Each `[[auth.issuers]]` entry valid, under a name of its own (not
+    /// one of the reserved ones) and an `iss` of its own.
+    fn validate_issuers(&self) -> Result<(), String> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut issuers = std::collections::BTreeSet::new();
+        if self.hs256_secret.is_some() {
+            issuers.insert(self.issuer.clone().unwrap_or_default());
+        }
+        for i in &self.issuers {
+            i.validate()?;
+            // `token` names the principals of Vault tokens created through the
+            // door (`auth/token/create`): no issuer may pose as them.
+            if !names.insert(i.name.as_str())
+                || i.name == "local"
+                || i.name == "static"
+                || i.name == "token"
+            {
+                return Err(format!(
+                    "auth.issuers: the name \"{}\" is used twice or reserved",
+                    i.name
+                ));
+            }
+            if !issuers.insert(i.issuer.clone()) {
+                return Err(format!(
+                    "auth.issuers \"{}\": another issuer has the same iss \"{}\"",
+                    i.name, i.issuer
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl IssuerConfig {
+    /// Config checks of one `[[auth.issuers]]` entry that need no file.
+    pub fn validate(&self) -> Result<(), String> {
+        let i = self;
+        let ctx = |msg: &str| format!("auth.issuers \"{}\": {msg}", i.name);
+        if i.name.is_empty()
+            || i.name.len() > 63
+            || !i
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ctx("name uses only [A-Za-z0-9_-], 1..63 bytes"));
+        }
+        if i.issuer.is_empty() {
+            return Err(ctx("issuer (the required iss) is empty"));
+        }
+        let sources = [
+            i.jwks_url.is_some(),
+            i.jwks_file.is_some(),
+            i.public_key_file.is_some(),
+            i.hs256_secret.is_some() || i.hs256_secret_file.is_some(),
+            i.discovery,
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(ctx(
+                "set exactly one of jwks_url, jwks_file, public_key_file, hs256_secret(_file), discovery = true",
+            ));
+        }
+        if let Some(url) = &i.jwks_url {
+            if !url.starts_with("https://") {
+                return Err(ctx("jwks_url must be https://"));
+            }
+        }
+        if i.discovery && !i.issuer.starts_with("https://") {
+            return Err(ctx("discovery needs an https:// issuer"));
+        }
+        if i.algorithms.is_empty() {
+            return Err(ctx("algorithms is empty: no token could verify"));
+        }
+        let symmetric = i.hs256_secret.is_some() || i.hs256_secret_file.is_some();
+        for name in &i.algorithms {
+            let alg = jwt_algorithm(name).ok_or_else(|| {
+                ctx(&format!(
+                    "unknown algorithm \"{name}\" (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA)"
+                ))
+            })?;
+            // The key source decides the family: never a public key as an
+            // HMAC secret, never a secret where a signature is expected.
+            if (alg.family() == AlgorithmFamily::Hmac) != symmetric {
+                return Err(ctx(&format!(
+                    "algorithm {name} does not fit the key source (HS* only with hs256_secret, \
+                     asymmetric algorithms only with public keys or JWKS)"
+                )));
+            }
+        }
+        if let Some(secret) = &i.hs256_secret {
+            if secret.expose().len() < 32 {
+                return Err(ctx("hs256_secret must be at least 32 bytes"));
+            }
+        }
+        if i.max_token_lifetime.is_zero() {
+            return Err(ctx("max_token_lifetime must be positive"));
+        }
+        if i.jwks_refresh < Duration::from_secs(30) {
+            return Err(ctx("jwks_refresh must be at least 30s"));
+        }
+        for claim in [&i.identity_claim, &i.groups_claim] {
+            if claim.is_empty() {
+                return Err(ctx("identity_claim and groups_claim must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Config checks: hex SHA-256 hashes, sane identities and groups, no hash
+/// twice.
+pub fn validate_static_tokens(tokens: &[StaticTokenConfig]) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for t in tokens {
+        let ctx = |msg: &str| format!("auth.static_tokens \"{}\": {msg}", t.identity);
+        if t.identity.is_empty()
+            || t.identity.len() > MAX_IDENTITY_BYTES
+            || t.identity.chars().any(char::is_control)
+        {
+            return Err(ctx(
+                "identity must be 1..256 bytes without control characters",
+            ));
+        }
+        if t.groups.len() > MAX_GROUPS || t.groups.iter().any(|g| g.len() > MAX_GROUP_BYTES) {
+            return Err(ctx("at most 256 groups of at most 1024 bytes"));
+        }
+        let hash =
+            parse_sha256_hex(&t.sha256).ok_or_else(|| ctx("sha256 must be 64 hex digits"))?;
+        if !seen.insert(hash) {
+            return Err(ctx("the same sha256 is configured twice"));
+        }
+    }
+    Ok(())
+}
+
+/// The 32 bytes of a hex SHA-256 (64 hex digits, surrounding blanks
+/// ignored).
+pub fn parse_sha256_hex(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }

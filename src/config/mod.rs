@@ -31,6 +31,7 @@ use serde::Deserialize;
 use crate::secret::Secret;
 
 pub mod admin;
+pub mod allow;
 pub mod approval;
 pub mod auth;
 pub mod backend;
@@ -226,7 +227,7 @@ impl Config {
         self.quotas.validate()?;
         self.backend.validate()?;
         self.check_durations()?;
-        crate::auth::identity::validate_config(&self.auth).map_err(invalid)?;
+        self.auth.validate().map_err(invalid)?;
         self.admin.validate()?;
         self.vault.validate()?;
         self.cluster.validate()?;
@@ -240,7 +241,7 @@ impl Config {
         if self.roles.is_empty() {
             return Err(invalid("no [roles.NAME] template is defined"));
         }
-        let issuers = crate::auth::policy::issuer_names(&self.auth);
+        let issuers = self.auth.issuer_names();
         for (name, t) in &self.roles {
             validate_template(name, t, &issuers)?;
         }
@@ -548,13 +549,13 @@ creation_statements = [
         assert_eq!(c.mint.name_template, default_name_template());
         assert!(c.roles.contains_key("readonly") && c.roles.contains_key("readwrite"));
         // The issuers, static token and policy keys it shows are valid.
-        crate::auth::identity::validate_config(&c.auth).unwrap();
+        c.auth.validate().unwrap();
         assert_eq!(c.auth.issuers.len(), 2);
         assert_eq!(c.auth.static_tokens.len(), 1);
-        let issuers = crate::auth::policy::issuer_names(&c.auth);
+        let issuers = c.auth.issuer_names();
         assert_eq!(issuers, ["local", "static", "corp", "k8s-prod"]);
         for t in c.roles.values() {
-            crate::auth::policy::validate_template(t, &issuers).unwrap();
+            templates::validate_policy_keys(t, &issuers).unwrap();
         }
         // A service account's name alone is never an identity: the
         // Kubernetes issuer names the namespace-qualified subject.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    approval, check_placeholders, invalid, placeholder, ConfigError, MAX_CONFIGURABLE_TTL,
+    allow, approval, check_placeholders, invalid, placeholder, ConfigError, MAX_CONFIGURABLE_TTL,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +81,12 @@ pub struct RoleTemplate {
     #[serde(skip)]
     pub allow_compiled: std::sync::OnceLock<crate::auth::policy::AllowSets>,
 }
+
+/// Most session settings per template.
+const MAX_SETTINGS: usize = 32;
+
+/// The placeholders a session setting may use.
+const SETTING_KEYS: &[&str] = &["identity", "groups", "template", "issuer"];
 
 /// Most pooled roles per template and database: each holds a backend
 /// connection, which counts against PostgreSQL's `max_connections`.
@@ -162,7 +168,7 @@ pub fn validate_template(
     for s in t.revocation_statements.iter().flatten() {
         check_placeholders(&format!("roles.{name}.revocation_statements"), s, &["name"])?;
     }
-    crate::auth::policy::validate_template(t, issuers).map_err(|e| ctx(&e))?;
+    validate_policy_keys(t, issuers).map_err(|e| ctx(&e))?;
     validate_warm_pool(name, t)?;
     Ok(())
 }
@@ -244,4 +250,52 @@ fn validate_warm_pool(name: &str, t: &RoleTemplate) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Config checks of a template's policy keys: entries name their issuer
+/// (unless `issuers` has one) and their globs compile, setting names fit
+/// the alphabet, setting values use known placeholders.
+pub(super) fn validate_policy_keys(t: &RoleTemplate, issuers: &[String]) -> Result<(), String> {
+    allow::parse_list(&t.allow_identities, issuers)
+        .map_err(|e| format!("allow_identities: {e}"))?;
+    allow::parse_list(&t.allow_groups, issuers).map_err(|e| format!("allow_groups: {e}"))?;
+    if let Some(a) = &t.approval {
+        approval::validate(a, |list| allow::parse_list(list, issuers).map(|_| ()))?;
+    }
+    if t.session_settings.len() > MAX_SETTINGS {
+        return Err(format!("session_settings: at most {MAX_SETTINGS} settings"));
+    }
+    for (name, value) in &t.session_settings {
+        if !is_setting_name(name) {
+            return Err(format!(
+                "session_settings: \"{name}\" is not a custom setting name \
+                 ([a-z_][a-z0-9_]*.[a-z0-9_.]*, e.g. rolemint.identity)"
+            ));
+        }
+        placeholder::check(value, SETTING_KEYS)
+            .map_err(|e| format!("session_settings.{name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `[a-z_][a-z0-9_]*\.[a-z0-9_.]*`: a custom (dotted) setting, so that
+/// no template can set a server setting such as `role` or
+/// `session_authorization` from claims, and a name that needs no quoting.
+pub fn is_setting_name(name: &str) -> bool {
+    let Some((prefix, rest)) = name.split_once('.') else {
+        return false;
+    };
+    let mut prefix_bytes = prefix.bytes();
+    name.len() <= 63
+        && prefix_bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && prefix_bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+        && !rest.starts_with('.')
+        && !rest.ends_with('.')
+        && !rest.contains("..")
 }

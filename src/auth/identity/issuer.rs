@@ -11,33 +11,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey};
 
 use super::jwks::RemoteJwks;
 use super::jwt::{self, Rules};
 use super::keys::{self, Key};
 use super::{Identity, IdentityError};
+use crate::config::auth::jwt_algorithm;
 use crate::config::{AuthConfig, IssuerConfig};
-
-/// Algorithms a config may name.
-const ALGORITHMS: &[(&str, Algorithm)] = &[
-    ("HS256", Algorithm::HS256),
-    ("HS384", Algorithm::HS384),
-    ("HS512", Algorithm::HS512),
-    ("RS256", Algorithm::RS256),
-    ("RS384", Algorithm::RS384),
-    ("RS512", Algorithm::RS512),
-    ("PS256", Algorithm::PS256),
-    ("PS384", Algorithm::PS384),
-    ("PS512", Algorithm::PS512),
-    ("ES256", Algorithm::ES256),
-    ("ES384", Algorithm::ES384),
-    ("EdDSA", Algorithm::EdDSA),
-];
-
-fn parse_algorithm(name: &str) -> Option<Algorithm> {
-    ALGORITHMS.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
-}
 
 /// Where an issuer's keys come from.
 enum Keys {
@@ -52,79 +33,6 @@ pub(super) struct Issuer {
     rules: Rules,
     algorithms: Vec<Algorithm>,
     keys: Keys,
-}
-
-/// Config checks of one `[[auth.issuers]]` entry that need no file.
-pub(super) fn validate(i: &IssuerConfig) -> Result<(), String> {
-    let ctx = |msg: &str| format!("auth.issuers \"{}\": {msg}", i.name);
-    if i.name.is_empty()
-        || i.name.len() > 63
-        || !i
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        return Err(ctx("name uses only [A-Za-z0-9_-], 1..63 bytes"));
-    }
-    if i.issuer.is_empty() {
-        return Err(ctx("issuer (the required iss) is empty"));
-    }
-    let sources = [
-        i.jwks_url.is_some(),
-        i.jwks_file.is_some(),
-        i.public_key_file.is_some(),
-        i.hs256_secret.is_some() || i.hs256_secret_file.is_some(),
-        i.discovery,
-    ];
-    if sources.iter().filter(|s| **s).count() != 1 {
-        return Err(ctx(
-            "set exactly one of jwks_url, jwks_file, public_key_file, hs256_secret(_file), discovery = true",
-        ));
-    }
-    if let Some(url) = &i.jwks_url {
-        if !url.starts_with("https://") {
-            return Err(ctx("jwks_url must be https://"));
-        }
-    }
-    if i.discovery && !i.issuer.starts_with("https://") {
-        return Err(ctx("discovery needs an https:// issuer"));
-    }
-    if i.algorithms.is_empty() {
-        return Err(ctx("algorithms is empty: no token could verify"));
-    }
-    let symmetric = i.hs256_secret.is_some() || i.hs256_secret_file.is_some();
-    for name in &i.algorithms {
-        let alg = parse_algorithm(name).ok_or_else(|| {
-            ctx(&format!(
-                "unknown algorithm \"{name}\" (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA)"
-            ))
-        })?;
-        // The key source decides the family: never a public key as an
-        // HMAC secret, never a secret where a signature is expected.
-        if (alg.family() == AlgorithmFamily::Hmac) != symmetric {
-            return Err(ctx(&format!(
-                "algorithm {name} does not fit the key source (HS* only with hs256_secret, \
-                 asymmetric algorithms only with public keys or JWKS)"
-            )));
-        }
-    }
-    if let Some(secret) = &i.hs256_secret {
-        if secret.expose().len() < 32 {
-            return Err(ctx("hs256_secret must be at least 32 bytes"));
-        }
-    }
-    if i.max_token_lifetime.is_zero() {
-        return Err(ctx("max_token_lifetime must be positive"));
-    }
-    if i.jwks_refresh < Duration::from_secs(30) {
-        return Err(ctx("jwks_refresh must be at least 30s"));
-    }
-    for claim in [&i.identity_claim, &i.groups_claim] {
-        if claim.is_empty() {
-            return Err(ctx("identity_claim and groups_claim must not be empty"));
-        }
-    }
-    Ok(())
 }
 
 impl Issuer {
@@ -153,7 +61,7 @@ impl Issuer {
     /// An `[[auth.issuers]]` entry; reads its key file. Relative paths have
     /// been resolved by `Config::resolve`.
     pub(super) fn from_config(c: &IssuerConfig, leeway: Duration) -> Result<Issuer, IdentityError> {
-        validate(c).map_err(IdentityError::Key)?;
+        c.validate().map_err(IdentityError::Key)?;
         let key_err = |msg: String| IdentityError::Key(format!("issuer \"{}\": {msg}", c.name));
         let read = |path: &std::path::Path| {
             std::fs::read(path).map_err(|e| key_err(format!("cannot read {}: {e}", path.display())))
@@ -189,7 +97,7 @@ impl Issuer {
             algorithms: c
                 .algorithms
                 .iter()
-                .filter_map(|a| parse_algorithm(a))
+                .filter_map(|a| jwt_algorithm(a))
                 .collect(),
             keys,
         })

@@ -49,13 +49,9 @@ mod static_tokens;
 
 pub use failures::FailureLimiter;
 
-/// Longest identity claim accepted, in bytes.
-pub const MAX_IDENTITY_BYTES: usize = 256;
-/// Most groups a token may carry; a token with more is refused rather than
-/// silently truncated (a policy could deny by group).
-pub const MAX_GROUPS: usize = 256;
-/// Longest single group name accepted, in bytes.
-pub const MAX_GROUP_BYTES: usize = 1024;
+/// The bounds on identities and groups, the same for every kind of token
+/// (the config checks static tokens against them).
+pub use crate::config::auth::{MAX_GROUPS, MAX_GROUP_BYTES, MAX_IDENTITY_BYTES};
 
 /// A verified identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,59 +149,6 @@ impl IdentityError {
             IdentityError::VaultToken(_) => "vault_token",
         }
     }
-}
-
-/// Checks `[auth]` beyond what serde does: every issuer's key source and
-/// algorithms fit together, static token hashes are well formed. Called by
-/// `Config::validate`, so a bad entry stops `serve` and `check` at once.
-pub fn validate_config(auth: &AuthConfig) -> Result<(), String> {
-    if let Some(secret) = &auth.hs256_secret {
-        if secret.expose().len() < 32 {
-            return Err("auth: hs256_secret must be at least 32 bytes".into());
-        }
-    }
-    let mut names = std::collections::BTreeSet::new();
-    let mut issuers = std::collections::BTreeSet::new();
-    if auth.hs256_secret.is_some() {
-        issuers.insert(auth.issuer.clone().unwrap_or_default());
-    }
-    for i in &auth.issuers {
-        issuer::validate(i)?;
-        // `token` names the principals of Vault tokens created through the
-        // door (`auth/token/create`): no issuer may pose as them.
-        if !names.insert(i.name.as_str())
-            || i.name == "local"
-            || i.name == "static"
-            || i.name == "token"
-        {
-            return Err(format!(
-                "auth.issuers: the name \"{}\" is used twice or reserved",
-                i.name
-            ));
-        }
-        if !issuers.insert(i.issuer.clone()) {
-            return Err(format!(
-                "auth.issuers \"{}\": another issuer has the same iss \"{}\"",
-                i.name, i.issuer
-            ));
-        }
-    }
-    static_tokens::validate(&auth.static_tokens)?;
-    let f = &auth.failure_rate;
-    if f.burst == 0 || f.per_minute == 0 || !(1..=10_000_000).contains(&f.max_addresses) {
-        return Err(
-            "auth.failure_rate: burst and per_minute must be at least 1, max_addresses 1..10000000"
-                .into(),
-        );
-    }
-    if auth.hs256_secret.is_none() && auth.issuers.is_empty() && auth.static_tokens.is_empty() {
-        return Err(
-            "auth: no way to authenticate: set hs256_secret (or hs256_secret_file), \
-             [[auth.issuers]] or [[auth.static_tokens]]"
-                .into(),
-        );
-    }
-    Ok(())
 }
 
 /// Checks tokens against every configured issuer and static token.

@@ -10,7 +10,8 @@
 use aws_lc_rs::digest::{digest, SHA256};
 use subtle::ConstantTimeEq;
 
-use super::{Identity, IdentityError, MAX_GROUPS, MAX_GROUP_BYTES, MAX_IDENTITY_BYTES};
+use super::{Identity, IdentityError};
+use crate::config::auth::{parse_sha256_hex, validate_static_tokens as validate};
 use crate::config::StaticTokenConfig;
 
 /// Static tokens never expire by themselves; the lease TTL bounds a
@@ -25,43 +26,6 @@ struct Entry {
 
 pub(super) struct StaticTokens {
     entries: Vec<Entry>,
-}
-
-/// Config checks: hex SHA-256 hashes, sane identities and groups, no hash
-/// twice.
-pub(super) fn validate(tokens: &[StaticTokenConfig]) -> Result<(), String> {
-    let mut seen = std::collections::BTreeSet::new();
-    for t in tokens {
-        let ctx = |msg: &str| format!("auth.static_tokens \"{}\": {msg}", t.identity);
-        if t.identity.is_empty()
-            || t.identity.len() > MAX_IDENTITY_BYTES
-            || t.identity.chars().any(char::is_control)
-        {
-            return Err(ctx(
-                "identity must be 1..256 bytes without control characters",
-            ));
-        }
-        if t.groups.len() > MAX_GROUPS || t.groups.iter().any(|g| g.len() > MAX_GROUP_BYTES) {
-            return Err(ctx("at most 256 groups of at most 1024 bytes"));
-        }
-        let hash = parse_hash(&t.sha256).ok_or_else(|| ctx("sha256 must be 64 hex digits"))?;
-        if !seen.insert(hash) {
-            return Err(ctx("the same sha256 is configured twice"));
-        }
-    }
-    Ok(())
-}
-
-fn parse_hash(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 /// The hex SHA-256 of `token`, as the config holds it.
@@ -80,7 +44,7 @@ impl StaticTokens {
             .iter()
             .filter_map(|t| {
                 Some(Entry {
-                    hash: parse_hash(&t.sha256)?,
+                    hash: parse_sha256_hex(&t.sha256)?,
                     identity: t.identity.clone(),
                     groups: t.groups.clone(),
                 })
