@@ -19,7 +19,8 @@
 //!   `keygen`; [`cli::login`] a person's `login` (OpenID Connect device
 //!   flow or PKCE), `status`, `psql`, `env`, `connect-string`, `logout`;
 //!   [`cli::request`] `request` (access requests).
-//! - [`config`]: the TOML config, its defaults and validation, and
+//! - [`config`]: the TOML config, one file per table, its defaults and
+//!   validation (plain data: it imports nothing built from it), and
 //!   [`config::placeholder`], the one parser and renderer of `{{...}}`.
 //! - [`proxy`]: the data path. [`proxy::server`] the accept loop, the
 //!   connection limit, graceful shutdown (and the start of every
@@ -81,7 +82,8 @@
 //!   [`observe::logging`] the tracing subscriber.
 //! - [`runtime`]: [`runtime::state`] what every session shares
 //!   ([`runtime::state::Shared`]) and the part a reload swaps
-//!   ([`runtime::state::Runtime`]); [`runtime::reload`] SIGHUP;
+//!   ([`runtime::state::Runtime`]: the config with the verifier and the
+//!   policy compiled from it); [`runtime::reload`] SIGHUP;
 //!   [`runtime::signal`] SIGTERM / Ctrl-C.
 //! - At the top, used by every folder and using none: [`tls`] (rustls for
 //!   clients, the backend and the admin listener, and the stream type),

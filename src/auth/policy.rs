@@ -23,6 +23,7 @@
 //!   config is loaded; values are rendered from the identity here and
 //!   escaped as literals by the mint.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use globset::GlobMatcher;
@@ -90,9 +91,30 @@ fn entries(list: &[String], issuers: &[String]) -> Result<Vec<AllowEntry>, Strin
         .collect())
 }
 
+/// Every template's allow lists, compiled: built with each runtime
+/// (`runtime::state::Runtime::build`, and again when a reload or a store
+/// change swaps in new templates), so a connection only matches.
+#[derive(Debug, Default)]
+pub struct Policy {
+    templates: BTreeMap<String, AllowSets>,
+}
+
+impl Policy {
+    /// The allow lists of every template of `config`, against its issuers.
+    pub fn compile(config: &Config) -> Policy {
+        let issuers = config.auth.issuer_names();
+        let templates = config
+            .roles
+            .iter()
+            .map(|(name, t)| (name.clone(), AllowSets::compile(t, &issuers)))
+            .collect();
+        Policy { templates }
+    }
+}
+
 /// A template's allow lists, compiled.
 #[derive(Debug, Clone)]
-pub struct AllowSets {
+struct AllowSets {
     identities: Vec<AllowEntry>,
     groups: Vec<AllowEntry>,
 }
@@ -107,12 +129,16 @@ impl AllowSets {
     }
 }
 
-/// Which rule of `t` lets `identity` in, if any: an entry of its issuer
-/// (or of every issuer) matching its identity or one of its groups.
-fn allowing_rule(auth: &AuthConfig, t: &RoleTemplate, identity: &Identity) -> Option<String> {
-    let sets = t
-        .allow_compiled
-        .get_or_init(|| AllowSets::compile(t, &issuer_names(auth)));
+/// Which rule of template `name` (`t`) lets `identity` in, if any: an
+/// entry of its issuer (or of every issuer) matching its identity or one
+/// of its groups. A template `policy` did not compile allows no one.
+fn allowing_rule(
+    policy: &Policy,
+    name: &str,
+    t: &RoleTemplate,
+    identity: &Identity,
+) -> Option<String> {
+    let sets = policy.templates.get(name)?;
     let issuer = identity.issuer.as_str();
     if let Some(i) = sets
         .identities
@@ -208,15 +234,19 @@ pub fn require_approval(
     Ok(())
 }
 
-/// Decides whether `identity` may open a session of `template` on `database`.
+/// Decides whether `identity` may open a session of `template` on
+/// `database`, by the templates of `config` and their allow lists as
+/// `policy` compiled them (the two of one runtime).
 pub fn authorize<'a>(
     config: &'a Config,
+    policy: &Policy,
     identity: &Identity,
     template: &str,
     database: &str,
 ) -> Result<Grant<'a>, Refusal> {
     authorize_with(
         config,
+        policy,
         identity,
         template,
         database,
@@ -227,6 +257,7 @@ pub fn authorize<'a>(
 /// [`authorize`], entitled by allow lists or by policies.
 pub fn authorize_with<'a>(
     config: &'a Config,
+    policy: &Policy,
     identity: &Identity,
     template: &str,
     database: &str,
@@ -243,13 +274,13 @@ pub fn authorize_with<'a>(
         ));
     };
     let allowed = match entitlement {
-        Entitlement::AllowLists => allowing_rule(&config.auth, t, identity),
+        Entitlement::AllowLists => allowing_rule(policy, template_name, t, identity),
         Entitlement::Policies {
             acl,
             database_mount,
         } => acl_grants_template(acl, database_mount, template_name)
             .then(|| format!("policy: read on {database_mount}/creds/{template_name}"))
-            .or_else(|| allowing_rule(&config.auth, t, identity)),
+            .or_else(|| allowing_rule(policy, template_name, t, identity)),
     };
     let Some(rule) = allowed else {
         let rule = match entitlement {
@@ -337,6 +368,35 @@ pub fn session_settings(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`super::authorize`] with the policy compiled from `c`, as
+    /// `Runtime::build` compiles it.
+    fn authorize<'a>(
+        c: &'a Config,
+        identity: &Identity,
+        template: &str,
+        database: &str,
+    ) -> Result<Grant<'a>, Refusal> {
+        super::authorize(c, &Policy::compile(c), identity, template, database)
+    }
+
+    /// [`super::authorize_with`], the same way.
+    fn authorize_with<'a>(
+        c: &'a Config,
+        identity: &Identity,
+        template: &str,
+        database: &str,
+        entitlement: Entitlement<'_>,
+    ) -> Result<Grant<'a>, Refusal> {
+        super::authorize_with(
+            c,
+            &Policy::compile(c),
+            identity,
+            template,
+            database,
+            entitlement,
+        )
+    }
 
     fn config(extra: &str) -> Config {
         let text = crate::config::tests::EXAMPLE.replace(

@@ -8,18 +8,20 @@
 //! move together. `config/rolemint.example.toml` documents every key.
 //!
 //! The folder owns the config's shape, defaults and validation, and
-//! [`placeholder`], the one parser of `{{...}}`. It must not open sockets
-//! or build running services (the verifier, the admin client, TLS): those
-//! are built from it, by `runtime::state::Runtime::build` and the server.
-//! (Validation still calls `auth` to compile issuers and allow lists; see
-//! `tests/module_graph.rs`.)
+//! [`placeholder`], the one parser of `{{...}}`, and [`allow`], the one
+//! parser of allow lists. It is plain data and imports none of the
+//! modules built from it: it must not open sockets or build running
+//! services (the verifier, the compiled policy, the admin client, TLS);
+//! those are built from it, by `runtime::state::Runtime::build` and the
+//! server.
 //!
 //! This file holds [`Config`], the whole file, and how it is loaded
 //! (read, secrets resolved, paths rebased, validated); one file per table:
 //! [`proxy`], [`backend`], [`auth`], [`mint`], [`templates`] (`[roles.NAME]`),
 //! [`admin`], [`vault`], [`cluster`], [`quota`], [`observe`] (`[audit]`
 //! and `[log]`), [`approval`] (`[access]` and a template's `approval`),
-//! [`login`]. Every type is re-exported here, so callers name
+//! [`login`]; each table checks itself, and [`Config::validate`] calls
+//! them in turn. Every type is re-exported here, so callers name
 //! `config::RoleTemplate`, not its file.
 
 use std::collections::BTreeMap;

@@ -76,10 +76,6 @@ pub struct RoleTemplate {
     /// default: parameter values are where personal data and secrets are.
     #[serde(default)]
     pub audit_parameters: bool,
-    /// `allow_identities` and `allow_groups` compiled, on first use (see
-    /// `policy.rs`): once per loaded config, not once per connection.
-    #[serde(skip)]
-    pub allow_compiled: std::sync::OnceLock<crate::auth::policy::AllowSets>,
 }
 
 /// Most session settings per template.

@@ -20,7 +20,7 @@ use super::vault::ApiError;
 use super::AdminState;
 use crate::auth::identity::Identity;
 use crate::config::Config;
-use crate::runtime::state::Shared;
+use crate::runtime::state::{Runtime, Shared};
 
 /// Largest `proxy_ca_file` published.
 const MAX_CA_BYTES: u64 = 64 * 1024;
@@ -124,13 +124,14 @@ pub async fn whoami(
         "groups": identity.groups,
         "expire_time": humantime::format_rfc3339_seconds(identity.expires_at).to_string(),
         "ttl": ttl.as_secs(),
-        "templates": usable(&runtime.config, &identity),
+        "templates": usable(&runtime, &identity),
     })))
 }
 
 /// Every template `identity` may open, with the databases it may open it
 /// on and its lease TTL.
-pub fn usable(config: &Config, identity: &Identity) -> Vec<serde_json::Value> {
+pub fn usable(runtime: &Runtime, identity: &Identity) -> Vec<serde_json::Value> {
+    let config = &runtime.config;
     config
         .roles
         .iter()
@@ -138,7 +139,10 @@ pub fn usable(config: &Config, identity: &Identity) -> Vec<serde_json::Value> {
             let databases: Vec<&String> = t
                 .databases
                 .iter()
-                .filter(|db| crate::auth::policy::authorize(config, identity, name, db).is_ok())
+                .filter(|db| {
+                    crate::auth::policy::authorize(config, &runtime.policy, identity, name, db)
+                        .is_ok()
+                })
                 .collect();
             (!databases.is_empty()).then(|| {
                 json!({

@@ -191,10 +191,10 @@ pub async fn create(
         .ok_or_else(|| ApiError::bad_request(format!("no template \"{}\"", body.template)))?;
     // An approval adds time to a template the allow lists open, never a
     // template they keep closed.
-    let allowed = t
-        .databases
-        .iter()
-        .any(|db| crate::auth::policy::authorize(config, &identity, &body.template, db).is_ok());
+    let allowed = t.databases.iter().any(|db| {
+        crate::auth::policy::authorize(config, &runtime.policy, &identity, &body.template, db)
+            .is_ok()
+    });
     let now = SystemTime::now();
     let id = new_id()?;
     let request = Request::create(

@@ -33,7 +33,7 @@ use crate::lease::minted::{self, NewRole, Source};
 use crate::lease::quota::{self, QuotaKind};
 use crate::lease::registry::{self, LeaseKind, Registered};
 use crate::pg::{MintRequest, MintedRole, DIRECT_MARKER_ROLE};
-use crate::runtime::state::Shared;
+use crate::runtime::state::{Runtime, Shared};
 use crate::secret::Secret;
 
 /// Why no credentials were issued. The `Display` text is what the caller
@@ -106,8 +106,7 @@ impl Credentials {
         let permit = self.admit(shared)?;
         // Templates and policy as reloaded (SIGHUP), like a session's.
         let runtime = shared.runtime();
-        let config = &runtime.config;
-        let (grant, database) = authorize(shared, config, identity, template, entitlement)?;
+        let (grant, database) = authorize(shared, &runtime, identity, template, entitlement)?;
         let quota = take_quota(shared, identity, template, client_addr)?;
         let started = Instant::now();
         let lease_id = registry::new_lease_id(LeaseKind::Creds, grant.template_name);
@@ -119,7 +118,7 @@ impl Credentials {
             ttl: grant.ttl,
             lease_id: &lease_id,
         };
-        let role = mint(shared, config, &request).await?;
+        let role = mint(shared, &runtime.config, &request).await?;
         let new = NewRole {
             lease_id: lease_id.clone(),
             role: role.name.clone(),
@@ -169,18 +168,26 @@ impl Credentials {
 /// applied), on the template's first database.
 fn authorize<'a>(
     shared: &Shared,
-    config: &'a Config,
+    runtime: &'a Runtime,
     identity: &Identity,
     template: &str,
     entitlement: Entitlement<'_>,
 ) -> Result<(Grant<'a>, String), CredsError> {
+    let config = &runtime.config;
     let database = config
         .template(template)
         .and_then(|t| t.databases.first())
         .ok_or_else(|| CredsError::UnknownTemplate(template.to_owned()))?
         .clone();
-    let mut grant = authorize_with(config, identity, template, &database, entitlement)
-        .map_err(|refusal| CredsError::NotAllowed { rule: refusal.rule })?;
+    let mut grant = authorize_with(
+        config,
+        &runtime.policy,
+        identity,
+        template,
+        &database,
+        entitlement,
+    )
+    .map_err(|refusal| CredsError::NotAllowed { rule: refusal.rule })?;
     shared
         .require_approval(&mut grant, identity)
         .map_err(|refusal| CredsError::NeedsApproval(refusal.error.to_string()))?;

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::identity::Verifier;
+use crate::auth::policy::Policy;
 use crate::config::Config;
 use crate::lease::registry::Leases;
 use crate::lease::revoker::Revoker;
@@ -45,11 +46,16 @@ pub struct Runtime {
     /// The templates of `config.roles` that came from the store; the
     /// others are the config file's.
     pub stored_templates: BTreeSet<String>,
+    /// The allow lists of `config.roles`, compiled once per runtime (not
+    /// once per connection); `auth::policy::authorize` takes both.
+    pub policy: Policy,
 }
 
 impl Runtime {
-    /// Builds everything a reload swaps: certificates and keys are read
-    /// here, so a bad file fails the build and nothing is swapped. Touches
+    /// Builds everything a reload swaps from a validated config: the
+    /// client TLS, the token verifier and the compiled policy. Certificates
+    /// and keys are read here, so a bad file fails the build and nothing is
+    /// swapped. Touches
     /// no network; call [`Runtime::start`] once it is in use.
     pub fn build(config: Config) -> anyhow::Result<Runtime> {
         let client_tls = match (&config.proxy.tls_cert, &config.proxy.tls_key) {
@@ -59,11 +65,13 @@ impl Runtime {
             _ => None,
         };
         let verifier = Verifier::from_config(&config.auth)?;
+        let policy = Policy::compile(&config);
         Ok(Runtime {
             config,
             client_tls,
             verifier: Arc::new(verifier),
             stored_templates: BTreeSet::new(),
+            policy,
         })
     }
 

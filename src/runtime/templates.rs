@@ -20,6 +20,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::state::{Runtime, Shared};
+use crate::auth::policy::Policy;
 use crate::config::RoleTemplate;
 use crate::store::{Kind, Snapshot};
 
@@ -53,7 +54,7 @@ pub fn merged(runtime: &Runtime, snapshot: &Snapshot) -> Runtime {
     for name in &runtime.stored_templates {
         config.roles.remove(name);
     }
-    let issuers = crate::auth::policy::issuer_names(&config.auth);
+    let issuers = config.auth.issuer_names();
     let mut stored = BTreeSet::new();
     for (name, object) in snapshot.iter(Kind::Template) {
         if config.roles.contains_key(name) {
@@ -81,6 +82,7 @@ pub fn merged(runtime: &Runtime, snapshot: &Snapshot) -> Runtime {
         }
     }
     Runtime {
+        policy: Policy::compile(&config),
         config,
         client_tls: runtime.client_tls.clone(),
         verifier: Arc::clone(&runtime.verifier),

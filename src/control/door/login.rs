@@ -32,11 +32,11 @@ use super::{auth_roles, door, VaultDoor};
 use crate::auth::auth_role::AuthRole;
 use crate::auth::identity::Identity;
 use crate::auth::token::{self, plan_login, LoginSpec, Plan};
-use crate::config::Config;
 use crate::control::auth::Authenticated;
 use crate::control::vault::{auth_envelope, envelope, ApiError};
 use crate::control::{AdminState, ClientAddr};
 use crate::observe::audit::Event;
+use crate::runtime::state::Runtime;
 use crate::store::tokens::NewToken;
 
 /// Longest `role` accepted.
@@ -143,7 +143,7 @@ pub async fn login(
             .collect(),
             path: format!("auth/{mount}/login"),
         };
-        (spec, templates_allowed(&shared.runtime().config, &identity))
+        (spec, templates_allowed(&shared.runtime(), &identity))
     };
     drop(jwt);
     crate::observe::metrics::auth(true, "ok", Some(&identity.issuer));
@@ -239,13 +239,14 @@ async fn store_login(
 
 /// The templates `identity` may mint from (on their first database), as
 /// Vault lists a token's policies.
-pub fn templates_allowed(config: &Config, identity: &Identity) -> Vec<String> {
+pub fn templates_allowed(runtime: &Runtime, identity: &Identity) -> Vec<String> {
+    let config = &runtime.config;
     config
         .roles
         .iter()
         .filter(|(name, t)| {
             t.databases.first().is_some_and(|db| {
-                crate::auth::policy::authorize(config, identity, name, db).is_ok()
+                crate::auth::policy::authorize(config, &runtime.policy, identity, name, db).is_ok()
             })
         })
         .map(|(name, _)| name.clone())
@@ -283,7 +284,7 @@ pub async fn lookup_self(
         .unwrap_or_default();
     Ok(envelope(json!({
         "display_name": identity.subject,
-        "policies": templates_allowed(&door.shared.runtime().config, identity),
+        "policies": templates_allowed(&door.shared.runtime(), identity),
         "meta": { "identity": identity.subject, "issuer": identity.issuer },
         "expire_time": humantime::format_rfc3339_seconds(identity.expires_at).to_string(),
         "ttl": ttl.as_secs(),

@@ -12,7 +12,6 @@ use super::Handshake;
 use crate::auth::identity::Identity;
 use crate::auth::policy::Grant;
 use crate::auth::token::TokenHash;
-use crate::config::Config;
 use crate::error::ClientError;
 use crate::lease::quota::{self, QuotaKind};
 use crate::lease::registry::LeaseKind;
@@ -78,15 +77,16 @@ async fn verify_password(
 /// template's allow lists, as on the HTTP door.
 fn session_grant<'a>(
     shared: &Shared,
-    config: &'a crate::config::Config,
+    runtime: &'a Runtime,
     identity: &crate::auth::identity::Identity,
     vault_token: Option<&(crate::auth::token::TokenHash, Vec<String>)>,
     template: &str,
     database: &str,
 ) -> Result<crate::auth::policy::Grant<'a>, crate::auth::policy::Refusal> {
     use crate::auth::policy::{authorize, authorize_with, Entitlement};
+    let (config, policy) = (&runtime.config, &runtime.policy);
     let Some((_, policies)) = vault_token else {
-        return authorize(config, identity, template, database);
+        return authorize(config, policy, identity, template, database);
     };
     let stored = crate::control::door::policy::StoredPolicies(shared.store.clone());
     let acl = shared.policy_cache.acl(policies, &stored);
@@ -94,7 +94,7 @@ fn session_grant<'a>(
         acl: &acl,
         database_mount: &config.vault.database_mount,
     };
-    authorize_with(config, identity, template, database, entitlement)
+    authorize_with(config, policy, identity, template, database, entitlement)
 }
 
 /// The token store, over the admin pool.
@@ -214,7 +214,7 @@ pub(super) async fn authenticate(
 /// Counted and audited (`auth.ok`, `auth.failed`) either way.
 pub(super) fn authorize<'a>(
     shared: &Shared,
-    config: &'a Config,
+    runtime: &'a Runtime,
     caller: &Caller,
     startup: &Startup,
     peer: SocketAddr,
@@ -222,7 +222,7 @@ pub(super) fn authorize<'a>(
     let identity = &caller.identity;
     let (template, database) = (startup.template.as_str(), startup.database.as_str());
     let vault_token = caller.vault_token.as_ref();
-    let authorized = session_grant(shared, config, identity, vault_token, template, database)
+    let authorized = session_grant(shared, runtime, identity, vault_token, template, database)
         .and_then(|mut grant| {
             shared.require_approval(&mut grant, identity)?;
             Ok(grant)

@@ -197,7 +197,7 @@ async fn authorize_and_mint(
     let max_token_bytes = runtime.config.proxy.max_token_bytes;
     let token = authorize::read_token(stream, startup, handshake, max_token_bytes).await?;
     let caller = authorize::authenticate(shared, runtime, startup, peer, token).await?;
-    let grant = authorize::authorize(shared, &runtime.config, &caller, startup, peer)?;
+    let grant = authorize::authorize(shared, runtime, &caller, startup, peer)?;
     let quota = authorize::admit(shared, &caller.identity, &startup.template, peer)?;
     let mut minted = acquire(shared, &caller, &grant, startup, peer).await?;
     minted.quota = Some(quota);
