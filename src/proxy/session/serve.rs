@@ -112,43 +112,9 @@ async fn connect_and_splice(
 ) -> (End, relay::Traffic) {
     let failed = (End::Failed, relay::Traffic::default());
     let role = lease.role.as_str();
-    let backend_config = &shared.config.backend;
-    let login_started = Instant::now();
-    let warm_hit = warm.is_some();
-    let login = async {
-        if let Some(login) = warm {
-            return Ok(*login);
-        }
-        let conn = backend::connect(backend_config, shared.backend_tls.as_ref()).await?;
-        backend::login(
-            conn,
-            role,
-            password,
-            &startup.database,
-            &startup.forward,
-            backend_config,
-        )
-        .await
+    let Some(mut login) = log_in(shared, &mut stream, startup, password, warm, lease).await else {
+        return failed;
     };
-    let mut login = match tokio::time::timeout(2 * backend_config.connect_timeout, login).await {
-        Ok(Ok(login)) => login,
-        Ok(Err(e)) => {
-            let e = e.to_string();
-            tracing::warn!(lease = %lease.id, role, "backend login failed: {}", LogSafe(&e));
-            crate::observe::metrics::connection(ConnectionResult::Refused);
-            relay::send_fatal(&mut stream, &ClientError::BackendUnavailable).await;
-            return failed;
-        }
-        Err(_) => {
-            tracing::warn!(lease = %lease.id, role, "backend login timed out");
-            crate::observe::metrics::connection(ConnectionResult::Refused);
-            relay::send_fatal(&mut stream, &ClientError::BackendUnavailable).await;
-            return failed;
-        }
-    };
-    if !warm_hit {
-        crate::observe::metrics::backend_login_duration(login_started.elapsed());
-    }
     crate::failpoint::hit(crate::failpoint::AFTER_LOGIN).await;
     // A protocol 3.2 client gets a long secret, whatever the backend speaks.
     let long_key = startup.minor >= wire::LATEST_MINOR;
@@ -186,6 +152,54 @@ async fn connect_and_splice(
         }
         None => relay::splice(stream, login.stream, framer, lease, audited).await,
     }
+}
+
+/// The backend, logged in as the lease's role (or the warm pool's,
+/// logged in already), within twice the connect timeout. A client whose
+/// login failed is told the backend is unavailable.
+async fn log_in(
+    shared: &Shared,
+    stream: &mut ClientStream,
+    startup: &handshake::Startup,
+    password: &crate::secret::Secret,
+    warm: Option<Box<backend::Login>>,
+    lease: &Lease,
+) -> Option<backend::Login> {
+    let role = lease.role.as_str();
+    let backend_config = &shared.config.backend;
+    let login_started = Instant::now();
+    let warm_hit = warm.is_some();
+    let login = async {
+        if let Some(login) = warm {
+            return Ok(*login);
+        }
+        let conn = backend::connect(backend_config, shared.backend_tls.as_ref()).await?;
+        backend::login(
+            conn,
+            role,
+            password,
+            &startup.database,
+            &startup.forward,
+            backend_config,
+        )
+        .await
+    };
+    match tokio::time::timeout(2 * backend_config.connect_timeout, login).await {
+        Ok(Ok(login)) => {
+            if !warm_hit {
+                crate::observe::metrics::backend_login_duration(login_started.elapsed());
+            }
+            return Some(login);
+        }
+        Ok(Err(e)) => {
+            let e = e.to_string();
+            tracing::warn!(lease = %lease.id, role, "backend login failed: {}", LogSafe(&e));
+        }
+        Err(_) => tracing::warn!(lease = %lease.id, role, "backend login timed out"),
+    }
+    crate::observe::metrics::connection(ConnectionResult::Refused);
+    relay::send_fatal(stream, &ClientError::BackendUnavailable).await;
+    None
 }
 
 /// The statement audit of `lease`'s session, when its template asks for
