@@ -1,5 +1,6 @@
-//! The data path: [`server`] (the accept loop, the connection limit,
-//! graceful shutdown, and the start of the background tasks), [`session`]
+//! The data path: [`server`] (the accept loop, graceful shutdown, and the
+//! start of the background tasks), [`admission`] (the handshake and
+//! session limits, and the waiting room), [`session`]
 //! (one client connection top to bottom), [`cancel`] (cancel keys, local
 //! and cluster-wide) and [`sockmap`] (the kernel splice).
 //!
@@ -7,6 +8,7 @@
 //! decide policy: it asks `auth` whether, `lease`/`pg` for a role, and
 //! splices.
 
+pub mod admission;
 pub mod cancel;
 pub mod server;
 pub mod session;

@@ -16,21 +16,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-
-/// Connections waiting for their source's handshake share, per handshake
-/// slot: a storm of one host (1,000 clients at once against the default
-/// 256 slots) waits instead of meeting closed sockets, and the room stays
-/// bounded.
-const WAITING_ROOM_FACTOR: usize = 4;
 use crate::lease::end::EndReason;
 use crate::lease::registry::Leases;
 use crate::lease::revoker::Revoker;
 use crate::pg::AdminClient;
+use crate::proxy::admission::{Entry, Gate};
 use crate::proxy::cancel::CancelMap;
 use crate::runtime::state::{Runtime, Shared};
 
@@ -160,177 +154,146 @@ impl Server {
             audit,
         } = self;
         let admin = crate::control::wiring::start(admin, &shared, audit, &shutdown);
-        let sessions = TaskTracker::new();
-        let limit = Arc::new(Semaphore::new(shared.config.proxy.max_connections));
-        let handshakes = Arc::new(Semaphore::new(shared.config.proxy.max_handshakes));
-        let handshake_sources =
-            crate::auth::source::SourceSlots::new(shared.config.proxy.max_handshakes_per_source);
-        // Connections over their source's handshake share wait here.
-        let waiting_room = Arc::new(Semaphore::new(
-            shared
-                .config
-                .proxy
-                .max_handshakes
-                .saturating_mul(WAITING_ROOM_FACTOR),
-        ));
-        // TTLs keep running while sessions drain, so the expiry task has its own stop.
-        let expiry_stop = CancellationToken::new();
-        let expiry = tokio::spawn(
-            Arc::clone(&shared.leases)
-                .run_expiry_checked(Some(recorded_expiry(&shared)), expiry_stop.clone()),
-        );
-        tokio::spawn(crate::lease::reaper::run(
-            Arc::clone(&shared),
-            expiry_stop.clone(),
-        ));
-        shared.store.start(shared.shutdown.clone());
-        tokio::spawn(crate::runtime::templates::follow(Arc::clone(&shared)));
-        // Stops with the shared shutdown token, handing every unclaimed
-        // pooled role to the revoker; awaited before the revoker drains.
-        let warm = tokio::spawn(run_warm_pool(Arc::clone(&shared)));
+        let background = Background::start(&shared);
         tracing::info!(listen = %listener.local_addr()?, "rolemint accepting connections");
-
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => { backoff = Duration::from_millis(10); conn }
-                    Err(e) => {
-                        // Out of file descriptors and the like: pause rather
-                        // than spin, and keep serving the sessions we have.
-                        tracing::error!("accept failed: {e}; retrying in {backoff:?}");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                        continue;
-                    }
-                },
-            };
-            // One source (an address, an IPv6 /64) cannot take every
-            // handshake slot. Over its share, a connection is not closed
-            // (an application host's reconnect storm is legitimate): it
-            // waits, off the accept loop and holding no handshake slot,
-            // for one of its own source's slots, in a waiting room shared
-            // by every source and bounded; past the handshake timeout, or
-            // with the room full, it is closed.
-            let source = match handshake_sources.try_take(peer.ip()) {
-                Some(source) => source,
-                None => {
-                    let Ok(seat) = Arc::clone(&waiting_room).try_acquire_owned() else {
-                        tracing::debug!(%peer, "too many handshakes from this source and the waiting room is full: connection closed");
-                        continue;
-                    };
-                    let (shared, handshakes, sources, limit) = (
-                        Arc::clone(&shared),
-                        Arc::clone(&handshakes),
-                        Arc::clone(&handshake_sources),
-                        Arc::clone(&limit),
-                    );
-                    sessions.spawn(async move {
-                        let timeout = shared.config.proxy.handshake_timeout;
-                        let admitted = tokio::time::timeout(timeout, async {
-                            let source = sources.take(peer.ip()).await;
-                            let global = handshakes.acquire_owned().await.ok()?;
-                            Some((source, global))
-                        })
-                        .await;
-                        drop(seat);
-                        let Ok(Some((source, global))) = admitted else {
-                            tracing::debug!(%peer, "no handshake slot of its source within the handshake timeout: connection closed");
-                            return;
-                        };
-                        let admission = crate::proxy::session::Admission {
-                            handshake: crate::proxy::session::HandshakeSlot {
-                                _global: global,
-                                _source: source,
-                            },
-                            sessions: limit,
-                        };
-                        crate::proxy::session::run(shared, tcp, peer, admission).await;
-                    });
-                    continue;
-                }
-            };
-            // A connection in its handshake holds a handshake permit, not a
-            // session slot. Over the limit, accepting waits for a permit,
-            // and the kernel's accept queue holds the next connections
-            // meanwhile: a reconnect storm queues instead of meeting closed
-            // sockets. Every permit is back within one handshake deadline
-            // (idle sockets are cut at theirs), so the wait is bounded by
-            // it; past it the connection is closed, as before.
-            let handshake = match Arc::clone(&handshakes).try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => {
-                    let wait = tokio::time::timeout(
-                        shared.config.proxy.handshake_timeout,
-                        Arc::clone(&handshakes).acquire_owned(),
-                    );
-                    let waited = tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        waited = wait => waited,
-                    };
-                    match waited {
-                        Ok(Ok(permit)) => permit,
-                        _ => {
-                            tracing::debug!(%peer, "no handshake slot within the handshake timeout: connection closed");
-                            continue;
-                        }
-                    }
-                }
-            };
-            let limits = crate::proxy::session::Admission {
-                handshake: crate::proxy::session::HandshakeSlot {
-                    _global: handshake,
-                    _source: source,
-                },
-                sessions: Arc::clone(&limit),
-            };
-            sessions.spawn(crate::proxy::session::run(
-                Arc::clone(&shared),
-                tcp,
-                peer,
-                limits,
-            ));
-        }
-
+        let sessions = TaskTracker::new();
+        accept(&shared, &listener, &sessions, &shutdown).await;
         drop(listener);
         sessions.close();
         shared.shutdown.cancel();
-        let grace = shared.config.proxy.shutdown_grace;
-        tracing::info!(
-            sessions = shared.leases.len(),
-            "shutting down: draining sessions for up to {grace:?}"
-        );
-        if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
-            tracing::info!(
-                sessions = shared.leases.len(),
-                "grace period over: ending sessions"
-            );
-            shared.leases.end_all(EndReason::Shutdown);
-            if tokio::time::timeout(SESSIONS_AFTER_END, sessions.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    leases = shared.leases.len(),
-                    "sessions still closing; revoking their roles anyway"
-                );
-                // Those sessions hand their roles over as they go; these
-                // are their roles, in case they do not get that far.
-                for lease in shared.leases.list() {
-                    shared.revoker.schedule_lease(
-                        &lease.id,
-                        &lease.role,
-                        &lease.database,
-                        Some(&lease.template),
-                        EndReason::Shutdown,
-                    );
+        drain(&shared, &sessions).await;
+        background.stop(&shared).await;
+        admin.stop().await;
+        tracing::info!("rolemint stopped");
+        Ok(())
+    }
+}
+
+/// Accepts until `shutdown` is cancelled, each connection through the
+/// [`Gate`], each session on a task of `sessions`.
+async fn accept(
+    shared: &Arc<Shared>,
+    listener: &TcpListener,
+    sessions: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let gate = Gate::new(&shared.config.proxy);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => { backoff = Duration::from_millis(10); conn }
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather
+                    // than spin, and keep serving the sessions we have.
+                    tracing::error!("accept failed: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
                 }
+            },
+        };
+        match gate.enter(peer, shutdown).await {
+            Entry::Admitted(admission) => {
+                let shared = Arc::clone(shared);
+                sessions.spawn(crate::proxy::session::run(shared, tcp, peer, admission));
             }
+            Entry::Wait(seat) => {
+                let (shared, gate) = (Arc::clone(shared), gate.clone());
+                sessions.spawn(async move {
+                    if let Some(admission) = gate.wait(peer, seat).await {
+                        crate::proxy::session::run(shared, tcp, peer, admission).await;
+                    }
+                });
+            }
+            Entry::Closed => {}
+            Entry::ShuttingDown => break,
         }
+    }
+}
+
+/// Gives the sessions `proxy.shutdown_grace` to finish, then ends their
+/// leases (the clients get 57P01); sessions that still do not close in
+/// time get their roles handed to the revoker here.
+async fn drain(shared: &Shared, sessions: &TaskTracker) {
+    let grace = shared.config.proxy.shutdown_grace;
+    tracing::info!(
+        sessions = shared.leases.len(),
+        "shutting down: draining sessions for up to {grace:?}"
+    );
+    if tokio::time::timeout(grace, sessions.wait()).await.is_ok() {
+        return;
+    }
+    tracing::info!(
+        sessions = shared.leases.len(),
+        "grace period over: ending sessions"
+    );
+    shared.leases.end_all(EndReason::Shutdown);
+    if tokio::time::timeout(SESSIONS_AFTER_END, sessions.wait())
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    tracing::warn!(
+        leases = shared.leases.len(),
+        "sessions still closing; revoking their roles anyway"
+    );
+    // Those sessions hand their roles over as they go; these are their
+    // roles, in case they do not get that far.
+    for lease in shared.leases.list() {
+        shared.revoker.schedule_lease(
+            &lease.id,
+            &lease.role,
+            &lease.database,
+            Some(&lease.template),
+            EndReason::Shutdown,
+        );
+    }
+}
+
+/// The tasks beside the sessions: lease expiry, the reaper, the store's
+/// follower, the templates' follower and the warm pool's filler.
+struct Background {
+    /// TTLs keep running while sessions drain, so the expiry task (and
+    /// the reaper) have their own stop.
+    expiry_stop: CancellationToken,
+    expiry: tokio::task::JoinHandle<()>,
+    /// Stops with the shared shutdown token, handing every unclaimed
+    /// pooled role to the revoker; awaited before the revoker drains.
+    warm: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    fn start(shared: &Arc<Shared>) -> Background {
+        let expiry_stop = CancellationToken::new();
+        let expiry = tokio::spawn(
+            Arc::clone(&shared.leases)
+                .run_expiry_checked(Some(recorded_expiry(shared)), expiry_stop.clone()),
+        );
+        tokio::spawn(crate::lease::reaper::run(
+            Arc::clone(shared),
+            expiry_stop.clone(),
+        ));
+        shared.store.start(shared.shutdown.clone());
+        tokio::spawn(crate::runtime::templates::follow(Arc::clone(shared)));
+        let warm = tokio::spawn(run_warm_pool(Arc::clone(shared)));
+        Background {
+            expiry_stop,
+            expiry,
+            warm,
+        }
+    }
+
+    /// Once the sessions are gone: the warm pool stops, the revoker gets
+    /// `proxy.shutdown_revoke_timeout` to finish every revocation (what it
+    /// could not is counted at ERROR and left to the reaper of the next
+    /// start), then expiry and the reaper stop.
+    async fn stop(self, shared: &Shared) {
         // Bounded inside (its fills have their own timeouts); this is the
         // backstop.
-        if tokio::time::timeout(SESSIONS_AFTER_END * 4, warm)
+        if tokio::time::timeout(SESSIONS_AFTER_END * 4, self.warm)
             .await
             .is_err()
         {
@@ -346,11 +309,8 @@ impl Server {
             );
         }
         shared.revoker.stop();
-        expiry_stop.cancel();
-        let _ = expiry.await;
-        admin.stop().await;
-        tracing::info!("rolemint stopped");
-        Ok(())
+        self.expiry_stop.cancel();
+        let _ = self.expiry.await;
     }
 }
 

@@ -51,7 +51,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use self::cancel_request::cancel;
 use self::handshake::Hello;
@@ -63,27 +63,9 @@ use crate::lease::quota;
 use crate::lease::registry;
 use crate::observe::metrics::ConnectionResult;
 use crate::pg::backend;
+use crate::proxy::admission::{Admission, HandshakeSlot};
 use crate::runtime::state::{Runtime, Shared};
 use crate::tls::ClientStream;
-
-/// A connection's place among the handshakes in flight: one of
-/// `proxy.max_handshakes`, and one of its source's
-/// `proxy.max_handshakes_per_source`.
-pub struct HandshakeSlot {
-    pub _global: OwnedSemaphorePermit,
-    pub _source: crate::auth::source::SourceSlot,
-}
-
-/// The two limits a connection passes through.
-pub struct Admission {
-    /// Held from accept until the token has been read: handshakes in flight
-    /// are bounded by `proxy.max_handshakes` (and per source), apart from
-    /// sessions.
-    pub handshake: HandshakeSlot,
-    /// Session slots (`proxy.max_connections`): one is taken only once the
-    /// client has said who it is, so idle sockets never hold one.
-    pub sessions: Arc<Semaphore>,
-}
 
 /// Serves one accepted connection until it is done. A client past the
 /// session limit learns so with SQLSTATE 53300 once it has said who it is,
