@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 /// `parent: from -> to`, edges that close a circle today. Leave this list
 /// shorter than you found it; never add to it.
 const KNOWN_BACK_EDGES: &[&str] = &[
-    // The reaper and credential leases take the whole `Shared`: they
-    // should take the registry, revoker and admin client they use.
+    // Credential leases take the whole `Shared`: they should take the
+    // registry, revoker and admin client they use.
     "crate: lease -> runtime",
     // `Shared` holds the cancel keys and the kernel splice of the proxy.
     "crate: runtime -> proxy",

@@ -11,9 +11,9 @@
 //!
 //! Owns when a role is minted ahead, registered, renewed and ended. The SQL
 //! it runs is `pg`'s ([`crate::pg::AdminClient`]); it must not speak the
-//! wire protocol to clients, serve HTTP or read the config file. (The
-//! reaper and credential leases still take the whole
-//! [`crate::runtime::state::Shared`]; see `tests/module_graph.rs`.)
+//! wire protocol to clients, serve HTTP or read the config file. (Credential
+//! leases still take the whole [`crate::runtime::state::Shared`]; see
+//! `tests/module_graph.rs`.)
 
 pub mod creds;
 pub mod end;

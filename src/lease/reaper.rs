@@ -54,9 +54,11 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::lease::end::EndReason;
+use crate::lease::revoker::Revoker;
+use crate::observe::audit::{Audit, Event};
 use crate::pg::{is_valid_role_name, AdminClient, ManagedRole, MintError};
-use crate::runtime::state::Shared;
 
 /// What the sweep decided about one role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,16 +369,63 @@ where
     }
 }
 
-/// Runs the reaper of a server until `stop`: held means a live lease of
-/// this instance; revoke is the session's revocation with the lease's
-/// template, or the default revocation when the template is gone from the
-/// config (or the comment does not name one).
-pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let config = &shared.config;
-    let (grace, interval) = (config.mint.reap_grace, config.mint.reap_interval);
-    // The longest a role can exist before its session logs in: a mint,
-    // then a backend login (see `session`).
-    let login_window = config.admin_operation_timeout() + 2 * config.backend.connect_timeout;
+/// What the reaper of a server uses, and nothing else of the server: the
+/// admin client it reads the catalog with, the revoker it hands roles to,
+/// the audit log, and three settings.
+pub struct Setup {
+    pub admin_client: Arc<AdminClient>,
+    pub revoker: Arc<Revoker>,
+    pub audit: Audit,
+    /// `mint.reap_grace`.
+    pub grace: Duration,
+    /// `mint.reap_interval`.
+    pub interval: Duration,
+    /// The longest a role can exist before its session logs in: a mint,
+    /// then a backend login (see `session`).
+    pub login_window: Duration,
+    /// `backend.admin_database`: where a role whose comment names no
+    /// database is revoked.
+    pub admin_database: String,
+}
+
+impl Setup {
+    /// The settings from `config`, with the server's collaborators.
+    pub fn new(
+        config: &Config,
+        admin_client: Arc<AdminClient>,
+        revoker: Arc<Revoker>,
+        audit: Audit,
+    ) -> Setup {
+        Setup {
+            admin_client,
+            revoker,
+            audit,
+            grace: config.mint.reap_grace,
+            interval: config.mint.reap_interval,
+            login_window: config.admin_operation_timeout() + 2 * config.backend.connect_timeout,
+            admin_database: config.backend.admin_database.clone(),
+        }
+    }
+}
+
+/// Runs the reaper of a server until `stop`: `is_held` says whether a live
+/// lease of this instance (or a pending revocation, a mint in flight, a
+/// pooled role) holds a role; revoke is the session's revocation with the
+/// lease's template, or the default revocation when the template is gone
+/// from the config (or the comment does not name one).
+pub async fn run<H>(setup: Setup, is_held: H, stop: CancellationToken)
+where
+    H: Fn(&str) -> bool,
+{
+    let Setup {
+        admin_client,
+        revoker,
+        audit,
+        grace,
+        interval,
+        login_window,
+        admin_database,
+    } = setup;
     if grace <= login_window {
         tracing::warn!(
             "mint.reap_grace ({grace:?}) is not longer than a mint plus a backend login \
@@ -384,16 +433,13 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
              before its session logs in"
         );
     }
-    // Held: a live lease of this instance, or a revocation already pending.
-    let holder = Arc::clone(&shared);
-    let is_held = move |role: &str, _lease_id: Option<&str>| holder.holds_role(role);
-    let revoker = Arc::clone(&shared);
+    let is_held = move |role: &str, _lease_id: Option<&str>| is_held(role);
     let revoke = move |orphan: Orphan| {
-        let shared = Arc::clone(&revoker);
-        async move { revoke_orphan(&shared, &orphan).await }
+        revoke_orphan(&revoker, &audit, &admin_database, &orphan);
+        std::future::ready(Ok(()))
     };
     Reaper::new(grace, is_held, revoke)
-        .run(&shared.admin_client, interval, stop)
+        .run(&admin_client, interval, stop)
         .await;
 }
 
@@ -403,37 +449,31 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 /// default revocation when the template is gone from the config. Scheduling
 /// a role that is already pending is a no-op, so a sweep that finds the same
 /// orphan again adds nothing.
-async fn revoke_orphan(shared: &Shared, orphan: &Orphan) -> Result<(), MintError> {
-    let database = orphan
-        .database
-        .as_deref()
-        .unwrap_or(&shared.config.backend.admin_database);
+fn revoke_orphan(revoker: &Revoker, audit: &Audit, admin_database: &str, orphan: &Orphan) {
+    let database = orphan.database.as_deref().unwrap_or(admin_database);
     // Said before the revoker has it: the revoker's own `lease.revoked`
     // (by reaper) follows once the role is gone.
-    shared
-        .audit
-        .record(crate::observe::audit::Event::LeaseReaped {
-            lease_id: orphan.lease_id.clone(),
-            role: orphan.role.clone(),
-            reason: orphan.cause.reaped().unwrap_or_default().to_owned(),
-            instance: orphan.instance.clone(),
-        });
+    audit.record(Event::LeaseReaped {
+        lease_id: orphan.lease_id.clone(),
+        role: orphan.role.clone(),
+        reason: orphan.cause.reaped().unwrap_or_default().to_owned(),
+        instance: orphan.instance.clone(),
+    });
     match &orphan.lease_id {
-        Some(lease_id) => shared.revoker.schedule_lease(
+        Some(lease_id) => revoker.schedule_lease(
             lease_id,
             &orphan.role,
             database,
             orphan.template.as_deref(),
             orphan.cause,
         ),
-        None => shared.revoker.schedule(
+        None => revoker.schedule(
             &orphan.role,
             database,
             orphan.template.as_deref(),
             orphan.cause,
         ),
     }
-    Ok(())
 }
 
 #[cfg(test)]

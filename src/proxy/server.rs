@@ -103,7 +103,7 @@ impl Server {
             runtime: ArcSwap::from_pointee(runtime),
             backend_tls,
             admin_client,
-            revoker,
+            revoker: Arc::new(revoker),
             leases: Arc::new(Leases::default()),
             cancels,
             audit: audit.clone(),
@@ -272,10 +272,7 @@ impl Background {
             Arc::clone(&shared.leases)
                 .run_expiry_checked(Some(recorded_expiry(shared)), expiry_stop.clone()),
         );
-        tokio::spawn(crate::lease::reaper::run(
-            Arc::clone(shared),
-            expiry_stop.clone(),
-        ));
+        tokio::spawn(Arc::clone(shared).run_reaper(expiry_stop.clone()));
         shared.store.start(shared.shutdown.clone());
         tokio::spawn(crate::runtime::templates::follow(Arc::clone(shared)));
         let warm = tokio::spawn(run_warm_pool(Arc::clone(shared)));

@@ -96,7 +96,7 @@ pub struct Shared {
     /// Live leases and their deadlines.
     pub leases: Arc<Leases>,
     /// Where every role goes when its lease is over; retries until done.
-    pub revoker: Revoker,
+    pub revoker: Arc<Revoker>,
     /// Client-facing cancel keys.
     pub cancels: Arc<CancelMap>,
     /// The audit log (`[audit] path`); a disabled one writes nothing.
@@ -127,6 +127,19 @@ impl Shared {
     /// The current runtime (templates, policy, verifier, client TLS).
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
+    }
+
+    /// Runs the reaper of this server until `stop` (see `lease::reaper`):
+    /// it is given the admin client, the revoker, the audit log and its
+    /// settings, and asks [`Shared::holds_role`] whether a role is held.
+    pub async fn run_reaper(self: Arc<Self>, stop: CancellationToken) {
+        let setup = crate::lease::reaper::Setup::new(
+            &self.config,
+            Arc::clone(&self.admin_client),
+            Arc::clone(&self.revoker),
+            self.audit.clone(),
+        );
+        crate::lease::reaper::run(setup, move |role| self.holds_role(role), stop).await;
     }
 
     /// Whether a live lease of this instance holds `role`: the question the
