@@ -1,7 +1,10 @@
 //! Quotas per principal (issue 18, §3): one workload at its quota leaves
 //! another's `database/creds` and sessions working, against a real
 //! PostgreSQL; refusals are 429 in Vault's shape on HTTP and 53300 on the
-//! proxy door, audited and counted.
+//! proxy door, audited and counted. A template's own caps
+//! (`max_leases_per_principal`, `max_leases`) likewise, and the place of a
+//! lease is given back however it ends: session close, revocation, TTL,
+//! a failed mint.
 
 mod common;
 
@@ -15,10 +18,15 @@ use serde_json::Value;
 const OPERATOR_TOKEN: &str = "rmo_quotas-test-operator-token";
 
 async fn with_quotas(quotas: &str) -> (Harness, SocketAddr) {
+    with_templates(quotas, "").await
+}
+
+/// A harness with `[quotas]` keys and more templates.
+async fn with_templates(quotas: &str, templates: &str) -> (Harness, SocketAddr) {
     let h = Harness::with(Options {
         extra_toml: format!(
             "[admin]\nlisten = \"127.0.0.1:0\"\noperator_token_sha256 = \"{}\"\n\n\
-             [audit]\npath = \"audit.jsonl\"\n",
+             [audit]\npath = \"audit.jsonl\"\n\n{templates}",
             sha256_hex(OPERATOR_TOKEN)
         ),
         quotas: quotas.to_owned(),
@@ -30,8 +38,13 @@ async fn with_quotas(quotas: &str) -> (Harness, SocketAddr) {
 }
 
 async fn creds(admin: SocketAddr, token: &str) -> (StatusCode, Value) {
+    creds_of(admin, "readonly", token).await
+}
+
+/// `GET database/creds/TEMPLATE` with `token`.
+async fn creds_of(admin: SocketAddr, template: &str, token: &str) -> (StatusCode, Value) {
     let resp = reqwest::Client::new()
-        .get(format!("http://{admin}/v1/database/creds/readonly"))
+        .get(format!("http://{admin}/v1/database/creds/{template}"))
         .header("X-Vault-Token", token)
         .send()
         .await
@@ -314,4 +327,264 @@ async fn one_principal_at_its_token_quota_gets_429_and_another_still_gets_tokens
     assert_eq!(refused[0]["limit"], 3);
     assert_eq!(refused[1]["issuer"], "token");
     assert_eq!(quota_refusals(admin, "tokens").await, 2.0);
+}
+
+/// A template like the demo's `readonly` with `more` keys.
+fn template(name: &str, more: &str) -> String {
+    format!(
+        "[roles.{name}]\ndatabases = [\"appdb\"]\nallow_identities = [\"*\"]\n\
+         default_ttl = \"1h\"\nmax_ttl = \"24h\"\n{more}\n\
+         creation_statements = [\n  \
+         \"CREATE ROLE \\\"{{{{name}}}}\\\" WITH LOGIN PASSWORD '{{{{password}}}}' VALID UNTIL '{{{{expiration}}}}'\",\n  \
+         \"GRANT app_read TO \\\"{{{{name}}}}\\\"\",\n]\n\n"
+    )
+}
+
+/// The metrics are the process's, and both template tests refuse on the
+/// same two series: they take turns, and each counts its own refusals.
+static TEMPLATE_REFUSALS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `rolemint_quota_refusals_total` of the two template quotas, exported
+/// (at 0) from startup.
+async fn template_refusals(admin: SocketAddr) -> (f64, f64) {
+    (
+        quota_refusals(admin, "template_leases_per_principal").await,
+        quota_refusals(admin, "template_leases").await,
+    )
+}
+
+fn since(before: (f64, f64), now: (f64, f64)) -> (f64, f64) {
+    (now.0 - before.0, now.1 - before.1)
+}
+
+/// `admin`: two leases per principal, three in all. `brief`: one per
+/// principal, living 2 s. `probe`: one per principal, and its mint fails
+/// until the role `quota_probe` exists.
+fn capped_templates() -> String {
+    let probe = template("probe", "max_leases_per_principal = 1")
+        .replace("\"GRANT app_read TO", "\"GRANT quota_probe TO");
+    template("admin", "max_leases_per_principal = 2\nmax_leases = 3")
+        + &template("brief", "max_leases_per_principal = 1")
+            .replace("default_ttl = \"1h\"", "default_ttl = \"2s\"")
+        + &probe
+}
+
+/// Whether `role` is in `pg_roles`.
+async fn role_exists(h: &Harness, role: &str) -> bool {
+    let n: i64 = h
+        .superuser()
+        .await
+        .query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .unwrap()
+        .get(0);
+    n > 0
+}
+
+/// Waits (up to `within`) until `role` is gone from `pg_roles`.
+async fn gone(h: &Harness, role: &str, within: std::time::Duration) -> bool {
+    common::wait_until(within, || async { !role_exists(h, role).await }).await
+}
+
+/// The quota.refused audit lines, as (quota, template, identity, limit).
+fn refusals(h: &Harness) -> Vec<(String, String, String, u64)> {
+    audit_lines(h)
+        .into_iter()
+        .filter(|l| l["event"] == "quota.refused")
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap_or_default().to_owned();
+            (
+                s("quota"),
+                s("template"),
+                s("identity"),
+                l["limit"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+fn refusal(
+    quota: &str,
+    template: &str,
+    identity: &str,
+    limit: u64,
+) -> (String, String, String, u64) {
+    (quota.into(), template.into(), identity.into(), limit)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_cap_refuses_a_third_session_with_53300_until_one_ends() {
+    let _counting = TEMPLATE_REFUSALS.lock().await;
+    let (h, admin) = with_templates("", &capped_templates()).await;
+    let before = template_refusals(admin).await;
+    let alice = h.token("alice");
+    let a1 = h.connect("admin", "appdb", alice.expose()).await.unwrap();
+    let a1_role: String = a1
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let _a2 = h.connect("admin", "appdb", alice.expose()).await.unwrap();
+    let e = h
+        .connect("admin", "appdb", alice.expose())
+        .await
+        .expect_err("a third admin session of alice");
+    assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e}");
+    assert_eq!(
+        e.as_db_error().map(|d| d.message()),
+        Some("quota exceeded: at most 2 leases of template admin per identity")
+    );
+    // Another template is not capped by it; bob takes the template's third
+    // lease; carol finds the template full.
+    let readonly = h.session("readonly", "alice").await;
+    readonly.simple_query("SELECT 1").await.unwrap();
+    let bob = h.session("admin", "bob").await;
+    bob.simple_query("SELECT 1").await.unwrap();
+    let e = h
+        .connect("admin", "appdb", h.token("carol").expose())
+        .await
+        .expect_err("a fourth admin session");
+    assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e}");
+    assert_eq!(
+        e.as_db_error().map(|d| d.message()),
+        Some("quota exceeded: at most 3 leases of template admin at once")
+    );
+    // The refusals minted nothing: alice's two, her readonly, bob's.
+    assert_eq!(h.managed_roles().await.len(), 4);
+    assert_eq!(
+        refusals(&h),
+        vec![
+            refusal("template_leases_per_principal", "admin", "alice", 2),
+            refusal("template_leases", "admin", "carol", 3),
+        ]
+    );
+    assert_eq!(since(before, template_refusals(admin).await), (1.0, 1.0));
+
+    // A session that ends gives its place back: once its role is gone,
+    // alice gets in again.
+    drop(a1);
+    assert!(gone(&h, &a1_role, std::time::Duration::from_secs(10)).await);
+    let again = h.connect("admin", "appdb", alice.expose()).await;
+    let again = again.expect("alice's place was given back");
+    again.simple_query("SELECT 1").await.unwrap();
+
+    // A failed mint gives its place back at once: the second try fails
+    // the same way (58000), not on the quota; once the mint can succeed,
+    // the cap holds again.
+    for _ in 0..2 {
+        let e = h
+            .connect("probe", "appdb", alice.expose())
+            .await
+            .expect_err("quota_probe does not exist yet");
+        assert_eq!(sqlstate(&e).as_deref(), Some("58000"), "{e}");
+    }
+    h.superuser()
+        .await
+        .batch_execute("CREATE ROLE quota_probe NOLOGIN")
+        .await
+        .unwrap();
+    let _probe = h.connect("probe", "appdb", alice.expose()).await.unwrap();
+    let e = h
+        .connect("probe", "appdb", alice.expose())
+        .await
+        .expect_err("a second probe session of alice");
+    assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e}");
+}
+
+/// `PUT sys/leases/revoke` of `lease_id` with the holder's own token.
+async fn revoke(admin: SocketAddr, token: &str, lease_id: &str) -> StatusCode {
+    reqwest::Client::new()
+        .put(format!("http://{admin}/v1/sys/leases/revoke"))
+        .header("X-Vault-Token", token)
+        .json(&serde_json::json!({ "lease_id": lease_id }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_vault_door_a_template_cap_answers_429_until_a_lease_is_revoked_or_expires() {
+    let _counting = TEMPLATE_REFUSALS.lock().await;
+    let (h, admin) = with_templates("", &capped_templates()).await;
+    let before = template_refusals(admin).await;
+    let alice = h.token("alice");
+    let mut leases = Vec::new();
+    for _ in 0..2 {
+        let (s, body) = creds_of(admin, "admin", alice.expose()).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        leases.push(body);
+    }
+    let roles_before = h.managed_roles().await.len();
+    let (s, body) = creds_of(admin, "admin", alice.expose()).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"errors": ["quota exceeded: at most 2 leases of template admin per identity"]})
+    );
+    // Sessions and credential leases of a template count together.
+    let e = h
+        .connect("admin", "appdb", alice.expose())
+        .await
+        .expect_err("alice holds two admin leases already");
+    assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e}");
+    assert_eq!(h.managed_roles().await.len(), roles_before);
+    // Other templates and other principals, as configured.
+    let (s, body) = creds_of(admin, "readonly", alice.expose()).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = creds_of(admin, "admin", h.token("bob").expose()).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = creds_of(admin, "admin", h.token("carol").expose()).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"errors": ["quota exceeded: at most 3 leases of template admin at once"]})
+    );
+
+    // Revoked: alice revokes one of hers; once its role is gone she gets
+    // another.
+    let first = &leases[0];
+    let lease_id = first["lease_id"].as_str().unwrap();
+    let role = first["data"]["username"].as_str().unwrap();
+    assert_eq!(
+        revoke(admin, alice.expose(), lease_id).await,
+        StatusCode::NO_CONTENT
+    );
+    assert!(gone(&h, role, std::time::Duration::from_secs(10)).await);
+    let back = common::wait_until(std::time::Duration::from_secs(5), || async {
+        creds_of(admin, "admin", alice.expose()).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(back, "a revoked lease's place was not given back");
+
+    // Expired: a lease of `brief` lives 2 s; once its role is gone, the
+    // place is free again.
+    let (s, body) = creds_of(admin, "brief", alice.expose()).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let role = body["data"]["username"].as_str().unwrap().to_owned();
+    let (s, _) = creds_of(admin, "brief", alice.expose()).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert!(gone(&h, &role, std::time::Duration::from_secs(30)).await);
+    let back = common::wait_until(std::time::Duration::from_secs(5), || async {
+        creds_of(admin, "brief", alice.expose()).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(back, "an expired lease's place was not given back");
+
+    // A failed mint holds nothing: 500 twice, never 429.
+    for _ in 0..2 {
+        let (s, body) = creds_of(admin, "probe", alice.expose()).await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    }
+
+    assert_eq!(
+        refusals(&h),
+        vec![
+            refusal("template_leases_per_principal", "admin", "alice", 2),
+            refusal("template_leases_per_principal", "admin", "alice", 2),
+            refusal("template_leases", "admin", "carol", 3),
+            refusal("template_leases_per_principal", "brief", "alice", 1),
+        ]
+    );
+    assert_eq!(since(before, template_refusals(admin).await), (3.0, 1.0));
 }

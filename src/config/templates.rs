@@ -76,6 +76,14 @@ pub struct RoleTemplate {
     /// default: parameter values are where personal data and secrets are.
     #[serde(default)]
     pub audit_parameters: bool,
+    /// Leases of this template (sessions and credential leases together)
+    /// one principal may hold at once on this instance; refused with 53300
+    /// or 429 past it (`lease/quota.rs`). No cap when absent.
+    pub max_leases_per_principal: Option<usize>,
+    /// Leases of this template everybody together may hold at once on this
+    /// instance, as Vault's lease-count quota on `database/creds/NAME`
+    /// (`max_leases`). No cap when absent.
+    pub max_leases: Option<usize>,
 }
 
 /// Most session settings per template.
@@ -166,6 +174,12 @@ pub fn validate_template(
     }
     validate_policy_keys(t, issuers).map_err(|e| ctx(&e))?;
     validate_warm_pool(name, t)?;
+    if t.max_leases_per_principal == Some(0) || t.max_leases == Some(0) {
+        return Err(ctx(
+            "max_leases and max_leases_per_principal must be at least 1 \
+             (to close a template to everybody, allow nobody)",
+        ));
+    }
     Ok(())
 }
 

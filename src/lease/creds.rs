@@ -107,7 +107,7 @@ impl Credentials {
         // Templates and policy as reloaded (SIGHUP), like a session's.
         let runtime = shared.runtime();
         let (grant, database) = authorize(shared, &runtime, identity, template, entitlement)?;
-        let quota = take_quota(shared, identity, template, client_addr)?;
+        let quota = take_quota(shared, identity, &grant, client_addr)?;
         let started = Instant::now();
         let lease_id = registry::new_lease_id(LeaseKind::Creds, grant.template_name);
         let request = MintRequest {
@@ -199,18 +199,20 @@ fn authorize<'a>(
 fn take_quota(
     shared: &Shared,
     identity: &Identity,
-    template: &str,
+    grant: &Grant<'_>,
     client_addr: Option<SocketAddr>,
 ) -> Result<quota::Slot, CredsError> {
+    let template = quota::Template::of(grant.template_name, grant.template);
     shared
         .quotas
         .take(
             QuotaKind::CredentialLeases,
             &identity.issuer,
             &identity.subject,
+            template,
         )
         .map_err(|refused| {
-            let event = quota::refusal_event(&refused, identity, template, client_addr);
+            let event = quota::refusal_event(&refused, identity, template.name, client_addr);
             shared.audit.record(event);
             CredsError::Quota(refused)
         })

@@ -83,13 +83,15 @@ pub enum Event {
         template: String,
         database: String,
     },
-    /// A per-principal quota refused a session or a credential lease.
+    /// A quota (per principal, or a template's own cap) refused a session
+    /// or a credential lease.
     #[serde(rename = "quota.refused")]
     QuotaRefused {
         issuer: String,
         identity: String,
-        /// `sessions`, `credential_leases`, `mints_per_minute`, `principals`,
-        /// `tokens`.
+        /// `sessions`, `credential_leases`, `mints_per_minute`,
+        /// `principals`, `tokens`, `template_leases_per_principal`,
+        /// `template_leases`.
         quota: String,
         limit: usize,
         template: String,

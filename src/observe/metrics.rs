@@ -91,7 +91,7 @@ pub const ALL: &[Described] = &[
     d(AUDIT_LINES_SUPPRESSED, Kind::Counter, None, "Pre-authentication audit lines left out by [audit] pre_auth_lines_per_second (a flood of refusals)."),
     d(WARM_POOL_READY, Kind::Gauge, None, "Pooled roles ready to be claimed (logged in, idle), by role template."),
     d(KERNEL_SPLICED, Kind::Counter, None, "Sessions whose bytes the kernel forwarded (proxy.kernel_splice), by template."),
-    d(QUOTA_REFUSALS, Kind::Counter, None, "Sessions and credential leases refused by a per-principal quota, by quota (sessions, credential_leases, mints_per_minute, principals, tokens)."),
+    d(QUOTA_REFUSALS, Kind::Counter, None, "Sessions, credential leases and tokens refused by a quota, by quota (sessions, credential_leases, mints_per_minute, principals, tokens per principal; template_leases_per_principal, template_leases of a template's own caps, whose name is in the audit line)."),
     d(WARM_POOL_CLAIMS, Kind::Counter, None, "Sessions of a pooled template, by template and result (hit, miss: the pool was empty, fallback: the entry could not be used)."),
     d(ACCESS_REQUESTS, Kind::Counter, None, "Access request steps, by step (created, approved, approval, denied, revoked, refused)."),
     d(ACCESS_WEBHOOK, Kind::Counter, None, "Access request webhook deliveries, by result (delivered, failed, dropped)."),
@@ -183,6 +183,8 @@ fn zero_counters() {
         "mints_per_minute",
         "principals",
         "tokens",
+        "template_leases_per_principal",
+        "template_leases",
     ] {
         metrics::counter!(QUOTA_REFUSALS, "quota" => quota).increment(0);
     }

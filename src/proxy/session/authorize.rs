@@ -277,13 +277,15 @@ fn auth_failed(
 
 /// Room for one more session of an allowed client: none while too many
 /// roles wait to be revoked, else the principal's own share of this
-/// instance (`[quotas]`), held for the session's life.
+/// instance (`[quotas]`) and the template's (its own caps), held for the
+/// session's life.
 pub(super) fn admit(
     shared: &Shared,
     identity: &Identity,
-    template: &str,
+    template: quota::Template<'_>,
     peer: SocketAddr,
 ) -> Result<quota::Slot, (ClientError, String)> {
+    let (caps, template) = (template, template.name);
     // Every session ends in a revocation: while too many wait (PostgreSQL
     // down), add none, or the queue grows with every client retry.
     if shared.revoker.backlogged() {
@@ -296,7 +298,12 @@ pub(super) fn admit(
     }
     shared
         .quotas
-        .take(QuotaKind::Sessions, &identity.issuer, &identity.subject)
+        .take(
+            QuotaKind::Sessions,
+            &identity.issuer,
+            &identity.subject,
+            caps,
+        )
         .map_err(|refused| {
             let event = quota::refusal_event(&refused, identity, template, Some(peer));
             shared.audit.record(event);

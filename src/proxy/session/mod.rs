@@ -180,7 +180,8 @@ async fn authorize_and_mint(
     let token = authorize::read_token(stream, startup, handshake, max_token_bytes).await?;
     let caller = authorize::authenticate(shared, runtime, startup, peer, token).await?;
     let grant = authorize::authorize(shared, runtime, &caller, startup, peer)?;
-    let quota = authorize::admit(shared, &caller.identity, &startup.template, peer)?;
+    let template = quota::Template::of(grant.template_name, grant.template);
+    let quota = authorize::admit(shared, &caller.identity, template, peer)?;
     let mut minted = acquire(shared, &caller, &grant, startup, peer).await?;
     minted.quota = Some(quota);
     Ok(minted)
