@@ -22,11 +22,14 @@
 //! - [`config`]: the TOML config, one file per table, its defaults and
 //!   validation (plain data: it imports nothing built from it), and
 //!   [`config::placeholder`], the one parser and renderer of `{{...}}`.
-//! - [`proxy`]: the data path. [`proxy::server`] the accept loop, the
-//!   connection limit, graceful shutdown (and the start of every
-//!   background task); [`proxy::session`] one connection, top to bottom:
+//! - [`proxy`]: the data path; [`proxy::Proxy`] what its sessions share
+//!   (`Shared`, the cancel keys, the kernel splice). [`proxy::server`] the
+//!   accept loop, graceful shutdown (and the start of every background
+//!   task); [`proxy::admission`] the handshake and session limits and the
+//!   waiting room; [`proxy::session`] one connection, top to bottom:
 //!   [`proxy::session::handshake`] (encryption, startup, token),
-//!   authorize and acquire (mint, or a warm role: `warm.rs`),
+//!   authorize (`authorize.rs`), acquire (`mint.rs`, or a warm role:
+//!   `warm.rs`), serve (`serve.rs`: login, then relay or kernel splice),
 //!   [`proxy::session::relay`] (startup forwarding with the
 //!   BackendKeyData swapped, then the splice in user space), `kernel.rs`
 //!   (a plaintext session handed to the kernel splice),

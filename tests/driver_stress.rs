@@ -150,7 +150,7 @@ async fn psycopg_stress_over_the_kernel_splice_never_waits_for_a_tail() {
     })
     .await;
     assert!(
-        h.shared.sockmap.is_some(),
+        h.proxy.sockmap.is_some(),
         "no BPF sockmap here:\n{}",
         captured_log()
     );

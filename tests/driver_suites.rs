@@ -363,7 +363,7 @@ async fn three_ways(suite: &Suite) {
     })
     .await;
     assert!(
-        h.shared.sockmap.is_some(),
+        h.proxy.sockmap.is_some(),
         "no BPF sockmap here:\n{}",
         captured_log()
     );

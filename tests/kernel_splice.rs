@@ -30,7 +30,7 @@ async fn harness() -> Harness {
     })
     .await;
     assert!(
-        h.shared.sockmap.is_some(),
+        h.proxy.sockmap.is_some(),
         "no BPF sockmap here:\n{}",
         captured_log()
     );

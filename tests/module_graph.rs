@@ -19,8 +19,6 @@ const KNOWN_BACK_EDGES: &[&str] = &[
     // Credential leases take the whole `Shared`: they should take the
     // registry, revoker and admin client they use.
     "crate: lease -> runtime",
-    // `Shared` holds the cancel keys and the kernel splice of the proxy.
-    "crate: runtime -> proxy",
 ];
 
 type ModPath = Vec<String>;

@@ -74,5 +74,5 @@ async fn pgbench_runs_every_mode_through_the_proxy_and_leaves_no_role() {
     let left = h.wait_no_managed_roles(Duration::from_secs(10)).await;
     assert!(left.is_empty(), "roles left behind: {left:?}");
     assert_eq!(h.wait_no_leases().await, 0, "leases left in the registry");
-    assert!(h.shared.cancels.is_empty(), "cancel keys left in the map");
+    assert!(h.proxy.cancels.is_empty(), "cancel keys left in the map");
 }

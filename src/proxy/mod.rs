@@ -13,3 +13,20 @@ pub mod cancel;
 pub mod server;
 pub mod session;
 pub mod sockmap;
+
+use std::sync::Arc;
+
+use crate::runtime::state::Shared;
+
+/// What the proxy's sessions share: [`Shared`] (what every door shares),
+/// and the parts only the data path uses. Built by
+/// [`server::Server::bind`]; each session gets it.
+pub struct Proxy {
+    /// The services every session and request shares.
+    pub shared: Arc<Shared>,
+    /// Client-facing cancel keys.
+    pub cancels: Arc<cancel::CancelMap>,
+    /// The kernel splice, when `proxy.kernel_splice` is on and BPF is
+    /// permitted here.
+    pub sockmap: Option<sockmap::Sockmap>,
+}

@@ -26,6 +26,7 @@ use crate::lease::revoker::Revoker;
 use crate::pg::AdminClient;
 use crate::proxy::admission::{Entry, Gate};
 use crate::proxy::cancel::CancelMap;
+use crate::proxy::Proxy;
 use crate::runtime::state::{Runtime, Shared};
 
 /// Longest wait, once sessions have been told their leases ended at
@@ -35,7 +36,7 @@ const SESSIONS_AFTER_END: Duration = Duration::from_secs(15);
 
 /// A bound, not yet running proxy.
 pub struct Server {
-    shared: Arc<Shared>,
+    proxy: Arc<Proxy>,
     listener: TcpListener,
     /// The admin HTTP listener, when `[admin] listen` is set.
     admin: Option<crate::control::AdminListener>,
@@ -105,18 +106,21 @@ impl Server {
             admin_client,
             revoker: Arc::new(revoker),
             leases: Arc::new(Leases::default()),
-            cancels,
             audit: audit.clone(),
             shutdown: CancellationToken::new(),
             quotas,
             minting: Default::default(),
             warm: Default::default(),
-            sockmap,
             store,
             policy_cache: Default::default(),
         });
-        Ok(Server {
+        let proxy = Arc::new(Proxy {
             shared,
+            cancels,
+            sockmap,
+        });
+        Ok(Server {
+            proxy,
             listener,
             admin,
             audit,
@@ -127,7 +131,7 @@ impl Server {
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
-            .unwrap_or(self.shared.config.proxy.listen)
+            .unwrap_or(self.proxy.shared.config.proxy.listen)
     }
 
     /// The admin listener's address, when it is on.
@@ -142,22 +146,29 @@ impl Server {
 
     /// The shared state, for tests and the admin API.
     pub fn shared(&self) -> Arc<Shared> {
-        Arc::clone(&self.shared)
+        Arc::clone(&self.proxy.shared)
+    }
+
+    /// What the proxy's sessions share (cancel keys, the kernel splice),
+    /// for tests.
+    pub fn proxy(&self) -> Arc<Proxy> {
+        Arc::clone(&self.proxy)
     }
 
     /// Serves until `shutdown` is cancelled, then drains and revokes.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Server {
-            shared,
+            proxy,
             listener,
             admin,
             audit,
         } = self;
+        let shared = Arc::clone(&proxy.shared);
         let admin = crate::control::wiring::start(admin, &shared, audit, &shutdown);
         let background = Background::start(&shared);
         tracing::info!(listen = %listener.local_addr()?, "rolemint accepting connections");
         let sessions = TaskTracker::new();
-        accept(&shared, &listener, &sessions, &shutdown).await;
+        accept(&proxy, &listener, &sessions, &shutdown).await;
         drop(listener);
         sessions.close();
         shared.shutdown.cancel();
@@ -172,12 +183,12 @@ impl Server {
 /// Accepts until `shutdown` is cancelled, each connection through the
 /// [`Gate`], each session on a task of `sessions`.
 async fn accept(
-    shared: &Arc<Shared>,
+    proxy: &Arc<Proxy>,
     listener: &TcpListener,
     sessions: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
-    let gate = Gate::new(&shared.config.proxy);
+    let gate = Gate::new(&proxy.shared.config.proxy);
     let mut backoff = Duration::from_millis(10);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -196,14 +207,14 @@ async fn accept(
         };
         match gate.enter(peer, shutdown).await {
             Entry::Admitted(admission) => {
-                let shared = Arc::clone(shared);
-                sessions.spawn(crate::proxy::session::run(shared, tcp, peer, admission));
+                let proxy = Arc::clone(proxy);
+                sessions.spawn(crate::proxy::session::run(proxy, tcp, peer, admission));
             }
             Entry::Wait(seat) => {
-                let (shared, gate) = (Arc::clone(shared), gate.clone());
+                let (proxy, gate) = (Arc::clone(proxy), gate.clone());
                 sessions.spawn(async move {
                     if let Some(admission) = gate.wait(peer, seat).await {
-                        crate::proxy::session::run(shared, tcp, peer, admission).await;
+                        crate::proxy::session::run(proxy, tcp, peer, admission).await;
                     }
                 });
             }

@@ -4,8 +4,8 @@
 //! templates written through the API, merged from the store).
 //!
 //! Owns the wiring of the shared services, not their behaviour: it must
-//! not mint, revoke or serve anything itself. (`Shared` still holds the
-//! proxy's cancel keys and kernel splice; see `tests/module_graph.rs`.)
+//! not mint, revoke or serve anything itself, and imports nothing of the
+//! proxy (which owns its cancel keys and kernel splice, beside `Shared`).
 
 pub mod reload;
 pub mod signal;

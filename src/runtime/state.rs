@@ -1,6 +1,7 @@
-//! What every session shares: the config, TLS, the token verifier, the
-//! admin-database client, the lease registry, the revoker, the cancel keys and the audit
-//! log.
+//! What every session and every request shares: the config, TLS, the
+//! token verifier, the admin-database client, the lease registry, the
+//! revoker and the audit log. (What only the proxy's sessions share, the
+//! cancel keys and the kernel splice, is [`crate::proxy::Proxy`].)
 //!
 //! It lives apart from the accept loop (`server`) and from the sessions
 //! (`session`) so that neither of those needs the other: the server builds
@@ -29,7 +30,6 @@ use crate::lease::revoker::Revoker;
 use crate::lease::warm_pool::WarmPool;
 use crate::observe::audit::Audit;
 use crate::pg::AdminClient;
-use crate::proxy::cancel::CancelMap;
 
 /// What a reload replaces as one piece.
 pub struct Runtime {
@@ -97,8 +97,6 @@ pub struct Shared {
     pub leases: Arc<Leases>,
     /// Where every role goes when its lease is over; retries until done.
     pub revoker: Arc<Revoker>,
-    /// Client-facing cancel keys.
-    pub cancels: Arc<CancelMap>,
     /// The audit log (`[audit] path`); a disabled one writes nothing.
     pub audit: Audit,
     /// Cancelled when the server begins to shut down.
@@ -113,9 +111,6 @@ pub struct Shared {
     /// Roles minted ahead with their backends logged in, for templates with
     /// `warm_pool > 0`; filled by `warm_pool::Filler`, claimed by sessions.
     pub warm: WarmPool,
-    /// The kernel splice, when `proxy.kernel_splice` is on and BPF is
-    /// permitted here.
-    pub sockmap: Option<crate::proxy::sockmap::Sockmap>,
     /// What is written through the API (templates, policies, auth roles),
     /// kept in the admin database and current on every instance.
     pub store: crate::store::Store,

@@ -84,6 +84,8 @@ pub struct Harness {
     pub admin_addr: Option<SocketAddr>,
     pub config: Config,
     pub shared: Arc<Shared>,
+    /// What only the proxy's sessions share: cancel keys, kernel splice.
+    pub proxy: Arc<rolemint::proxy::Proxy>,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -156,6 +158,7 @@ impl Harness {
         let addr = server.local_addr();
         let admin_addr = server.admin_addr();
         let shared = server.shared();
+        let proxy = server.proxy();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         Harness {
@@ -165,6 +168,7 @@ impl Harness {
             admin_addr,
             config,
             shared,
+            proxy,
             shutdown,
             server: Some(task),
             _dir: dir,

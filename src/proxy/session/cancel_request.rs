@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use super::refuse::CLOSE_TIMEOUT;
 use crate::pg::backend::{self, CancelSecret};
-use crate::runtime::state::Shared;
+use crate::proxy::Proxy;
 use crate::tls::ClientStream;
 
 /// Forwards a CancelRequest whose key is ours (any other is ignored, as
@@ -15,19 +15,20 @@ use crate::tls::ClientStream;
 /// inside TLS (libpq 17 sends it so) is closed with close_notify: libpq
 /// reads an EOF without it as an SSL error and reports the cancel failed.
 pub(super) async fn cancel(
-    shared: &Shared,
+    proxy: &Proxy,
     mut stream: ClientStream,
     process_id: i32,
     secret: CancelSecret,
     peer: SocketAddr,
 ) {
-    match shared.cancels.lookup(process_id, &secret) {
-        None if shared.cancels.holds(process_id) => {
+    let shared = &*proxy.shared;
+    match proxy.cancels.lookup(process_id, &secret) {
+        None if proxy.cancels.holds(process_id) => {
             tracing::debug!(%peer, "cancel request with a wrong key for our session ignored");
             crate::observe::metrics::cancel_request("unknown");
-            shared.cancels.verify_failed(peer.ip());
+            proxy.cancels.verify_failed(peer.ip());
         }
-        None => cancel_elsewhere(shared, process_id, &secret, peer).await,
+        None => cancel_elsewhere(proxy, process_id, &secret, peer).await,
         Some(key) => {
             let config = &shared.config.backend;
             match backend::cancel(config, shared.backend_tls.as_ref(), key).await {
@@ -50,20 +51,16 @@ pub(super) async fn cancel(
 /// database and cancels through the admin pool (see [`crate::proxy::cancel`]);
 /// otherwise, or when it does not verify, ignores it silently, as
 /// PostgreSQL does.
-async fn cancel_elsewhere(
-    shared: &Shared,
-    process_id: i32,
-    secret: &CancelSecret,
-    peer: SocketAddr,
-) {
-    let Some(cluster) = shared.cancels.cluster() else {
+async fn cancel_elsewhere(proxy: &Proxy, process_id: i32, secret: &CancelSecret, peer: SocketAddr) {
+    let shared = &*proxy.shared;
+    let Some(cluster) = proxy.cancels.cluster() else {
         tracing::debug!(%peer, "cancel request with an unknown key ignored");
         crate::observe::metrics::cancel_request("unknown");
         return;
     };
     // Each check costs a query and is a guess at a 32-bit secret: an
     // address that keeps guessing wrong is no longer asked about.
-    if process_id <= 0 || !shared.cancels.may_verify(peer.ip()) {
+    if process_id <= 0 || !proxy.cancels.may_verify(peer.ip()) {
         tracing::debug!(%peer, "cancel request ignored (invalid pid or rate limited)");
         crate::observe::metrics::cancel_request("unknown");
         return;
@@ -88,7 +85,7 @@ async fn cancel_elsewhere(
         }
         Ok(Ok(None)) => {
             crate::observe::metrics::cancel_request("unknown");
-            shared.cancels.verify_failed(peer.ip());
+            proxy.cancels.verify_failed(peer.ip());
             tracing::debug!(%peer, "cancel request with an unknown key ignored");
         }
         Ok(Err(e)) => {

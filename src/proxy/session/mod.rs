@@ -64,14 +64,16 @@ use crate::lease::registry;
 use crate::observe::metrics::ConnectionResult;
 use crate::pg::backend;
 use crate::proxy::admission::{Admission, HandshakeSlot};
+use crate::proxy::Proxy;
 use crate::runtime::state::{Runtime, Shared};
 use crate::tls::ClientStream;
 
 /// Serves one accepted connection until it is done. A client past the
 /// session limit learns so with SQLSTATE 53300 once it has said who it is,
 /// like PostgreSQL does.
-pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, admission: Admission) {
+pub async fn run(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, admission: Admission) {
     let accepted = Instant::now();
+    let shared = &*proxy.shared;
     crate::tls::tune_tcp(&tcp);
     let runtime = shared.runtime();
     // One deadline for the whole handshake, token included: a client that
@@ -80,7 +82,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, admissio
     let accept = handshake::accept(tcp, runtime.client_tls.as_ref());
     let hello = match tokio::time::timeout_at(deadline, accept).await {
         Ok(Ok(hello)) => hello,
-        Ok(Err(refused)) => return refuse(&shared, refused, peer).await,
+        Ok(Err(refused)) => return refuse(shared, refused, peer).await,
         Err(_) => {
             tracing::debug!(%peer, "handshake timed out");
             crate::observe::metrics::connection(ConnectionResult::ProtocolError);
@@ -92,10 +94,10 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, admissio
             stream,
             process_id,
             secret,
-        } => cancel(&shared, stream, process_id, secret, peer).await,
+        } => cancel(&proxy, stream, process_id, secret, peer).await,
         Hello::Startup { stream, startup } => {
             let Ok(permit) = Arc::clone(&admission.sessions).try_acquire_owned() else {
-                return refuse_early(&shared, stream, ClientError::TooManyConnections, peer).await;
+                return refuse_early(shared, stream, ClientError::TooManyConnections, peer).await;
             };
             let handshake = Handshake {
                 permit: admission.handshake,
@@ -106,7 +108,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, admissio
                 accepted,
                 permit,
             };
-            session(shared, runtime, stream, startup, started, handshake).await
+            session(&proxy, runtime, stream, startup, started, handshake).await
         }
     }
 }
@@ -139,7 +141,7 @@ struct Minted {
 }
 
 async fn session(
-    shared: Arc<Shared>,
+    proxy: &Proxy,
     runtime: Arc<Runtime>,
     mut stream: ClientStream,
     startup: handshake::Startup,
@@ -147,14 +149,15 @@ async fn session(
     handshake: Handshake,
 ) {
     let peer = started.peer;
+    let shared = &*proxy.shared;
     if shared.shutdown.is_cancelled() {
-        return refuse_early(&shared, stream, ClientError::ShuttingDown, peer).await;
+        return refuse_early(shared, stream, ClientError::ShuttingDown, peer).await;
     }
     if !stream.is_tls() && !runtime.config.proxy.allow_plaintext {
-        return refuse_early(&shared, stream, ClientError::TlsRequired, peer).await;
+        return refuse_early(shared, stream, ClientError::TlsRequired, peer).await;
     }
     let minted =
-        match authorize_and_mint(&shared, &runtime, &mut stream, &startup, peer, handshake).await {
+        match authorize_and_mint(shared, &runtime, &mut stream, &startup, peer, handshake).await {
             Ok(minted) => minted,
             Err((error, detail)) => {
                 crate::observe::metrics::connection(ConnectionResult::Refused);
@@ -163,7 +166,7 @@ async fn session(
         };
     // From here on the session needs only what it minted.
     drop(runtime);
-    serve_lease(&shared, stream, &startup, minted, started).await;
+    serve_lease(proxy, stream, &startup, minted, started).await;
 }
 
 /// The token, the policy and the role: a registered lease, or what to tell

@@ -13,13 +13,14 @@ use crate::observe::audit::Event;
 use crate::observe::logging::LogSafe;
 use crate::observe::metrics::{ConnectionResult, Direction};
 use crate::pg::backend;
+use crate::proxy::Proxy;
 use crate::runtime::state::Shared;
 use crate::tls::ClientStream;
 
 /// Logs in as the minted role, splices until the session ends, and hands
 /// the role to the revoker.
 pub(super) async fn serve_lease(
-    shared: &Shared,
+    proxy: &Proxy,
     stream: ClientStream,
     startup: &handshake::Startup,
     minted: Minted,
@@ -32,9 +33,10 @@ pub(super) async fn serve_lease(
         quota,
     } = minted;
     let lease = &registered.lease;
+    let shared = &*proxy.shared;
     crate::failpoint::hit(crate::failpoint::AFTER_MINT).await;
     let (end, traffic) = connect_and_splice(
-        shared,
+        proxy,
         stream,
         startup,
         &password,
@@ -102,7 +104,7 @@ impl Drop for ActiveSession<'_> {
 /// Logs in as the minted role and splices; every outcome ends here so that
 /// the caller revokes in one place.
 async fn connect_and_splice(
-    shared: &Shared,
+    proxy: &Proxy,
     mut stream: ClientStream,
     startup: &handshake::Startup,
     password: &crate::secret::Secret,
@@ -112,18 +114,19 @@ async fn connect_and_splice(
 ) -> (End, relay::Traffic) {
     let failed = (End::Failed, relay::Traffic::default());
     let role = lease.role.as_str();
+    let shared = &*proxy.shared;
     let Some(mut login) = log_in(shared, &mut stream, startup, password, warm, lease).await else {
         return failed;
     };
     crate::failpoint::hit(crate::failpoint::AFTER_LOGIN).await;
     // A protocol 3.2 client gets a long secret, whatever the backend speaks.
     let long_key = startup.minor >= wire::LATEST_MINOR;
-    let cancel_key = shared.cancels.issue(login.key.clone(), role, long_key);
+    let cancel_key = proxy.cancels.issue(login.key.clone(), role, long_key);
     let audited = statement_audit(shared, lease);
     // Into the kernel before the client can send anything more: it waits
     // for its first ReadyForQuery. Not a session whose statements are
     // audited: the kernel would never show rolemint its bytes.
-    let mut kernel = shared
+    let mut kernel = proxy
         .sockmap
         .as_ref()
         .filter(|_| audited.is_none())
