@@ -58,12 +58,6 @@ pub struct Refusal {
     pub rule: String,
 }
 
-/// The names identities are qualified by (see
-/// [`AuthConfig::issuer_names`]).
-pub fn issuer_names(auth: &AuthConfig) -> Vec<String> {
-    auth.issuer_names()
-}
-
 /// One `allow_identities` / `allow_groups` entry, compiled: the issuer
 /// it means and the matcher of its glob on the raw claim (the syntax is
 /// the config's, [`crate::config::allow`]).
@@ -191,7 +185,7 @@ pub struct ApprovalRules<'a> {
 
 impl crate::auth::access::Approvers for ApprovalRules<'_> {
     fn may_approve(&self, approval: &crate::config::approval::Approval, who: &Identity) -> bool {
-        let issuers = issuer_names(self.auth);
+        let issuers = self.auth.issuer_names();
         let (Ok(ids), Ok(groups)) = (
             entries(&approval.approvers, &issuers),
             entries(&approval.approver_groups, &issuers),

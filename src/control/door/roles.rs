@@ -190,7 +190,7 @@ async fn write(
     })
     .map_err(ApiError::bad_request)?;
     let (_, template) = templates::decode(&stored).map_err(ApiError::bad_request)?;
-    let issuers = crate::auth::policy::issuer_names(&shared.runtime().config.auth);
+    let issuers = shared.runtime().config.auth.issuer_names();
     crate::config::validate_template(name, &template, &issuers)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     shared
