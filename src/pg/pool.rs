@@ -35,14 +35,20 @@ use super::auth_guard::{Guarded, GuardedConnect};
 use super::pg_tls::MakeRustlsConnect;
 use super::MintError;
 use crate::config::{BackendConfig, BackendTls, ChannelBinding};
+use crate::secret::Secret;
 use tokio_postgres::tls::MakeTlsConnect;
 
 /// Idle admin connections, per database.
 pub struct AdminPool {
-    /// Host, port, user, password, TLS mode; the database is set per connect.
-    /// Behind a lock because root rotation changes the password: open
-    /// connections stay logged in, new ones use the new password.
-    base: std::sync::RwLock<tokio_postgres::Config>,
+    /// Host, port, user, TLS mode; the database and the password are set
+    /// per connect. No password here: `tokio_postgres::Config` keeps one
+    /// in a plain `Vec<u8>` that it never zeroes, so it holds the password
+    /// only in the copy one login uses, for as long as that login takes.
+    base: tokio_postgres::Config,
+    /// The admin password, zeroed when replaced or dropped. Behind a lock
+    /// because root rotation changes it: open connections stay logged in,
+    /// new ones use the new password.
+    password: std::sync::RwLock<Secret>,
     /// rustls config when `backend.tls` is not `disable`.
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Per database: idle connections, and permits for all of them.
@@ -99,7 +105,6 @@ impl AdminPool {
         base.host(&backend.host)
             .port(backend.port)
             .user(&backend.admin_user)
-            .password(password.expose())
             .application_name("rolemint")
             .connect_timeout(backend.connect_timeout)
             .ssl_mode(match backend.tls() {
@@ -142,7 +147,8 @@ impl AdminPool {
             "SET synchronous_commit = off; SET application_name = 'rolemint'; SET statement_timeout = '{ms}ms'; SET search_path = pg_catalog"
         );
         Ok(AdminPool {
-            base: std::sync::RwLock::new(base),
+            base,
+            password: std::sync::RwLock::new(password.clone()),
             tls,
             databases: Mutex::new(HashMap::new()),
             size: backend.admin_pool_size.max(1),
@@ -157,10 +163,7 @@ impl AdminPool {
 
     /// The password new admin connections log in with (after a rotation).
     pub fn set_password(&self, password: &str) {
-        self.base
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .password(password);
+        *self.password.write().unwrap_or_else(|e| e.into_inner()) = Secret::new(password);
     }
 
     /// An admin connection to `database`: an idle one if any, else a new one
@@ -296,7 +299,7 @@ impl AdminPool {
         let Some(file) = &self.password_file else {
             return Vec::new();
         };
-        let current = self.base.read().unwrap_or_else(|e| e.into_inner());
+        let current = self.password.read().unwrap_or_else(|e| e.into_inner());
         let mut found: Vec<zeroize::Zeroizing<String>> = Vec::new();
         for path in [file.clone(), pending_password_file(file)] {
             let Ok(text) = std::fs::read_to_string(&path) else {
@@ -305,7 +308,7 @@ impl AdminPool {
             let text = zeroize::Zeroizing::new(text);
             let password = text.trim_end_matches(['\n', '\r']);
             if password.is_empty()
-                || current.get_password() == Some(password.as_bytes())
+                || current.expose() == password
                 || found.iter().any(|f| f.as_str() == password)
             {
                 continue;
@@ -322,11 +325,20 @@ impl AdminPool {
         wake: Option<Arc<Notify>>,
         password: Option<&str>,
     ) -> Result<Client, MintError> {
-        let mut config = self.base.read().unwrap_or_else(|e| e.into_inner()).clone();
+        // The one copy of the password outside a `Secret` (postgres-protocol
+        // makes its own for the SCRAM exchange): dropped, not zeroed, as
+        // soon as the login is over.
+        let mut config = self.base.clone();
         config.dbname(database);
-        if let Some(password) = password {
-            config.password(password);
-        }
+        match password {
+            Some(password) => config.password(password),
+            None => config.password(
+                self.password
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .expose(),
+            ),
+        };
         let connecting = async {
             if self.allow_weak_auth {
                 return match &self.tls {
@@ -378,6 +390,8 @@ impl AdminPool {
             }
             Ok(Ok(c)) => c,
         };
+        // Logged in: the password's copy goes now, not after the setup.
+        drop(config);
         match tokio::time::timeout(
             self.statement_timeout,
             client.simple_query(&self.session_setup),
@@ -558,5 +572,29 @@ impl Drop for PooledClient<'_> {
         }
         // The permit is released after this body; this loan no longer counts.
         self.pool.publish(&self.database, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The long-lived config of the pool holds no password (the one a
+    /// login uses is set on its own copy); the password is a `Secret`,
+    /// replaced whole by a rotation.
+    #[test]
+    fn the_pooled_config_holds_no_password() {
+        let mut backend: BackendConfig =
+            toml::from_str("host = \"127.0.0.1\"\nport = 5432\nadmin_user = \"rolemint_admin\"")
+                .unwrap();
+        backend.admin_password = Some(Secret::new("admin-password-0123456789"));
+        let pool = AdminPool::new(&backend, None, Duration::from_secs(1)).unwrap();
+        assert_eq!(pool.base.get_password(), None);
+        assert_eq!(pool.base.get_user(), Some("rolemint_admin"));
+        let current = || pool.password.read().unwrap().expose().to_owned();
+        assert_eq!(current(), "admin-password-0123456789");
+        pool.set_password("rotated-password-0123456789");
+        assert_eq!(current(), "rotated-password-0123456789");
+        assert_eq!(pool.base.get_password(), None);
     }
 }
