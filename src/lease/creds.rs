@@ -24,16 +24,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::identity::Identity;
-use crate::auth::policy::{authorize_with, Entitlement, Grant};
+use crate::auth::policy::{authorize_with, Entitlement, Grant, Policy, Refusal};
 use crate::config::Config;
 use crate::lease::end::EndReason;
 use crate::lease::minted::{self, NewRole, Source};
-use crate::lease::quota::{self, QuotaKind};
-use crate::lease::registry::{self, LeaseKind, Registered};
-use crate::pg::{MintRequest, MintedRole, DIRECT_MARKER_ROLE};
-use crate::runtime::state::{Runtime, Shared};
+use crate::lease::quota::{self, QuotaKind, Quotas};
+use crate::lease::registry::{self, LeaseKind, Leases, Registered};
+use crate::lease::revoker::Revoker;
+use crate::observe::audit::Audit;
+use crate::pg::{AdminClient, MintRequest, MintedRole, DIRECT_MARKER_ROLE};
 use crate::secret::Secret;
 
 /// Why no credentials were issued. The `Display` text is what the caller
@@ -79,17 +81,47 @@ pub struct Issued {
     pub expires_at: SystemTime,
 }
 
+/// What credential leases need of the server, and nothing more.
+pub struct Services {
+    pub admin_client: Arc<AdminClient>,
+    /// Where a credential lease is registered (its deadline fires there).
+    pub leases: Arc<Leases>,
+    /// Where its role goes when it ends, or when its mint failed.
+    pub revoker: Arc<Revoker>,
+    pub quotas: Arc<Quotas>,
+    pub audit: Audit,
+    /// Cancelled when the server begins to shut down.
+    pub shutdown: CancellationToken,
+}
+
+/// Applies a template's approval rule (`approval`) to a grant: the grant
+/// of a current access request caps it; without one, the refusal names
+/// `rolemint request`. One check for the proxy door and for `creds`.
+pub trait Approvals {
+    fn require(&self, grant: &mut Grant<'_>, identity: &Identity) -> Result<(), Refusal>;
+}
+
+/// The rules a request is decided by, as currently loaded (SIGHUP and
+/// store changes swap them), like a session's.
+pub struct Rules<'a> {
+    pub config: &'a Config,
+    /// The templates' allow lists, compiled.
+    pub policy: &'a Policy,
+    pub approvals: &'a (dyn Approvals + Sync),
+}
+
 /// Issues credential leases, at most `vault.max_credential_leases` live at
 /// once on this instance.
-#[derive(Debug, Clone)]
 pub struct Credentials {
     live: Arc<Semaphore>,
+    services: Arc<Services>,
 }
 
 impl Credentials {
-    pub fn new(max_live: usize) -> Credentials {
+    pub fn new(max_live: usize, services: Services) -> Credentials {
         Credentials {
             live: Arc::new(Semaphore::new(max_live.max(1))),
+            services: Arc::new(services),
         }
     }
 
@@ -97,17 +129,16 @@ impl Credentials {
     /// session, on the template's first database.
     pub async fn issue(
         &self,
-        shared: &Arc<Shared>,
+        rules: Rules<'_>,
         identity: &Identity,
         template: &str,
         client_addr: Option<SocketAddr>,
         entitlement: Entitlement<'_>,
     ) -> Result<Issued, CredsError> {
-        let permit = self.admit(shared)?;
-        // Templates and policy as reloaded (SIGHUP), like a session's.
-        let runtime = shared.runtime();
-        let (grant, database) = authorize(shared, &runtime, identity, template, entitlement)?;
-        let quota = take_quota(shared, identity, &grant, client_addr)?;
+        let services = &*self.services;
+        let permit = self.admit()?;
+        let (grant, database) = authorize(&rules, identity, template, entitlement)?;
+        let quota = take_quota(services, identity, &grant, client_addr)?;
         let started = Instant::now();
         let lease_id = registry::new_lease_id(LeaseKind::Creds, grant.template_name);
         let request = MintRequest {
@@ -118,7 +149,7 @@ impl Credentials {
             ttl: grant.ttl,
             lease_id: &lease_id,
         };
-        let role = mint(shared, &runtime.config, &request).await?;
+        let role = mint(services, rules.config, &request).await?;
         let new = NewRole {
             lease_id: lease_id.clone(),
             role: role.name.clone(),
@@ -130,13 +161,13 @@ impl Credentials {
         };
         let took = started.elapsed();
         let registered = minted::register(
-            &shared.leases,
-            &shared.audit,
+            &services.leases,
+            &services.audit,
             new,
             Source::Credentials,
             took,
         );
-        watch(Arc::clone(shared), registered, (permit, quota));
+        watch(Arc::clone(&self.services), registered, (permit, quota));
         Ok(Issued {
             lease_id,
             username: role.name,
@@ -151,11 +182,11 @@ impl Credentials {
     /// Room for one more credential lease: not while shutting down or
     /// while too many roles wait to be revoked, and at most
     /// `vault.max_credential_leases` at once.
-    fn admit(&self, shared: &Shared) -> Result<OwnedSemaphorePermit, CredsError> {
-        if shared.shutdown.is_cancelled() {
+    fn admit(&self) -> Result<OwnedSemaphorePermit, CredsError> {
+        if self.services.shutdown.is_cancelled() {
             return Err(CredsError::ShuttingDown);
         }
-        if shared.revoker.backlogged() {
+        if self.services.revoker.backlogged() {
             return Err(CredsError::Backlog);
         }
         Arc::clone(&self.live)
@@ -167,13 +198,12 @@ impl Credentials {
 /// The policy's grant of `template` to `identity` (its access request
 /// applied), on the template's first database.
 fn authorize<'a>(
-    shared: &Shared,
-    runtime: &'a Runtime,
+    rules: &Rules<'a>,
     identity: &Identity,
     template: &str,
     entitlement: Entitlement<'_>,
 ) -> Result<(Grant<'a>, String), CredsError> {
-    let config = &runtime.config;
+    let config = rules.config;
     let database = config
         .template(template)
         .and_then(|t| t.databases.first())
@@ -181,15 +211,16 @@ fn authorize<'a>(
         .clone();
     let mut grant = authorize_with(
         config,
-        &runtime.policy,
+        rules.policy,
         identity,
         template,
         &database,
         entitlement,
     )
     .map_err(|refusal| CredsError::NotAllowed { rule: refusal.rule })?;
-    shared
-        .require_approval(&mut grant, identity)
+    rules
+        .approvals
+        .require(&mut grant, identity)
         .map_err(|refusal| CredsError::NeedsApproval(refusal.error.to_string()))?;
     Ok((grant, database))
 }
@@ -197,13 +228,13 @@ fn authorize<'a>(
 /// The principal's own share (`[quotas]`), held until the lease ends; a
 /// refusal is audited.
 fn take_quota(
-    shared: &Shared,
+    services: &Services,
     identity: &Identity,
     grant: &Grant<'_>,
     client_addr: Option<SocketAddr>,
 ) -> Result<quota::Slot, CredsError> {
     let template = quota::Template::of(grant.template_name, grant.template);
-    shared
+    services
         .quotas
         .take(
             QuotaKind::CredentialLeases,
@@ -213,7 +244,7 @@ fn take_quota(
         )
         .map_err(|refused| {
             let event = quota::refusal_event(&refused, identity, template.name, client_addr);
-            shared.audit.record(event);
+            services.audit.record(event);
             CredsError::Quota(refused)
         })
 }
@@ -222,7 +253,7 @@ fn take_quota(
 /// of `rolemint_direct`. A failed or timed-out mint's role goes to the
 /// revoker, as a session's does.
 async fn mint(
-    shared: &Shared,
+    services: &Services,
     config: &Config,
     request: &MintRequest<'_>,
 ) -> Result<MintedRole, CredsError> {
@@ -235,19 +266,19 @@ async fn mint(
         template: &direct,
         ..*request
     };
-    let prepared = shared
+    let prepared = services
         .admin_client
         .render_mint(&request)
         .map_err(|e| CredsError::Mint(e.to_string()))?;
     let created = tokio::time::timeout(
         config.admin_operation_timeout(),
-        shared.admin_client.create(&prepared),
+        services.admin_client.create(&prepared),
     )
     .await;
-    let statement_timeout = shared.admin_client.statement_timeout();
+    let statement_timeout = services.admin_client.statement_timeout();
     let template = request.template_name;
     minted::settle(
-        &shared.revoker,
+        &services.revoker,
         statement_timeout,
         &prepared,
         template,
@@ -260,7 +291,11 @@ async fn mint(
 /// Registers the lease and waits, on its own task, for it to end: expiry
 /// or revocation hands the role to the revoker; shutdown leaves it to its
 /// `VALID UNTIL` and the reaper. The permit is held until then.
-fn watch(shared: Arc<Shared>, registered: Registered, permit: (OwnedSemaphorePermit, quota::Slot)) {
+fn watch(
+    services: Arc<Services>,
+    registered: Registered,
+    permit: (OwnedSemaphorePermit, quota::Slot),
+) {
     tokio::spawn(async move {
         let lease = Arc::clone(&registered.lease);
         let reason = lease.ended().await;
@@ -271,7 +306,7 @@ fn watch(shared: Arc<Shared>, registered: Registered, permit: (OwnedSemaphorePer
             ),
             _ => {
                 // With its lease id, so the `lease.revoked` line names it.
-                shared.revoker.schedule_lease(
+                services.revoker.schedule_lease(
                     &lease.id,
                     &lease.role,
                     &lease.database,

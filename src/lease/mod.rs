@@ -11,9 +11,9 @@
 //!
 //! Owns when a role is minted ahead, registered, renewed and ended. The SQL
 //! it runs is `pg`'s ([`crate::pg::AdminClient`]); it must not speak the
-//! wire protocol to clients, serve HTTP or read the config file. (Credential
-//! leases still take the whole [`crate::runtime::state::Shared`]; see
-//! `tests/module_graph.rs`.)
+//! wire protocol to clients, serve HTTP or read the config file, and it
+//! imports nothing of `runtime`: each part takes the services it uses
+//! (credential leases: [`creds::Services`] and [`creds::Rules`]).
 
 pub mod creds;
 pub mod end;

@@ -75,6 +75,18 @@ impl Runtime {
         })
     }
 
+    /// The rules a credential lease is decided by, from this runtime.
+    pub fn creds_rules<'a>(
+        &'a self,
+        approvals: &'a (dyn crate::lease::creds::Approvals + Sync),
+    ) -> crate::lease::creds::Rules<'a> {
+        crate::lease::creds::Rules {
+            config: &self.config,
+            policy: &self.policy,
+            approvals,
+        }
+    }
+
     /// Starts the verifier's JWKS refresh tasks (needs a tokio runtime).
     pub fn start(&self) {
         self.verifier.start_refresh();
@@ -172,6 +184,18 @@ impl Shared {
         )
     }
 
+    /// What credential leases use of the server.
+    pub fn creds_services(&self) -> crate::lease::creds::Services {
+        crate::lease::creds::Services {
+            admin_client: Arc::clone(&self.admin_client),
+            leases: Arc::clone(&self.leases),
+            revoker: Arc::clone(&self.revoker),
+            quotas: Arc::clone(&self.quotas),
+            audit: self.audit.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
     /// Marks `role` as being minted here until the returned guard drops
     /// (after the lease is registered, or the failed mint handed to the
     /// revoker).
@@ -181,6 +205,16 @@ impl Shared {
             shared: self,
             role: role.to_owned(),
         }
+    }
+}
+
+impl crate::lease::creds::Approvals for Shared {
+    fn require(
+        &self,
+        grant: &mut crate::auth::policy::Grant<'_>,
+        identity: &crate::auth::identity::Identity,
+    ) -> Result<(), crate::auth::policy::Refusal> {
+        self.require_approval(grant, identity)
     }
 }
 

@@ -45,9 +45,17 @@ pub async fn creds(
     if template.len() > MAX_NAME_BYTES {
         return Err(ApiError::bad_request("role name too long"));
     }
+    // Templates and policy as reloaded (SIGHUP), like a session's.
+    let runtime = door.shared.runtime();
     let issued = door
         .creds
-        .issue(&door.shared, identity, &template, Some(client), entitlement)
+        .issue(
+            runtime.creds_rules(&*door.shared),
+            identity,
+            &template,
+            Some(client),
+            entitlement,
+        )
         .await
         .map_err(|e| creds_error(e, &identity.subject, &template))?;
     super::tokens::record_lease(&state, &principal, &issued.lease_id, issued.expires_at).await?;

@@ -82,7 +82,7 @@ impl VaultDoor {
             tokens: Tokens::new(Arc::clone(&shared.admin_client), v.max_client_tokens)
                 .with_max_per_principal(tokens::max_per_principal(&shared.config)),
             live: LiveTokens::default(),
-            creds: Credentials::new(v.max_credential_leases),
+            creds: Credentials::new(v.max_credential_leases, shared.creds_services()),
             shared,
         }
     }
