@@ -64,47 +64,11 @@ pub enum RequestCommand {
 
 /// `rolemint request ...`.
 pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
-    let (base, token) = match &args.token {
-        Some(token) => {
-            let proxy = args
-                .proxy
-                .proxy
-                .as_deref()
-                .context("with --token, say which proxy: --proxy https://HOST:PORT")?;
-            (admin_url(proxy), token.expose().to_owned())
-        }
-        None => {
-            let profile = fresh_profile(&args.proxy).await?;
-            (profile.admin_url.clone(), profile.id_token.clone())
-        }
-    };
+    let (base, token) = credentials(&args).await?;
     let http = admin_client(&args.proxy)?;
-    let url = |path: &str| format!("{base}/v1/rolemint/requests{path}");
-    let (method, path, body) = match &args.command {
-        RequestCommand::Create {
-            template,
-            reason,
-            duration,
-        } => (
-            reqwest::Method::POST,
-            String::new(),
-            Some(json!({ "template": template, "reason": reason, "duration": duration })),
-        ),
-        RequestCommand::List => (reqwest::Method::GET, String::new(), None),
-        RequestCommand::Show { id } => (reqwest::Method::GET, format!("/{id}"), None),
-        RequestCommand::Approve { id } => (reqwest::Method::POST, format!("/{id}/approve"), None),
-        RequestCommand::Deny { id, reason } => (
-            reqwest::Method::POST,
-            format!("/{id}/deny"),
-            Some(json!({ "reason": reason })),
-        ),
-        RequestCommand::Revoke { id, reason } => (
-            reqwest::Method::POST,
-            format!("/{id}/revoke"),
-            Some(json!({ "reason": reason })),
-        ),
-    };
-    let mut req = http.request(method, url(&path)).bearer_auth(&token);
+    let (method, path, body) = args.command.route();
+    let url = format!("{base}/v1/rolemint/requests{path}");
+    let mut req = http.request(method, url).bearer_auth(&token);
     if let Some(body) = body {
         req = req.json(&body);
     }
@@ -112,8 +76,71 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
         .send()
         .await
         .with_context(|| format!("reaching {base}"))?;
+    let data = answer_data(answer).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(());
+    }
+    print(&args.command, &data);
+    Ok(())
+}
+
+/// The admin API's base URL and the token to act with: `--token` at
+/// `--proxy`, or the signed-in profile's (refreshed when due).
+async fn credentials(args: &RequestArgs) -> anyhow::Result<(String, String)> {
+    match &args.token {
+        Some(token) => {
+            let proxy = args
+                .proxy
+                .proxy
+                .as_deref()
+                .context("with --token, say which proxy: --proxy https://HOST:PORT")?;
+            Ok((admin_url(proxy), token.expose().to_owned()))
+        }
+        None => {
+            let profile = fresh_profile(&args.proxy).await?;
+            Ok((profile.admin_url.clone(), profile.id_token.clone()))
+        }
+    }
+}
+
+impl RequestCommand {
+    /// The request that carries the command: method, path under
+    /// `/v1/rolemint/requests`, body.
+    fn route(&self) -> (reqwest::Method, String, Option<Value>) {
+        use reqwest::Method;
+        match self {
+            RequestCommand::Create {
+                template,
+                reason,
+                duration,
+            } => (
+                Method::POST,
+                String::new(),
+                Some(json!({ "template": template, "reason": reason, "duration": duration })),
+            ),
+            RequestCommand::List => (Method::GET, String::new(), None),
+            RequestCommand::Show { id } => (Method::GET, format!("/{id}"), None),
+            RequestCommand::Approve { id } => (Method::POST, format!("/{id}/approve"), None),
+            RequestCommand::Deny { id, reason } => (
+                Method::POST,
+                format!("/{id}/deny"),
+                Some(json!({ "reason": reason })),
+            ),
+            RequestCommand::Revoke { id, reason } => (
+                Method::POST,
+                format!("/{id}/revoke"),
+                Some(json!({ "reason": reason })),
+            ),
+        }
+    }
+}
+
+/// The `data` of a successful answer; an error naming the status and the
+/// server's `errors` otherwise.
+async fn answer_data(answer: reqwest::Response) -> anyhow::Result<Value> {
     let status = answer.status();
-    let value: Value = answer.json().await.unwrap_or(Value::Null);
+    let mut value: Value = answer.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
         let errors = value["errors"]
             .as_array()
@@ -126,12 +153,15 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
             .unwrap_or_default();
         anyhow::bail!("{status}: {errors}");
     }
-    let data = &value["data"];
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(data)?);
-        return Ok(());
-    }
-    match &args.command {
+    Ok(value
+        .get_mut("data")
+        .map(Value::take)
+        .unwrap_or(Value::Null))
+}
+
+/// The answer to `command` for a person: one line a request.
+fn print(command: &RequestCommand, data: &Value) {
+    match command {
         RequestCommand::List => {
             let requests = data["requests"].as_array().cloned().unwrap_or_default();
             if requests.is_empty() {
@@ -150,7 +180,6 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
         }
         _ => println!("{}", line(data)),
     }
-    Ok(())
 }
 
 /// One request on one line: id, state, template, requester, reason.
