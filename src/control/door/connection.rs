@@ -27,14 +27,13 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
-use super::roles::store_error;
+use super::writes::{keys_answer, record, require_list, store_error, unknown_warning};
 use super::{door, VaultDoor};
 use crate::config::BackendConfig;
 use crate::control::auth::Authenticated;
-use crate::control::leases::{is_list, parse_body, ListQuery};
+use crate::control::leases::{parse_body, ListQuery};
 use crate::control::vault::{envelope, ApiError};
 use crate::control::AdminState;
-use crate::observe::audit::Event;
 use crate::store::{Kind, Stored};
 
 /// The only plugin rolemint speaks for.
@@ -49,21 +48,13 @@ pub async fn config_list(
     Query(query): Query<ListQuery>,
     auth: Authenticated,
 ) -> Result<Response, ApiError> {
-    if !is_list(&method, &query) {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "unsupported operation",
-        ));
-    }
+    require_list(&method, &query)?;
     let door = door(&state)?;
     // Operators, or the capability on the path: the gate checked.
     auth.caller()?;
     let snapshot = door.shared.store.snapshot();
     let keys: Vec<&str> = snapshot.names(Kind::Connection).collect();
-    if keys.is_empty() {
-        return Err(ApiError::empty_list());
-    }
-    Ok(envelope(json!({ "keys": keys })))
+    keys_answer(&keys)
 }
 
 /// `/v1/<mount>/config/<name>`: read, write, delete.
@@ -99,14 +90,11 @@ pub async fn config(
                     .await
                     .map_err(store_error)?
             {
-                record(&state, &name, "delete", &caller.label()).await?;
+                record(&state, Kind::Connection, &name, "delete", &caller.label()).await?;
             }
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        _ => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "unsupported operation",
-        )),
+        _ => Err(crate::control::method_not_allowed_error()),
     }
 }
 
@@ -206,19 +194,8 @@ async fn write(
         .put(Kind::Connection, name, &body, by)
         .await
         .map_err(store_error)?;
-    record(state, name, "write", by).await?;
+    record(state, Kind::Connection, name, "write", by).await?;
     Ok(crate::control::vault::written(warnings))
-}
-
-async fn record(state: &AdminState, name: &str, action: &str, by: &str) -> Result<(), ApiError> {
-    state
-        .audit_durable(Event::StoreWritten {
-            kind: Kind::Connection.as_str().into(),
-            name: name.into(),
-            action: action.into(),
-            written_by: by.into(),
-        })
-        .await
 }
 
 /// The stored body of a connection write (`{"database", "allowed_roles"}`)
@@ -230,18 +207,53 @@ pub fn connection_body(
     existing: Option<&Value>,
     backend: &BackendConfig,
 ) -> Result<(Value, Vec<String>), String> {
-    let mut warnings = Vec::new();
-    let mut database = existing
-        .and_then(|b| b.get("database"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let mut allowed_roles = existing
-        .and_then(|b| b.get("allowed_roles"))
-        .cloned()
-        .unwrap_or(json!([]));
+    let mut written = Connection {
+        database: existing
+            .and_then(|b| b.get("database"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        allowed_roles: existing
+            .and_then(|b| b.get("allowed_roles"))
+            .cloned()
+            .unwrap_or(json!([])),
+        warnings: Vec::new(),
+    };
     let mut unknown = Vec::new();
     for (key, value) in fields {
-        match key.as_str() {
+        if !written.apply_field(key, value, backend)? {
+            unknown.push(key.clone());
+        }
+    }
+    let Connection {
+        database,
+        allowed_roles,
+        mut warnings,
+    } = written;
+    warnings.extend(unknown_warning(unknown));
+    let database = database.ok_or("connection_url is required")?;
+    Ok((
+        json!({ "plugin_name": PLUGIN, "database": database, "allowed_roles": allowed_roles }),
+        warnings,
+    ))
+}
+
+/// A connection as a write builds it.
+struct Connection {
+    database: Option<String>,
+    allowed_roles: Value,
+    warnings: Vec<String>,
+}
+
+impl Connection {
+    /// Takes one field of a connection write; `false` for a field Vault's
+    /// config endpoint does not know (a warning names it).
+    fn apply_field(
+        &mut self,
+        key: &str,
+        value: &Value,
+        backend: &BackendConfig,
+    ) -> Result<bool, String> {
+        match key {
             "plugin_name" => {
                 let plugin = value.as_str().unwrap_or_default();
                 if plugin != PLUGIN {
@@ -252,43 +264,16 @@ pub fn connection_body(
             }
             "connection_url" => {
                 let url = value.as_str().ok_or("connection_url must be a string")?;
-                database = Some(check_url(url, backend, &mut warnings)?);
+                self.database = Some(check_url(url, backend, &mut self.warnings)?);
             }
-            "username" => {
-                let user = value.as_str().unwrap_or_default();
-                if user != backend.admin_user && user != "{{username}}" {
-                    return Err(format!(
-                        "username \"{user}\": rolemint connects as \"{}\"; change \
-                         [backend] admin_user in rolemint's config to use another",
-                        backend.admin_user
-                    ));
-                }
-            }
-            "password" => warnings.push(
+            "username" => check_username(value.as_str().unwrap_or_default(), backend)?,
+            "password" => self.warnings.push(
                 "password is not taken: rolemint keeps its admin password in its config \
                  ([backend] admin_password, admin_password_file or admin_password_env); \
                  rotate it with database/rotate-root"
                     .to_owned(),
             ),
-            "allowed_roles" => {
-                let list: Vec<String> = match value {
-                    Value::String(s) => s
-                        .split(',')
-                        .map(|p| p.trim().to_owned())
-                        .filter(|p| !p.is_empty())
-                        .collect(),
-                    Value::Array(a) => a
-                        .iter()
-                        .map(|v| v.as_str().map(str::to_owned))
-                        .collect::<Option<_>>()
-                        .ok_or("allowed_roles must be a list of strings")?,
-                    _ => return Err("allowed_roles must be a string or a list".into()),
-                };
-                if list.len() > 1000 {
-                    return Err("allowed_roles: at most 1000 entries".into());
-                }
-                allowed_roles = json!(list);
-            }
+            "allowed_roles" => self.allowed_roles = json!(allowed_roles(value)?),
             "verify_connection"
             | "max_open_connections"
             | "max_idle_connections"
@@ -300,21 +285,43 @@ pub fn connection_body(
             | "plugin_version"
             | "disable_escaping"
             | "name" => {}
-            _ => unknown.push(key.clone()),
+            _ => return Ok(false),
         }
+        Ok(true)
     }
-    if !unknown.is_empty() {
-        unknown.sort();
-        warnings.push(format!(
-            "Endpoint ignored these unrecognized parameters: [{}]",
-            unknown.join(" ")
+}
+
+/// A `username` is rolemint's admin user (or Vault's placeholder for it).
+fn check_username(user: &str, backend: &BackendConfig) -> Result<(), String> {
+    if user != backend.admin_user && user != "{{username}}" {
+        return Err(format!(
+            "username \"{user}\": rolemint connects as \"{}\"; change \
+             [backend] admin_user in rolemint's config to use another",
+            backend.admin_user
         ));
     }
-    let database = database.ok_or("connection_url is required")?;
-    Ok((
-        json!({ "plugin_name": PLUGIN, "database": database, "allowed_roles": allowed_roles }),
-        warnings,
-    ))
+    Ok(())
+}
+
+/// `allowed_roles`: a comma-separated string or a list, at most 1000.
+fn allowed_roles(value: &Value) -> Result<Vec<String>, String> {
+    let list: Vec<String> = match value {
+        Value::String(s) => s
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect(),
+        Value::Array(a) => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or("allowed_roles must be a list of strings")?,
+        _ => return Err("allowed_roles must be a string or a list".into()),
+    };
+    if list.len() > 1000 {
+        return Err("allowed_roles: at most 1000 entries".into());
+    }
+    Ok(list)
 }
 
 /// The database of a `connection_url` (`postgres[ql]://[user[:password]@]

@@ -47,6 +47,7 @@ pub mod policy;
 pub mod roles;
 pub mod sys;
 pub mod tokens;
+pub mod writes;
 use crate::auth::identity::Identity;
 use crate::auth::token::{is_token, TokenHash};
 use crate::lease::creds::Credentials;

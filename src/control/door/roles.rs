@@ -25,16 +25,16 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
+use super::writes::{keys_answer, record, require_list, store_error, unknown_warning};
 use super::{door, VaultDoor};
 use crate::config::RoleTemplate;
 use crate::control::access::Access;
 use crate::control::auth::Authenticated;
-use crate::control::leases::{is_list, parse_body, ListQuery};
+use crate::control::leases::{parse_body, ListQuery};
 use crate::control::vault::{envelope, ApiError};
 use crate::control::AdminState;
-use crate::observe::audit::Event;
 use crate::runtime::templates;
-use crate::store::{Kind, Snapshot, StoreError};
+use crate::store::{Kind, Snapshot};
 
 /// Longest template name accepted in a path.
 const MAX_NAME_BYTES: usize = 128;
@@ -58,20 +58,12 @@ pub async fn roles_list(
     Query(query): Query<ListQuery>,
     auth: Authenticated,
 ) -> Result<Response, ApiError> {
-    if !is_list(&method, &query) {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "unsupported operation",
-        ));
-    }
+    require_list(&method, &query)?;
     let door = door(&state)?;
     any_caller(&auth)?;
     let runtime = door.shared.runtime();
     let keys: Vec<&String> = runtime.config.roles.keys().collect();
-    if keys.is_empty() {
-        return Err(ApiError::empty_list());
-    }
-    Ok(envelope(json!({ "keys": keys })))
+    keys_answer(&keys)
 }
 
 /// `/v1/<mount>/roles/<name>`: read, write, delete.
@@ -91,10 +83,7 @@ pub async fn role(
         "GET" => read(&state, door, &name, &access),
         "POST" | "PUT" => write(&state, door, &name, &auth, &access, body).await,
         "DELETE" => delete(&state, door, &name, &auth).await,
-        _ => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "unsupported operation",
-        )),
+        _ => Err(crate::control::method_not_allowed_error()),
     }
 }
 
@@ -198,7 +187,7 @@ async fn write(
         .put(Kind::Template, name, &stored, &caller.label())
         .await
         .map_err(store_error)?;
-    record(state, name, "write", &caller.label()).await?;
+    record(state, Kind::Template, name, "write", &caller.label()).await?;
     templates::apply(shared);
     tracing::info!(template = name, by = %caller.label(), "template written through the API");
     Ok(crate::control::vault::written(warnings))
@@ -224,33 +213,11 @@ async fn delete(
         .await
         .map_err(store_error)?;
     if existed {
-        record(state, name, "delete", &caller.label()).await?;
+        record(state, Kind::Template, name, "delete", &caller.label()).await?;
         templates::apply(shared);
         tracing::info!(template = name, by = %caller.label(), "template deleted through the API");
     }
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// The audit line of a write, durable before the answer.
-async fn record(state: &AdminState, name: &str, action: &str, by: &str) -> Result<(), ApiError> {
-    state
-        .audit_durable(Event::StoreWritten {
-            kind: Kind::Template.as_str().into(),
-            name: name.into(),
-            action: action.into(),
-            written_by: by.into(),
-        })
-        .await
-}
-
-/// A store failure as the API answers it: the writer's mistakes 400, the
-/// rest 503 with the reason (never a secret: the store holds none).
-pub fn store_error(e: StoreError) -> ApiError {
-    if e.is_client_error() {
-        return ApiError::bad_request(e.to_string());
-    }
-    tracing::error!("{e}");
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
 /// The database of the backend a role's `db_name` stands for: a
@@ -307,12 +274,30 @@ pub fn role_body(
     existing: Option<&Value>,
     database: impl Fn(&str) -> Result<String, String>,
 ) -> Result<(Value, Vec<String>), String> {
-    let mut warnings = Vec::new();
     let mut template = existing
         .and_then(|b| b.get("template"))
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
+    let db_name = db_name_of(fields, existing)?;
+    let mut warnings = Vec::new();
+    let mut unknown = Vec::new();
+    for (key, value) in fields {
+        if !apply_field(&mut template, key, value, &mut warnings)? {
+            unknown.push(key.clone());
+        }
+    }
+    warnings.extend(unknown_warning(unknown));
+    let named_anew = fields.contains_key("db_name") && !fields.contains_key("databases");
+    if named_anew || !template.contains_key("databases") {
+        template.insert("databases".into(), json!([database(&db_name)?]));
+    }
+    fill_defaults(&mut template)?;
+    Ok((templates::body(&db_name, Value::Object(template)), warnings))
+}
+
+/// The `db_name` a write names, or the stored one; required.
+fn db_name_of(fields: &Map<String, Value>, existing: Option<&Value>) -> Result<String, String> {
     let db_name = match fields.get("db_name") {
         Some(v) => Some(text(v, "db_name")?),
         None => existing
@@ -320,88 +305,89 @@ pub fn role_body(
             .and_then(Value::as_str)
             .map(str::to_owned),
     };
-    let db_name = db_name
-        .filter(|d| !d.is_empty())
-        .ok_or("db_name is required: the connection (database/config/NAME) the role uses")?;
-    let mut unknown = Vec::new();
-    for (key, value) in fields {
-        match key.as_str() {
-            "db_name" | "name" => {}
-            "creation_statements" => {
-                template.insert(key.clone(), json!(statements(value, key)?));
-            }
-            "revocation_statements" => {
-                let list = statements(value, key)?;
-                let list = if list.is_empty() {
-                    Value::Null
-                } else {
-                    json!(list)
-                };
-                template.insert(key.clone(), list);
-            }
-            "renew_statements" if !statements(value, key)?.is_empty() => {
-                return Err(
-                    "renew_statements are not supported: rolemint renews a lease by \
-                            moving the role's VALID UNTIL itself"
-                        .into(),
-                )
-            }
-            "rollback_statements" if !statements(value, key)?.is_empty() => {
-                return Err(
-                    "rollback_statements are not supported: creation_statements run \
-                            as one transaction, which rolls back on failure"
-                        .into(),
-                )
-            }
-            "renew_statements" | "rollback_statements" => {}
-            "default_ttl" | "max_ttl" => {
-                // 0 is Vault's "the default" (hvac sends it when unset).
-                match ttl(value, key)? {
-                    t if t.is_zero() => template.remove(key),
-                    t => template.insert(key.clone(), json!(format!("{}s", t.as_secs()))),
-                };
-            }
-            "credential_type" => {
-                let t = text(value, key)?;
-                if !t.is_empty() && t != "password" {
-                    return Err(format!(
-                        "credential_type \"{t}\" is not supported: rolemint hands out passwords"
-                    ));
-                }
-            }
-            "credential_config" => {
-                if value.as_object().is_some_and(|o| !o.is_empty()) {
-                    warnings.push("credential_config is ignored".to_owned());
-                }
-            }
-            // rolemint's own template keys, for what Vault's role has no
-            // field for.
-            "databases" | "allow_identities" | "allow_groups" => {
-                template.insert(key.clone(), json!(list(value, key)?));
-            }
-            "owner" => {
-                let owner = text(value, key)?;
-                let owner = if owner.is_empty() {
-                    Value::Null
-                } else {
-                    json!(owner)
-                };
-                template.insert(key.clone(), owner);
-            }
-            _ => unknown.push(key.clone()),
+    db_name.filter(|d| !d.is_empty()).ok_or_else(|| {
+        "db_name is required: the connection (database/config/NAME) the role uses".into()
+    })
+}
+
+/// Takes one field of a role write into `template`; `false` for a field
+/// Vault's role endpoint does not know (a warning names it).
+fn apply_field(
+    template: &mut Map<String, Value>,
+    key: &str,
+    value: &Value,
+    warnings: &mut Vec<String>,
+) -> Result<bool, String> {
+    match key {
+        "db_name" | "name" => {}
+        "creation_statements" => {
+            template.insert(key.into(), json!(statements(value, key)?));
         }
+        "revocation_statements" => {
+            let list = statements(value, key)?;
+            template.insert(key.into(), null_if_empty(json!(list), list.is_empty()));
+        }
+        "renew_statements" | "rollback_statements" => unsupported_statements(key, value)?,
+        "default_ttl" | "max_ttl" => {
+            // 0 is Vault's "the default" (hvac sends it when unset).
+            match ttl(value, key)? {
+                t if t.is_zero() => template.remove(key),
+                t => template.insert(key.into(), json!(format!("{}s", t.as_secs()))),
+            };
+        }
+        "credential_type" => {
+            let t = text(value, key)?;
+            if !t.is_empty() && t != "password" {
+                return Err(format!(
+                    "credential_type \"{t}\" is not supported: rolemint hands out passwords"
+                ));
+            }
+        }
+        "credential_config" => {
+            if value.as_object().is_some_and(|o| !o.is_empty()) {
+                warnings.push("credential_config is ignored".to_owned());
+            }
+        }
+        // rolemint's own template keys, for what Vault's role has no
+        // field for.
+        "databases" | "allow_identities" | "allow_groups" => {
+            template.insert(key.into(), json!(list(value, key)?));
+        }
+        "owner" => {
+            let owner = text(value, key)?;
+            template.insert(key.into(), null_if_empty(json!(owner), owner.is_empty()));
+        }
+        _ => return Ok(false),
     }
-    if !unknown.is_empty() {
-        unknown.sort();
-        warnings.push(format!(
-            "Endpoint ignored these unrecognized parameters: [{}]",
-            unknown.join(" ")
-        ));
+    Ok(true)
+}
+
+fn null_if_empty(value: Value, empty: bool) -> Value {
+    if empty {
+        Value::Null
+    } else {
+        value
     }
-    let named_anew = fields.contains_key("db_name") && !fields.contains_key("databases");
-    if named_anew || !template.contains_key("databases") {
-        template.insert("databases".into(), json!([database(&db_name)?]));
+}
+
+/// `renew_statements` and `rollback_statements`: taken only when empty.
+fn unsupported_statements(key: &str, value: &Value) -> Result<(), String> {
+    if statements(value, key)?.is_empty() {
+        return Ok(());
     }
+    Err(if key == "renew_statements" {
+        "renew_statements are not supported: rolemint renews a lease by moving the role's \
+         VALID UNTIL itself"
+    } else {
+        "rollback_statements are not supported: creation_statements run as one transaction, \
+         which rolls back on failure"
+    }
+    .into())
+}
+
+/// The TTLs a role written without them gets, and the check that it has
+/// creation statements.
+fn fill_defaults(template: &mut Map<String, Value>) -> Result<(), String> {
     if !template.contains_key("default_ttl") {
         template.insert(
             "default_ttl".into(),
@@ -423,7 +409,7 @@ pub fn role_body(
     template
         .entry("revocation_statements")
         .or_insert(Value::Null);
-    Ok((templates::body(&db_name, Value::Object(template)), warnings))
+    Ok(())
 }
 
 fn text(value: &Value, key: &str) -> Result<String, String> {
