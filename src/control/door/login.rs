@@ -56,107 +56,31 @@ pub async fn login(
     mount: String,
 ) -> Result<Response, ApiError> {
     let door = door(&state)?;
-    let body: LoginBody = crate::control::leases::parse_body(body)?;
-    let role = body.role.unwrap_or_default();
-    if role.len() > MAX_ROLE_BYTES {
-        return Err(ApiError::bad_request("role too long"));
-    }
-    let jwt = body.jwt.unwrap_or_default();
-    if jwt.is_empty() {
-        return Err(ApiError::bad_request("missing jwt"));
-    }
-    let shared = &door.shared;
-    if jwt.len() > shared.config.proxy.max_token_bytes {
-        return Err(ApiError::bad_request("jwt too long"));
-    }
-    let failed = |reason: String, identity: Option<&Identity>| {
-        state.audit.record(Event::AuthFailed {
-            reason,
-            issuer: identity.map(|i| i.issuer.clone()),
-            identity: identity.map(|i| i.subject.clone()),
-            client_addr: client.to_string(),
-            template: String::new(),
-            database: String::new(),
-        });
-        // Like a session's 28P01: the caller is not told which check
-        // failed; the audit log is.
-        ApiError::permission_denied()
+    let (role, jwt) = read_body(door, body)?;
+    let attempt = Attempt {
+        state: &state,
+        client,
+        mount: &mount,
+        role: &role,
     };
-    let mut identity = match shared
-        .runtime()
-        .verifier
-        .authenticate_from(client.ip(), &jwt)
-        .await
-    {
-        Ok(identity) => identity,
-        Err(e) => {
-            crate::observe::metrics::auth(false, e.reason(), None);
-            return Err(failed(e.to_string(), None));
-        }
-    };
-    let snapshot = shared.store.snapshot();
+    let mut identity = attempt.authenticate(door, &jwt).await?;
+    let snapshot = door.shared.store.snapshot();
     let now = SystemTime::now();
     let has_roles = auth_roles::roles_of(&snapshot, &mount).next().is_some();
     let (spec, shown) = if has_roles {
         let found = auth_roles::find(&snapshot, &mount, &role)
             .ok_or_else(|| ApiError::bad_request(format!("role \"{role}\" could not be found")))?;
-        // Verified just above; the claims are read for the bounds only.
-        let claims = crate::auth::identity::verified_claims(&jwt)
-            .map_err(|e| failed(e.to_string(), Some(&identity)))?;
-        let user = found
-            .check(&claims)
-            .and_then(|()| found.user(&claims))
-            .map_err(|m| {
-                crate::observe::metrics::auth(false, "auth_role", Some(&identity.issuer));
-                failed(format!("auth role {mount}/{role}: {m}"), Some(&identity))
-            })?;
-        if let Some(user) = user {
-            identity.subject = user;
-        }
-        if !found.groups_claim.is_empty() {
-            identity.groups = found.groups(&claims);
-        }
-        let spec = role_spec(&found, &mount, &role, &identity, &claims);
-        let shown = spec.policies.clone();
-        (spec, shown)
+        attempt.with_role(&found, &jwt, &mut identity)?
     } else {
-        let left = identity.expires_at.duration_since(now).unwrap_or_default();
-        let ttl = Duration::from_secs(
-            left.min(shared.config.vault.client_token_ttl)
-                .as_secs()
-                .max(1),
-        );
-        let spec = LoginSpec {
-            policies: vec!["default".into()],
-            ttl,
-            max_ttl: ttl,
-            explicit_max_ttl: Duration::ZERO,
-            num_uses: 0,
-            renewable: false,
-            display_name: display_name(&mount, &identity.subject),
-            meta: [
-                ("identity".to_owned(), identity.subject.clone()),
-                ("issuer".to_owned(), identity.issuer.clone()),
-                ("role".to_owned(), role.clone()),
-            ]
-            .into_iter()
-            .collect(),
-            path: format!("auth/{mount}/login"),
-        };
-        (spec, templates_allowed(&shared.runtime(), &identity))
+        let spec = plain_spec(door, &mount, &role, &identity, now);
+        (spec, templates_allowed(&door.shared.runtime(), &identity))
     };
     drop(jwt);
     crate::observe::metrics::auth(true, "ok", Some(&identity.issuer));
     let plan =
         plan_login(spec, &limits(door), now).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let token = store_login(
-        door,
-        &plan,
-        if has_roles { &role } else { "" },
-        &identity,
-        (now, client),
-    )
-    .await?;
+    let role = if has_roles { role.as_str() } else { "" };
+    let token = store_login(door, &plan, role, &identity, (now, client)).await?;
     state.audit.record(Event::AuthOk {
         identity: identity.subject.clone(),
         issuer: Some(identity.issuer.clone()),
@@ -168,6 +92,129 @@ pub async fn login(
     auth["policies"] = json!(shown);
     auth["token_policies"] = json!(shown);
     Ok(auth_envelope(auth))
+}
+
+/// The `role` and `jwt` of a login's body, bounded; the JWT is required.
+fn read_body(
+    door: &VaultDoor,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(String, String), ApiError> {
+    let body: LoginBody = crate::control::leases::parse_body(body)?;
+    let role = body.role.unwrap_or_default();
+    if role.len() > MAX_ROLE_BYTES {
+        return Err(ApiError::bad_request("role too long"));
+    }
+    let jwt = body.jwt.unwrap_or_default();
+    if jwt.is_empty() {
+        return Err(ApiError::bad_request("missing jwt"));
+    }
+    if jwt.len() > door.shared.config.proxy.max_token_bytes {
+        return Err(ApiError::bad_request("jwt too long"));
+    }
+    Ok((role, jwt))
+}
+
+/// One login attempt, for its audit lines.
+struct Attempt<'a> {
+    state: &'a AdminState,
+    client: std::net::SocketAddr,
+    mount: &'a str,
+    role: &'a str,
+}
+
+impl Attempt<'_> {
+    /// The `auth.failed` line of a refusal, and the 403 the caller gets:
+    /// like a session's 28P01, the caller is not told which check failed;
+    /// the audit log is.
+    fn failed(&self, reason: String, identity: Option<&Identity>) -> ApiError {
+        self.state.audit.record(Event::AuthFailed {
+            reason,
+            issuer: identity.map(|i| i.issuer.clone()),
+            identity: identity.map(|i| i.subject.clone()),
+            client_addr: self.client.to_string(),
+            template: String::new(),
+            database: String::new(),
+        });
+        ApiError::permission_denied()
+    }
+
+    /// The JWT checked as a session's token is (JWKS refresh, the
+    /// per-address failure limit).
+    async fn authenticate(&self, door: &VaultDoor, jwt: &str) -> Result<Identity, ApiError> {
+        let verifier = &door.shared.runtime().verifier;
+        match verifier.authenticate_from(self.client.ip(), jwt).await {
+            Ok(identity) => Ok(identity),
+            Err(e) => {
+                crate::observe::metrics::auth(false, e.reason(), None);
+                Err(self.failed(e.to_string(), None))
+            }
+        }
+    }
+
+    /// A login through the auth role `found`: its bounds must match the
+    /// verified claims; its user and groups claims name the identity. The
+    /// token's spec, and the policies the answer shows.
+    fn with_role(
+        &self,
+        found: &AuthRole,
+        jwt: &str,
+        identity: &mut Identity,
+    ) -> Result<(LoginSpec, Vec<String>), ApiError> {
+        // Verified already; the claims are read for the bounds only.
+        let claims = crate::auth::identity::verified_claims(jwt)
+            .map_err(|e| self.failed(e.to_string(), Some(identity)))?;
+        let user = found
+            .check(&claims)
+            .and_then(|()| found.user(&claims))
+            .map_err(|m| {
+                crate::observe::metrics::auth(false, "auth_role", Some(&identity.issuer));
+                let (mount, role) = (self.mount, self.role);
+                self.failed(format!("auth role {mount}/{role}: {m}"), Some(identity))
+            })?;
+        if let Some(user) = user {
+            identity.subject = user;
+        }
+        if !found.groups_claim.is_empty() {
+            identity.groups = found.groups(&claims);
+        }
+        let spec = role_spec(found, self.mount, self.role, identity, &claims);
+        let shown = spec.policies.clone();
+        Ok((spec, shown))
+    }
+}
+
+/// The token of a login on a mount without auth roles: the JWT's identity
+/// with the `default` policy, its life capped at the JWT's own expiry.
+fn plain_spec(
+    door: &VaultDoor,
+    mount: &str,
+    role: &str,
+    identity: &Identity,
+    now: SystemTime,
+) -> LoginSpec {
+    let left = identity.expires_at.duration_since(now).unwrap_or_default();
+    let ttl = Duration::from_secs(
+        left.min(door.shared.config.vault.client_token_ttl)
+            .as_secs()
+            .max(1),
+    );
+    LoginSpec {
+        policies: vec!["default".into()],
+        ttl,
+        max_ttl: ttl,
+        explicit_max_ttl: Duration::ZERO,
+        num_uses: 0,
+        renewable: false,
+        display_name: display_name(mount, &identity.subject),
+        meta: [
+            ("identity".to_owned(), identity.subject.clone()),
+            ("issuer".to_owned(), identity.issuer.clone()),
+            ("role".to_owned(), role.to_owned()),
+        ]
+        .into_iter()
+        .collect(),
+        path: format!("auth/{mount}/login"),
+    }
 }
 
 /// The token a login with `role` gets.
