@@ -28,20 +28,18 @@
 //! `auth/acl`). Revoking a token revokes its subtree and every credential
 //! lease any of them created, before the 204.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::{door, Principal, VaultDoor};
+use super::{door, VaultDoor};
 use crate::auth::acl::Capability;
 use crate::auth::fields;
 use crate::auth::token::{
@@ -50,105 +48,24 @@ use crate::auth::token::{
 };
 use crate::config::Config;
 use crate::control::auth::{presented_token, Caller};
-use crate::control::leases::{parse_body, LeaseDirectory};
+use crate::control::leases::parse_body;
 use crate::control::vault::{auth_envelope_with_warnings, envelope, ApiError};
 use crate::control::{AdminState, ClientAddr};
-use crate::lease::end::EndReason;
 use crate::observe::audit::Event;
-use crate::store::tokens::{NewToken, Revoked, StoredToken, TokenStoreError, Tokens};
+use crate::store::tokens::{NewToken, StoredToken, TokenStoreError};
 
-/// Leases revoked at once when a token goes.
-const LEASE_REVOKES_IN_FLIGHT: usize = 16;
+mod live;
+mod token_leases;
+mod view;
+
+pub use live::{principal_of, resolve, LiveTokens};
+pub use token_leases::{record_lease, revoke_tokens, sweep, SWEEP_INTERVAL};
+use view::lookup_view;
+pub use view::{auth_view, AuthView};
+
 /// The quota's name in the `quota.refused` audit line and the
 /// `rolemint_quota_refusals_total` label.
 pub const TOKEN_QUOTA: &str = "tokens";
-/// How often expired tokens are swept.
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Stored tokens of the requests running now, by hash.
-#[derive(Default)]
-pub struct LiveTokens {
-    map: Mutex<HashMap<TokenHash, (Arc<StoredToken>, usize)>>,
-}
-
-impl std::fmt::Debug for LiveTokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LiveTokens(..)")
-    }
-}
-
-impl LiveTokens {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenHash, (Arc<StoredToken>, usize)>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The token `hash` as read for a request running now.
-    pub fn get(&self, hash: &TokenHash) -> Option<Arc<StoredToken>> {
-        self.lock().get(hash).map(|(t, _)| Arc::clone(t))
-    }
-
-    fn hold(&self, token: StoredToken) {
-        let mut map = self.lock();
-        let entry = map
-            .entry(token.hash)
-            .or_insert((Arc::new(token.clone()), 0));
-        // The newest read wins (uses left, a renewed expiry).
-        entry.0 = Arc::new(token);
-        entry.1 += 1;
-    }
-
-    fn release(&self, hash: &TokenHash) {
-        let mut map = self.lock();
-        if let Some((_, n)) = map.get_mut(hash) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(hash);
-            }
-        }
-    }
-}
-
-/// Drops a request's hold on its token, also when the request's future is
-/// dropped (a timeout).
-struct Held {
-    door: Arc<VaultDoor>,
-    hash: TokenHash,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.door.live.release(&self.hash);
-    }
-}
-
-/// The layer that reads a presented Vault token from the store for the
-/// request (see the module doc). Unknown, expired and used-up tokens are
-/// left unresolved: the route then answers 403 as for any wrong token.
-pub async fn resolve(
-    State(state): State<Arc<AdminState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(door) = state.vault.clone() else {
-        return next.run(request).await;
-    };
-    let hash = match presented_token(request.headers()) {
-        Some(t) if is_token(t) => TokenHash::of(t),
-        _ => return next.run(request).await,
-    };
-    match door.tokens.use_once(&hash).await {
-        Ok(Some(token)) => {
-            door.live.hold(token);
-            let _held = Held {
-                door: Arc::clone(&door),
-                hash,
-            };
-            next.run(request).await
-        }
-        Ok(None) => next.run(request).await,
-        Err(e) => store_error(e).into_response(),
-    }
-}
 
 /// 503 for a store that cannot answer; the detail goes to the log.
 pub fn store_error(e: TokenStoreError) -> ApiError {
@@ -174,99 +91,6 @@ fn token_error(e: TokenError) -> ApiError {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
         }
         other => ApiError::bad_request(other.to_string()),
-    }
-}
-
-fn seconds(d: Duration) -> u64 {
-    d.as_secs()
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn ttl_left(token: &StoredToken, now: SystemTime) -> u64 {
-    token
-        .expires_at
-        .map_or(0, |e| e.duration_since(now).unwrap_or_default().as_secs())
-}
-
-/// `meta` as Vault shows it: `null` when empty.
-fn meta_view(meta: &std::collections::BTreeMap<String, String>) -> Value {
-    if meta.is_empty() {
-        Value::Null
-    } else {
-        json!(meta)
-    }
-}
-
-/// A token as `lookup` answers it. `id`: the token when the caller gave it.
-fn lookup_view(token: &StoredToken, id: &str, accessor: &str) -> Value {
-    let now = SystemTime::now();
-    let mut v = json!({
-        "accessor": accessor,
-        "creation_time": unix(token.created_at),
-        "creation_ttl": seconds(token.creation_ttl),
-        "display_name": token.display_name,
-        "entity_id": "",
-        "expire_time": token.expires_at.map(crate::pg::rfc3339),
-        "explicit_max_ttl": seconds(token.explicit_max_ttl),
-        "id": id,
-        "issue_time": crate::pg::rfc3339(token.created_at),
-        "meta": meta_view(&token.meta),
-        "num_uses": token.uses_left,
-        "orphan": token.orphan,
-        "path": token.path,
-        "policies": token.policies,
-        "renewable": token.renewable,
-        "ttl": ttl_left(token, now),
-        "type": "service",
-    });
-    if !token.role.is_empty() {
-        v["role"] = json!(token.role);
-    }
-    v
-}
-
-/// A token as `create`, `login` and `renew` answer it, in `auth`.
-pub fn auth_view(token: &str, plan_or_stored: AuthView<'_>) -> Value {
-    json!({
-        "client_token": token,
-        "accessor": if token.is_empty() { String::new() } else { accessor_of(token) },
-        "policies": plan_or_stored.policies,
-        "token_policies": plan_or_stored.policies,
-        "identity_policies": null,
-        "metadata": meta_view(plan_or_stored.meta),
-        "lease_duration": plan_or_stored.lease_duration,
-        "renewable": plan_or_stored.renewable,
-        "entity_id": "",
-        "token_type": "service",
-        "orphan": plan_or_stored.orphan,
-        "num_uses": plan_or_stored.num_uses,
-        "mfa_requirement": null,
-    })
-}
-
-/// What [`auth_view`] shows.
-pub struct AuthView<'a> {
-    pub policies: &'a [String],
-    pub meta: &'a std::collections::BTreeMap<String, String>,
-    pub lease_duration: u64,
-    pub renewable: bool,
-    pub orphan: bool,
-    pub num_uses: u32,
-}
-
-impl<'a> From<&'a Plan> for AuthView<'a> {
-    fn from(p: &'a Plan) -> AuthView<'a> {
-        AuthView {
-            policies: &p.policies,
-            meta: &p.meta,
-            lease_duration: p.ttl.as_secs(),
-            renewable: p.renewable,
-            orphan: p.orphan,
-            num_uses: p.num_uses,
-        }
     }
 }
 
@@ -625,134 +449,6 @@ pub async fn revoke_accessor(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Revokes `roots` with their subtrees, then every lease they created
-/// (waiting for each role to be dropped, a few at a time).
-pub async fn revoke_tokens(
-    door: &VaultDoor,
-    directory: &Arc<dyn LeaseDirectory>,
-    roots: &[TokenHash],
-) -> Result<Revoked, ApiError> {
-    let revoked = door.tokens.revoke(roots).await.map_err(store_error)?;
-    revoke_leases(directory, &revoked.leases).await;
-    if revoked.tokens > 0 {
-        tracing::info!(
-            tokens = revoked.tokens,
-            leases = revoked.leases.len(),
-            "tokens revoked"
-        );
-    }
-    Ok(revoked)
-}
-
-async fn revoke_leases(directory: &Arc<dyn LeaseDirectory>, leases: &[String]) {
-    if leases.is_empty() {
-        return;
-    }
-    let directory = Arc::clone(directory);
-    let leases = leases.to_vec();
-    // On a task of its own: the tokens are deleted already, so their leases
-    // must go even if the caller stops waiting (a request timeout drops
-    // the handler, and a dropped JoinSet would abort its revocations).
-    let task = tokio::spawn(async move {
-        for chunk in leases.chunks(LEASE_REVOKES_IN_FLIGHT) {
-            let mut set = tokio::task::JoinSet::new();
-            for lease in chunk {
-                let directory = Arc::clone(&directory);
-                let lease = lease.clone();
-                set.spawn(async move {
-                    if let Err(e) = directory
-                        .revoke(lease.clone(), EndReason::RevokedByToken, true)
-                        .await
-                    {
-                        // The role still carries its VALID UNTIL; the
-                        // reaper of any instance drops it then.
-                        tracing::warn!(lease = %lease, "revoking a revoked token's lease: {e}");
-                    }
-                });
-            }
-            while set.join_next().await.is_some() {}
-        }
-    });
-    if let Err(e) = task.await {
-        tracing::error!("revoking a revoked token's leases: {e}");
-    }
-}
-
-/// Sweeps expired and used-up tokens (their subtrees and leases with them)
-/// every [`SWEEP_INTERVAL`], a bounded batch per round, until `stop`.
-pub async fn sweep(
-    tokens: Tokens,
-    directory: Arc<dyn LeaseDirectory>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(SWEEP_INTERVAL) => {}
-        }
-        loop {
-            match tokens.sweep().await {
-                Ok(revoked) => {
-                    revoke_leases(&directory, &revoked.leases).await;
-                    if revoked.tokens > 0 {
-                        tracing::info!(tokens = revoked.tokens, "expired tokens swept");
-                    }
-                    // A full batch: more may be waiting.
-                    if revoked.tokens < crate::store::tokens::SWEEP_BATCH || stop.is_cancelled() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!("token sweep: {e}");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Records that the caller's token created `lease_id`, so revoking the
-/// token revokes the lease. A token revoked meanwhile (or a store that
-/// cannot say) takes the lease down at once: 403 (503).
-pub async fn record_lease(
-    state: &AdminState,
-    principal: &Principal,
-    lease_id: &str,
-    expires_at: SystemTime,
-) -> Result<(), ApiError> {
-    let Some(token) = &principal.token else {
-        return Ok(());
-    };
-    let door = door(state)?;
-    let refused = match door
-        .tokens
-        .add_lease(&token.hash, lease_id, expires_at)
-        .await
-    {
-        Ok(true) => return Ok(()),
-        Ok(false) => ApiError::permission_denied(),
-        Err(e) => store_error(e),
-    };
-    revoke_leases(&state.directory, &[lease_id.to_owned()]).await;
-    Err(refused)
-}
-
-/// The principal of a stored token, as a caller.
-pub fn principal_of(token: &Arc<StoredToken>) -> Principal {
-    Principal {
-        identity: crate::auth::identity::Identity {
-            subject: token.subject.clone(),
-            groups: token.groups.clone(),
-            expires_at: token
-                .expires_at
-                .unwrap_or_else(|| SystemTime::now() + MAX_TOKEN_TTL),
-            issuer: token.issuer.clone(),
-        },
-        policies: token.policies.clone(),
-        token: Some(Arc::clone(token)),
-    }
-}
-
 /// Methods `lookup-self` answers.
 pub fn is_lookup_method(method: &Method) -> bool {
     *method == Method::GET || *method == Method::POST || *method == Method::PUT
@@ -760,6 +456,8 @@ pub fn is_lookup_method(method: &Method) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn stored(uses_left: u32) -> StoredToken {
