@@ -217,28 +217,29 @@ fn policy_routes(router: Router<Arc<AdminState>>) -> Router<Arc<AdminState>> {
 
 /// `auth/token/*` (`lookup-self` is served with or without the door).
 fn token_routes(router: Router<Arc<AdminState>>) -> Router<Arc<AdminState>> {
-    use tokens::*;
+    use tokens::{create, lookup, renew, revoke, Target};
     let t = |p: &str| format!("/v1/auth/token/{p}");
+    let mut router = router;
+    for (path, orphan) in [("create", false), ("create-orphan", true)] {
+        let c = move |state, client, headers, body| create(state, client, headers, body, orphan);
+        router = router.route(&t(path), post(c).put(c));
+    }
+    for (suffix, target) in [
+        ("", Target::Token),
+        ("-self", Target::Presented),
+        ("-accessor", Target::Accessor),
+    ] {
+        let l = move |state, headers, body| lookup(state, headers, body, target);
+        let r = move |state, headers, body| renew(state, headers, body, target);
+        let v = move |state, headers, body| revoke(state, headers, body, target);
+        if target != Target::Presented {
+            router = router.route(&t(&format!("lookup{suffix}")), post(l).put(l));
+        }
+        router = router
+            .route(&t(&format!("renew{suffix}")), post(r).put(r))
+            .route(&t(&format!("revoke{suffix}")), post(v).put(v));
+    }
     router
-        .route(&t("create"), post(create).put(create))
-        .route(&t("create-orphan"), post(create_orphan).put(create_orphan))
-        .route(&t("lookup"), post(lookup).put(lookup))
-        .route(
-            &t("lookup-accessor"),
-            post(lookup_accessor).put(lookup_accessor),
-        )
-        .route(&t("renew"), post(renew).put(renew))
-        .route(&t("renew-self"), post(renew_self).put(renew_self))
-        .route(
-            &t("renew-accessor"),
-            post(renew_accessor).put(renew_accessor),
-        )
-        .route(&t("revoke"), post(revoke).put(revoke))
-        .route(&t("revoke-self"), post(revoke_self).put(revoke_self))
-        .route(
-            &t("revoke-accessor"),
-            post(revoke_accessor).put(revoke_accessor),
-        )
 }
 
 /// `GET|HEAD /v1/sys/health`: what Vault clients and load balancers probe.

@@ -27,6 +27,15 @@
 //! Accessor routes are the operator's (policies may open them, see
 //! `auth/acl`). Revoking a token revokes its subtree and every credential
 //! lease any of them created, before the 204.
+//!
+//! Every token is issued by [`issue`], where the per-principal quota
+//! (`[quotas] max_tokens_per_principal`) refuses one more with 429.
+//!
+//! Here: the routes, one handler a verb ([`Target`] says which token the
+//! request names). Beside it: `live.rs` (the per-request reads, the
+//! caller a token stands for), `view.rs` (tokens as the answers show
+//! them), `token_leases.rs` (the leases a token created, revoked with it;
+//! the sweep).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -159,68 +168,21 @@ pub async fn issue(
     Err(store_error(refused))
 }
 
-/// `POST auth/token/create`.
+/// `POST auth/token/create` and, with `orphan_path`, `create-orphan`.
 pub async fn create(
     State(state): State<Arc<AdminState>>,
     ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    create_common(&state, client, &headers, body, false).await
-}
-
-/// `POST auth/token/create-orphan`.
-pub async fn create_orphan(
-    State(state): State<Arc<AdminState>>,
-    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    create_common(&state, client, &headers, body, true).await
-}
-
-async fn create_common(
-    state: &AdminState,
-    client: SocketAddr,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
     orphan_path: bool,
 ) -> Result<Response, ApiError> {
-    let door = door(state)?;
-    let caller = state.authenticate(headers)?;
+    let door = door(&state)?;
+    let caller = state.authenticate(&headers)?;
     let body: Value = parse_body(body)?;
     let request = CreateRequest::from_json(&body).map_err(token_error)?;
     let root = vec!["root".to_owned()];
-    let parent = door.presented(headers);
-    let creator = match (&caller, &parent) {
-        (Caller::Operator, _) => Creator {
-            policies: &root,
-            sudo: true,
-            num_uses: 0,
-            expires_at: None,
-        },
-        (_, Some(p)) => {
-            // As Vault: creating a token takes `update` (or `create`) on
-            // the path, which the `default` policy does not grant.
-            let path = if orphan_path {
-                "auth/token/create-orphan"
-            } else {
-                "auth/token/create"
-            };
-            let granted = state.policy_acl(&caller).capabilities(path, false);
-            if !granted.grants(Capability::Update) && !granted.grants(Capability::Create) {
-                return Err(ApiError::permission_denied());
-            }
-            Creator {
-                policies: &p.policies,
-                sudo: state.sudo(&caller, path),
-                num_uses: p.num_uses,
-                expires_at: p.expires_at,
-            }
-        }
-        // An identity JWT is not a token: it has no place in the tree.
-        (_, None) => return Err(ApiError::permission_denied()),
-    };
+    let parent = door.presented(&headers);
+    let creator = creator(&state, &caller, parent.as_deref(), &root, orphan_path)?;
     let now = SystemTime::now();
     let plan =
         plan_create(&request, &creator, orphan_path, &limits(door), now).map_err(token_error)?;
@@ -247,6 +209,46 @@ async fn create_common(
         auth_view(minted.token.expose(), AuthView::from(&plan)),
         Vec::new(),
     ))
+}
+
+/// What the creator of a new token may hand on: everything for the
+/// operator, the parent token's policies and limits for a workload that
+/// holds `update` (or `create`) on the path, as in Vault.
+fn creator<'a>(
+    state: &AdminState,
+    caller: &Caller,
+    parent: Option<&'a StoredToken>,
+    root: &'a [String],
+    orphan_path: bool,
+) -> Result<Creator<'a>, ApiError> {
+    match (caller, parent) {
+        (Caller::Operator, _) => Ok(Creator {
+            policies: root,
+            sudo: true,
+            num_uses: 0,
+            expires_at: None,
+        }),
+        (_, Some(p)) => {
+            // The `default` policy does not grant creating tokens.
+            let path = if orphan_path {
+                "auth/token/create-orphan"
+            } else {
+                "auth/token/create"
+            };
+            let granted = state.policy_acl(caller).capabilities(path, false);
+            if !granted.grants(Capability::Update) && !granted.grants(Capability::Create) {
+                return Err(ApiError::permission_denied());
+            }
+            Ok(Creator {
+                policies: &p.policies,
+                sudo: state.sudo(caller, path),
+                num_uses: p.num_uses,
+                expires_at: p.expires_at,
+            })
+        }
+        // An identity JWT is not a token: it has no place in the tree.
+        (_, None) => Err(ApiError::permission_denied()),
+    }
 }
 
 /// A token named in a body (`token` or `accessor`), bounded.
@@ -294,28 +296,89 @@ async fn by_accessor(
     Ok((accessor, found))
 }
 
-/// `POST auth/token/lookup`.
+/// Which token an `auth/token/*` request acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The caller's own (`*-self`).
+    Presented,
+    /// The one `token` in the body names: knowing it is authority over it.
+    Token,
+    /// The one `accessor` in the body names (operators); the answer never
+    /// shows the token.
+    Accessor,
+}
+
+/// The token a request names, as read.
+struct Named {
+    /// The token, as the answer may show it; empty for an accessor route.
+    id: String,
+    accessor: String,
+    found: StoredToken,
+}
+
+/// Authenticates the request and finds the token `target` names; also
+/// the parsed body (`Null` when there is none to read).
+async fn named(
+    state: &AdminState,
+    headers: &HeaderMap,
+    body: Option<Result<Bytes, BytesRejection>>,
+    target: Target,
+) -> Result<(Named, Value), ApiError> {
+    let parse = |body: Option<Result<Bytes, BytesRejection>>| match body {
+        Some(body) => parse_body(body),
+        None => Ok(Value::Null),
+    };
+    if target == Target::Accessor {
+        let body = parse(body)?;
+        let (accessor, found) = by_accessor(state, headers, &body).await?;
+        let id = String::new();
+        return Ok((
+            Named {
+                id,
+                accessor,
+                found,
+            },
+            body,
+        ));
+    }
+    let door = door(state)?;
+    state.authenticate(headers)?;
+    let body = parse(body)?;
+    let (id, found) = match target {
+        Target::Token => named_token(door, &body).await?,
+        _ => {
+            let found = door
+                .presented(headers)
+                .ok_or_else(ApiError::permission_denied)?;
+            let id = presented_token(headers).unwrap_or_default().to_owned();
+            (id, (*found).clone())
+        }
+    };
+    let accessor = accessor_of(&id);
+    Ok((
+        Named {
+            id,
+            accessor,
+            found,
+        },
+        body,
+    ))
+}
+
+/// `POST auth/token/lookup` and `lookup-accessor` (`lookup-self`:
+/// [`lookup_self_stored`]).
 pub async fn lookup(
     State(state): State<Arc<AdminState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    target: Target,
 ) -> Result<Response, ApiError> {
-    let door = door(&state)?;
-    state.authenticate(&headers)?;
-    let body: Value = parse_body(body)?;
-    let (token, found) = named_token(door, &body).await?;
-    Ok(envelope(lookup_view(&found, &token, &accessor_of(&token))))
-}
-
-/// `POST auth/token/lookup-accessor`: the token without its id.
-pub async fn lookup_accessor(
-    State(state): State<Arc<AdminState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body: Value = parse_body(body)?;
-    let (accessor, found) = by_accessor(&state, &headers, &body).await?;
-    Ok(envelope(lookup_view(&found, "", &accessor)))
+    let (named, _) = named(&state, &headers, Some(body), target).await?;
+    Ok(envelope(lookup_view(
+        &named.found,
+        &named.id,
+        &named.accessor,
+    )))
 }
 
 /// `GET|POST auth/token/lookup-self` for a stored token; `None` when the
@@ -326,33 +389,15 @@ pub fn lookup_self_stored(door: &VaultDoor, headers: &HeaderMap) -> Option<Respo
     Some(envelope(lookup_view(&found, token, &accessor_of(token))))
 }
 
-/// `POST auth/token/renew-self`.
-pub async fn renew_self(
-    State(state): State<Arc<AdminState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let door = door(&state)?;
-    state.authenticate(&headers)?;
-    let body: Value = parse_body(body)?;
-    let found = door
-        .presented(&headers)
-        .ok_or_else(ApiError::permission_denied)?;
-    let token = presented_token(&headers).unwrap_or_default().to_owned();
-    renew_common(door, &token, &found, &body).await
-}
-
-/// `POST auth/token/renew`.
+/// `POST auth/token/renew`, `renew-self` and `renew-accessor`.
 pub async fn renew(
     State(state): State<Arc<AdminState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    target: Target,
 ) -> Result<Response, ApiError> {
-    let door = door(&state)?;
-    state.authenticate(&headers)?;
-    let body: Value = parse_body(body)?;
-    let (token, found) = named_token(door, &body).await?;
-    renew_common(door, &token, &found, &body).await
+    let (named, body) = named(&state, &headers, Some(body), target).await?;
+    renew_common(door(&state)?, &named.id, &named.found, &body).await
 }
 
 async fn renew_common(
@@ -394,58 +439,36 @@ async fn renew_common(
     ))
 }
 
-/// `POST auth/token/renew-accessor` (operators): answers without the token.
-pub async fn renew_accessor(
-    State(state): State<Arc<AdminState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body: Value = parse_body(body)?;
-    let (_, found) = by_accessor(&state, &headers, &body).await?;
-    let door = door(&state)?;
-    renew_common(door, "", &found, &body).await
-}
-
-/// `POST auth/token/revoke-self`.
-pub async fn revoke_self(
-    State(state): State<Arc<AdminState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let door = door(&state)?;
-    state.authenticate(&headers)?;
-    let found = door
-        .presented(&headers)
-        .ok_or_else(ApiError::permission_denied)?;
-    revoke_tokens(door, &state.directory, &[found.hash]).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// `POST auth/token/revoke`: 204, also for a token that is already gone.
+/// `POST auth/token/revoke`, `revoke-self` and `revoke-accessor`: 204,
+/// for `revoke` also when the token is already gone.
 pub async fn revoke(
     State(state): State<Arc<AdminState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    target: Target,
 ) -> Result<Response, ApiError> {
     let door = door(&state)?;
-    state.authenticate(&headers)?;
-    let body: Value = parse_body(body)?;
-    let token = body_field(&body, "token")?;
-    if is_token(&token) {
-        revoke_tokens(door, &state.directory, &[TokenHash::of(&token)]).await?;
-    }
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// `POST auth/token/revoke-accessor`.
-pub async fn revoke_accessor(
-    State(state): State<Arc<AdminState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body: Value = parse_body(body)?;
-    let (_, found) = by_accessor(&state, &headers, &body).await?;
-    let door = door(&state)?;
-    revoke_tokens(door, &state.directory, &[found.hash]).await?;
+    let hash = match target {
+        Target::Token => {
+            state.authenticate(&headers)?;
+            let body: Value = parse_body(body)?;
+            let token = body_field(&body, "token")?;
+            if !is_token(&token) {
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
+            TokenHash::of(&token)
+        }
+        // `revoke-self` reads no body.
+        Target::Presented => named(&state, &headers, None, target).await?.0.found.hash,
+        Target::Accessor => {
+            named(&state, &headers, Some(body), target)
+                .await?
+                .0
+                .found
+                .hash
+        }
+    };
+    revoke_tokens(door, &state.directory, &[hash]).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
