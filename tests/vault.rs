@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::vault::role_exists;
 use common::{wait_until, Harness, Options};
 use reqwest::{Method, StatusCode};
 use rolemint::control::auth::sha256_hex;
@@ -21,11 +22,8 @@ const OPERATOR_TOKEN: &str = "rmo_vault-test-operator-token";
 /// `[admin]` on a free port, an audit file, and a template whose leases
 /// last two seconds.
 fn admin_toml(listen: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "{listen}"
-operator_token_sha256 = "{hash}"
+    common::vault::admin_table(listen, OPERATOR_TOKEN)
+        + r#"
 
 [audit]
 path = "audit.jsonl"
@@ -36,8 +34,8 @@ allow_identities = ["*"]
 default_ttl = "2s"
 max_ttl = "10s"
 creation_statements = [
-  "CREATE ROLE \"{{{{name}}}}\" WITH LOGIN PASSWORD '{{{{password}}}}' VALID UNTIL '{{{{expiration}}}}'",
-  "GRANT app_read TO \"{{{{name}}}}\"",
+  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+  "GRANT app_read TO \"{{name}}\"",
 ]
 
 [roles.only_bob]
@@ -46,21 +44,13 @@ allow_identities = ["local:bob"]
 default_ttl = "1h"
 max_ttl = "2h"
 creation_statements = [
-  "CREATE ROLE \"{{{{name}}}}\" WITH LOGIN PASSWORD '{{{{password}}}}' VALID UNTIL '{{{{expiration}}}}'",
+  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
 ]
-"#,
-        hash = sha256_hex(OPERATOR_TOKEN)
-    )
+"#
 }
 
 async fn with_vault() -> (Harness, SocketAddr) {
-    let h = Harness::with(Options {
-        extra_toml: admin_toml("127.0.0.1:0"),
-        ..Options::default()
-    })
-    .await;
-    let admin = h.admin_addr.expect("the admin listener is on");
-    (h, admin)
+    common::vault::serve(admin_toml("127.0.0.1:0")).await
 }
 
 /// One request: status, content type, Cache-Control, JSON body (Null when
@@ -135,16 +125,6 @@ async fn direct(
         h.cluster.port()
     ))
     .await
-}
-
-async fn role_exists(h: &Harness, role: &str) -> bool {
-    h.superuser()
-        .await
-        .query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[&role])
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,16 +444,9 @@ async fn after_a_crash_the_next_instance_reaps_expired_credentials() {
         .expect("the long-lived credential still logs in");
 }
 
-/// The Python programs of `examples/vault/`, with the interpreter of
-/// `ROLEMINT_TEST_PYTHON`; `None` (and a notice) when it is unset.
+/// The interpreter for the Python programs of `examples/vault/`.
 fn python() -> Option<String> {
-    match std::env::var("ROLEMINT_TEST_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            eprintln!("ROLEMINT_TEST_PYTHON is unset: skipping the Python Vault clients");
-            None
-        }
-    }
+    common::vault::python("the Python Vault clients")
 }
 
 async fn run_example(python: &str, script: &str, env: &[(&str, String)]) -> String {

@@ -14,28 +14,19 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::vault::{self, role_exists};
 use common::{wait_until, Harness, Options, ServeProcess};
 use reqwest::StatusCode;
-use rolemint::control::auth::sha256_hex;
 use serde_json::{json, Value};
 
 const OPERATOR_TOKEN: &str = "rmo_vault-admin-test-operator-token";
 
 fn admin_toml(listen: &str) -> String {
-    format!(
-        "\n[admin]\nlisten = \"{listen}\"\noperator_token_sha256 = \"{}\"\n\n[audit]\npath = \"audit.jsonl\"\n",
-        sha256_hex(OPERATOR_TOKEN)
-    )
+    vault::admin_table(listen, OPERATOR_TOKEN) + "\n[audit]\npath = \"audit.jsonl\"\n"
 }
 
 async fn with_admin() -> (Harness, SocketAddr) {
-    let h = Harness::with(Options {
-        extra_toml: admin_toml("127.0.0.1:0"),
-        ..Options::default()
-    })
-    .await;
-    let admin = h.admin_addr.expect("the admin listener is on");
-    (h, admin)
+    vault::serve(admin_toml("127.0.0.1:0")).await
 }
 
 /// A free port on 127.0.0.1 (for a spawned instance's admin listener).
@@ -62,33 +53,10 @@ async fn another_instance(h: &Harness) -> (ServeProcess, SocketAddr) {
 }
 
 async fn call(method: &str, url: String, token: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut req = reqwest::Client::new()
-        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
-        .header("X-Vault-Token", token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    let json = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-    };
-    (status, json)
+    vault::call(method, url, Some(token), body).await
 }
 
 const CREATE: &str = "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT app_read TO \"{{name}}\"";
-
-async fn role_exists(h: &Harness, role: &str) -> bool {
-    h.superuser()
-        .await
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
-        .await
-        .unwrap()
-        .is_some()
-}
 
 /// Logs in to PostgreSQL directly as a credential role.
 async fn direct(h: &Harness, user: &str, password: &str) -> Result<(), tokio_postgres::Error> {

@@ -9,102 +9,32 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
+use common::vault::{self, printed, role_exists};
 use common::{Harness, Options};
-use rolemint::control::auth::sha256_hex;
 
 const OPERATOR: &str = "rmo_vault-policy-test-operator";
 
 /// `[admin]`, and a template `apps` whose allow lists open it to no one:
 /// only a policy can.
 fn extra_toml() -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-operator_token_sha256 = "{hash}"
-
-[roles.apps]
-databases = ["appdb"]
-default_ttl = "1h"
-max_ttl = "2h"
-creation_statements = [
-  "CREATE ROLE \"{{{{name}}}}\" WITH LOGIN PASSWORD '{{{{password}}}}' VALID UNTIL '{{{{expiration}}}}'",
-  "GRANT app_read TO \"{{{{name}}}}\"",
-]
-"#,
-        hash = sha256_hex(OPERATOR)
-    )
-}
-
-fn python() -> Option<String> {
-    match std::env::var("ROLEMINT_TEST_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            eprintln!("ROLEMINT_TEST_PYTHON is unset: skipping the hvac tests");
-            None
-        }
-    }
-}
-
-/// Runs `script` with hvac, `VAULT_ADDR`, `OPERATOR` and `DIR` (a scratch
-/// directory) set; its stdout.
-async fn hvac(python: &str, admin: SocketAddr, script: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("script.py");
-    let prelude = "import hvac, json, os, sys\n\
-                   ADDR = os.environ['VAULT_ADDR']\n\
-                   DIR = os.environ['DIR']\n\
-                   root = hvac.Client(url=ADDR, token=os.environ['OPERATOR'])\n\
-                   def client(token):\n    return hvac.Client(url=ADDR, token=token)\n\
-                   def status(f):\n    try:\n        f()\n        return 200\n\
-                   \x20   except hvac.exceptions.Forbidden:\n        return 403\n\
-                   \x20   except hvac.exceptions.InvalidRequest as e:\n        print('invalid=' + str(e).replace('\\n', ' '))\n        return 400\n";
-    std::fs::write(&path, format!("{prelude}{script}")).unwrap();
-    let out = tokio::process::Command::new(python)
-        .arg(&path)
-        .env("VAULT_ADDR", format!("http://{admin}"))
-        .env("OPERATOR", OPERATOR)
-        .env("DIR", dir.path())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run python");
-    let text = common::output_text(&out);
-    assert!(out.status.success(), "hvac script failed:\n{text}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn printed(out: &str, key: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key}= in:\n{out}"))
-        .to_owned()
-}
-
-async fn role_exists(h: &Harness, role: &str) -> bool {
-    h.superuser()
-        .await
-        .query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[&role])
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 1
+    vault::admin_table("127.0.0.1:0", OPERATOR) + &vault::template_table("apps", "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_written_with_hvac_opens_creds_and_admin_routes_to_its_holders_only() {
-    let Some(python) = python() else { return };
+    let Some(python) = vault::python("the hvac tests") else {
+        return;
+    };
     let h = Harness::with(Options {
         extra_toml: extra_toml(),
         ..Options::default()
     })
     .await;
     let admin = h.admin_addr.expect("the admin listener is on");
-    let out = hvac(
+    let out = vault::hvac(
         &python,
         admin,
+        OPERATOR,
         r#"
 # The tutorial's policy, from an HCL file, through the older API.
 with open(os.path.join(DIR, "apps-policy.hcl"), "w") as f:
@@ -153,6 +83,7 @@ print("default_delete=%d" % status(lambda: root.sys.delete_acl_policy("default")
 root.sys.delete_policy("rewriter")
 print("rewriter_listed=%s" % ("rewriter" in root.sys.list_policies()["data"]["policies"]))
 "#,
+        &[],
     )
     .await;
     let role = printed(&out, "role");

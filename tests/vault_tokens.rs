@@ -12,121 +12,29 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{wait_until, Harness, Options};
+use common::vault::{self, call, printed, role_exists};
+use common::{wait_until, Harness};
 use reqwest::StatusCode;
-use rolemint::control::auth::sha256_hex;
 use serde_json::{json, Value};
 
 const OPERATOR: &str = "rmo_vault-tokens-test-operator";
 
 /// `[admin]` on `listen`, and a template every token may use.
 fn admin_toml(listen: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "{listen}"
-operator_token_sha256 = "{hash}"
-
-[roles.tokens]
-databases = ["appdb"]
-allow_identities = ["*"]
-default_ttl = "1h"
-max_ttl = "2h"
-creation_statements = [
-  "CREATE ROLE \"{{{{name}}}}\" WITH LOGIN PASSWORD '{{{{password}}}}' VALID UNTIL '{{{{expiration}}}}'",
-  "GRANT app_read TO \"{{{{name}}}}\"",
-]
-"#,
-        hash = sha256_hex(OPERATOR)
-    )
+    let allow = r#"allow_identities = ["*"]"#;
+    vault::admin_table(listen, OPERATOR) + &vault::template_table("tokens", allow)
 }
 
 async fn with_vault() -> (Harness, SocketAddr) {
-    let h = Harness::with(Options {
-        extra_toml: admin_toml("127.0.0.1:0"),
-        ..Options::default()
-    })
-    .await;
-    let admin = h.admin_addr.expect("the admin listener is on");
-    (h, admin)
+    vault::serve(admin_toml("127.0.0.1:0")).await
 }
 
-fn python() -> Option<String> {
-    match std::env::var("ROLEMINT_TEST_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            eprintln!("ROLEMINT_TEST_PYTHON is unset: skipping the hvac tests");
-            None
-        }
-    }
-}
-
-/// Runs `script` with hvac, `VAULT_ADDR` and `OPERATOR` set; its stdout.
+/// Runs `script` with hvac (see `common::vault::hvac`) and `APPS`, the
+/// policy of a workload that creates tokens and reads credentials.
 async fn hvac(python: &str, admin: SocketAddr, script: &str, env: &[(&str, String)]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("script.py");
-    let prelude = "import hvac, json, os, sys\n\
-                   ADDR = os.environ['VAULT_ADDR']\n\
-                   root = hvac.Client(url=ADDR, token=os.environ['OPERATOR'])\n\
-                   def client(token):\n    return hvac.Client(url=ADDR, token=token)\n\
-                   APPS = 'path \"auth/token/create\" { capabilities = [\"update\"] }\\n\
-                   path \"database/creds/tokens\" { capabilities = [\"read\"] }'\n";
-    std::fs::write(&path, format!("{prelude}{script}")).unwrap();
-    let out = tokio::process::Command::new(python)
-        .arg(&path)
-        .env("VAULT_ADDR", format!("http://{admin}"))
-        .env("OPERATOR", OPERATOR)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run python");
-    let text = common::output_text(&out);
-    assert!(out.status.success(), "hvac script failed:\n{text}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `key=value` printed by a script.
-fn printed(out: &str, key: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key}= in:\n{out}"))
-        .to_owned()
-}
-
-async fn role_exists(h: &Harness, role: &str) -> bool {
-    h.superuser()
-        .await
-        .query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[&role])
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 1
-}
-
-/// One request with reqwest: status and JSON body (Null when empty).
-async fn call(
-    method: &str,
-    url: String,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = reqwest::Client::new().request(method.parse().unwrap(), url);
-    if let Some(t) = token {
-        req = req.header("X-Vault-Token", t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    let json = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-    };
-    (status, json)
+    let apps = "APPS = 'path \"auth/token/create\" { capabilities = [\"update\"] }\\n\
+                path \"database/creds/tokens\" { capabilities = [\"read\"] }'\n";
+    vault::hvac(python, admin, OPERATOR, &format!("{apps}{script}"), env).await
 }
 
 async fn create_token(admin: SocketAddr, by: &str, body: Value) -> Value {
@@ -180,7 +88,9 @@ fn service_account(namespace: &str, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_parent_revokes_its_child_and_their_credential_leases() {
-    let Some(python) = python() else { return };
+    let Some(python) = vault::python("the hvac tests") else {
+        return;
+    };
     let (h, admin) = with_vault().await;
     let out = hvac(
         &python,
@@ -340,7 +250,9 @@ async fn a_second_instance_honours_tokens_at_once_and_a_restart_keeps_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookup_renew_accessors_uses_and_the_sweep() {
-    let Some(python) = python() else { return };
+    let Some(python) = vault::python("the hvac tests") else {
+        return;
+    };
     let (h, admin) = with_vault().await;
     let workload = h.token("alice").expose().to_owned();
     hvac(
@@ -427,7 +339,9 @@ print("role=" + client(child).secrets.database.generate_credentials("tokens")["d
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_role_logins_get_the_roles_policies_or_403_when_bounds_do_not_match() {
-    let Some(python) = python() else { return };
+    let Some(python) = vault::python("the hvac tests") else {
+        return;
+    };
     let (_h, admin) = with_vault().await;
     let env = [
         ("SA_GOOD", service_account("default", "app")),

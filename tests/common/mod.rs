@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod keys;
+pub mod vault;
 
 use std::net::SocketAddr;
 use std::path::Path;
