@@ -142,6 +142,21 @@ async fn serve(
     cluster: &TempCluster,
     demo: &Demo,
 ) -> anyhow::Result<()> {
+    let (config_path, config, operator_token) = write_config(args, dir, cluster, demo)?;
+    let grace = config.proxy.shutdown_grace;
+    let (proxy, shutdown) =
+        start_proxy(args, cluster, config_path, config, &operator_token).await?;
+    wait_then_stop(proxy, shutdown, grace).await
+}
+
+/// Picks the ports, makes an operator token, writes the dev files and loads
+/// the config from them as `rolemint serve` would.
+fn write_config(
+    args: &DevArgs,
+    dir: &Path,
+    cluster: &TempCluster,
+    demo: &Demo,
+) -> anyhow::Result<(PathBuf, Config, Secret)> {
     let port = pick_port(args.port)?;
     let admin_port = pick_port(if args.port == 0 { 0 } else { ADMIN_PORT })?;
     let operator_token = crate::control::auth::new_operator_token()
@@ -164,7 +179,17 @@ async fn serve(
     )?;
     let config =
         Config::load(&config_path).with_context(|| format!("loading {}", config_path.display()))?;
+    Ok((config_path, config, operator_token))
+}
 
+/// Binds the proxy, reloads on SIGHUP, runs it and prints the banners.
+async fn start_proxy(
+    args: &DevArgs,
+    cluster: &TempCluster,
+    config_path: PathBuf,
+    config: Config,
+    operator_token: &Secret,
+) -> anyhow::Result<(ProxyTask, CancellationToken)> {
     let server = Server::bind(config.clone())
         .await
         .context("starting the proxy")?;
@@ -184,19 +209,31 @@ async fn serve(
         config_path.clone(),
     ));
     let shutdown = CancellationToken::new();
-    let mut proxy = tokio::spawn(server.run(shutdown.clone()));
+    let proxy = tokio::spawn(server.run(shutdown.clone()));
     print_banner(&config_path, addr, cluster, &args.subject, &token);
     if let Some(admin_addr) = admin_addr {
-        print_admin_banner(admin_addr, &operator_token);
+        print_admin_banner(admin_addr, operator_token);
         if config.vault.enabled {
             print_vault_banner(admin_addr, &token, cluster);
         }
     }
+    Ok((proxy, shutdown))
+}
 
+/// The running proxy's task.
+type ProxyTask = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// Waits for Ctrl-C or SIGTERM, then shuts the proxy down, giving it its
+/// grace period plus the time to revoke leases. A proxy that stops on its
+/// own before that is an error worth showing.
+async fn wait_then_stop(
+    mut proxy: ProxyTask,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
     tokio::select! {
         _ = crate::runtime::signal::terminated() => {}
         ended = &mut proxy => {
-            // The proxy stopped on its own: that is an error worth showing.
             return match ended {
                 Ok(Ok(())) => Err(anyhow::anyhow!("the proxy stopped unexpectedly")),
                 Ok(Err(e)) => Err(e.context("the proxy failed")),
@@ -206,7 +243,7 @@ async fn serve(
     }
     eprintln!("\nShutting down: ending sessions, revoking leases, stopping PostgreSQL...");
     shutdown.cancel();
-    match tokio::time::timeout(config.proxy.shutdown_grace + REVOKE_WAIT, &mut proxy).await {
+    match tokio::time::timeout(grace + REVOKE_WAIT, &mut proxy).await {
         Ok(Ok(result)) => result.context("the proxy failed while shutting down"),
         Ok(Err(e)) => Err(anyhow::anyhow!("the proxy task failed: {e}")),
         Err(_) => {

@@ -123,8 +123,7 @@ fn first_answer(
     offered: &[u8],
 ) -> Result<(String, String), LoginError> {
     let password = Secret::new(PASSWORD);
-    let mut flow =
-        Flow::new("v-alice", &password, false).with_binding(Binding { mode, end_point });
+    let mut flow = Flow::new("v-alice", &password, false).with_binding(Binding { mode, end_point });
     let sent = send(flow.step(&auth(10, offered))?);
     let body = &sent[5..];
     let nul = body.iter().position(|b| *b == 0).unwrap();
