@@ -25,11 +25,15 @@
 //!
 //! [`provision_demo`] then creates the demo schema that `rolemint dev`, the
 //! Docker setup (`docker/initdb/`) and the tests share.
+//!
+//! This file is the cluster's life (options, start, clients, stop); beside
+//! it, `binaries.rs` finds the PostgreSQL programs, `process.rs` runs them
+//! (the server's user, free ports, captured output) and `demo.rs` holds the
+//! demo schema and role templates.
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -38,7 +42,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::{Gid, Pid, Uid, User};
+use nix::unistd::{Gid, Pid, Uid};
 
 use crate::secret::Secret;
 
@@ -65,16 +69,6 @@ const LOG_TAIL_LINES: usize = 40;
 const PSQL_STATEMENT_TIMEOUT: &str = "300s";
 const PSQL_CONNECT_TIMEOUT_SECS: &str = "10";
 
-/// Name of the demo database.
-pub const DEMO_DATABASE: &str = "appdb";
-
-/// Name of the demo admin role rolemint connects as.
-pub const DEMO_ADMIN_USER: &str = "rolemint_admin";
-
-/// The demo's global roles, database and schema, as psql input. The same file
-/// provisions the Docker setup; there the admin password comes from the
-/// environment (`\getenv`), here the line is replaced by a `\set` with a
-/// SCRAM verifier (see [`provision_demo`]).
 /// The cluster's pg_hba.conf: the lines `rolemint check` asks for.
 ///
 /// Every connection proves a password: a method without one would hide every
@@ -94,17 +88,6 @@ host    all       +rolemint_direct   all            scram-sha-256
 host    all       +rolemint_managed  127.0.0.1/32   scram-sha-256
 host    all       +rolemint_managed  all            reject
 host    all       all                127.0.0.0/8    scram-sha-256
-";
-
-const DEMO_SQL: &str = include_str!("../../../docker/initdb/10-rolemint-demo.sql");
-
-/// The line of [`DEMO_SQL`] that [`provision_demo`] replaces.
-const DEMO_SQL_GETENV: &str = "\\getenv admin_password ROLEMINT_ADMIN_PASSWORD";
-
-/// pgbench tables, handed to `app_read` after `pgbench -i`.
-const DEMO_GRANTS_SQL: &str = "\
-GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_read;
-GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO app_read;
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -152,107 +135,6 @@ impl ClusterError {
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
     let what = what.into();
     move |source| ClusterError::Io { what, source }
-}
-
-// ---------------------------------------------------------------------------
-// Finding the binaries
-// ---------------------------------------------------------------------------
-
-/// Where the PostgreSQL programs are.
-#[derive(Debug, Clone)]
-pub struct PgBinaries {
-    /// Directory holding `initdb` and `postgres`.
-    pub dir: PathBuf,
-    /// `psql`: next to `initdb`, else on PATH.
-    pub psql: PathBuf,
-    /// `pgbench`: next to `initdb`, else on PATH.
-    pub pgbench: PathBuf,
-}
-
-/// Finds the server binaries: `$ROLEMINT_PG_BIN`, else the directory of
-/// `initdb` on PATH, else the newest of the usual per-version directories
-/// (Debian's `/usr/lib/postgresql/*/bin`, PGDG's `/usr/pgsql-*/bin`,
-/// Homebrew's keg-only `postgresql@*`).
-pub fn find_binaries() -> Result<PgBinaries, ClusterError> {
-    let has_server =
-        |dir: &Path| is_executable(&dir.join("initdb")) && is_executable(&dir.join("postgres"));
-
-    let dir = if let Some(dir) = std::env::var_os("ROLEMINT_PG_BIN") {
-        let dir = PathBuf::from(dir);
-        if !has_server(&dir) {
-            return Err(ClusterError::BinariesNotFound(format!(
-                "ROLEMINT_PG_BIN={} holds no initdb and postgres executables; \
-                 point it at PostgreSQL's bin directory (`pg_config --bindir`)",
-                dir.display()
-            )));
-        }
-        dir
-    } else if let Some(dir) = path_dirs().into_iter().find(|d| has_server(d)) {
-        dir
-    } else if let Some(dir) = versioned_dirs().into_iter().rev().find(|d| has_server(d)) {
-        dir
-    } else {
-        return Err(ClusterError::not_installed());
-    };
-    let beside_or_on_path = |name: &str| {
-        let beside = dir.join(name);
-        if is_executable(&beside) {
-            return beside;
-        }
-        path_dirs()
-            .into_iter()
-            .map(|d| d.join(name))
-            .find(|p| is_executable(p))
-            .unwrap_or(beside)
-    };
-    Ok(PgBinaries {
-        psql: beside_or_on_path("psql"),
-        pgbench: beside_or_on_path("pgbench"),
-        dir,
-    })
-}
-
-fn path_dirs() -> Vec<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default()
-}
-
-/// Per-version install directories, oldest first.
-fn versioned_dirs() -> Vec<PathBuf> {
-    // (parent, prefix of the version part, path below the versioned dir)
-    let layouts: [(&str, &str, &str); 4] = [
-        ("/usr/lib/postgresql", "", "bin"),
-        ("/usr", "pgsql-", "bin"),
-        ("/opt/homebrew/opt", "postgresql@", "bin"),
-        ("/usr/local/opt", "postgresql@", "bin"),
-    ];
-    let mut found: Vec<(Vec<u32>, PathBuf)> = Vec::new();
-    for (parent, prefix, below) in layouts {
-        let Ok(entries) = fs::read_dir(parent) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(version) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
-                continue;
-            };
-            let Ok(version) = version
-                .split('.')
-                .map(str::parse::<u32>)
-                .collect::<Result<Vec<u32>, _>>()
-            else {
-                continue;
-            };
-            found.push((version, entry.path().join(below)));
-        }
-    }
-    found.sort();
-    found.into_iter().map(|(_, dir)| dir).collect()
-}
-
-fn is_executable(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 // ---------------------------------------------------------------------------
@@ -836,406 +718,16 @@ impl Drop for TempCluster {
     }
 }
 
-/// Root may not run PostgreSQL; find the user that will.
-fn server_user() -> Result<Option<RunAs>, ClusterError> {
-    if !Uid::effective().is_root() {
-        return Ok(None);
-    }
-    let explain = |why: String| {
-        ClusterError::NoServerUser(format!(
-            "running as root, and PostgreSQL refuses to run as root, so the throwaway cluster \
-             runs as the `postgres` system user; {why}. Create it \
-             (`useradd --system --user-group --no-create-home postgres`; installing the \
-             PostgreSQL package usually does) or run as a non-root user."
-        ))
-    };
-    match User::from_name("postgres") {
-        Ok(Some(user)) => Ok(Some(RunAs {
-            uid: user.uid,
-            gid: user.gid,
-        })),
-        Ok(None) => Err(explain("there is no such user".into())),
-        Err(e) => Err(explain(format!("looking it up failed ({e})"))),
-    }
-}
+mod binaries;
+mod demo;
+mod process;
 
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> Result<u16, ClusterError> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(io_error("cannot find a free port on 127.0.0.1"))
-}
-
-/// Sends a StartupMessage and checks that the server answers with an
-/// authentication request ('R'): it accepts connections. While it starts up
-/// it answers with an ErrorResponse (57P03) instead. We then hang up, which a
-/// server waiting for a password takes silently.
-fn answers_startup(port: u16, user: &str) -> bool {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-    let mut body = 196_608_i32.to_be_bytes().to_vec(); // protocol 3.0
-    for (key, value) in [("user", user), ("database", "postgres")] {
-        body.extend_from_slice(key.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut message = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    message.extend_from_slice(&body);
-    let mut tag = [0_u8; 1];
-    stream.write_all(&message).is_ok() && stream.read_exact(&mut tag).is_ok() && tag[0] == b'R'
-}
-
-/// Child processes of `pid`, from /proc (Linux only; elsewhere the backends
-/// exit by themselves once the postmaster is gone).
-fn children_of(pid: i32) -> Vec<i32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let child: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
-            // "pid (comm) state ppid ...": comm may hold spaces and parens.
-            let after_comm = &stat[stat.rfind(')')? + 1..];
-            let ppid: i32 = after_comm.split_whitespace().nth(1)?.parse().ok()?;
-            (ppid == pid).then_some(child)
-        })
-        .collect()
-}
-
-/// Runs `cmd` to completion, feeding `stdin`, and returns its stdout; on
-/// failure the error holds stdout and stderr.
-fn run_capturing(
-    mut cmd: Command,
-    stdin: Option<&str>,
-    what: &str,
-) -> Result<String, ClusterError> {
-    let program = cmd.get_program().to_owned();
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(io_error(format!(
-        "cannot run {}",
-        Path::new(&program).display()
-    )))?;
-    // Written from another thread: a large script and a large output would
-    // otherwise block each other.
-    let writer = match (stdin, child.stdin.take()) {
-        (Some(text), Some(mut pipe)) => {
-            let text = text.to_owned();
-            Some(thread::spawn(move || {
-                let _ = pipe.write_all(text.as_bytes());
-            }))
-        }
-        _ => None,
-    };
-    let output = child
-        .wait_with_output()
-        .map_err(io_error(format!("waiting for {what}")))?;
-    if let Some(writer) = writer {
-        let _ = writer.join();
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    if output.status.success() {
-        return Ok(stdout);
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    Err(ClusterError::Command {
-        what: what.to_owned(),
-        status: output.status.to_string(),
-        output: format!("{stdout}{stderr}").trim_end().to_owned(),
-    })
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// `bytes` random bytes from the system RNG (aws-lc), hex encoded: safe to
-/// put in a connection string, a SQL literal or TOML unquoted.
-pub(crate) fn random_hex(bytes: usize) -> Result<String, ClusterError> {
-    let mut buf = vec![0_u8; bytes];
-    aws_lc_rs::rand::fill(&mut buf).map_err(|_| ClusterError::Io {
-        what: "the system random number generator failed".into(),
-        source: std::io::Error::other("aws_lc_rs::rand::fill"),
-    })?;
-    Ok(buf
-        .iter()
-        .fold(String::with_capacity(bytes * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        }))
-}
-
-// ---------------------------------------------------------------------------
-// The demo schema
-// ---------------------------------------------------------------------------
-
-/// What [`provision_demo`] created for rolemint to use.
-#[derive(Debug, Clone)]
-pub struct Demo {
-    /// The role rolemint mints and drops roles as (`rolemint_admin`).
-    pub admin_user: String,
-    pub admin_password: Secret,
-    /// The demo database (`appdb`).
-    pub database: String,
-}
-
-/// Creates the demo on `cluster`, as its superuser:
-///
-/// - `rolemint_admin`: LOGIN CREATEROLE with a random password, member of
-///   `pg_signal_backend` (to end a lease's sessions);
-/// - `app_read`, `app_owner`: NOLOGIN group roles the templates grant, both
-///   granted to `rolemint_admin` WITH ADMIN OPTION (PostgreSQL 16 requires
-///   it to grant them on); exactly README's admin grants, so the tests prove
-///   them. The marker roles are rolemint's to create at startup;
-/// - database `appdb` with `public.accounts` and the pgbench tables (scale 1),
-///   all owned by `app_owner` and readable by `app_read`.
-///
-/// The SQL is `docker/initdb/10-rolemint-demo.sql`, shared with the Docker
-/// setup. The admin password reaches PostgreSQL only as a SCRAM verifier, so
-/// it appears in no server log even with `log_statement = 'all'`.
-pub fn provision_demo(cluster: &TempCluster) -> Result<Demo, ClusterError> {
-    let admin_password = Secret::new(random_hex(32)?);
-    let verifier = postgres_protocol::password::scram_sha_256(admin_password.expose().as_bytes());
-    // The verifier is base64 and `$`/`:`; nothing psql's quoting would touch.
-    let set_password = format!("\\set admin_password '{verifier}'");
-    assert!(
-        DEMO_SQL.contains(DEMO_SQL_GETENV),
-        "demo SQL lost its \\getenv line"
-    );
-    let sql = DEMO_SQL.replacen(DEMO_SQL_GETENV, &set_password, 1);
-    cluster.psql_as_superuser("postgres", &sql)?;
-    init_pgbench_tables(cluster, 1)?;
-
-    Ok(Demo {
-        admin_user: DEMO_ADMIN_USER.into(),
-        admin_password,
-        database: DEMO_DATABASE.into(),
-    })
-}
-
-/// (Re)creates the demo's pgbench tables at `scale` (100,000 accounts and
-/// one branch per unit), as app_owner so that app_owner owns them, and lets
-/// app_read read them. The bench raises the scale to its client count, as
-/// pgbench's documentation asks, so TPC-B measures transactions rather
-/// than contention on one branch row.
-pub fn init_pgbench_tables(cluster: &TempCluster, scale: u32) -> Result<(), ClusterError> {
-    let mut pgbench = cluster.superuser_client(cluster.pgbench(), DEMO_DATABASE);
-    pgbench
-        .args(["-i", "-s", &scale.to_string(), "-q", DEMO_DATABASE])
-        .env("PGOPTIONS", "-c role=app_owner");
-    run_capturing(pgbench, None, "pgbench -i")?;
-    cluster.psql_as_superuser(DEMO_DATABASE, DEMO_GRANTS_SQL)?;
-    Ok(())
-}
-
-/// The demo's role templates, as commented TOML (`[roles.readonly]`,
-/// `[roles.readwrite]`), for the config `rolemint dev` writes. The same
-/// templates are in `config/docker.toml`.
-pub fn demo_templates_toml() -> &'static str {
-    DEMO_TEMPLATES
-}
-
-const DEMO_TEMPLATES: &str = r#"# ---------------------------------------------------------------------------
-# Role templates: a client names one as its `user`. For each session rolemint
-# runs creation_statements as one transaction, with Vault's placeholders:
-#   {{name}}        the minted role's name (quote it as an identifier)
-#   {{password}}    a SCRAM-SHA-256 verifier of its random password (never the
-#                   password itself, so it cannot leak into server logs)
-#   {{expiration}}  the lease's expiry, for VALID UNTIL
-# At session end (or TTL, or revocation) the role is dropped.
-# ---------------------------------------------------------------------------
-
-# Read-only: SELECT on everything app_owner owns in appdb, through app_read.
-[roles.readonly]
-databases = ["appdb"]
-# Who may use it: glob patterns on the token's raw identity claim and on its
-# groups. A template with neither allows no one. "*" lets every identity of
-# this throwaway setup in; name real identities or groups in production.
-allow_identities = ["*"]
-default_ttl = "1h"      # a session lives at most this long
-max_ttl = "24h"         # an operator may renew a lease up to this
-creation_statements = [
-  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
-  "GRANT app_read TO \"{{name}}\"",
-]
-
-# Read-write, as the long-lived owner role app_owner. The login sets
-# `role = app_owner`, so every table the session creates belongs to app_owner
-# and the minted role owns nothing: dropping it never fails on owned objects,
-# and never takes data with it.
-[roles.readwrite]
-databases = ["appdb"]
-allow_identities = ["*"]   # every identity; see readonly
-default_ttl = "1h"
-max_ttl = "24h"
-creation_statements = [
-  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
-  "GRANT app_owner TO \"{{name}}\"",
-  "ALTER ROLE \"{{name}}\" SET role = 'app_owner'",
-]
-"#;
+pub use self::binaries::{find_binaries, PgBinaries};
+pub use self::demo::{
+    demo_templates_toml, init_pgbench_tables, provision_demo, Demo, DEMO_ADMIN_USER, DEMO_DATABASE,
+};
+pub(crate) use self::process::random_hex;
+use self::process::{answers_startup, children_of, free_port, run_capturing, server_user, tail};
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn process_exists(pid: u32) -> bool {
-        // Signal 0 checks for existence; a zombie would still count, but
-        // `stop` reaps the postmaster.
-        kill(Pid::from_raw(pid as i32), None).is_ok()
-    }
-
-    #[test]
-    fn starts_answers_and_leaves_nothing_behind() {
-        let mut cluster =
-            TempCluster::start(ClusterOptions::default().setting("log_statement", "all")).unwrap();
-        let out = cluster
-            .psql_as_superuser("postgres", "SELECT 40 + 2;")
-            .unwrap();
-        assert_eq!(out, "42");
-
-        let hba = fs::read_to_string(cluster.data_dir().join("pg_hba.conf")).unwrap();
-        assert!(
-            !hba.contains("trust"),
-            "pg_hba.conf must not allow password-free logins:\n{hba}"
-        );
-        let method = cluster
-            .psql_as_superuser(
-                "postgres",
-                "SELECT string_agg(DISTINCT auth_method, ',') FROM pg_hba_file_rules \
-                 WHERE error IS NULL;",
-            )
-            .unwrap();
-        assert_eq!(method, "reject,scram-sha-256");
-
-        // A wrong password is refused: the cluster really asks for one.
-        let mut wrong = cluster.superuser_client(cluster.psql(), "postgres");
-        wrong
-            .env("PGPASSWORD", "wrong")
-            .args(["-X", "-c", "SELECT 1"]);
-        let err = run_capturing(wrong, None, "psql").unwrap_err().to_string();
-        assert!(err.contains("password authentication failed"), "{err}");
-
-        assert!(
-            cluster.read_log().contains("SELECT 40 + 2"),
-            "log_statement = 'all' is applied"
-        );
-
-        let pid = cluster.pid().unwrap();
-        let dir = cluster.dir().to_owned();
-        assert!(process_exists(pid));
-        cluster.stop().unwrap();
-        assert!(!process_exists(pid), "postmaster {pid} still runs");
-        assert!(!dir.exists(), "{} still exists", dir.display());
-        cluster.stop().unwrap(); // idempotent
-        assert!(cluster.pid().is_none());
-    }
-
-    #[test]
-    fn drop_stops_the_server_even_on_panic() {
-        let cluster = TempCluster::start(ClusterOptions::default()).unwrap();
-        let (pid, dir) = (cluster.pid().unwrap(), cluster.dir().to_owned());
-        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            let _cluster = cluster;
-            panic!("a failing test");
-        }));
-        assert!(unwound.is_err());
-        assert!(!process_exists(pid));
-        assert!(!dir.exists());
-    }
-
-    #[test]
-    fn provisions_the_demo() {
-        let cluster =
-            TempCluster::start(ClusterOptions::default().setting("log_statement", "all")).unwrap();
-        let demo = provision_demo(&cluster).unwrap();
-        assert_eq!(demo.database, "appdb");
-
-        // The admin logs in with its password and holds what rolemint needs.
-        let mut admin = Command::new(cluster.psql());
-        admin
-            .args(["-X", "-At", "-h", HOST, "-p", &cluster.port().to_string()])
-            .args(["-U", &demo.admin_user, "-d", "appdb", "-c"])
-            .arg(
-                "SELECT rolcreaterole, pg_has_role('pg_signal_backend', 'MEMBER'), \
-                 pg_has_role('app_read', 'USAGE WITH ADMIN OPTION'), \
-                 pg_has_role('app_owner', 'USAGE WITH ADMIN OPTION'), \
-                 rolsuper \
-                 FROM pg_roles WHERE rolname = current_user",
-            )
-            .env("PGPASSWORD", demo.admin_password.expose())
-            .env_remove("PGOPTIONS");
-        assert_eq!(
-            run_capturing(admin, None, "psql as admin").unwrap().trim(),
-            "t|t|t|t|f"
-        );
-
-        let owners = cluster
-            .psql_as_superuser(
-                "appdb",
-                "SELECT string_agg(DISTINCT tableowner, ',') FROM pg_tables WHERE schemaname = 'public';",
-            )
-            .unwrap();
-        assert_eq!(owners, "app_owner");
-        let readable = cluster
-            .psql_as_superuser(
-                "appdb",
-                "SELECT count(*) FILTER (WHERE NOT has_table_privilege('app_read', oid, 'SELECT')), count(*) \
-                 FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r';",
-            )
-            .unwrap();
-        assert_eq!(readable, "0|5", "every table readable by app_read");
-        let rows = cluster
-            .psql_as_superuser("appdb", "SELECT count(*) FROM pgbench_accounts;")
-            .unwrap();
-        assert_eq!(rows, "100000");
-
-        // Only a verifier reached the server.
-        assert!(!cluster.read_log().contains(demo.admin_password.expose()));
-    }
-
-    #[test]
-    fn demo_templates_are_valid_config() {
-        let text = format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\nallow_plaintext = true\n\
-             [backend]\nhost = \"127.0.0.1\"\nadmin_user = \"a\"\nadmin_password = \"p\"\n\
-             [auth]\nhs256_secret = \"{}\"\n{}",
-            "k".repeat(32),
-            demo_templates_toml()
-        );
-        let config = crate::config::Config::parse(&text).unwrap();
-        config.validate().unwrap();
-        assert_eq!(
-            config.roles.keys().collect::<Vec<_>>(),
-            ["readonly", "readwrite"]
-        );
-    }
-
-    #[test]
-    fn a_cluster_can_live_in_a_static() {
-        fn check<T: Send + Sync>() {}
-        check::<TempCluster>();
-    }
-
-    #[test]
-    fn random_hex_is_random() {
-        let (a, b) = (random_hex(32).unwrap(), random_hex(32).unwrap());
-        assert_eq!(a.len(), 64);
-        assert_ne!(a, b);
-    }
-}
+mod tests;
