@@ -65,14 +65,18 @@
 //!   the sans-IO state machine, [`pg::backend::params`] the startup
 //!   parameters a client may pass through).
 //! - [`control`]: the admin HTTP listener ([`control::listener`]: hyper
-//!   with a header-read timeout and a per-source connection cap; `/healthz`, `/readyz`,
-//!   `/metrics`, the lease API in Vault's shape over a
-//!   [`control::leases::LeaseDirectory`], [`control::directory`] acting
+//!   with a request-head and a keep-alive idle timeout and a per-source
+//!   connection cap; `/healthz`, `/readyz`, `/metrics`, the lease API in
+//!   Vault's shape over a [`control::leases::LeaseDirectory`] (the trait
+//!   and its types in `leases/contract.rs`), [`control::directory`] acting
 //!   on the leases of every instance), [`control::access`] (every request
 //!   as a Vault path and capability, checked against the caller's
 //!   policies) and the Vault-compatible door
-//!   ([`control::door`]: login with auth roles, Vault tokens, `database/creds` and
-//!   `database/roles`, `sys/health`), and [`control::people`], what a
+//!   ([`control::door`]: login with auth roles, Vault tokens
+//!   ([`control::door::tokens`]: the routes, the per-request reads, the
+//!   answers' shapes, the leases a token created), `database/creds` and
+//!   `database/roles`, `sys/health`; [`control::door::writes`]: what its
+//!   routes over the store answer alike), and [`control::people`], what a
 //!   person's CLI asks (`/.well-known/rolemint-login`, `/v1/rolemint/whoami`),
 //!   [`control::requests`] access requests and [`control::webhook`] their
 //!   signed notifications.

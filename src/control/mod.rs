@@ -5,11 +5,11 @@
 //!   └─ axum Router ── observe (token checked once, failure limiter,
 //!        │                     timeout, metrics, admin.request audit)
 //!        ├─ /healthz /readyz /metrics             health.rs  (no token, no query)
-//!        ├─ /v1/sys/leases/...                     leases.rs  (Vault's shape)
-//!        ├─ /v1/rolemint/leases[/revoke]           leases.rs  (rolemint's own)
+//!        ├─ /v1/sys/leases/...                     leases/    (Vault's shape)
+//!        ├─ /v1/rolemint/leases[/revoke]           leases/    (rolemint's own)
 //!        ├─ /.well-known/rolemint-login, /v1/rolemint/whoami   people.rs
 //!        ├─ /v1/rolemint/requests[/<id>[/approve|deny|revoke]]  requests.rs
-//!        ├─ /v1/auth/.., /v1/database/.., /v1/sys/health   door.rs (Vault-compatible)
+//!        ├─ /v1/auth/.., /v1/database/.., /v1/sys/health   door/ (Vault-compatible)
 //!        └─ anything else: 404 / 405 as {"errors": [...]}   vault.rs
 //! ```
 //!
