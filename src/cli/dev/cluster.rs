@@ -80,7 +80,7 @@ const PSQL_CONNECT_TIMEOUT_SECS: &str = "10";
 /// from anywhere; the first matching line wins. Any other address on the
 /// loopback network (127.0.0.2, ...) plays "elsewhere" in the tests.
 pub const HBA: &str = "\
-# Written by rolemint's TempCluster (src/pgcluster.rs).
+# Written by rolemint's TempCluster (src/cli/dev/cluster.rs).
 # TYPE  DATABASE  USER               ADDRESS        METHOD
 local   all       +rolemint_managed                 reject
 local   all       all                               scram-sha-256
@@ -350,7 +350,8 @@ impl TempCluster {
         ];
         settings.extend(options.settings.iter().cloned());
 
-        let mut conf = String::from("\n# Added by rolemint's TempCluster (src/pgcluster.rs).\n");
+        let mut conf =
+            String::from("\n# Added by rolemint's TempCluster (src/cli/dev/cluster.rs).\n");
         for (name, value) in &settings {
             let _ = writeln!(conf, "{name} = '{}'", value.replace('\'', "''"));
         }
