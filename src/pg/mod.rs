@@ -3,7 +3,8 @@
 //! cluster cancels), its connection pool (`pool.rs`, which never answers a
 //! cleartext or MD5 password request: `auth_guard.rs`; TLS: `pg_tls.rs`),
 //! the SQL text it sends (`sql.rs`, `revoke_sql.rs`, `reap_sql.rs`,
-//! `cluster_sql.rs`, `catalog.rs`), role names (`names.rs`), passwords and
+//! `cluster_sql.rs`, `catalog.rs`; `batch.rs` assembles the multi-statement
+//! ones), role names (`names.rs`), passwords and
 //! SCRAM verifiers (`scram.rs`), template statements (`template.rs`), root
 //! rotation (`rotate.rs`), and the backend login as a minted role
 //! ([`backend`]: the sans-IO flow, the sockets, the startup parameters a
@@ -17,6 +18,7 @@
 mod admin;
 mod auth_guard;
 pub mod backend;
+mod batch;
 mod catalog;
 mod cluster_sql;
 mod names;

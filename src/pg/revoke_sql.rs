@@ -34,6 +34,7 @@
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 use tokio_postgres::SimpleQueryMessage;
 
+use super::batch::{Batch, Finish};
 use super::sql::{minted_role, NOT_MANAGED_SQLSTATE};
 use super::{template, AdminClient, MintError};
 
@@ -86,8 +87,8 @@ fn text_array<'a>(values: impl Iterator<Item = Option<&'a str>>) -> String {
     format!("ARRAY[{}]::pg_catalog.text[]", items.join(", "))
 }
 
-/// Step 2 for every role in `roles`: one committed transaction of NOLOGIN
-/// for the managed ones that exist. Foreign roles are left alone here and
+/// Step 2 for every role in `roles` (a `DO` block, committed on its own by
+/// [`batch`]): NOLOGIN for the managed ones that exist. Foreign roles are left alone here and
 /// reported by the per-role step; so is a role whose NOLOGIN fails (each is
 /// its own subtransaction, so one such role cannot hold up the others).
 ///
@@ -99,9 +100,7 @@ fn text_array<'a>(values: impl Iterator<Item = Option<&'a str>>) -> String {
 /// and planning was most of what revoking a role cost PostgreSQL.
 fn nologin_all(roles: &[&str]) -> String {
     format!(
-        "BEGIN;
-SET LOCAL plan_cache_mode = force_generic_plan;
-DO $rolemint$
+        "DO $rolemint$
 DECLARE
   rname pg_catalog.text;
   r oid;
@@ -116,9 +115,7 @@ BEGIN
     END IF;
   END LOOP;
 END
-$rolemint$;
-COMMIT;
-",
+$rolemint$",
         names = text_array(roles.iter().map(|r| Some(*r))),
         minted = minted_role("r"),
     )
@@ -210,8 +207,7 @@ BEGIN
     PERFORM pg_catalog.set_config('rolemint.outcome_' || (i - 1), outcome, true);
   END LOOP;
 END
-$rolemint$;
-",
+$rolemint$",
         names = text_array(targets.iter().map(|t| Some(t.role.as_str()))),
         owners = text_array(targets.iter().map(|t| t.owner.as_deref())),
         minted = minted_role("r"),
@@ -220,15 +216,18 @@ $rolemint$;
 
 /// The batch revoking `targets` in one database (default revocation only):
 /// NOLOGIN for all, committed; then the per-role loop and the row of
-/// outcomes, in a second transaction.
+/// outcomes, in a second transaction. Both blocks plan generically (see
+/// [`nologin_all`]).
 pub fn batch(targets: &[Target], terminate_wait_ms: u64, drop_role: bool) -> String {
     let roles: Vec<&str> = targets.iter().map(|t| t.role.as_str()).collect();
-    let mut sql = nologin_all(&roles);
-    sql.push_str("BEGIN;\nSET LOCAL plan_cache_mode = force_generic_plan;\n");
-    sql.push_str(&roles_loop(targets, terminate_wait_ms, drop_role));
-    sql.push_str(&outcomes_query(targets.len()));
-    sql.push_str(";\nCOMMIT");
-    sql
+    Batch::begin()
+        .generic_plans()
+        .statement(&nologin_all(&roles))
+        .commit_and_begin()
+        .generic_plans()
+        .statement(&roles_loop(targets, terminate_wait_ms, drop_role))
+        .statement(&outcomes_query(targets.len()))
+        .end(Finish::Commit)
 }
 
 /// One row: the outcome of each block, in order.
@@ -269,20 +268,11 @@ SELECT pg_catalog.pg_terminate_backend(a.pid, {terminate_wait_ms})
 }
 
 /// A template's own statements in one transaction, with the database's
-/// default `search_path`: they are the operator's SQL, written (as for
-/// Vault) against the search path any session there has, not the
-/// `pg_catalog`-only path of rolemint's own statements.
+/// default `search_path` (see [`Batch::operator_statements`]).
 pub fn custom_statements(statements: &[String]) -> String {
-    let mut sql = String::from("BEGIN;\nSET LOCAL search_path TO DEFAULT;\n");
-    for stmt in statements {
-        let stmt = stmt.trim().trim_end_matches(';').trim_end();
-        if !stmt.is_empty() {
-            sql.push_str(stmt);
-            sql.push_str("\n;\n");
-        }
-    }
-    sql.push_str("COMMIT");
-    sql
+    Batch::begin()
+        .operator_statements(statements)
+        .end(Finish::Commit)
 }
 
 /// Reads the outcome row of a [`batch`].

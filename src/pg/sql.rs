@@ -8,13 +8,14 @@
 //! can contain a `$`.
 //!
 //! Every batch is made of explicit `BEGIN; ...; COMMIT` blocks and nothing
-//! else. When a statement fails, PostgreSQL skips the rest of the string and
-//! the session is left inside an aborted block, so the pool's `ROLLBACK`
-//! always has a transaction to end (outside one it would log a WARNING), and
-//! a failed batch has changed nothing beyond its last committed block.
+//! else (`batch.rs` says why, and assembles the mint's and the
+//! revocation's alike).
 
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 use serde::{Deserialize, Serialize};
+
+use super::batch::Batch;
+pub use super::batch::Finish;
 
 /// NOLOGIN role every minted role is a member of: how a restarted or second
 /// instance, and the reaper, recognise rolemint's roles. It has no
@@ -154,16 +155,10 @@ $rolemint$;
     sql
 }
 
-/// How a mint batch ends: `Commit` for a session, `Rollback` for the dry
-/// run of `rolemint check`, which runs every statement and keeps nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
-    Commit,
-    Rollback,
-}
-
 /// One simple-query string minting a role in one transaction: the template's
-/// statements, the marker membership, the lease comment.
+/// statements (with the database's default `search_path`), the marker
+/// membership, the lease comment. `Finish::Rollback` is the dry run of
+/// `rolemint check`.
 pub fn mint_batch(
     creation: &[String],
     role: &str,
@@ -172,29 +167,19 @@ pub fn mint_batch(
 ) -> String {
     let ident = escape_identifier(role);
     let json = serde_json::to_string(comment).expect("a struct of strings serializes");
-    // The template's statements are the operator's SQL, written for the
-    // database's own search_path, not the pg_catalog-only one of the admin
-    // session; the marker grant and comment after them name roles only.
-    let mut sql = String::from("BEGIN;\nSET LOCAL search_path TO DEFAULT;\n");
-    for stmt in creation {
-        // A statement's own trailing `;` is dropped; `;` goes on its own
-        // line so a trailing `-- comment` cannot swallow it.
-        let stmt = stmt.trim().trim_end_matches(';').trim_end();
-        if !stmt.is_empty() {
-            sql.push_str(stmt);
-            sql.push_str("\n;\n");
-        }
-    }
-    sql.push_str(&format!(
-        "GRANT {} TO {ident};\nCOMMENT ON ROLE {ident} IS {};\n{}",
-        escape_identifier(MARKER_ROLE),
-        escape_literal(&json),
-        match finish {
-            Finish::Commit => "COMMIT",
-            Finish::Rollback => "ROLLBACK",
-        }
-    ));
-    sql
+    // The marker grant and comment after the template's statements name
+    // roles only, so the default search_path they run with changes nothing.
+    Batch::begin()
+        .operator_statements(creation)
+        .statement(&format!(
+            "GRANT {} TO {ident}",
+            escape_identifier(MARKER_ROLE)
+        ))
+        .statement(&format!(
+            "COMMENT ON ROLE {ident} IS {}",
+            escape_literal(&json)
+        ))
+        .end(finish)
 }
 
 /// `ALTER ROLE role SET name = 'value'` for each session setting. Names
