@@ -604,3 +604,218 @@ async fn a_lookup_shows_a_running_sessions_bytes() {
     );
     drop(client);
 }
+
+/// The lease index's row of `lease_id` (its role), as PostgreSQL has it:
+/// `rolemint.leases` in the admin database.
+async fn index_row(h: &Harness, lease_id: &str) -> Option<String> {
+    h.superuser_on(&h.config.backend.admin_database)
+        .await
+        .query_opt(
+            "SELECT role FROM rolemint.leases WHERE lease_id = $1",
+            &[&lease_id],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+/// Waits (up to 15 s) until the index row of `lease_id` names `want`
+/// (`None`: no row); whether it did.
+async fn index_row_becomes(h: &Harness, lease_id: &str, want: Option<&str>) -> bool {
+    wait_until(Duration::from_secs(15), || async {
+        index_row(h, lease_id).await.as_deref() == want
+    })
+    .await
+}
+
+/// A session through `b` as `identity` on `template`: the client, its role
+/// and its lease id (from the role's comment).
+async fn session_on(
+    h: &Harness,
+    b: &common::ServeProcess,
+    template: &str,
+    identity: &str,
+) -> (tokio_postgres::Client, String, String) {
+    let token = h.token(identity);
+    let client = b
+        .connect(template, token.expose())
+        .await
+        .expect("B session");
+    let role = session_user(&client).await;
+    let (_, comment) = valid_until_and_comment(h, &role).await;
+    let id = comment["lease_id"].as_str().unwrap().to_owned();
+    (client, role, id)
+}
+
+/// The lease index (`rolemint.leases`, lease id -> role) has a lease's row
+/// while the lease lives and none once it is revoked, expired or reaped;
+/// another instance looks up, renews and revokes through it; and a lease
+/// whose row is gone is still found (through the catalog) and revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_index_has_a_row_exactly_while_the_lease_lives() {
+    let (h, admin) = with_admin(&format!(
+        "{BRIEF}\n[mint]\ninstance = \"node-a\"\nreap_interval = \"1s\"\nreap_grace = \"2s\"\n"
+    ))
+    .await;
+    // Neither instance tidies the index (which adds the row of any lease
+    // without one) within this test (the first tidy waits a minute): the
+    // rows below are B's writer's.
+    let b = h
+        .spawn_serve(
+            &format!("{BRIEF}\n[mint]\ninstance = \"node-b\"\nreap_interval = \"1h\"\n"),
+            &[],
+        )
+        .await;
+
+    // Minted on B: B writes the row.
+    let (client, role, id) = session_on(&h, &b, "readonly", "bob").await;
+    assert!(
+        index_row_becomes(&h, &id, Some(&role)).await,
+        "no row for {id}: {:?}\n{}",
+        index_row(&h, &id).await,
+        b.log()
+    );
+    // A finds it through the row: with the comment rewritten in jsonb's
+    // spacing (`"lease_id": "..."`), the catalog's substring read cannot,
+    // but the index's check parses the comment.
+    let su = h.superuser().await;
+    su.batch_execute(&format!(
+        "COMMENT ON ROLE \"{role}\" IS '{}'",
+        serde_json::to_string(&valid_until_and_comment(&h, &role).await.1)
+            .unwrap()
+            .replace("\":", "\": ")
+    ))
+    .await
+    .unwrap();
+    let (status, body) = api(
+        admin,
+        "PUT",
+        "/v1/sys/leases/lookup",
+        Some(json!({"lease_id": id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["role"], role.as_str(), "{body}");
+    assert_eq!(body["data"]["instance"], "node-b", "{body}");
+    let (status, body) = api(
+        admin,
+        "PUT",
+        "/v1/sys/leases/renew",
+        Some(json!({"lease_id": id, "increment": "2h"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["lease_duration"], 7200, "{body}");
+    let (status, body) = api(
+        admin,
+        "PUT",
+        "/v1/sys/leases/revoke",
+        Some(json!({"lease_id": id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert!(!role_exists(&h, &role).await, "dropped before the answer");
+    assert!(
+        index_row_becomes(&h, &id, None).await,
+        "the revoked lease's row is left: {:?}",
+        index_row(&h, &id).await
+    );
+    drop(client);
+
+    // A row deleted by hand: A still finds the lease (reading comments)
+    // and revokes it.
+    let (client, role, id) = session_on(&h, &b, "readonly", "carol").await;
+    assert!(
+        index_row_becomes(&h, &id, Some(&role)).await,
+        "no row for {id}:\n{}",
+        b.log()
+    );
+    h.superuser_on(&h.config.backend.admin_database)
+        .await
+        .execute("DELETE FROM rolemint.leases WHERE lease_id = $1", &[&id])
+        .await
+        .unwrap();
+    let (status, body) = api(
+        admin,
+        "PUT",
+        "/v1/sys/leases/lookup",
+        Some(json!({"lease_id": id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "found without its row: {body}");
+    assert_eq!(body["data"]["role"], role.as_str(), "{body}");
+    let (status, body) = api(
+        admin,
+        "PUT",
+        "/v1/sys/leases/revoke",
+        Some(json!({"lease_id": id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert!(!role_exists(&h, &role).await, "dropped before the answer");
+    assert_eq!(index_row(&h, &id).await, None);
+    drop(client);
+
+    // The tidy pass puts a lost row back and deletes one whose role is gone.
+    let (client, role, id) = session_on(&h, &b, "readonly", "frank").await;
+    assert!(
+        index_row_becomes(&h, &id, Some(&role)).await,
+        "no row for {id}:\n{}",
+        b.log()
+    );
+    let admin_db = h.superuser_on(&h.config.backend.admin_database).await;
+    admin_db
+        .batch_execute(&format!(
+            "DELETE FROM rolemint.leases WHERE lease_id = '{id}';
+             INSERT INTO rolemint.leases VALUES ('database/sessions/readonly/gone', 'v-gone-1')"
+        ))
+        .await
+        .unwrap();
+    let (removed, added) = h.shared.admin_client.tidy_lease_index_now().await.unwrap();
+    assert!(
+        removed >= 1 && added >= 1,
+        "removed {removed}, added {added}"
+    );
+    assert_eq!(index_row(&h, &id).await.as_deref(), Some(role.as_str()));
+    assert_eq!(index_row(&h, "database/sessions/readonly/gone").await, None);
+    drop(client);
+
+    // Expired on B (brief: 4 s): B's revoker drops the role and its row.
+    let (client, role, id) = session_on(&h, &b, "brief", "dave").await;
+    assert!(
+        index_row_becomes(&h, &id, Some(&role)).await,
+        "no row for {id}:\n{}",
+        b.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            !role_exists(&h, &role).await
+        })
+        .await,
+        "the expired role is dropped"
+    );
+    assert!(
+        index_row_becomes(&h, &id, None).await,
+        "expired lease's row"
+    );
+    drop(client);
+
+    // Reaped: B dies with a live session; its role is an orphan, and A's
+    // reaper drops it and its row.
+    let (_client, role, id) = session_on(&h, &b, "readonly", "erin").await;
+    assert!(
+        index_row_becomes(&h, &id, Some(&role)).await,
+        "no row for {id}:\n{}",
+        b.log()
+    );
+    let mut b = b;
+    b.kill().await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            !role_exists(&h, &role).await
+        })
+        .await,
+        "the orphan is reaped"
+    );
+    assert!(index_row_becomes(&h, &id, None).await, "reaped lease's row");
+}

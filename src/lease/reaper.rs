@@ -361,6 +361,11 @@ where
                     Err(e) => tracing::warn!("reaper: sweep failed, next in {interval:?}: {e}"),
                 },
             }
+            // The lease index's upkeep, when due (`pg/lease_index.rs`).
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = admin_client.tidy_lease_index() => {}
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}

@@ -41,6 +41,7 @@ use crate::auth::identity::Identity;
 use crate::config::{Config, RoleTemplate};
 use crate::secret::Secret;
 
+use super::lease_index::LeaseIndex;
 use super::names::{is_valid_role_name, NameTemplate};
 use super::revoke_sql::{Outcome, Target};
 use super::sql::{LeaseComment, LeaseKind, MARKER_ROLE};
@@ -259,6 +260,10 @@ pub struct PreparedMint {
     /// Statements in the batch: how long the server may go on running it
     /// after we stopped waiting is bounded by this many statement timeouts.
     statements: usize,
+    /// The lease it is minted for, recorded in the lease index once the
+    /// batch has committed; `None` for a pooled role, which no lease holds
+    /// until a session claims it.
+    lease_id: Option<String>,
 }
 
 impl PreparedMint {
@@ -345,6 +350,8 @@ pub struct AdminClient {
     /// `mint.statement_timeout`.
     pub(super) statement_timeout: Duration,
     pub(super) rng: SystemRandom,
+    /// The lease index's queue and state (`lease_index.rs`).
+    pub(super) lease_index: LeaseIndex,
 }
 
 impl AdminClient {
@@ -383,6 +390,7 @@ impl AdminClient {
                 .max(1),
             statement_timeout,
             rng: SystemRandom::new(),
+            lease_index: LeaseIndex::default(),
         })
     }
 
@@ -482,6 +490,7 @@ impl AdminClient {
             database: req.database.to_owned(),
             batch: Secret::new(batch),
             statements,
+            lease_id: Some(req.lease_id.to_owned()),
         })
     }
 
@@ -521,6 +530,7 @@ impl AdminClient {
             database: database.to_owned(),
             batch: Secret::new(batch),
             statements,
+            lease_id: None,
         })
     }
 
@@ -550,8 +560,9 @@ impl AdminClient {
         }
         let mut conn = self.pool.get(database).await?;
         conn.batch(&sql::claim_warm(role, &rfc3339(expires_at), comment))
-            .await
-            .map(drop)
+            .await?;
+        self.record_lease(&comment.lease_id, role);
+        Ok(())
     }
 
     /// Ends one session's backend (`pg_terminate_backend`), if `pid` is
@@ -573,10 +584,16 @@ impl AdminClient {
             .map(drop)
     }
 
-    /// Runs a rendered mint: one round trip, one commit.
+    /// Runs a rendered mint: one round trip, one commit. Once it has
+    /// committed, the lease's row is queued for the lease index (written
+    /// a few milliseconds later, off the mint's path: `lease_index.rs`).
     pub async fn create(&self, prepared: &PreparedMint) -> Result<(), MintError> {
         let mut conn = self.pool.get(&prepared.database).await?;
         conn.batch(prepared.batch.expose()).await?;
+        drop(conn);
+        if let Some(lease_id) = &prepared.lease_id {
+            self.record_lease(lease_id, &prepared.role.name);
+        }
         tracing::debug!(role = %prepared.role.name, database = %prepared.database, "role minted");
         Ok(())
     }

@@ -123,8 +123,20 @@ impl AdminClient {
         Ok(parse_page(&rows, filter, limit))
     }
 
-    /// One live lease by id, from the catalog.
+    /// One live lease by id: from the lease index (`lease_index.rs`)
+    /// when it knows the lease, else from the catalog (all instances),
+    /// reading comments. The index is a hint checked against the role's
+    /// comment; a lease it misses (minted moments ago on another instance,
+    /// before the index existed, or whose row was lost) is still found here,
+    /// at the cost of the comment read.
     pub async fn catalog_lease(&self, lease_id: &str) -> Result<Option<CatalogLease>, MintError> {
+        if self.lease_index_enabled() {
+            match self.indexed_lease(lease_id).await {
+                Ok(Some(lease)) => return Ok(Some(lease)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("lease index: lookup failed, reading the catalog: {e}"),
+            }
+        }
         let filter = CatalogFilter {
             lease_id: Some(lease_id.to_owned()),
             ..CatalogFilter::default()
@@ -248,7 +260,7 @@ fn parse_page(rows: &[SimpleQueryMessage], filter: &CatalogFilter, limit: usize)
 
 /// A row, or `None` when its comment is not a lease (a role an operator
 /// marked by hand, a comment edited since).
-fn parse_row(
+pub(super) fn parse_row(
     role: Option<&str>,
     valid_until: Option<&str>,
     comment: Option<&str>,

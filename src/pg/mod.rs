@@ -4,7 +4,8 @@
 //! cleartext or MD5 password request: `auth_guard.rs`; TLS: `pg_tls.rs`),
 //! the SQL text it sends (`sql.rs`, `revoke_sql.rs`, `reap_sql.rs`,
 //! `cluster_sql.rs`, `catalog.rs`; `batch.rs` assembles the multi-statement
-//! ones), role names (`names.rs`), passwords and
+//! ones), the lease index (`lease_index.rs`: `rolemint.leases`, lease id to
+//! role, a hint the catalog checks), role names (`names.rs`), passwords and
 //! SCRAM verifiers (`scram.rs`), template statements (`template.rs`), root
 //! rotation (`rotate.rs`), and the backend login as a minted role
 //! ([`backend`]: the sans-IO flow, the sockets, the startup parameters a
@@ -21,6 +22,7 @@ pub mod backend;
 mod batch;
 mod catalog;
 mod cluster_sql;
+mod lease_index;
 mod names;
 mod pg_tls;
 mod pool;
@@ -36,11 +38,15 @@ pub use admin::{
     ADMIN_OPTION_NEEDED_FROM, WARM_KIND, WARM_LEASE_PREFIX,
 };
 pub use catalog::{CatalogFilter, CatalogLease, CatalogPage, CATALOG_PAGE};
+pub use lease_index::MIGRATION as LEASE_INDEX_MIGRATION;
 
 /// The catalog queries whose plans the scale bench shows (`EXPLAIN`), as
-/// the directory and the reaper send them.
+/// the directory, the lease index and the reaper send them.
 pub mod queries {
     pub use super::catalog::live_leases as directory_page;
+    pub use super::lease_index::{
+        indexed_lookup as lease_index_lookup, page_query as lease_index_page,
+    };
     pub use super::reap_sql::managed_roles as reaper_sweep;
 }
 pub use names::{is_valid_role_name, sanitize as sanitize_name_part, NameTemplate, MAX_NAME_BYTES};

@@ -377,7 +377,7 @@ impl AdminClient {
                 });
             }
         }
-        Ok(results
+        let results: Vec<Result<Outcome, MintError>> = results
             .into_iter()
             .map(|r| {
                 r.unwrap_or_else(|| {
@@ -387,7 +387,18 @@ impl AdminClient {
                     })
                 })
             })
-            .collect())
+            .collect();
+        // A revocation that came to an outcome (dropped, gone, retained,
+        // refused) ended the lease: its row leaves the lease index. One
+        // that failed is retried and forgotten then.
+        self.forget_roles(
+            targets
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(t, _)| t.role.as_str()),
+        );
+        Ok(results)
     }
 
     async fn run_blocks(

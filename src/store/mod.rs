@@ -11,6 +11,10 @@
 //! - [`tokens`]: Vault tokens (by hash only), their parent/child tree and
 //!   the leases each created, in tables of their own; read per request,
 //!   not snapshotted.
+//! - `rolemint.leases`, the lease index (lease id to role): its migration
+//!   is here, its SQL and its writer are `pg`'s (`pg/lease_index.rs`), since
+//!   the mint and the revocation that feed it are; the store enables it
+//!   once migrated and starts its writer.
 //! - `watch.rs`: how every instance keeps its [`Snapshot`] current:
 //!   `LISTEN rolemint_store` on a connection of its own (every write
 //!   notifies in its own transaction), reconnect with backoff, and a
@@ -240,9 +244,14 @@ impl Store {
         self.refresh().await
     }
 
-    /// Starts the task that keeps the snapshot current (see `watch.rs`);
-    /// it ends with `shutdown`.
+    /// Starts the task that keeps the snapshot current (see `watch.rs`),
+    /// and the writer of the lease index (`rolemint.leases`, written by
+    /// `pg`: see `crate::pg::AdminClient::run_lease_index`); both end with
+    /// `shutdown`.
     pub fn start(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let admin = Arc::clone(&self.inner.admin);
+        let stop = shutdown.clone();
+        tokio::spawn(async move { admin.run_lease_index(stop).await });
         tokio::spawn(watch::run(self.clone(), shutdown))
     }
 
@@ -363,6 +372,8 @@ impl Store {
             .map_err(|e| StoreError::NotReady(format!("the migration task failed: {e}")))?;
         done?;
         self.inner.migrated.store(true, Ordering::Release);
+        // `rolemint.leases` exists: the lease index may be written and read.
+        self.inner.admin.enable_lease_index();
         Ok(())
     }
 

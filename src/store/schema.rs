@@ -39,6 +39,8 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     // Vault tokens by hash, their tree, and the leases each created
     // (`tokens.rs`).
     (2, super::tokens::MIGRATION),
+    // The lease index: lease id -> role (`pg/lease_index.rs`).
+    (3, crate::pg::LEASE_INDEX_MIGRATION),
 ];
 
 /// Creates the schema if missing and runs the migrations it lacks; the
