@@ -14,9 +14,16 @@
 //! | credentials here | the same | ended in the registry, and the role handed to the revoker |
 //! | another instance's | `VALID UNTIL` and comment (that instance re-reads the expiry before it ends the session) | the role handed to this revoker: NOLOGIN, its backends terminated wherever they are (the client gets the backend's 57P01), dropped |
 //!
-//! Lists and mass revocations read the catalog a page at a time
-//! ([`CATALOG_PAGE`] leases, keyset by role name) and go on to the last
-//! page: there is no bound past which leases are silently left out. A
+//! A lease is found by id through the lease index (`rolemint.leases`,
+//! lease id to role, checked against the role's comment), and through the
+//! catalog's comments when the index does not know it
+//! ([`AdminClient::catalog_lease`](crate::pg::AdminClient::catalog_lease)).
+//!
+//! Lists and mass revocations read a page at a time ([`CATALOG_PAGE`]
+//! leases) and go on to the last page: there is no bound past which leases
+//! are silently left out. Lists read the catalog (keyset by role name); a
+//! mass revocation reads the lease index, then the catalog for what the
+//! index missed (`revoke_pages`). A
 //! mass revocation (`revoke-prefix`, revoke by identity, template or
 //! database) runs in a task of its own, so it reaches the last page even if
 //! its caller stops waiting; it waits for each page to be settled before
@@ -163,21 +170,36 @@ impl RegistryDirectory {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Found>, Option<String>), LeaseApiError> {
-        let catalog = CatalogFilter {
-            lease_id: None,
-            prefix: filter.prefix.clone(),
-            identity: filter.identity.clone(),
-            template: filter.template.clone(),
-            database: filter.database.clone(),
-        };
         let page = self
             .shared
             .admin_client
-            .catalog_page(&catalog, after, limit)
+            .catalog_page(&catalog_filter(filter), after, limit)
             .await
             .map_err(backend_error)?;
-        let found = page
-            .leases
+        Ok((self.found(filter, page.leases), page.next))
+    }
+
+    /// A page of the live leases matching `filter` that the lease index
+    /// knows, in lease-id order after the id `after`, and the marker of
+    /// the next; `None` when the index is not in use.
+    async fn indexed_page(
+        &self,
+        filter: &LeaseFilter,
+        after: Option<&str>,
+    ) -> Result<Option<(Vec<Found>, Option<String>)>, LeaseApiError> {
+        let page = self
+            .shared
+            .admin_client
+            .lease_index_page(&catalog_filter(filter), after, CATALOG_PAGE)
+            .await
+            .map_err(backend_error)?;
+        Ok(page.map(|page| (self.found(filter, page.leases), page.next)))
+    }
+
+    /// Leases the catalog says are live, this instance's own taken from the
+    /// registry (and left out once over there), that match `filter`.
+    fn found(&self, filter: &LeaseFilter, leases: Vec<CatalogLease>) -> Vec<Found> {
+        leases
             .into_iter()
             .filter_map(
                 |remote| match self.shared.leases.get(&remote.comment.lease_id) {
@@ -188,8 +210,7 @@ impl RegistryDirectory {
                 },
             )
             .filter(|f| filter.matches(&f.view(self)))
-            .collect();
-        Ok((found, page.next))
+            .collect()
     }
 
     /// Revokes every lease matching `filter`, a page at a time, each page
@@ -197,24 +218,48 @@ impl RegistryDirectory {
     /// the next is read; counts the leases begun in `begun`. Ends with an
     /// error when a page could not be read, or when some revocation was
     /// still under way after its wait (the revoker goes on with it).
+    ///
+    /// Two passes. The lease index first (`pg/lease_index.rs`): its pages
+    /// come from a range of its key, a few milliseconds each whatever the
+    /// catalog holds, where a catalog page reads every minted role's
+    /// membership and comments (most of a revoke-prefix's time at 100,000
+    /// leases). Then the catalog, to the last page, for every lease the
+    /// index did not know: a row is a hint, and a lease may have none (just
+    /// minted on another instance, minted before the index, its row lost).
+    /// By then the leases of the first pass can no longer log in, so the
+    /// catalog's pages hold only what is left.
     async fn revoke_pages(
         self,
         filter: LeaseFilter,
         begun: Arc<AtomicUsize>,
         _permit: OwnedSemaphorePermit,
     ) -> Result<usize, LeaseApiError> {
-        let mut after: Option<String> = None;
         let mut unsettled = 0;
+        let mut after: Option<String> = None;
+        // The index's next page is read, and its revocations begun, while
+        // the revoker still works on the page before: the revoker is never
+        // idle waiting for a read. Two pages are held at most.
+        let mut previous: Vec<Revocation> = Vec::new();
         loop {
-            if self.shared.shutdown.is_cancelled() {
-                return Err(LeaseApiError::Unavailable(
-                    "rolemint is shutting down; revoke again on another instance".into(),
-                ));
+            self.still_serving()?;
+            let Some((found, next)) = self.indexed_page(&filter, after.as_deref()).await? else {
+                break;
+            };
+            let started = self.start_all(found, &begun);
+            unsettled += settle(Arc::clone(&self.shared), previous, self.wait).await;
+            previous = started;
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
             }
+        }
+        // Settled before the catalog is read, which must no longer find them.
+        unsettled += settle(Arc::clone(&self.shared), previous, self.wait).await;
+        let mut after: Option<String> = None;
+        loop {
+            self.still_serving()?;
             let (found, next) = self.page(&filter, after.as_deref(), CATALOG_PAGE).await?;
-            let started: Vec<Revocation> = found.into_iter().map(|f| self.start(f)).collect();
-            begun.fetch_add(started.len(), Ordering::Relaxed);
-            unsettled += settle(Arc::clone(&self.shared), started, self.wait).await;
+            unsettled += self.revoke_found(found, &begun).await;
             match next {
                 Some(next) => after = Some(next),
                 None => break,
@@ -227,6 +272,30 @@ impl RegistryDirectory {
             )));
         }
         Ok(total)
+    }
+
+    /// Begins revoking each of `found` and waits until they are settled
+    /// (at most `self.wait`); how many are still under way.
+    async fn revoke_found(&self, found: Vec<Found>, begun: &AtomicUsize) -> usize {
+        let started = self.start_all(found, begun);
+        settle(Arc::clone(&self.shared), started, self.wait).await
+    }
+
+    /// Begins revoking each of `found`, counted in `begun`.
+    fn start_all(&self, found: Vec<Found>, begun: &AtomicUsize) -> Vec<Revocation> {
+        let started: Vec<Revocation> = found.into_iter().map(|f| self.start(f)).collect();
+        begun.fetch_add(started.len(), Ordering::Relaxed);
+        started
+    }
+
+    /// A mass revocation stops between pages once rolemint shuts down.
+    fn still_serving(&self) -> Result<(), LeaseApiError> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(LeaseApiError::Unavailable(
+                "rolemint is shutting down; revoke again on another instance".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Starts [`Self::revoke_pages`] in a task of its own and, with
@@ -398,6 +467,17 @@ impl RegistryDirectory {
         self.shared
             .revoker
             .schedule(role, database, Some(template), EndReason::RevokedByOperator);
+    }
+}
+
+/// The catalog's (and the index's) form of an API filter.
+fn catalog_filter(filter: &LeaseFilter) -> CatalogFilter {
+    CatalogFilter {
+        lease_id: None,
+        prefix: filter.prefix.clone(),
+        identity: filter.identity.clone(),
+        template: filter.template.clone(),
+        database: filter.database.clone(),
     }
 }
 
