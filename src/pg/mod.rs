@@ -47,7 +47,9 @@ pub mod queries {
     pub use super::lease_index::{
         indexed_lookup as lease_index_lookup, page_query as lease_index_page,
     };
-    pub use super::reap_sql::managed_roles as reaper_sweep;
+    pub use super::reap_sql::{
+        managed_roles as reaper_sweep, SWEEP_SETTINGS as reaper_sweep_settings,
+    };
 }
 pub use names::{is_valid_role_name, sanitize as sanitize_name_part, NameTemplate, MAX_NAME_BYTES};
 pub use pg_tls::MakeRustlsConnect;
