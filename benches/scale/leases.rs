@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::http::Admin;
 use super::load;
 use super::report::{quantile_ms, show};
+use super::shared::procfs;
 use super::shared::proxy::Proxy;
 use super::Ctx;
 
@@ -153,7 +154,8 @@ pub async fn run(ctx: &mut Ctx, empty_p50_ms: f64) -> anyhow::Result<()> {
     .await?;
     ids.retain(|id| !singles.contains(id));
 
-    catalog(ctx, empty_p50_ms).await?;
+    let probe = ids.first().cloned().unwrap_or_default();
+    catalog(ctx, empty_p50_ms, &probe).await?;
     restarted(ctx, &ids).await?;
     revoke_prefix(ctx, ids.len(), rss_before).await
 }
@@ -282,7 +284,7 @@ async fn single_ops(
 
 /// Item 2: unrelated roles into `pg_authid`, then connect p50 against the
 /// empty catalog's, and the plans of the directory's and reaper's queries.
-async fn catalog(ctx: &mut Ctx, empty_p50_ms: f64) -> anyhow::Result<()> {
+async fn catalog(ctx: &mut Ctx, empty_p50_ms: f64, probe: &str) -> anyhow::Result<()> {
     let m = ctx.settings.roles;
     eprintln!("creating {m} unrelated roles ...");
     let start = Instant::now();
@@ -359,13 +361,47 @@ async fn catalog(ctx: &mut Ctx, empty_p50_ms: f64) -> anyhow::Result<()> {
                 rolemint::pg::CATALOG_PAGE,
             ),
         ),
-        ("reaper sweep", rolemint::pg::queries::reaper_sweep()),
+        (
+            "reaper sweep",
+            format!(
+                "{};\nEXPLAIN (ANALYZE, COSTS OFF) {}",
+                rolemint::pg::queries::reaper_sweep_settings,
+                rolemint::pg::queries::reaper_sweep()
+            ),
+        ),
+        (
+            "lease index lookup",
+            format!(
+                "EXPLAIN (ANALYZE, COSTS OFF) {}",
+                rolemint::pg::queries::lease_index_lookup(probe)
+            ),
+        ),
+        (
+            "lease index page",
+            format!(
+                "EXPLAIN (ANALYZE, COSTS OFF) {}",
+                rolemint::pg::queries::lease_index_page(
+                    Some(PREFIX),
+                    Some(probe),
+                    rolemint::pg::CATALOG_PAGE
+                )
+            ),
+        ),
     ];
+    // In the admin database, where rolemint's schema (the lease index)
+    // is; the catalogs are the cluster's, the same from any database.
+    let admin_db = ctx
+        .h
+        .superuser_on(&ctx.h.config.backend.admin_database)
+        .await;
     for (name, sql) in queries {
-        let rows = ctx
-            .su
-            .simple_query(&format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}"))
-            .await?;
+        let sql = if sql.contains("EXPLAIN") {
+            sql
+        } else {
+            format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}")
+        };
+        let rows = admin_db.simple_query(&sql).await?;
+        admin_db.batch_execute("RESET ALL").await?;
         let plan: Vec<String> = rows
             .iter()
             .filter_map(|m| match m {
@@ -456,9 +492,55 @@ async fn restarted(ctx: &mut Ctx, ids: &[String]) -> anyhow::Result<()> {
         Some(swept.is_some_and(|d| d <= Duration::from_secs(2))),
     );
     let singles = pick(ids, 5);
-    single_ops(ctx, &admin, &singles, "a new instance (catalog)").await?;
+    single_ops(ctx, &admin, &singles, "a new instance (lease index)").await?;
+    // The lease index's tidy pass follows the first sweep: its time, as
+    // the new instance logged it.
+    let tidy_ms = wait_for_tidy(&proxy, Duration::from_secs(60)).await;
+    ctx.results
+        .figure("restart", "lease index tidy", json!({"ms": tidy_ms}));
+    ctx.results.check(
+        1,
+        "its lease index tidy pass (after the first sweep)",
+        "reported",
+        match tidy_ms {
+            Some(ms) => format!("{ms} ms"),
+            None => "not logged within 60 s".to_owned(),
+        },
+        None,
+    );
     proxy.stop().await?;
     Ok(())
+}
+
+/// The milliseconds of the first "lease index tidied" line `proxy` logs,
+/// waiting up to `within` for it.
+async fn wait_for_tidy(proxy: &Proxy, within: Duration) -> Option<u64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let log = proxy.log();
+        let ms = log
+            .lines()
+            .find(|l| l.contains("lease index tidied"))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("ms=")))
+            .and_then(|ms| ms.parse().ok());
+        if ms.is_some() || Instant::now() >= deadline {
+            return ms;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// CPU time so far of the cluster (every process) and of the proxy.
+fn cpu_now(ctx: &Ctx) -> anyhow::Result<(Duration, Duration)> {
+    let postmaster = ctx
+        .h
+        .cluster
+        .pid()
+        .ok_or_else(|| anyhow!("the cluster is not running"))?;
+    Ok((
+        procfs::cluster_cpu(postmaster)?,
+        procfs::cpu(ctx.proxy.pid)?,
+    ))
 }
 
 /// revoke-prefix of every lease left, while sessions of another template
@@ -468,6 +550,8 @@ async fn revoke_prefix(ctx: &mut Ctx, n: usize, rss_before: u64) -> anyhow::Resu
     let workers = 4;
     eprintln!("idle connect loop ...");
     let stop = CancellationToken::new();
+    let idle_cpu0 = cpu_now(ctx)?;
+    let idle_start = Instant::now();
     let idle = {
         let (door, stop2) = (door.clone(), stop.clone());
         let task = tokio::spawn(async move { load::connect_loop(&door, workers, stop2).await });
@@ -475,12 +559,21 @@ async fn revoke_prefix(ctx: &mut Ctx, n: usize, rss_before: u64) -> anyhow::Resu
         stop.cancel();
         task.await?
     };
+    // The connect loop's own CPU per second (cluster and proxy), to take
+    // out of the revocation's.
+    let idle_cpu1 = cpu_now(ctx)?;
+    let idle_secs = idle_start.elapsed().as_secs_f64();
+    let loop_rate = (idle_cpu1.0 + idle_cpu1.1)
+        .saturating_sub(idle_cpu0.0 + idle_cpu0.1)
+        .as_secs_f64()
+        / idle_secs.max(1e-9);
     eprintln!("revoke-prefix of {n} leases under a connect load ...");
     let stop = CancellationToken::new();
     let busy = {
         let (door, stop2) = (door.clone(), stop.clone());
         tokio::spawn(async move { load::connect_loop(&door, workers, stop2).await })
     };
+    let cpu0 = cpu_now(ctx)?;
     let start = Instant::now();
     let a = ctx
         .admin
@@ -499,8 +592,21 @@ async fn revoke_prefix(ctx: &mut Ctx, n: usize, rss_before: u64) -> anyhow::Resu
         left = super::roles_under(&ctx.su, PREFIX).await?;
     }
     let done = start.elapsed();
+    let cpu1 = cpu_now(ctx)?;
     stop.cancel();
     let busy = busy.await?;
+    let (pg_cpu, proxy_cpu) = (
+        cpu1.0.saturating_sub(cpu0.0).as_secs_f64(),
+        cpu1.1.saturating_sub(cpu0.1).as_secs_f64(),
+    );
+    let index_rows: i64 = ctx
+        .h
+        .superuser_on(&ctx.h.config.backend.admin_database)
+        .await
+        .query_one("SELECT count(*) FROM rolemint.leases", &[])
+        .await
+        .map_or(-1, |r| r.get(0));
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let rss_after = {
         // The registry lets go of a lease once the revoker has it: give
         // the process a moment to return what it freed.
@@ -521,7 +627,23 @@ async fn revoke_prefix(ctx: &mut Ctx, n: usize, rss_before: u64) -> anyhow::Resu
                "busy_connects": busy.latencies.len(), "busy_p50_ms": quantile_ms(&busy.latencies, 0.5),
                "busy_p99_ms": busy_p99, "busy_failures": busy.failures.len(),
                "idle_failures": idle.failures.len(),
-               "failure_kinds": busy.failures.iter().take(5).collect::<Vec<_>>()}),
+               "failure_kinds": busy.failures.iter().take(5).collect::<Vec<_>>(),
+               "cluster_cpu_s": pg_cpu, "proxy_cpu_s": proxy_cpu,
+               "idle_loop_cpu_per_s": loop_rate,
+               "lease_index_rows_after": index_rows, "load_average": load.trim()}),
+    );
+    // Not the revocation's alone: the connect loop runs meanwhile (alone
+    // it used `loop_rate` CPU-seconds a second), and shares the two cores.
+    ctx.results.check(
+        1,
+        format!("CPU during the revoke-prefix of {n} leases (cluster + proxy, connect loop included)"),
+        "reported",
+        format!(
+            "cluster {pg_cpu:.1} s + proxy {proxy_cpu:.1} s in {:.1} s (the loop alone: {loop_rate:.2} CPU-s/s); load average {}; {index_rows} lease index rows left",
+            done.as_secs_f64(),
+            load.split_whitespace().next().unwrap_or("?"),
+        ),
+        None,
     );
     ctx.results.check(
         1,
