@@ -101,6 +101,8 @@
 //!   revoke_sql.rs       the SQL that ends roles, one round trip per batch
 //!   reap_sql.rs         what the reaper asks: the sweep lock, the members of rolemint_managed
 //!   catalog.rs          leases as the catalog records them
+//!   lease_index.rs      rolemint.leases (lease id -> role): its writer, reads, tidy pass
+//!   batch.rs            how the mint's and the revocation's statements are put together
 //!   cluster_sql.rs      sessions another instance serves (cluster cancels)
 //!   names.rs            names of minted roles
 //!   scram.rs            the minted role's password and its SCRAM-SHA-256 verifier
