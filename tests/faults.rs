@@ -586,7 +586,9 @@ async fn a_role_without_a_finite_valid_until_expires_by_its_lease_comment() {
         CREATE ROLE "v-live-readonly-cccccccc-1" LOGIN PASSWORD '{verifier}' VALID UNTIL 'infinity' IN ROLE rolemint_managed;
         COMMENT ON ROLE "v-live-readonly-cccccccc-1" IS '{live}';
         "#,
-        inf = comment("aaaa", "session", "2000-01-01T01:00:00Z"),
+        // Live until its session is open: a reaper (the harness's own)
+        // must not drop it before the login below.
+        inf = comment("aaaa", "session", "2999-01-01T00:00:00Z"),
         null = comment("bbbb", "creds", "2000-01-01T01:00:00Z"),
         live = comment("cccc", "session", "2999-01-01T00:00:00Z"),
     ))
@@ -600,6 +602,12 @@ async fn a_role_without_a_finite_valid_until_expires_by_its_lease_comment() {
     };
     let infinite = login("v-inf-readonly-aaaaaaaa-1").await.expect("log in");
     let live = login("v-live-readonly-cccccccc-1").await.expect("log in");
+    su.batch_execute(&format!(
+        r#"COMMENT ON ROLE "v-inf-readonly-aaaaaaaa-1" IS '{}'"#,
+        comment("aaaa", "session", "2000-01-01T01:00:00Z")
+    ))
+    .await
+    .expect("expire the lease by its comment");
 
     // The catalog read survives `infinity` and falls back to the comment.
     let page = h
