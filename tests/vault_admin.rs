@@ -374,4 +374,22 @@ async fn deleting_a_role_stops_new_leases_and_revokes_running_ones_with_its_stat
         traced, 1,
         "the deleted template's revocation statements ran"
     );
+    // The workload revoked its own lease, and the audit line says so.
+    let revoked = |by: &'static str| {
+        let audit = h.cert_path().with_file_name("audit.jsonl");
+        let user = user.clone();
+        async move {
+            std::fs::read_to_string(audit)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|l| {
+                    l["event"] == "lease.revoked" && l["role"] == user.as_str() && l["by"] == by
+                })
+        }
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || revoked("workload")).await,
+        "no lease.revoked line with by = workload for {user}"
+    );
 }

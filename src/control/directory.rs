@@ -231,6 +231,7 @@ impl RegistryDirectory {
     async fn revoke_pages(
         self,
         filter: LeaseFilter,
+        by: EndReason,
         begun: Arc<AtomicUsize>,
         _permit: OwnedSemaphorePermit,
     ) -> Result<usize, LeaseApiError> {
@@ -245,7 +246,7 @@ impl RegistryDirectory {
             let Some((found, next)) = self.indexed_page(&filter, after.as_deref()).await? else {
                 break;
             };
-            let started = self.start_all(found, &begun);
+            let started = self.start_all(found, by, &begun);
             unsettled += settle(Arc::clone(&self.shared), previous, self.wait).await;
             previous = started;
             match next {
@@ -259,7 +260,7 @@ impl RegistryDirectory {
         loop {
             self.still_serving()?;
             let (found, next) = self.page(&filter, after.as_deref(), CATALOG_PAGE).await?;
-            unsettled += self.revoke_found(found, &begun).await;
+            unsettled += self.revoke_found(found, by, &begun).await;
             match next {
                 Some(next) => after = Some(next),
                 None => break,
@@ -276,14 +277,14 @@ impl RegistryDirectory {
 
     /// Begins revoking each of `found` and waits until they are settled
     /// (at most `self.wait`); how many are still under way.
-    async fn revoke_found(&self, found: Vec<Found>, begun: &AtomicUsize) -> usize {
-        let started = self.start_all(found, begun);
+    async fn revoke_found(&self, found: Vec<Found>, by: EndReason, begun: &AtomicUsize) -> usize {
+        let started = self.start_all(found, by, begun);
         settle(Arc::clone(&self.shared), started, self.wait).await
     }
 
     /// Begins revoking each of `found`, counted in `begun`.
-    fn start_all(&self, found: Vec<Found>, begun: &AtomicUsize) -> Vec<Revocation> {
-        let started: Vec<Revocation> = found.into_iter().map(|f| self.start(f)).collect();
+    fn start_all(&self, found: Vec<Found>, by: EndReason, begun: &AtomicUsize) -> Vec<Revocation> {
+        let started: Vec<Revocation> = found.into_iter().map(|f| self.start(f, by)).collect();
         begun.fetch_add(started.len(), Ordering::Relaxed);
         started
     }
@@ -300,7 +301,12 @@ impl RegistryDirectory {
 
     /// Starts [`Self::revoke_pages`] in a task of its own and, with
     /// `sync`, waits for it up to `self.wait`.
-    async fn revoke_every(&self, filter: LeaseFilter, sync: bool) -> Result<usize, LeaseApiError> {
+    async fn revoke_every(
+        &self,
+        filter: LeaseFilter,
+        by: EndReason,
+        sync: bool,
+    ) -> Result<usize, LeaseApiError> {
         let permit = Arc::clone(&self.mass_revokes)
             .try_acquire_owned()
             .map_err(|_| {
@@ -313,7 +319,7 @@ impl RegistryDirectory {
             let (dir, begun) = (self.clone(), Arc::clone(&begun));
             async move {
                 let what = format!("{filter:?}");
-                let result = dir.revoke_pages(filter, begun, permit).await;
+                let result = dir.revoke_pages(filter, by, begun, permit).await;
                 match &result {
                     Ok(n) => tracing::info!(filter = %what, revoked = n, "mass revocation done"),
                     Err(e) => tracing::warn!(filter = %what, "mass revocation: {e}"),
@@ -407,10 +413,10 @@ impl RegistryDirectory {
     async fn revoke_all(
         &self,
         found: Vec<Found>,
-        _by: EndReason,
+        by: EndReason,
         sync: bool,
     ) -> Result<usize, LeaseApiError> {
-        let started: Vec<Revocation> = found.into_iter().map(|f| self.start(f)).collect();
+        let started: Vec<Revocation> = found.into_iter().map(|f| self.start(f, by)).collect();
         let count = started.len();
         let settle = settle(Arc::clone(&self.shared), started, self.wait);
         if !sync {
@@ -429,15 +435,17 @@ impl RegistryDirectory {
     }
 
     /// Ends a lease here, or hands its role to the revoker.
-    fn start(&self, found: Found) -> Revocation {
+    /// `by` is who revoked it: the session's client is told, and the
+    /// revoker's `lease.revoked` line says so.
+    fn start(&self, found: Found, by: EndReason) -> Revocation {
         match found {
             Found::Local(lease) => {
                 // The session tells its client "lease revoked" and hands its
                 // role over; credentials have no session to do so.
-                lease.end(EndReason::RevokedByOperator);
+                lease.end(by);
                 let handed = lease.kind == LeaseKind::Creds;
                 if handed {
-                    self.schedule(&lease.role, &lease.database, &lease.template);
+                    self.schedule(&lease.role, &lease.database, &lease.template, by);
                 }
                 Revocation {
                     id: lease.id.clone(),
@@ -451,7 +459,7 @@ impl RegistryDirectory {
                 let CatalogLease {
                     role, comment: c, ..
                 } = *remote;
-                self.schedule(&role, &c.database, &c.template);
+                self.schedule(&role, &c.database, &c.template, by);
                 Revocation {
                     id: c.lease_id,
                     role,
@@ -463,10 +471,10 @@ impl RegistryDirectory {
         }
     }
 
-    fn schedule(&self, role: &str, database: &str, template: &str) {
+    fn schedule(&self, role: &str, database: &str, template: &str, by: EndReason) {
         self.shared
             .revoker
-            .schedule(role, database, Some(template), EndReason::RevokedByOperator);
+            .schedule(role, database, Some(template), by);
     }
 }
 
@@ -601,10 +609,10 @@ impl LeaseDirectory for RegistryDirectory {
     fn revoke_matching(
         &self,
         filter: LeaseFilter,
-        _by: EndReason,
+        by: EndReason,
         sync: bool,
     ) -> DirFuture<'_, usize> {
-        Box::pin(self.revoke_every(filter, sync))
+        Box::pin(self.revoke_every(filter, by, sync))
     }
 }
 
