@@ -339,34 +339,7 @@ impl AdminPool {
                     .expose(),
             ),
         };
-        let connecting = async {
-            if self.allow_weak_auth {
-                return match &self.tls {
-                    None => Ok(spawn_connection(config.connect(NoTls).await?, wake)?),
-                    Some(tls) => Ok(spawn_connection(
-                        config.connect(MakeRustlsConnect::new(tls.clone())).await?,
-                        wake,
-                    )?),
-                };
-            }
-            let tcp = tokio::net::TcpStream::connect((self.addr.0.as_str(), self.addr.1))
-                .await
-                .map_err(GuardedConnectError::Io)?;
-            crate::tls::tune_tcp(&tcp);
-            Ok(match &self.tls {
-                None => {
-                    spawn_connection(config.connect_raw(Guarded::new(tcp), NoTls).await?, wake)?
-                }
-                Some(tls) => {
-                    let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
-                        &mut MakeRustlsConnect::new(tls.clone()),
-                        &self.addr.0,
-                    )
-                    .map_err(GuardedConnectError::Io)?;
-                    spawn_connection(config.connect_raw(tcp, GuardedConnect(tls)).await?, wake)?
-                }
-            })
-        };
+        let connecting = self.log_in(&config, wake);
         let client = match tokio::time::timeout(self.connect_timeout, connecting).await {
             // Every failure to connect is `Connect`: no statement was sent
             // on this connection, so a mint that failed here created
@@ -392,6 +365,45 @@ impl AdminPool {
         };
         // Logged in: the password's copy goes now, not after the setup.
         drop(config);
+        self.set_up(client, database).await
+    }
+
+    /// The TCP (and TLS) connection and the login. Unless
+    /// `allow_weak_auth`, the stream refuses a cleartext or MD5 password
+    /// request (`auth_guard.rs`).
+    async fn log_in(
+        &self,
+        config: &tokio_postgres::Config,
+        wake: Option<Arc<Notify>>,
+    ) -> Result<Client, GuardedConnectError> {
+        if self.allow_weak_auth {
+            return match &self.tls {
+                None => Ok(spawn_connection(config.connect(NoTls).await?, wake)?),
+                Some(tls) => Ok(spawn_connection(
+                    config.connect(MakeRustlsConnect::new(tls.clone())).await?,
+                    wake,
+                )?),
+            };
+        }
+        let tcp = tokio::net::TcpStream::connect((self.addr.0.as_str(), self.addr.1))
+            .await
+            .map_err(GuardedConnectError::Io)?;
+        crate::tls::tune_tcp(&tcp);
+        Ok(match &self.tls {
+            None => spawn_connection(config.connect_raw(Guarded::new(tcp), NoTls).await?, wake)?,
+            Some(tls) => {
+                let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
+                    &mut MakeRustlsConnect::new(tls.clone()),
+                    &self.addr.0,
+                )
+                .map_err(GuardedConnectError::Io)?;
+                spawn_connection(config.connect_raw(tcp, GuardedConnect(tls)).await?, wake)?
+            }
+        })
+    }
+
+    /// The admin session's settings, on a fresh connection.
+    async fn set_up(&self, client: Client, database: &str) -> Result<Client, MintError> {
         match tokio::time::timeout(
             self.statement_timeout,
             client.simple_query(&self.session_setup),
