@@ -94,6 +94,7 @@
 //!   quota.rs            what one principal and one template may hold at once
 //! pg/                   PostgreSQL as rolemint speaks to it
 //!   admin.rs            AdminClient, the admin-database client: mint, renew, revoke, catalog, cancels
+//!   error.rs            MintError: why an admin-side step failed, and whether a retry may help
 //!   pool.rs             admin connections, pooled per database
 //!   auth_guard.rs       the stream guard that never answers a cleartext or MD5 request
 //!   pg_tls.rs           tokio-postgres over rustls

@@ -22,6 +22,7 @@ pub mod backend;
 mod batch;
 mod catalog;
 mod cluster_sql;
+mod error;
 mod lease_index;
 mod names;
 mod pg_tls;
@@ -34,10 +35,11 @@ mod sql;
 mod template;
 
 pub use admin::{
-    rfc3339, AdminClient, AdminFacts, HbaRule, MintError, MintRequest, MintedRole, PreparedMint,
+    rfc3339, AdminClient, AdminFacts, HbaRule, MintRequest, MintedRole, PreparedMint,
     ADMIN_OPTION_NEEDED_FROM, WARM_KIND, WARM_LEASE_PREFIX,
 };
 pub use catalog::{CatalogFilter, CatalogLease, CatalogPage, CATALOG_PAGE};
+pub use error::MintError;
 pub use lease_index::MIGRATION as LEASE_INDEX_MIGRATION;
 
 /// The catalog queries whose plans the scale bench shows (`EXPLAIN`), as
