@@ -48,15 +48,15 @@ impl std::fmt::Debug for Profile {
     }
 }
 
-/// The whole file.
+/// The whole credentials file: a person's logins, one profile per proxy.
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Credentials {
+pub struct CredentialsFile {
     /// The profile of the last login: what commands use without `--proxy`.
     pub current: Option<String>,
     pub profiles: BTreeMap<String, Profile>,
 }
 
-impl Credentials {
+impl CredentialsFile {
     /// The profile for `admin_url`, or the current one.
     pub fn profile(&self, admin_url: Option<&str>) -> Option<&Profile> {
         let key = admin_url
@@ -81,12 +81,12 @@ pub fn dir() -> anyhow::Result<PathBuf> {
 }
 
 /// Reads the credentials in `dir` (empty when there are none yet).
-pub fn load(dir: &Path) -> anyhow::Result<Credentials> {
+pub fn load(dir: &Path) -> anyhow::Result<CredentialsFile> {
     use std::io::Read as _;
     let path = dir.join("credentials.json");
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Credentials::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CredentialsFile::default()),
         Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
     };
     let mut text = String::new();
@@ -96,7 +96,7 @@ pub fn load(dir: &Path) -> anyhow::Result<Credentials> {
 }
 
 /// Writes the credentials to `dir`, 0600, atomically.
-pub fn save(dir: &Path, creds: &Credentials) -> anyhow::Result<()> {
+pub fn save(dir: &Path, creds: &CredentialsFile) -> anyhow::Result<()> {
     make_dir(dir)?;
     let text = serde_json::to_vec_pretty(creds)?;
     write_private(&dir.join("credentials.json"), &text)
