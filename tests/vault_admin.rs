@@ -393,3 +393,98 @@ async fn deleting_a_role_stops_new_leases_and_revokes_running_ones_with_its_stat
         "no lease.revoked line with by = workload for {user}"
     );
 }
+
+/// A deleted role's statements outlive the instance that knew it: an
+/// instance started after the delete (a restart, a new replica) revokes
+/// the role's running lease with them, and still mints nothing from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_started_after_a_delete_revokes_its_leases_with_the_deleted_statements() {
+    let (h, a) = with_admin().await;
+    let su = h.superuser().await;
+    su.batch_execute(&format!(
+        "CREATE TABLE public.revoked (name text); GRANT INSERT ON public.revoked TO {}",
+        h.demo.admin_user
+    ))
+    .await
+    .unwrap();
+    let (s, body) = call(
+        "POST",
+        format!("http://{a}/v1/database/roles/brief"),
+        OPERATOR_TOKEN,
+        Some(json!({
+            "db_name": "appdb",
+            "creation_statements": CREATE,
+            "revocation_statements": "INSERT INTO public.revoked VALUES ('{{name}}'); DROP ROLE \"{{name}}\"",
+            "default_ttl": "1h",
+            "allow_identities": ["*"],
+        })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+    let jwt = h.token("erin");
+    let (s, creds) = call(
+        "GET",
+        format!("http://{a}/v1/database/creds/brief"),
+        jwt.expose(),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{creds}");
+    let user = creds["data"]["username"].as_str().unwrap().to_owned();
+    let lease = creds["lease_id"].as_str().unwrap().to_owned();
+    let (s, _) = call(
+        "DELETE",
+        format!("http://{a}/v1/database/roles/brief"),
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+
+    // B never saw the role: it neither lists nor mints it ...
+    let (b_process, b) = another_instance(&h).await;
+    let (s, _) = call(
+        "GET",
+        format!("http://{b}/v1/database/roles/brief"),
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, body) = call(
+        "GET",
+        format!("http://{b}/v1/database/creds/brief"),
+        jwt.expose(),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    // ... and revokes the running lease with the deleted role's statements.
+    let (s, body) = call(
+        "PUT",
+        format!("http://{b}/v1/sys/leases/revoke"),
+        OPERATOR_TOKEN,
+        Some(json!({"lease_id": lease})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}\n{}", b_process.log());
+    let gone = wait_until(Duration::from_secs(10), || async {
+        !role_exists(&h, &user).await
+    })
+    .await;
+    assert!(gone, "the role of the revoked lease is still there");
+    let traced: i64 = su
+        .query_one(
+            "SELECT count(*) FROM public.revoked WHERE name = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        traced,
+        1,
+        "B revoked {user} without the deleted role's statements:\n{}",
+        b_process.log()
+    );
+}

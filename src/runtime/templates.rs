@@ -12,9 +12,11 @@
 //! one map. A change in the store swaps in a runtime that shares the
 //! running one's TLS and token verifier; the revoker learns a template
 //! before any session can mint from it, and keeps a deleted one, so a
-//! lease minted from it is revoked with its statements.
+//! lease minted from it is revoked with its statements. A deleted
+//! template is kept in the store too (`Kind::RetiredTemplate`), so an
+//! instance that restarted or started after the delete knows them as well.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -90,12 +92,25 @@ pub fn merged(runtime: &Runtime, snapshot: &Snapshot) -> Runtime {
     }
 }
 
+/// The templates deleted through the API, for the revoker only: a lease
+/// minted from one is revoked with its statements. Unreadable ones are
+/// left out (the default revocation applies).
+pub fn retired(snapshot: &Snapshot) -> BTreeMap<String, RoleTemplate> {
+    snapshot
+        .iter(Kind::RetiredTemplate)
+        .filter_map(|(name, object)| Some((name.to_owned(), decode(&object.body).ok()?.1)))
+        .collect()
+}
+
 /// Swaps in the running runtime merged with the store as it is now. The
-/// revoker takes the templates first (see the module doc).
+/// revoker takes the templates first (see the module doc); a template
+/// there now wins over a retired one of the same name.
 pub fn apply(shared: &Shared) {
     let snapshot = shared.store.snapshot();
+    let retired = retired(&snapshot);
     shared.runtime.rcu(|current| {
         let next = merged(current, &snapshot);
+        shared.revoker.update_templates(&retired);
         shared.revoker.update_templates(&next.config.roles);
         next
     });

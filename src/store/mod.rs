@@ -55,6 +55,11 @@ pub const MAX_OBJECTS_PER_KIND: usize = 1000;
 pub const MAX_NAME_BYTES: usize = 128;
 /// Longest `written_by` kept (longer ones are cut): an identity or "operator".
 const MAX_WRITER_BYTES: usize = 256;
+/// How long a deleted template is kept for its leases: a lease lives at
+/// most its template's `max_ttl` (at most 7 days) from its mint, which was
+/// before the delete; a day more covers the reaper's grace.
+pub const RETIRED_TEMPLATE_KEPT: std::time::Duration =
+    std::time::Duration::from_secs(8 * 24 * 3600);
 /// The channel every write notifies, with the kind as payload.
 pub const CHANNEL: &str = "rolemint_store";
 
@@ -73,16 +78,23 @@ pub enum Kind {
     Connection,
     /// Access requests and their grants (`/v1/rolemint/requests`).
     AccessRequest,
+    /// Templates deleted through `database/roles/NAME`, kept for the
+    /// leases minted from them: whichever instance ends such a lease (a
+    /// restarted one, one started after the delete) revokes it with the
+    /// statements it was minted under. Never minted from; dropped once no
+    /// lease can be left (see [`RETIRED_TEMPLATE_KEPT`]).
+    RetiredTemplate,
 }
 
 impl Kind {
     /// Every kind, in the snapshot's order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Template,
         Kind::Policy,
         Kind::AuthRole,
         Kind::Connection,
         Kind::AccessRequest,
+        Kind::RetiredTemplate,
     ];
 
     /// The kind as stored in `rolemint.objects.kind`.
@@ -93,6 +105,7 @@ impl Kind {
             Kind::AuthRole => "auth_role",
             Kind::Connection => "connection",
             Kind::AccessRequest => "access_request",
+            Kind::RetiredTemplate => "retired_template",
         }
     }
 
@@ -354,6 +367,28 @@ impl Store {
         let deleted = objects::deleted(&rows);
         self.refresh_kind(kind).await?;
         Ok(deleted)
+    }
+
+    /// Deletes template `name` and keeps its body as a retired template
+    /// (one transaction, both kinds notified); whether it existed. Retired
+    /// templates older than [`RETIRED_TEMPLATE_KEPT`], or past the newest
+    /// [`MAX_OBJECTS_PER_KIND`], go in the same transaction.
+    pub async fn retire_template(&self, name: &str, written_by: &str) -> Result<bool, StoreError> {
+        check_name(name)?;
+        self.ensure_schema().await?;
+        let sql = objects::retire(
+            name,
+            cut(written_by, MAX_WRITER_BYTES),
+            RETIRED_TEMPLATE_KEPT,
+            MAX_OBJECTS_PER_KIND,
+        );
+        let mut conn = self.inner.admin.admin_connection().await?;
+        let rows = conn.batch(&sql).await?;
+        drop(conn);
+        let existed = objects::deleted(&rows);
+        self.refresh_kind(Kind::RetiredTemplate).await?;
+        self.refresh_kind(Kind::Template).await?;
+        Ok(existed)
     }
 
     /// Creates or migrates the schema once per process (retried on the

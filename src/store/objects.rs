@@ -71,6 +71,37 @@ pub(super) fn delete(kind: Kind, name: &str) -> String {
     )
 }
 
+/// Moves template `name` to the retired templates (same body), and drops
+/// retired ones older than `kept` or past the newest `max` (the third
+/// statement's count says whether the template was there).
+pub(super) fn retire(name: &str, writer: &str, kept: std::time::Duration, max: usize) -> String {
+    let from = escape_literal(Kind::Template.as_str());
+    let to = escape_literal(Kind::RetiredTemplate.as_str());
+    let n = escape_literal(name);
+    let w = escape_literal(writer);
+    let channel = escape_literal(CHANNEL);
+    format!(
+        "BEGIN; {bump_from}; \
+         WITH gone AS (DELETE FROM rolemint.objects WHERE kind = {from} AND name = {n} \
+           RETURNING body) \
+         INSERT INTO rolemint.objects (kind, name, body, written_by) \
+           SELECT {to}, {n}, body, {w} FROM gone \
+           ON CONFLICT (kind, name) DO UPDATE SET body = excluded.body, \
+             written_by = excluded.written_by, written_at = pg_catalog.now(); \
+         {bump_to}; \
+         DELETE FROM rolemint.objects WHERE kind = {to} AND \
+           (written_at < pg_catalog.now() - pg_catalog.make_interval(secs => {kept}) \
+            OR name IN (SELECT name FROM rolemint.objects WHERE kind = {to} \
+                        ORDER BY written_at DESC, name OFFSET {max})); \
+         SELECT pg_catalog.pg_notify({channel}, {from}); \
+         SELECT pg_catalog.pg_notify({channel}, {to}); \
+         COMMIT",
+        bump_from = bump(&from),
+        bump_to = bump(&to),
+        kept = kept.as_secs(),
+    )
+}
+
 /// Replaces `kind`/`name`'s body where it still is `expected` (the third
 /// statement's count says whether it was).
 pub(super) fn replace(kind: Kind, name: &str, expected: &str, body: &str, writer: &str) -> String {

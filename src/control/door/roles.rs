@@ -207,9 +207,11 @@ async fn delete(
     if crate::store::check_name(name).is_err() {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
+    // Kept as a retired template: its leases are revoked with its
+    // statements by whichever instance ends them.
     let existed = shared
         .store
-        .delete(Kind::Template, name)
+        .retire_template(name, &caller.label())
         .await
         .map_err(store_error)?;
     if existed {
