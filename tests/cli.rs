@@ -29,6 +29,39 @@ fn cluster() -> (TempCluster, Demo) {
     (cluster, demo)
 }
 
+/// `ROLEMINT_CONFIG` exported (as for `leases` and `check`) does not stop
+/// the kinds of token that need no config: the bootstrap's `token
+/// --operator` among them.
+#[test]
+fn token_operator_static_and_key_run_with_rolemint_config_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let keygen = Command::new(ROLEMINT)
+        .args(["keygen", "--out"])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let key = keys.join("ed25519.key.pem");
+    let key = key.to_str().unwrap();
+    for args in [
+        vec!["token", "--operator"],
+        vec!["token", "--static", "--sub", "ci"],
+        vec!["token", "--key", key, "--sub", "bob"],
+    ] {
+        let out = Command::new(ROLEMINT)
+            .args(&args)
+            .env("ROLEMINT_CONFIG", dir.path().join("rolemint.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} with ROLEMINT_CONFIG set: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn token_prints_a_verifiable_token_on_its_last_line() {
     let (cluster, demo) = cluster();

@@ -128,7 +128,8 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
     /// The config whose local issuer signs (not needed with --static,
-    /// --operator or --key).
+    /// --operator or --key, which leave it unread: `ROLEMINT_CONFIG`
+    /// exported for the other commands must not stop them).
     #[arg(long, short, env = "ROLEMINT_CONFIG")]
     pub config: Option<PathBuf>,
     /// The identity (`sub` claim, or the static token's identity).
@@ -150,15 +151,15 @@ pub struct TokenArgs {
     pub ttl: Duration,
     /// Print a new random static token and its `[[auth.static_tokens]]`
     /// lines.
-    #[arg(long = "static", conflicts_with_all = ["operator", "key", "config"])]
+    #[arg(long = "static", conflicts_with_all = ["operator", "key"])]
     pub static_token: bool,
     /// Print a new random operator token and its `operator_token_sha256`
     /// line.
-    #[arg(long, conflicts_with_all = ["key", "config", "sub"])]
+    #[arg(long, conflicts_with_all = ["key", "sub"])]
     pub operator: bool,
     /// Sign with this Ed25519 private key (PKCS#8 PEM, as `rolemint
     /// keygen` writes it) instead of the config's local issuer.
-    #[arg(long, conflicts_with = "config")]
+    #[arg(long)]
     pub key: Option<PathBuf>,
     /// The `iss` claim of a token signed with --key.
     #[arg(long, requires = "key")]
