@@ -9,6 +9,7 @@
 //! GET  /v1/<db mount>/creds/<template>     database.rs  mint a credential lease
 //! GET|LIST /v1/<db mount>/roles[/<name>]   roles.rs     templates, as Vault shows roles
 //! POST|PUT|DELETE /v1/<db mount>/roles/<n> roles.rs     templates written (operators)
+//!                                          script.rs    a statements script cut into statements
 //! POST /v1/<db mount>/rotate-root/<db>     database.rs  new admin password (operators)
 //! *    /v1/sys/policy[/<name>], /v1/sys/policies/acl[/<name>]  policy.rs  Vault ACL policies
 //! GET|HEAD /v1/sys/health                  here         Vault's health shape
@@ -45,6 +46,7 @@ pub mod database;
 pub mod login;
 pub mod policy;
 pub mod roles;
+mod script;
 pub mod sys;
 pub mod tokens;
 pub mod writes;

@@ -464,7 +464,8 @@ pub fn statements(value: &Value, key: &str) -> Result<Vec<String>, String> {
 
 /// One item of a statements field, as Vault's `ParseArbitraryStringSlice`
 /// reads it: base64 is decoded first; a JSON array of strings is taken
-/// as it is; anything else is split on `;`.
+/// as it is; anything else is cut at the `;` that end statements (not
+/// those inside a literal, a dollar-quoted body or a comment).
 fn split_script(item: &str) -> Vec<String> {
     use base64::Engine as _;
     let trimmed = item.trim();
@@ -478,11 +479,7 @@ fn split_script(item: &str) -> Vec<String> {
             return list;
         }
     }
-    text.split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+    super::script::split(text)
 }
 
 /// A TTL as Vault takes it: seconds (a number or digits) or a duration
@@ -557,6 +554,19 @@ mod tests {
         assert_eq!(ttl(&json!("1h30m"), "t").unwrap().as_secs(), 5400);
         assert!(ttl(&json!("soon"), "t").is_err());
         assert!(ttl(&json!(-1), "t").is_err());
+    }
+
+    #[test]
+    fn a_do_block_in_a_statements_file_stays_one_statement() {
+        let block = "DO $$\nBEGIN\n  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'app_read') THEN\n    \
+                     GRANT app_read TO \"{{name}}\";\n  END IF;\nEND\n$$";
+        let file = format!(
+            "CREATE ROLE \"{{{{name}}}}\" WITH LOGIN PASSWORD '{{{{password}}}}' \
+             VALID UNTIL '{{{{expiration}}}}';\n{block};\n"
+        );
+        let read = statements(&json!(file), "creation_statements").unwrap();
+        assert_eq!(read.len(), 2, "{read:?}");
+        assert_eq!(read[1], block);
     }
 
     #[test]
