@@ -212,6 +212,51 @@ async fn a_second_person_approves_and_a_revoked_grant_ends_sessions_on_every_ins
         .get(0);
     assert!(left <= 30.0 * 60.0 + 5.0, "VALID UNTIL is {left} s away");
 
+    // Nor can a renewal carry it past the grant: alice's own token asks A's
+    // lease API for an hour more.
+    let http = reqwest::Client::new();
+    let leases: Value = http
+        .get(format!("{admin_a}/v1/rolemint/leases"))
+        .header("X-Vault-Token", &alice)
+        .send()
+        .await
+        .expect("lease list")
+        .json()
+        .await
+        .expect("JSON");
+    let lease_id = leases["data"]["leases"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["role"] == role_a.as_str()))
+        .and_then(|l| l["id"].as_str())
+        .unwrap_or_else(|| panic!("alice's lease on A: {leases}"))
+        .to_owned();
+    let renewed = http
+        .put(format!("{admin_a}/v1/sys/leases/renew"))
+        .header("X-Vault-Token", &alice)
+        .json(&serde_json::json!({ "lease_id": lease_id, "increment": 3600 }))
+        .send()
+        .await
+        .expect("renew");
+    let answer = format!(
+        "{} {}",
+        renewed.status(),
+        renewed.text().await.unwrap_or_default()
+    );
+    assert!(answer.contains("access grant"), "{answer}");
+    let left: f64 = on_a
+        .query_one(
+            "SELECT extract(epoch FROM rolvaliduntil - now())::float8 FROM pg_roles \
+             WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .expect("rolvaliduntil")
+        .get(0);
+    assert!(
+        left <= 30.0 * 60.0 + 5.0,
+        "renewed past the grant: {left} s away"
+    );
+
     // Both sessions are busy when the grant is revoked (on A).
     let busy_a = tokio::spawn(async move { on_a.simple_query("SELECT pg_sleep(60)").await });
     let busy_b = tokio::spawn(async move { on_b.simple_query("SELECT pg_sleep(60)").await });

@@ -52,7 +52,7 @@ use super::leases::{
 use crate::lease::end::EndReason;
 use crate::lease::registry::{Lease, LeaseKind};
 use crate::pg::{CatalogFilter, CatalogLease, LeaseComment, MintError, CATALOG_PAGE};
-use crate::runtime::state::Shared;
+use crate::runtime::state::{GrantEnd, Shared};
 
 /// How often a synchronous revoke checks whether it is done.
 const POLL: Duration = Duration::from_millis(25);
@@ -109,6 +109,41 @@ impl RegistryDirectory {
             .config
             .template(template)
             .map(|t| (t.default_ttl, t.max_ttl))
+    }
+
+    /// A renewal of a lease whose template needs approval stops where the
+    /// grant covering its principal ends (the sessions opened under a grant
+    /// end with it, whatever the lease TTL says); with no grant left it is
+    /// refused.
+    fn within_grant(
+        &self,
+        view: &LeaseView,
+        now: SystemTime,
+        expiry: SystemTime,
+        granted: Duration,
+    ) -> Result<(SystemTime, Duration), LeaseApiError> {
+        let (end, request) = match self
+            .shared
+            .grant_end(&view.issuer, &view.identity, &view.template)
+        {
+            GrantEnd::NoApproval => return Ok((expiry, granted)),
+            GrantEnd::Lapsed => {
+                return Err(LeaseApiError::BadRequest(format!(
+                    "template {} needs an access grant, and none covers this lease any more: it cannot be renewed",
+                    view.template
+                )))
+            }
+            GrantEnd::At(end, _) if expiry <= end => return Ok((expiry, granted)),
+            GrantEnd::At(end, request) => (end, request),
+        };
+        if end <= view.expire_time + Duration::from_secs(1) {
+            return Err(LeaseApiError::BadRequest(format!(
+                "the lease already ends when access grant {request} does ({}): it cannot be renewed past it",
+                humantime::format_rfc3339_seconds(end)
+            )));
+        }
+        let left = end.duration_since(now).unwrap_or_default();
+        Ok((end, Duration::from_secs(left.as_secs())))
     }
 
     fn local_view(&self, lease: &Lease) -> LeaseView {
@@ -358,6 +393,7 @@ impl RegistryDirectory {
         let now = SystemTime::now();
         let (expiry, granted) =
             renewal(view.issue_time, view.expire_time, max_ttl, now, requested)?;
+        let (expiry, granted) = self.within_grant(&view, now, expiry, granted)?;
         // Whole seconds, as VALID UNTIL keeps it: the registry and the role
         // expire at the same instant.
         let expiry = whole_seconds(expiry);

@@ -184,6 +184,40 @@ impl Shared {
         )
     }
 
+    /// For a template with an `approval` rule: when the grant that covers
+    /// `(issuer, identity)` on it now ends. A renewal never carries a lease
+    /// past it: the grant's end ends the sessions opened under it, whatever
+    /// the lease TTL says.
+    pub fn grant_end(&self, issuer: &str, identity: &str, template: &str) -> GrantEnd {
+        let runtime = self.runtime();
+        let needs_grant = runtime
+            .config
+            .template(template)
+            .is_some_and(|t| t.approval.is_some());
+        if !needs_grant {
+            return GrantEnd::NoApproval;
+        }
+        let snapshot = self.store.snapshot();
+        let requests = crate::auth::access::parse_all(
+            snapshot
+                .iter(crate::store::Kind::AccessRequest)
+                .map(|(_, s)| &s.body),
+        );
+        let who = crate::auth::access::Principal {
+            issuer: issuer.to_owned(),
+            identity: identity.to_owned(),
+        };
+        let now = std::time::SystemTime::now();
+        match crate::auth::access::active_grant(&requests, &who, template, now) {
+            Some(grant) => GrantEnd::At(
+                std::time::SystemTime::UNIX_EPOCH
+                    + std::time::Duration::from_secs(grant.granted_until.unwrap_or(0)),
+                grant.id.clone(),
+            ),
+            None => GrantEnd::Lapsed,
+        }
+    }
+
     /// What credential leases use of the server.
     pub fn creds_services(&self) -> crate::lease::creds::Services {
         crate::lease::creds::Services {
@@ -216,6 +250,17 @@ impl crate::lease::creds::Approvals for Shared {
     ) -> Result<(), crate::auth::policy::Refusal> {
         self.require_approval(grant, identity)
     }
+}
+
+/// See [`Shared::grant_end`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantEnd {
+    /// The template has no `approval` rule: no grant bounds its leases.
+    NoApproval,
+    /// The grant (its request id) ends at this time.
+    At(std::time::SystemTime, String),
+    /// No grant covers the principal any more (ended, revoked).
+    Lapsed,
 }
 
 /// See [`Shared::minting`].
