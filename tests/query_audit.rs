@@ -153,6 +153,14 @@ async fn psql_statements_are_audited_in_order_even_with_the_kernel_splice_on() {
     );
     let first = &lines[0];
     assert_eq!(first["identity"], "alice");
+    // The principal is (issuer, identity), as in lease.minted.
+    let minted = a
+        .lines()
+        .into_iter()
+        .find(|l| l["event"] == "lease.minted" && l["lease_id"] == first["lease_id"])
+        .expect("the session's lease.minted line");
+    assert!(first["issuer"].is_string(), "{first}");
+    assert_eq!(first["issuer"], minted["issuer"]);
     assert_eq!(first["database"], "appdb");
     assert!(first["lease_id"]
         .as_str()

@@ -131,6 +131,8 @@ pub enum Event {
         lease_id: String,
         role: String,
         identity: String,
+        /// With `identity`, the principal (as in `lease.minted`).
+        issuer: String,
         template: String,
         database: String,
         /// 1, 2, 3, ... within the session.

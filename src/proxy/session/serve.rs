@@ -221,6 +221,7 @@ fn statement_audit<'a>(shared: &'a Shared, lease: &'a Lease) -> Option<relay::Au
             lease_id: lease.id.clone(),
             role: lease.role.clone(),
             identity: lease.identity.clone(),
+            issuer: lease.issuer.clone(),
             template: lease.template.clone(),
             database: lease.database.clone(),
             seq: s.seq,
