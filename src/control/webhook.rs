@@ -115,7 +115,11 @@ impl Webhook {
                     return;
                 }
                 Ok(r) => tracing::warn!(attempt, status = %r.status(), "access webhook refused"),
-                Err(e) => tracing::warn!(attempt, "access webhook failed: {}", e.without_url()),
+                Err(e) => tracing::warn!(
+                    attempt,
+                    "access webhook failed: {}",
+                    crate::observe::logging::error_chain(&e.without_url())
+                ),
             }
             if attempt < ATTEMPTS {
                 tokio::time::sleep(wait).await;

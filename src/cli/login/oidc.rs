@@ -109,7 +109,7 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery,
 async fn read(req: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, OidcError> {
     let http = |e: reqwest::Error| OidcError::Http {
         url: url.to_owned(),
-        message: e.without_url().to_string(),
+        message: crate::observe::logging::error_chain(&e.without_url()),
     };
     let mut response = req.send().await.map_err(http)?;
     let status = response.status();
@@ -396,6 +396,21 @@ mod tests {
         .unwrap();
         let text = format!("{start:?}");
         assert!(!text.contains("device-secret"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_exchange_says_why() {
+        // A port nobody listens on: the error names the refused connection,
+        // not only "error sending request".
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let e = discover(&client(None).unwrap(), &format!("https://127.0.0.1:{port}"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.to_lowercase().contains("refused"), "{e}");
     }
 
     #[test]
