@@ -90,6 +90,8 @@ async fn serve(h: &Harness, p: &Provider, admin_port: u16) -> ServeProcess {
         r#"
 [admin]
 listen = "127.0.0.1:{admin_port}"
+tls_cert = "cert.pem"
+tls_key = "key.pem"
 
 [login]
 issuer = "corp"
@@ -224,8 +226,10 @@ struct World {
     p: Provider,
     serve: ServeProcess,
     home: PathBuf,
-    /// The admin listener's URL (`--proxy`).
+    /// The admin listener's URL (`--proxy`), HTTPS.
     admin: String,
+    /// The CA of the admin listener's certificate (`--ca-cert`).
+    admin_ca: String,
     /// The provider's CA (`--issuer-ca-cert`).
     ca: String,
     python: String,
@@ -241,7 +245,8 @@ async fn world() -> Option<World> {
     let serve = serve(&h, &p, admin_port).await;
     Some(World {
         home: dir.path().join("home"),
-        admin: format!("http://127.0.0.1:{admin_port}"),
+        admin: format!("https://127.0.0.1:{admin_port}"),
+        admin_ca: serve.dir().join("cert.pem").display().to_string(),
         ca: p.ca.display().to_string(),
         h,
         dir,
@@ -260,13 +265,16 @@ async fn a_person_logs_in_with_the_device_flow_and_connects_with_one_command() {
         serve: _serve,
         home,
         admin,
-        ca,
+        admin_ca,
+        ca: _,
         python,
     }) = world().await
     else {
         return;
     };
 
+    // Nothing but the proxy (and the CA of its HTTPS, given once): the
+    // provider's private CA comes from the proxy's login metadata.
     let said = log_in(
         &home,
         &[
@@ -274,8 +282,8 @@ async fn a_person_logs_in_with_the_device_flow_and_connects_with_one_command() {
             "--proxy",
             &admin,
             "--device",
-            "--issuer-ca-cert",
-            &ca,
+            "--ca-cert",
+            &admin_ca,
         ],
         &p.ca,
         &python,
@@ -291,6 +299,11 @@ async fn a_person_logs_in_with_the_device_flow_and_connects_with_one_command() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    let dir_mode = std::fs::metadata(home.join("rolemint"))
+        .expect("config dir")
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o700, "the config directory is private");
     let creds = credentials(&home);
     let profile = &creds["profiles"][&admin];
     let id_token = profile["id_token"]
@@ -442,6 +455,7 @@ async fn a_person_logs_in_in_a_browser_with_pkce_and_sees_their_groups_templates
         serve: _serve,
         home,
         admin,
+        admin_ca,
         ca,
         python,
     }) = world().await
@@ -454,6 +468,8 @@ async fn a_person_logs_in_in_a_browser_with_pkce_and_sees_their_groups_templates
             "login",
             "--proxy",
             &admin,
+            "--ca-cert",
+            &admin_ca,
             "--browser",
             "--no-open",
             "--issuer-ca-cert",
@@ -484,7 +500,14 @@ async fn a_person_logs_in_in_a_browser_with_pkce_and_sees_their_groups_templates
     assert!(creds["profiles"][&admin]["id_token"].is_string());
 
     // The well-known document is public; whoami is not.
-    let meta: serde_json::Value = reqwest::get(format!("{admin}/.well-known/rolemint-login"))
+    let pem = std::fs::read(&admin_ca).expect("admin CA");
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+        .build()
+        .expect("client");
+    let meta: serde_json::Value = http
+        .get(format!("{admin}/.well-known/rolemint-login"))
+        .send()
         .await
         .expect("metadata")
         .json()
@@ -495,7 +518,9 @@ async fn a_person_logs_in_in_a_browser_with_pkce_and_sees_their_groups_templates
     assert!(meta["proxy_ca_pem"]
         .as_str()
         .is_some_and(|c| c.contains("BEGIN CERTIFICATE")));
-    let status = reqwest::get(format!("{admin}/v1/rolemint/whoami"))
+    let status = http
+        .get(format!("{admin}/v1/rolemint/whoami"))
+        .send()
         .await
         .expect("whoami")
         .status();

@@ -64,8 +64,8 @@ pub enum RequestCommand {
 
 /// `rolemint request ...`.
 pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
-    let (base, token) = credentials(&args).await?;
-    let http = admin_client(&args.proxy)?;
+    let (base, token, ca) = credentials(&args).await?;
+    let http = admin_client(ca.as_deref())?;
     let (method, path, body) = args.command.route();
     let url = format!("{base}/v1/rolemint/requests{path}");
     let mut req = http.request(method, url).bearer_auth(&token);
@@ -85,9 +85,12 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The admin API's base URL and the token to act with: `--token` at
-/// `--proxy`, or the signed-in profile's (refreshed when due).
-async fn credentials(args: &RequestArgs) -> anyhow::Result<(String, String)> {
+/// The admin API's base URL, the token to act with and the CA to verify
+/// it with: `--token` at `--proxy`, or the signed-in profile's (refreshed
+/// when due).
+async fn credentials(
+    args: &RequestArgs,
+) -> anyhow::Result<(String, String, Option<std::path::PathBuf>)> {
     match &args.token {
         Some(token) => {
             let proxy = args
@@ -95,11 +98,16 @@ async fn credentials(args: &RequestArgs) -> anyhow::Result<(String, String)> {
                 .proxy
                 .as_deref()
                 .context("with --token, say which proxy: --proxy https://HOST:PORT")?;
-            Ok((admin_url(proxy), token.expose().to_owned()))
+            Ok((
+                admin_url(proxy),
+                token.expose().to_owned(),
+                args.proxy.ca_cert.clone(),
+            ))
         }
         None => {
             let profile = fresh_profile(&args.proxy).await?;
-            Ok((profile.admin_url.clone(), profile.id_token.clone()))
+            let ca = args.proxy.ca_for(&profile).map(ToOwned::to_owned);
+            Ok((profile.admin_url.clone(), profile.id_token.clone(), ca))
         }
     }
 }

@@ -31,7 +31,8 @@ pub struct People {
 }
 
 /// `GET /.well-known/rolemint-login`: the issuer, client id and scopes of
-/// `[login]`, where psql connects, and the CA of the proxy's certificate.
+/// `[login]`, where psql connects, the CA of the proxy's certificate, and
+/// the provider's CA when the proxy trusts a private one (`jwks_ca_file`).
 /// No token: it is what a person needs before they have one. 404 without
 /// `[login]`.
 pub async fn login_metadata(
@@ -65,6 +66,18 @@ pub async fn login_metadata(
         })?),
         None => None,
     };
+    // A private provider's CA, as the proxy trusts it for discovery and
+    // JWKS: the CLI then needs no --issuer-ca-cert.
+    let issuer_ca_pem = match &issuer.jwks_ca_file {
+        Some(path) => Some(read_ca(path).await.map_err(|e| {
+            tracing::error!("jwks_ca_file {}: {e}", path.display());
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the identity provider's CA",
+            )
+        })?),
+        None => None,
+    };
     let body = json!({
         "issuer": issuer.issuer,
         "issuer_name": issuer.name,
@@ -72,6 +85,7 @@ pub async fn login_metadata(
         "scopes": scopes,
         "proxy_address": proxy_address(config, &headers),
         "proxy_ca_pem": proxy_ca_pem,
+        "issuer_ca_pem": issuer_ca_pem,
     });
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
 }

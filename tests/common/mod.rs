@@ -515,6 +515,11 @@ impl Harness {
 }
 
 impl ServeProcess {
+    /// Its config directory (`rolemint.toml`, `cert.pem`, `key.pem`).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// A tokio-postgres connection string through this proxy (plaintext).
     pub fn conn_string(&self, template: &str, password: &str) -> String {
         format!(

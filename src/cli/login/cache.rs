@@ -28,6 +28,10 @@ pub struct Profile {
     pub proxy_address: String,
     /// The proxy's CA as published at login, if any.
     pub proxy_ca_file: Option<PathBuf>,
+    /// The CA the admin listener's HTTPS was verified with at login
+    /// (`--ca-cert`), if not the system's: later commands use it too.
+    #[serde(default)]
+    pub admin_ca_file: Option<PathBuf>,
     /// The CA the identity provider's TLS was verified with, if not the
     /// system's.
     pub issuer_ca_file: Option<PathBuf>,
@@ -117,7 +121,8 @@ pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-fn make_dir(dir: &Path) -> anyhow::Result<()> {
+/// Creates `dir` (and its parents) with mode 0700.
+pub fn make_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -153,6 +158,7 @@ mod tests {
             },
             proxy_address: "db:6432".into(),
             proxy_ca_file: None,
+            admin_ca_file: None,
             issuer_ca_file: None,
             id_token: "eyJ.secret.token".into(),
             refresh_token: Some("refresh-secret".into()),

@@ -93,13 +93,22 @@ pub fn admin_url(proxy: &str) -> String {
     }
 }
 
-/// The admin listener's HTTP client.
-pub(crate) fn admin_client(args: &ProxyArgs) -> anyhow::Result<reqwest::Client> {
+impl ProxyArgs {
+    /// The CA to verify the admin listener with: `--ca-cert`, else the one
+    /// `profile`'s login was given.
+    pub(crate) fn ca_for<'a>(&'a self, profile: &'a Profile) -> Option<&'a std::path::Path> {
+        self.ca_cert.as_deref().or(profile.admin_ca_file.as_deref())
+    }
+}
+
+/// The admin listener's HTTP client, verifying its HTTPS with `ca_cert`
+/// (PEM) when given, else the system's roots.
+pub(crate) fn admin_client(ca_cert: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
     crate::tls::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .timeout(ADMIN_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none());
-    if let Some(ca) = &args.ca_cert {
+    if let Some(ca) = ca_cert {
         let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem)
             .with_context(|| format!("{}: not PEM certificates", ca.display()))?
@@ -118,6 +127,10 @@ struct LoginMetadata {
     scopes: Vec<String>,
     proxy_address: Option<String>,
     proxy_ca_pem: Option<String>,
+    /// The CA the proxy verifies the issuer's TLS with, when not the
+    /// system's (a private provider): the CLI trusts it for the provider.
+    #[serde(default)]
+    issuer_ca_pem: Option<String>,
 }
 
 /// `rolemint login`.
@@ -128,7 +141,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         .as_deref()
         .context("which proxy? --proxy https://HOST:PORT (its admin listener)")?;
     let admin = admin_url(proxy);
-    let meta: LoginMetadata = admin_client(&args.proxy)?
+    let meta: LoginMetadata = admin_client(args.proxy.ca_cert.as_deref())?
         .get(format!("{admin}/.well-known/rolemint-login"))
         .send()
         .await
@@ -138,7 +151,20 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         .json()
         .await
         .context("reading the login metadata")?;
-    let http = oidc::client(args.issuer_ca_cert.as_deref())?;
+    let dir = home()?;
+    cache::make_dir(&dir)?;
+    let stem = cache::file_stem(&admin);
+    // --issuer-ca-cert, else the provider's CA as the proxy publishes it.
+    let issuer_ca_file = match (args.issuer_ca_cert, &meta.issuer_ca_pem) {
+        (Some(path), _) => Some(path),
+        (None, Some(pem)) => {
+            let path = dir.join(format!("{stem}-issuer-ca.pem"));
+            cache::write_private(&path, pem.as_bytes())?;
+            Some(path)
+        }
+        (None, None) => None,
+    };
+    let http = oidc::client(issuer_ca_file.as_deref())?;
     let discovery = oidc::discover(&http, &meta.issuer).await?;
     let scopes = meta.scopes.join(" ");
     let use_browser = args.browser || (!args.device && has_display());
@@ -147,11 +173,9 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     } else {
         device_flow(&http, &discovery, &meta.client_id, &scopes).await?
     };
-    let dir = home()?;
     let proxy_ca_file = match &meta.proxy_ca_pem {
         Some(pem) => {
-            let path = dir.join(format!("{}-proxy-ca.pem", cache::file_stem(&admin)));
-            std::fs::create_dir_all(&dir)?;
+            let path = dir.join(format!("{stem}-proxy-ca.pem"));
             cache::write_private(&path, pem.as_bytes())?;
             Some(path)
         }
@@ -167,7 +191,8 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         discovery,
         proxy_address,
         proxy_ca_file,
-        issuer_ca_file: args.issuer_ca_cert,
+        admin_ca_file: args.proxy.ca_cert.as_deref().map(absolute),
+        issuer_ca_file: issuer_ca_file.as_deref().map(absolute),
         id_token: String::new(),
         refresh_token: None,
         expires_at: 0,
@@ -184,6 +209,11 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     );
     eprintln!("Next: rolemint status, or rolemint psql TEMPLATE [DBNAME]");
     Ok(())
+}
+
+/// `path` made absolute, so the profile works from any directory.
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 fn has_display() -> bool {
@@ -343,7 +373,13 @@ pub async fn logout(args: ProxyArgs) -> anyhow::Result<()> {
             Err(e) => eprintln!("Revoking the refresh token failed ({e}); forgetting it anyway."),
         }
     }
-    if let Some(ca) = &profile.proxy_ca_file {
+    // The CA files this login wrote (not one named by --issuer-ca-cert).
+    let stem = cache::file_stem(&key);
+    for ca in [&profile.proxy_ca_file, &profile.issuer_ca_file]
+        .into_iter()
+        .flatten()
+        .filter(|ca| ca.starts_with(&dir) && ca.to_string_lossy().contains(&stem))
+    {
         let _ = std::fs::remove_file(ca);
     }
     if creds.current.as_deref() == Some(key.as_str()) {
@@ -376,7 +412,7 @@ async fn whoami(args: &ProxyArgs, profile: &Profile) -> anyhow::Result<Whoami> {
     struct Envelope {
         data: Whoami,
     }
-    let answer = admin_client(args)?
+    let answer = admin_client(args.ca_for(profile))?
         .get(format!("{}/v1/rolemint/whoami", profile.admin_url))
         .bearer_auth(&profile.id_token)
         .send()
