@@ -124,6 +124,7 @@ databases = ["appdb"]
 allow_groups = ["corp:dba"]
 default_ttl = "30m"
 max_ttl = "1h"
+approval = {{ approver_groups = ["corp:dba"], max_duration = "1h" }}
 creation_statements = [
   "CREATE ROLE \"{{{{name}}}}\" WITH LOGIN PASSWORD '{{{{password}}}}' VALID UNTIL '{{{{expiration}}}}'",
   "GRANT app_owner TO \"{{{{name}}}}\"",
@@ -485,6 +486,13 @@ async fn a_person_logs_in_in_a_browser_with_pkce_and_sees_their_groups_templates
     assert!(out.status.success(), "{text}");
     assert!(
         text.contains("identity   bob") && text.contains("dba"),
+        "{text}"
+    );
+    // dba needs an approved request first: status says so, not only that
+    // bob's groups allow it.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("dba") && l.contains("rolemint request create dba")),
         "{text}"
     );
 

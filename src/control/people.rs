@@ -128,6 +128,12 @@ pub async fn whoami(
     let people = people(&state)?;
     let identity = identity_of(&state, &headers)?;
     let runtime = people.shared.runtime();
+    let snapshot = people.shared.store.snapshot();
+    let requests = crate::auth::access::parse_all(
+        snapshot
+            .iter(crate::store::Kind::AccessRequest)
+            .map(|(_, s)| &s.body),
+    );
     let ttl = identity
         .expires_at
         .duration_since(SystemTime::now())
@@ -138,14 +144,22 @@ pub async fn whoami(
         "groups": identity.groups,
         "expire_time": humantime::format_rfc3339_seconds(identity.expires_at).to_string(),
         "ttl": ttl.as_secs(),
-        "templates": usable(&runtime, &identity),
+        "templates": usable(&runtime, &identity, &requests),
     })))
 }
 
 /// Every template `identity` may open, with the databases it may open it
-/// on and its lease TTL.
-pub fn usable(runtime: &Runtime, identity: &Identity) -> Vec<serde_json::Value> {
+/// on and its lease TTL; for one with an `approval` rule, the grant that
+/// opens it now (`approval.granted_until`, null without one: its sessions
+/// are refused until a request is approved).
+pub fn usable(
+    runtime: &Runtime,
+    identity: &Identity,
+    requests: &[crate::auth::access::Request],
+) -> Vec<serde_json::Value> {
     let config = &runtime.config;
+    let now = SystemTime::now();
+    let who = crate::auth::access::Principal::of(identity);
     config
         .roles
         .iter()
@@ -158,12 +172,22 @@ pub fn usable(runtime: &Runtime, identity: &Identity) -> Vec<serde_json::Value> 
                         .is_ok()
                 })
                 .collect();
+            let approval = t.approval.as_ref().map(|_| {
+                let grant = crate::auth::access::active_grant(requests, &who, name, now);
+                json!({
+                    "request_id": grant.map(|r| r.id.clone()),
+                    "granted_until": grant.and_then(|r| r.granted_until).map(|u| {
+                        crate::pg::rfc3339(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u))
+                    }),
+                })
+            });
             (!databases.is_empty()).then(|| {
                 json!({
                     "name": name,
                     "databases": databases,
                     "default_ttl": t.default_ttl.as_secs(),
                     "max_ttl": t.max_ttl.as_secs(),
+                    "approval": approval,
                 })
             })
         })

@@ -405,6 +405,15 @@ pub struct Usable {
     pub name: String,
     pub databases: Vec<String>,
     pub default_ttl: u64,
+    /// Set for a template that needs an approved access request.
+    #[serde(default)]
+    pub approval: Option<GrantView>,
+}
+
+/// The grant that opens a template with an `approval` rule, if any.
+#[derive(Debug, Deserialize)]
+pub struct GrantView {
+    pub granted_until: Option<String>,
 }
 
 async fn whoami(args: &ProxyArgs, profile: &Profile) -> anyhow::Result<Whoami> {
@@ -446,8 +455,20 @@ pub async fn status(args: ProxyArgs) -> anyhow::Result<()> {
     }
     for (i, t) in me.templates.iter().enumerate() {
         let label = if i == 0 { "templates" } else { "" };
+        let grant = match &t.approval {
+            None => String::new(),
+            Some(GrantView {
+                granted_until: Some(until),
+            }) => format!("; approved until {until}"),
+            Some(GrantView {
+                granted_until: None,
+            }) => format!(
+                "; needs approval: rolemint request create {} --reason ...",
+                t.name
+            ),
+        };
         println!(
-            "{label:<10} {:<16} {}  (lease {})",
+            "{label:<10} {:<16} {}  (lease {}{grant})",
             t.name,
             t.databases.join(", "),
             humantime::format_duration(Duration::from_secs(t.default_ttl))
