@@ -506,6 +506,12 @@ async fn a_person_logs_in_in_a_browser_with_pkce_and_sees_their_groups_templates
     assert!(!dsn.contains("password"), "{dsn}");
     let creds = credentials(&home);
     assert!(creds["profiles"][&admin]["id_token"].is_string());
+    // offline_access in the code flow too: a refresh token, so the next
+    // commands refresh silently rather than send bob to the browser again.
+    assert!(
+        creds["profiles"][&admin]["refresh_token"].is_string(),
+        "no refresh token from the code flow"
+    );
 
     // The well-known document is public; whoami is not.
     let pem = std::fs::read(&admin_ca).expect("admin CA");

@@ -311,19 +311,23 @@ pub fn authorize_url(
         .authorization_endpoint
         .as_deref()
         .ok_or(OidcError::Unsupported("authorization_endpoint"))?;
-    let url = reqwest::Url::parse_with_params(
-        endpoint,
-        &[
-            ("response_type", "code"),
-            ("client_id", client_id),
-            ("scope", scopes),
-            ("redirect_uri", redirect_uri),
-            ("state", state),
-            ("code_challenge", pkce.challenge.as_str()),
-            ("code_challenge_method", "S256"),
-        ],
-    )
-    .map_err(|e| OidcError::Local(format!("authorization_endpoint: {e}")))?;
+    let mut params = vec![
+        ("response_type", "code"),
+        ("client_id", client_id),
+        ("scope", scopes),
+        ("redirect_uri", redirect_uri),
+        ("state", state),
+        ("code_challenge", pkce.challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ];
+    // OpenID Connect Core §11: a provider ignores offline_access (so gives
+    // no refresh token, and no silent refresh) unless the person is asked
+    // to consent.
+    if scopes.split(' ').any(|s| s == "offline_access") {
+        params.push(("prompt", "consent"));
+    }
+    let url = reqwest::Url::parse_with_params(endpoint, &params)
+        .map_err(|e| OidcError::Local(format!("authorization_endpoint: {e}")))?;
     Ok(url.into())
 }
 
@@ -478,5 +482,19 @@ mod tests {
         assert!(url.contains(&p.challenge) && url.contains("code_challenge_method=S256"));
         assert!(!url.contains(&"v".repeat(43)));
         assert!(url.contains("redirect_uri=http%3A%2F%2F127.0.0.1%3A5%2Fcallback"));
+        assert!(
+            !url.contains("prompt="),
+            "no offline_access, no consent asked"
+        );
+        let offline = authorize_url(
+            &d,
+            "cli",
+            "openid offline_access",
+            "http://127.0.0.1:5/callback",
+            "st",
+            &p,
+        )
+        .unwrap();
+        assert!(offline.contains("&prompt=consent"), "{offline}");
     }
 }
