@@ -488,3 +488,98 @@ async fn an_instance_started_after_a_delete_revokes_its_leases_with_the_deleted_
         b_process.log()
     );
 }
+
+/// A connection's `allowed_roles` is asked when credentials are read, as
+/// in Vault, not only when the role is written: narrowing it (or deleting
+/// the connection) stops the role on both doors, widening it opens it
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connections_allowed_roles_decide_at_every_mint() {
+    let (h, a) = with_admin().await;
+    let config = |allowed: &str| {
+        json!({
+            "plugin_name": "postgresql-database-plugin",
+            "allowed_roles": allowed,
+            "connection_url": format!(
+                "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/appdb",
+                h.cluster.port()
+            ),
+            "username": h.demo.admin_user,
+        })
+    };
+    let write_config = |allowed: &'static str| {
+        let body = config(allowed);
+        async move {
+            let (s, body) = call(
+                "POST",
+                format!("http://{a}/v1/database/config/pg"),
+                OPERATOR_TOKEN,
+                Some(body),
+            )
+            .await;
+            assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+        }
+    };
+    write_config("fenced").await;
+    let (s, body) = call(
+        "POST",
+        format!("http://{a}/v1/database/roles/fenced"),
+        OPERATOR_TOKEN,
+        Some(json!({"db_name": "pg", "creation_statements": CREATE,
+                    "default_ttl": "10m", "allow_identities": ["*"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+    let jwt = h.token("frank");
+    let creds = || async {
+        call(
+            "GET",
+            format!("http://{a}/v1/database/creds/fenced"),
+            jwt.expose(),
+            None,
+        )
+        .await
+    };
+    let (s, body) = creds().await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    h.connect("fenced", "appdb", jwt.expose())
+        .await
+        .expect("the proxy door opens the admitted role");
+
+    // Only allowed_roles changes: the role is fenced off on both doors.
+    write_config("other").await;
+    let (s, body) = creds().await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    let error = body["errors"][0].as_str().unwrap_or_default();
+    assert!(error.contains("not an allowed role"), "{body}");
+    let session = h.connect("fenced", "appdb", jwt.expose()).await;
+    assert!(
+        session.is_err(),
+        "the proxy door still opens the fenced role"
+    );
+
+    // Admitted again (a glob), and then the connection deleted.
+    write_config("fen*").await;
+    let (s, body) = creds().await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let user = body["data"]["username"].as_str().unwrap().to_owned();
+    let (s, _) = call(
+        "DELETE",
+        format!("http://{a}/v1/database/config/pg"),
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, body) = creds().await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("deleted"),
+        "{body}"
+    );
+    // The lease minted before runs on.
+    assert!(role_exists(&h, &user).await, "{user} was dropped");
+}

@@ -93,7 +93,7 @@ impl Server {
             .with_context(|| format!("binding {}", config.proxy.listen))?;
         let (admin, audit) = crate::control::wiring::bind(&config).await?;
         let revoker = Revoker::start_audited(Arc::clone(&admin_client), &config, audit.clone());
-        revoker.update_templates(&crate::runtime::templates::retired(&store.snapshot()));
+        revoker.update_templates(&crate::runtime::templates::revocable(&store.snapshot()));
         revoker.update_templates(&runtime.config.roles);
         runtime.start();
         let cancels = Arc::new(CancelMap::new(&config));

@@ -67,7 +67,8 @@ pub fn merged(runtime: &Runtime, snapshot: &Snapshot) -> Runtime {
             );
             continue;
         }
-        let checked = decode(&object.body).and_then(|(_, t)| {
+        let checked = decode(&object.body).and_then(|(db_name, t)| {
+            connection_admits(snapshot, name, &db_name, &t)?;
             crate::config::validate_template(name, &t, &issuers)
                 .map(|()| t)
                 .map_err(|e| e.to_string())
@@ -92,25 +93,75 @@ pub fn merged(runtime: &Runtime, snapshot: &Snapshot) -> Runtime {
     }
 }
 
-/// The templates deleted through the API, for the revoker only: a lease
-/// minted from one is revoked with its statements. Unreadable ones are
-/// left out (the default revocation applies).
-pub fn retired(snapshot: &Snapshot) -> BTreeMap<String, RoleTemplate> {
-    snapshot
-        .iter(Kind::RetiredTemplate)
+/// Whether the connection a stored template's `db_name` names admits it
+/// now. Vault asks when credentials are read, not only when the role is
+/// written: a connection whose `allowed_roles` no longer names the role,
+/// or that was deleted, mints nothing of it (it is left out, on both
+/// doors) until it admits it again. A `db_name` that names a database
+/// directly needs no connection.
+fn connection_admits(
+    snapshot: &Snapshot,
+    name: &str,
+    db_name: &str,
+    template: &RoleTemplate,
+) -> Result<(), String> {
+    match snapshot.get(Kind::Connection, db_name) {
+        Some(connection) => {
+            let allowed = connection
+                .body
+                .get("allowed_roles")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str);
+            let admitted = allowed
+                .into_iter()
+                .any(|p| crate::auth::auth_role::glob_match(p, name));
+            admitted.then_some(()).ok_or_else(|| {
+                format!(
+                    "\"{name}\" is not an allowed role of connection \"{db_name}\": add it with \
+                     `vault write database/config/{db_name} allowed_roles=...`"
+                )
+            })
+        }
+        None if template.databases.iter().any(|d| d == db_name) => Ok(()),
+        None => Err(format!(
+            "\"{name}\" names connection \"{db_name}\", which was deleted: write \
+             database/config/{db_name} again"
+        )),
+    }
+}
+
+/// Why stored template `name` mints nothing on this instance (for the
+/// answer to a caller who names it), or `None` when it does or is not
+/// stored.
+pub fn left_out(snapshot: &Snapshot, name: &str) -> Option<String> {
+    let (db_name, template) = decode(&snapshot.get(Kind::Template, name)?.body).ok()?;
+    connection_admits(snapshot, name, &db_name, &template).err()
+}
+
+/// The templates the revoker must know beyond the running ones: those
+/// deleted through the API, and every stored one (also one left out of
+/// minting here), so that a lease minted from one is revoked with its
+/// statements. Unreadable ones are left out (the default revocation
+/// applies).
+pub fn revocable(snapshot: &Snapshot) -> BTreeMap<String, RoleTemplate> {
+    [Kind::RetiredTemplate, Kind::Template]
+        .into_iter()
+        .flat_map(|kind| snapshot.iter(kind))
         .filter_map(|(name, object)| Some((name.to_owned(), decode(&object.body).ok()?.1)))
         .collect()
 }
 
 /// Swaps in the running runtime merged with the store as it is now. The
 /// revoker takes the templates first (see the module doc); a template
-/// there now wins over a retired one of the same name.
+/// minted from now wins over a stored or retired one of the same name.
 pub fn apply(shared: &Shared) {
     let snapshot = shared.store.snapshot();
-    let retired = retired(&snapshot);
+    let revocable = revocable(&snapshot);
     shared.runtime.rcu(|current| {
         let next = merged(current, &snapshot);
-        shared.revoker.update_templates(&retired);
+        shared.revoker.update_templates(&revocable);
         shared.revoker.update_templates(&next.config.roles);
         next
     });

@@ -57,7 +57,17 @@ pub async fn creds(
             entitlement,
         )
         .await
-        .map_err(|e| creds_error(e, &identity.subject, &template))?;
+        .map_err(|e| {
+            // A stored role its connection no longer admits: say so, as
+            // Vault does, rather than "unknown role".
+            let store = door.shared.store.snapshot();
+            match crate::runtime::templates::left_out(&store, &template) {
+                Some(why) if matches!(e, CredsError::UnknownTemplate(_)) => {
+                    ApiError::bad_request(why)
+                }
+                _ => creds_error(e, &identity.subject, &template),
+            }
+        })?;
     super::tokens::record_lease(&state, &principal, &issued.lease_id, issued.expires_at).await?;
     Ok(secret_envelope(
         &issued.lease_id,
