@@ -67,6 +67,10 @@ pub enum ClientError {
     /// An operator revoked the lease.
     #[error("lease revoked by an operator; any open transaction was rolled back")]
     LeaseRevoked,
+    /// The access grant the session was opened under was revoked
+    /// (`rolemint request revoke`).
+    #[error("access grant revoked; any open transaction was rolled back")]
+    GrantRevoked,
     /// rolemint is shutting down and ended the session.
     #[error("terminating connection: rolemint is shutting down")]
     Terminated,
@@ -106,9 +110,10 @@ impl ClientError {
             | ClientError::RevocationBacklog
             | ClientError::QuotaExceeded(_) => "53300",
             ClientError::ShuttingDown => "57P03",
-            ClientError::LeaseExpired | ClientError::LeaseRevoked | ClientError::Terminated => {
-                "57P01"
-            }
+            ClientError::LeaseExpired
+            | ClientError::LeaseRevoked
+            | ClientError::GrantRevoked
+            | ClientError::Terminated => "57P01",
             ClientError::Protocol(_) => "08P01",
             ClientError::UnsupportedProtocol(..) => "0A000",
             ClientError::NoUser => "28000",
@@ -136,6 +141,7 @@ impl ClientError {
             ClientError::ShuttingDown => "shutting_down",
             ClientError::LeaseExpired => "lease_expired",
             ClientError::LeaseRevoked => "lease_revoked",
+            ClientError::GrantRevoked => "grant_revoked",
             ClientError::Terminated => "terminated",
             ClientError::Protocol(_) => "protocol",
             ClientError::UnsupportedProtocol(..) => "unsupported_protocol",

@@ -269,6 +269,13 @@ async fn a_second_person_approves_and_a_revoked_grant_ends_sessions_on_every_ins
             .expect("task");
         let err = ended.expect_err("the query was ended");
         assert_eq!(sqlstate(&err).as_deref(), Some("57P01"), "{which}: {err:?}");
+        // A's own session is told why (B's gets PostgreSQL's terminate).
+        if which == "A" {
+            assert!(
+                format!("{err:?}").contains("access grant revoked"),
+                "{err:?}"
+            );
+        }
     }
     for role in [&role_a, &role_b] {
         let gone = wait_until(Duration::from_secs(10), || async {
@@ -289,6 +296,21 @@ async fn a_second_person_approves_and_a_revoked_grant_ends_sessions_on_every_ins
         .map(|l| l["step"].as_str().unwrap_or("").to_owned())
         .collect();
     assert_eq!(steps, ["created", "revoked"], "A's audit: {steps:?}");
+    // Her lease was revoked with the grant, not by an operator.
+    let revoked_by = || -> Vec<String> {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["event"] == "lease.revoked" && l["role"] == role_a.as_str())
+            .map(|l| l["by"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    wait_until(Duration::from_secs(10), || async {
+        !revoked_by().is_empty()
+    })
+    .await;
+    assert_eq!(revoked_by(), ["grant"], "A's lease.revoked of {role_a}");
     let delivered = wait_until(Duration::from_secs(10), || async {
         calls.lock().unwrap().len() >= 3
     })

@@ -392,7 +392,7 @@ async fn end_sessions(state: &AdminState, r: &Request) -> Result<(), ApiError> {
     };
     let n = state
         .directory
-        .revoke_matching(filter, EndReason::RevokedByOperator, true)
+        .revoke_matching(filter, EndReason::GrantRevoked, true)
         .await?;
     tracing::info!(request = %r.id, leases = n, "access grant revoked, and its leases");
     Ok(())

@@ -32,6 +32,9 @@ pub enum EndReason {
     RevokedByWorkload,
     /// The Vault token that created it was revoked or expired.
     RevokedByToken,
+    /// The access grant it was opened under was revoked (by its requester,
+    /// an approver or an operator: the `access.request` line says who).
+    GrantRevoked,
     /// rolemint is shutting down and the drain period is over.
     Shutdown,
     /// The reaper found its role past `VALID UNTIL`.
@@ -54,12 +57,13 @@ impl EndReason {
         match self {
             EndReason::Expired | EndReason::ReapedExpired => ClientError::LeaseExpired,
             EndReason::Shutdown => ClientError::Terminated,
+            EndReason::GrantRevoked => ClientError::GrantRevoked,
             _ => ClientError::LeaseRevoked,
         }
     }
 
     /// `lease.revoked`'s `by`: `client`, `ttl`, `operator`, `workload`,
-    /// `token`, `shutdown`, `reaper`; `None` when no lease was ever handed
+    /// `token`, `grant`, `shutdown`, `reaper`; `None` when no lease was ever handed
     /// out (a failed mint, an unclaimed pooled role), so none is revoked.
     pub fn revoked_by(self) -> Option<&'static str> {
         match self {
@@ -68,6 +72,7 @@ impl EndReason {
             EndReason::RevokedByOperator => Some("operator"),
             EndReason::RevokedByWorkload => Some("workload"),
             EndReason::RevokedByToken => Some("token"),
+            EndReason::GrantRevoked => Some("grant"),
             EndReason::Shutdown => Some("shutdown"),
             EndReason::ReapedExpired | EndReason::ReapedOrphaned => Some("reaper"),
             EndReason::MintFailed | EndReason::Unclaimed => None,
@@ -82,7 +87,8 @@ impl EndReason {
             EndReason::Expired => Some("ttl"),
             EndReason::RevokedByOperator
             | EndReason::RevokedByWorkload
-            | EndReason::RevokedByToken => Some("revoked"),
+            | EndReason::RevokedByToken
+            | EndReason::GrantRevoked => Some("revoked"),
             EndReason::Shutdown => Some("shutdown"),
             _ => None,
         }
@@ -106,6 +112,7 @@ impl EndReason {
             EndReason::RevokedByOperator => "revoked",
             EndReason::RevokedByWorkload => "revoked_by_workload",
             EndReason::RevokedByToken => "revoked_by_token",
+            EndReason::GrantRevoked => "grant_revoked",
             EndReason::Shutdown => "shutdown",
             EndReason::ReapedExpired | EndReason::ReapedOrphaned => "reaper",
             EndReason::MintFailed => "mint_failed",
@@ -118,12 +125,13 @@ impl EndReason {
 mod tests {
     use super::*;
 
-    const ALL: [EndReason; 10] = [
+    const ALL: [EndReason; 11] = [
         EndReason::SessionClosed,
         EndReason::Expired,
         EndReason::RevokedByOperator,
         EndReason::RevokedByWorkload,
         EndReason::RevokedByToken,
+        EndReason::GrantRevoked,
         EndReason::Shutdown,
         EndReason::ReapedExpired,
         EndReason::ReapedOrphaned,
@@ -138,10 +146,16 @@ mod tests {
         let by: Vec<_> = ALL.iter().filter_map(|r| r.revoked_by()).collect();
         assert_eq!(
             by,
-            ["client", "ttl", "operator", "workload", "token", "shutdown", "reaper", "reaper"]
+            [
+                "client", "ttl", "operator", "workload", "token", "grant", "shutdown", "reaper",
+                "reaper"
+            ]
         );
         let ended: Vec<_> = ALL.iter().filter_map(|r| r.session_ended()).collect();
-        assert_eq!(ended, ["ttl", "revoked", "revoked", "revoked", "shutdown"]);
+        assert_eq!(
+            ended,
+            ["ttl", "revoked", "revoked", "revoked", "revoked", "shutdown"]
+        );
         let reaped: Vec<_> = ALL.iter().filter_map(|r| r.reaped()).collect();
         assert_eq!(reaped, ["expired", "orphaned"]);
     }
