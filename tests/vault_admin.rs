@@ -583,3 +583,46 @@ async fn a_connections_allowed_roles_decide_at_every_mint() {
     // The lease minted before runs on.
     assert!(role_exists(&h, &user).await, "{user} was dropped");
 }
+
+/// `vault write -force database/rotate-root/postgresql`, as the tutorial
+/// runs it after `database/config/postgresql`: the connection's name is
+/// taken, and reaches the rotation (refused here only because the
+/// harness keeps the admin password inline, saying so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_root_takes_a_connections_name() {
+    let (h, a) = with_admin().await;
+    let rotate = |name: &'static str| async move {
+        call(
+            "POST",
+            format!("http://{a}/v1/database/rotate-root/{name}"),
+            OPERATOR_TOKEN,
+            None,
+        )
+        .await
+    };
+    let (s, body) = rotate("postgresql").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("unknown database"), "{body}");
+    let (s, body) = call(
+        "POST",
+        format!("http://{a}/v1/database/config/postgresql"),
+        OPERATOR_TOKEN,
+        Some(json!({
+            "plugin_name": "postgresql-database-plugin",
+            "allowed_roles": "*",
+            "connection_url": format!(
+                "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/appdb",
+                h.cluster.port()
+            ),
+            "username": h.demo.admin_user,
+        })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+    let (s, body) = rotate("postgresql").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.to_string().contains("admin_password_file"),
+        "the connection's name did not reach the rotation: {body}"
+    );
+}

@@ -99,7 +99,7 @@ fn creds_error(e: CredsError, identity: &str, template: &str) -> ApiError {
     }
 }
 
-/// `POST /v1/<mount>/rotate-root/<database>` (operators): a new random
+/// `POST /v1/<mount>/rotate-root/<database or connection>` (operators): a new random
 /// admin password, as `rolemint rotate-admin` sets it. 204 when done; 400
 /// when the config keeps the password where it cannot be rewritten.
 pub async fn rotate_root(
@@ -108,7 +108,16 @@ pub async fn rotate_root(
 ) -> Result<Response, ApiError> {
     // Operators, or `update` on the path: the gate checked.
     let door = door(&state)?;
-    if !state.databases.contains(&database) {
+    // A database rolemint serves, or a connection written through
+    // database/config/NAME (the name Vault's tutorial rotates): rolemint
+    // has one backend and one admin password either way.
+    let connection = door
+        .shared
+        .store
+        .snapshot()
+        .get(crate::store::Kind::Connection, &database)
+        .is_some();
+    if !state.databases.contains(&database) && !connection {
         return Err(ApiError::bad_request(format!(
             "unknown database: {}",
             database.chars().take(MAX_NAME_BYTES).collect::<String>()
