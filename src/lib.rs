@@ -158,10 +158,11 @@
 //! tls.rs                rustls for clients, the backend and the admin listener; the stream type
 //! error.rs              what a client may be told, with its SQLSTATE
 //! secret.rs             a string that never prints (zeroed on drop)
+//! memory.rs             giving freed memory back to the system after a mass end of leases
 //! failpoint.rs          test-only pauses, compiled to nothing in release builds
 //! ```
 //!
-//! The four at the bottom are used by every folder and use none. Imports go
+//! The five at the bottom are used by every folder and use none. Imports go
 //! this way, roughly: `cli` -> `proxy` -> `control` -> `runtime` ->
 //! `store`, `lease` -> `pg` -> `auth` -> `observe`, `tls` -> `config` -> the
 //! leaves. `tests/module_graph.rs` fails on any module import circle; the
@@ -175,6 +176,7 @@ pub mod control;
 pub mod error;
 pub mod failpoint;
 pub mod lease;
+pub mod memory;
 pub mod observe;
 pub mod pg;
 pub mod proxy;

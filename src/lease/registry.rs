@@ -236,6 +236,20 @@ impl Inner {
             }
         }
     }
+
+    /// After a mass end (a `revoke-prefix` of 100,000 leases) the maps and
+    /// the deadline queue would keep their capacity for good: give it back
+    /// once they are at most a quarter full. Halving twice before each
+    /// shrink keeps its O(n) cost amortized O(1) per removal.
+    fn shrink_if_sparse(&mut self) {
+        const SMALL: usize = 1024;
+        if self.map.capacity() > SMALL && self.map.len() * 4 < self.map.capacity() {
+            let keep = (self.map.len() * 2).max(SMALL);
+            self.map.shrink_to(keep);
+            self.roles.shrink_to(keep);
+            self.deadlines.compact();
+        }
+    }
 }
 
 struct Entry {
@@ -303,6 +317,7 @@ impl Leases {
             if let Some(key) = entry.key {
                 inner.deadlines.try_remove(&key);
             }
+            inner.shrink_if_sparse();
         }
     }
 
