@@ -3,7 +3,7 @@
 //! `revoker`). The handle, [`super::Revoker`], only books roles and sends
 //! them here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     lock, Books, RetainedRole, Submit, Templates, FIRST_BACKOFF, GATHER, MAX_BACKOFF, MAX_BATCH,
-    MAX_RETAINED_LISTED, MAX_SETTLE_CHECK, PUBLISH_EVERY,
+    MAX_BULK_BATCH, MAX_BULK_ROUNDS, MAX_RETAINED_LISTED, MAX_SETTLE_CHECK, PUBLISH_EVERY,
 };
 use crate::config::Config;
 use crate::lease::end::EndReason;
+use crate::memory;
 use crate::observe::audit::{Audit, Event};
 use crate::observe::metrics::{self, RevocationResult};
 use crate::pg::{AdminClient, MintError, Outcome, Target};
@@ -142,8 +143,18 @@ pub(super) struct Worker {
     pending_tx: Arc<watch::Sender<usize>>,
     /// By role.
     jobs: HashMap<String, Job>,
-    /// Databases with a round trip in flight.
-    busy: HashSet<String>,
+    /// The jobs not in flight, by database, in the order they are due: a
+    /// round takes the first of a set, and the next wake-up is the first
+    /// of each. Kept in step with `jobs` by [`Worker::idle`] and
+    /// [`Worker::unready`], so that a backlog of a hundred thousand roles
+    /// costs a round what a backlog of a hundred does.
+    ready: HashMap<String, BTreeSet<(Instant, String)>>,
+    /// Last time the gauges were published.
+    published: Option<Instant>,
+    /// Jobs settled since the queue last drained and gave its memory back.
+    settled_since_trim: usize,
+    /// Round trips in flight, by database.
+    busy: HashMap<String, usize>,
     inflight: JoinSet<RoundResult>,
     /// What each in-flight task carries, should it panic.
     inflight_ids: HashMap<tokio::task::Id, (String, Vec<String>)>,
@@ -167,7 +178,10 @@ impl Worker {
             books,
             pending_tx,
             jobs: HashMap::new(),
-            busy: HashSet::new(),
+            ready: HashMap::new(),
+            published: None,
+            settled_since_trim: 0,
+            busy: HashMap::new(),
             inflight: JoinSet::new(),
             inflight_ids: HashMap::new(),
         }
@@ -228,7 +242,12 @@ impl Worker {
                     && job.next < existing.next
                     && existing.failing_since.is_none()
                 {
-                    existing.next = job.next;
+                    let role = job.role;
+                    self.unready(&role);
+                    if let Some(existing) = self.jobs.get_mut(&role) {
+                        existing.next = job.next;
+                    }
+                    self.idle(&role);
                 }
             }
             None => {
@@ -244,17 +263,45 @@ impl Worker {
                     pending.entry(job.role.clone()).or_insert(job.since);
                     self.pending_tx.send_replace(pending.len());
                 }
-                self.jobs.insert(job.role.clone(), job);
+                let role = job.role.clone();
+                self.jobs.insert(role.clone(), job);
+                self.idle(&role);
+            }
+        }
+    }
+
+    /// Puts a queued job that is not in flight among the ready ones.
+    fn idle(&mut self, role: &str) {
+        if let Some(job) = self.jobs.get(role) {
+            if !job.in_flight {
+                self.ready
+                    .entry(job.database.clone())
+                    .or_default()
+                    .insert((job.next, role.to_owned()));
+            }
+        }
+    }
+
+    /// Takes a job out of the ready ones (it goes in flight, or its due
+    /// time changes).
+    fn unready(&mut self, role: &str) {
+        let Some(job) = self.jobs.get(role) else {
+            return;
+        };
+        if let Some(set) = self.ready.get_mut(&job.database) {
+            set.remove(&(job.next, role.to_owned()));
+            if set.is_empty() {
+                self.ready.remove(&job.database);
             }
         }
     }
 
     /// The earliest time a job not in flight, in a database not busy, is due.
     fn next_due(&self) -> Option<Instant> {
-        self.jobs
-            .values()
-            .filter(|j| !j.in_flight && !self.busy.contains(&j.database))
-            .map(|j| j.next)
+        self.ready
+            .iter()
+            .filter(|(db, _)| !self.busy.contains_key(*db))
+            .filter_map(|(_, set)| set.first().map(|(next, _)| *next))
             .min()
     }
 
@@ -268,33 +315,33 @@ impl Worker {
     /// The roles of each round to start now, by database: a database with
     /// a due job gets a round, and the round takes along the jobs there
     /// that are still gathering (due within GATHER), the longest due first
-    /// so that a full round never leaves one behind.
-    fn due_rounds(&self, now: Instant) -> HashMap<String, Vec<String>> {
-        let idle = |job: &&Job| !job.in_flight && !self.busy.contains(&job.database);
-        let due: HashSet<&str> = self
-            .jobs
-            .values()
-            .filter(idle)
-            .filter(|j| j.next <= now)
-            .map(|j| j.database.as_str())
-            .collect();
-        let mut candidates: HashMap<&str, Vec<(Instant, &str)>> = HashMap::new();
-        for job in self.jobs.values().filter(idle) {
-            if job.next <= now + GATHER && due.contains(job.database.as_str()) {
-                candidates
-                    .entry(job.database.as_str())
-                    .or_default()
-                    .push((job.next, job.role.as_str()));
+    /// so that a full round never leaves one behind. A backlog (more due
+    /// than [`MAX_BATCH`], as after a mass revocation) goes in rounds of up
+    /// to [`MAX_BULK_BATCH`].
+    fn due_rounds(&self, now: Instant) -> Vec<(String, Vec<String>)> {
+        let mut rounds = Vec::new();
+        for (db, set) in &self.ready {
+            let in_flight = self.busy.get(db).copied().unwrap_or(0);
+            if in_flight >= MAX_BULK_ROUNDS || set.first().is_none_or(|(next, _)| *next > now) {
+                continue;
             }
+            let gathering = |(next, _): &&(Instant, String)| *next <= now + GATHER;
+            let bulk = set.iter().take(MAX_BATCH + 1).filter(gathering).count() > MAX_BATCH;
+            // A second round at once only for a backlog: roles that trickle
+            // in wait for the round in flight, and go together after it.
+            if in_flight > 0 && !bulk {
+                continue;
+            }
+            let size = if bulk { MAX_BULK_BATCH } else { MAX_BATCH };
+            let roles = set
+                .iter()
+                .take_while(|entry| gathering(entry))
+                .take(size)
+                .map(|(_, role)| role.clone())
+                .collect();
+            rounds.push((db.clone(), roles));
         }
-        candidates
-            .into_iter()
-            .map(|(db, mut jobs)| {
-                jobs.sort_unstable();
-                let roles = jobs.iter().take(MAX_BATCH).map(|(_, r)| (*r).to_owned());
-                (db.to_owned(), roles.collect())
-            })
-            .collect()
+        rounds
     }
 
     /// One round trip revoking `roles` in `database`, on a task of its own;
@@ -314,12 +361,13 @@ impl Worker {
             })
             .collect();
         for role in &roles {
+            self.unready(role);
             if let Some(job) = self.jobs.get_mut(role) {
                 job.in_flight = true;
                 job.attempts = job.attempts.saturating_add(1);
             }
         }
-        self.busy.insert(database.clone());
+        *self.busy.entry(database.clone()).or_default() += 1;
         let admin_client = Arc::clone(&self.admin_client);
         let round_timeout = self.round_timeout;
         let db = database.clone();
@@ -358,7 +406,12 @@ impl Worker {
                 (database, roles, error)
             }
         };
-        self.busy.remove(&database);
+        if let Some(n) = self.busy.get_mut(&database) {
+            *n -= 1;
+            if *n == 0 {
+                self.busy.remove(&database);
+            }
+        }
         match result {
             Ok(outcomes) => {
                 for (role, outcome) in roles.into_iter().zip(outcomes) {
@@ -403,6 +456,8 @@ impl Worker {
             }
             Err(e) => job.failed(&e, self.error_after, now, &self.audit),
         }
+        // Still queued (to look at again, or to retry): ready again.
+        self.idle(role);
     }
 
     /// The role is gone (dropped now, or already): `lease.revoked`, and
@@ -500,16 +555,36 @@ impl Worker {
         let mut pending = lock(&self.books.pending);
         pending.remove(role);
         self.pending_tx.send_replace(pending.len());
+        self.settled_since_trim += 1;
+        if self.jobs.is_empty() && self.settled_since_trim >= memory::TRIM_AFTER {
+            // A mass revocation is over: the queue's maps keep the
+            // capacity of its peak, and the allocator the leases' memory.
+            pending.shrink_to_fit();
+            self.jobs.shrink_to_fit();
+            self.ready.shrink_to_fit();
+            self.settled_since_trim = 0;
+            memory::release_freed();
+        }
         job
     }
 
-    fn publish(&self) {
+    /// Publishes the gauges: at once when nothing is left (the drop to
+    /// zero is what a dashboard waits for), else at most every
+    /// [`PUBLISH_EVERY`], since it reads every job.
+    fn publish(&mut self) {
+        let now = Instant::now();
+        let recent = self
+            .published
+            .is_some_and(|at| now.duration_since(at) < PUBLISH_EVERY);
+        if recent && !self.jobs.is_empty() {
+            return;
+        }
+        self.published = Some(now);
         *lock(&self.books.failing) = self
             .jobs
             .values()
             .filter(|j| j.failing_since.is_some())
             .count();
-        let now = Instant::now();
         let (pending, oldest) = {
             let pending = lock(&self.books.pending);
             let oldest = pending
@@ -579,6 +654,7 @@ creation_statements = ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password
             EndReason::RevokedByOperator,
         );
         worker.add(rx.try_recv().expect("the first job"));
+        worker.unready("v-a");
         worker.jobs.get_mut("v-a").expect("queued").in_flight = true;
 
         revoker.schedule("v-a", "appdb", None, EndReason::ReapedOrphaned);
@@ -595,6 +671,109 @@ creation_statements = ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password
         worker.settle("v-a", Ok(Outcome::Gone));
         assert_eq!(revoker.pending(), 0);
         assert_eq!(*revoker.pending_count.borrow(), 0);
+    }
+
+    /// After a mass revocation a round takes up to MAX_BULK_BATCH roles,
+    /// the longest due first; a role in flight is in no other round; one
+    /// that failed is ready again, after its backoff; a settled one is in
+    /// no set at all.
+    #[tokio::test]
+    async fn a_backlog_goes_in_bulk_rounds_in_due_order_and_failures_come_back() {
+        let (revoker, mut worker, mut rx) = unstarted();
+        let n = MAX_BULK_BATCH * 3 + 5;
+        for i in 0..n {
+            revoker.schedule(
+                &format!("v-{i:05}"),
+                "appdb",
+                None,
+                EndReason::RevokedByOperator,
+            );
+            worker.add(rx.try_recv().expect("a job"));
+        }
+        revoker.schedule("v-other", "otherdb", None, EndReason::RevokedByOperator);
+        worker.add(rx.try_recv().expect("a job"));
+        let now = Instant::now() + GATHER;
+        let rounds = worker.due_rounds(now);
+        assert_eq!(rounds.len(), 2, "one round per database");
+        let (_, appdb) = rounds.iter().find(|(db, _)| db == "appdb").expect("appdb");
+        assert_eq!(appdb.len(), MAX_BULK_BATCH);
+        assert_eq!(appdb[0], "v-00000", "the longest due first");
+        let (_, other) = rounds
+            .iter()
+            .find(|(db, _)| db == "otherdb")
+            .expect("otherdb");
+        assert_eq!(other, &vec!["v-other".to_owned()]);
+
+        let first = appdb.clone();
+        worker.start_round("appdb".into(), first.clone());
+        let next = worker.due_rounds(now);
+        let (_, second) = next.iter().find(|(db, _)| db == "appdb").expect("appdb");
+        assert!(
+            second.iter().all(|r| !first.contains(r)),
+            "no role in two rounds"
+        );
+        worker.start_round("appdb".into(), second.clone());
+        assert!(
+            worker.due_rounds(now).iter().all(|(db, _)| db != "appdb"),
+            "at most MAX_BULK_ROUNDS rounds in flight in one database"
+        );
+        // The second round fails as a whole: its roles are ready again.
+        for role in second {
+            let failure = MintError::Backend {
+                database: "appdb".into(),
+                message: "boom".into(),
+            };
+            worker.settle(role, Err(failure));
+        }
+
+        // The first round settles: all dropped but one, which failed.
+        for role in &first[1..] {
+            worker.settle(role, Ok(Outcome::Dropped));
+        }
+        let failure = MintError::Backend {
+            database: "appdb".into(),
+            message: "boom".into(),
+        };
+        worker.settle(&first[0], Err(failure));
+        assert_eq!(worker.jobs.len(), n + 1 - (MAX_BULK_BATCH - 1));
+        // A database with a round in flight and only a trickle due waits.
+        worker.busy.insert("otherdb".into(), 1);
+        assert!(worker.due_rounds(now).iter().all(|(db, _)| db != "otherdb"));
+        let ready: usize = worker.ready.values().map(BTreeSet::len).sum();
+        assert_eq!(ready, worker.jobs.len(), "every queued job is ready again");
+        let retry = worker.jobs[&first[0]].next;
+        assert!(
+            retry > Instant::now(),
+            "the failed one waits out its backoff"
+        );
+        assert!(worker.ready["appdb"].contains(&(retry, first[0].clone())));
+        assert_eq!(revoker.pending(), worker.jobs.len());
+    }
+
+    /// A few due roles still go in a round of at most MAX_BATCH, and a
+    /// role that is only gathering starts no round by itself.
+    #[tokio::test]
+    async fn a_few_roles_go_in_small_rounds_and_gathering_ones_wait() {
+        let (revoker, mut worker, mut rx) = unstarted();
+        revoker.schedule("v-a", "appdb", None, EndReason::SessionClosed);
+        worker.add(rx.try_recv().expect("a job"));
+        assert!(
+            worker.due_rounds(Instant::now()).is_empty(),
+            "a closed session's role waits GATHER for company"
+        );
+        let due = worker.next_due().expect("a wake-up");
+        for i in 0..(MAX_BATCH + 3) {
+            revoker.schedule(&format!("v-{i}"), "appdb", None, EndReason::Expired);
+            worker.add(rx.try_recv().expect("a job"));
+        }
+        assert!(worker.next_due().expect("a wake-up") <= due);
+        let rounds = worker.due_rounds(Instant::now());
+        assert_eq!(rounds.len(), 1);
+        assert!(rounds[0].1.len() <= MAX_BULK_BATCH);
+        assert!(
+            rounds[0].1.len() > MAX_BATCH,
+            "more than MAX_BATCH due: bulk"
+        );
     }
 
     /// A duplicate merged into a queued job brings the lease id the first
