@@ -626,3 +626,31 @@ async fn rotate_root_takes_a_connections_name() {
         "the connection's name did not reach the rotation: {body}"
     );
 }
+
+/// `vault write auth/kubernetes/config kubernetes_host=...` (the step
+/// before the auth roles in Vault's tutorial) is told where rolemint keeps
+/// that, not "unknown path".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_mounts_config_write_names_the_config_keys() {
+    let (_h, a) = with_admin().await;
+    for mount in ["kubernetes", "jwt"] {
+        let (s, body) = call(
+            "POST",
+            format!("http://{a}/v1/auth/{mount}/config"),
+            OPERATOR_TOKEN,
+            Some(json!({"kubernetes_host": "https://10.0.0.1:443"})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.to_string().contains("[auth]"), "{body}");
+    }
+    // A workload is refused before the answer, as on every admin route.
+    let (s, _) = call(
+        "POST",
+        format!("http://{a}/v1/auth/kubernetes/config"),
+        "rmv.not-a-token",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}

@@ -5,7 +5,8 @@
 //! instance logs in with them within a second of a write.
 //!
 //! Writing and deleting are the operator's; reading and listing too (a
-//! role's bounds describe who may get which policies).
+//! role's bounds describe who may get which policies). The mount's
+//! `config` answers 400 naming the config keys that hold it.
 
 use std::sync::Arc;
 
@@ -66,6 +67,21 @@ pub fn routes(router: Router<Arc<AdminState>>, mount: &str) -> Router<Arc<AdminS
         .route(&format!("/v1/auth/{mount}/role"), any(list.clone()))
         .route(&format!("/v1/auth/{mount}/role/"), any(list))
         .route(&format!("/v1/auth/{mount}/role/{{name}}"), any(one))
+        .route(
+            &format!("/v1/auth/{mount}/config"),
+            any(config_is_the_files),
+        )
+}
+
+/// `auth/<mount>/config` (`vault write auth/kubernetes/config
+/// kubernetes_host=...`, a step of Vault's tutorials): a 400 that says
+/// where rolemint keeps what it would hold, rather than "unknown path".
+async fn config_is_the_files() -> ApiError {
+    ApiError::bad_request(
+        "rolemint checks this mount's JWTs against the issuers of its config file \
+         ([auth] issuer and audience, [[auth.issuers]] with jwks_url, jwks_file or public \
+         keys); auth/<mount>/config is not kept: set them there and reload (SIGHUP)",
+    )
 }
 
 /// `LIST auth/<mount>/role`.
