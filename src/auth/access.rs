@@ -198,6 +198,19 @@ impl Request {
         }
     }
 
+    /// A pending request past its wait, or a grant past its end, as stored:
+    /// the stored state becomes the one [`Request::state_at`] shows
+    /// (`expired`, `ended`), which is returned; `None` when nothing lapsed
+    /// (or it was recorded already).
+    pub fn lapse(&mut self, now: SystemTime) -> Option<State> {
+        let at = self.state_at(now);
+        if at == self.state {
+            return None;
+        }
+        self.state = at;
+        Some(at)
+    }
+
     /// `who` approves. Refused for the requester, for someone the rule
     /// does not name (checked now, at approval time), twice by the same
     /// person, or when not pending. The request is approved, and its grant
@@ -386,6 +399,23 @@ mod tests {
         )
         .unwrap();
         (r, a)
+    }
+
+    #[test]
+    fn a_wait_or_a_grant_that_ran_out_lapses_once() {
+        let (mut r, a) = request(1);
+        assert_eq!(r.lapse(t(599)), None, "still pending");
+        assert_eq!(r.lapse(t(600)), Some(State::Expired));
+        assert_eq!(r.state, State::Expired);
+        assert_eq!(r.lapse(t(700)), None, "recorded once");
+        let (mut r, _) = request(1);
+        r.approve(&id("bob", &["dba"]), &a, &Dba, t(10)).unwrap();
+        assert_eq!(r.lapse(t(10 + 1799)), None, "the grant runs");
+        assert_eq!(r.lapse(t(10 + 1800)), Some(State::Ended));
+        assert_eq!(r.lapse(t(10 + 1900)), None);
+        let (mut r, _) = request(1);
+        r.revoke(None, Some(&a), &Dba, "", t(5)).unwrap();
+        assert_eq!(r.lapse(t(100_000)), None, "a decided request never lapses");
     }
 
     #[test]

@@ -173,6 +173,10 @@ pub async fn serve(
     crate::observe::metrics::handle();
     let state = Arc::new(state);
     let refresher = tokio::spawn(super::health::refresh(Arc::clone(&state), stop.clone()));
+    let lapses = tokio::spawn(super::requests::sweep_lapsed(
+        Arc::clone(&state),
+        stop.clone(),
+    ));
     let app = super::router(state);
     let AdminListener {
         tcp, tls, limits, ..
@@ -224,6 +228,7 @@ pub async fn serve(
     connections.close();
     connections.wait().await;
     let _ = refresher.await;
+    let _ = lapses.await;
     Ok(())
 }
 

@@ -51,6 +51,9 @@ const CAS_TRIES: usize = 5;
 const PRUNE_PER_CREATE: usize = 20;
 /// Longest request id looked up.
 const MAX_ID_BYTES: usize = 64;
+/// How often stored requests are checked for a wait or a grant that ran
+/// out.
+const LAPSE_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default, Deserialize)]
 pub struct CreateBody {
@@ -428,6 +431,53 @@ fn announce(
             "step": step,
             "request": view(r, SystemTime::now()),
         }));
+    }
+}
+
+/// Records, within [`LAPSE_INTERVAL`], each request nobody decided in time
+/// (`expired`) and each grant that ran out (`ended`) as a step of its own:
+/// stored, audited, counted and sent to the webhook like a decision. Every
+/// instance runs it; the compare-and-replace lets exactly one record each.
+/// (The state is right before that too: `state_at` reads the clock.)
+pub async fn sweep_lapsed(state: Arc<AdminState>, stop: tokio_util::sync::CancellationToken) {
+    let Ok(people) = people(&state).map(Arc::clone) else {
+        return;
+    };
+    let rolemint = access::Principal {
+        issuer: String::new(),
+        identity: "rolemint".into(),
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(LAPSE_INTERVAL) => {}
+        }
+        let Ok(requests) = all(&state) else {
+            continue;
+        };
+        let now = SystemTime::now();
+        for (old, mut r) in requests {
+            let step = match r.lapse(now) {
+                Some(ReqState::Expired) => "expired",
+                Some(ReqState::Ended) => "ended",
+                _ => continue,
+            };
+            let new = serde_json::to_value(&r).unwrap_or_default();
+            match people
+                .shared
+                .store
+                .replace(Kind::AccessRequest, &r.id, &old, &new, "rolemint")
+                .await
+            {
+                Ok(true) => announce(&state, step, &r, &rolemint, None),
+                // Another instance, or a decision, wrote it first.
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("access requests: recording {} {step}: {e}", r.id);
+                    break;
+                }
+            }
+        }
     }
 }
 

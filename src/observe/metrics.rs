@@ -93,7 +93,7 @@ pub const ALL: &[Described] = &[
     d(KERNEL_SPLICED, Kind::Counter, None, "Sessions whose bytes the kernel forwarded (proxy.kernel_splice), by template."),
     d(QUOTA_REFUSALS, Kind::Counter, None, "Sessions, credential leases and tokens refused by a quota, by quota (sessions, credential_leases, mints_per_minute, principals, tokens per principal; template_leases_per_principal, template_leases of a template's own caps, whose name is in the audit line)."),
     d(WARM_POOL_CLAIMS, Kind::Counter, None, "Sessions of a pooled template, by template and result (hit, miss: the pool was empty, fallback: the entry could not be used)."),
-    d(ACCESS_REQUESTS, Kind::Counter, None, "Access request steps, by step (created, approved, approval, denied, revoked, refused)."),
+    d(ACCESS_REQUESTS, Kind::Counter, None, "Access request steps, by step (created, approved, approval, denied, revoked, expired, ended, refused)."),
     d(ACCESS_WEBHOOK, Kind::Counter, None, "Access request webhook deliveries, by result (delivered, failed, dropped)."),
 ];
 
@@ -198,7 +198,7 @@ fn zero_counters() {
 
 /// The steps of [`access_request`].
 pub const ACCESS_STEPS: &[&str] = &[
-    "created", "approval", "approved", "denied", "revoked", "refused",
+    "created", "approval", "approved", "denied", "revoked", "expired", "ended", "refused",
 ];
 
 /// One access request step (see `control/requests.rs`).
