@@ -132,8 +132,17 @@ async fn health_readiness_metrics_and_errors_on_a_running_proxy() {
     assert_eq!(resp.headers()["content-type"], "application/json");
 
     // The audit log: one JSON object per line, the refused request with
-    // who asked, never the token.
+    // who asked, never the token. A request's line is written after its
+    // answer: wait for the last one's.
     let path = h.config.audit.path.clone().unwrap();
+    let last_written = wait_until(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("\"status\":405"))
+    })
+    .await;
+    assert!(last_written, "no audit line for the PUT answered 405");
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<Value> = text
         .lines()
