@@ -1,4 +1,4 @@
-//! The binary as a user runs it: `token`, `check`, `dev`.
+//! The binary as a user runs it: `token`, `check`, `dev`, `login`.
 
 mod common;
 
@@ -513,5 +513,32 @@ fn dev_without_postgresql_binaries_says_how_to_get_them() {
     assert!(
         message.contains("apt-get install -y postgresql"),
         "{message}"
+    );
+}
+
+#[test]
+fn login_at_a_bare_host_port_of_a_plain_http_listener_says_to_write_http() {
+    use std::io::{Read as _, Write as _};
+    // A plain-HTTP "admin listener": whatever comes, a 400 in clear text.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = conn.read(&mut [0u8; 1024]);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(ROLEMINT)
+        .args(["login", "--proxy", &format!("127.0.0.1:{port}"), "--device"])
+        .env("XDG_CONFIG_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("--proxy http://127.0.0.1:{port}")),
+        "{stderr}"
     );
 }

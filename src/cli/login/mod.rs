@@ -145,7 +145,17 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         .get(format!("{admin}/.well-known/rolemint-login"))
         .send()
         .await
-        .with_context(|| format!("reaching {admin}"))?
+        .with_context(|| {
+            // A TLS hello answered in plain HTTP reads as a "corrupt
+            // message": say what the bare form meant.
+            let bare = !proxy.contains("://");
+            let hint = if bare {
+                format!(" (a bare HOST:PORT means https://; for a plain-HTTP admin listener write --proxy http://{proxy})")
+            } else {
+                String::new()
+            };
+            format!("reaching {admin}{hint}")
+        })?
         .error_for_status()
         .with_context(|| format!("{admin} publishes no login (is [login] configured?)"))?
         .json()
