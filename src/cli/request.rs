@@ -207,6 +207,38 @@ fn line(r: &Value) -> String {
         s("template"),
         r["requester"]["issuer"].as_str().unwrap_or(""),
         r["requester"]["identity"].as_str().unwrap_or(""),
-        s("reason"),
+        printable(&s("reason")),
     )
+}
+
+/// `text` with its control characters escaped: a reason is anyone's text,
+/// and printed raw an escape sequence in it would drive the approver's
+/// terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_cannot_drive_the_terminal() {
+        let r = json!({
+            "id": "req-1", "state": "pending", "template": "dba",
+            "requester": { "issuer": "corp", "identity": "alice" },
+            "reason": "INC-1\u{1b}[2J\u{1b}]0;owned\u{7}\nnext line",
+        });
+        let shown = line(&r);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("INC-1\\u{1b}[2J"), "{shown}");
+    }
 }
