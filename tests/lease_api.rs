@@ -819,3 +819,108 @@ async fn the_lease_index_has_a_row_exactly_while_the_lease_lives() {
     );
     assert!(index_row_becomes(&h, &id, None).await, "reaped lease's row");
 }
+
+/// Backends waiting on a lock in an insert into the lease index.
+async fn inserts_waiting(h: &Harness) -> i64 {
+    h.superuser()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+              WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO rolemint.leases%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Rows of the lease index whose role is gone, counted in PostgreSQL.
+async fn rows_of_gone_roles(h: &Harness) -> i64 {
+    h.superuser_on(&h.config.backend.admin_database)
+        .await
+        .query_one(
+            "SELECT count(*) FROM rolemint.leases l \
+              WHERE NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = l.role)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The tidy pass adds the row of a live lease that has none, reading the
+/// catalog in its statement's snapshot and committing later. A lease that
+/// ends in between (its role dropped, and its row's delete written before
+/// the tidy's insert committed, so deleting nothing) must keep no row.
+/// The window is held open by a transaction that has inserted the same
+/// lease id and not committed: the tidy pass's insert waits on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_ends_while_the_tidy_pass_adds_its_row_keeps_no_row() {
+    // No reaper sweep (and so no tidy pass of the server's own) meanwhile.
+    let (h, admin) = with_admin("[mint]\nreap_interval = \"1h\"\n").await;
+    let admin_db = h.config.backend.admin_database.clone();
+
+    // A live lease whose row is lost: the tidy pass adds it again.
+    let client = h.session("readonly", "alice").await;
+    let role = session_user(&client).await;
+    let (_, comment) = valid_until_and_comment(&h, &role).await;
+    let id = comment["lease_id"].as_str().unwrap().to_owned();
+    assert!(
+        index_row_becomes(&h, &id, Some(&role)).await,
+        "no row for {id}"
+    );
+    let su = h.superuser_on(&admin_db).await;
+    su.execute("DELETE FROM rolemint.leases WHERE lease_id = $1", &[&id])
+        .await
+        .unwrap();
+    let blocker = h.superuser_on(&admin_db).await;
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO rolemint.leases VALUES ('{id}', '{role}')"
+        ))
+        .await
+        .unwrap();
+
+    let tidy = h.shared.admin_client.tidy_lease_index_now();
+    let meanwhile = async {
+        assert!(
+            wait_until(Duration::from_secs(8), || async {
+                inserts_waiting(&h).await > 0
+            })
+            .await,
+            "the tidy pass's insert waits on the uncommitted row"
+        );
+        // The lease ends: revoked, its role dropped, its row forgotten.
+        let (status, body) = api(
+            admin,
+            "PUT",
+            "/v1/sys/leases/revoke",
+            Some(json!({"lease_id": id})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        assert!(!role_exists(&h, &role).await, "dropped before the answer");
+        // The writer writes in order: once a later lease's row is in, the
+        // delete queued before it has been written.
+        let later = h.session("readonly", "bob").await;
+        let later_role = session_user(&later).await;
+        let (_, later_comment) = valid_until_and_comment(&h, &later_role).await;
+        let later_id = later_comment["lease_id"].as_str().unwrap().to_owned();
+        assert!(
+            index_row_becomes(&h, &later_id, Some(&later_role)).await,
+            "no row for {later_id}"
+        );
+        blocker.batch_execute("ROLLBACK").await.unwrap();
+        later
+    };
+    let (tidied, _later) = tokio::join!(tidy, meanwhile);
+    let (removed, added) = tidied.expect("the tidy pass");
+    eprintln!("tidy pass: removed {removed}, added {added}");
+    assert_eq!(
+        index_row(&h, &id).await,
+        None,
+        "a row for a lease whose role is gone"
+    );
+    assert_eq!(rows_of_gone_roles(&h).await, 0);
+    drop(client);
+}

@@ -33,6 +33,17 @@
 //!   lease without one.
 //! - a crash between a `DROP ROLE` and the delete: a row whose role is
 //!   gone. The lookup's check ignores it, and the tidy pass deletes it.
+//! - another instance revoking a lease (found through the catalog) in the
+//!   milliseconds before the minting instance's writer wrote its row: the
+//!   delete finds nothing and the row lands after it. The same.
+//!
+//! The tidy pass's own inserts race revocations the same way (a lease
+//! that ends while the insert of its row is in flight), so it checks what
+//! it added once that has committed ([`recheck_added_sql`]).
+//!
+//! A row whose role still exists is not stale, even when its lease is
+//! over: an ended session's role waits in the revoker's queue (behind a
+//! mass revocation, for seconds), and its row goes when the role does.
 //!
 //! The tidy pass ([`AdminClient::tidy_lease_index`]) runs after a reaper
 //! sweep, the first [`TIDY_FIRST`] after the process started, then at most
@@ -338,12 +349,36 @@ impl AdminClient {
             after = last;
         }
         let mut after = String::from("0");
-        while let (Some(last), n) = chunk_row(&conn.batch(&tidy_roles_sql(&after)).await?) {
+        loop {
+            let rows = conn.batch(&tidy_roles_sql(&after)).await?;
+            let (Some(last), n) = chunk_row(&rows) else {
+                break;
+            };
             added += n;
             after = last;
+            // The chunk's rows are committed now: whichever of their
+            // leases ended meanwhile is seen in this statement's snapshot.
+            let ids = added_ids(&rows);
+            if !ids.is_empty() {
+                let gone = chunk_row(&conn.batch(&recheck_added_sql(&ids)).await?).1;
+                removed += gone;
+                added -= gone.min(added);
+            }
         }
         Ok((removed, added))
     }
+}
+
+/// The lease ids a chunk of [`tidy_roles_sql`] added (its third cell, a
+/// JSON array; none when it added nothing or the cell is unreadable).
+fn added_ids(rows: &[SimpleQueryMessage]) -> Vec<String> {
+    rows.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(2),
+            _ => None,
+        })
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_default()
 }
 
 /// A tidy chunk's row: the last key it covered (`None`: nothing left) and
@@ -556,7 +591,13 @@ SELECT (SELECT pg_catalog.max(lease_id) FROM chunk), (SELECT pg_catalog.count(*)
 /// fail the whole statement on one malformed comment; lease ids
 /// (`database/<kind>/<template>/<random>`) hold no `"` or `\`. A row is only
 /// a hint, checked on every read. One row: the chunk's last member oid,
-/// rows added.
+/// rows added, their lease ids (a JSON array, NULL when none).
+///
+/// The statement reads the catalog in its snapshot and commits later: a
+/// lease that ends in between (its role dropped, and its row's delete run
+/// before this insert committed, so finding nothing to delete) would keep
+/// the row this adds. So the rows a chunk added are checked again once it
+/// has committed ([`recheck_added_sql`]).
 fn tidy_roles_sql(after: &str) -> String {
     format!(
         "WITH chunk AS (
@@ -577,11 +618,31 @@ added AS (
    WHERE s.id IS NOT NULL
    ORDER BY s.id, s.role
   ON CONFLICT (lease_id) DO NOTHING
-  RETURNING 1)
-SELECT (SELECT pg_catalog.max(member)::pg_catalog.text FROM chunk), (SELECT pg_catalog.count(*) FROM added)",
+  RETURNING lease_id)
+SELECT (SELECT pg_catalog.max(member)::pg_catalog.text FROM chunk), (SELECT pg_catalog.count(*) FROM added),
+       (SELECT pg_catalog.json_agg(lease_id)::pg_catalog.text FROM added)",
         marker = escape_literal(super::MARKER_ROLE),
         after = escape_literal(after),
         pattern = escape_literal(r#""lease_id"\s*:\s*"([^"\\]+)""#),
+    )
+}
+
+/// Of the rows `ids` that a tidy chunk added, deletes those whose role is
+/// gone or can no longer log in, in a snapshot taken after that chunk
+/// committed. Whatever revocation ended a lease before then has dropped
+/// its role (or made it NOLOGIN) before, so this sees it; one that ends
+/// later deletes the row itself, since the row is committed by then. One
+/// row: NULL, rows deleted (the shape [`chunk_row`] reads).
+fn recheck_added_sql(ids: &[String]) -> String {
+    format!(
+        "WITH gone AS (
+  DELETE FROM rolemint.leases l
+   WHERE l.lease_id = ANY ({ids})
+     AND NOT COALESCE((SELECT r.rolcanlogin FROM pg_catalog.pg_roles r
+                        WHERE r.rolname = l.role::pg_catalog.name), false)
+  RETURNING 1)
+SELECT NULL::pg_catalog.text, (SELECT pg_catalog.count(*) FROM gone)",
+        ids = text_array(ids.iter().map(String::as_str)),
     )
 }
 
@@ -626,6 +687,29 @@ mod tests {
         assert!(!only_deletes.contains("INSERT"), "{only_deletes}");
         let only_inserts = write_sql(&[record("i", "v-a")]);
         assert!(!only_inserts.contains("DELETE"), "{only_inserts}");
+    }
+
+    #[test]
+    fn what_a_tidy_chunk_added_is_checked_again() {
+        // The chunk returns the lease ids it added, which are checked in a
+        // statement of their own, escaped.
+        assert!(tidy_roles_sql("0").contains("RETURNING lease_id"));
+        assert!(tidy_roles_sql("0").contains("pg_catalog.json_agg(lease_id)"));
+        let ids = [
+            "database/creds/r/a".to_owned(),
+            "database/sessions/r/o'b".to_owned(),
+        ];
+        let sql = recheck_added_sql(&ids);
+        assert!(
+            sql.contains("l.lease_id = ANY (ARRAY['database/creds/r/a', 'database/sessions/r/o''b']::pg_catalog.text[])"),
+            "{sql}"
+        );
+        assert!(sql.contains("NOT COALESCE((SELECT r.rolcanlogin"), "{sql}");
+        assert!(
+            sql.contains("WHERE r.rolname = l.role::pg_catalog.name"),
+            "{sql}"
+        );
+        assert!(added_ids(&[]).is_empty());
     }
 
     #[test]
