@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Harness, Options};
+use common::{wait_until, Harness, Options};
 use reqwest::{Method, StatusCode};
 use rolemint::auth::identity::Identity;
 use rolemint::cli::dev::cluster::ClusterOptions;
@@ -295,4 +295,41 @@ async fn list_and_revoke_prefix_reach_every_one_of_25000_leases() {
     );
     let (status, _) = operator(admin, "LIST", &format!("/v1/sys/leases/lookup/{prefix}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "no lease is left to list");
+
+    // The lease index keeps no row of a revoked lease. Its writer writes
+    // in order: once a lease minted now has its row, every delete the
+    // revocations queued before it is written.
+    let later = mint_many(&h, admin, "readwrite", 1).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            index_rows(&h, &later[0]).await == 1
+        })
+        .await,
+        "no row for {}",
+        later[0]
+    );
+    assert_eq!(
+        index_rows(&h, prefix).await,
+        0,
+        "rows of revoked leases in rolemint.leases"
+    );
+    assert_eq!(
+        index_rows(&h, "database/creds/readwrite/").await,
+        OTHERS as i64 + 1,
+        "the other template's leases keep theirs"
+    );
+}
+
+/// Rows of the lease index (`rolemint.leases`) whose lease id starts with
+/// `prefix`, counted in PostgreSQL.
+async fn index_rows(h: &Harness, prefix: &str) -> i64 {
+    h.superuser_on(&h.config.backend.admin_database)
+        .await
+        .query_one(
+            "SELECT count(*) FROM rolemint.leases WHERE starts_with(lease_id, $1)",
+            &[&prefix],
+        )
+        .await
+        .expect("count index rows")
+        .get(0)
 }

@@ -3,6 +3,7 @@
 //! single-lease operations, a new instance over the same catalog, and the
 //! mass revocation under a connect load.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -512,6 +513,29 @@ async fn restarted(ctx: &mut Ctx, ids: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The lease index's rows (`rolemint.leases`, through `admin_db`), counted
+/// by lease kind and template (`sessions/readwrite`) and by whether the
+/// row's role exists ("role exists", "role gone"); `-1` under "error" when
+/// the count failed.
+async fn index_rows_by_kind(admin_db: &tokio_postgres::Client) -> BTreeMap<String, i64> {
+    let rows = admin_db
+        .query(
+            "SELECT pg_catalog.split_part(l.lease_id, '/', 2) || '/' \
+                    || pg_catalog.split_part(l.lease_id, '/', 3) \
+                    || CASE WHEN r.oid IS NULL THEN ' role gone' ELSE ' role exists' END, \
+                    pg_catalog.count(*) \
+               FROM rolemint.leases l \
+               LEFT JOIN pg_catalog.pg_roles r ON r.rolname = l.role::pg_catalog.name \
+              GROUP BY 1",
+            &[],
+        )
+        .await;
+    match rows {
+        Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        Err(_) => BTreeMap::from([("error".to_owned(), -1)]),
+    }
+}
+
 /// The milliseconds of the first "lease index tidied" line `proxy` logs,
 /// waiting up to `within` for it.
 async fn wait_for_tidy(proxy: &Proxy, within: Duration) -> Option<u64> {
@@ -599,13 +623,32 @@ async fn revoke_prefix(ctx: &mut Ctx, n: usize, rss_before: u64) -> anyhow::Resu
         cpu1.0.saturating_sub(cpu0.0).as_secs_f64(),
         cpu1.1.saturating_sub(cpu0.1).as_secs_f64(),
     );
-    let index_rows: i64 = ctx
+    // Every row of the index at that moment, by lease kind and template
+    // and by whether its role still exists: the connect loop's session
+    // leases are in the table too, and those whose session has ended wait
+    // in the revoker's queue behind the mass revocation (their roles
+    // exist), so the total alone does not say whether a row is stale.
+    let admin_db = ctx
         .h
         .superuser_on(&ctx.h.config.backend.admin_database)
-        .await
-        .query_one("SELECT count(*) FROM rolemint.leases", &[])
-        .await
-        .map_or(-1, |r| r.get(0));
+        .await;
+    let index_rows = index_rows_by_kind(&admin_db).await;
+    let index_total: i64 = index_rows.values().sum();
+    // Then until the table is empty (the loop's last sessions revoked and
+    // the writer flushed), up to 120 s: rows whose role is gone by then
+    // are stale.
+    let settle_start = Instant::now();
+    let mut settled = index_rows.clone();
+    while settled.values().sum::<i64>() > 0 && settle_start.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        settled = index_rows_by_kind(&admin_db).await;
+    }
+    let settled_s = settle_start.elapsed().as_secs_f64();
+    let stale = settled
+        .iter()
+        .filter(|(k, _)| k.ends_with("role gone"))
+        .map(|(_, n)| n)
+        .sum::<i64>();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let rss_after = {
         // The registry lets go of a lease once the revoker has it: give
@@ -630,7 +673,9 @@ async fn revoke_prefix(ctx: &mut Ctx, n: usize, rss_before: u64) -> anyhow::Resu
                "failure_kinds": busy.failures.iter().take(5).collect::<Vec<_>>(),
                "cluster_cpu_s": pg_cpu, "proxy_cpu_s": proxy_cpu,
                "idle_loop_cpu_per_s": loop_rate,
-               "lease_index_rows_after": index_rows, "load_average": load.trim()}),
+               "lease_index_rows_after": index_total, "lease_index_rows_after_by": index_rows,
+               "lease_index_rows_settled": settled, "lease_index_settled_s": settled_s,
+               "load_average": load.trim()}),
     );
     // Not the revocation's alone: the connect loop runs meanwhile (alone
     // it used `loop_rate` CPU-seconds a second), and shares the two cores.
@@ -639,7 +684,7 @@ async fn revoke_prefix(ctx: &mut Ctx, n: usize, rss_before: u64) -> anyhow::Resu
         format!("CPU during the revoke-prefix of {n} leases (cluster + proxy, connect loop included)"),
         "reported",
         format!(
-            "cluster {pg_cpu:.1} s + proxy {proxy_cpu:.1} s in {:.1} s (the loop alone: {loop_rate:.2} CPU-s/s); load average {}; {index_rows} lease index rows left",
+            "cluster {pg_cpu:.1} s + proxy {proxy_cpu:.1} s in {:.1} s (the loop alone: {loop_rate:.2} CPU-s/s); load average {}; lease index rows when the last role was gone: {index_total} {index_rows:?}; {stale} stale after {settled_s:.1} s {settled:?}",
             done.as_secs_f64(),
             load.split_whitespace().next().unwrap_or("?"),
         ),
