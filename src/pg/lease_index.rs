@@ -167,6 +167,18 @@ impl LeaseIndex {
         queue.drain(..n).collect()
     }
 
+    /// Whether the tidy pass is due: [`TIDY_FIRST`] after the start, then
+    /// every [`TIDY_EVERY`], and at once after a change was dropped or a
+    /// write failed (so a row left behind that way is gone after the next
+    /// reaper sweep).
+    fn tidy_due(&self) -> bool {
+        let scheduled = match *lock(&self.tidied) {
+            None => self.since.elapsed() >= TIDY_FIRST,
+            Some(t) => t.elapsed() >= TIDY_EVERY,
+        };
+        scheduled || self.lost.load(Ordering::Acquire)
+    }
+
     /// Puts changes whose write failed back in front, as room allows.
     fn put_back(&self, mut changes: Vec<Change>) {
         let mut queue = lock(&self.queue);
@@ -307,11 +319,7 @@ impl AdminClient {
         if !self.lease_index_enabled() {
             return;
         }
-        let due = match *lock(&index.tidied) {
-            None => index.since.elapsed() >= TIDY_FIRST,
-            Some(t) => t.elapsed() >= TIDY_EVERY,
-        } || index.lost.load(Ordering::Acquire);
-        if !due {
+        if !index.tidy_due() {
             return;
         }
         index.lost.store(false, Ordering::Release);
@@ -687,6 +695,44 @@ mod tests {
         assert!(!only_deletes.contains("INSERT"), "{only_deletes}");
         let only_inserts = write_sql(&[record("i", "v-a")]);
         assert!(!only_inserts.contains("DELETE"), "{only_inserts}");
+    }
+
+    /// The queue is bounded: a change past [`MAX_QUEUED`] is dropped, and
+    /// a failed write put back keeps the order (oldest first) as far as
+    /// room allows; either way the tidy pass is due at once.
+    #[test]
+    fn a_dropped_change_makes_the_tidy_pass_due() {
+        let index = LeaseIndex::default();
+        index.enabled.store(true, Ordering::Release);
+        *lock(&index.tidied) = Some(Instant::now());
+        assert!(!index.tidy_due(), "tidied just now");
+
+        index.push((0..=MAX_QUEUED).map(|i| forget(&format!("v-{i}"))));
+        assert_eq!(lock(&index.queue).len(), MAX_QUEUED);
+        assert!(index.tidy_due(), "a dropped delete leaves a row behind");
+
+        index.lost.store(false, Ordering::Release);
+        let taken = index.take();
+        assert_eq!(taken.len(), MAX_PER_WRITE);
+        assert_eq!(taken[0], forget("v-0"));
+        index.push(std::iter::once(forget("v-new")));
+        assert!(!index.tidy_due(), "room for it");
+        // The write failed: back in front, but one no longer fits.
+        index.put_back(taken);
+        let queue = lock(&index.queue);
+        assert_eq!(queue.len(), MAX_QUEUED);
+        assert_eq!(queue[0], forget("v-0"));
+        assert_eq!(
+            queue[MAX_PER_WRITE - 2],
+            forget(&format!("v-{}", MAX_PER_WRITE - 2))
+        );
+        assert_eq!(
+            queue[MAX_PER_WRITE - 1],
+            forget(&format!("v-{MAX_PER_WRITE}"))
+        );
+        assert_eq!(queue[MAX_QUEUED - 1], forget("v-new"));
+        drop(queue);
+        assert!(index.tidy_due());
     }
 
     #[test]
