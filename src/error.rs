@@ -64,9 +64,10 @@ pub enum ClientError {
     /// The lease TTL ran out; the backend was terminated.
     #[error("lease expired: the session's role reached its TTL and was revoked; any open transaction was rolled back")]
     LeaseExpired,
-    /// An operator revoked the lease.
-    #[error("lease revoked by an operator; any open transaction was rolled back")]
-    LeaseRevoked,
+    /// The lease was revoked; the words say by whom (an operator, its
+    /// workload, or with the Vault token it was taken under).
+    #[error("lease revoked{0}; any open transaction was rolled back")]
+    LeaseRevoked(&'static str),
     /// The access grant the session was opened under was revoked
     /// (`rolemint request revoke`).
     #[error("access grant revoked; any open transaction was rolled back")]
@@ -111,7 +112,7 @@ impl ClientError {
             | ClientError::QuotaExceeded(_) => "53300",
             ClientError::ShuttingDown => "57P03",
             ClientError::LeaseExpired
-            | ClientError::LeaseRevoked
+            | ClientError::LeaseRevoked(_)
             | ClientError::GrantRevoked
             | ClientError::Terminated => "57P01",
             ClientError::Protocol(_) => "08P01",
@@ -140,7 +141,7 @@ impl ClientError {
             ClientError::QuotaExceeded(_) => "quota_exceeded",
             ClientError::ShuttingDown => "shutting_down",
             ClientError::LeaseExpired => "lease_expired",
-            ClientError::LeaseRevoked => "lease_revoked",
+            ClientError::LeaseRevoked(_) => "lease_revoked",
             ClientError::GrantRevoked => "grant_revoked",
             ClientError::Terminated => "terminated",
             ClientError::Protocol(_) => "protocol",

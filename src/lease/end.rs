@@ -58,7 +58,11 @@ impl EndReason {
             EndReason::Expired | EndReason::ReapedExpired => ClientError::LeaseExpired,
             EndReason::Shutdown => ClientError::Terminated,
             EndReason::GrantRevoked => ClientError::GrantRevoked,
-            _ => ClientError::LeaseRevoked,
+            EndReason::RevokedByWorkload => ClientError::LeaseRevoked(" by its workload"),
+            EndReason::RevokedByToken => {
+                ClientError::LeaseRevoked(": its Vault token was revoked or expired")
+            }
+            _ => ClientError::LeaseRevoked(" by an operator"),
         }
     }
 
@@ -167,8 +171,16 @@ mod tests {
             ClientError::LeaseExpired.to_string()
         );
         assert_eq!(
+            EndReason::RevokedByOperator.client_error().to_string(),
+            "lease revoked by an operator; any open transaction was rolled back"
+        );
+        assert_eq!(
             EndReason::RevokedByToken.client_error().to_string(),
-            ClientError::LeaseRevoked.to_string()
+            "lease revoked: its Vault token was revoked or expired; any open transaction was rolled back"
+        );
+        assert_eq!(
+            EndReason::RevokedByWorkload.client_error().to_string(),
+            "lease revoked by its workload; any open transaction was rolled back"
         );
         assert_eq!(
             EndReason::Shutdown.client_error().to_string(),
