@@ -333,6 +333,7 @@ async fn a_person_logs_in_with_the_device_flow_and_connects_with_one_command() {
 
     // psql as the template, over verify-full against the published CA; the
     // minted role is alice's (its lease comment names issuer and identity).
+    // psql's flags follow the database as a person types them, no `--`.
     let psql = h.cluster.psql().display().to_string();
     let out = run(rolemint(
         &home,
@@ -340,7 +341,6 @@ async fn a_person_logs_in_with_the_device_flow_and_connects_with_one_command() {
             "psql",
             "oncall",
             "appdb",
-            "--",
             "-X",
             "-At",
             "-c",

@@ -102,8 +102,9 @@ pub enum Command {
     Psql {
         #[command(flatten)]
         target: crate::cli::login::ConnectArgs,
-        /// Arguments for psql (after `--`).
-        #[arg(last = true)]
+        /// Arguments for psql: everything after TEMPLATE and DBNAME
+        /// (`-c 'select 1'`), or after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         psql_args: Vec<String>,
     },
     /// Print `export PG...` lines (token included) for scripts and pgbench.
@@ -172,6 +173,50 @@ pub struct TokenArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The psql arguments of `rolemint psql TEMPLATE [DBNAME] ...`, or
+    /// the error clap gives.
+    fn psql_args(args: &[&str]) -> Result<(String, Option<String>, Vec<String>), String> {
+        let argv = ["rolemint", "psql"].iter().chain(args);
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Psql { target, psql_args } => Ok((target.template, target.dbname, psql_args)),
+            other => Err(format!("not psql: {other:?}")),
+        }
+    }
+
+    /// `rolemint psql readonly appdb -c 'select current_user'`, as a
+    /// person types it (and as issue 21 names it): psql's own flags go to
+    /// psql with or without `--`, rolemint's own flags before them stay
+    /// rolemint's.
+    #[test]
+    fn psql_takes_psqls_flags_with_or_without_a_double_dash() {
+        let select = ["-c".to_owned(), "select current_user".to_owned()];
+        for args in [
+            &["readonly", "appdb", "-c", "select current_user"][..],
+            &["readonly", "appdb", "--", "-c", "select current_user"][..],
+            &[
+                "--proxy",
+                "http://x",
+                "readonly",
+                "appdb",
+                "-c",
+                "select current_user",
+            ][..],
+        ] {
+            let (template, dbname, rest) = psql_args(args).expect("parses");
+            assert_eq!(template, "readonly", "{args:?}");
+            assert_eq!(dbname.as_deref(), Some("appdb"), "{args:?}");
+            assert_eq!(rest, select, "{args:?}");
+        }
+        let (_, dbname, rest) = psql_args(&["readonly"]).expect("parses");
+        assert_eq!((dbname, rest), (None, vec![]));
+        // After the database, a flag rolemint also has is psql's.
+        let (_, _, rest) = psql_args(&["readonly", "appdb", "-X", "--proxy", "p"]).expect("parses");
+        assert_eq!(rest, ["-X", "--proxy", "p"]);
+    }
 
     #[test]
     fn a_token_on_the_command_line_never_reaches_debug_output() {
