@@ -58,6 +58,19 @@ async fn call(method: &str, url: String, token: &str, body: Option<Value>) -> (S
 
 const CREATE: &str = "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT app_read TO \"{{name}}\"";
 
+/// [`call`], asserting the status; the body.
+async fn expect(
+    method: &str,
+    url: String,
+    token: &str,
+    body: Option<Value>,
+    status: StatusCode,
+) -> Value {
+    let (s, answer) = call(method, url.clone(), token, body).await;
+    assert_eq!(s, status, "{method} {url}: {answer}");
+    answer
+}
+
 /// Logs in to PostgreSQL directly as a credential role.
 async fn direct(h: &Harness, user: &str, password: &str) -> Result<(), tokio_postgres::Error> {
     let client = common::connect_owned(format!(
@@ -228,14 +241,14 @@ async fn a_role_written_through_one_instance_is_served_by_another_and_after_a_re
     );
     // ... and mints from it, on the Vault door and on the proxy door.
     let jwt = h.token("carol");
-    let (s, creds) = call(
+    let creds = expect(
         "GET",
         format!("http://{b}/v1/database/creds/shared"),
         jwt.expose(),
         None,
+        StatusCode::OK,
     )
     .await;
-    assert_eq!(s, StatusCode::OK, "{creds}");
     let user = creds["data"]["username"].as_str().unwrap();
     direct(&h, user, creds["data"]["password"].as_str().unwrap())
         .await
@@ -267,10 +280,9 @@ async fn a_role_written_through_one_instance_is_served_by_another_and_after_a_re
     drop(c_process);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_role_stops_new_leases_and_revokes_running_ones_with_its_statements() {
-    let (h, a) = with_admin().await;
-    // The revocation statements leave a trace the default ones would not.
+/// A table the `brief` roles' revocation statements write to: a trace the
+/// default statements would not leave. Returns the superuser's client.
+async fn trace_table(h: &Harness) -> tokio_postgres::Client {
     let su = h.superuser().await;
     su.batch_execute(&format!(
         "CREATE TABLE public.revoked (name text); GRANT INSERT ON public.revoked TO {}",
@@ -278,6 +290,49 @@ async fn deleting_a_role_stops_new_leases_and_revokes_running_ones_with_its_stat
     ))
     .await
     .unwrap();
+    su
+}
+
+/// Reads credentials of role `brief` through `at`: (username, password,
+/// lease id).
+async fn brief_creds(at: SocketAddr, token: &str) -> (String, String, String) {
+    let creds = expect(
+        "GET",
+        format!("http://{at}/v1/database/creds/brief"),
+        token,
+        None,
+        StatusCode::OK,
+    )
+    .await;
+    let field = |v: &Value| v.as_str().unwrap().to_owned();
+    (
+        field(&creds["data"]["username"]),
+        field(&creds["data"]["password"]),
+        field(&creds["lease_id"]),
+    )
+}
+
+/// Waits until `user`'s role is gone; how many times the traced
+/// revocation statements ran for it.
+async fn dropped_and_traced(h: &Harness, su: &tokio_postgres::Client, user: &str) -> i64 {
+    let gone = wait_until(Duration::from_secs(10), || async {
+        !role_exists(h, user).await
+    })
+    .await;
+    assert!(gone, "the role of the revoked lease is still there");
+    su.query_one(
+        "SELECT count(*) FROM public.revoked WHERE name = $1",
+        &[&user],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_role_stops_new_leases_and_revokes_running_ones_with_its_statements() {
+    let (h, a) = with_admin().await;
+    let su = trace_table(&h).await;
     let (s, body) = call(
         "POST",
         format!("http://{a}/v1/database/roles/brief"),
@@ -293,57 +348,47 @@ async fn deleting_a_role_stops_new_leases_and_revokes_running_ones_with_its_stat
     .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
     let jwt = h.token("dave");
-    let (s, creds) = call(
-        "GET",
-        format!("http://{a}/v1/database/creds/brief"),
-        jwt.expose(),
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{creds}");
-    let user = creds["data"]["username"].as_str().unwrap().to_owned();
-    let password = creds["data"]["password"].as_str().unwrap().to_owned();
-    let lease = creds["lease_id"].as_str().unwrap().to_owned();
+    let (user, password, lease) = brief_creds(a, jwt.expose()).await;
 
     // A config template cannot be deleted; the written one can.
-    let (s, body) = call(
+    let body = expect(
         "DELETE",
         format!("http://{a}/v1/database/roles/readonly"),
         OPERATOR_TOKEN,
         None,
+        StatusCode::BAD_REQUEST,
     )
     .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
     assert!(
         body["errors"][0].as_str().unwrap().contains("config file"),
         "{body}"
     );
-    let (s, _) = call(
+    expect(
         "DELETE",
         format!("http://{a}/v1/database/roles/brief"),
         OPERATOR_TOKEN,
         None,
+        StatusCode::NO_CONTENT,
     )
     .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _) = call(
+    expect(
         "GET",
         format!("http://{a}/v1/database/roles/brief"),
         OPERATOR_TOKEN,
         None,
+        StatusCode::NOT_FOUND,
     )
     .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
 
     // No new lease; the running one still logs in.
-    let (s, body) = call(
+    expect(
         "GET",
         format!("http://{a}/v1/database/creds/brief"),
         jwt.expose(),
         None,
+        StatusCode::BAD_REQUEST,
     )
     .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
     direct(&h, &user, &password)
         .await
         .expect("the running lease still works");
@@ -357,19 +402,7 @@ async fn deleting_a_role_stops_new_leases_and_revokes_running_ones_with_its_stat
     )
     .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
-    let gone = wait_until(Duration::from_secs(10), || async {
-        !role_exists(&h, &user).await
-    })
-    .await;
-    assert!(gone, "the role of the revoked lease is still there");
-    let traced: i64 = su
-        .query_one(
-            "SELECT count(*) FROM public.revoked WHERE name = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let traced = dropped_and_traced(&h, &su, &user).await;
     assert_eq!(
         traced, 1,
         "the deleted template's revocation statements ran"
@@ -400,13 +433,7 @@ async fn deleting_a_role_stops_new_leases_and_revokes_running_ones_with_its_stat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_started_after_a_delete_revokes_its_leases_with_the_deleted_statements() {
     let (h, a) = with_admin().await;
-    let su = h.superuser().await;
-    su.batch_execute(&format!(
-        "CREATE TABLE public.revoked (name text); GRANT INSERT ON public.revoked TO {}",
-        h.demo.admin_user
-    ))
-    .await
-    .unwrap();
+    let su = trace_table(&h).await;
     let (s, body) = call(
         "POST",
         format!("http://{a}/v1/database/roles/brief"),
@@ -422,43 +449,34 @@ async fn an_instance_started_after_a_delete_revokes_its_leases_with_the_deleted_
     .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
     let jwt = h.token("erin");
-    let (s, creds) = call(
-        "GET",
-        format!("http://{a}/v1/database/creds/brief"),
-        jwt.expose(),
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{creds}");
-    let user = creds["data"]["username"].as_str().unwrap().to_owned();
-    let lease = creds["lease_id"].as_str().unwrap().to_owned();
-    let (s, _) = call(
+    let (user, _, lease) = brief_creds(a, jwt.expose()).await;
+    expect(
         "DELETE",
         format!("http://{a}/v1/database/roles/brief"),
         OPERATOR_TOKEN,
         None,
+        StatusCode::NO_CONTENT,
     )
     .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
 
     // B never saw the role: it neither lists nor mints it ...
     let (b_process, b) = another_instance(&h).await;
-    let (s, _) = call(
+    expect(
         "GET",
         format!("http://{b}/v1/database/roles/brief"),
         OPERATOR_TOKEN,
         None,
+        StatusCode::NOT_FOUND,
     )
     .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, body) = call(
+    expect(
         "GET",
         format!("http://{b}/v1/database/creds/brief"),
         jwt.expose(),
         None,
+        StatusCode::BAD_REQUEST,
     )
     .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
     // ... and revokes the running lease with the deleted role's statements.
     let (s, body) = call(
         "PUT",
@@ -468,19 +486,7 @@ async fn an_instance_started_after_a_delete_revokes_its_leases_with_the_deleted_
     )
     .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{body}\n{}", b_process.log());
-    let gone = wait_until(Duration::from_secs(10), || async {
-        !role_exists(&h, &user).await
-    })
-    .await;
-    assert!(gone, "the role of the revoked lease is still there");
-    let traced: i64 = su
-        .query_one(
-            "SELECT count(*) FROM public.revoked WHERE name = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let traced = dropped_and_traced(&h, &su, &user).await;
     assert_eq!(
         traced,
         1,
@@ -563,14 +569,14 @@ async fn a_connections_allowed_roles_decide_at_every_mint() {
     let (s, body) = creds().await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let user = body["data"]["username"].as_str().unwrap().to_owned();
-    let (s, _) = call(
+    expect(
         "DELETE",
         format!("http://{a}/v1/database/config/pg"),
         OPERATOR_TOKEN,
         None,
+        StatusCode::NO_CONTENT,
     )
     .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, body) = creds().await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
     assert!(
