@@ -16,16 +16,33 @@
 pub const TRIM_AFTER: usize = 10_000;
 
 /// Returns freed heap pages to the system, on a blocking thread (the pass
-/// walks every arena, holding its lock).
+/// walks every arena, holding its lock), and logs the resident size before
+/// and after with what the allocator still has in use: what a trim cannot
+/// return is either live or fragments of pages that are partly live.
 pub fn release_freed() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     tokio::task::spawn_blocking(|| {
-        // SAFETY: malloc_trim only walks and trims the allocator's own
-        // arenas under their locks; it takes no pointer of ours.
-        let released = unsafe { libc::malloc_trim(0) };
-        tracing::debug!(
-            released = released != 0,
+        let before = resident_kib();
+        // SAFETY: malloc_trim and mallinfo2 only walk the allocator's own
+        // arenas under their locks; they take no pointer of ours.
+        let (_, in_use) = unsafe { (libc::malloc_trim(0), libc::mallinfo2()) };
+        let mib = |kib: Option<u64>| kib.map_or(-1.0, |k| k as f64 / 1024.0);
+        tracing::info!(
+            resident_before_mib = format!("{:.1}", mib(before)),
+            resident_after_mib = format!("{:.1}", mib(resident_kib())),
+            in_use_mib = format!(
+                "{:.1}",
+                (in_use.uordblks + in_use.hblkhd) as f64 / 1048576.0
+            ),
             "freed memory returned to the system"
         );
     });
+}
+
+/// This process's resident set (`VmRSS`), in KiB.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
