@@ -109,6 +109,19 @@ async fn role_exists(h: &Harness, role: &str) -> bool {
         .is_some()
 }
 
+/// Seconds until the session's own role stops being valid (`VALID UNTIL`).
+async fn valid_for(session: &tokio_postgres::Client) -> f64 {
+    session
+        .query_one(
+            "SELECT extract(epoch FROM rolvaliduntil - now())::float8 FROM pg_roles \
+             WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .expect("rolvaliduntil")
+        .get(0)
+}
+
 /// alice's session on `serve`: the client and its role.
 async fn session(serve: &ServeProcess, token: &str) -> (tokio_postgres::Client, String) {
     let client = serve.connect("dba", token).await.expect("alice connects");
@@ -201,15 +214,7 @@ async fn a_second_person_approves_and_a_revoked_grant_ends_sessions_on_every_ins
     let (on_b, role_b) = session(&b, &alice).await;
     assert!(role_exists(&h, &role_a).await && role_exists(&h, &role_b).await);
     // The lease is capped at the grant (30m), not the template's 1h.
-    let left: f64 = on_a
-        .query_one(
-            "SELECT extract(epoch FROM rolvaliduntil - now())::float8 FROM pg_roles \
-             WHERE rolname = current_user",
-            &[],
-        )
-        .await
-        .expect("rolvaliduntil")
-        .get(0);
+    let left = valid_for(&on_a).await;
     assert!(left <= 30.0 * 60.0 + 5.0, "VALID UNTIL is {left} s away");
 
     // Nor can a renewal carry it past the grant: alice's own token asks A's
@@ -243,15 +248,7 @@ async fn a_second_person_approves_and_a_revoked_grant_ends_sessions_on_every_ins
         renewed.text().await.unwrap_or_default()
     );
     assert!(answer.contains("access grant"), "{answer}");
-    let left: f64 = on_a
-        .query_one(
-            "SELECT extract(epoch FROM rolvaliduntil - now())::float8 FROM pg_roles \
-             WHERE rolname = current_user",
-            &[],
-        )
-        .await
-        .expect("rolvaliduntil")
-        .get(0);
+    let left = valid_for(&on_a).await;
     assert!(
         left <= 30.0 * 60.0 + 5.0,
         "renewed past the grant: {left} s away"
