@@ -92,6 +92,7 @@
 //!   warm_pool/filler.rs the task that keeps every pool filled
 //!   creds.rs            credential leases (Vault's `creds`): admit -> authorize -> mint -> register
 //!   quota.rs            what one principal and one template may hold at once
+//!   memory.rs           freed memory given back to the system after a mass end of leases
 //! pg/                   PostgreSQL as rolemint speaks to it
 //!   admin.rs            AdminClient, the admin-database client: mint, renew, revoke, catalog, cancels
 //!   error.rs            MintError: why an admin-side step failed, and whether a retry may help
@@ -158,11 +159,10 @@
 //! tls.rs                rustls for clients, the backend and the admin listener; the stream type
 //! error.rs              what a client may be told, with its SQLSTATE
 //! secret.rs             a string that never prints (zeroed on drop)
-//! memory.rs             giving freed memory back to the system after a mass end of leases
 //! failpoint.rs          test-only pauses, compiled to nothing in release builds
 //! ```
 //!
-//! The five at the bottom are used by every folder and use none. Imports go
+//! The four at the bottom are used by every folder and use none. Imports go
 //! this way, roughly: `cli` -> `proxy` -> `control` -> `runtime` ->
 //! `store`, `lease` -> `pg` -> `auth` -> `observe`, `tls` -> `config` -> the
 //! leaves. `tests/module_graph.rs` fails on any module import circle; the
@@ -176,7 +176,6 @@ pub mod control;
 pub mod error;
 pub mod failpoint;
 pub mod lease;
-pub mod memory;
 pub mod observe;
 pub mod pg;
 pub mod proxy;

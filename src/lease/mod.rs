@@ -6,8 +6,9 @@
 //! (roles minted ahead with a backend logged in), [`creds`]
 //! (credential leases for Vault's `creds`), [`minted`] (what follows a
 //! mint from any door: the lease registered and its `lease.minted` line,
-//! or a failed mint's role to the revoker) and [`quota`] (what one
-//! principal may hold at once, and mint a minute).
+//! or a failed mint's role to the revoker), [`quota`] (what one
+//! principal may hold at once, and mint a minute) and [`memory`] (freed
+//! memory given back after a mass end of leases).
 //!
 //! Owns when a role is minted ahead, registered, renewed and ended. The SQL
 //! it runs is `pg`'s ([`crate::pg::AdminClient`]); it must not speak the
@@ -17,6 +18,7 @@
 
 pub mod creds;
 pub mod end;
+pub mod memory;
 pub mod minted;
 pub mod quota;
 pub mod reaper;

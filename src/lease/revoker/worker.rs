@@ -18,7 +18,7 @@ use super::{
 };
 use crate::config::Config;
 use crate::lease::end::EndReason;
-use crate::memory;
+use crate::lease::memory;
 use crate::observe::audit::{Audit, Event};
 use crate::observe::metrics::{self, RevocationResult};
 use crate::pg::{AdminClient, MintError, Outcome, Target};

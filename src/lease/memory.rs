@@ -4,8 +4,8 @@
 //! `revoke-prefix` ends them all, the maps that held them keep their
 //! capacity and glibc's allocator keeps the freed chunks in its arenas, so
 //! the resident size stayed where it was (178 MiB, against 16.5 MiB before
-//! the leases). The maps shrink themselves (`lease::registry`, the
-//! revoker's queue); what the allocator keeps is handed back here with
+//! the leases). The maps shrink themselves (`registry`, the revoker's
+//! queue); what the allocator keeps is handed back here with
 //! `malloc_trim`, which returns every wholly free page of every arena, not
 //! only the top of the heap. Other C libraries (musl) return freed pages on
 //! their own, and this is a no-op there.
