@@ -119,8 +119,10 @@ async fn a_trickled_head_is_cut_at_the_head_timeout_and_an_idle_connection_at_th
     // A head that never ends: cut at the head timeout, long before the
     // idle timeout, though a header line keeps coming every 200 ms.
     use tokio::io::AsyncWriteExt;
-    let mut slow = TcpStream::connect(admin).await.unwrap();
+    // Timed from before the connect: the listener may accept and start its
+    // clock before this task runs again after the connect.
     let started = tokio::time::Instant::now();
+    let mut slow = TcpStream::connect(admin).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
