@@ -105,6 +105,7 @@ pub async fn run(ctx: &mut Ctx, empty_p50_ms: f64) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
 
     let rss_before = ctx.proxy.rss_kib()?;
+    let parts_before = ctx.proxy.rss_parts_kib()?;
     eprintln!("minting {n} credential leases through the door ...");
     let start = Instant::now();
     let (mut ids, mut stamps) = mint(&ctx.admin, &tokens, "readonly", n, ctx.settings.in_flight)
@@ -158,7 +159,7 @@ pub async fn run(ctx: &mut Ctx, empty_p50_ms: f64) -> anyhow::Result<()> {
     let probe = ids.first().cloned().unwrap_or_default();
     catalog(ctx, empty_p50_ms, &probe).await?;
     restarted(ctx, &ids).await?;
-    revoke_prefix(ctx, ids.len(), rss_before).await
+    revoke_prefix(ctx, ids.len(), rss_before, parts_before).await
 }
 
 /// Every `ids.len() / k`-th id: spread over the whole set.
@@ -569,7 +570,12 @@ fn cpu_now(ctx: &Ctx) -> anyhow::Result<(Duration, Duration)> {
 
 /// revoke-prefix of every lease left, while sessions of another template
 /// connect; then the proxy's RSS against `rss_before` the leases.
-async fn revoke_prefix(ctx: &mut Ctx, n: usize, rss_before: u64) -> anyhow::Result<()> {
+async fn revoke_prefix(
+    ctx: &mut Ctx,
+    n: usize,
+    rss_before: u64,
+    parts_before: (u64, u64),
+) -> anyhow::Result<()> {
     let door = ctx.door("rolemint", "readwrite");
     let workers = 4;
     eprintln!("idle connect loop ...");
@@ -656,6 +662,7 @@ async fn revoke_prefix(ctx: &mut Ctx, n: usize, rss_before: u64) -> anyhow::Resu
         tokio::time::sleep(Duration::from_secs(2)).await;
         ctx.proxy.rss_kib()?
     };
+    let parts_after = ctx.proxy.rss_parts_kib()?;
     let (idle_p99, busy_p99) = (
         quantile_ms(&idle.latencies, 0.99),
         quantile_ms(&busy.latencies, 0.99),
@@ -665,7 +672,8 @@ async fn revoke_prefix(ctx: &mut Ctx, n: usize, rss_before: u64) -> anyhow::Resu
         "all",
         json!({"leases": n, "status": a.status.as_u16(), "answered_s": answered.as_secs_f64(),
                "done_s": done.as_secs_f64(), "left": left, "rss_before_mint_kib": rss_before,
-               "rss_after_kib": rss_after, "idle_connects": idle.latencies.len(),
+               "rss_after_kib": rss_after, "rss_anon_file_before_mint_kib": parts_before,
+               "rss_anon_file_after_kib": parts_after, "idle_connects": idle.latencies.len(),
                "idle_p50_ms": quantile_ms(&idle.latencies, 0.5), "idle_p99_ms": idle_p99,
                "busy_connects": busy.latencies.len(), "busy_p50_ms": quantile_ms(&busy.latencies, 0.5),
                "busy_p99_ms": busy_p99, "busy_failures": busy.failures.len(),
@@ -708,9 +716,13 @@ async fn revoke_prefix(ctx: &mut Ctx, n: usize, rss_before: u64) -> anyhow::Resu
         "proxy RSS after the revoke-prefix",
         "within 10% of before the leases",
         format!(
-            "{:.1} MiB vs {:.1} MiB",
+            "{:.1} MiB vs {:.1} MiB (anonymous {:.1} vs {:.1}, file-backed {:.1} vs {:.1})",
             rss_after as f64 / 1024.0,
-            rss_before as f64 / 1024.0
+            rss_before as f64 / 1024.0,
+            parts_after.0 as f64 / 1024.0,
+            parts_before.0 as f64 / 1024.0,
+            parts_after.1 as f64 / 1024.0,
+            parts_before.1 as f64 / 1024.0,
         ),
         Some((rss_after as f64) <= rss_before as f64 * 1.10),
     );

@@ -91,6 +91,23 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
 }
 
+/// `pid`'s resident memory now, in KiB, as (anonymous, file-backed):
+/// `RssAnon` is the heap and stacks; `RssFile` is mostly the binary's own
+/// pages, which grow as more of its code runs and which the kernel may
+/// drop at will.
+pub fn rss_parts_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| anyhow!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("RssAnon:")?, field("RssFile:")?))
+}
+
 /// Open file descriptors of `pid` now.
 pub fn open_fds(pid: u32) -> anyhow::Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -86,6 +86,11 @@ impl Proxy {
         super::procfs::rss_kib(self.pid)
     }
 
+    /// Resident memory now, in KiB: (anonymous, file-backed).
+    pub fn rss_parts_kib(&self) -> anyhow::Result<(u64, u64)> {
+        super::procfs::rss_parts_kib(self.pid)
+    }
+
     /// The proxy's self-signed certificate (PEM), for a client to trust.
     pub fn cert(&self) -> std::path::PathBuf {
         self.dir.path().join("cert.pem")
