@@ -34,9 +34,13 @@ use tokio_postgres::SimpleQueryMessage;
 use super::sql::{minted_role, LeaseComment};
 use super::{AdminClient, MintError};
 
-/// Most leases one catalog read returns: bounds the memory of a page, and
-/// of one statement's work on the server.
+/// Leases one catalog read returns unless asked for more: a page of the
+/// lease API, and a page of a mass revocation.
 pub const CATALOG_PAGE: usize = 1_000;
+
+/// Most leases one catalog read returns (a `LIST` gathering every key asks
+/// for this many): bounds the memory of a read, a few MiB of rows.
+pub const MAX_CATALOG_READ: usize = 10_000;
 
 /// Which leases to read: every set field must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -108,7 +112,7 @@ pub struct CatalogPage {
 
 impl AdminClient {
     /// A page of the live leases matching `filter`, from the catalog (all
-    /// instances): at most `limit` (capped at [`CATALOG_PAGE`]), ordered by
+    /// instances): at most `limit` (capped at [`MAX_CATALOG_READ`]), ordered by
     /// role name, starting after the role named `after`. One statement on
     /// an admin connection, bounded by `mint.statement_timeout`.
     pub async fn catalog_page(
@@ -117,7 +121,7 @@ impl AdminClient {
         after: Option<&str>,
         limit: usize,
     ) -> Result<CatalogPage, MintError> {
-        let limit = limit.clamp(1, CATALOG_PAGE);
+        let limit = limit.clamp(1, MAX_CATALOG_READ);
         let mut conn = self.pool.get(&self.admin_database).await?;
         let rows = conn.batch(&live_leases(filter, after, limit)).await?;
         Ok(parse_page(&rows, filter, limit))

@@ -25,6 +25,14 @@ pub const MAX_INCREMENT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// (and of the answer of `/v1/rolemint/leases`, which pages explicitly).
 pub const MAX_PAGE: usize = 1_000;
 
+/// Leases per directory read while a `LIST` gathers every key. A catalog
+/// read costs about the same whatever its size when PostgreSQL plans it by
+/// reading every managed role first (at 100,000 leases ~250 ms a read),
+/// so ten times fewer reads make the whole list up to ten times faster.
+/// Bounded: a read of this many rows is a few MiB, and only the keys are
+/// kept.
+pub const LIST_PAGE: usize = 10_000;
+
 /// Most keys one `LIST` answers. Vault's clients expect the whole list, so
 /// the directory is read to its end; this bounds the answer (about 50 MB of
 /// keys) and is far beyond the leases one cluster holds. A prefix with more
@@ -155,11 +163,11 @@ pub struct PageRequest {
 }
 
 impl PageRequest {
-    /// The first page of [`MAX_PAGE`] leases.
+    /// The first read of a whole listing: [`LIST_PAGE`] leases.
     pub fn first() -> PageRequest {
         PageRequest {
             after: None,
-            limit: MAX_PAGE,
+            limit: LIST_PAGE,
         }
     }
 }
