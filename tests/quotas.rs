@@ -150,6 +150,8 @@ async fn one_workload_at_its_session_quota_gets_53300_and_another_connects() {
     let bob = h.session("readonly", "bob").await;
     bob.simple_query("SELECT 1").await.unwrap();
     assert_eq!(h.managed_roles().await.len(), 3);
+    // Counted now: the wait below may be refused again until a1 is gone.
+    assert_eq!(quota_refusals(admin, "sessions").await, 1.0);
     // A session that ends gives its place back.
     drop(a1);
     let back = common::wait_until(std::time::Duration::from_secs(10), || async {
@@ -158,7 +160,6 @@ async fn one_workload_at_its_session_quota_gets_53300_and_another_connects() {
     .await;
     assert!(back, "alice's quota was not given back");
     drop(a2);
-    assert_eq!(quota_refusals(admin, "sessions").await, 1.0);
     assert!(audit_lines(&h)
         .iter()
         .any(|l| l["event"] == "quota.refused" && l["quota"] == "sessions"));
