@@ -35,6 +35,18 @@ async fn with_admin(extra: &str) -> (Harness, SocketAddr) {
     (h, admin)
 }
 
+/// `PUT /v1/sys/leases/revoke` of `id` with the operator token (synchronous:
+/// answered once the role is gone).
+async fn revoke(admin: SocketAddr, id: &str) -> (StatusCode, Value) {
+    api(
+        admin,
+        "PUT",
+        "/v1/sys/leases/revoke",
+        Some(json!({"lease_id": id})),
+    )
+    .await
+}
+
 /// One request to the admin API with the operator token; status and JSON
 /// body (`null` when there is none).
 async fn api(
@@ -440,13 +452,7 @@ async fn lookup_list_and_a_renewal_capped_at_max_ttl() {
         })
         .await
     );
-    let (status, _) = api(
-        admin,
-        "PUT",
-        "/v1/sys/leases/revoke",
-        Some(json!({"lease_id": id})),
-    )
-    .await;
+    let (status, _) = revoke(admin, &id).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(!role_exists(&h, &role).await);
     let err = query.await.unwrap().expect_err("revoked");
@@ -706,13 +712,7 @@ async fn the_lease_index_has_a_row_exactly_while_the_lease_lives() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["lease_duration"], 7200, "{body}");
-    let (status, body) = api(
-        admin,
-        "PUT",
-        "/v1/sys/leases/revoke",
-        Some(json!({"lease_id": id})),
-    )
-    .await;
+    let (status, body) = revoke(admin, &id).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     assert!(!role_exists(&h, &role).await, "dropped before the answer");
     assert!(
@@ -744,13 +744,7 @@ async fn the_lease_index_has_a_row_exactly_while_the_lease_lives() {
     .await;
     assert_eq!(status, StatusCode::OK, "found without its row: {body}");
     assert_eq!(body["data"]["role"], role.as_str(), "{body}");
-    let (status, body) = api(
-        admin,
-        "PUT",
-        "/v1/sys/leases/revoke",
-        Some(json!({"lease_id": id})),
-    )
-    .await;
+    let (status, body) = revoke(admin, &id).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     assert!(!role_exists(&h, &role).await, "dropped before the answer");
     assert_eq!(index_row(&h, &id).await, None);
@@ -894,13 +888,7 @@ async fn a_lease_that_ends_while_the_tidy_pass_adds_its_row_keeps_no_row() {
             "the tidy pass's insert waits on the uncommitted row"
         );
         // The lease ends: revoked, its role dropped, its row forgotten.
-        let (status, body) = api(
-            admin,
-            "PUT",
-            "/v1/sys/leases/revoke",
-            Some(json!({"lease_id": id})),
-        )
-        .await;
+        let (status, body) = revoke(admin, &id).await;
         assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
         assert!(!role_exists(&h, &role).await, "dropped before the answer");
         // The writer writes in order: once a later lease's row is in, the

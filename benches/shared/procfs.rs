@@ -82,13 +82,7 @@ pub fn cluster_cpu(postmaster: u32) -> anyhow::Result<Duration> {
 
 /// Resident memory of `pid` now, in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
+    Ok(status_kib(pid, &["VmRSS:"])?[0])
 }
 
 /// `pid`'s resident memory now, in KiB, as (anonymous, file-backed):
@@ -96,16 +90,24 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 /// pages, which grow as more of its code runs and which the kernel may
 /// drop at will.
 pub fn rss_parts_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let kib = status_kib(pid, &["RssAnon:", "RssFile:"])?;
+    Ok((kib[0], kib[1]))
+}
+
+/// The values (KiB) of `fields` in `/proc/<pid>/status`, read at once.
+fn status_kib(pid: u32, fields: &[&str]) -> anyhow::Result<Vec<u64>> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| anyhow!("no {name} in /proc/{pid}/status"))
-    };
-    Ok((field("RssAnon:")?, field("RssFile:")?))
+    fields
+        .iter()
+        .map(|name| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| anyhow!("no {name} in /proc/{pid}/status"))
+        })
+        .collect()
 }
 
 /// Open file descriptors of `pid` now.
