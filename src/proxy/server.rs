@@ -26,6 +26,7 @@ use crate::lease::revoker::Revoker;
 use crate::pg::AdminClient;
 use crate::proxy::admission::{Entry, Gate};
 use crate::proxy::cancel::CancelMap;
+use crate::proxy::relay_threads::RelayThreads;
 use crate::proxy::Proxy;
 use crate::runtime::state::{Runtime, Shared};
 
@@ -115,10 +116,12 @@ impl Server {
             store,
             policy_cache: Default::default(),
         });
+        let relays = RelayThreads::start().context("starting the relay threads")?;
         let proxy = Arc::new(Proxy {
             shared,
             cancels,
             sockmap,
+            relays,
         });
         Ok(Server {
             proxy,

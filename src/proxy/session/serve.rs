@@ -3,7 +3,10 @@
 //! the splice (in user space or in the kernel), and on every way out the
 //! `session.ended` line and the role handed to the revoker.
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use tokio::net::TcpStream;
 
 use super::relay::{self, End};
 use super::{handshake, kernel, statements, wire, Minted, Started};
@@ -15,7 +18,7 @@ use crate::observe::metrics::{ConnectionResult, Direction};
 use crate::pg::backend;
 use crate::proxy::Proxy;
 use crate::runtime::state::Shared;
-use crate::tls::ClientStream;
+use crate::tls::{BackendStream, ClientStream, MaybeTls};
 
 /// Logs in as the minted role, splices until the session ends, and hands
 /// the role to the revoker.
@@ -109,7 +112,7 @@ async fn connect_and_splice(
     startup: &handshake::Startup,
     password: &crate::secret::Secret,
     warm: Option<Box<backend::Login>>,
-    lease: &Lease,
+    lease: &Arc<Lease>,
     accepted: Instant,
 ) -> (End, relay::Traffic) {
     let failed = (End::Failed, relay::Traffic::default());
@@ -122,7 +125,7 @@ async fn connect_and_splice(
     // A protocol 3.2 client gets a long secret, whatever the backend speaks.
     let long_key = startup.minor >= wire::LATEST_MINOR;
     let cancel_key = proxy.cancels.issue(login.key.clone(), role, long_key);
-    let audited = statement_audit(shared, lease);
+    let audited = statement_audit(&proxy.shared, lease);
     // Into the kernel before the client can send anything more: it waits
     // for its first ReadyForQuery. Not a session whose statements are
     // audited: the kernel would never show rolemint its bytes.
@@ -153,7 +156,53 @@ async fn connect_and_splice(
             k.run(shared, stream, login.stream, lease, login.key.process_id)
                 .await
         }
-        None => relay::splice(stream, login.stream, framer, lease, audited).await,
+        None => splice(proxy, stream, login.stream, framer, lease, audited).await,
+    }
+}
+
+/// Splices in user space: on a relay thread when both legs are plaintext
+/// (`relay_threads.rs`: one thread owns both sockets), else here.
+async fn splice(
+    proxy: &Proxy,
+    client: ClientStream,
+    backend: BackendStream,
+    framer: wire::Framer,
+    lease: &Arc<Lease>,
+    audited: Option<relay::Audited<'static>>,
+) -> (End, relay::Traffic) {
+    let failed = (End::Failed, relay::Traffic::default());
+    let (client, backend) = match (client, backend) {
+        (MaybeTls::Plain(client), MaybeTls::Plain(backend)) => (client, backend),
+        (client, backend) => return relay::splice(client, backend, framer, lease, audited).await,
+    };
+    // Out of this runtime's reactor, into the relay thread's below.
+    let (client, backend) = match (client.into_std(), backend.into_std()) {
+        (Ok(client), Ok(backend)) => (client, backend),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(lease = %lease.id, "cannot hand the session to a relay thread: {e}");
+            return failed;
+        }
+    };
+    let lease = Arc::clone(lease);
+    let id = lease.id.clone();
+    let spliced = proxy.relays.run(move || async move {
+        match (TcpStream::from_std(client), TcpStream::from_std(backend)) {
+            (Ok(client), Ok(backend)) => {
+                let (client, backend) = (MaybeTls::Plain(client), MaybeTls::Plain(backend));
+                relay::splice(client, backend, framer, &lease, audited).await
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(lease = %lease.id, "relay thread cannot take the session: {e}");
+                (End::Failed, relay::Traffic::default())
+            }
+        }
+    });
+    match spliced.await {
+        Ok(out) => out,
+        Err(e) => {
+            tracing::error!(lease = %id, "{e}");
+            failed
+        }
     }
 }
 
@@ -209,13 +258,14 @@ async fn log_in(
 /// one (`audit_queries`): each statement becomes a `session.statement`
 /// line. Read from the current runtime, as the template is right after
 /// the mint.
-fn statement_audit<'a>(shared: &'a Shared, lease: &'a Lease) -> Option<relay::Audited<'a>> {
+fn statement_audit(shared: &Arc<Shared>, lease: &Arc<Lease>) -> Option<relay::Audited<'static>> {
     let runtime = shared.runtime();
     let template = runtime.config.template(&lease.template)?;
     if !template.audit_queries {
         return None;
     }
     let tap = statements::StatementTap::new(template.audit_parameters);
+    let (shared, lease) = (Arc::clone(shared), Arc::clone(lease));
     let sink = move |s: statements::Statement| {
         shared.audit.record(Event::SessionStatement {
             lease_id: lease.id.clone(),
