@@ -43,8 +43,9 @@
 //!   approval.rs         a template's `approval` rule (access requests)
 //!   placeholder.rs      `{{key}}`: the one parser and renderer of placeholders
 //! proxy/                the data path; proxy::Proxy is what its sessions share
-//!   mod.rs              Proxy (Shared, the cancel keys, the kernel splice)
+//!   mod.rs              Proxy (Shared, the cancel keys, the relay threads, the kernel splice)
 //!   server.rs           accept loop, graceful shutdown, the start of every background task
+//!   relay_threads.rs    one current-thread runtime per core; sessions packed onto them
 //!   admission.rs        the handshake and session limits and the waiting room (Gate)
 //!   cancel.rs           cancel keys: rolemint's BackendKeyData mapped to the backend's
 //!   session/mod.rs      one client connection, top to bottom
@@ -52,7 +53,7 @@
 //!   session/authorize.rs      authenticate -> authorize -> admit
 //!   session/mint.rs           acquire by minting: the lease under its Vault token
 //!   session/warm.rs           acquire from the warm pool
-//!   session/serve.rs          the login as the minted role, then relay or kernel splice
+//!   session/serve.rs          the login as the minted role, then a relay thread or the kernel splice
 //!   session/relay.rs          startup forwarding with BackendKeyData swapped, the user-space splice
 //!   session/kernel.rs         a plaintext session handed to the kernel splice
 //!   session/statements.rs     the query audit of a session whose template asks for it
@@ -156,7 +157,8 @@
 //!   reload.rs           SIGHUP
 //!   signal.rs           SIGTERM and Ctrl-C
 //!   templates.rs        templates written through the API, merged with the config's
-//! tls.rs                rustls for clients, the backend and the admin listener; the stream type
+//! tls/mod.rs            rustls for clients, the backend and the admin listener
+//!   stream.rs           the stream type (TLS or not), and how it moves to a relay thread
 //! error.rs              what a client may be told, with its SQLSTATE
 //! secret.rs             a string that never prints (zeroed on drop)
 //! failpoint.rs          test-only pauses, compiled to nothing in release builds

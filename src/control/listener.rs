@@ -46,7 +46,7 @@ use tokio_util::task::TaskTracker;
 use super::{AdminError, AdminState};
 use crate::auth::source::{SourceSlot, SourceSlots};
 use crate::config::Config;
-use crate::tls::{ClientStream, MaybeTls};
+use crate::tls::{ClientStream, MaybeTls, Socket};
 
 /// Longest a client has to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -260,7 +260,12 @@ impl Connection {
         let stream: ClientStream = match tls {
             None => MaybeTls::Plain(stream),
             Some(acceptor) => {
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                match tokio::time::timeout(
+                    TLS_HANDSHAKE_TIMEOUT,
+                    acceptor.accept(Socket::from(stream)),
+                )
+                .await
+                {
                     Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tls)),
                     Ok(Err(e)) => return tracing::debug!(%peer, "admin TLS handshake failed: {e}"),
                     Err(_) => return tracing::debug!(%peer, "admin TLS handshake timed out"),

@@ -2,8 +2,8 @@
 //! start of the background tasks), [`admission`] (the handshake and
 //! session limits, and the waiting room), [`session`]
 //! (one client connection top to bottom), [`cancel`] (cancel keys, local
-//! and cluster-wide), [`relay_threads`] (where plaintext sessions are
-//! spliced in user space) and [`sockmap`] (the kernel splice).
+//! and cluster-wide), [`relay_threads`] (where sessions are spliced in
+//! user space) and [`sockmap`] (the kernel splice).
 //!
 //! Owns every byte between a client and rolemint. Must not build SQL or
 //! decide policy: it asks `auth` whether, `lease`/`pg` for a role, and
@@ -31,6 +31,6 @@ pub struct Proxy {
     /// The kernel splice, when `proxy.kernel_splice` is on and BPF is
     /// permitted here.
     pub sockmap: Option<sockmap::Sockmap>,
-    /// The threads that splice plaintext sessions in user space.
+    /// The threads that splice sessions in user space.
     pub relays: relay_threads::RelayThreads,
 }

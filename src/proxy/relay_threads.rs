@@ -1,4 +1,4 @@
-//! Relay threads: where plaintext sessions are spliced, each on one
+//! Relay threads: where sessions are spliced in user space, each on one
 //! single-threaded runtime that owns both its sockets.
 //!
 //! A splice is two reads and two writes per transaction, and nearly all of
@@ -22,10 +22,10 @@
 //! later is not relieved until they reconnect.
 //!
 //! Nothing here knows what a session is: [`RelayThreads::run`] builds a
-//! future on the chosen thread and awaits its result. A socket moved here
-//! must be taken out of the shared runtime's reactor first (`into_std`)
-//! and registered with the relay thread's inside the future (`from_std`),
-//! or its readiness would still arrive on the shared runtime and cost a
+//! future on the chosen thread and awaits its result. A stream moved here
+//! must leave the shared runtime's reactor first and join the relay
+//! thread's inside the future (`tls::MaybeTls::detach`, then `attach`), or
+//! its readiness would still arrive on the shared runtime and cost a
 //! cross-thread wakeup each time.
 
 use std::future::Future;

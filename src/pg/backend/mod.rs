@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use self::flow::{LoginError, Step};
 use crate::config::BackendConfig;
 use crate::secret::Secret;
-use crate::tls::{backend_server_name, BackendStream, MaybeTls};
+use crate::tls::{backend_server_name, BackendStream, MaybeTls, Socket};
 
 /// Longest cancel secret protocol 3.2 allows (PostgreSQL 18's
 /// `MAX_CANCEL_KEY_LENGTH`).
@@ -150,10 +150,13 @@ pub async fn connect(
     }
     let name = backend_server_name(&config.host).map_err(|e| BackendError::Tls(e.to_string()))?;
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(tls));
-    let stream = tokio::time::timeout(config.connect_timeout, connector.connect(name, tcp))
-        .await
-        .map_err(|_| BackendError::ConnectTimeout(addr))?
-        .map_err(|e| BackendError::Tls(e.to_string()))?;
+    let stream = tokio::time::timeout(
+        config.connect_timeout,
+        connector.connect(name, Socket::from(tcp)),
+    )
+    .await
+    .map_err(|_| BackendError::ConnectTimeout(addr))?
+    .map_err(|e| BackendError::Tls(e.to_string()))?;
     Ok(MaybeTls::Tls(Box::new(stream)))
 }
 

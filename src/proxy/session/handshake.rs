@@ -23,7 +23,7 @@ use super::wire::{self, StartupPacket};
 use crate::error::ClientError;
 use crate::pg::backend::CancelSecret;
 use crate::secret::Secret;
-use crate::tls::{ClientStream, MaybeTls, ALPN_POSTGRESQL};
+use crate::tls::{ClientStream, MaybeTls, Socket, ALPN_POSTGRESQL};
 
 /// First byte of a TLS handshake record: a client doing direct TLS
 /// (PostgreSQL 17 `sslnegotiation=direct`) sends it instead of a length.
@@ -154,7 +154,7 @@ pub async fn accept(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Hello, 
                     (MaybeTls::Plain(mut tcp), Some(acceptor)) => {
                         write_byte(&mut tcp, b'S').await?;
                         let tls = acceptor
-                            .accept(tcp)
+                            .accept(Socket::from(tcp))
                             .await
                             .map_err(|e| Refused::gone(format!("TLS handshake: {e}")))?;
                         MaybeTls::Tls(Box::new(tls))
@@ -214,7 +214,7 @@ async fn starts_with_tls_record(tcp: &TcpStream) -> bool {
 /// refused (it might be an HTTPS client aimed at the wrong port).
 async fn direct_tls(tcp: TcpStream, acceptor: &TlsAcceptor) -> Result<ClientStream, Refused> {
     let tls = acceptor
-        .accept(tcp)
+        .accept(Socket::from(tcp))
         .await
         .map_err(|e| Refused::gone(format!("direct TLS handshake: {e}")))?;
     if tls.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {

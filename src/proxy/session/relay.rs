@@ -8,7 +8,8 @@
 //! instead of half a DataRow followed by garbage.
 //!
 //! This is the relay of every TLS session, and of every session when
-//! `proxy.kernel_splice` is off or BPF is not permitted. With it on, a
+//! `proxy.kernel_splice` is off or BPF is not permitted; it runs on a relay
+//! thread (`proxy/relay_threads.rs`). With the kernel splice on, a
 //! session whose two legs are plaintext is forwarded by the kernel instead
 //! (`kernel.rs`); rolemint then never sees its bytes, so a lease that ends
 //! there is ended by PostgreSQL (`pg_terminate_backend`), which sends the

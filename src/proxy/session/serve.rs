@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::TcpStream;
-
 use super::relay::{self, End};
 use super::{handshake, kernel, statements, wire, Minted, Started};
 use crate::error::ClientError;
@@ -18,7 +16,7 @@ use crate::observe::metrics::{ConnectionResult, Direction};
 use crate::pg::backend;
 use crate::proxy::Proxy;
 use crate::runtime::state::Shared;
-use crate::tls::{BackendStream, ClientStream, MaybeTls};
+use crate::tls::{BackendStream, ClientStream};
 
 /// Logs in as the minted role, splices until the session ends, and hands
 /// the role to the revoker.
@@ -160,8 +158,8 @@ async fn connect_and_splice(
     }
 }
 
-/// Splices in user space: on a relay thread when both legs are plaintext
-/// (`relay_threads.rs`: one thread owns both sockets), else here.
+/// Splices in user space, on a relay thread (`relay_threads.rs`: one
+/// thread owns both sockets of the session).
 async fn splice(
     proxy: &Proxy,
     client: ClientStream,
@@ -171,12 +169,8 @@ async fn splice(
     audited: Option<relay::Audited<'static>>,
 ) -> (End, relay::Traffic) {
     let failed = (End::Failed, relay::Traffic::default());
-    let (client, backend) = match (client, backend) {
-        (MaybeTls::Plain(client), MaybeTls::Plain(backend)) => (client, backend),
-        (client, backend) => return relay::splice(client, backend, framer, lease, audited).await,
-    };
     // Out of this runtime's reactor, into the relay thread's below.
-    let (client, backend) = match (client.into_std(), backend.into_std()) {
+    let (client, backend) = match (client.detach(), backend.detach()) {
         (Ok(client), Ok(backend)) => (client, backend),
         (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(lease = %lease.id, "cannot hand the session to a relay thread: {e}");
@@ -186,9 +180,8 @@ async fn splice(
     let lease = Arc::clone(lease);
     let id = lease.id.clone();
     let spliced = proxy.relays.run(move || async move {
-        match (TcpStream::from_std(client), TcpStream::from_std(backend)) {
+        match (client.attach(), backend.attach()) {
             (Ok(client), Ok(backend)) => {
-                let (client, backend) = (MaybeTls::Plain(client), MaybeTls::Plain(backend));
                 relay::splice(client, backend, framer, &lease, audited).await
             }
             (Err(e), _) | (_, Err(e)) => {

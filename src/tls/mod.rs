@@ -1,24 +1,24 @@
 //! TLS toward clients and toward the backend, and the stream type that is
-//! either.
+//! either (`stream.rs`).
 //!
 //! Only the aws-lc-rs rustls provider is compiled in; `main` installs it as
 //! the process default before anything builds a config (with two providers
 //! enabled, `ClientConfig::builder()` panics at run time).
 
-use std::io;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::config::{BackendConfig, BackendTls};
+
+mod stream;
+
+pub use stream::{BackendStream, ClientStream, Detached, MaybeTls, Socket};
 
 /// ALPN protocol name PostgreSQL 17 requires for direct TLS connections.
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
@@ -312,99 +312,13 @@ impl ServerCertVerifier for NoCertificateVerification {
     }
 }
 
-/// A TCP stream, encrypted or not. `T` is a tokio-rustls client or server
-/// stream; boxed because TLS state is large and the plain case is common in
-/// benchmarks.
-pub enum MaybeTls<T> {
-    Plain(TcpStream),
-    Tls(Box<T>),
-}
-
-/// A client connection.
-pub type ClientStream = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
-/// A connection to the backend.
-pub type BackendStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
-
-impl<T> MaybeTls<T> {
-    pub fn is_tls(&self) -> bool {
-        matches!(self, MaybeTls::Tls(_))
-    }
-}
-
-impl BackendStream {
-    /// The `tls-server-end-point` channel binding of the backend's
-    /// certificate; `None` in plaintext.
-    pub fn tls_server_end_point(&self) -> Option<Vec<u8>> {
-        match self {
-            MaybeTls::Plain(_) => None,
-            MaybeTls::Tls(tls) => {
-                tls_server_end_point(tls.get_ref().1.peer_certificates()?.first()?)
-            }
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
-            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            MaybeTls::Plain(s) => s.is_write_vectored(),
-            MaybeTls::Tls(s) => s.is_write_vectored(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
     use super::*;
 
@@ -528,7 +442,7 @@ mod tests {
 
     /// A server config over a fresh self-signed certificate (in the
     /// returned directory) and a client config that accepts it.
-    fn configs() -> (
+    pub(super) fn configs() -> (
         tempfile::TempDir,
         Arc<rustls::ServerConfig>,
         Arc<rustls::ClientConfig>,
