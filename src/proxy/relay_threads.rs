@@ -37,8 +37,11 @@ use std::time::{Duration, Instant};
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
 
-/// Sessions a thread takes before new ones go to the next thread.
-pub const FILL: usize = 64;
+/// Sessions a thread takes before new ones go to the next thread: an
+/// application's pool of connections fits on one thread, and a burst of
+/// connects that comes before any of them is busy (which the busy measure
+/// cannot see yet) is still spread, this many to a thread.
+pub const FILL: usize = 16;
 /// A thread busier than this (per mille of [`SAMPLE`], running rather than
 /// waiting in `epoll_wait`) takes no new session while another has room.
 pub const BUSY_PERMILLE: u32 = 500;
