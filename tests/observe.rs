@@ -327,6 +327,22 @@ async fn metrics_and_audit_follow_every_session_and_revocation() {
     })
     .await;
     assert!(two_active, "{}", serve.metrics().await);
+    // Both spliced on relay threads: packed, on the first one.
+    let metrics = serve.metrics().await;
+    assert_eq!(
+        sample(&metrics, "rolemint_relay_thread_sessions", &[]),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "rolemint_relay_thread_sessions",
+            &[("thread", "0")]
+        ),
+        2.0,
+        "{metrics}"
+    );
     let carol = serve.token("carol");
     let refused = serve
         .connect("readonly", carol.expose())
@@ -335,7 +351,9 @@ async fn metrics_and_audit_follow_every_session_and_revocation() {
     assert_eq!(sqlstate(&refused).as_deref(), Some("53300"), "{refused:?}");
     drop((alice, bob));
     let idle = wait_until(WAIT, || async {
-        sample(&serve.metrics().await, "rolemint_sessions_active", &[]) == 0.0
+        let metrics = serve.metrics().await;
+        sample(&metrics, "rolemint_sessions_active", &[]) == 0.0
+            && sample(&metrics, "rolemint_relay_thread_sessions", &[]) == 0.0
     })
     .await;
     assert!(idle, "{}", serve.metrics().await);

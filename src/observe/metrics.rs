@@ -58,6 +58,8 @@ pub const AUDIT_LINES_DROPPED: &str = "rolemint_audit_lines_dropped_total";
 pub const AUDIT_WRITE_ERRORS: &str = "rolemint_audit_write_errors_total";
 pub const AUDIT_LINES_SUPPRESSED: &str = "rolemint_audit_lines_suppressed_total";
 pub const WARM_POOL_READY: &str = "rolemint_warm_pool_ready";
+pub const RELAY_THREAD_SESSIONS: &str = "rolemint_relay_thread_sessions";
+pub const RELAY_THREAD_BUSY: &str = "rolemint_relay_thread_busy_ratio";
 pub const WARM_POOL_CLAIMS: &str = "rolemint_warm_pool_claims_total";
 pub const ACCESS_REQUESTS: &str = "rolemint_access_requests_total";
 pub const ACCESS_WEBHOOK: &str = "rolemint_access_webhook_total";
@@ -90,6 +92,8 @@ pub const ALL: &[Described] = &[
     d(AUDIT_WRITE_ERRORS, Kind::Counter, None, "Audit lines that could not be written (disk full, file removed)."),
     d(AUDIT_LINES_SUPPRESSED, Kind::Counter, None, "Pre-authentication audit lines left out by [audit] pre_auth_lines_per_second (a flood of refusals)."),
     d(WARM_POOL_READY, Kind::Gauge, None, "Pooled roles ready to be claimed (logged in, idle), by role template."),
+    d(RELAY_THREAD_SESSIONS, Kind::Gauge, None, "Sessions spliced on each relay thread now, by thread index."),
+    d(RELAY_THREAD_BUSY, Kind::Gauge, None, "Share of the last 250 ms each relay thread spent running rather than waiting for events, by thread index."),
     d(KERNEL_SPLICED, Kind::Counter, None, "Sessions whose bytes the kernel forwarded (proxy.kernel_splice), by template."),
     d(QUOTA_REFUSALS, Kind::Counter, None, "Sessions, credential leases and tokens refused by a quota, by quota (sessions, credential_leases, mints_per_minute, principals, tokens per principal; template_leases_per_principal, template_leases of a template's own caps, whose name is in the audit line)."),
     d(WARM_POOL_CLAIMS, Kind::Counter, None, "Sessions of a pooled template, by template and result (hit, miss: the pool was empty, fallback: the entry could not be used)."),
@@ -396,6 +400,18 @@ pub fn roles_reaped(n: u64) {
 pub fn cancel_request(result: &'static str) {
     installed();
     metrics::counter!(CANCEL_REQUESTS, "result" => result).increment(1);
+}
+
+/// Sessions on relay thread `thread` now (see `relay_threads.rs`).
+pub fn relay_thread_sessions(thread: usize, n: usize) {
+    installed();
+    metrics::gauge!(RELAY_THREAD_SESSIONS, "thread" => thread.to_string()).set(n as f64);
+}
+
+/// How busy relay thread `thread` was over its last sample, 0 to 1.
+pub fn relay_thread_busy(thread: usize, ratio: f64) {
+    installed();
+    metrics::gauge!(RELAY_THREAD_BUSY, "thread" => thread.to_string()).set(ratio);
 }
 
 pub fn relay_bytes(direction: Direction, n: u64) {

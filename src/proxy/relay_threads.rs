@@ -63,6 +63,7 @@ pub struct RelayThreads {
 }
 
 struct RelayThread {
+    index: usize,
     handle: Handle,
     /// Futures running on it.
     load: Arc<AtomicUsize>,
@@ -115,22 +116,34 @@ impl RelayThreads {
         Fut::Output: Send + 'static,
     {
         let thread = self.pick();
-        let load = Arc::clone(&thread.load);
-        load.fetch_add(1, Ordering::Relaxed);
+        let running = Running::start(thread.index, Arc::clone(&thread.load));
         let task = thread.handle.spawn(async move {
-            let _running = Running(load);
+            let _running = running;
             make().await
         });
         Ok(task.await?)
     }
 }
 
-/// Counts a future on its thread for as long as it runs, however it ends.
-struct Running(Arc<AtomicUsize>);
+/// Counts a future on its thread for as long as it runs, however it ends
+/// (dropped unrun, too, when the thread has stopped).
+struct Running {
+    thread: usize,
+    load: Arc<AtomicUsize>,
+}
+
+impl Running {
+    fn start(thread: usize, load: Arc<AtomicUsize>) -> Running {
+        let n = load.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::observe::metrics::relay_thread_sessions(thread, n);
+        Running { thread, load }
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let n = self.load.fetch_sub(1, Ordering::Relaxed) - 1;
+        crate::observe::metrics::relay_thread_sessions(self.thread, n);
     }
 }
 
@@ -150,11 +163,12 @@ impl RelayThread {
                 runtime.block_on(async {
                     tokio::select! {
                         _ = stopped => {}
-                        _ = measure_busy(&measured) => {}
+                        _ = measure_busy(index, &measured) => {}
                     }
                 });
             })?;
         Ok(RelayThread {
+            index,
             handle,
             load: Arc::new(AtomicUsize::new(0)),
             busy,
@@ -164,8 +178,9 @@ impl RelayThread {
 }
 
 /// Every [`SAMPLE`], stores how much of it this thread's runtime spent
-/// running tasks rather than waiting for events, per mille.
-async fn measure_busy(busy: &AtomicU32) {
+/// running tasks rather than waiting for events, per mille (and shows it
+/// as `rolemint_relay_thread_busy_ratio`).
+async fn measure_busy(index: usize, busy: &AtomicU32) {
     let metrics = Handle::current().metrics();
     let mut last = (Instant::now(), metrics.worker_total_busy_duration(0));
     loop {
@@ -174,10 +189,9 @@ async fn measure_busy(busy: &AtomicU32) {
         let elapsed = now.0.duration_since(last.0).as_secs_f64();
         let ran = now.1.saturating_sub(last.1).as_secs_f64();
         if elapsed > 0.0 {
-            busy.store(
-                (ran / elapsed * 1000.0).min(1000.0) as u32,
-                Ordering::Relaxed,
-            );
+            let ratio = (ran / elapsed).min(1.0);
+            busy.store((ratio * 1000.0) as u32, Ordering::Relaxed);
+            crate::observe::metrics::relay_thread_busy(index, ratio);
         }
         last = now;
     }
