@@ -17,7 +17,8 @@
 //! Measured with `cargo bench --bench scale` (`cpu-tx`, pgbench `-c 8`):
 //! the proxy's CPU per 1,000 transactions was 1.14-1.20x PgBouncer's on
 //! the shared runtime, 1.12-1.16x with sessions spread evenly over relay
-//! threads, and 1.00-1.03x packed (docs/scale.md). The trade is that
+//! threads, and 0.97-1.10x packed, 1.02-1.04x by the median of five runs
+//! (docs/scale.md). The trade is that
 //! sessions stay where they started: a thread whose sessions all get busy
 //! later is not relieved until they reconnect.
 //!
