@@ -402,10 +402,12 @@ pub fn cancel_request(result: &'static str) {
     metrics::counter!(CANCEL_REQUESTS, "result" => result).increment(1);
 }
 
-/// Sessions on relay thread `thread` now (see `relay_threads.rs`).
-pub fn relay_thread_sessions(thread: usize, n: usize) {
+/// A session began (`+1`) or ended (`-1`) on relay thread `thread` (see
+/// `relay_threads.rs`). Counted up and down, not set, so that a start and
+/// an end on two threads at once cannot leave a stale count behind.
+pub fn relay_thread_sessions(thread: usize, delta: f64) {
     installed();
-    metrics::gauge!(RELAY_THREAD_SESSIONS, "thread" => thread.to_string()).set(n as f64);
+    metrics::gauge!(RELAY_THREAD_SESSIONS, "thread" => thread.to_string()).increment(delta);
 }
 
 /// How busy relay thread `thread` was over its last sample, 0 to 1.

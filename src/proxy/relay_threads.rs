@@ -18,9 +18,9 @@
 //! the proxy's CPU per 1,000 transactions was 1.14-1.20x PgBouncer's on
 //! the shared runtime, 1.12-1.16x with sessions spread evenly over relay
 //! threads, and 0.97-1.10x packed, 1.02-1.04x by the median of five runs
-//! (docs/scale.md). The trade is that
-//! sessions stay where they started: a thread whose sessions all get busy
-//! later is not relieved until they reconnect.
+//! (docs/scale.md). The trade is that sessions stay where they started: a
+//! thread whose sessions all get busy later is not relieved until they
+//! reconnect.
 //!
 //! Nothing here knows what a session is: [`RelayThreads::run`] builds a
 //! future on the chosen thread and awaits its result. A stream moved here
@@ -135,16 +135,16 @@ struct Running {
 
 impl Running {
     fn start(thread: usize, load: Arc<AtomicUsize>) -> Running {
-        let n = load.fetch_add(1, Ordering::Relaxed) + 1;
-        crate::observe::metrics::relay_thread_sessions(thread, n);
+        load.fetch_add(1, Ordering::Relaxed);
+        crate::observe::metrics::relay_thread_sessions(thread, 1.0);
         Running { thread, load }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let n = self.load.fetch_sub(1, Ordering::Relaxed) - 1;
-        crate::observe::metrics::relay_thread_sessions(self.thread, n);
+        self.load.fetch_sub(1, Ordering::Relaxed);
+        crate::observe::metrics::relay_thread_sessions(self.thread, -1.0);
     }
 }
 
