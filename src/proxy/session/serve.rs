@@ -177,23 +177,22 @@ async fn splice(
             return failed;
         }
     };
-    let lease = Arc::clone(lease);
-    let id = lease.id.clone();
+    let moved = Arc::clone(lease);
     let spliced = proxy.relays.run(move || async move {
         match (client.attach(), backend.attach()) {
             (Ok(client), Ok(backend)) => {
-                relay::splice(client, backend, framer, &lease, audited).await
+                relay::splice(client, backend, framer, &moved, audited).await
             }
             (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!(lease = %lease.id, "relay thread cannot take the session: {e}");
-                (End::Failed, relay::Traffic::default())
+                tracing::warn!(lease = %moved.id, "relay thread cannot take the session: {e}");
+                failed
             }
         }
     });
     match spliced.await {
         Ok(out) => out,
         Err(e) => {
-            tracing::error!(lease = %id, "{e}");
+            tracing::error!(lease = %lease.id, "{e}");
             failed
         }
     }
