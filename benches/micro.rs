@@ -13,7 +13,9 @@
 //!   `mint.scram_iterations`' default (16) and at PostgreSQL's 4096, to show
 //!   what the setting buys;
 //! - `relay/*`: `session::relay::splice_until` over in-memory pipes, a pgbench
-//!   select-only round trip (query up, reply down), one session.
+//!   select-only round trip (query up, reply down), one session; `_lease_end`
+//!   with a lease end that could fire (a cancellation token) watched beside
+//!   the traffic, as every real session's is.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -24,6 +26,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use rolemint::auth::identity::Verifier;
 use rolemint::config::AuthConfig;
+use rolemint::lease::end::EndReason;
 use rolemint::proxy::session::{relay, wire};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -137,44 +140,63 @@ fn relay_loop(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("relay");
     group.throughput(Throughput::Elements(1));
+    // A lease that never ends (the client's close ends the splice), and
+    // one that could: a cancellation token, as a live lease's end is.
     group.bench_function("select_only_round_trip", |b| {
         b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let (client, mut client_peer) = tokio::io::duplex(64 * 1024);
-                let (backend, mut backend_peer) = tokio::io::duplex(64 * 1024);
-                // A lease that never ends: the client's close ends the splice.
-                let never = std::future::pending();
-                let relay = tokio::spawn(relay::splice_until(
-                    client,
-                    backend,
-                    wire::Framer::default(),
-                    never,
-                    None,
-                ));
-                let (q, r) = (query.clone(), reply.clone());
-                let server = tokio::spawn(async move {
-                    let mut buf = vec![0; q.len()];
-                    while backend_peer.read_exact(&mut buf).await.is_ok() {
-                        if backend_peer.write_all(&r).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                let mut buf = vec![0; reply.len()];
-                let started = std::time::Instant::now();
-                for _ in 0..iters {
-                    client_peer.write_all(&query).await.expect("query");
-                    client_peer.read_exact(&mut buf).await.expect("reply");
-                }
-                let elapsed = started.elapsed();
-                drop(client_peer);
-                let _ = relay.await;
-                let _ = server.await;
-                elapsed
-            })
+            runtime.block_on(round_trips(iters, std::future::pending(), &query, &reply))
+        })
+    });
+    group.bench_function("select_only_round_trip_lease_end", |b| {
+        b.iter_custom(|iters| {
+            let end = tokio_util::sync::CancellationToken::new();
+            let ended = async move {
+                end.cancelled().await;
+                EndReason::RevokedByOperator
+            };
+            runtime.block_on(round_trips(iters, ended, &query, &reply))
         })
     });
     group.finish();
+}
+
+/// `iters` select-only round trips through one splice that ends when
+/// `ended` does or the client closes; the time of the round trips.
+async fn round_trips(
+    iters: u64,
+    ended: impl std::future::Future<Output = EndReason> + Send + 'static,
+    query: &BytesMut,
+    reply: &BytesMut,
+) -> Duration {
+    let (client, mut client_peer) = tokio::io::duplex(64 * 1024);
+    let (backend, mut backend_peer) = tokio::io::duplex(64 * 1024);
+    let relay = tokio::spawn(relay::splice_until(
+        client,
+        backend,
+        wire::Framer::default(),
+        ended,
+        None,
+    ));
+    let (q, r) = (query.clone(), reply.clone());
+    let server = tokio::spawn(async move {
+        let mut buf = vec![0; q.len()];
+        while backend_peer.read_exact(&mut buf).await.is_ok() {
+            if backend_peer.write_all(&r).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = vec![0; reply.len()];
+    let started = std::time::Instant::now();
+    for _ in 0..iters {
+        client_peer.write_all(query).await.expect("query");
+        client_peer.read_exact(&mut buf).await.expect("reply");
+    }
+    let elapsed = started.elapsed();
+    drop(client_peer);
+    let _ = relay.await;
+    let _ = server.await;
+    elapsed
 }
 
 criterion_group!(benches, startup, token, scram, relay_loop);
