@@ -437,18 +437,20 @@ pub fn cancel_request(result: &'static str) {
     metrics::counter!(CANCEL_REQUESTS, "result" => result).increment(1);
 }
 
-/// A session began (`+1`) or ended (`-1`) on relay thread `thread` (see
-/// `relay_threads.rs`). Counted up and down, not set, so that a start and
-/// an end on two threads at once cannot leave a stale count behind.
-pub fn relay_thread_sessions(thread: usize, delta: f64) {
+/// The sessions spliced on relay thread `thread` now (see
+/// `relay_threads.rs`), looked up once per thread so that a session's start
+/// and end are an atomic add each, with no label to format. Counted up and
+/// down, not set, so that a start and an end on two threads at once cannot
+/// leave a stale count behind.
+pub fn relay_thread_sessions(thread: usize) -> metrics::Gauge {
     installed();
-    metrics::gauge!(RELAY_THREAD_SESSIONS, "thread" => thread.to_string()).increment(delta);
+    metrics::gauge!(RELAY_THREAD_SESSIONS, "thread" => thread.to_string())
 }
 
 /// How busy relay thread `thread` was over its last sample, 0 to 1.
-pub fn relay_thread_busy(thread: usize, ratio: f64) {
+pub fn relay_thread_busy(thread: usize) -> metrics::Gauge {
     installed();
-    metrics::gauge!(RELAY_THREAD_BUSY, "thread" => thread.to_string()).set(ratio);
+    metrics::gauge!(RELAY_THREAD_BUSY, "thread" => thread.to_string())
 }
 
 pub fn relay_bytes(direction: Direction, n: u64) {

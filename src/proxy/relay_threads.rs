@@ -64,8 +64,9 @@ pub struct RelayThreads {
 }
 
 struct RelayThread {
-    index: usize,
     handle: Handle,
+    /// `rolemint_relay_thread_sessions` of this thread, looked up once.
+    sessions: metrics::Gauge,
     /// Futures running on it.
     load: Arc<AtomicUsize>,
     /// How busy it was over the last [`SAMPLE`], per mille.
@@ -117,7 +118,7 @@ impl RelayThreads {
         Fut::Output: Send + 'static,
     {
         let thread = self.pick();
-        let running = Running::start(thread.index, Arc::clone(&thread.load));
+        let running = Running::start(Arc::clone(&thread.load), thread.sessions.clone());
         let task = thread.handle.spawn(async move {
             let _running = running;
             make().await
@@ -129,22 +130,22 @@ impl RelayThreads {
 /// Counts a future on its thread for as long as it runs, however it ends
 /// (dropped unrun, too, when the thread has stopped).
 struct Running {
-    thread: usize,
     load: Arc<AtomicUsize>,
+    sessions: metrics::Gauge,
 }
 
 impl Running {
-    fn start(thread: usize, load: Arc<AtomicUsize>) -> Running {
+    fn start(load: Arc<AtomicUsize>, sessions: metrics::Gauge) -> Running {
         load.fetch_add(1, Ordering::Relaxed);
-        crate::observe::metrics::relay_thread_sessions(thread, 1.0);
-        Running { thread, load }
+        sessions.increment(1.0);
+        Running { load, sessions }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.load.fetch_sub(1, Ordering::Relaxed);
-        crate::observe::metrics::relay_thread_sessions(self.thread, -1.0);
+        self.sessions.decrement(1.0);
     }
 }
 
@@ -155,6 +156,7 @@ impl RelayThread {
         let (stop, stopped) = oneshot::channel::<()>();
         let busy = Arc::new(AtomicU32::new(0));
         let measured = Arc::clone(&busy);
+        let busy_gauge = crate::observe::metrics::relay_thread_busy(index);
         std::thread::Builder::new()
             .name(format!("rolemint-relay-{index}"))
             .spawn(move || {
@@ -164,13 +166,13 @@ impl RelayThread {
                 runtime.block_on(async {
                     tokio::select! {
                         _ = stopped => {}
-                        _ = measure_busy(index, &measured) => {}
+                        _ = measure_busy(&measured, &busy_gauge) => {}
                     }
                 });
             })?;
         Ok(RelayThread {
-            index,
             handle,
+            sessions: crate::observe::metrics::relay_thread_sessions(index),
             load: Arc::new(AtomicUsize::new(0)),
             busy,
             _stop: stop,
@@ -181,7 +183,7 @@ impl RelayThread {
 /// Every [`SAMPLE`], stores how much of it this thread's runtime spent
 /// running tasks rather than waiting for events, per mille (and shows it
 /// as `rolemint_relay_thread_busy_ratio`).
-async fn measure_busy(index: usize, busy: &AtomicU32) {
+async fn measure_busy(busy: &AtomicU32, shown: &metrics::Gauge) {
     let metrics = Handle::current().metrics();
     let mut last = (Instant::now(), metrics.worker_total_busy_duration(0));
     loop {
@@ -192,7 +194,7 @@ async fn measure_busy(index: usize, busy: &AtomicU32) {
         if elapsed > 0.0 {
             let ratio = (ran / elapsed).min(1.0);
             busy.store((ratio * 1000.0) as u32, Ordering::Relaxed);
-            crate::observe::metrics::relay_thread_busy(index, ratio);
+            shown.set(ratio);
         }
         last = now;
     }
